@@ -1,0 +1,341 @@
+//! The host ⇄ guest-agent protocol.
+//!
+//! Every purpose gets its own vsock stream (vsock streams are cheap, so there is
+//! no multiplexer). Each stream carries frames: a little-endian `u32` length,
+//! then a bincode-2 (serde, standard config) body. The first frame each way is
+//! the hello, so a version mismatch is caught before anything else is decoded.
+//!
+//! ```text
+//!  host                                   guest agent (vsock port 1024, CID 2 only)
+//!   | -- Hello{magic, version, purpose} -->  |
+//!   | <-- HelloReply{version, Ok(info)} ---  |   (or Err(reason), then close)
+//!
+//!  purpose = Control:
+//!   | -- ControlRequest ------------------>  |   Ping | Shutdown
+//!   | <-- ControlReply -------------------   |   Pong | ShuttingDown
+//!
+//!  purpose = Exec:
+//!   | -- ExecRequest{argv, env, cwd, pty} ->  |
+//!   | <-- ExecOutput::Started{pid} --------   |   (or Failed(reason), then close)
+//!   | -- ExecInput::{Stdin, StdinEof,      ->  |
+//!   |      Signal, Resize}*                   |
+//!   | <-- ExecOutput::{Stdout, Stderr}* ---   |
+//!   | <-- ExecOutput::Exit(status) --------   |   last frame; both sides close
+//! ```
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Bumped on any incompatible change to the types below.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// First bytes of every hello, so a stray peer is told apart from an old one.
+pub const MAGIC: [u8; 4] = *b"LRS\0";
+/// The vsock port the guest agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The well-known CID of the host; the agent accepts no other peer.
+pub const HOST_CID: u32 = 2;
+/// Upper bound of one frame body; larger frames are a protocol error.
+pub const MAX_FRAME: usize = 16 << 20;
+/// Size of the stdout/stderr/stdin chunks both sides send.
+pub const IO_CHUNK: usize = 128 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u32,
+    pub purpose: Purpose,
+}
+
+impl Hello {
+    pub fn new(purpose: Purpose) -> Self {
+        Hello { magic: MAGIC, version: PROTOCOL_VERSION, purpose }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Purpose {
+    Control,
+    Exec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub version: u32,
+    /// `Err` carries why the agent refuses this connection.
+    pub result: Result<AgentInfo, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub agent_version: String,
+    /// `uname -r` of the guest.
+    pub kernel_release: String,
+    /// Whether the agent runs as the guest's init.
+    pub pid1: bool,
+    /// How the socket watcher runs (e.g. "ebpf" or why it could not load).
+    pub watcher: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    Ping,
+    /// Stop all guest processes and power the VM off.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlReply {
+    Pong,
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WinSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Added to (and overriding) the agent's base environment.
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    /// Run on a new pseudo-terminal of this size; stdout carries its output and
+    /// stderr stays empty.
+    pub pty: Option<WinSize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecInput {
+    Stdin(#[serde(with = "serde_bytes")] Vec<u8>),
+    StdinEof,
+    /// Deliver this signal number to the command's process group.
+    Signal(i32),
+    Resize(WinSize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecOutput {
+    Started { pid: u32 },
+    Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
+    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
+    Exit(ExitStatus),
+    /// The command could not be started (missing program, bad cwd, ...).
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention: the code itself, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection I/O failed")]
+    Io(#[from] std::io::Error),
+    #[error("could not encode a frame")]
+    Encode(#[source] bincode::error::EncodeError),
+    #[error("could not decode a frame (peer speaks another protocol version?)")]
+    Decode(#[source] bincode::error::DecodeError),
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("peer closed the connection in the middle of a frame")]
+    Truncated,
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `value` as one frame: length prefix and body.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let mut buf = vec![0u8; 4];
+    bincode::serde::encode_into_std_write(value, &mut buf, config()).map_err(FrameError::Encode)?;
+    let len = buf.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(buf)
+}
+
+/// Decodes one frame body (without the length prefix).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(FrameError::Decode)?;
+    if used != body.len() {
+        return Err(FrameError::Decode(bincode::error::DecodeError::OtherString(format!(
+            "{} trailing bytes after the message",
+            body.len() - used
+        ))));
+    }
+    Ok(value)
+}
+
+fn check_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Writes one frame to a blocking writer.
+pub fn write_frame<W: std::io::Write, T: Serialize>(w: &mut W, value: &T) -> Result<(), FrameError> {
+    w.write_all(&encode_frame(value)?)?;
+    Ok(())
+}
+
+/// Reads one frame from a blocking reader; `Ok(None)` on a clean end of stream.
+pub fn read_frame<R: std::io::Read, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, FrameError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut prefix[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(FrameError::Truncated),
+            n => got += n,
+        }
+    }
+    let mut body = vec![0u8; check_len(prefix)?];
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    decode_body(&body).map(Some)
+}
+
+#[cfg(feature = "tokio")]
+mod asynchronous {
+    use super::*;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    /// Writes one frame to an async writer.
+    pub async fn write_frame_async<W: AsyncWrite + Unpin, T: Serialize>(
+        w: &mut W,
+        value: &T,
+    ) -> Result<(), FrameError> {
+        w.write_all(&encode_frame(value)?).await?;
+        Ok(())
+    }
+
+    /// Reads one frame from an async reader; `Ok(None)` on a clean end of stream.
+    pub async fn read_frame_async<R: AsyncRead + Unpin, T: DeserializeOwned>(
+        r: &mut R,
+    ) -> Result<Option<T>, FrameError> {
+        let mut prefix = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match r.read(&mut prefix[got..]).await? {
+                0 if got == 0 => return Ok(None),
+                0 => return Err(FrameError::Truncated),
+                n => got += n,
+            }
+        }
+        let mut body = vec![0u8; check_len(prefix)?];
+        r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(e),
+        })?;
+        decode_body(&body).map(Some)
+    }
+}
+#[cfg(feature = "tokio")]
+pub use asynchronous::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: T) {
+        let frame = encode_frame(&v).unwrap();
+        let back: T = read_frame(&mut &frame[..]).unwrap().unwrap();
+        assert_eq!(v, back);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        round_trip(Hello::new(Purpose::Exec));
+        round_trip(HelloReply {
+            version: PROTOCOL_VERSION,
+            result: Ok(AgentInfo {
+                agent_version: "0.1.0".into(),
+                kernel_release: "6.1.0-40-amd64".into(),
+                pid1: true,
+                watcher: "ebpf".into(),
+            }),
+        });
+        round_trip(HelloReply { version: 9, result: Err("too old".into()) });
+        round_trip(ControlRequest::Shutdown);
+        round_trip(ControlReply::Pong);
+        round_trip(ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
+            env: vec![("A".into(), "b=c".into())],
+            cwd: Some("/tmp".into()),
+            pty: Some(WinSize { rows: 24, cols: 80 }),
+        });
+        for input in [
+            ExecInput::Stdin(vec![0, 1, 255]),
+            ExecInput::StdinEof,
+            ExecInput::Signal(15),
+            ExecInput::Resize(WinSize { rows: 1, cols: 2 }),
+        ] {
+            round_trip(input);
+        }
+        for out in [
+            ExecOutput::Started { pid: 42 },
+            ExecOutput::Stdout(vec![7; 100_000]),
+            ExecOutput::Stderr(vec![]),
+            ExecOutput::Exit(ExitStatus::Signal(9)),
+            ExecOutput::Failed("no such file".into()),
+        ] {
+            round_trip(out);
+        }
+    }
+
+    #[test]
+    fn bytes_are_encoded_compactly() {
+        let frame = encode_frame(&ExecOutput::Stdout(vec![0xff; 1000])).unwrap();
+        assert!(frame.len() < 1010, "frame is {} bytes", frame.len());
+    }
+
+    #[test]
+    fn clean_eof_is_none_and_partial_frame_is_an_error() {
+        assert!(read_frame::<_, ControlRequest>(&mut &[][..]).unwrap().is_none());
+        let frame = encode_frame(&ControlRequest::Ping).unwrap();
+        let cut = &frame[..frame.len() - 1];
+        assert!(matches!(
+            read_frame::<_, ControlRequest>(&mut &cut[..]),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_frame::<_, ControlRequest>(&mut &frame[..2]),
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_rejected() {
+        let mut big = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+        big.extend_from_slice(&[0; 8]);
+        assert!(matches!(read_frame::<_, ControlRequest>(&mut &big[..]), Err(FrameError::TooLarge(_))));
+        let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
+        assert!(matches!(read_frame::<_, ControlRequest>(&mut &garbage[..]), Err(FrameError::Decode(_))));
+    }
+
+    #[test]
+    fn exit_status_follows_the_shell_convention() {
+        assert_eq!(ExitStatus::Code(7).shell_code(), 7);
+        assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    }
+}
