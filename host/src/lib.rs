@@ -1,1 +1,14 @@
-
+//! The host side of lima-rs: instance store, `lima.yaml`, VM drivers, the
+//! per-instance host agent and the command-line front ends.
+pub mod client;
+pub mod config;
+pub mod driver;
+pub mod events;
+pub mod hostagent;
+pub mod image;
+pub mod instance;
+pub mod lifecycle;
+pub mod shell;
+pub mod sys;
+pub mod template;
+pub mod vsock;

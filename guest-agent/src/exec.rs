@@ -1,0 +1,361 @@
+//! Running commands for the host: spawn with pipes or a pseudo-terminal,
+//! stream stdin/stdout/stderr as frames, deliver signals and window-size
+//! changes, and report the exit status.
+//!
+//! Exit statuses come from one [`Reaper`] that calls `waitpid(-1)` on every
+//! SIGCHLD: as PID 1 the agent must reap orphans too, and a single reaper
+//! avoids two parties racing for the same child. Consequently nothing else in
+//! the agent may wait for children (no `Command::output()` once the reaper
+//! runs).
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lima_proto::{read_frame_async, write_frame_async, ExecInput, ExecOutput, ExecRequest, ExitStatus, WinSize, IO_CHUNK};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Default)]
+struct ReaperState {
+    waiting: HashMap<i32, oneshot::Sender<ExitStatus>>,
+}
+
+/// Reaps every child and hands the statuses of the ones we spawned to their
+/// waiters.
+pub struct Reaper {
+    state: Arc<Mutex<ReaperState>>,
+}
+
+impl Reaper {
+    pub fn start() -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(ReaperState::default()));
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                reap_all(&st);
+                // A periodic sweep as well: signals coalesce, and a child that
+                // exited before the handler was installed sends none.
+                let _ = tokio::time::timeout(Duration::from_secs(1), sigchld.recv()).await;
+            }
+        });
+        Ok(Reaper { state })
+    }
+
+    /// Spawns `cmd` and registers it before the reaper can see its exit.
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<(u32, oneshot::Receiver<ExitStatus>)> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        // The reaper owns the exit status; `Child` is dropped without waiting.
+        drop(child);
+        let (tx, rx) = oneshot::channel();
+        state.waiting.insert(pid as i32, tx);
+        Ok((pid, rx))
+    }
+}
+
+fn reap_all(state: &Mutex<ReaperState>) {
+    loop {
+        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signal(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        };
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = st.waiting.remove(&status.0.as_raw()) {
+            let _ = tx.send(status.1);
+        }
+    }
+}
+
+/// The child's side of the terminal or the pipes, and our side of them.
+enum Stdio3 {
+    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+    Pty { master: OwnedFd },
+}
+
+fn build_command(req: &ExecRequest) -> Command {
+    let mut cmd = Command::new(&req.argv[0]);
+    cmd.args(&req.argv[1..]);
+    cmd.env_clear();
+    cmd.env("PATH", DEFAULT_PATH).env("HOME", "/root").env("USER", "root").env("LOGNAME", "root");
+    if req.pty.is_some() {
+        cmd.env("TERM", "xterm-256color");
+    }
+    for (k, v) in &req.env {
+        cmd.env(k, v);
+    }
+    cmd.current_dir(req.cwd.as_deref().unwrap_or("/root"));
+    cmd
+}
+
+fn spawn(reaper: &Reaper, req: &ExecRequest) -> std::io::Result<(u32, oneshot::Receiver<ExitStatus>, Stdio3)> {
+    if req.argv.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"));
+    }
+    if let Some(cwd) = &req.cwd {
+        if !std::path::Path::new(cwd).is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("working directory {cwd} does not exist in the guest"),
+            ));
+        }
+    }
+    let mut cmd = build_command(req);
+    match req.pty {
+        None => {
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            // SAFETY: setsid is async-signal-safe; it makes the command its own
+            // process group so signals reach its whole job.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid().map_err(std::io::Error::from)?;
+                    Ok(())
+                });
+            }
+            let mut state = reaper.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut child = cmd.spawn()?;
+            let pid = child.id();
+            let stdin = OwnedFd::from(child.stdin.take().expect("piped"));
+            let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
+            let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
+            drop(child);
+            let (tx, rx) = oneshot::channel();
+            state.waiting.insert(pid as i32, tx);
+            Ok((pid, rx, Stdio3::Pipes { stdin, stdout, stderr }))
+        }
+        Some(size) => {
+            let pty = nix::pty::openpty(Some(&winsize(size)), None).map_err(std::io::Error::from)?;
+            let slave = pty.slave;
+            cmd.stdin(Stdio::from(slave.try_clone()?))
+                .stdout(Stdio::from(slave.try_clone()?))
+                .stderr(Stdio::from(slave));
+            // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe; they
+            // give the command a session whose controlling terminal is the pty.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid().map_err(std::io::Error::from)?;
+                    if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let (pid, rx) = reaper.spawn(&mut cmd)?;
+            drop(cmd); // closes our copies of the slave side
+            Ok((pid, rx, Stdio3::Pty { master: pty.master }))
+        }
+    }
+}
+
+fn winsize(size: WinSize) -> nix::pty::Winsize {
+    nix::pty::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 }
+}
+
+fn set_winsize(fd: &OwnedFd, size: WinSize) {
+    let ws = winsize(size);
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which lives for
+    // the whole call; `fd` is an open pty master.
+    unsafe {
+        libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws as *const nix::pty::Winsize);
+    }
+}
+
+/// An owned fd (pipe end or pty master) driven by tokio.
+struct AsyncFile(tokio::io::unix::AsyncFd<std::fs::File>);
+
+impl AsyncFile {
+    fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(AsyncFile(tokio::io::unix::AsyncFd::new(std::fs::File::from(fd))?))
+    }
+
+    async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Read;
+        loop {
+            let mut guard = self.0.readable().await?;
+            match guard.try_io(|f| f.get_ref().read(buf)) {
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0), // pty slave closed
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    async fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        while !buf.is_empty() {
+            let mut guard = self.0.writable().await?;
+            match guard.try_io(|f| f.get_ref().write(buf)) {
+                Ok(Ok(n)) => buf = &buf[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn pump(src: Arc<AsyncFile>, tx: mpsc::Sender<ExecOutput>, stderr: bool, exited: tokio::sync::watch::Receiver<bool>) {
+    let mut buf = vec![0u8; IO_CHUNK];
+    loop {
+        let read = if *exited.borrow() {
+            // After the command exits, a background job may hold the pipe
+            // open forever; stop once output goes quiet.
+            match tokio::time::timeout(Duration::from_millis(300), src.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        } else {
+            let mut exited = exited.clone();
+            tokio::select! {
+                r = src.read(&mut buf) => r,
+                _ = exited.changed() => continue,
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let chunk = buf[..n].to_vec();
+                let msg = if stderr { ExecOutput::Stderr(chunk) } else { ExecOutput::Stdout(chunk) };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Serves one exec connection after the hello.
+pub async fn serve<S>(stream: S, reaper: Arc<Reaper>) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let Some(req): Option<ExecRequest> = read_frame_async(&mut rd).await? else {
+        return Ok(());
+    };
+    let (pid, exit_rx, stdio) = match spawn(&reaper, &req) {
+        Ok(x) => x,
+        Err(e) => {
+            let what = req.argv.first().cloned().unwrap_or_default();
+            write_frame_async(&mut wr, &ExecOutput::Failed(format!("cannot run {what:?}: {e}"))).await?;
+            wr.shutdown().await.ok();
+            return Ok(());
+        }
+    };
+    tracing::debug!(pid, argv = ?req.argv, "exec started");
+    let pgid = Pid::from_raw(pid as i32);
+    let (out_tx, mut out_rx) = mpsc::channel::<ExecOutput>(16);
+    out_tx.send(ExecOutput::Started { pid }).await.ok();
+    let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+
+    // stdin side and the fds that outlive the spawn
+    let mut pumps = Vec::new();
+    let (stdin, pty_master): (Option<Arc<AsyncFile>>, Option<Arc<OwnedFd>>) = match stdio {
+        Stdio3::Pipes { stdin, stdout, stderr } => {
+            pumps.push(tokio::spawn(pump(Arc::new(AsyncFile::new(stdout)?), out_tx.clone(), false, exited_rx.clone())));
+            pumps.push(tokio::spawn(pump(Arc::new(AsyncFile::new(stderr)?), out_tx.clone(), true, exited_rx.clone())));
+            (Some(Arc::new(AsyncFile::new(stdin)?)), None)
+        }
+        Stdio3::Pty { master } => {
+            let dup = Arc::new(master.try_clone()?);
+            let file = Arc::new(AsyncFile::new(master)?);
+            pumps.push(tokio::spawn(pump(file.clone(), out_tx.clone(), false, exited_rx.clone())));
+            (Some(file), Some(dup))
+        }
+    };
+    let is_pty = pty_master.is_some();
+
+    // Host → command.
+    let input = tokio::spawn(async move {
+        let mut stdin = stdin;
+        loop {
+            match read_frame_async::<_, ExecInput>(&mut rd).await {
+                Ok(Some(ExecInput::Stdin(data))) => {
+                    if let Some(f) = &stdin {
+                        if f.write_all(&data).await.is_err() && !is_pty {
+                            stdin = None; // command closed its stdin; drop further input
+                        }
+                    }
+                }
+                Ok(Some(ExecInput::StdinEof)) => {
+                    if is_pty {
+                        if let Some(f) = &stdin {
+                            let _ = f.write_all(&[4]).await; // ^D
+                        }
+                    } else {
+                        stdin = None;
+                    }
+                }
+                Ok(Some(ExecInput::Signal(n))) => {
+                    if let Ok(sig) = Signal::try_from(n) {
+                        let _ = nix::sys::signal::killpg(pgid, sig);
+                    }
+                }
+                Ok(Some(ExecInput::Resize(size))) => {
+                    if let Some(m) = &pty_master {
+                        set_winsize(m, size);
+                        let _ = nix::sys::signal::killpg(pgid, Signal::SIGWINCH);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    // The host went away: the command goes with it.
+                    return false;
+                }
+            }
+        }
+    });
+
+    // Command → host.
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            write_frame_async(&mut wr, &msg).await?;
+            if matches!(msg, ExecOutput::Exit(_)) {
+                break;
+            }
+        }
+        wr.flush().await?;
+        wr.shutdown().await.ok();
+        anyhow::Ok(())
+    });
+
+    let mut input = input;
+    let mut exit_rx = exit_rx;
+    let status = tokio::select! {
+        st = &mut exit_rx => st.ok(),
+        _ = &mut input => {
+            let _ = nix::sys::signal::killpg(pgid, Signal::SIGHUP);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+            None
+        }
+    };
+    let Some(status) = status else {
+        return Ok(());
+    };
+    exited_tx.send(true).ok();
+    for p in pumps {
+        let _ = p.await;
+    }
+    out_tx.send(ExecOutput::Exit(status)).await.ok();
+    drop(out_tx);
+    input.abort();
+    writer.await??;
+    tracing::debug!(pid, ?status, "exec finished");
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! What the agent does when it is the guest's init (PID 1) in our own image:
+//! mount the pseudo filesystems, load the kernel modules the agent needs, set
+//! up networking, and at the end stop every process and power the VM off.
+//!
+//! Every step logs and carries on when it fails: a guest with a missing mount
+//! is still better than a kernel panic, and the host sees the log on the
+//! serial console.
+use std::time::Duration;
+
+use crate::{modules, sys};
+
+/// `lima.*` parameters on the kernel command line, set by the host runner.
+#[derive(Debug, Default, Clone)]
+pub struct KernelParams {
+    pub hostname: Option<String>,
+    /// Extra modules to load at boot (`lima.modules=a,b`).
+    pub modules: Vec<String>,
+}
+
+impl KernelParams {
+    pub fn read() -> Self {
+        std::fs::read_to_string("/proc/cmdline").map(|s| Self::parse(&s)).unwrap_or_default()
+    }
+
+    pub fn parse(cmdline: &str) -> Self {
+        let mut p = KernelParams::default();
+        for word in cmdline.split_whitespace() {
+            if let Some(v) = word.strip_prefix("lima.hostname=") {
+                p.hostname = Some(v.to_string());
+            } else if let Some(v) = word.strip_prefix("lima.modules=") {
+                p.modules.extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
+            }
+        }
+        p
+    }
+}
+
+/// Modules the agent itself needs before it can answer the host. Ones that are
+/// built into the kernel are skipped.
+const BOOT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_mmio",
+    "vmw_vsock_virtio_transport",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_console",
+];
+
+/// Mounts that must exist before logging or the async runtime start.
+pub fn early_setup() {
+    let mounts: &[(&str, &str, &str, &str)] = &[
+        ("proc", "/proc", "proc", ""),
+        ("sysfs", "/sys", "sysfs", ""),
+        ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
+        ("devpts", "/dev/pts", "devpts", "gid=5,mode=620,ptmxmode=666"),
+        ("tmpfs", "/dev/shm", "tmpfs", "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", "mode=0755"),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", "nsdelegate"),
+        ("tracefs", "/sys/kernel/tracing", "tracefs", ""),
+        ("debugfs", "/sys/kernel/debug", "debugfs", ""),
+        ("bpf", "/sys/fs/bpf", "bpf", "mode=0700"),
+    ];
+    for (src, target, fstype, data) in mounts {
+        if let Err(e) = sys::mount(src, target, fstype, data) {
+            eprintln!("lima-guest-agent: mount {fstype} on {target}: {e}");
+        }
+    }
+    // /dev/ptmx must point at the devpts instance for openpty().
+    let _ = std::fs::remove_file("/dev/ptmx");
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
+    // SAFETY: single-threaded at this point (called first thing in main).
+    unsafe {
+        std::env::set_var("PATH", crate::exec::DEFAULT_PATH);
+        std::env::set_var("HOME", "/root");
+    }
+}
+
+/// Modules, hostname, network: things that may take a while under emulation.
+pub async fn late_setup(params: &KernelParams) {
+    let mut wanted: Vec<String> = BOOT_MODULES.iter().map(|s| s.to_string()).collect();
+    wanted.extend(params.modules.iter().cloned());
+    match modules::ModuleTree::open_running() {
+        Ok(tree) => {
+            for name in &wanted {
+                if let Err(e) = tree.load(name, &sys::RealLoader) {
+                    tracing::warn!("module {name}: {e}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!("no kernel modules available: {e}"),
+    }
+    if let Some(name) = &params.hostname {
+        if let Err(e) = nix::unistd::sethostname(name) {
+            tracing::warn!("sethostname {name}: {e}");
+        }
+    }
+    // Network: QEMU user-mode networking has fixed addresses, so a static
+    // setup avoids a DHCP round trip at boot.
+    let _ = sys::run_quiet("ip", &["link", "set", "lo", "up"]);
+    if std::path::Path::new("/sys/class/net/eth0").exists() {
+        let _ = sys::run_quiet("ip", &["link", "set", "eth0", "up"]);
+        let _ = sys::run_quiet("ip", &["addr", "add", "10.0.2.15/24", "dev", "eth0"]);
+        let _ = sys::run_quiet("ip", &["route", "add", "default", "via", "10.0.2.2"]);
+    }
+}
+
+/// Asks every process to stop, then kills what is left, syncs, powers off.
+pub async fn stop_everything_and_power_off() {
+    tracing::info!("shutting down: stopping all processes");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
+    power_off();
+}
+
+/// Syncs and powers the machine off. Never returns.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    eprintln!("lima-guest-agent: power off failed: {err:?}");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_our_kernel_parameters_and_ignores_others() {
+        let p = KernelParams::parse("console=ttyS0 lima.hostname=lima-dev quiet lima.modules=fuse,,9p");
+        assert_eq!(p.hostname.as_deref(), Some("lima-dev"));
+        assert_eq!(p.modules, vec!["fuse", "9p"]);
+        let p = KernelParams::parse("");
+        assert!(p.hostname.is_none() && p.modules.is_empty());
+    }
+}

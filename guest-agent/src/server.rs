@@ -1,0 +1,116 @@
+//! The vsock listener: accepts only the host (CID 2), checks the hello, and
+//! hands each connection to the part that serves its purpose.
+use std::sync::Arc;
+
+use lima_proto::{
+    read_frame_async, write_frame_async, AgentInfo, ControlReply, ControlRequest, Hello, HelloReply,
+    Purpose, AGENT_VSOCK_PORT, HOST_CID, MAGIC, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
+
+use crate::exec::Reaper;
+
+/// Returned when the host asked for a shutdown.
+pub struct ShutdownRequested;
+
+/// Serves connections until the host asks us to shut down.
+pub async fn serve(info: AgentInfo, reaper: Arc<Reaper>) -> anyhow::Result<ShutdownRequested> {
+    let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, AGENT_VSOCK_PORT))
+        .map_err(|e| anyhow::anyhow!("cannot listen on vsock port {AGENT_VSOCK_PORT}: {e} (is the vsock transport module loaded?)"))?;
+    tracing::info!("agent ready on vsock port {AGENT_VSOCK_PORT}");
+    let info = Arc::new(info);
+    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(1);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("vsock accept: {e}");
+                        continue;
+                    }
+                };
+                if peer.cid() != HOST_CID {
+                    tracing::warn!("refused a connection from CID {} (only the host, CID {HOST_CID}, may connect)", peer.cid());
+                    continue;
+                }
+                let info = info.clone();
+                let reaper = reaper.clone();
+                let shutdown_tx = shutdown_tx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &info, reaper, shutdown_tx).await {
+                        tracing::warn!("connection from the host failed: {e:#}");
+                    }
+                });
+            }
+            _ = shutdown_rx.recv() => return Ok(ShutdownRequested),
+        }
+    }
+}
+
+async fn handle<S>(
+    mut stream: S,
+    info: &AgentInfo,
+    reaper: Arc<Reaper>,
+    shutdown: mpsc::Sender<()>,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(hello): Option<Hello> = read_frame_async(&mut stream).await? else {
+        return Ok(()); // a readiness probe that hung up
+    };
+    if let Err(reason) = check_hello(&hello) {
+        write_frame_async(&mut stream, &HelloReply { version: PROTOCOL_VERSION, result: Err(reason.clone()) }).await?;
+        anyhow::bail!("{reason}");
+    }
+    write_frame_async(&mut stream, &HelloReply { version: PROTOCOL_VERSION, result: Ok(info.clone()) }).await?;
+    match hello.purpose {
+        Purpose::Control => {
+            while let Some(req) = read_frame_async::<_, ControlRequest>(&mut stream).await? {
+                match req {
+                    ControlRequest::Ping => write_frame_async(&mut stream, &ControlReply::Pong).await?,
+                    ControlRequest::Shutdown => {
+                        tracing::info!("the host asked for a shutdown");
+                        write_frame_async(&mut stream, &ControlReply::ShuttingDown).await?;
+                        let _ = shutdown.send(()).await;
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        }
+        Purpose::Exec => crate::exec::serve(stream, reaper).await,
+    }
+}
+
+/// Accepts our magic and protocol version only.
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    if hello.magic != MAGIC {
+        return Err("not a lima-rs hello".into());
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not supported; this agent speaks version {PROTOCOL_VERSION} (update the host tools or rebuild the image)",
+            hello.version
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_checks_magic_and_version() {
+        assert!(check_hello(&Hello::new(Purpose::Exec)).is_ok());
+        let mut h = Hello::new(Purpose::Control);
+        h.version = PROTOCOL_VERSION + 1;
+        assert!(check_hello(&h).unwrap_err().contains("version"));
+        h.magic = *b"HTTP";
+        assert!(check_hello(&h).is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! `limactl`: manage lima-rs instances (Lima-compatible command line).
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lima_host::{hostagent, instance, lifecycle, shell, template};
+
+#[derive(Parser)]
+#[command(name = "limactl", version, about = "Manage Linux virtual machines (lima-rs)")]
+struct Cli {
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create (if needed) and start an instance
+    Start {
+        /// Instance name (default: the template's name, or `default`)
+        #[arg(long)]
+        name: Option<String>,
+        /// How long to wait for the guest agent (e.g. 10m, 90s)
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+        /// An existing instance, or a template: `template:NAME`, NAME, or a .yaml path
+        target: Option<String>,
+    },
+    /// Stop instances
+    Stop {
+        /// Kill instead of shutting the guest down
+        #[arg(short, long)]
+        force: bool,
+        instances: Vec<String>,
+    },
+    /// List instances
+    #[command(visible_alias = "ls")]
+    List {
+        /// table or json (one JSON object per line)
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Same as --format json
+        #[arg(long)]
+        json: bool,
+        /// Only names
+        #[arg(short, long)]
+        quiet: bool,
+        instances: Vec<String>,
+    },
+    /// Run a command (or a login shell) in an instance
+    Shell {
+        /// Working directory in the guest
+        #[arg(long)]
+        workdir: Option<String>,
+        /// Force (or with =false, forbid) a pseudo-terminal
+        #[arg(long)]
+        tty: Option<bool>,
+        /// Instance name (also accepted as the first argument)
+        #[arg(long, hide = true)]
+        instance: Option<String>,
+        /// INSTANCE [--] COMMAND...
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Delete instances
+    #[command(visible_aliases = ["remove", "rm"])]
+    Delete {
+        /// Stop a running instance first
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Run the host agent of an instance (started by `limactl start`)
+    #[command(hide = true)]
+    Hostagent { instance: String },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (use e.g. 10m, 90s, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIMA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Hostagent { .. } = cli.cmd {
+        // The host agent logs to ha.stderr.log; one step more verbose.
+        init_logging(cli.verbose.max(1));
+    } else {
+        init_logging(cli.verbose);
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("limactl: error: {}", chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = instance::lima_home();
+    match cli.cmd {
+        Cmd::Start { name, timeout, target } => {
+            std::fs::create_dir_all(&home).with_context(|| format!("cannot create LIMA_HOME {}", home.display()))?;
+            let (inst, created) = match (&name, &target) {
+                (None, Some(t)) if instance::Instance::open(&home, t).is_ok() => {
+                    (instance::Instance::open(&home, t)?, false)
+                }
+                _ => {
+                    let locator = target.clone().unwrap_or_else(|| "template:default".into());
+                    let inst_name = match &name {
+                        Some(n) => n.clone(),
+                        None if target.is_none() => "default".into(),
+                        None => template::locate(&locator)?.suggested_name,
+                    };
+                    lifecycle::create(&home, &inst_name, &locator)?
+                }
+            };
+            if created {
+                eprintln!("Created instance `{}` in {}", inst.name, inst.dir.display());
+            }
+            eprintln!("Starting `{}` (waiting up to {:?} for the guest agent)...", inst.name, timeout);
+            let ev = lifecycle::start(&inst, timeout)?;
+            if let lima_host::events::Event::Running { kernel_release, boot_ms, .. } = ev {
+                eprintln!("READY in {:.1}s (kernel {kernel_release}). Run `limactl shell {}` or `lima` to use it.", boot_ms as f64 / 1000.0, inst.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stop { force, instances } => {
+            let names = if instances.is_empty() { vec!["default".to_string()] } else { instances };
+            let mut failed = false;
+            for n in names {
+                let r = instance::Instance::open(&home, &n).map_err(anyhow::Error::from).and_then(|inst| {
+                    lifecycle::stop(&inst, force)?;
+                    Ok(())
+                });
+                match r {
+                    Ok(()) => eprintln!("Stopped `{n}`"),
+                    Err(e) => {
+                        eprintln!("limactl: error: {}", chain(&e));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Cmd::List { format, json, quiet, instances } => {
+            let mut all = instance::Instance::list(&home);
+            let mut missing = false;
+            if !instances.is_empty() {
+                for n in &instances {
+                    if !all.iter().any(|i| &i.name == n) {
+                        eprintln!("limactl: error: instance `{n}` does not exist");
+                        missing = true;
+                    }
+                }
+                all.retain(|i| instances.contains(&i.name));
+            }
+            let rows: Vec<_> = all.iter().map(lifecycle::info).collect();
+            let format = if json { "json".to_string() } else { format };
+            if quiet {
+                for r in &rows {
+                    println!("{}", r.name);
+                }
+            } else if format == "json" {
+                for r in &rows {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else if format == "table" {
+                if rows.is_empty() && instances.is_empty() {
+                    eprintln!("No instances found. Run `limactl start` to create one.");
+                } else {
+                    print!("{}", lifecycle::table(&rows));
+                }
+            } else {
+                anyhow::bail!("unknown --format `{format}`; use table or json");
+            }
+            Ok(if missing { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Cmd::Shell { workdir, tty, instance: flag_instance, args } => {
+            let mut args = args.into_iter();
+            let name = match flag_instance {
+                Some(n) => n,
+                None => args.next().context("missing instance name")?,
+            };
+            let mut argv: Vec<String> = args.collect();
+            if argv.first().map(String::as_str) == Some("--") {
+                argv.remove(0);
+            }
+            // Leading NAME=VALUE words are environment, as in Lima.
+            let mut env = Vec::new();
+            while let Some((k, v)) = argv.first().and_then(|a| a.split_once('=')).filter(|(k, _)| is_env_name(k)) {
+                env.push((k.to_string(), v.to_string()));
+                argv.remove(0);
+            }
+            let inst = instance::Instance::open(&home, &name)?;
+            let transport = lifecycle::transport(&inst)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let code = rt.block_on(shell::exec(transport.as_ref(), shell::ExecOptions { argv, env, cwd: workdir, tty }))?;
+            // Do not wait for the stdin reader thread.
+            std::process::exit(code);
+        }
+        Cmd::Delete { force, instances } => {
+            let mut failed = false;
+            for n in instances {
+                let r = instance::Instance::open(&home, &n).map_err(anyhow::Error::from).and_then(|inst| {
+                    lifecycle::delete(&inst, force)?;
+                    Ok(())
+                });
+                match r {
+                    Ok(()) => eprintln!("Deleted `{n}`"),
+                    Err(e) => {
+                        eprintln!("limactl: error: {}", chain(&e));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Cmd::Hostagent { instance: name } => {
+            let inst = instance::Instance::open(&home, &name)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(hostagent::run(inst))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn is_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3 weeks").is_err());
+    }
+
+    #[test]
+    fn env_words() {
+        assert!(is_env_name("FOO_1"));
+        assert!(!is_env_name("1FOO"));
+        assert!(!is_env_name("a-b"));
+    }
+}

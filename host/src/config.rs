@@ -1,0 +1,331 @@
+//! `lima.yaml`: parsed strictly (an unknown field is an error naming the field
+//! and the file), then checked and filled with defaults into [`InstanceConfig`].
+//!
+//! Every top-level field Lima knows is accepted so that Lima templates load.
+//! Fields lima-rs does not act on yet are kept as raw YAML and reported as
+//! warnings by [`LimaYaml::unused_fields`].
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Parse { path: String, msg: String },
+    #[error("{path}: {field}: {msg}")]
+    Invalid { path: String, field: String, msg: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimaYaml {
+    pub minimum_lima_version: Option<String>,
+    pub base: Option<Value>,
+    pub vm_type: Option<String>,
+    pub vm_opts: Option<Value>,
+    pub os: Option<String>,
+    pub os_opts: Option<Value>,
+    pub arch: Option<String>,
+    #[serde(default)]
+    pub images: Vec<Image>,
+    pub cpus: Option<u32>,
+    pub memory: Option<String>,
+    pub disk: Option<String>,
+    pub additional_disks: Option<Value>,
+    pub mounts: Option<Value>,
+    pub mount_types_unsupported: Option<Value>,
+    pub mount_type: Option<String>,
+    pub mount_inotify: Option<bool>,
+    pub ssh: Option<Value>,
+    pub ca_certs: Option<Value>,
+    pub upgrade_packages: Option<bool>,
+    pub containerd: Option<Value>,
+    pub provision: Option<Value>,
+    pub probes: Option<Value>,
+    pub guest_install_prefix: Option<String>,
+    pub port_forwards: Option<Value>,
+    pub copy_to_host: Option<Value>,
+    pub message: Option<String>,
+    pub networks: Option<Value>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub param: Option<Value>,
+    pub dns: Option<Value>,
+    pub host_resolver: Option<Value>,
+    pub propagate_proxy_env: Option<bool>,
+    pub plain: Option<bool>,
+    pub timezone: Option<String>,
+    pub nested_virtualization: Option<bool>,
+    pub tpm: Option<bool>,
+    pub user: Option<Value>,
+    pub firmware: Option<Value>,
+    pub audio: Option<Value>,
+    pub video: Option<Value>,
+    pub cpu_type: Option<Value>,
+    pub rosetta: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Image {
+    pub location: String,
+    pub arch: Option<String>,
+    pub digest: Option<String>,
+    pub variant: Option<String>,
+    pub arch_variant: Option<String>,
+    pub kernel: Option<Kernel>,
+    pub initrd: Option<FileRef>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Kernel {
+    /// Empty with a `builtin:` image: keep the image's kernel, add `cmdline`.
+    #[serde(default)]
+    pub location: String,
+    pub arch: Option<String>,
+    pub digest: Option<String>,
+    pub cmdline: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileRef {
+    pub location: String,
+    pub arch: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl LimaYaml {
+    /// Parses YAML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = if path == "." || path.is_empty() {
+                inner.to_string()
+            } else {
+                format!("field `{path}`: {inner}")
+            };
+            ConfigError::Parse { path: origin.to_string(), msg }
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Fields that are set but that lima-rs does not act on yet.
+    pub fn unused_fields(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let checks: [(&'static str, bool); 17] = [
+            ("base", self.base.is_some()),
+            ("additionalDisks", self.additional_disks.is_some()),
+            ("mounts", self.mounts.as_ref().is_some_and(|m| !m.is_null() && m.as_sequence().is_none_or(|s| !s.is_empty()))),
+            ("ssh", self.ssh.is_some()),
+            ("caCerts", self.ca_certs.is_some()),
+            ("containerd", self.containerd.is_some()),
+            ("provision", self.provision.is_some()),
+            ("probes", self.probes.is_some()),
+            ("portForwards", self.port_forwards.is_some()),
+            ("copyToHost", self.copy_to_host.is_some()),
+            ("networks", self.networks.is_some()),
+            ("dns", self.dns.is_some()),
+            ("hostResolver", self.host_resolver.is_some()),
+            ("user", self.user.is_some()),
+            ("firmware", self.firmware.is_some()),
+            ("audio", self.audio.is_some()),
+            ("video", self.video.is_some()),
+        ];
+        for (name, set) in checks {
+            if set {
+                v.push(name);
+            }
+        }
+        v
+    }
+
+    /// Checks the values and fills defaults.
+    pub fn resolve(&self, origin: &str) -> Result<InstanceConfig, ConfigError> {
+        let invalid = |field: &str, msg: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            msg,
+        };
+        let vm_type = match self.vm_type.as_deref() {
+            None | Some("default") | Some("qemu") => "qemu".to_string(),
+            Some(other) => {
+                return Err(invalid("vmType", format!("`{other}` is not supported on this host; use `qemu`")))
+            }
+        };
+        let host_arch = host_arch();
+        let arch = match self.arch.as_deref() {
+            None | Some("default") => host_arch.to_string(),
+            Some(a @ ("x86_64" | "aarch64")) => a.to_string(),
+            Some(other) => return Err(invalid("arch", format!("`{other}` is not supported; use x86_64 or aarch64"))),
+        };
+        let image = self
+            .images
+            .iter()
+            .find(|i| i.arch.as_deref().is_none_or(|a| a == arch))
+            .cloned()
+            .ok_or_else(|| invalid("images", format!("no image for arch {arch}; add one with `arch: {arch}`")))?;
+        let cpus = match self.cpus {
+            Some(0) => return Err(invalid("cpus", "must be at least 1".into())),
+            Some(n) => n,
+            None => host_cpus().min(4),
+        };
+        let memory = match &self.memory {
+            Some(s) => parse_size(s).map_err(|m| invalid("memory", m))?,
+            None => (host_memory() / 2).min(4 << 30),
+        };
+        if memory < 128 << 20 {
+            return Err(invalid("memory", format!("{} is too small; give at least 128MiB", human_size(memory))));
+        }
+        let disk = match &self.disk {
+            Some(s) => parse_size(s).map_err(|m| invalid("disk", m))?,
+            None => 100 << 30,
+        };
+        Ok(InstanceConfig {
+            vm_type,
+            arch,
+            image,
+            cpus,
+            memory,
+            disk,
+            env: self.env.clone().unwrap_or_default(),
+            message: self.message.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// The checked configuration the host agent runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceConfig {
+    pub vm_type: String,
+    pub arch: String,
+    pub image: Image,
+    pub cpus: u32,
+    /// bytes
+    pub memory: u64,
+    /// bytes
+    pub disk: u64,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub message: String,
+}
+
+pub fn host_arch() -> &'static str {
+    std::env::consts::ARCH
+}
+
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+fn host_memory() -> u64 {
+    crate::sys::total_memory().unwrap_or(4 << 30)
+}
+
+/// Parses sizes the way Lima (go-units `RAMInBytes`) does: "4GiB", "512MiB",
+/// "2G" (binary units either way), or a plain byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size (use e.g. 4GiB or 512MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("`{s}`: unknown unit `{other}` (use KiB, MiB, GiB or TiB)")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// "2GiB", "512MiB": how `limactl list` shows sizes.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (name, size) in UNITS {
+        if bytes >= size {
+            let v = bytes as f64 / size as f64;
+            return if v.fract() == 0.0 { format!("{v:.0}{name}") } else { format!("{v:.1}{name}") };
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_template_parses_and_resolves() {
+        let y = LimaYaml::parse(include_str!("../../images/templates/default.yaml"), "default.yaml").unwrap();
+        let c = y.resolve("default.yaml").unwrap();
+        assert_eq!(c.vm_type, "qemu");
+        assert_eq!(c.image.location, "builtin:default");
+        assert_eq!(c.memory, 2 << 30);
+        assert_eq!(c.disk, 100 << 30);
+        assert!(y.unused_fields().is_empty());
+    }
+
+    #[test]
+    fn unknown_field_names_field_and_file() {
+        let err = LimaYaml::parse("cpus: 2\nmemroy: 4GiB\n", "/x/lima.yaml").unwrap_err().to_string();
+        assert!(err.contains("/x/lima.yaml"), "{err}");
+        assert!(err.contains("memroy"), "{err}");
+        let err = LimaYaml::parse("images:\n- location: a\n  kernal: {}\n", "t.yaml").unwrap_err().to_string();
+        assert!(err.contains("images[0]") && err.contains("kernal"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let err = LimaYaml::parse("cpus: many\n", "t.yaml").unwrap_err().to_string();
+        assert!(err.contains("cpus"), "{err}");
+    }
+
+    #[test]
+    fn lima_fields_we_do_not_use_are_accepted_and_reported() {
+        let y = LimaYaml::parse(
+            "images: [{location: x}]\nprovision:\n- mode: system\n  script: echo hi\ncontainerd: {system: false}\nmounts: []\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(y.unused_fields(), vec!["containerd", "provision"]);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let y = LimaYaml::parse("images: [{location: x}]\nmemory: lots\n", "t.yaml").unwrap();
+        assert!(y.resolve("t.yaml").unwrap_err().to_string().contains("memory"));
+        let y = LimaYaml::parse("images: [{location: x}]\nvmType: vz\n", "t.yaml").unwrap();
+        assert!(y.resolve("t.yaml").unwrap_err().to_string().contains("vmType"));
+        let y = LimaYaml::parse("cpus: 1\n", "t.yaml").unwrap();
+        assert!(y.resolve("t.yaml").unwrap_err().to_string().contains("images"));
+        let y = LimaYaml::parse("images: [{location: x}]\ncpus: 0\n", "t.yaml").unwrap();
+        assert!(y.resolve("t.yaml").unwrap_err().to_string().contains("cpus"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("4 parsecs").is_err());
+        assert_eq!(human_size(2 << 30), "2GiB");
+        assert_eq!(human_size(3 << 29), "1.5GiB");
+    }
+}

@@ -1,0 +1,217 @@
+//! The QEMU driver: direct kernel boot of our image, the guest's serial
+//! console in `serial.log`, QMP on `qmp.sock`, and vsock through either the
+//! kernel's vhost-vsock or a `vhost-device-vsock` helper (vhost-user), which
+//! needs guest RAM in a shared memfd.
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::{accel, find_program, BoxFuture, Driver, DriverError, Launch, RunningVm};
+use crate::instance::{self, Instance};
+use crate::vsock::TransportSpec;
+
+/// The guest CID under the vhost-user backend (one backend per VM, so it
+/// never collides).
+const HYBRID_GUEST_CID: u32 = 3;
+
+pub struct Qemu {
+    binary: PathBuf,
+}
+
+fn qemu_name() -> String {
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "aarch64",
+        _ => "x86_64",
+    };
+    format!("qemu-system-{arch}")
+}
+
+impl Qemu {
+    pub fn find() -> Result<Self, DriverError> {
+        let name = qemu_name();
+        let binary = find_program(&name).ok_or_else(|| DriverError::Missing {
+            program: name,
+            hint: "install QEMU (`cargo xtask setup` does it on Debian/Ubuntu)".into(),
+        })?;
+        Ok(Qemu { binary })
+    }
+}
+
+/// Spawns a child that dies with the host agent and has no terminal.
+fn spawn(mut cmd: std::process::Command, program: &str, log: &std::path::Path) -> Result<Child, DriverError> {
+    let spawn_err = |source| DriverError::Spawn { program: program.to_string(), source };
+    let log = std::fs::File::create(log).map_err(spawn_err)?;
+    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().map_err(spawn_err)?).stderr(log);
+    // SAFETY: prctl in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(crate::sys::die_with_parent);
+    }
+    Command::from(cmd).kill_on_drop(true).spawn().map_err(spawn_err)
+}
+
+async fn wait_for_socket(path: &std::path::Path, helper: &mut Child, what: &str) -> Result<(), DriverError> {
+    for _ in 0..500 {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = helper.try_wait() {
+            return Err(DriverError::Failed(format!("{what} exited ({st}) before creating {}", path.display())));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(DriverError::Failed(format!("{what} did not create {} within 5s", path.display())))
+}
+
+fn kernel_cmdline(inst: &Instance, extra: &str) -> String {
+    let hostname = format!("lima-{}", inst.name.replace(['.', '_'], "-"));
+    let mut c = format!("console=ttyS0 panic=-1 lima.hostname={hostname}");
+    if !extra.is_empty() {
+        c.push(' ');
+        c.push_str(extra);
+    }
+    c
+}
+
+impl Driver for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn start<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Box<dyn RunningVm>, DriverError>> {
+        Box::pin(async move {
+            let inst = launch.instance;
+            let cfg = launch.config;
+            let (accel, why) = accel::choose(&self.binary, &launch.image.kernel).map_err(DriverError::Failed)?;
+            tracing::info!("accelerator {accel} ({why})");
+            let mem_mib = cfg.memory >> 20;
+            let mut cmd = std::process::Command::new(&self.binary);
+            cmd.args(["-name", &format!("lima-{}", inst.name)]);
+            cmd.args(["-machine", &format!("q35,accel={accel}")]);
+            cmd.args(["-cpu", if accel == "tcg" { "max" } else { "host" }]);
+            cmd.args(["-smp", &cfg.cpus.to_string(), "-m", &format!("{mem_mib}M")]);
+            cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+            cmd.arg("-kernel").arg(&launch.image.kernel);
+            if let Some(initrd) = &launch.image.initrd {
+                cmd.arg("-initrd").arg(initrd);
+            }
+            cmd.args(["-append", &kernel_cmdline(inst, &launch.image.extra_cmdline)]);
+            cmd.args(["-chardev", &format!("file,id=serial0,path={}", inst.path(instance::SERIAL_LOG).display())]);
+            cmd.args(["-serial", "chardev:serial0"]);
+            cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", inst.path(instance::QMP_SOCK).display())]);
+            cmd.args(["-pidfile", &inst.path(instance::QEMU_PID).display().to_string()]);
+            cmd.args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile="]);
+            cmd.args(["-device", "virtio-rng-pci"]);
+
+            let mut helper = None;
+            let transport = if crate::sys::kernel_vsock_usable() {
+                let cid = 3 + (std::process::id() % 100_000);
+                cmd.args(["-device", &format!("vhost-vsock-pci,guest-cid={cid}")]);
+                TransportSpec::Kernel { cid }
+            } else {
+                // vhost-user needs the guest RAM shared with the backend.
+                cmd.args(["-object", &format!("memory-backend-memfd,id=mem0,size={mem_mib}M,share=on")]);
+                cmd.args(["-numa", "node,memdev=mem0"]);
+                let vhost_sock = inst.path(instance::VHOST_VSOCK_SOCK);
+                let uds = inst.path(instance::VSOCK_SOCK);
+                let _ = std::fs::remove_file(&vhost_sock);
+                let _ = std::fs::remove_file(&uds);
+                let program = find_program("vhost-device-vsock").ok_or_else(|| DriverError::Missing {
+                    program: "vhost-device-vsock".into(),
+                    hint: "this host has no /dev/vhost-vsock, so the vsock channel needs it; run `cargo xtask setup` or `cargo install vhost-device-vsock`".into(),
+                })?;
+                let mut hc = std::process::Command::new(program);
+                hc.arg("--guest-cid").arg(HYBRID_GUEST_CID.to_string());
+                hc.arg("--socket").arg(&vhost_sock).arg("--uds-path").arg(&uds);
+                let mut h = spawn(hc, "vhost-device-vsock", &inst.path(instance::VSOCK_HELPER_LOG))?;
+                wait_for_socket(&vhost_sock, &mut h, "vhost-device-vsock").await?;
+                helper = Some(h);
+                cmd.args(["-chardev", &format!("socket,id=vsock0,path={}", vhost_sock.display())]);
+                cmd.args(["-device", "vhost-user-vsock-pci,chardev=vsock0"]);
+                TransportSpec::Hybrid { path: uds }
+            };
+            tracing::info!("qemu command: {cmd:?}");
+            let child = spawn(cmd, &self.binary.display().to_string(), &inst.path(instance::QEMU_LOG))?;
+            Ok(Box::new(QemuVm {
+                child,
+                helper,
+                transport,
+                accel,
+                qmp: inst.path(instance::QMP_SOCK),
+                log: inst.path(instance::QEMU_LOG),
+            }) as Box<dyn RunningVm>)
+        })
+    }
+}
+
+pub struct QemuVm {
+    child: Child,
+    helper: Option<Child>,
+    transport: TransportSpec,
+    accel: String,
+    qmp: PathBuf,
+    log: PathBuf,
+}
+
+impl QemuVm {
+    /// Sends `quit` over QMP.
+    async fn qmp_quit(&self) -> std::io::Result<()> {
+        let s = tokio::net::UnixStream::connect(&self.qmp).await?;
+        let (rd, mut wr) = s.into_split();
+        let mut lines = BufReader::new(rd).lines();
+        lines.next_line().await?; // greeting
+        wr.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await?;
+        lines.next_line().await?;
+        wr.write_all(b"{\"execute\":\"quit\"}\n").await?;
+        let _ = lines.next_line().await;
+        Ok(())
+    }
+
+    async fn stop_helper(&mut self) {
+        if let Some(mut h) = self.helper.take() {
+            let _ = h.start_kill();
+            let _ = h.wait().await;
+        }
+    }
+}
+
+impl RunningVm for QemuVm {
+    fn transport(&self) -> TransportSpec {
+        self.transport.clone()
+    }
+
+    fn accel(&self) -> &str {
+        &self.accel
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, String> {
+        Box::pin(async move {
+            let status = self.child.wait().await;
+            self.stop_helper().await;
+            let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail = tail.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ");
+            match status {
+                Ok(st) if st.success() => "QEMU exited".to_string(),
+                Ok(st) if tail.is_empty() => format!("QEMU exited ({st})"),
+                Ok(st) => format!("QEMU exited ({st}): {tail}"),
+                Err(e) => format!("waiting for QEMU failed: {e}"),
+            }
+        })
+    }
+
+    fn terminate(&mut self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.qmp_quit().await {
+                tracing::warn!("QMP quit failed: {e}");
+            }
+            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+                tracing::warn!("QEMU still running after QMP quit; killing it");
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+            }
+            self.stop_helper().await;
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! Finding the kernel and initramfs an instance boots.
+//!
+//! `builtin:NAME` names an image built by `cargo xtask image` (a directory with
+//! `vmlinuz`, `initrd.img`, `image.json`), searched in `$LIMA_IMAGES_PATH`,
+//! then next to the binaries (`<bindir>/../images`, which is `target/images`
+//! in a checkout, and `<bindir>/../share/lima-rs/images` when installed).
+//! Lima's `images[].kernel` / `images[].initrd` with local paths work too.
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::Image;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image `{name}` not found (looked in {looked}); build it with `cargo xtask image`, or set LIMA_IMAGES_PATH")]
+    NotFound { name: String, looked: String },
+    #[error("image file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("image {location}: disk images are not supported yet; use `builtin:default`, or give `kernel:` and `initrd:` locations")]
+    DiskImage { location: String },
+    #[error("{0}: remote image locations are not supported yet; download it and give a local path")]
+    Remote(String),
+    #[error("cannot read {path}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What the VM driver boots.
+#[derive(Debug, Clone)]
+pub struct BootImage {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to the runner's own kernel command line.
+    pub extra_cmdline: String,
+    /// From `image.json` when the image is ours.
+    pub kernel_release: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    kernel_release: String,
+    kernel: String,
+    initrd: String,
+}
+
+pub fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("LIMA_IMAGES_PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(bindir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        dirs.push(bindir.join("../images"));
+        dirs.push(bindir.join("../share/lima-rs/images"));
+    }
+    dirs
+}
+
+fn local(location: &str) -> Result<PathBuf, ImageError> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Err(ImageError::Remote(location.to_string()));
+    }
+    let p = location.strip_prefix("file://").unwrap_or(location);
+    let p = match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        None => PathBuf::from(p),
+    };
+    if !p.exists() {
+        return Err(ImageError::MissingFile(p));
+    }
+    Ok(p)
+}
+
+/// Opens a built image directory.
+pub fn open_builtin(name: &str) -> Result<BootImage, ImageError> {
+    let dirs = search_dirs();
+    for dir in &dirs {
+        let d = dir.join(name);
+        let manifest = d.join("image.json");
+        if !manifest.exists() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|e| ImageError::Manifest { path: manifest.clone(), source: Box::new(e) })?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| ImageError::Manifest { path: manifest.clone(), source: Box::new(e) })?;
+        let kernel = d.join(&m.kernel);
+        let initrd = d.join(&m.initrd);
+        for f in [&kernel, &initrd] {
+            if !f.exists() {
+                return Err(ImageError::MissingFile(f.clone()));
+            }
+        }
+        return Ok(BootImage {
+            kernel: kernel.canonicalize().unwrap_or(kernel),
+            initrd: Some(initrd.canonicalize().unwrap_or(initrd)),
+            extra_cmdline: String::new(),
+            kernel_release: Some(m.kernel_release),
+        });
+    }
+    Err(ImageError::NotFound {
+        name: name.to_string(),
+        looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Resolves an `images[]` entry to files on this host.
+pub fn resolve(image: &Image) -> Result<BootImage, ImageError> {
+    let mut boot = if let Some(name) = image.location.strip_prefix("builtin:") {
+        open_builtin(name)?
+    } else if let Some(k) = image.kernel.as_ref().filter(|k| !k.location.is_empty()) {
+        BootImage {
+            kernel: local(&k.location)?,
+            initrd: image.initrd.as_ref().map(|i| local(&i.location)).transpose()?,
+            extra_cmdline: String::new(),
+            kernel_release: None,
+        }
+    } else {
+        return Err(ImageError::DiskImage { location: image.location.clone() });
+    };
+    if let Some(cmdline) = image.kernel.as_ref().and_then(|k| k.cmdline.clone()) {
+        boot.extra_cmdline = cmdline;
+    }
+    Ok(boot)
+}

@@ -1,0 +1,237 @@
+//! The instance store: one directory per instance under `LIMA_HOME` (default
+//! `~/.lima`), laid out like Lima's so its users find their way.
+//!
+//! ```text
+//! $LIMA_HOME/NAME/
+//!   lima.yaml            the instance's configuration
+//!   ha.lock              flock held by the running host agent: "running" is
+//!                        "this lock is taken", so a crash never leaves a stale state
+//!   ha.pid               host agent PID (to signal it)
+//!   ha.stderr.log        host agent log
+//!   ha.events.jsonl      lifecycle events (booting, running, failed, stopping, stopped)
+//!   serial.log           the guest's serial console
+//!   qemu.pid qmp.sock qemu.stderr.log
+//!   vhost-vsock.sock vsock.sock transport.json   the vsock channel
+//! ```
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{ConfigError, InstanceConfig, LimaYaml};
+
+pub const LIMA_YAML: &str = "lima.yaml";
+pub const HA_LOCK: &str = "ha.lock";
+pub const HA_PID: &str = "ha.pid";
+pub const HA_LOG: &str = "ha.stderr.log";
+pub const HA_EVENTS: &str = "ha.events.jsonl";
+pub const SERIAL_LOG: &str = "serial.log";
+pub const QEMU_PID: &str = "qemu.pid";
+pub const QEMU_LOG: &str = "qemu.stderr.log";
+pub const QMP_SOCK: &str = "qmp.sock";
+pub const VHOST_VSOCK_SOCK: &str = "vhost-vsock.sock";
+pub const VSOCK_SOCK: &str = "vsock.sock";
+pub const VSOCK_HELPER_LOG: &str = "vhost-device-vsock.log";
+pub const TRANSPORT: &str = "transport.json";
+
+/// Files that only exist while the instance runs.
+pub const RUNTIME_FILES: &[&str] = &[HA_PID, QEMU_PID, QMP_SOCK, VHOST_VSOCK_SOCK, VSOCK_SOCK, TRANSPORT];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("instance name `{0}` is invalid: use letters and digits, optionally joined by `.`, `_` or `-` (at most 76 characters)")]
+    BadName(String),
+    #[error("instance `{name}` does not exist (create it with `limactl start --name {name}`)")]
+    NotFound { name: String },
+    #[error("instance `{name}` is not running (start it with `limactl start {name}`)")]
+    NotRunning { name: String },
+    #[error("instance `{name}` is already running (use `limactl shell {name}`, or `limactl stop {name}` first)")]
+    AlreadyRunning { name: String },
+    #[error("instance directory {0} makes socket paths longer than the OS allows; use a shorter LIMA_HOME")]
+    PathTooLong(PathBuf),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `$LIMA_HOME`, or `~/.lima`.
+pub fn lima_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("LIMA_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".lima")
+}
+
+/// Lima's rule (containerd identifiers): alphanumerics separated by single
+/// `.`, `_` or `-`, at most 76 characters, not ending in `.yaml`/`.yml`.
+pub fn validate_name(name: &str) -> Result<(), InstanceError> {
+    let bad = || InstanceError::BadName(name.to_string());
+    if name.is_empty() || name.len() > 76 || name.ends_with(".yaml") || name.ends_with(".yml") {
+        return Err(bad());
+    }
+    let mut prev_sep = true;
+    for c in name.chars() {
+        let sep = matches!(c, '.' | '_' | '-');
+        if sep && prev_sep {
+            return Err(bad());
+        }
+        if !sep && !c.is_ascii_alphanumeric() {
+            return Err(bad());
+        }
+        prev_sep = sep;
+    }
+    if prev_sep {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Status {
+    Running,
+    Stopped,
+    Broken,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Running => "Running",
+            Status::Stopped => "Stopped",
+            Status::Broken => "Broken",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Instance {
+    pub fn new(home: &Path, name: &str) -> Result<Self, InstanceError> {
+        validate_name(name)?;
+        let dir = home.join(name);
+        // sockaddr_un holds 108 bytes on Linux, 104 on macOS.
+        let longest = dir.join(VHOST_VSOCK_SOCK);
+        if longest.as_os_str().len() >= 104 {
+            return Err(InstanceError::PathTooLong(dir));
+        }
+        Ok(Instance { name: name.to_string(), dir })
+    }
+
+    /// The instance, which must exist.
+    pub fn open(home: &Path, name: &str) -> Result<Self, InstanceError> {
+        let inst = Self::new(home, name)?;
+        if !inst.exists() {
+            return Err(InstanceError::NotFound { name: name.to_string() });
+        }
+        Ok(inst)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.join(LIMA_YAML).exists()
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    pub fn yaml(&self) -> Result<LimaYaml, InstanceError> {
+        Ok(LimaYaml::load(&self.path(LIMA_YAML))?)
+    }
+
+    pub fn config(&self) -> Result<InstanceConfig, InstanceError> {
+        let path = self.path(LIMA_YAML);
+        Ok(self.yaml()?.resolve(&path.display().to_string())?)
+    }
+
+    /// Running while a host agent holds `ha.lock`.
+    pub fn status(&self) -> Status {
+        if !self.exists() {
+            return Status::Broken;
+        }
+        if self.host_agent_running() {
+            Status::Running
+        } else if self.config().is_ok() {
+            Status::Stopped
+        } else {
+            Status::Broken
+        }
+    }
+
+    pub fn host_agent_running(&self) -> bool {
+        let Ok(file) = std::fs::File::open(self.path(HA_LOCK)) else { return false };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+            Ok(_unlocked_on_drop) => false,
+            Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+        }
+    }
+
+    pub fn read_pid(&self, file: &str) -> Option<i32> {
+        std::fs::read_to_string(self.path(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Every instance in `home`, sorted by name.
+    pub fn list(home: &Path) -> Vec<Instance> {
+        let mut v: Vec<Instance> = std::fs::read_dir(home)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let inst = Instance::new(home, &name).ok()?;
+                inst.exists().then_some(inst)
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Removes what only a running instance has.
+    pub fn remove_runtime_files(&self) {
+        for f in RUNTIME_FILES {
+            let _ = std::fs::remove_file(self.path(f));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_limas_rules() {
+        for ok in ["default", "dev", "my-vm.2", "a_b", "A1"] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", "-x", "x-", "a..b", "a b", "x.yaml", "../etc", "a/b", &"x".repeat(77)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn status_follows_the_lock() {
+        let home = tempfile::tempdir().unwrap();
+        let inst = Instance::new(home.path(), "t").unwrap();
+        assert!(!inst.exists());
+        std::fs::create_dir_all(&inst.dir).unwrap();
+        std::fs::write(inst.path(LIMA_YAML), "images: [{location: builtin:default}]\n").unwrap();
+        assert_eq!(inst.status(), Status::Stopped);
+        let lock = std::fs::File::create(inst.path(HA_LOCK)).unwrap();
+        let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        assert_eq!(inst.status(), Status::Running);
+        drop(held);
+        assert_eq!(inst.status(), Status::Stopped);
+        std::fs::write(inst.path(LIMA_YAML), "bogus: 1\n").unwrap();
+        assert_eq!(inst.status(), Status::Broken);
+        assert_eq!(Instance::list(home.path()).len(), 1);
+    }
+}

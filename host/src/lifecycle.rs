@@ -1,0 +1,308 @@
+//! What `limactl start/stop/delete/list` do to an instance, apart from
+//! argument parsing: create from a template, spawn the host agent and follow
+//! its events, stop it, remove the instance.
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{human_size, LimaYaml};
+use crate::events::{self, Event};
+use crate::instance::{self, Instance, InstanceError, Status};
+use crate::template;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error("instance `{name}` is running; stop it first or use --force")]
+    Running { name: String },
+    #[error("instance `{name}` failed to start: {reason}\n  host agent log: {log}\n  serial console: {serial}")]
+    StartFailed { name: String, reason: String, log: String, serial: String },
+    #[error("the guest agent of `{name}` did not answer within {timeout:?}; the instance was stopped.\n  serial console: {serial}\n  host agent log: {log}")]
+    Timeout { name: String, timeout: Duration, serial: String, log: String },
+    #[error("cannot {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
+    let what = what.into();
+    move |source| LifecycleError::Io { what, source }
+}
+
+/// Creates `name` from `template` unless it exists; checks the config either way.
+pub fn create(home: &Path, name: &str, template_locator: &str) -> Result<(Instance, bool), LifecycleError> {
+    let inst = Instance::new(home, name)?;
+    if inst.exists() {
+        return Ok((inst, false));
+    }
+    let t = template::locate(template_locator)?;
+    // Validate before anything lands on disk.
+    let yaml = LimaYaml::parse(&t.text, &t.origin)?;
+    let cfg = yaml.resolve(&t.origin)?;
+    crate::image::resolve(&cfg.image)?;
+    std::fs::create_dir_all(&inst.dir).map_err(io(format!("create {}", inst.dir.display())))?;
+    std::fs::write(inst.path(instance::LIMA_YAML), &t.text).map_err(io("write lima.yaml"))?;
+    Ok((inst, true))
+}
+
+/// Spawns the host agent and waits until the guest agent answers.
+pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, LifecycleError> {
+    if inst.host_agent_running() {
+        return Err(InstanceError::AlreadyRunning { name: inst.name.clone() }.into());
+    }
+    let yaml = inst.yaml()?;
+    for field in yaml.unused_fields() {
+        eprintln!("warning: {}: `{field}` is accepted but not used by lima-rs yet", inst.path(instance::LIMA_YAML).display());
+    }
+    let cfg = yaml.resolve(&inst.path(instance::LIMA_YAML).display().to_string())?;
+    crate::image::resolve(&cfg.image)?;
+    inst.remove_runtime_files();
+    let events_path = inst.path(instance::HA_EVENTS);
+    let _ = std::fs::remove_file(&events_path);
+    let _ = std::fs::remove_file(inst.path(instance::SERIAL_LOG));
+    let log = std::fs::File::create(inst.path(instance::HA_LOG)).map_err(io("create the host agent log"))?;
+    let exe = std::env::current_exe().map_err(io("find our own executable"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("hostagent").arg(&inst.name);
+    cmd.env("LIMA_HOME", inst.dir.parent().unwrap_or(Path::new("/")));
+    cmd.stdin(std::process::Stdio::null());
+    cmd.stdout(log.try_clone().map_err(io("open the host agent log"))?).stderr(log);
+    // SAFETY: setsid in the child before exec; async-signal-safe. The host
+    // agent gets its own session so it outlives this command and the terminal.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    let mut child = cmd.spawn().map_err(io("start the host agent"))?;
+    let started = Instant::now();
+    let mut seen = 0;
+    loop {
+        let all = events::read_all(&events_path);
+        for rec in all.iter().skip(seen) {
+            match &rec.event {
+                ev @ Event::Running { .. } => {
+                    // The child is detached; reap it from a thread if it exits.
+                    std::thread::spawn(move || child.wait());
+                    return Ok(ev.clone());
+                }
+                Event::Failed { reason } => {
+                    let _ = child.wait();
+                    return Err(start_failed(inst, reason.clone()));
+                }
+                _ => {}
+            }
+        }
+        seen = all.len();
+        if let Ok(Some(st)) = child.try_wait() {
+            // Read once more: the last event may have landed just now.
+            if let Some(Event::Failed { reason }) = events::read_all(&events_path).iter().map(|r| &r.event).find(|e| matches!(e, Event::Failed { .. })) {
+                return Err(start_failed(inst, reason.clone()));
+            }
+            let tail = std::fs::read_to_string(inst.path(instance::HA_LOG)).unwrap_or_default();
+            let last = tail.lines().last().unwrap_or("").to_string();
+            return Err(start_failed(inst, format!("the host agent exited ({st}) {last}")));
+        }
+        if started.elapsed() > timeout {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+            if !wait_exit(&mut child, Duration::from_secs(30)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            inst.remove_runtime_files();
+            return Err(LifecycleError::Timeout {
+                name: inst.name.clone(),
+                timeout,
+                serial: inst.path(instance::SERIAL_LOG).display().to_string(),
+                log: inst.path(instance::HA_LOG).display().to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn start_failed(inst: &Instance, reason: String) -> LifecycleError {
+    LifecycleError::StartFailed {
+        name: inst.name.clone(),
+        reason,
+        log: inst.path(instance::HA_LOG).display().to_string(),
+        serial: inst.path(instance::SERIAL_LOG).display().to_string(),
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Stops the instance: graceful (the host agent shuts the guest down) unless
+/// `force`, which kills the host agent and everything it started.
+pub fn stop(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
+    if !inst.host_agent_running() {
+        inst.remove_runtime_files();
+        return Err(InstanceError::NotRunning { name: inst.name.clone() }.into());
+    }
+    let ha = inst.read_pid(instance::HA_PID);
+    if !force {
+        if let Some(pid) = ha {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(60) {
+                if !inst.host_agent_running() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("warning: `{}` did not stop within 60s; killing it", inst.name);
+        }
+    }
+    kill_all(inst);
+    Ok(())
+}
+
+/// SIGKILL to the host agent, QEMU and the helpers; removes runtime files.
+fn kill_all(inst: &Instance) {
+    for file in [instance::HA_PID, instance::QEMU_PID] {
+        if let Some(pid) = inst.read_pid(file) {
+            if pid > 1 && pid_alive(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+        }
+    }
+    let t = Instant::now();
+    while inst.host_agent_running() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    inst.remove_runtime_files();
+}
+
+/// Removes the instance; a running one needs `force`.
+pub fn delete(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
+    if inst.host_agent_running() {
+        if !force {
+            return Err(LifecycleError::Running { name: inst.name.clone() });
+        }
+        kill_all(inst);
+    }
+    std::fs::remove_dir_all(&inst.dir).map_err(io(format!("remove {}", inst.dir.display())))
+}
+
+/// One row of `limactl list`, also its JSON form.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceInfo {
+    pub name: String,
+    pub status: Status,
+    pub dir: String,
+    pub vm_type: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory: u64,
+    pub disk: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_agent_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watcher: Option<String>,
+}
+
+pub fn info(inst: &Instance) -> InstanceInfo {
+    let status = inst.status();
+    let cfg = inst.config().ok();
+    let running = status == Status::Running;
+    let mut accel = None;
+    let mut kernel_release = None;
+    let mut watcher = None;
+    if running {
+        for rec in events::read_all(&inst.path(instance::HA_EVENTS)) {
+            match rec.event {
+                Event::Booting { accel: a, .. } => accel = Some(a),
+                Event::Running { kernel_release: k, watcher: w, .. } => {
+                    kernel_release = Some(k);
+                    watcher = Some(w);
+                }
+                _ => {}
+            }
+        }
+    }
+    InstanceInfo {
+        name: inst.name.clone(),
+        status,
+        dir: inst.dir.display().to_string(),
+        vm_type: cfg.as_ref().map(|c| c.vm_type.clone()).unwrap_or_default(),
+        arch: cfg.as_ref().map(|c| c.arch.clone()).unwrap_or_default(),
+        cpus: cfg.as_ref().map(|c| c.cpus).unwrap_or(0),
+        memory: cfg.as_ref().map(|c| c.memory).unwrap_or(0),
+        disk: cfg.as_ref().map(|c| c.disk).unwrap_or(0),
+        host_agent_pid: if running { inst.read_pid(instance::HA_PID) } else { None },
+        driver_pid: if running { inst.read_pid(instance::QEMU_PID) } else { None },
+        accel,
+        kernel_release,
+        watcher,
+    }
+}
+
+/// The table `limactl list` prints.
+pub fn table(rows: &[InstanceInfo]) -> String {
+    let mut lines = vec![["NAME", "STATUS", "ARCH", "CPUS", "MEMORY", "DISK", "DIR"].map(String::from).to_vec()];
+    let home = std::env::var("HOME").unwrap_or_default();
+    for r in rows {
+        let dir = match r.dir.strip_prefix(&home) {
+            Some(rest) if !home.is_empty() => format!("~{rest}"),
+            _ => r.dir.clone(),
+        };
+        lines.push(vec![
+            r.name.clone(),
+            r.status.to_string(),
+            r.arch.clone(),
+            r.cpus.to_string(),
+            human_size(r.memory),
+            human_size(r.disk),
+            dir,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7).map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for l in lines {
+        let cells: Vec<String> = l.iter().enumerate().map(|(i, c)| if i == 6 { c.clone() } else { format!("{c:<w$}", w = widths[i]) }).collect();
+        out.push_str(cells.join("    ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The transport of a running instance.
+pub fn transport(inst: &Instance) -> Result<Box<dyn crate::vsock::Transport>, LifecycleError> {
+    if !inst.host_agent_running() {
+        return Err(InstanceError::NotRunning { name: inst.name.clone() }.into());
+    }
+    let bytes = std::fs::read(inst.path(instance::TRANSPORT)).map_err(|_| InstanceError::NotRunning { name: inst.name.clone() })?;
+    let spec: crate::vsock::TransportSpec = serde_json::from_slice(&bytes)
+        .map_err(|e| LifecycleError::Io { what: "read transport.json".into(), source: std::io::Error::other(e) })?;
+    Ok(spec.open())
+}
