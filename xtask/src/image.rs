@@ -1,0 +1,785 @@
+//! `cargo xtask image`: the default guest image, a Debian kernel plus an
+//! initramfs whose `/init` is our guest agent.
+//!
+//! Why this shape: the VM needs nothing but a kernel and an initramfs to
+//! boot to the agent, which makes a boot take seconds under TCG and keeps the
+//! whole image a few megabytes that we build from packages instead of
+//! downloading a cloud image (our build machines reach only the package
+//! registries). Debian's `linux-image-amd64` has everything we need (vsock,
+//! FUSE, virtiofs, 9p, BTF for the eBPF port watcher) as modules, so the
+//! initramfs carries those modules, listed in `images/default/modules.txt`,
+//! with their dependencies and a `modules.dep`. Busybox-static gives a shell
+//! and the usual tools for debugging and for `lima shell`.
+//!
+//! The result is cached by a hash of every input (the two .debs, the agent
+//! binary, modules.txt and [`RECIPE_VERSION`]) in
+//! `target/images/cache/<hash>/`, and `target/images/default` is a symlink to
+//! the current entry, so a rebuild with the same inputs does no work.
+//!
+//! Layout of the initramfs:
+//!
+//! ```text
+//! /init                        -> /usr/bin/lima-guest-agent (PID 1)
+//! /usr/bin/lima-guest-agent    static musl binary
+//! /bin/busybox, /bin/<applet>  -> busybox
+//! /sbin/modprobe               -> /bin/busybox (the kernel's request_module helper)
+//! /lib/modules/<release>/      kernel/..., modules.dep (depmod), modules.builtin, ...
+//! /dev/console                 char 5:1, so the kernel can give /init a console
+//! /etc/{passwd,group,hostname,resolv.conf,os-release}
+//! ```
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::build::{self, Profile};
+use crate::{cmd, cpio, setup};
+
+/// Bump whenever the recipe below changes what ends up in the image, so the
+/// cache does not hand out an image built by the old recipe.
+const RECIPE_VERSION: &str = "1";
+
+/// Debian's metapackage that always depends on the current kernel.
+const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
+const BUSYBOX_PACKAGE: &str = "busybox-static";
+const AGENT_IN_IMAGE: &str = "usr/bin/lima-guest-agent";
+
+/// Directories of the initramfs and their permissions.
+const SKELETON_DIRS: &[(&str, u32)] = &[
+    ("bin", 0o755),
+    ("dev", 0o755),
+    ("etc", 0o755),
+    ("home", 0o755),
+    ("lib", 0o755),
+    ("mnt", 0o755),
+    ("proc", 0o555),
+    ("root", 0o700),
+    ("run", 0o755),
+    ("sbin", 0o755),
+    ("sys", 0o555),
+    ("tmp", 0o1777),
+    ("usr", 0o755),
+    ("usr/bin", 0o755),
+    ("usr/sbin", 0o755),
+    ("var", 0o755),
+];
+
+/// `cargo xtask image`: build (or, with `--agent`, take the given agent and
+/// only set up), then assemble the image. Returns `target/images/default`.
+pub fn run(agent: Option<&Path>) -> Result<PathBuf> {
+    let agent = match agent {
+        Some(agent) => {
+            setup::run()?;
+            agent.to_path_buf()
+        }
+        None => {
+            build::run(Profile::Debug)?;
+            build::agent_path()
+        }
+    };
+    assemble(&agent)
+}
+
+/// `target/images`.
+fn images_dir() -> PathBuf {
+    cmd::target_dir().join("images")
+}
+
+/// The directory the other tasks and the tests use: `target/images/default`.
+pub fn default_dir() -> PathBuf {
+    images_dir().join("default")
+}
+
+/// Assembles the default image around `agent`, or finds it in the cache.
+pub fn assemble(agent: &Path) -> Result<PathBuf> {
+    let started = Instant::now();
+    let images = images_dir();
+    let downloads = images.join("download");
+    fs::create_dir_all(&downloads).with_context(|| format!("cannot create {}", downloads.display()))?;
+
+    let packages = resolve_packages(&downloads)?;
+    let kernel_deb = download(&packages.kernel, &downloads)?;
+    let busybox_deb = download(&packages.busybox, &downloads)?;
+    let modules_txt_path = cmd::root().join("images/default/modules.txt");
+    let modules_txt = fs::read_to_string(&modules_txt_path)
+        .with_context(|| format!("cannot read {}", modules_txt_path.display()))?;
+    let agent_bytes = fs::read(agent).with_context(|| {
+        format!("cannot read the guest agent {} (build it with `cargo xtask build`)", agent.display())
+    })?;
+    check_static_x86_64(&agent_bytes).with_context(|| format!("guest agent {}", agent.display()))?;
+
+    let hash = inputs_hash(&[
+        ("recipe", RECIPE_VERSION.as_bytes()),
+        ("kernel.deb", kernel_deb.sha256.as_bytes()),
+        ("busybox.deb", busybox_deb.sha256.as_bytes()),
+        ("agent", sha256_file(agent)?.as_bytes()),
+        ("modules.txt", modules_txt.as_bytes()),
+    ]);
+    let cache = images.join("cache");
+    let entry = cache.join(&hash);
+    if entry.join("image.json").is_file() {
+        point_default_at(&images, &hash)?;
+        eprintln!(
+            "image: cached {} -> cache/{hash} ({:.1}s)",
+            default_dir().display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(default_dir());
+    }
+
+    // Build into a scratch entry and rename it into place only when complete,
+    // so an interrupted build never looks like a cache hit.
+    let partial = cache.join(format!("{hash}.partial"));
+    let work = images.join("work");
+    for dir in [&partial, &work] {
+        remove_dir_if_present(dir)?;
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // The tree's permissions end up in the archive; do not let a strict
+    // umask of whoever runs this leak into the guest.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+
+    let recipe = Recipe { work: &work, tree: &work.join("initramfs"), out: &partial };
+    let kernel = recipe.kernel(&kernel_deb.path)?;
+    let wanted = parse_modules_txt(&modules_txt);
+    let modules = recipe.modules(&kernel, &wanted)?;
+    recipe.busybox(&busybox_deb.path)?;
+    recipe.agent(&agent_bytes)?;
+    recipe.skeleton(&kernel)?;
+    let initrd_size = recipe.initrd()?;
+    recipe.image_json(&kernel, &hash)?;
+
+    fs::rename(&partial, &entry)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), entry.display()))?;
+    remove_dir_if_present(&work)?;
+    point_default_at(&images, &hash)?;
+
+    eprintln!("image: kernel {} from {}", kernel.release, file_name(&kernel_deb.path));
+    eprintln!("image: built into the kernel: {}", join_or_none(&modules.builtin));
+    eprintln!("image: modules ({}): {}", modules.files.len(), join_or_none(&modules.names()));
+    for note in &modules.notes {
+        eprintln!("image: note: {note}");
+    }
+    eprintln!(
+        "image: initrd.img {:.1} MiB, vmlinuz {:.1} MiB",
+        mib(initrd_size),
+        mib(fs::metadata(entry.join("vmlinuz"))?.len())
+    );
+    eprintln!(
+        "image: built {} -> cache/{hash} in {:.1}s",
+        default_dir().display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(default_dir())
+}
+
+/// The two packages the image is made of, as the package index names them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Resolution {
+    /// [`apt_lists_stamp`] when this was asked.
+    index_stamp: String,
+    kernel: IndexedDeb,
+    busybox: IndexedDeb,
+}
+
+/// One package file: the name `apt-get download` gives it and its checksum.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+struct IndexedDeb {
+    package: String,
+    file: String,
+    sha256: Option<String>,
+}
+
+/// Asks apt which kernel package `linux-image-amd64` stands for and what
+/// both .debs are called.
+///
+/// Every apt query re-reads the whole package index on our machines (the
+/// binary apt cache is off, as in Debian's container images): 1.5 s each.
+/// So the answer is kept in `download/index.json` and reused until
+/// `/var/lib/apt/lists` changes (i.e. until `apt-get update` brings news).
+fn resolve_packages(downloads: &Path) -> Result<Resolution> {
+    let stamp = apt_lists_stamp();
+    let memo = downloads.join("index.json");
+    let remembered = fs::read_to_string(&memo)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Resolution>(&text).ok())
+        .filter(|r| r.index_stamp == stamp);
+    if let Some(resolution) = remembered {
+        return Ok(resolution);
+    }
+
+    let depends = cmd::query_text(Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE]))?;
+    let kernel = kernel_package(&depends)
+        .with_context(|| format!("`apt-cache depends {KERNEL_METAPACKAGE}` names no linux-image-* package"))?;
+    let uris = cmd::query_text(
+        Command::new("apt-get").args(["download", "--print-uris", &kernel, BUSYBOX_PACKAGE]),
+    )?;
+    let debs = parse_print_uris(&uris);
+    let find = |package: &str| {
+        debs.iter()
+            .find(|d| d.package == package)
+            .cloned()
+            .with_context(|| format!("`apt-get download --print-uris` says nothing about {package}: {uris:?}"))
+    };
+    let resolution = Resolution { index_stamp: stamp, kernel: find(&kernel)?, busybox: find(BUSYBOX_PACKAGE)? };
+    write(&memo, serde_json::to_string_pretty(&resolution)?.as_bytes(), 0o644)?;
+    Ok(resolution)
+}
+
+/// Changes whenever `apt-get update` changes the package lists.
+fn apt_lists_stamp() -> String {
+    let mut files: Vec<String> = fs::read_dir("/var/lib/apt/lists")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok().filter(|m| m.is_file())?;
+            let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some(format!("{} {} {}", e.file_name().to_string_lossy(), meta.len(), mtime.as_nanos()))
+        })
+        .collect();
+    files.sort();
+    inputs_hash(&[("apt-lists", files.join("\n").as_bytes())])
+}
+
+/// The real kernel package from `apt-cache depends linux-image-amd64`,
+/// e.g. `linux-image-6.1.0-56-amd64`.
+fn kernel_package(depends: &str) -> Option<String> {
+    depends
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches('|').strip_prefix("Depends:"))
+        .map(|p| p.trim().trim_matches(['<', '>']))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
+}
+
+/// Lines of `apt-get download --print-uris`: `'URL' FILE SIZE SHA256:HEX`,
+/// where FILE is `<package>_<version>_<arch>.deb`.
+fn parse_print_uris(text: &str) -> Vec<IndexedDeb> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let file = (*fields.get(1)?).to_string();
+            let package = file.split('_').next()?.to_string();
+            let sha256 = fields
+                .get(3)
+                .and_then(|c| c.strip_prefix("SHA256:"))
+                .map(str::to_ascii_lowercase);
+            Some(IndexedDeb { package, file, sha256 })
+        })
+        .collect()
+}
+
+/// A downloaded package file and the SHA-256 of its bytes (hex).
+struct Deb {
+    path: PathBuf,
+    sha256: String,
+}
+
+/// `apt-get download`s the package into `dir` unless the file is there
+/// already with the checksum the index gives.
+fn download(deb: &IndexedDeb, dir: &Path) -> Result<Deb> {
+    let path = dir.join(&deb.file);
+    let matches = |sha: &str| deb.sha256.as_deref().is_none_or(|e| e == sha);
+    if path.is_file() {
+        let sha256 = sha256_file(&path)?;
+        if matches(&sha256) {
+            eprintln!("image: present  {}", path.display());
+            return Ok(Deb { path, sha256 });
+        }
+        eprintln!("image: {} does not match the package index; downloading again", path.display());
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    cmd::run(Command::new("apt-get").args(["download", &deb.package]).current_dir(dir))?;
+    let sha256 = sha256_file(&path)?;
+    ensure!(matches(&sha256), "{} does not match the package index after download", path.display());
+    Ok(Deb { path, sha256 })
+}
+
+/// The cache key: SHA-256 over labelled inputs (each input contributes its
+/// own bytes or, for big files, their SHA-256).
+fn inputs_hash(inputs: &[(&str, &[u8])]) -> String {
+    let mut hasher = Sha256::new();
+    for (label, bytes) in inputs {
+        hasher.update(label.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// SHA-256 of a file, by `sha256sum`: xtask is a debug build, and sha2
+/// compiled without optimisation hashes the 70 MB kernel package at about
+/// 8 MB/s (10 s on every run); coreutils takes half a second.
+fn sha256_file(path: &Path) -> Result<String> {
+    let out = cmd::query_text(Command::new("sha256sum").arg("--binary").arg(path))?;
+    let digest = out.split_whitespace().next().unwrap_or_default();
+    ensure!(
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "unexpected `sha256sum` output for {}: {out:?}",
+        path.display()
+    );
+    Ok(digest.to_ascii_lowercase())
+}
+
+/// The agent runs as `/init` with no libc and no loader in the initramfs, so
+/// it must be a static x86-64 ELF. Catches pointing `--agent` at a glibc build.
+fn check_static_x86_64(elf: &[u8]) -> Result<()> {
+    const PT_INTERP: u32 = 3;
+    const EM_X86_64: u16 = 62;
+    let u16_at = |off: usize| elf.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |off: usize| elf.get(off..off + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |off: usize| elf.get(off..off + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    ensure!(elf.starts_with(b"\x7fELF\x02\x01"), "is not a little-endian 64-bit ELF file");
+    ensure!(u16_at(0x12) == Some(EM_X86_64), "is not an x86-64 binary");
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        bail!("has a truncated ELF header");
+    };
+    for i in 0..usize::from(phnum) {
+        let off = usize::try_from(phoff)? + i * usize::from(phentsize);
+        let p_type = u32_at(off).context("has a truncated program header table")?;
+        ensure!(
+            p_type != PT_INTERP,
+            "is dynamically linked (it names an ELF interpreter); the initramfs has no libc, \
+             so build it for {}",
+            setup::MUSL_TARGET
+        );
+    }
+    Ok(())
+}
+
+/// Module names from `modules.txt`: one per line, `#` starts a comment.
+fn parse_modules_txt(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(module_name)
+        .collect()
+}
+
+/// The kernel's module name for a file name or alias-free name:
+/// `kernel/fs/fuse/virtiofs.ko.xz` → `virtiofs`; `-` and `_` are the same.
+fn module_name(name: &str) -> String {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// What the kernel package gave us.
+struct Kernel {
+    release: String,
+    /// `lib/modules/<release>` inside the extracted package.
+    modules_dir: PathBuf,
+}
+
+/// The modules the image carries.
+struct Modules {
+    /// (module name, path relative to `lib/modules/<release>`), in the order
+    /// they were resolved: modules.txt order, dependencies after dependants.
+    files: Vec<(String, String)>,
+    /// Names from modules.txt (or dependencies) that are built in.
+    builtin: Vec<String>,
+    /// Things worth knowing that are not errors.
+    notes: Vec<String>,
+}
+
+impl Modules {
+    fn names(&self) -> Vec<String> {
+        self.files.iter().map(|(name, _)| name.clone()).collect()
+    }
+}
+
+/// The steps of the recipe, sharing the scratch directories.
+struct Recipe<'a> {
+    /// Scratch space for extracted packages.
+    work: &'a Path,
+    /// The initramfs tree on disk (depmod needs the modules on disk).
+    tree: &'a Path,
+    /// The cache entry being filled.
+    out: &'a Path,
+}
+
+impl Recipe<'_> {
+    /// Extracts the kernel package and copies `vmlinuz` out.
+    fn kernel(&self, deb: &Path) -> Result<Kernel> {
+        let dir = self.work.join("kernel");
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir))?;
+        let boot = dir.join("boot");
+        let vmlinuz: Vec<String> = fs::read_dir(&boot)
+            .with_context(|| format!("{} has no boot/ directory", deb.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_string))
+            .collect();
+        let [release] = vmlinuz.as_slice() else {
+            bail!("{} has {} boot/vmlinuz-* files, expected one", deb.display(), vmlinuz.len());
+        };
+        let release = release.clone();
+        copy(&boot.join(format!("vmlinuz-{release}")), &self.out.join("vmlinuz"), 0o644)?;
+        let modules_dir = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|m| dir.join(m).join(&release))
+            .find(|d| d.is_dir())
+            .with_context(|| format!("{} has no lib/modules/{release}", deb.display()))?;
+        Ok(Kernel { release, modules_dir })
+    }
+
+    /// Copies the wanted modules and their dependencies into
+    /// `lib/modules/<release>`, decompressed, and runs depmod there.
+    fn modules(&self, kernel: &Kernel, wanted: &[String]) -> Result<Modules> {
+        let src = &kernel.modules_dir;
+        let dst = self.tree.join("lib/modules").join(&kernel.release);
+        let available = index_modules(src)?;
+        let builtin: HashSet<String> = fs::read_to_string(src.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .map(module_name)
+            .collect();
+        let modinfo = cmd::system_tool("modinfo")?;
+        let mut result = Modules { files: Vec::new(), builtin: Vec::new(), notes: Vec::new() };
+        let mut queue: VecDeque<(String, Option<String>)> =
+            wanted.iter().map(|m| (m.clone(), None)).collect();
+        let mut seen = HashSet::new();
+        while let Some((name, needed_by)) = queue.pop_front() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let Some(rel) = available.get(&name) else {
+                if builtin.contains(&name) {
+                    result.builtin.push(name);
+                    continue;
+                }
+                match needed_by {
+                    None => bail!(
+                        "images/default/modules.txt names `{name}`, but kernel {} has it neither \
+                         as a module nor built in",
+                        kernel.release
+                    ),
+                    Some(by) => bail!(
+                        "module {by} depends on `{name}`, which kernel {} has neither as a module \
+                         nor built in",
+                        kernel.release
+                    ),
+                }
+            };
+            let rel_out = stage_module(&src.join(rel), &dst, rel)?;
+            let staged = dst.join(&rel_out);
+            let field = |f: &str| {
+                cmd::query_text(Command::new(&modinfo).args(["-F", f]).arg(&staged))
+            };
+            for dep in field("depends")?.trim().split(',').filter(|d| !d.is_empty()) {
+                queue.push_back((module_name(dep), Some(name.clone())));
+            }
+            // softdep lines look like "pre: crc32c post: foo"; follow the
+            // plain module names, report the aliases.
+            for soft in field("softdep")?.split_whitespace().filter(|w| !w.ends_with(':')) {
+                let soft_name = module_name(soft);
+                if available.contains_key(&soft_name) || builtin.contains(&soft_name) {
+                    queue.push_back((soft_name, Some(name.clone())));
+                } else {
+                    result.notes.push(format!(
+                        "{name} has soft dependency `{soft}`, not a module name; not followed"
+                    ));
+                }
+            }
+            result.files.push((name, rel_out));
+        }
+
+        for entry in fs::read_dir(src)?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file == "modules.order" || file.starts_with("modules.builtin") {
+                copy(&entry.path(), &dst.join(&file), 0o644)?;
+            }
+        }
+        let depmod = cmd::system_tool("depmod")?;
+        cmd::run(Command::new(depmod).arg("-b").arg(self.tree).arg(&kernel.release))?;
+        ensure!(dst.join("modules.dep").is_file(), "depmod wrote no {}", dst.join("modules.dep").display());
+        Ok(result)
+    }
+
+    /// `/bin/busybox` and a symlink per applet.
+    fn busybox(&self, deb: &Path) -> Result<()> {
+        let dir = self.work.join("busybox");
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir))?;
+        let busybox = dir.join("bin/busybox");
+        let applets = cmd::query_text(Command::new(&busybox).arg("--list"))?;
+        let bin = self.tree.join("bin");
+        copy(&busybox, &bin.join("busybox"), 0o755)?;
+        for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty() && !a.contains('/')) {
+            let link = bin.join(applet);
+            if link.symlink_metadata().is_err() {
+                symlink("busybox", &link)?;
+            }
+        }
+        // The kernel runs /sbin/modprobe to load modules on demand (e.g. a
+        // crypto algorithm ext4 asks for); busybox's reads our modules.dep.
+        symlink("/bin/busybox", &self.tree.join("sbin/modprobe"))
+    }
+
+    /// The agent, and `/init` pointing at it.
+    fn agent(&self, bytes: &[u8]) -> Result<()> {
+        let path = self.tree.join(AGENT_IN_IMAGE);
+        write(&path, bytes, 0o755)?;
+        symlink(&format!("/{AGENT_IN_IMAGE}"), &self.tree.join("init"))
+    }
+
+    /// Directories and the files in `/etc`.
+    fn skeleton(&self, kernel: &Kernel) -> Result<()> {
+        for (dir, mode) in SKELETON_DIRS {
+            let path = self.tree.join(dir);
+            fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            set_mode(&path, *mode)?;
+        }
+        let os_release = format!(
+            "NAME=\"lima-rs\"\n\
+             ID=lima-rs\n\
+             VARIANT=\"default image\"\n\
+             VARIANT_ID=default\n\
+             VERSION_ID={RECIPE_VERSION}\n\
+             PRETTY_NAME=\"lima-rs default image (Debian kernel {}, busybox)\"\n",
+            kernel.release
+        );
+        let files = [
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n".to_string()),
+            ("etc/group", "root:x:0:\n".to_string()),
+            ("etc/hostname", "lima\n".to_string()),
+            // QEMU user networking's built-in DNS server.
+            ("etc/resolv.conf", "nameserver 10.0.2.3\n".to_string()),
+            ("etc/os-release", os_release),
+        ];
+        for (path, text) in files {
+            write(&self.tree.join(path), text.as_bytes(), 0o644)?;
+        }
+        Ok(())
+    }
+
+    /// Packs the tree into `initrd.img` and returns its size.
+    fn initrd(&self) -> Result<u64> {
+        let mut archive = cpio::Archive::new();
+        archive
+            .add_tree(self.tree)
+            .with_context(|| format!("cannot read the initramfs tree {}", self.tree.display()))?;
+        // The kernel opens /dev/console for /init's stdio before anything
+        // mounts devtmpfs; without the node, /init starts with no output.
+        archive.char_device("dev/console", 0o600, 5, 1);
+        let path = self.out.join("initrd.img");
+        let file = fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        archive
+            .write(BufWriter::new(file))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn image_json(&self, kernel: &Kernel, hash: &str) -> Result<()> {
+        let json = ImageJson {
+            name: "default",
+            arch: "x86_64",
+            kernel_release: &kernel.release,
+            kernel: "vmlinuz",
+            initrd: "initrd.img",
+            inputs_hash: hash,
+        };
+        let text = serde_json::to_string_pretty(&json)? + "\n";
+        write(&self.out.join("image.json"), text.as_bytes(), 0o644)
+    }
+}
+
+/// `image.json`, which tells the host runner what the files are.
+#[derive(serde::Serialize)]
+struct ImageJson<'a> {
+    name: &'a str,
+    arch: &'a str,
+    kernel_release: &'a str,
+    kernel: &'a str,
+    initrd: &'a str,
+    inputs_hash: &'a str,
+}
+
+/// Module name → path relative to `lib/modules/<release>`, for every module
+/// file under `kernel/`.
+fn index_modules(modules_dir: &Path) -> Result<HashMap<String, String>> {
+    let mut index = HashMap::new();
+    let mut dirs = vec![PathBuf::from("kernel")];
+    while let Some(rel_dir) = dirs.pop() {
+        let abs = modules_dir.join(&rel_dir);
+        for entry in fs::read_dir(&abs).with_context(|| format!("cannot list {}", abs.display()))? {
+            let entry = entry?;
+            let rel = rel_dir.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                dirs.push(rel);
+            } else {
+                let rel = rel.to_string_lossy().into_owned();
+                if rel.contains(".ko") {
+                    index.insert(module_name(&rel), rel);
+                }
+            }
+        }
+    }
+    ensure!(!index.is_empty(), "no kernel modules under {}", modules_dir.join("kernel").display());
+    Ok(index)
+}
+
+/// Copies one module file into `dst` at the same relative path, decompressing
+/// `.ko.xz`/`.ko.zst`/`.ko.gz` (the agent hands plain `.ko` files to
+/// `finit_module`). Returns the path it was written to, relative to `dst`.
+fn stage_module(src: &Path, dst: &Path, rel: &str) -> Result<String> {
+    let decompressor = [(".xz", "xz"), (".zst", "zstd"), (".gz", "gzip")]
+        .into_iter()
+        .find(|(ext, _)| rel.ends_with(ext));
+    match decompressor {
+        None => {
+            copy(src, &dst.join(rel), 0o644)?;
+            Ok(rel.to_string())
+        }
+        Some((ext, tool)) => {
+            let plain = rel.strip_suffix(ext).unwrap_or(rel).to_string();
+            let bytes = cmd::query(Command::new(tool).arg("-dc").arg(src))?;
+            write(&dst.join(&plain), &bytes, 0o644)?;
+            Ok(plain)
+        }
+    }
+}
+
+/// Points `target/images/default` at `cache/<hash>`, replacing whatever was
+/// there in one rename.
+fn point_default_at(images: &Path, hash: &str) -> Result<()> {
+    let link = images.join("default");
+    let new = images.join("default.new");
+    let _ = fs::remove_file(&new);
+    symlink(&format!("cache/{hash}"), &new)?;
+    if link.is_dir() && !link.is_symlink() {
+        fs::remove_dir_all(&link).with_context(|| format!("cannot replace {}", link.display()))?;
+    }
+    fs::rename(&new, &link).with_context(|| format!("cannot replace {}", link.display()))
+}
+
+fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    let bytes = fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+    write(to, &bytes, mode)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    set_mode(path, mode)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+fn symlink(target: &str, link: &Path) -> Result<()> {
+    if let Some(parent) = link.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("cannot link {} -> {target}", link.display()))
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap_or_default().to_string_lossy().into_owned()
+}
+
+fn join_or_none(names: &[String]) -> String {
+    let sorted: BTreeSet<&String> = names.iter().collect();
+    if sorted.is_empty() {
+        "(none)".to_string()
+    } else {
+        sorted.into_iter().cloned().collect::<Vec<_>>().join(" ")
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_txt_skips_comments_and_blank_lines() {
+        let text = "# vsock\nvsock\n\n  9pnet_virtio  # transport\nvirtio-blk\n#fuse\n";
+        assert_eq!(parse_modules_txt(text), ["vsock", "9pnet_virtio", "virtio_blk"]);
+    }
+
+    #[test]
+    fn module_names_from_paths() {
+        assert_eq!(module_name("kernel/fs/fuse/virtiofs.ko"), "virtiofs");
+        assert_eq!(module_name("kernel/crypto/crc32c-intel.ko.xz"), "crc32c_intel");
+        assert_eq!(module_name("ext4"), "ext4");
+    }
+
+    #[test]
+    fn the_checked_in_modules_txt_parses() {
+        let text = fs::read_to_string(cmd::root().join("images/default/modules.txt")).unwrap();
+        let names = parse_modules_txt(&text);
+        for needed in ["vsock", "vmw_vsock_virtio_transport", "fuse", "virtiofs", "9pnet_virtio", "ext4", "overlay"] {
+            assert!(names.iter().any(|n| n == needed), "modules.txt lacks {needed}");
+        }
+    }
+
+    #[test]
+    fn kernel_package_from_apt_cache_depends() {
+        let out = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n  Recommends: firmware\n";
+        assert_eq!(kernel_package(out).as_deref(), Some("linux-image-6.1.0-56-amd64"));
+        assert_eq!(kernel_package("linux-image-amd64\n"), None);
+    }
+
+    #[test]
+    fn print_uris_names_package_file_and_checksum() {
+        let out = "'http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1.35.0-4%2bdeb12u1%2bb1_amd64.deb' \
+                   busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb 928188 SHA256:3D3FDB\n";
+        assert_eq!(
+            parse_print_uris(out),
+            [IndexedDeb {
+                package: "busybox-static".into(),
+                file: "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb".into(),
+                sha256: Some("3d3fdb".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn inputs_hash_separates_inputs() {
+        let a = inputs_hash(&[("x", b"ab"), ("y", b"c")]);
+        let b = inputs_hash(&[("x", b"a"), ("y", b"bc")]);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn a_dynamically_linked_agent_is_refused() {
+        // This test binary is linked against glibc, so it names an interpreter.
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        let err = check_static_x86_64(&me).unwrap_err();
+        assert!(err.to_string().contains("dynamically linked"), "{err}");
+        assert!(check_static_x86_64(b"#!/bin/sh\n").is_err());
+    }
+
+    #[test]
+    fn a_static_elf_header_is_accepted() {
+        // A 64-byte ELF header with no program headers.
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x12] = 62;
+        check_static_x86_64(&elf).unwrap();
+    }
+}

@@ -1,0 +1,94 @@
+//! `cargo xtask`: the project's build chores, written in Rust so they need
+//! nothing but cargo and run the same way on every machine.
+//!
+//! Each task lives in its own module and calls the tasks it depends on
+//! (`image` builds first, `build` sets up first), so any one command brings a
+//! fresh checkout to the state it needs. Tasks that are already done (tools
+//! installed, image cached) say so and skip the work.
+//!
+//! ```text
+//! cargo xtask setup            host packages and Rust tools
+//! cargo xtask build [--release]  host binaries + static guest agent
+//! cargo xtask image            target/images/default/{vmlinuz,initrd.img,image.json}
+//! cargo xtask test [-- ARGS]   cargo test --workspace with LIMA_BIN_DIR set
+//! cargo xtask run              start instance `default` and run `uname -a` in it
+//! cargo xtask bench [ARGS]     cargo run --release -p lima-benches -- ARGS
+//! ```
+
+mod bench;
+mod build;
+mod cmd;
+mod cpio;
+mod image;
+mod run;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build chores for lima-rs")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs (apt packages, nightly, rust targets,
+    /// bpf-linker, vhost-device-vsock); skips whatever is present.
+    Setup,
+    /// Set up, then build the host binaries and the static guest agent.
+    Build {
+        /// Build the host binaries with the release profile (the agent is
+        /// always built in release).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then assemble the default guest image (kernel + initramfs)
+    /// into target/images/default.
+    Image {
+        /// Use this static agent binary instead of building
+        /// lima-guest-agent (skips the build step).
+        #[arg(long, hide = true, value_name = "PATH")]
+        agent: Option<PathBuf>,
+    },
+    /// Build, make the image, then `cargo test --workspace`.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, make the image, start instance `default` and run `uname -a` in it.
+    Run,
+    /// Build in release, make the image, then run the benchmarks.
+    Bench {
+        /// Arguments for the benchmark binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Task::Build { release } => build::run(build::Profile::from_release(release))
+            .map(|()| ExitCode::SUCCESS),
+        Task::Image { agent } => image::run(agent.as_deref()).map(|_| ExitCode::SUCCESS),
+        Task::Test { args } => test::run(&args).map(|()| ExitCode::SUCCESS),
+        Task::Run => run::run(),
+        Task::Bench { args } => bench::run(&args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line.
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
