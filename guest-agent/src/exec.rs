@@ -18,7 +18,7 @@ use lima_proto::{read_frame_async, write_frame_async, ExecInput, ExecOutput, Exe
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -85,8 +85,20 @@ enum Stdio3 {
 }
 
 fn build_command(req: &ExecRequest) -> Command {
-    let mut cmd = Command::new(&req.argv[0]);
-    cmd.args(&req.argv[1..]);
+    let mut cmd = match req.argv.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+        None => {
+            // No command: the user's login shell.
+            let shell = login_shell();
+            let mut c = Command::new(&shell);
+            c.arg("-l");
+            c
+        }
+    };
     cmd.env_clear();
     cmd.env("PATH", DEFAULT_PATH).env("HOME", "/root").env("USER", "root").env("LOGNAME", "root");
     if req.pty.is_some() {
@@ -99,10 +111,16 @@ fn build_command(req: &ExecRequest) -> Command {
     cmd
 }
 
+/// root's shell from /etc/passwd, else /bin/sh.
+fn login_shell() -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| p.lines().find(|l| l.starts_with("root:")).and_then(|l| l.rsplit(':').next()).map(str::to_string))
+        .filter(|s| std::path::Path::new(s).exists())
+        .unwrap_or_else(|| "/bin/sh".into())
+}
+
 fn spawn(reaper: &Reaper, req: &ExecRequest) -> std::io::Result<(u32, oneshot::Receiver<ExitStatus>, Stdio3)> {
-    if req.argv.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"));
-    }
     if let Some(cwd) = &req.cwd {
         if !std::path::Path::new(cwd).is_dir() {
             return Err(std::io::Error::new(
@@ -181,7 +199,10 @@ impl AsyncFile {
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(std::io::Error::from)?;
-        Ok(AsyncFile(tokio::io::unix::AsyncFd::new(std::fs::File::from(fd))?))
+        // SAFETY: the File owns the fd and moves into the AsyncFd, so the fd
+        // stays open exactly as long as it is registered.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register(std::fs::File::from(fd)) };
+        Ok(AsyncFile(registered.map_err(std::io::Error::from)?))
     }
 
     async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {

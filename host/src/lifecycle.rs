@@ -219,9 +219,9 @@ pub struct InstanceInfo {
     pub cpus: u32,
     pub memory: u64,
     pub disk: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "hostAgentPID", skip_serializing_if = "Option::is_none")]
     pub host_agent_pid: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "driverPID", skip_serializing_if = "Option::is_none")]
     pub driver_pid: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,

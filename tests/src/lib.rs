@@ -1,1 +1,190 @@
+//! The one VM test fixture: a private `LIMA_HOME`, the real `limactl` and
+//! `lima` binaries, helpers to run them, and a teardown that always runs
+//! (force-deletes every instance) and prints the VM logs when a test failed.
+//!
+//! Binaries come from `$LIMA_BIN_DIR` (set by `cargo xtask test`), else from
+//! the `target/<profile>` directory these tests were built into. They find
+//! the guest image next to themselves (`target/images`), built by
+//! `cargo xtask image`.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+pub struct Lima {
+    pub home: tempfile::TempDir,
+    pub bin_dir: PathBuf,
+}
+
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LIMA_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/debug/deps/<test-binary> → target/debug
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// Output of a finished command, with helpers for assertions.
+pub struct Run {
+    pub out: Output,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code(), 0, "command failed\nstdout: {}\nstderr: {}", self.stdout(), self.stderr());
+        self
+    }
+    #[track_caller]
+    pub fn fails_with(self, needle: &str) -> Self {
+        assert_ne!(self.code(), 0, "command unexpectedly succeeded\nstdout: {}", self.stdout());
+        assert!(self.stderr().contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr());
+        assert_eq!(self.stderr().trim().lines().filter(|l| l.contains("error")).count(), 1, "want one error line:\n{}", self.stderr());
+        self
+    }
+}
+
+impl Lima {
+    pub fn new() -> Self {
+        let bin_dir = bin_dir();
+        let limactl = bin_dir.join("limactl");
+        assert!(limactl.exists(), "{} missing: build with `cargo xtask build` (or run `cargo xtask test`)", limactl.display());
+        // Short path: socket paths must fit in sockaddr_un.
+        let home = tempfile::Builder::new().prefix("lima-t").tempdir_in("/tmp").expect("tempdir");
+        Lima { home, bin_dir }
+    }
+
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(self.bin_dir.join(program));
+        c.env("LIMA_HOME", self.home.path());
+        c.env_remove("LIMA_INSTANCE");
+        c
+    }
+
+    /// Runs `limactl ARGS` with stdin from /dev/null.
+    pub fn limactl(&self, args: &[&str]) -> Run {
+        self.run(self.cmd("limactl").args(args), None)
+    }
+
+    /// Runs a command, feeding `stdin` if given.
+    pub fn run(&self, cmd: &mut Command, stdin: Option<&[u8]>) -> Run {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().expect("spawn");
+        if let Some(data) = stdin {
+            let mut w = child.stdin.take().expect("stdin");
+            let data = data.to_vec();
+            std::thread::spawn(move || std::io::Write::write_all(&mut w, &data));
+        }
+        Run { out: child.wait_with_output().expect("wait") }
+    }
+
+    /// `limactl shell NAME -- ARGS`
+    pub fn shell(&self, name: &str, args: &[&str]) -> Run {
+        let mut a = vec!["shell", name, "--"];
+        a.extend_from_slice(args);
+        self.limactl(&a)
+    }
+
+    /// Starts (creating from `template` if given) and asserts it is ready.
+    pub fn start(&self, name: &str, extra: &[&str]) -> Run {
+        let mut a = vec!["start", "--name", name, "--timeout", "5m"];
+        a.extend_from_slice(extra);
+        self.limactl(&a).ok()
+    }
+
+    pub fn instance_dir(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+
+    /// `limactl list --format json` for one instance.
+    pub fn info(&self, name: &str) -> serde_json::Value {
+        let r = self.limactl(&["list", "--format", "json", name]).ok();
+        serde_json::from_str(r.stdout().trim()).expect("json")
+    }
+
+    /// Processes whose command line or environment mentions our LIMA_HOME.
+    pub fn our_processes(&self) -> Vec<String> {
+        let needle = self.home.path().to_string_lossy().into_owned();
+        let me = std::process::id().to_string();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if !pid.chars().all(|c| c.is_ascii_digit()) || pid == me {
+                continue;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(&needle) || String::from_utf8_lossy(&environ).contains(&format!("LIMA_HOME={needle}")) {
+                found.push(format!("{pid}: {text}"));
+            }
+        }
+        found
+    }
+
+    /// Waits until `cond` holds, failing with `what` after `timeout`.
+    #[track_caller]
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !cond() {
+            assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The built image's manifest (`target/images/default/image.json`).
+    pub fn image_manifest(&self) -> serde_json::Value {
+        let p = self.bin_dir.join("../images/default/image.json");
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask image`", p.display()));
+        serde_json::from_str(&text).expect("image.json")
+    }
+
+    fn dump_logs(&self) {
+        for e in std::fs::read_dir(self.home.path()).into_iter().flatten().flatten() {
+            for f in ["ha.stderr.log", "serial.log", "qemu.stderr.log", "ha.events.jsonl"] {
+                let p = e.path().join(f);
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    eprintln!("----- {} (last {} lines) -----", p.display(), tail.len());
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Default for Lima {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lima {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for e in std::fs::read_dir(self.home.path()).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let _ = self.cmd("limactl").args(["delete", "--force", &name]).stdin(Stdio::null()).output();
+        }
+    }
+}
+
+/// sha256 of bytes, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

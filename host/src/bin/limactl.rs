@@ -150,6 +150,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if created {
                 eprintln!("Created instance `{}` in {}", inst.name, inst.dir.display());
+            } else if inst.host_agent_running() {
+                return Err(instance::InstanceError::AlreadyRunning { name: inst.name.clone() }.into());
             }
             eprintln!("Starting `{}` (waiting up to {:?} for the guest agent)...", inst.name, timeout);
             let ev = lifecycle::start(&inst, timeout)?;
@@ -228,7 +230,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let inst = instance::Instance::open(&home, &name)?;
             let transport = lifecycle::transport(&inst)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let code = rt.block_on(shell::exec(transport.as_ref(), shell::ExecOptions { argv, env, cwd: workdir, tty }))?;
+            let code = match rt.block_on(shell::exec(transport.as_ref(), shell::ExecOptions { argv, env, cwd: workdir, tty })) {
+                Ok(code) => code,
+                // Like a shell: 127 when the command cannot be started.
+                Err(shell::ShellError::Failed(reason)) => {
+                    eprintln!("limactl: error: {reason}");
+                    127
+                }
+                Err(e) => return Err(e.into()),
+            };
             // Do not wait for the stdin reader thread.
             std::process::exit(code);
         }
