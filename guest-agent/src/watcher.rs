@@ -22,6 +22,11 @@
 //!   attaching the program, reading the ring buffer) lives in [`kernel`] and
 //!   reaches the rest only through [`EventSource`]. The rest (status, event
 //!   decoding and text, fan-out) is tested without root through a fake source.
+//! - **Port 0 means "ask sock_diag".** The kernel fires the LISTEN
+//!   transition before it picks a port for a socket that was never bound
+//!   (`listen()` without `bind()`), so that event carries port 0; the close
+//!   carries the real port. Bound sockets (every server in practice) report
+//!   their port on listen.
 //! - **No BTF needed.** The program reads the tracepoint record at fixed
 //!   offsets (stable since 4.16), so kernels without `/sys/kernel/btf/vmlinux`
 //!   work too.
