@@ -78,11 +78,10 @@ async fn run(pid1: bool) -> anyhow::Result<()> {
         pid1,
         watcher: watcher.status.to_string(),
     };
-    let shutdown = server::serve(info, reaper.clone()).await?;
+    let server::ShutdownRequested = server::serve(info, reaper.clone()).await?;
     // The host asked us to stop.
     if pid1 {
         init::stop_everything_and_power_off().await;
     }
-    drop(shutdown);
     Ok(())
 }
