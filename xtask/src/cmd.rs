@@ -56,7 +56,14 @@ pub fn display(cmd: &Command) -> String {
         .get_envs()
         .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
         .collect();
-    words.push(cmd.get_program().to_string_lossy().into_owned());
+    // `cargo()` runs the cargo that started us by its full path; `cargo`
+    // reads better and runs the same one through rustup.
+    let program = cmd.get_program();
+    if std::env::var_os("CARGO").is_some_and(|c| c == program) {
+        words.push("cargo".to_string());
+    } else {
+        words.push(program.to_string_lossy().into_owned());
+    }
     words.extend(cmd.get_args().map(quote));
     words.join(" ")
 }

@@ -133,12 +133,15 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
         return Ok(default_dir());
     }
 
-    // Build into a scratch entry and rename it into place only when complete,
-    // so an interrupted build never looks like a cache hit.
-    let partial = cache.join(format!("{hash}.partial"));
-    let work = images.join("work");
-    for dir in [&partial, &work] {
-        remove_dir_if_present(dir)?;
+    // Build in a scratch directory of our own (engineers run tasks side by
+    // side) and move the result into the cache only when it is complete, so
+    // an interrupted build never looks like a cache hit.
+    let scratch_root = images.join("tmp");
+    remove_stale_scratch(&scratch_root)?;
+    let scratch = scratch_root.join(std::process::id().to_string());
+    let (work, partial) = (scratch.join("work"), scratch.join("out"));
+    remove_dir_if_present(&scratch)?;
+    for dir in [&work, &partial, &cache] {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     // The tree's permissions end up in the archive; do not let a strict
@@ -155,9 +158,13 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     let initrd_size = recipe.initrd()?;
     recipe.image_json(&kernel, &hash)?;
 
-    fs::rename(&partial, &entry)
-        .with_context(|| format!("cannot move {} to {}", partial.display(), entry.display()))?;
-    remove_dir_if_present(&work)?;
+    // If a concurrent run got there first, its entry is as good as ours.
+    if let Err(e) = fs::rename(&partial, &entry) {
+        if !entry.join("image.json").is_file() {
+            return Err(e).with_context(|| format!("cannot move {} to {}", partial.display(), entry.display()));
+        }
+    }
+    remove_dir_if_present(&scratch)?;
     point_default_at(&images, &hash)?;
 
     eprintln!("image: kernel {} from {}", kernel.release, file_name(&kernel_deb.path));
@@ -644,11 +651,26 @@ fn stage_module(src: &Path, dst: &Path, rel: &str) -> Result<String> {
     }
 }
 
+/// Removes scratch directories (`tmp/<pid>`) whose process is gone.
+fn remove_stale_scratch(scratch_root: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(scratch_root) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let alive = name.parse::<u32>().is_ok() && Path::new("/proc").join(&name).exists();
+        if !alive {
+            remove_dir_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Points `target/images/default` at `cache/<hash>`, replacing whatever was
 /// there in one rename.
 fn point_default_at(images: &Path, hash: &str) -> Result<()> {
     let link = images.join("default");
-    let new = images.join("default.new");
+    let new = images.join(format!("default.new-{}", std::process::id()));
     let _ = fs::remove_file(&new);
     symlink(&format!("cache/{hash}"), &new)?;
     if link.is_dir() && !link.is_symlink() {
