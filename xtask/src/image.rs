@@ -149,22 +149,26 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
 
     let recipe = Recipe { work: &work, tree: &work.join("initramfs"), out: &partial };
-    let kernel = recipe.kernel(&kernel_deb.path)?;
-    let wanted = parse_modules_txt(&modules_txt);
-    let modules = recipe.modules(&kernel, &wanted)?;
-    recipe.busybox(&busybox_deb.path)?;
-    recipe.agent(&agent_bytes)?;
-    recipe.skeleton(&kernel)?;
-    let initrd_size = recipe.initrd()?;
-    recipe.image_json(&kernel, &hash)?;
-
-    // If a concurrent run got there first, its entry is as good as ours.
-    if let Err(e) = fs::rename(&partial, &entry) {
-        if !entry.join("image.json").is_file() {
-            return Err(e).with_context(|| format!("cannot move {} to {}", partial.display(), entry.display()));
+    let built = (|| -> Result<_> {
+        let kernel = recipe.kernel(&kernel_deb.path)?;
+        let modules = recipe.modules(&kernel, &parse_modules_txt(&modules_txt))?;
+        recipe.busybox(&busybox_deb.path)?;
+        recipe.agent(&agent_bytes)?;
+        recipe.skeleton(&kernel)?;
+        let initrd_size = recipe.initrd()?;
+        recipe.image_json(&kernel, &hash)?;
+        // If a concurrent run got there first, its entry is as good as ours.
+        if let Err(e) = fs::rename(&partial, &entry) {
+            if !entry.join("image.json").is_file() {
+                return Err(e)
+                    .with_context(|| format!("cannot move {} to {}", partial.display(), entry.display()));
+            }
         }
-    }
+        Ok((kernel, modules, initrd_size))
+    })();
+    // The extracted kernel is 400 MB; do not leave it behind, even on error.
     remove_dir_if_present(&scratch)?;
+    let (kernel, modules, initrd_size) = built?;
     point_default_at(&images, &hash)?;
 
     eprintln!("image: kernel {} from {}", kernel.release, file_name(&kernel_deb.path));

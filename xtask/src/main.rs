@@ -92,3 +92,38 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Task {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .unwrap()
+            .task
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_and_bench_forward_their_arguments() {
+        let Task::Test { args } = parse(&["test", "--", "--nocapture", "vm"]) else { panic!() };
+        assert_eq!(args, ["--nocapture", "vm"]);
+        let Task::Bench { args } = parse(&["bench", "--quick", "ports"]) else { panic!() };
+        assert_eq!(args, ["--quick", "ports"]);
+        let Task::Bench { args } = parse(&["bench", "--", "--quick"]) else { panic!() };
+        assert_eq!(args, ["--quick"]);
+    }
+
+    #[test]
+    fn image_takes_a_hidden_agent_override() {
+        let Task::Image { agent } = parse(&["image", "--agent", "/tmp/init"]) else { panic!() };
+        assert_eq!(agent.as_deref(), Some(std::path::Path::new("/tmp/init")));
+        let help = Cli::command().find_subcommand_mut("image").unwrap().render_help().to_string();
+        assert!(!help.contains("--agent"), "{help}");
+    }
+}
