@@ -50,7 +50,7 @@ pub struct LimaYaml {
     pub provision: Option<Value>,
     pub probes: Option<Value>,
     pub guest_install_prefix: Option<String>,
-    pub port_forwards: Option<Value>,
+    pub port_forwards: Option<Vec<crate::portfwd::PortForwardYaml>>,
     pub copy_to_host: Option<Value>,
     pub message: Option<String>,
     pub networks: Option<Value>,
@@ -127,7 +127,7 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 17] = [
+        let checks: [(&'static str, bool); 16] = [
             ("base", self.base.is_some()),
             ("additionalDisks", self.additional_disks.is_some()),
             ("mounts", self.mounts.as_ref().is_some_and(|m| !m.is_null() && m.as_sequence().is_none_or(|s| !s.is_empty()))),
@@ -136,7 +136,6 @@ impl LimaYaml {
             ("containerd", self.containerd.is_some()),
             ("provision", self.provision.is_some()),
             ("probes", self.probes.is_some()),
-            ("portForwards", self.port_forwards.is_some()),
             ("copyToHost", self.copy_to_host.is_some()),
             ("networks", self.networks.is_some()),
             ("dns", self.dns.is_some()),
@@ -195,7 +194,12 @@ impl LimaYaml {
             Some(s) => parse_size(s).map_err(|m| invalid("disk", m))?,
             None => 100 << 30,
         };
+        let port_forwards = self.port_forwards.clone().unwrap_or_default();
+        if let Err((i, msg)) = crate::portfwd::resolve(&port_forwards, Path::new("/")) {
+            return Err(invalid(&format!("portForwards[{i}]"), msg));
+        }
         Ok(InstanceConfig {
+            port_forwards,
             vm_type,
             arch,
             image,
@@ -221,6 +225,9 @@ pub struct InstanceConfig {
     pub disk: u64,
     pub env: std::collections::BTreeMap<String, String>,
     pub message: String,
+    /// `portForwards` as written (checked); resolved per instance directory
+    /// by [`crate::portfwd::resolve`].
+    pub port_forwards: Vec<crate::portfwd::PortForwardYaml>,
 }
 
 pub fn host_arch() -> &'static str {

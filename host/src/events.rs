@@ -15,6 +15,8 @@ pub enum Event {
     Running { kernel_release: String, watcher: String, boot_ms: u64 },
     /// Starting failed; the host agent exits after this.
     Failed { reason: String },
+    /// Something the user should know; the instance keeps running.
+    Warning { message: String },
     Stopping,
     Stopped,
 }

@@ -84,6 +84,15 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
     };
     let boot_ms = started.elapsed().as_millis() as u64;
     tracing::info!("guest agent ready after {boot_ms} ms: kernel {}, watcher {}", info.kernel_release, info.watcher);
+    let rules = crate::portfwd::resolve(&config.port_forwards, &inst.dir)
+        .map_err(|(i, m)| HostAgentError::Failed(format!("portForwards[{i}]: {m}")))?;
+    let unix_paths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let forwarding = tokio::spawn(crate::forwarder::run(
+        std::sync::Arc::from(spec.open()),
+        rules,
+        inst.dir.clone(),
+        unix_paths.clone(),
+    ));
     emit(
         &events,
         Event::Running { kernel_release: info.kernel_release, watcher: info.watcher, boot_ms },
@@ -95,6 +104,10 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         }
         _ = term.recv() => shutdown(vm.as_mut(), transport.as_ref(), &events, true).await,
         _ = int.recv() => shutdown(vm.as_mut(), transport.as_ref(), &events, true).await,
+    }
+    forwarding.abort();
+    for p in unix_paths.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = std::fs::remove_file(p);
     }
     Ok(())
 }

@@ -12,6 +12,8 @@
 //!   serial.log           the guest's serial console
 //!   qemu.pid qmp.sock qemu.stderr.log
 //!   vhost-vsock.sock vsock.sock transport.json   the vsock channel
+//!   ports.json           forwarded ports and the guest's watcher mode
+//!   sock/                host ends of forwarded guest Unix sockets
 //! ```
 use std::path::{Path, PathBuf};
 
@@ -34,7 +36,8 @@ pub const VSOCK_HELPER_LOG: &str = "vhost-device-vsock.log";
 pub const TRANSPORT: &str = "transport.json";
 
 /// Files that only exist while the instance runs.
-pub const RUNTIME_FILES: &[&str] = &[HA_PID, QEMU_PID, QMP_SOCK, VHOST_VSOCK_SOCK, VSOCK_SOCK, TRANSPORT];
+pub const RUNTIME_FILES: &[&str] =
+    &[HA_PID, QEMU_PID, QMP_SOCK, VHOST_VSOCK_SOCK, VSOCK_SOCK, TRANSPORT, crate::forwarder::PORTS_FILE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {

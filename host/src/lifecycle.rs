@@ -229,6 +229,9 @@ pub struct InstanceInfo {
     pub kernel_release: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watcher: Option<String>,
+    /// Forwarded guest ports (and ones that could not be forwarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwards: Option<Vec<crate::forwarder::ForwardInfo>>,
 }
 
 pub fn info(inst: &Instance) -> InstanceInfo {
@@ -250,7 +253,20 @@ pub fn info(inst: &Instance) -> InstanceInfo {
             }
         }
     }
+    let mut forwards = None;
+    if running {
+        if let Some(p) = std::fs::read(inst.path(crate::forwarder::PORTS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::forwarder::PortsFile>(&b).ok())
+        {
+            if !p.watcher.is_empty() {
+                watcher = Some(p.watcher);
+            }
+            forwards = Some(p.forwards);
+        }
+    }
     InstanceInfo {
+        forwards,
         name: inst.name.clone(),
         status,
         dir: inst.dir.display().to_string(),

@@ -21,6 +21,18 @@
 //!   |      Signal, Resize}*                   |
 //!   | <-- ExecOutput::{Stdout, Stderr}* ---   |
 //!   | <-- ExecOutput::Exit(status) --------   |   last frame; both sides close
+//!
+//!  purpose = Events (one per host agent, for port forwarding):
+//!   | -- Subscribe{unix_sockets} ---------->  |   guest sockets the host may forward
+//!   | <-- GuestEvent::Ports{full: true} ----  |   everything listening now
+//!   | <-- GuestEvent::Ports{added, removed}*  |   as listeners come and go
+//!   | -- HostEvent::ForwardReady{..}* ----->  |   host port bound (latency benchmark)
+//!
+//!  purpose = Forward (one per forwarded connection or UDP peer):
+//!   | -- ForwardRequest::{Tcp,Udp,Unix} --->  |   checked against what listens now
+//!   | <-- ForwardReply::{Ok, Refused} -----   |
+//!   | <== raw bytes both ways (TCP, Unix; half-close = shutdown(WR)) ==> |
+//!   | <== Datagram frames both ways (UDP) ==============================> |
 //! ```
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -54,6 +66,8 @@ impl Hello {
 pub enum Purpose {
     Control,
     Exec,
+    Events,
+    Forward,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,13 +93,103 @@ pub enum ControlRequest {
     Ping,
     /// Stop all guest processes and power the VM off.
     Shutdown,
+    /// Change how the port watcher detects listeners (benchmarks compare them).
+    SetWatchMode(WatchMode),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlReply {
     Pong,
     ShuttingDown,
+    /// The watch mode now in use, in words (e.g. "ebpf").
+    WatchMode(String),
+    Error(String),
 }
+
+/// How the guest finds listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchMode {
+    /// eBPF events, each checked against a sock_diag dump (the default).
+    Ebpf,
+    /// A sock_diag dump every `interval_ms` (the fallback without eBPF).
+    Poll { interval_ms: u32 },
+    /// Lima's method, for comparison: a rescan every `interval_ms` plus one
+    /// when `bind()` returns.
+    LimaLike { interval_ms: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PortProto {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for PortProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortProto::Tcp => "tcp",
+            PortProto::Udp => "udp",
+        })
+    }
+}
+
+/// A listening socket in the guest: a TCP socket in LISTEN, or a bound,
+/// unconnected UDP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GuestPort {
+    pub proto: PortProto,
+    pub ip: std::net::IpAddr,
+    pub port: u16,
+}
+
+impl std::fmt::Display for GuestPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", std::net::SocketAddr::new(self.ip, self.port), self.proto)
+    }
+}
+
+/// First host → guest frame on an Events stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Guest Unix socket paths named by `portForwards` rules; the agent
+    /// forwards to these and to no other Unix socket.
+    pub unix_sockets: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestEvent {
+    /// `full`: `added` is the complete set (start, or after lost events).
+    Ports { full: bool, added: Vec<GuestPort>, removed: Vec<GuestPort> },
+    /// The watcher's mode changed (or was reported at subscription).
+    Watcher(String),
+}
+
+/// Host → guest on the Events stream, after `Subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostEvent {
+    /// The host listens for this guest port now.
+    ForwardReady { port: GuestPort, host: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    /// Connect to this listening TCP socket (its address as reported).
+    Tcp { ip: std::net::IpAddr, port: u16 },
+    /// Relay datagrams to this bound UDP socket for one host peer.
+    Udp { ip: std::net::IpAddr, port: u16 },
+    /// Connect to this Unix socket (must be one named in `Subscribe`).
+    Unix { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Ok,
+    Refused(String),
+}
+
+/// One UDP datagram on a Forward stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Datagram(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WinSize {
@@ -278,6 +382,16 @@ mod tests {
         round_trip(HelloReply { version: 9, result: Err("too old".into()) });
         round_trip(ControlRequest::Shutdown);
         round_trip(ControlReply::Pong);
+        round_trip(ControlRequest::SetWatchMode(WatchMode::LimaLike { interval_ms: 3000 }));
+        let port = GuestPort { proto: PortProto::Udp, ip: "::".parse().unwrap(), port: 53 };
+        round_trip(Subscribe { unix_sockets: vec!["/run/docker.sock".into()] });
+        round_trip(GuestEvent::Ports { full: true, added: vec![port], removed: vec![] });
+        round_trip(HostEvent::ForwardReady { port, host: "127.0.0.1:53".into() });
+        round_trip(ForwardRequest::Tcp { ip: "127.0.0.1".parse().unwrap(), port: 80 });
+        round_trip(ForwardRequest::Unix { path: "/run/x.sock".into() });
+        round_trip(ForwardReply::Refused("nothing listens".into()));
+        round_trip(Datagram(vec![1, 2, 3]));
+        assert_eq!(port.to_string(), "[::]:53/udp");
         round_trip(ExecRequest {
             argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
             env: vec![("A".into(), "b=c".into())],
