@@ -183,6 +183,41 @@ impl Drop for Lima {
     }
 }
 
+/// A guest command running in the background through `limactl shell`;
+/// killed (which ends the guest command too) when dropped.
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Lima {
+    /// Starts `limactl shell NAME -- ARGS` in the background.
+    pub fn spawn_shell(&self, name: &str, args: &[&str]) -> Background {
+        let child = self
+            .cmd("limactl")
+            .args(["shell", name, "--"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn limactl shell");
+        Background(child)
+    }
+
+    /// Writes a lima.yaml for the default image plus `extra` YAML and
+    /// returns its path (for `limactl start PATH`).
+    pub fn template(&self, file: &str, extra: &str) -> String {
+        let p = self.home.path().join(file);
+        std::fs::write(&p, format!("images:\n- location: builtin:default\ncpus: 2\nmemory: 1GiB\n{extra}")).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+}
+
 /// sha256 of bytes, hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
