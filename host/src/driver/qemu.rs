@@ -102,7 +102,15 @@ impl Driver for Qemu {
             cmd.args(["-serial", "chardev:serial0"]);
             cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", inst.path(instance::QMP_SOCK).display())]);
             cmd.args(["-pidfile", &inst.path(instance::QEMU_PID).display().to_string()]);
-            cmd.args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile="]);
+            // LIMA_QEMU_HOSTFWD adds QEMU's own user-mode forwards (comma-separated
+            // `tcp:HOSTIP:HOSTPORT-:GUESTPORT`); benchmarks use it as the baseline.
+            let mut netdev = "user,id=net0".to_string();
+            if let Ok(fwds) = std::env::var("LIMA_QEMU_HOSTFWD") {
+                for f in fwds.split(',').filter(|f| !f.is_empty()) {
+                    netdev.push_str(&format!(",hostfwd={f}"));
+                }
+            }
+            cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]);
             cmd.args(["-device", "virtio-rng-pci"]);
 
             let mut helper = None;
