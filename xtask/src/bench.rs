@@ -2,7 +2,8 @@
 //! runner in `benches/` (which prints our numbers beside its baselines).
 //!
 //! Benchmarks measure release builds only; a debug host would make every
-//! number about our debug overhead instead of the data path.
+//! number about our debug overhead instead of the data path. `LIMA_BIN_DIR`
+//! names the release binaries, as `cargo xtask test` does for debug ones.
 
 use anyhow::Result;
 
@@ -14,6 +15,7 @@ pub fn run(args: &[String]) -> Result<()> {
     image::assemble(&build::agent_path())?;
     cmd::run(
         cmd::cargo()
+            .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Release))
             .args(["run", "--release", "-p", "lima-benches", "--"])
             .args(args),
     )
