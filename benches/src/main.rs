@@ -6,6 +6,11 @@
 //! * `foundation`: `limactl start` to agent-ready (vs. the bare kernel boot of
 //!   the same image in plain QEMU), `limactl shell NAME -- true` (vs. one raw
 //!   vsock hello+ping round trip to the same agent).
+//! * `ports`: detection latency from a guest `listen()` to the host port
+//!   accepting, for the eBPF watcher, sock_diag polling every 1 s, and Lima's
+//!   method (3 s rescan + rescan after `bind()`), all on one VM and measured
+//!   on the guest clock; then round trip and throughput of a forwarded TCP
+//!   connection beside QEMU's own `hostfwd` on the same VM.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +29,12 @@ struct Args {
     /// Round trips for the exec figure
     #[arg(long, default_value_t = 20)]
     execs: usize,
+    /// Listens per detection method (ports suite)
+    #[arg(long, default_value_t = 200)]
+    listens: u16,
+    /// MiB moved for the throughput figure (ports suite)
+    #[arg(long, default_value_t = 256)]
+    mib: usize,
 }
 
 fn bin_dir() -> PathBuf {
@@ -66,7 +77,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.suite.as_str() {
         "foundation" => foundation(&args),
-        other => bail!("unknown suite `{other}` (known: foundation)"),
+        "ports" => ports(&args),
+        other => bail!("unknown suite `{other}` (known: foundation, ports)"),
     }
 }
 
@@ -155,5 +167,146 @@ fn foundation(args: &Args) -> anyhow::Result<()> {
         ms(execs.pct(0.9)),
         ms(pings.median())
     );
+    Ok(())
+}
+
+fn set_mode(transport: &dyn lima_host::vsock::Transport, rt: &tokio::runtime::Runtime, mode: lima_proto::WatchMode) -> anyhow::Result<String> {
+    match rt.block_on(lima_host::client::control(transport, lima_proto::ControlRequest::SetWatchMode(mode)))? {
+        lima_proto::ControlReply::WatchMode(t) => Ok(t),
+        other => bail!("setting the watch mode failed: {other:?}"),
+    }
+}
+
+/// Runs the guest's listen-latency tool on `count` ports from `base` and
+/// connects to each from the host until it accepts; returns the guest-clock
+/// latencies.
+fn detection(lc: &dyn Fn() -> Command, base: u16, count: u16) -> anyhow::Result<Vec<Duration>> {
+    use std::io::BufRead;
+    let mut child = lc()
+        .args(["shell", "bench", "--", "lima-guest-agent", "tool", "listen-latency", &base.to_string(), &count.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut out = Vec::new();
+    for i in 0..count {
+        let port = base + i;
+        let t = Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                // Hold the connection until the guest has accepted it.
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let line = lines.next().context("guest tool ended early")??;
+                let micros: u64 = line.split_whitespace().nth(1).context("bad line")?.parse()?;
+                out.push(Duration::from_micros(micros));
+                let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("port {port} never appeared on the host");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    let _ = child.wait();
+    Ok(out)
+}
+
+fn ping_pong(port: u16, n: usize) -> anyhow::Result<Stats> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    let mut v = Vec::new();
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(b"x")?;
+        s.read_exact(&mut b)?;
+        v.push(t.elapsed());
+    }
+    Ok(Stats::new(v))
+}
+
+fn throughput(port: u16, mib: usize) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    for _ in 0..mib {
+        s.write_all(&chunk)?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let secs = t.elapsed().as_secs_f64();
+    let got: usize = reply.trim().parse().with_context(|| format!("sink replied {reply:?}"))?;
+    if got != mib << 20 {
+        bail!("sink got {got} bytes, sent {}", mib << 20);
+    }
+    Ok(mib as f64 / secs)
+}
+
+fn ports(args: &Args) -> anyhow::Result<()> {
+    let bins = bin_dir();
+    let limactl = bins.join("limactl");
+    let home = tempfile::Builder::new().prefix("lima-b").tempdir_in("/tmp")?;
+    let lc = || {
+        let mut c = Command::new(&limactl);
+        c.env("LIMA_HOME", home.path());
+        // QEMU's own forwarding to the same guest servers, as the baseline.
+        c.env("LIMA_QEMU_HOSTFWD", "tcp:127.0.0.1:28080-:18080,tcp:127.0.0.1:28090-:18090");
+        c
+    };
+    run(lc().args(["start", "--name", "bench", "--timeout", "10m"]))?;
+    let inst = lima_host::instance::Instance::open(home.path(), "bench")?;
+    let transport = lima_host::lifecycle::transport(&inst)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+
+    let methods = [
+        ("eBPF watcher (ours)", lima_proto::WatchMode::Ebpf),
+        ("sock_diag polling, 1 s", lima_proto::WatchMode::Poll { interval_ms: 1000 }),
+        ("Lima's method: 3 s rescan + rescan after bind()", lima_proto::WatchMode::LimaLike { interval_ms: 3000 }),
+    ];
+    let mut rows = Vec::new();
+    for (i, (name, mode)) in methods.iter().enumerate() {
+        let text = set_mode(transport.as_ref(), &rt, *mode)?;
+        eprintln!("detection latency: {name} ({text}), {} listens", args.listens);
+        let base = 20000 + (i as u16) * 1000;
+        rows.push((name, Stats::new(detection(&lc, base, args.listens)?)));
+    }
+    set_mode(transport.as_ref(), &rt, lima_proto::WatchMode::Ebpf)?;
+
+    // Data path: one echo and one sink server, reached through us and hostfwd.
+    let mut echo = lc().args(["shell", "bench", "--", "lima-guest-agent", "tool", "echo", "tcp", "0.0.0.0:18080"]).stdin(Stdio::null()).spawn()?;
+    let mut sink = lc().args(["shell", "bench", "--", "lima-guest-agent", "tool", "sink", "tcp", "0.0.0.0:18090"]).stdin(Stdio::null()).spawn()?;
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", 18090)).is_err() || std::net::TcpStream::connect(("127.0.0.1", 18080)).is_err() {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("guest servers did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rtt_ours = ping_pong(18080, 1000)?;
+    let rtt_qemu = ping_pong(28080, 1000)?;
+    let tp_ours = throughput(18090, args.mib)?;
+    let tp_qemu = throughput(28090, args.mib)?;
+    let _ = echo.kill();
+    let _ = sink.kill();
+    let _ = echo.wait();
+    let _ = sink.wait();
+    run(lc().args(["delete", "--force", "bench"]))?;
+
+    println!("| detection method (n={} listens each) | p50 | p99 | max |", args.listens);
+    println!("| --- | --- | --- | --- |");
+    for (name, s) in &rows {
+        println!("| {name} | {} | {} | {} |", ms(s.median()), ms(s.pct(0.99)), ms(*s.samples.last().unwrap()));
+    }
+    println!();
+    println!("| forwarded TCP | ours (vsock) | QEMU hostfwd (slirp) |");
+    println!("| --- | --- | --- |");
+    println!("| round trip, 1 byte (n=1000), p50 | {} | {} |", ms(rtt_ours.median()), ms(rtt_qemu.median()));
+    println!("| round trip, 1 byte (n=1000), p99 | {} | {} |", ms(rtt_ours.pct(0.99)), ms(rtt_qemu.pct(0.99)));
+    println!("| throughput host→guest, {} MiB | {tp_ours:.0} MiB/s | {tp_qemu:.0} MiB/s |", args.mib);
     Ok(())
 }
