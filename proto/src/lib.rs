@@ -9,6 +9,8 @@
 pub mod ebpf;
 
 #[cfg(feature = "std")]
+pub mod fs;
+#[cfg(feature = "std")]
 pub mod wire;
 #[cfg(feature = "std")]
 pub use wire::*;

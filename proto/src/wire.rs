@@ -68,6 +68,8 @@ pub enum Purpose {
     Exec,
     Events,
     Forward,
+    /// A shared folder: `fs::ShareSetup`, then the `fs` protocol.
+    Share,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
