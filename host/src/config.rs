@@ -39,7 +39,7 @@ pub struct LimaYaml {
     pub memory: Option<String>,
     pub disk: Option<String>,
     pub additional_disks: Option<Value>,
-    pub mounts: Option<Value>,
+    pub mounts: Option<Vec<crate::mounts::MountYaml>>,
     pub mount_types_unsupported: Option<Value>,
     pub mount_type: Option<String>,
     pub mount_inotify: Option<bool>,
@@ -127,10 +127,9 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 16] = [
+        let checks: [(&'static str, bool); 15] = [
             ("base", self.base.is_some()),
             ("additionalDisks", self.additional_disks.is_some()),
-            ("mounts", self.mounts.as_ref().is_some_and(|m| !m.is_null() && m.as_sequence().is_none_or(|s| !s.is_empty()))),
             ("ssh", self.ssh.is_some()),
             ("caCerts", self.ca_certs.is_some()),
             ("containerd", self.containerd.is_some()),
@@ -198,7 +197,10 @@ impl LimaYaml {
         if let Err((i, msg)) = crate::portfwd::resolve(&port_forwards, Path::new("/")) {
             return Err(invalid(&format!("portForwards[{i}]"), msg));
         }
+        let mounts = crate::mounts::resolve(self.mounts.as_deref().unwrap_or(&[]), self.mount_type.as_deref(), false)
+            .map_err(|(f, m)| invalid(&f, m))?;
         Ok(InstanceConfig {
+            mounts,
             port_forwards,
             vm_type,
             arch,
@@ -228,6 +230,8 @@ pub struct InstanceConfig {
     /// `portForwards` as written (checked); resolved per instance directory
     /// by [`crate::portfwd::resolve`].
     pub port_forwards: Vec<crate::portfwd::PortForwardYaml>,
+    /// Checked mounts (host folders are checked again at start).
+    pub mounts: Vec<crate::mounts::Mount>,
 }
 
 pub fn host_arch() -> &'static str {

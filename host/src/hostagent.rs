@@ -82,6 +82,10 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         _ = term.recv() => { shutdown(vm.as_mut(), transport.as_ref(), &events, false).await; return Ok(()); }
         _ = int.recv() => { shutdown(vm.as_mut(), transport.as_ref(), &events, false).await; return Ok(()); }
     };
+    if let Err(e) = crate::shares::mount_all(&config.mounts, transport.as_ref()).await {
+        shutdown(vm.as_mut(), transport.as_ref(), &events, true).await;
+        return Err(HostAgentError::Failed(e));
+    }
     let boot_ms = started.elapsed().as_millis() as u64;
     tracing::info!("guest agent ready after {boot_ms} ms: kernel {}, watcher {}", info.kernel_release, info.watcher);
     let rules = crate::portfwd::resolve(&config.port_forwards, &inst.dir)

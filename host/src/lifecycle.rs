@@ -57,6 +57,38 @@ pub fn create(home: &Path, name: &str, template_locator: &str) -> Result<(Instan
     Ok((inst, true))
 }
 
+/// Applies `--mount DIR[:w]` (append) and `--mount-only` (replace) to the
+/// instance's `lima.yaml`, as Lima's edit flags do.
+pub fn apply_mount_flags(inst: &Instance, add: &[String], only: &[String]) -> Result<(), LifecycleError> {
+    if add.is_empty() && only.is_empty() {
+        return Ok(());
+    }
+    let path = inst.path(instance::LIMA_YAML);
+    let text = std::fs::read_to_string(&path).map_err(io("read lima.yaml"))?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| crate::config::ConfigError::Parse { path: path.display().to_string(), msg: e.to_string() })?;
+    let map = doc.as_mapping_mut().ok_or_else(|| crate::config::ConfigError::Parse {
+        path: path.display().to_string(),
+        msg: "not a YAML mapping".into(),
+    })?;
+    let key = serde_yaml::Value::from("mounts");
+    let mut mounts: Vec<serde_yaml::Value> = if only.is_empty() {
+        map.get(&key).and_then(|v| v.as_sequence().cloned()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    for flag in only.iter().chain(add) {
+        let m = crate::mounts::from_flag(flag);
+        mounts.push(serde_yaml::to_value(&m).map_err(|e| LifecycleError::Io { what: "encode a mount".into(), source: std::io::Error::other(e) })?);
+    }
+    map.insert(key, serde_yaml::Value::Sequence(mounts));
+    let out = serde_yaml::to_string(&doc).map_err(|e| LifecycleError::Io { what: "encode lima.yaml".into(), source: std::io::Error::other(e) })?;
+    // Check before writing: a bad flag must not damage the file.
+    let yaml = LimaYaml::parse(&out, &path.display().to_string())?;
+    yaml.resolve(&path.display().to_string())?;
+    std::fs::write(&path, out).map_err(io("write lima.yaml"))
+}
+
 /// Spawns the host agent and waits until the guest agent answers.
 pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, LifecycleError> {
     if inst.host_agent_running() {
@@ -66,8 +98,13 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     for field in yaml.unused_fields() {
         eprintln!("warning: {}: `{field}` is accepted but not used by lima-rs yet", inst.path(instance::LIMA_YAML).display());
     }
-    let cfg = yaml.resolve(&inst.path(instance::LIMA_YAML).display().to_string())?;
+    let origin = inst.path(instance::LIMA_YAML).display().to_string();
+    let cfg = yaml.resolve(&origin)?;
     crate::image::resolve(&cfg.image)?;
+    // Shared folders must exist on the host now.
+    crate::mounts::resolve(yaml.mounts.as_deref().unwrap_or(&[]), yaml.mount_type.as_deref(), true).map_err(|(field, msg)| {
+        crate::config::ConfigError::Invalid { path: origin.clone(), field, msg }
+    })?;
     inst.remove_runtime_files();
     let events_path = inst.path(instance::HA_EVENTS);
     let _ = std::fs::remove_file(&events_path);

@@ -97,6 +97,9 @@ pub enum ControlRequest {
     Shutdown,
     /// Change how the port watcher detects listeners (benchmarks compare them).
     SetWatchMode(WatchMode),
+    /// Mount a filesystem the VM provides (9p, virtiofs): loads the modules
+    /// for `fstype`, creates `target`, mounts.
+    Mount { fstype: String, source: String, target: String, options: String, read_only: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +108,7 @@ pub enum ControlReply {
     ShuttingDown,
     /// The watch mode now in use, in words (e.g. "ebpf").
     WatchMode(String),
+    Mounted,
     Error(String),
 }
 

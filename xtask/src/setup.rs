@@ -35,6 +35,8 @@ pub fn run() -> Result<()> {
     rust_toolchains()?;
     bpf_linker()?;
     cargo_tool("vhost-device-vsock")?;
+    // The `virtiofs` mount type (and the shared-folder benchmark baseline).
+    cargo_tool("virtiofsd")?;
     Ok(())
 }
 

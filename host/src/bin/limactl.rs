@@ -23,6 +23,12 @@ enum Cmd {
         /// Instance name (default: the template's name, or `default`)
         #[arg(long)]
         name: Option<String>,
+        /// Share a host folder (DIR[:w] for writable); adds to the template's mounts
+        #[arg(long = "mount", value_name = "DIR[:w]")]
+        mounts: Vec<String>,
+        /// Like --mount, but replaces the template's mounts
+        #[arg(long = "mount-only", value_name = "DIR[:w]")]
+        mount_only: Vec<String>,
         /// How long to wait for the guest agent (e.g. 10m, 90s)
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
@@ -132,7 +138,7 @@ fn chain(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let home = instance::lima_home();
     match cli.cmd {
-        Cmd::Start { name, timeout, target } => {
+        Cmd::Start { name, mounts, mount_only, timeout, target } => {
             std::fs::create_dir_all(&home).with_context(|| format!("cannot create LIMA_HOME {}", home.display()))?;
             let (inst, created) = match (&name, &target) {
                 (None, Some(t)) if instance::Instance::open(&home, t).is_ok() => {
@@ -148,13 +154,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     lifecycle::create(&home, &inst_name, &locator)?
                 }
             };
-            if created {
-                eprintln!("Created instance `{}` in {}", inst.name, inst.dir.display());
-            } else if inst.host_agent_running() {
+            if !created && inst.host_agent_running() {
                 return Err(instance::InstanceError::AlreadyRunning { name: inst.name.clone() }.into());
             }
+            if let Err(e) = lifecycle::apply_mount_flags(&inst, &mounts, &mount_only) {
+                if created {
+                    let _ = std::fs::remove_dir_all(&inst.dir);
+                }
+                return Err(e.into());
+            }
+            if created {
+                eprintln!("Created instance `{}` in {}", inst.name, inst.dir.display());
+            }
             eprintln!("Starting `{}` (waiting up to {:?} for the guest agent)...", inst.name, timeout);
-            let ev = lifecycle::start(&inst, timeout)?;
+            let ev = match lifecycle::start(&inst, timeout) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    // A new instance that could not even be launched is not kept.
+                    let launched = matches!(e, lifecycle::LifecycleError::StartFailed { .. } | lifecycle::LifecycleError::Timeout { .. });
+                    if created && !launched {
+                        let _ = std::fs::remove_dir_all(&inst.dir);
+                    }
+                    return Err(e.into());
+                }
+            };
             if let lima_host::events::Event::Running { kernel_release, boot_ms, .. } = ev {
                 eprintln!("READY in {:.1}s (kernel {kernel_release}). Run `limactl shell {}` or `lima` to use it.", boot_ms as f64 / 1000.0, inst.name);
             }

@@ -113,15 +113,60 @@ impl Driver for Qemu {
             cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]);
             cmd.args(["-device", "virtio-rng-pci"]);
 
-            let mut helper = None;
+            let mut helpers = Vec::new();
+            // Shared folders that QEMU or a vhost-user daemon serves.
+            let mut shared_mem = !crate::sys::kernel_vsock_usable();
+            for m in &cfg.mounts {
+                match m.kind {
+                    crate::mounts::MountType::NineP => {
+                        let mut v = format!(
+                            "local,path={},mount_tag={},security_model={},id={}",
+                            m.location.display(),
+                            m.tag,
+                            m.security_model,
+                            m.tag
+                        );
+                        if !m.writable {
+                            v.push_str(",readonly=on");
+                        }
+                        cmd.args(["-virtfs", &v]);
+                    }
+                    crate::mounts::MountType::Virtiofs => {
+                        shared_mem = true;
+                        let program = find_program("virtiofsd")
+                            .or_else(|| Some(PathBuf::from("/usr/libexec/virtiofsd")).filter(|p| p.exists()))
+                            .ok_or_else(|| DriverError::Missing {
+                                program: "virtiofsd".into(),
+                                hint: "mountType virtiofs needs it; run `cargo xtask setup` or `cargo install virtiofsd`".into(),
+                            })?;
+                        let sock = inst.dir.join(format!("virtiofsd-{}.sock", m.tag));
+                        let _ = std::fs::remove_file(&sock);
+                        let mut vc = std::process::Command::new(program);
+                        vc.arg(format!("--socket-path={}", sock.display()));
+                        vc.arg(format!("--shared-dir={}", m.location.display()));
+                        vc.args(["--cache=auto", "--sandbox=none"]);
+                        if !m.writable {
+                            vc.arg("--readonly");
+                        }
+                        let mut h = spawn(vc, "virtiofsd", &inst.dir.join(format!("virtiofsd-{}.log", m.tag)))?;
+                        wait_for_socket(&sock, &mut h, "virtiofsd").await?;
+                        helpers.push(h);
+                        cmd.args(["-chardev", &format!("socket,id={},path={}", m.tag, sock.display())]);
+                        cmd.args(["-device", &format!("vhost-user-fs-pci,chardev={},tag={}", m.tag, m.tag)]);
+                    }
+                    crate::mounts::MountType::Vsockfs => {}
+                }
+            }
+            if shared_mem {
+                // vhost-user devices need the guest RAM shared with their daemon.
+                cmd.args(["-object", &format!("memory-backend-memfd,id=mem0,size={mem_mib}M,share=on")]);
+                cmd.args(["-numa", "node,memdev=mem0"]);
+            }
             let transport = if crate::sys::kernel_vsock_usable() {
                 let cid = 3 + (std::process::id() % 100_000);
                 cmd.args(["-device", &format!("vhost-vsock-pci,guest-cid={cid}")]);
                 TransportSpec::Kernel { cid }
             } else {
-                // vhost-user needs the guest RAM shared with the backend.
-                cmd.args(["-object", &format!("memory-backend-memfd,id=mem0,size={mem_mib}M,share=on")]);
-                cmd.args(["-numa", "node,memdev=mem0"]);
                 let vhost_sock = inst.path(instance::VHOST_VSOCK_SOCK);
                 let uds = inst.path(instance::VSOCK_SOCK);
                 let _ = std::fs::remove_file(&vhost_sock);
@@ -135,7 +180,7 @@ impl Driver for Qemu {
                 hc.arg("--socket").arg(&vhost_sock).arg("--uds-path").arg(&uds);
                 let mut h = spawn(hc, "vhost-device-vsock", &inst.path(instance::VSOCK_HELPER_LOG))?;
                 wait_for_socket(&vhost_sock, &mut h, "vhost-device-vsock").await?;
-                helper = Some(h);
+                helpers.push(h);
                 cmd.args(["-chardev", &format!("socket,id=vsock0,path={}", vhost_sock.display())]);
                 cmd.args(["-device", "vhost-user-vsock-pci,chardev=vsock0"]);
                 TransportSpec::Hybrid { path: uds }
@@ -144,7 +189,7 @@ impl Driver for Qemu {
             let child = spawn(cmd, &self.binary.display().to_string(), &inst.path(instance::QEMU_LOG))?;
             Ok(Box::new(QemuVm {
                 child,
-                helper,
+                helpers,
                 transport,
                 accel,
                 qmp: inst.path(instance::QMP_SOCK),
@@ -156,7 +201,7 @@ impl Driver for Qemu {
 
 pub struct QemuVm {
     child: Child,
-    helper: Option<Child>,
+    helpers: Vec<Child>,
     transport: TransportSpec,
     accel: String,
     qmp: PathBuf,
@@ -178,7 +223,7 @@ impl QemuVm {
     }
 
     async fn stop_helper(&mut self) {
-        if let Some(mut h) = self.helper.take() {
+        for mut h in self.helpers.drain(..) {
             let _ = h.start_kill();
             let _ = h.wait().await;
         }

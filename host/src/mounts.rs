@@ -1,0 +1,204 @@
+//! `mounts:` from `lima.yaml` (Lima's fields, plus a per-mount `mountType`),
+//! resolved against the host: `~` expanded, the folder must exist, the mount
+//! point defaults to the host path.
+//!
+//! Mount types: `vsockfs` (ours: the host's `fs-server` over vsock, FUSE in
+//! the guest; the default), `9p` (QEMU's virtio-9p), `virtiofs` (an external
+//! `virtiofsd`). Lima's `reverse-sshfs` maps to `vsockfs`.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MountYaml {
+    pub location: String,
+    pub mount_point: Option<String>,
+    pub writable: Option<bool>,
+    /// lima-rs extension: the type for this mount only.
+    pub mount_type: Option<String>,
+    pub sshfs: Option<Value>,
+    #[serde(rename = "9p")]
+    pub nine_p: Option<NinePYaml>,
+    pub virtiofs: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NinePYaml {
+    pub security_model: Option<String>,
+    pub protocol_version: Option<String>,
+    pub msize: Option<String>,
+    pub cache: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    Vsockfs,
+    #[serde(rename = "9p")]
+    NineP,
+    Virtiofs,
+}
+
+impl std::fmt::Display for MountType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MountType::Vsockfs => "vsockfs",
+            MountType::NineP => "9p",
+            MountType::Virtiofs => "virtiofs",
+        })
+    }
+}
+
+pub fn parse_type(s: Option<&str>) -> Result<Option<MountType>, String> {
+    Ok(match s {
+        None | Some("default") | Some("") => None,
+        Some("vsockfs") | Some("reverse-sshfs") => Some(MountType::Vsockfs),
+        Some("9p") => Some(MountType::NineP),
+        Some("virtiofs") => Some(MountType::Virtiofs),
+        Some(other) => return Err(format!("`{other}` is not a mount type; use vsockfs, 9p or virtiofs")),
+    })
+}
+
+/// A mount ready for the host agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    pub index: usize,
+    pub location: PathBuf,
+    pub mount_point: String,
+    pub writable: bool,
+    pub kind: MountType,
+    /// 9p options: msize in bytes, cache mode, security model.
+    pub msize: u64,
+    pub cache_9p: String,
+    pub security_model: String,
+    /// Tag for 9p/virtiofs devices and logs.
+    pub tag: String,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+pub fn expand_tilde(p: &str) -> PathBuf {
+    if p == "~" {
+        home()
+    } else if let Some(rest) = p.strip_prefix("~/") {
+        home().join(rest)
+    } else {
+        PathBuf::from(p)
+    }
+}
+
+/// Checks the mounts; `check_host` also requires each folder to exist (at
+/// start; not when a template is merely parsed).
+pub fn resolve(mounts: &[MountYaml], instance_type: Option<&str>, check_host: bool) -> Result<Vec<Mount>, (String, String)> {
+    let default = parse_type(instance_type).map_err(|m| ("mountType".to_string(), m))?.unwrap_or(MountType::Vsockfs);
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let field = |f: &str| format!("mounts[{i}].{f}");
+        let location = expand_tilde(&m.location);
+        if !location.is_absolute() {
+            return Err((field("location"), format!("`{}` must be an absolute path or start with ~", m.location)));
+        }
+        if check_host && !location.is_dir() {
+            let what = if location.exists() { "is not a directory" } else { "does not exist" };
+            return Err((field("location"), format!("{} {what}; create it or remove the mount", location.display())));
+        }
+        let mount_point = match &m.mount_point {
+            Some(p) if p.starts_with('~') => return Err((field("mountPoint"), format!("`{p}`: `~` is not allowed for guest paths"))),
+            Some(p) if !p.starts_with('/') => return Err((field("mountPoint"), format!("`{p}` must be an absolute guest path"))),
+            Some(p) => p.clone(),
+            None => location.display().to_string(),
+        };
+        for system in ["/", "/bin", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys", "/usr"] {
+            if Path::new(&mount_point) == Path::new(system) {
+                return Err((field("mountPoint"), format!("{mount_point} is a system directory of the guest")));
+            }
+        }
+        if !seen.insert(mount_point.clone()) {
+            return Err((field("mountPoint"), format!("{mount_point} is mounted twice")));
+        }
+        let kind = parse_type(m.mount_type.as_deref()).map_err(|e| (field("mountType"), e))?.unwrap_or(default);
+        let p9 = m.nine_p.clone().unwrap_or_default();
+        let writable = m.writable.unwrap_or(false);
+        let msize = match &p9.msize {
+            Some(s) => crate::config::parse_size(s).map_err(|e| (field("9p.msize"), e))?,
+            None => 128 << 10,
+        };
+        out.push(Mount {
+            index: i,
+            location,
+            mount_point,
+            writable,
+            kind,
+            msize,
+            cache_9p: p9.cache.unwrap_or_else(|| if writable { "mmap".into() } else { "fscache".into() }),
+            security_model: p9.security_model.unwrap_or_else(|| "none".into()),
+            tag: format!("lima{i}"),
+        });
+    }
+    Ok(out)
+}
+
+/// `--mount DIR[:w]` → a mount entry.
+pub fn from_flag(flag: &str) -> MountYaml {
+    let (dir, writable) = match flag.strip_suffix(":w") {
+        Some(d) => (d, true),
+        None => (flag, false),
+    };
+    let dir = expand_tilde(dir);
+    let dir = if dir.is_absolute() { dir } else { std::env::current_dir().unwrap_or_default().join(dir) };
+    MountYaml { location: dir.display().to_string(), writable: Some(writable), ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Vec<MountYaml> {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn defaults_tilde_and_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let m = resolve(&parse(&format!("- location: {d}\n- location: \"~\"\n  mountPoint: /mnt/home\n  mountType: 9p\n")), None, true).unwrap();
+        assert_eq!(m[0].mount_point, d);
+        assert!(!m[0].writable);
+        assert_eq!(m[0].kind, MountType::Vsockfs);
+        assert_eq!(m[1].location, home());
+        assert_eq!(m[1].kind, MountType::NineP);
+        assert_eq!(m[1].cache_9p, "fscache");
+        let m = resolve(&parse(&format!("- location: {d}\n  writable: true\n")), Some("virtiofs"), true).unwrap();
+        assert_eq!(m[0].kind, MountType::Virtiofs);
+        let m = resolve(&parse(&format!("- location: {d}\n")), Some("reverse-sshfs"), true).unwrap();
+        assert_eq!(m[0].kind, MountType::Vsockfs);
+    }
+
+    #[test]
+    fn errors_name_the_mount() {
+        let err = resolve(&parse("- location: /no/such/dir\n"), None, true).unwrap_err();
+        assert_eq!(err.0, "mounts[0].location");
+        assert!(err.1.contains("/no/such/dir does not exist"), "{}", err.1);
+        assert!(resolve(&parse("- location: /no/such/dir\n"), None, false).is_ok());
+        let err = resolve(&parse("- location: /tmp\n  mountPoint: /etc\n"), None, true).unwrap_err();
+        assert!(err.1.contains("system directory"));
+        let err = resolve(&parse("- location: /tmp\n  mountType: nfs\n"), None, true).unwrap_err();
+        assert_eq!(err.0, "mounts[0].mountType");
+        let err = resolve(&parse("- location: relative\n"), None, false).unwrap_err();
+        assert!(err.1.contains("absolute"));
+    }
+
+    #[test]
+    fn mount_flags() {
+        let m = from_flag("/tmp/x:w");
+        assert_eq!(m.location, "/tmp/x");
+        assert_eq!(m.writable, Some(true));
+        assert_eq!(from_flag("/tmp/y").writable, Some(false));
+    }
+}

@@ -1,0 +1,42 @@
+//! Setting up an instance's shared folders once the guest agent answers:
+//! 9p and virtiofs are devices QEMU (or virtiofsd) already provides, so the
+//! guest only has to mount them; `vsockfs` opens a Share stream per mount
+//! and serves it with `fs-server`.
+use lima_proto::{ControlReply, ControlRequest};
+
+use crate::client;
+use crate::mounts::{Mount, MountType};
+use crate::vsock::Transport;
+
+/// Mounts everything; the error names the mount that failed.
+pub async fn mount_all(mounts: &[Mount], transport: &dyn Transport) -> Result<(), String> {
+    for m in mounts {
+        let (fstype, options) = match m.kind {
+            MountType::NineP => (
+                "9p",
+                format!("trans=virtio,version=9p2000.L,msize={},cache={}", m.msize, m.cache_9p),
+            ),
+            MountType::Virtiofs => ("virtiofs", String::new()),
+            MountType::Vsockfs => {
+                crate::shares_vsockfs::mount(m, transport).await?;
+                continue;
+            }
+        };
+        let req = ControlRequest::Mount {
+            fstype: fstype.into(),
+            source: m.tag.clone(),
+            target: m.mount_point.clone(),
+            options,
+            read_only: !m.writable,
+        };
+        match client::control(transport, req).await {
+            Ok(ControlReply::Mounted) => {
+                tracing::info!("mounted {} on {} ({fstype})", m.location.display(), m.mount_point);
+            }
+            Ok(ControlReply::Error(e)) => return Err(format!("mounts[{}] ({}): {e}", m.index, m.location.display())),
+            Ok(other) => return Err(format!("mounts[{}]: unexpected reply {other:?}", m.index)),
+            Err(e) => return Err(format!("mounts[{}]: {}", m.index, crate::hostagent::error_chain(&e))),
+        }
+    }
+    Ok(())
+}
