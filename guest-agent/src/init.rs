@@ -44,6 +44,9 @@ const BOOT_MODULES: &[&str] = &[
     "virtio_net",
     "virtio_blk",
     "virtio_console",
+    // sock_diag for TCP and UDP: the port watcher's source of truth.
+    "tcp_diag",
+    "udp_diag",
 ];
 
 /// Mounts that must exist before logging or the async runtime start.
@@ -103,6 +106,30 @@ pub async fn late_setup(params: &KernelParams) {
         let _ = sys::run_quiet("ip", &["addr", "add", "10.0.2.15/24", "dev", "eth0"]);
         let _ = sys::run_quiet("ip", &["route", "add", "default", "via", "10.0.2.2"]);
     }
+}
+
+/// Mounts a VM-provided filesystem (9p, virtiofs) at `target`; the error
+/// names the mount point.
+pub fn mount_share(fstype: &str, source: &str, target: &str, options: &str, read_only: bool) -> Result<(), String> {
+    let modules: &[&str] = match fstype {
+        "9p" => &["9pnet_virtio", "9p"],
+        "virtiofs" => &["virtiofs"],
+        other => return Err(format!("unsupported filesystem type {other}")),
+    };
+    if let Ok(tree) = modules::ModuleTree::open_running() {
+        for m in modules {
+            if let Err(e) = tree.load(m, &sys::RealLoader) {
+                tracing::warn!("module {m}: {e}");
+            }
+        }
+    }
+    std::fs::create_dir_all(target).map_err(|e| format!("cannot create mount point {target} in the guest: {e}"))?;
+    let mut flags = nix::mount::MsFlags::MS_NODEV;
+    if read_only {
+        flags |= nix::mount::MsFlags::MS_RDONLY;
+    }
+    nix::mount::mount(Some(source), target, Some(fstype), flags, if options.is_empty() { None } else { Some(options) })
+        .map_err(|e| format!("mounting {fstype} {source} on {target} in the guest: {e}"))
 }
 
 /// Asks every process to stop, then kills what is left, syncs, powers off.

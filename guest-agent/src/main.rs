@@ -6,16 +6,24 @@
 //! it listens on vsock port [`lima_proto::AGENT_VSOCK_PORT`], accepts only the
 //! host (CID 2), and serves one purpose per connection (see `lima_proto::wire`).
 mod exec;
+mod forward;
 mod init;
 mod modules;
+mod ports;
 mod server;
+mod share;
+mod sockdiag;
 mod sys;
+mod tools;
 mod watcher;
 
 use std::sync::Arc;
 
 fn main() {
     let pid1 = std::process::id() == 1;
+    if !pid1 && std::env::args().nth(1).as_deref() == Some("tool") {
+        std::process::exit(tools::main(std::env::args().skip(2).collect()));
+    }
     if pid1 {
         // Before anything else: /proc, /dev and friends, so logging and the
         // runtime below have what they need.
@@ -78,7 +86,10 @@ async fn run(pid1: bool) -> anyhow::Result<()> {
         pid1,
         watcher: watcher.status.to_string(),
     };
-    let server::ShutdownRequested = server::serve(info, reaper.clone()).await?;
+    let ports = ports::PortTable::start(&watcher);
+    tracing::info!("port watcher: {}", ports.mode_text());
+    let ctx = server::Context { reaper, ports, allowed: forward::AllowedSockets::default() };
+    let server::ShutdownRequested = server::serve(info, ctx).await?;
     // The host asked us to stop.
     if pid1 {
         init::stop_everything_and_power_off().await;

@@ -11,12 +11,22 @@ use tokio::sync::mpsc;
 use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 
 use crate::exec::Reaper;
+use crate::forward::AllowedSockets;
+use crate::ports::PortTable;
 
 /// Returned when the host asked for a shutdown.
 pub struct ShutdownRequested;
 
+/// What connections are served with.
+#[derive(Clone)]
+pub struct Context {
+    pub reaper: Arc<Reaper>,
+    pub ports: PortTable,
+    pub allowed: AllowedSockets,
+}
+
 /// Serves connections until the host asks us to shut down.
-pub async fn serve(info: AgentInfo, reaper: Arc<Reaper>) -> anyhow::Result<ShutdownRequested> {
+pub async fn serve(info: AgentInfo, ctx: Context) -> anyhow::Result<ShutdownRequested> {
     let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, AGENT_VSOCK_PORT))
         .map_err(|e| anyhow::anyhow!("cannot listen on vsock port {AGENT_VSOCK_PORT}: {e} (is the vsock transport module loaded?)"))?;
     tracing::info!("agent ready on vsock port {AGENT_VSOCK_PORT}");
@@ -37,10 +47,10 @@ pub async fn serve(info: AgentInfo, reaper: Arc<Reaper>) -> anyhow::Result<Shutd
                     continue;
                 }
                 let info = info.clone();
-                let reaper = reaper.clone();
+                let ctx = ctx.clone();
                 let shutdown_tx = shutdown_tx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &info, reaper, shutdown_tx).await {
+                    if let Err(e) = handle(stream, &info, ctx, shutdown_tx).await {
                         tracing::warn!("connection from the host failed: {e:#}");
                     }
                 });
@@ -53,7 +63,7 @@ pub async fn serve(info: AgentInfo, reaper: Arc<Reaper>) -> anyhow::Result<Shutd
 async fn handle<S>(
     mut stream: S,
     info: &AgentInfo,
-    reaper: Arc<Reaper>,
+    ctx: Context,
     shutdown: mpsc::Sender<()>,
 ) -> anyhow::Result<()>
 where
@@ -78,11 +88,28 @@ where
                         let _ = shutdown.send(()).await;
                         return Ok(());
                     }
+                    ControlRequest::Mount { fstype, source, target, options, read_only } => {
+                        let reply = match crate::init::mount_share(&fstype, &source, &target, &options, read_only) {
+                            Ok(()) => ControlReply::Mounted,
+                            Err(e) => ControlReply::Error(e),
+                        };
+                        write_frame_async(&mut stream, &reply).await?;
+                    }
+                    ControlRequest::SetWatchMode(mode) => {
+                        let reply = match ctx.ports.set_mode(mode) {
+                            Ok(text) => ControlReply::WatchMode(text),
+                            Err(e) => ControlReply::Error(e),
+                        };
+                        write_frame_async(&mut stream, &reply).await?;
+                    }
                 }
             }
             Ok(())
         }
-        Purpose::Exec => crate::exec::serve(stream, reaper).await,
+        Purpose::Exec => crate::exec::serve(stream, ctx.reaper).await,
+        Purpose::Events => crate::forward::serve_events(stream, ctx.ports, ctx.allowed).await,
+        Purpose::Forward => crate::forward::serve_forward(stream, ctx.ports, ctx.allowed).await,
+        Purpose::Share => crate::share::serve(stream).await,
     }
 }
 

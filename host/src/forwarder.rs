@@ -249,13 +249,13 @@ fn pick(sources: &Mutex<BTreeSet<GuestPort>>) -> Option<GuestPort> {
 
 async fn accept_tcp(l: tokio::net::TcpListener, transport: Arc<dyn Transport>, sources: Arc<Mutex<BTreeSet<GuestPort>>>) {
     loop {
-        let Ok((mut conn, _)) = l.accept().await else { continue };
+        let Ok((conn, _)) = l.accept().await else { continue };
         let _ = conn.set_nodelay(true);
         let Some(target) = pick(&sources) else { return };
         let transport = transport.clone();
         tokio::spawn(async move {
-            if let Some(mut s) = open_forward(transport.as_ref(), ForwardRequest::Tcp { ip: target.ip, port: target.port }).await {
-                let _ = tokio::io::copy_bidirectional(&mut conn, &mut s).await;
+            if let Some(s) = open_forward(transport.as_ref(), ForwardRequest::Tcp { ip: target.ip, port: target.port }).await {
+                let _ = lima_proto::relay::relay(conn, s).await;
             }
         });
     }
@@ -263,12 +263,12 @@ async fn accept_tcp(l: tokio::net::TcpListener, transport: Arc<dyn Transport>, s
 
 async fn accept_unix(l: tokio::net::UnixListener, transport: Arc<dyn Transport>, guest: String) {
     loop {
-        let Ok((mut conn, _)) = l.accept().await else { continue };
+        let Ok((conn, _)) = l.accept().await else { continue };
         let transport = transport.clone();
         let path = guest.clone();
         tokio::spawn(async move {
-            if let Some(mut s) = open_forward(transport.as_ref(), ForwardRequest::Unix { path }).await {
-                let _ = tokio::io::copy_bidirectional(&mut conn, &mut s).await;
+            if let Some(s) = open_forward(transport.as_ref(), ForwardRequest::Unix { path }).await {
+                let _ = lima_proto::relay::relay(conn, s).await;
             }
         });
     }

@@ -10,6 +10,8 @@ pub mod ebpf;
 
 #[cfg(feature = "std")]
 pub mod fs;
+#[cfg(feature = "tokio")]
+pub mod relay;
 #[cfg(feature = "std")]
 pub mod wire;
 #[cfg(feature = "std")]

@@ -31,7 +31,7 @@
 //!  purpose = Forward (one per forwarded connection or UDP peer):
 //!   | -- ForwardRequest::{Tcp,Udp,Unix} --->  |   checked against what listens now
 //!   | <-- ForwardReply::{Ok, Refused} -----   |
-//!   | <== raw bytes both ways (TCP, Unix; half-close = shutdown(WR)) ==> |
+//!   | <== relay chunks both ways (TCP, Unix; see `relay`: len 0 = EOF) => |
 //!   | <== Datagram frames both ways (UDP) ==============================> |
 //! ```
 use serde::{de::DeserializeOwned, Deserialize, Serialize};

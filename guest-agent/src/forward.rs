@@ -1,0 +1,175 @@
+//! The guest end of port forwarding: the Events stream (port changes to the
+//! host) and Forward streams (one per host connection or UDP peer).
+//!
+//! Security: a Forward request is served only when its target listens right
+//! now (per sock_diag) or, for Unix sockets, when the host named the path in
+//! its `Subscribe` (from `portForwards` rules). Nothing the host sends makes
+//! the agent dial anywhere else.
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lima_proto::{
+    read_frame_async, write_frame_async, Datagram, ForwardReply, ForwardRequest, GuestEvent, GuestPort, HostEvent,
+    PortProto, Subscribe,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::ports::{diff, PortTable};
+
+/// Guest Unix sockets the host may reach, as named by its rules.
+#[derive(Clone, Default)]
+pub struct AllowedSockets(Arc<Mutex<BTreeSet<String>>>);
+
+impl AllowedSockets {
+    fn set(&self, paths: Vec<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = paths.into_iter().collect();
+    }
+    fn contains(&self, path: &str) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(path)
+    }
+}
+
+/// Serves the Events stream until the host hangs up.
+pub async fn serve_events<S>(mut stream: S, table: PortTable, allowed: AllowedSockets) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(sub): Option<Subscribe> = read_frame_async(&mut stream).await? else { return Ok(()) };
+    allowed.set(sub.unix_sockets);
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut changes = table.subscribe();
+    let mut last = table.current();
+    write_frame_async(&mut wr, &GuestEvent::Watcher(table.mode_text())).await?;
+    write_frame_async(&mut wr, &GuestEvent::Ports { full: true, added: last.iter().copied().collect(), removed: vec![] })
+        .await?;
+    let mut text = table.mode_text();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let now = changes.borrow_and_update().clone();
+                let (added, removed) = diff(&last, &now);
+                last = now;
+                if !added.is_empty() || !removed.is_empty() {
+                    for p in &added {
+                        tracing::debug!("listening: {p}");
+                    }
+                    write_frame_async(&mut wr, &GuestEvent::Ports { full: false, added, removed }).await?;
+                }
+                let t = table.mode_text();
+                if t != text {
+                    write_frame_async(&mut wr, &GuestEvent::Watcher(t.clone())).await?;
+                    text = t;
+                }
+            }
+            msg = read_frame_async::<_, HostEvent>(&mut rd) => match msg? {
+                Some(HostEvent::ForwardReady { port, host }) => tracing::debug!("host forwards {port} from {host}"),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Where to connect for a listener: its own address, or loopback of its
+/// family when it listens on all addresses.
+fn dial_addr(ip: IpAddr, port: u16) -> SocketAddr {
+    let ip = match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Serves one Forward stream.
+pub async fn serve_forward<S>(mut stream: S, table: PortTable, allowed: AllowedSockets) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(req): Option<ForwardRequest> = read_frame_async(&mut stream).await? else { return Ok(()) };
+    let refuse = |why: String| ForwardReply::Refused(why);
+    match req {
+        ForwardRequest::Tcp { ip, port } => {
+            let gp = GuestPort { proto: PortProto::Tcp, ip, port };
+            if !table.is_listening(&gp) {
+                write_frame_async(&mut stream, &refuse(format!("nothing listens on {gp} in the guest"))).await?;
+                return Ok(());
+            }
+            match tokio::net::TcpStream::connect(dial_addr(ip, port)).await {
+                Ok(conn) => {
+                    let _ = conn.set_nodelay(true);
+                    write_frame_async(&mut stream, &ForwardReply::Ok).await?;
+                    let _ = lima_proto::relay::relay(conn, stream).await;
+                }
+                Err(e) => write_frame_async(&mut stream, &refuse(format!("connecting to {gp}: {e}"))).await?,
+            }
+        }
+        ForwardRequest::Unix { path } => {
+            if !allowed.contains(&path) {
+                write_frame_async(&mut stream, &refuse(format!("{path} is not named by a portForwards rule"))).await?;
+                return Ok(());
+            }
+            match tokio::net::UnixStream::connect(&path).await {
+                Ok(conn) => {
+                    write_frame_async(&mut stream, &ForwardReply::Ok).await?;
+                    let _ = lima_proto::relay::relay(conn, stream).await;
+                }
+                Err(e) => write_frame_async(&mut stream, &refuse(format!("connecting to {path}: {e}"))).await?,
+            }
+        }
+        ForwardRequest::Udp { ip, port } => {
+            let gp = GuestPort { proto: PortProto::Udp, ip, port };
+            if !table.is_listening(&gp) {
+                write_frame_async(&mut stream, &refuse(format!("nothing listens on {gp} in the guest"))).await?;
+                return Ok(());
+            }
+            let target = dial_addr(ip, port);
+            let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+            let sock = tokio::net::UdpSocket::bind(local).await?;
+            sock.connect(target).await?;
+            write_frame_async(&mut stream, &ForwardReply::Ok).await?;
+            relay_udp(stream, sock).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Datagram frames ⇄ a connected UDP socket, until the host closes the
+/// stream or nothing moves for 10 minutes.
+async fn relay_udp<S>(stream: S, sock: tokio::net::UdpSocket) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            frame = read_frame_async::<_, Datagram>(&mut rd) => match frame? {
+                Some(Datagram(d)) => { let _ = sock.send(&d).await; }
+                None => return Ok(()),
+            },
+            got = sock.recv(&mut buf) => {
+                if let Ok(n) = got {
+                    write_frame_async(&mut wr, &Datagram(buf[..n].to_vec())).await?;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(600)) => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listeners_are_dialed_on_loopback() {
+        assert_eq!(dial_addr("0.0.0.0".parse().unwrap(), 80), "127.0.0.1:80".parse().unwrap());
+        assert_eq!(dial_addr("::".parse().unwrap(), 80), "[::1]:80".parse().unwrap());
+        assert_eq!(dial_addr("10.0.2.15".parse().unwrap(), 80), "10.0.2.15:80".parse().unwrap());
+    }
+}

@@ -1,0 +1,849 @@
+//! The fuser [`Filesystem`]: every kernel request becomes one protocol
+//! request, sent from a tokio task that owns the fuser reply object, so the
+//! session thread never waits for the host (see the module docs of
+//! [`super`] for the caching and threading rationale).
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use lima_proto::fs::{Attr, DirEntry, FsReply, FsRequest, Lock, SetTime, Time, MAX_IO};
+use tokio::runtime::Handle;
+
+use super::client::Client;
+
+/// How long the kernel may trust entries (positive and negative) and
+/// attributes. Long on purpose: the host invalidates what changes.
+pub(super) const TTL: Duration = Duration::from_secs(3600);
+
+/// Requests the kernel may have queued in the background (readahead, async
+/// reads, releases) before it throttles; the default 12 starves big reads.
+const MAX_BACKGROUND: u16 = 64;
+
+/// What the kernel was last told about a file's data, to decide at open
+/// whether its page cache is still good.
+struct Snapshot {
+    mtime: Time,
+    size: u64,
+    /// Written through this mount since: the page cache took those writes
+    /// too, so a changed mtime/size is ours and no reason to drop it.
+    guest_wrote: bool,
+}
+
+/// Directory entries fetched from the host but not yet handed to the kernel
+/// (the host answers in batches of its choosing; the kernel asks with a
+/// buffer of its own, usually one page).
+struct DirBuf {
+    /// Offset of the first entry in `entries`.
+    offset: u64,
+    plus: bool,
+    entries: VecDeque<DirEntry>,
+}
+
+/// State the session thread and the request tasks share.
+pub(super) struct Shared {
+    client: Arc<Client>,
+    uid: u32,
+    gid: u32,
+    snapshots: Mutex<HashMap<u64, Snapshot>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirBuf>>>>,
+    /// Set once the FUSE handshake is done.
+    pub(super) notifier: OnceLock<Notifier>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn errno(n: i32) -> Errno {
+    Errno::from_i32(n)
+}
+
+pub(super) struct ShareFs {
+    rt: Handle,
+    shared: Arc<Shared>,
+}
+
+impl ShareFs {
+    pub(super) fn new(rt: Handle, client: Arc<Client>, uid: u32, gid: u32) -> (ShareFs, Arc<Shared>) {
+        let shared = Arc::new(Shared {
+            client,
+            uid,
+            gid,
+            snapshots: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            notifier: OnceLock::new(),
+        });
+        (ShareFs { rt, shared: shared.clone() }, shared)
+    }
+
+    /// Runs one request's round trip on the runtime; `f` owns the reply.
+    fn run<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f(self.shared.clone()));
+    }
+
+    /// The common shape: one request, a reply built from the answer.
+    fn call<R, H>(&self, req: FsRequest, reply: R, handle: H)
+    where
+        R: Send + 'static,
+        H: FnOnce(&Shared, R, FsReply) + Send + 'static,
+    {
+        self.run(move |s| async move {
+            let answer = s.client.call(req).await;
+            handle(&s, reply, answer);
+        });
+    }
+}
+
+impl Shared {
+    /// Converts attributes for the kernel and remembers what it was told.
+    fn file_attr(&self, a: &Attr) -> FileAttr {
+        let mut snaps = lock(&self.snapshots);
+        let snap = snaps.entry(a.id).or_insert(Snapshot { mtime: a.mtime, size: a.size, guest_wrote: false });
+        if snap.mtime != a.mtime || snap.size != a.size {
+            *snap = Snapshot { mtime: a.mtime, size: a.size, guest_wrote: false };
+        }
+        drop(snaps);
+        to_file_attr(a, self.uid, self.gid)
+    }
+
+    /// At open: may the kernel keep its page cache for `id`? If the file
+    /// changed behind our back, also drop the cached attributes (size!).
+    fn still_cached(&self, id: u64, a: &Attr) -> bool {
+        let mut snaps = lock(&self.snapshots);
+        let keep = match snaps.get(&id) {
+            Some(s) if s.mtime == a.mtime && s.size == a.size => true,
+            Some(s) => s.guest_wrote,
+            None => false,
+        };
+        snaps.insert(id, Snapshot { mtime: a.mtime, size: a.size, guest_wrote: false });
+        drop(snaps);
+        if !keep {
+            if let Some(n) = self.notifier.get() {
+                // Attributes only (offset < 0): never blocks on page locks.
+                let _ = n.inval_inode(INodeNo(id), -1, 0);
+            }
+        }
+        keep
+    }
+
+    fn wrote(&self, id: u64) {
+        if let Some(s) = lock(&self.snapshots).get_mut(&id) {
+            s.guest_wrote = true;
+        }
+    }
+
+    fn unexpected(&self, op: &str, r: &FsReply) -> Errno {
+        tracing::warn!("share: unexpected answer to {op}: {}", reply_name(r));
+        Errno::EIO
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: FsReply) {
+        match r {
+            FsReply::Entry(e) => reply.entry(&TTL, &self.file_attr(&e.attr), Generation(e.generation)),
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(self.unexpected("an entry request", &other)),
+        }
+    }
+
+    fn reply_attr(&self, reply: ReplyAttr, r: FsReply) {
+        match r {
+            FsReply::Attr(a) => reply.attr(&TTL, &self.file_attr(&a)),
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(self.unexpected("getattr/setattr", &other)),
+        }
+    }
+
+    fn reply_empty(&self, reply: ReplyEmpty, r: FsReply) {
+        match r {
+            FsReply::Ok => reply.ok(),
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(self.unexpected("a request", &other)),
+        }
+    }
+
+    fn dir(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<DirBuf>>> {
+        lock(&self.dirs).get(&fh).cloned()
+    }
+
+    /// Forgets the lookups the host counted for entries the kernel never saw.
+    fn discard(&self, buf: &mut DirBuf) {
+        for e in buf.entries.drain(..) {
+            if let Some(entry) = e.entry {
+                self.client.send(FsRequest::Forget { id: entry.attr.id, nlookup: 1 });
+            }
+        }
+    }
+
+    /// Makes `buf` start at `offset` with entries of the wanted kind,
+    /// asking the host unless what is buffered already fits.
+    async fn fill(&self, buf: &mut DirBuf, fh: u64, offset: u64, plus: bool) -> Result<(), Errno> {
+        if buf.offset == offset && !buf.entries.is_empty() && (buf.plus || !plus) {
+            return Ok(());
+        }
+        self.discard(buf);
+        match self.client.call(FsRequest::Readdir { fh, offset, plus }).await {
+            FsReply::Dir(list) => {
+                *buf = DirBuf { offset, plus, entries: list.into() };
+                Ok(())
+            }
+            FsReply::Err(n) => Err(errno(n)),
+            other => Err(self.unexpected("readdir", &other)),
+        }
+    }
+}
+
+impl Filesystem for ShareFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        if let Err(max) = config.set_max_readahead(MAX_IO) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        // Not asked for, on purpose: WRITEBACK_CACHE (writes must reach the
+        // host at once), AUTO_INVAL_DATA (it drops the page cache after each
+        // of our own writes; host invalidations and the check at open cover
+        // host-side changes), FLOCK_LOCKS (fuser cannot tell flock from
+        // fcntl locks, so the kernel keeps flock locks guest-local).
+        let wanted = InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_POSIX_LOCKS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let req = FsRequest::Lookup { parent: parent.0, name: name.as_bytes().to_vec() };
+        self.call(req, reply, |s, reply, r| match r {
+            // A negative entry with a timeout: the kernel remembers the
+            // name is absent until the host says it appeared.
+            FsReply::Err(libc::ENOENT) => reply.entry(&TTL, &negative_attr(), Generation(0)),
+            r => s.reply_entry(reply, r),
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.shared.snapshots).remove(&ino.0);
+        self.shared.client.send(FsRequest::Forget { id: ino.0, nlookup });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.call(FsRequest::Getattr { id: ino.0 }, reply, |s, reply, r| s.reply_attr(reply, r));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let sh = &self.shared;
+        if uid.is_some_and(|u| u != sh.uid) || gid.is_some_and(|g| g != sh.gid) {
+            // Every file shows the share's owner; a chown cannot change
+            // that, and failing it would break `cp -a` and `tar` as root.
+            tracing::debug!("share: ignoring chown of node {} to {uid:?}:{gid:?}", ino.0);
+        }
+        let req = if mode.is_none() && size.is_none() && atime.is_none() && mtime.is_none() {
+            FsRequest::Getattr { id: ino.0 }
+        } else {
+            FsRequest::Setattr {
+                id: ino.0,
+                fh: fh.map(|f| f.0),
+                mode: mode.map(|m| m & 0o7777),
+                size,
+                atime: atime.map(set_time),
+                mtime: mtime.map(set_time),
+            }
+        };
+        self.call(req, reply, |s, reply, r| s.reply_attr(reply, r));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.call(FsRequest::Readlink { id: ino.0 }, reply, |s, reply, r| match r {
+            FsReply::Link(target) => reply.data(&target),
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(s.unexpected("readlink", &other)),
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // The protocol has no mknod: regular files are created and closed;
+        // devices, fifos and sockets are refused.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        let req = FsRequest::Create {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+            mode,
+            umask,
+            flags: libc::O_WRONLY | libc::O_EXCL | libc::O_CREAT,
+        };
+        self.run(move |s| async move {
+            match s.client.call(req).await {
+                FsReply::Created { entry, fh } => {
+                    let _ = s.client.call(FsRequest::Release { fh }).await;
+                    reply.entry(&TTL, &s.file_attr(&entry.attr), Generation(entry.generation));
+                }
+                FsReply::Err(n) => reply.error(errno(n)),
+                other => reply.error(s.unexpected("create", &other)),
+            }
+        });
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let req = FsRequest::Mkdir { parent: parent.0, name: name.as_bytes().to_vec(), mode, umask };
+        self.call(req, reply, |s, reply, r| s.reply_entry(reply, r));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let req = FsRequest::Unlink { parent: parent.0, name: name.as_bytes().to_vec() };
+        self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let req = FsRequest::Rmdir { parent: parent.0, name: name.as_bytes().to_vec() };
+        self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let req = FsRequest::Symlink {
+            parent: parent.0,
+            name: link_name.as_bytes().to_vec(),
+            target: target.as_os_str().as_bytes().to_vec(),
+        };
+        self.call(req, reply, |s, reply, r| s.reply_entry(reply, r));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let req = FsRequest::Rename {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+            new_parent: newparent.0,
+            new_name: newname.as_bytes().to_vec(),
+            flags: flags.bits(),
+        };
+        self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let req = FsRequest::Link { id: ino.0, new_parent: newparent.0, new_name: newname.as_bytes().to_vec() };
+        self.call(req, reply, |s, reply, r| s.reply_entry(reply, r));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let id = ino.0;
+        self.run(move |s| async move {
+            // The getattr runs beside the open, so checking whether the
+            // cached pages are still current costs no extra round trip.
+            let (opened, attr) = tokio::join!(
+                s.client.call(FsRequest::Open { id, flags: flags.0 }),
+                s.client.call(FsRequest::Getattr { id })
+            );
+            match opened {
+                FsReply::Opened { fh } => {
+                    let keep = matches!(&attr, FsReply::Attr(a) if s.still_cached(id, a));
+                    let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    reply.opened(FileHandle(fh), flags);
+                }
+                FsReply::Err(n) => reply.error(errno(n)),
+                other => reply.error(s.unexpected("open", &other)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let req = FsRequest::Create { parent: parent.0, name: name.as_bytes().to_vec(), mode, umask, flags };
+        self.call(req, reply, |s, reply, r| match r {
+            FsReply::Created { entry, fh } => reply.created(
+                &TTL,
+                &s.file_attr(&entry.attr),
+                Generation(entry.generation),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(s.unexpected("create", &other)),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let req = FsRequest::Read { fh: fh.0, offset, size: size.min(MAX_IO) };
+        self.call(req, reply, |s, reply, r| match r {
+            FsReply::Data(data) => reply.data(&data),
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(s.unexpected("read", &other)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let req = FsRequest::Write { fh: fh.0, offset, data: data.to_vec() };
+        self.call(req, reply, move |s, reply, r| match r {
+            FsReply::Written(n) => {
+                s.wrote(ino.0);
+                reply.written(n);
+            }
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(s.unexpected("write", &other)),
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.call(FsRequest::Flush { fh: fh.0 }, reply, |s, reply, r| s.reply_empty(reply, r));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.call(FsRequest::Release { fh: fh.0 }, reply, |s, reply, r| s.reply_empty(reply, r));
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.call(FsRequest::Fsync { fh: fh.0, datasync }, reply, |s, reply, r| s.reply_empty(reply, r));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.call(FsRequest::Opendir { id: ino.0 }, reply, |s, reply, r| match r {
+            FsReply::Opened { fh } => {
+                let buf = DirBuf { offset: 0, plus: false, entries: VecDeque::new() };
+                lock(&s.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(buf)));
+                // The kernel caches the listing too; creates, unlinks and
+                // host invalidations of the directory reset that cache.
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(s.unexpected("opendir", &other)),
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        let dir = ino.0;
+        self.run(move |s| async move {
+            let mut reply = reply;
+            let Some(buf) = s.dir(fh.0) else { return reply.error(Errno::EBADF) };
+            let mut buf = buf.lock().await;
+            if let Err(e) = s.fill(&mut buf, fh.0, offset, false).await {
+                return reply.error(e);
+            }
+            while let Some(e) = buf.entries.front() {
+                let ino = e.entry.as_ref().map_or_else(|| placeholder_ino(dir, &e.name), |x| x.attr.id);
+                if reply.add(INodeNo(ino), e.next_offset, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                    break;
+                }
+                if let Some(e) = buf.entries.pop_front() {
+                    buf.offset = e.next_offset;
+                    // Fetched with attributes, handed over without: the
+                    // kernel holds no reference, so give the host's back.
+                    if let Some(entry) = e.entry {
+                        s.client.send(FsRequest::Forget { id: entry.attr.id, nlookup: 1 });
+                    }
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        let dir = ino.0;
+        self.run(move |s| async move {
+            let mut reply = reply;
+            let Some(buf) = s.dir(fh.0) else { return reply.error(Errno::EBADF) };
+            let mut buf = buf.lock().await;
+            if let Err(e) = s.fill(&mut buf, fh.0, offset, true).await {
+                return reply.error(e);
+            }
+            while let Some(e) = buf.entries.front() {
+                let (attr, generation) = match &e.entry {
+                    // Counted as a lookup by the host and by the kernel.
+                    Some(entry) => (s.file_attr(&entry.attr), entry.generation),
+                    // Node id 0 tells the kernel "no entry to cache"; `.`
+                    // and `..` are never cached, so they may show an inode.
+                    None => {
+                        let ino = if e.name == b"." || e.name == b".." { placeholder_ino(dir, &e.name) } else { 0 };
+                        let mut attr = negative_attr();
+                        attr.ino = INodeNo(ino);
+                        attr.kind = file_type(e.kind);
+                        (attr, 0)
+                    }
+                };
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(attr.ino, e.next_offset, name, &TTL, &attr, Generation(generation)) {
+                    break;
+                }
+                if let Some(e) = buf.entries.pop_front() {
+                    buf.offset = e.next_offset;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let buf = lock(&self.shared.dirs).remove(&fh.0);
+        self.run(move |s| async move {
+            if let Some(buf) = buf {
+                s.discard(&mut *buf.lock().await);
+            }
+            let r = s.client.call(FsRequest::Releasedir { fh: fh.0 }).await;
+            s.reply_empty(reply, r);
+        });
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // ENOSYS makes the kernel treat directory fsync as done from now on.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.call(FsRequest::Statfs, reply, |s, reply, r| match r {
+            FsReply::Statfs(f) => reply.statfs(f.blocks, f.bfree, f.bavail, f.files, f.ffree, f.bsize, f.namelen, f.frsize),
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(s.unexpected("statfs", &other)),
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let req = FsRequest::Getlk { fh: fh.0, owner: lock_owner.0, lock: Lock { start, end, typ, pid } };
+        self.call(req, reply, |s, reply, r| match r {
+            FsReply::Lock(l) => reply.locked(l.start, l.end, l.typ, l.pid),
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(s.unexpected("getlk", &other)),
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let req =
+            FsRequest::Setlk { fh: fh.0, owner: lock_owner.0, lock: Lock { start, end, typ, pid }, wait: sleep };
+        self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
+    }
+
+    // Not in the protocol. ENOSYS tells the kernel once, and it stops
+    // asking (xattrs fail with EOPNOTSUPP, access() is decided from the
+    // mode bits, lseek and fallocate fall back or fail generically); these
+    // overrides only keep fuser from logging each first call as a warning.
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: i64, _whence: i32, reply: ReplyLseek) {
+        reply.error(Errno::ENOSYS);
+    }
+}
+
+fn reply_name(r: &FsReply) -> &'static str {
+    match r {
+        FsReply::Entry(_) => "Entry",
+        FsReply::Attr(_) => "Attr",
+        FsReply::Link(_) => "Link",
+        FsReply::Opened { .. } => "Opened",
+        FsReply::Created { .. } => "Created",
+        FsReply::Data(_) => "Data",
+        FsReply::Written(_) => "Written",
+        FsReply::Dir(_) => "Dir",
+        FsReply::Statfs(_) => "Statfs",
+        FsReply::Lock(_) => "Lock",
+        FsReply::Ok => "Ok",
+        FsReply::Err(_) => "Err",
+    }
+}
+
+/// An inode number to show for an entry the host sent without attributes
+/// (only `d_ino` in `readdir`, never used by the kernel to find a node):
+/// the directory itself for `.`, otherwise a stable nonzero hash of the
+/// name, with the top bit set to stay clear of the host's small ids.
+fn placeholder_ino(dir: u64, name: &[u8]) -> u64 {
+    if name == b"." {
+        return dir;
+    }
+    // FNV-1a.
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    hash | 1 << 63
+}
+
+/// Attributes for "no such entry" (node id 0).
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
+/// The file type encoded in `mode`'s `S_IFMT` bits.
+pub(super) fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+pub(super) fn system_time(t: Time) -> SystemTime {
+    let since = |secs: u64| Duration::from_secs(secs);
+    let base = if t.secs >= 0 {
+        UNIX_EPOCH.checked_add(since(t.secs as u64))
+    } else {
+        UNIX_EPOCH.checked_sub(since(t.secs.unsigned_abs()))
+    };
+    base.and_then(|b| b.checked_add(Duration::from_nanos(u64::from(t.nanos)))).unwrap_or(UNIX_EPOCH)
+}
+
+pub(super) fn proto_time(t: SystemTime) -> Time {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+        Err(e) => {
+            // Before 1970: whole seconds down, nanoseconds up.
+            let d = e.duration();
+            let (secs, nanos) = (d.as_secs() as i64, d.subsec_nanos());
+            if nanos == 0 {
+                Time { secs: -secs, nanos: 0 }
+            } else {
+                Time { secs: -secs - 1, nanos: 1_000_000_000 - nanos }
+            }
+        }
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(proto_time(t)),
+    }
+}
+
+/// The kernel's view of a host file: its type and permission bits, but
+/// owned by the share's user.
+pub(super) fn to_file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.id),
+        size: a.size,
+        blocks: a.blocks,
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: system_time(a.ctime),
+        kind: file_type(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid,
+        gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_take_the_share_owner_and_the_type_from_the_mode() {
+        let t = Time { secs: 1_700_000_000, nanos: 5 };
+        let a = Attr {
+            id: 7,
+            size: 3,
+            blocks: 8,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            mode: 0o104755,
+            nlink: 1,
+            rdev: 0,
+            blksize: 4096,
+        };
+        let f = to_file_attr(&a, 501, 20);
+        assert_eq!((f.ino, f.uid, f.gid, f.kind, f.perm), (INodeNo(7), 501, 20, FileType::RegularFile, 0o4755));
+        assert_eq!(f.mtime.duration_since(UNIX_EPOCH).unwrap(), Duration::new(1_700_000_000, 5));
+        for (mode, kind) in [
+            (0o040755, FileType::Directory),
+            (0o120777, FileType::Symlink),
+            (0o010644, FileType::NamedPipe),
+            (0o140755, FileType::Socket),
+            (0o020600, FileType::CharDevice),
+            (0o060600, FileType::BlockDevice),
+        ] {
+            assert_eq!(file_type(mode), kind);
+        }
+    }
+
+    #[test]
+    fn times_round_trip_including_before_1970() {
+        for t in [Time { secs: 0, nanos: 0 }, Time { secs: 12, nanos: 999_999_999 }, Time { secs: -2, nanos: 250 }] {
+            assert_eq!(proto_time(system_time(t)), t);
+        }
+        assert_eq!(proto_time(UNIX_EPOCH - Duration::from_millis(1500)), Time { secs: -2, nanos: 500_000_000 });
+    }
+
+    #[test]
+    fn placeholder_inodes_are_nonzero_and_stable() {
+        assert_eq!(placeholder_ino(9, b"."), 9);
+        let a = placeholder_ino(9, b"..");
+        assert_ne!(a, 0);
+        assert_eq!(a, placeholder_ino(3, b".."));
+        assert_ne!(placeholder_ino(1, b"x"), placeholder_ino(1, b"y"));
+    }
+}

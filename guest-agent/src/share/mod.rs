@@ -1,0 +1,224 @@
+//! Shared folders: the guest half of `lima_proto::fs`. The host opens a
+//! Share stream and sends a [`ShareSetup`]; we mount a FUSE filesystem at its
+//! mount point and turn each kernel request into a protocol request on the
+//! same stream until the stream closes, then detach the mount.
+//!
+//! # Threading
+//!
+//! ```text
+//!  kernel ── /dev/fuse ──▶ fuser session thread ──spawn──▶ tokio task per request
+//!     ▲                    (reads, parses, never waits)     │ Client::call: id → oneshot
+//!     │                                                     ▼
+//!     └──── reply written by the task ◀── reader loop ◀── stream ◀── writer task
+//!                                          │
+//!                                          └─ invalidations ─▶ invalidation thread
+//! ```
+//!
+//! fuser reads `/dev/fuse` on one thread. Its callbacks only build a request
+//! and spawn a task that owns fuser's reply object, so the thread goes
+//! straight back to the device and any number of requests (readahead, async
+//! reads, parallel lookups) are in flight at once; the host answers in any
+//! order. One writer task owns the write half and batches whatever frames are
+//! queued into one flush; the reader loop hands each reply to its waiter.
+//! Invalidations run on a thread of their own: the kernel may block them on a
+//! page or directory lock held by a request that is waiting for a reply, and
+//! the reader loop must stay free to deliver it.
+//!
+//! # Caching
+//!
+//! The kernel caches entries, negative entries, attributes, symlink targets,
+//! directory listings and file pages for [`fs::TTL`] (an hour) and keeps
+//! pages across opens (`FOPEN_KEEP_CACHE`): a warm tree is served without a
+//! round trip. Coherence with the host comes from the host's invalidations
+//! (`InvalidateNode` drops a node's attributes and pages, `InvalidateEntry` a
+//! name), plus a check at open: a getattr runs beside the open, and if the
+//! file's mtime or size differ from what the kernel was last told (and not
+//! because of our own writes), the open drops the page cache and the cached
+//! attributes. Writes are not cached (no writeback cache): each one reaches
+//! the host before `write(2)` returns, so host tools see guest writes at once.
+//!
+//! Files appear owned by the share's `uid`/`gid`; the kernel checks
+//! permissions against the reported modes (`default_permissions`); chown is
+//! accepted and ignored. flock(2) locks stay inside the guest (fuser cannot
+//! tell them from POSIX locks, which do go to the host).
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, INodeNo, Notifier, Session, SessionACL};
+use lima_proto::fs::{FsToGuest, ShareSetup, ShareStatus, MAX_IO};
+use lima_proto::{read_frame_async, write_frame_async};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+
+mod client;
+mod fs;
+mod mount;
+#[cfg(test)]
+mod tests;
+
+use client::Client;
+
+/// How long the kernel may take to send FUSE_INIT after the mount.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read buffer for the stream: holds several 1 MiB replies.
+const READ_BUFFER: usize = 4 << 20;
+
+enum Invalidation {
+    Node(u64),
+    Entry(u64, Vec<u8>),
+}
+
+/// Serves one share stream (positioned after the hello) until it closes.
+pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(stream: S) -> anyhow::Result<()> {
+    let mut stream = stream;
+    let Some(setup): Option<ShareSetup> = read_frame_async(&mut stream).await? else {
+        return Ok(());
+    };
+    let tag = setup.tag.clone();
+    let (client, frames) = Client::new();
+    let running = match start(&setup, client.clone()).await {
+        Ok(running) => running,
+        Err(reason) => {
+            tracing::warn!("share {tag}: {reason}");
+            write_frame_async(&mut stream, &ShareStatus::Failed(reason)).await?;
+            return Ok(());
+        }
+    };
+    write_frame_async(&mut stream, &ShareStatus::Ready).await?;
+    tracing::info!(
+        "share {tag}: mounted at {} ({})",
+        setup.mount_point,
+        if setup.writable { "read-write" } else { "read-only" }
+    );
+    // Best effort, after the handshake (which caps readahead at 128 KiB).
+    running.mount.set_readahead_kib(MAX_IO / 1024);
+
+    let (read_half, write_half) = tokio::io::split(stream);
+    let mut writer = tokio::spawn(client::write_loop(frames, write_half));
+    let invalidations = spawn_invalidator(running.notifier, &tag);
+    let result = tokio::select! {
+        r = read_loop(read_half, &client, &invalidations) => r,
+        r = &mut writer => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("writing to the host")),
+            Err(e) => Err(anyhow::Error::new(e).context("the share writer task")),
+        },
+    };
+    writer.abort();
+    client.close();
+    drop(invalidations);
+    drop(running.mount);
+    tracing::info!("share {tag}: stream closed, {} detached", setup.mount_point);
+    result
+}
+
+struct Running {
+    mount: mount::FuseMount,
+    notifier: Notifier,
+}
+
+/// Mounts the share and completes the FUSE handshake; the error is the
+/// reason to send the host, naming the mount point.
+async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, String> {
+    let (fs, shared) = fs::ShareFs::new(tokio::runtime::Handle::current(), client, setup.uid, setup.gid);
+    let target = Path::new(&setup.mount_point).to_path_buf();
+    let (source, read_only) = (setup.tag.clone(), !setup.writable);
+    let mounted = tokio::task::spawn_blocking(move || {
+        let fd = mount::open_device()?;
+        let mount = mount::mount(&fd, &source, &target, read_only)?;
+        Ok::<_, mount::MountError>((fd, mount))
+    })
+    .await
+    .map_err(|e| format!("mounting {}: {e}", setup.mount_point))?;
+    let (fd, mount) = mounted.map_err(|e| error_chain(&e))?;
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let name = format!("share {}", setup.tag);
+    let spawned = std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
+        let mut config = Config::default();
+        config.acl = SessionACL::All;
+        // from_fd reads FUSE_INIT and answers it (fs.init picks the options).
+        match Session::from_fd(fs, fd, SessionACL::All, config) {
+            Ok(session) => {
+                let _ = ready_tx.send(Ok(session.notifier()));
+                if let Err(e) = session.run() {
+                    tracing::warn!("{name}: FUSE session ended: {e}");
+                }
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        return Err(format!("serving FUSE on {}: cannot start a thread: {e}", setup.mount_point));
+    }
+    let notifier = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready_rx).await {
+        Ok(Ok(Ok(notifier))) => notifier,
+        Ok(Ok(Err(e))) => return Err(format!("the FUSE handshake on {} failed: {e}", setup.mount_point)),
+        Ok(Err(_)) => return Err(format!("the FUSE session on {} stopped during the handshake", setup.mount_point)),
+        Err(_) => return Err(format!("the kernel sent no FUSE_INIT for {} within {HANDSHAKE_TIMEOUT:?}", setup.mount_point)),
+    };
+    let _ = shared.notifier.set(notifier.clone());
+    Ok(Running { mount, notifier })
+}
+
+/// Reads the host's frames until the stream ends.
+async fn read_loop<R: AsyncRead + Unpin>(
+    r: R,
+    client: &Client,
+    invalidations: &std::sync::mpsc::Sender<Invalidation>,
+) -> anyhow::Result<()> {
+    let mut r = BufReader::with_capacity(READ_BUFFER, r);
+    while let Some(frame) = read_frame_async::<_, FsToGuest>(&mut r).await? {
+        match frame {
+            FsToGuest::Reply { id, reply } => client.deliver(id, reply),
+            FsToGuest::InvalidateNode { id } => {
+                let _ = invalidations.send(Invalidation::Node(id));
+            }
+            FsToGuest::InvalidateEntry { parent, name } => {
+                let _ = invalidations.send(Invalidation::Entry(parent, name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies invalidations in order on a thread of their own (they may block
+/// in the kernel); it ends when the sender is dropped.
+fn spawn_invalidator(notifier: Notifier, tag: &str) -> std::sync::mpsc::Sender<Invalidation> {
+    let (tx, rx) = std::sync::mpsc::channel::<Invalidation>();
+    let tag = tag.to_string();
+    let spawned = std::thread::Builder::new().name("fuse-inval".into()).spawn(move || {
+        use std::os::unix::ffi::OsStrExt;
+        for inv in rx {
+            // ENOENT (nothing cached) is already swallowed by fuser.
+            let result = match &inv {
+                // Offset 0, length 0: attributes and every cached page.
+                Invalidation::Node(id) => notifier.inval_inode(INodeNo(*id), 0, 0),
+                Invalidation::Entry(parent, name) => {
+                    notifier.inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name))
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!("share {tag}: invalidation failed: {e}");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("share: cannot start the invalidation thread ({e}); host changes may show late");
+    }
+    tx
+}
+
+/// `e: cause: cause…` (the host shows the reason as one line).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

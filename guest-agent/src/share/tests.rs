@@ -1,0 +1,624 @@
+//! [`serve`] against a small in-process host server over a duplex pipe, on a
+//! real FUSE mount of this machine. Ignored by default: they need root and
+//! `/dev/fuse` (run `cargo test -p lima-guest-agent share -- --ignored`).
+//!
+//! The stand-in host ([`StandIn`]) keeps node ids → paths and answers from
+//! `std::fs`; it is just enough of `fs-server` to drive every callback, and
+//! lets a test send invalidations by hand.
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lima_proto::fs::{
+    Attr, DirEntry, Entry, FsReply, FsRequest, FsToGuest, FsToHost, SetTime, ShareSetup, ShareStatus, Statfs, Time,
+    ROOT_ID,
+};
+use lima_proto::{read_frame_async, write_frame_async};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::fs::{proto_time, system_time};
+
+const UID: u32 = 4321;
+const GID: u32 = 8765;
+
+fn unique_dir(what: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "lima-share-test-{}-{what}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn attr_of(id: u64, m: &std::fs::Metadata) -> Attr {
+    let t = |secs, nanos: i64| Time { secs, nanos: nanos as u32 };
+    Attr {
+        id,
+        size: m.size(),
+        blocks: m.blocks(),
+        atime: t(m.atime(), m.atime_nsec()),
+        mtime: t(m.mtime(), m.mtime_nsec()),
+        ctime: t(m.ctime(), m.ctime_nsec()),
+        mode: m.mode(),
+        nlink: m.nlink() as u32,
+        rdev: m.rdev() as u32,
+        blksize: m.blksize() as u32,
+    }
+}
+
+#[derive(Default)]
+struct Tables {
+    paths: HashMap<u64, PathBuf>,
+    ids: HashMap<PathBuf, u64>,
+    files: HashMap<u64, Arc<File>>,
+    dirs: HashMap<u64, Vec<(Vec<u8>, u32)>>,
+    next: u64,
+}
+
+/// Just enough of a host file server: ids for paths, std::fs for the rest.
+struct StandIn {
+    t: Mutex<Tables>,
+    requests: AtomicU64,
+}
+
+type R = Result<FsReply, i32>;
+
+impl StandIn {
+    fn new(root: &Path) -> Arc<StandIn> {
+        let mut t = Tables { next: ROOT_ID + 1, ..Default::default() };
+        t.paths.insert(ROOT_ID, root.to_path_buf());
+        t.ids.insert(root.to_path_buf(), ROOT_ID);
+        Arc::new(StandIn { t: Mutex::new(t), requests: AtomicU64::new(0) })
+    }
+
+    fn path(&self, id: u64) -> Result<PathBuf, i32> {
+        self.t.lock().unwrap().paths.get(&id).cloned().ok_or(libc::ESTALE)
+    }
+
+    fn child(&self, parent: u64, name: &[u8]) -> Result<PathBuf, i32> {
+        Ok(self.path(parent)?.join(std::ffi::OsStr::from_bytes(name)))
+    }
+
+    fn id_of(&self, path: &Path) -> u64 {
+        let mut t = self.t.lock().unwrap();
+        if let Some(id) = t.ids.get(path) {
+            return *id;
+        }
+        let id = t.next;
+        t.next += 1;
+        t.ids.insert(path.to_path_buf(), id);
+        t.paths.insert(id, path.to_path_buf());
+        id
+    }
+
+    fn entry(&self, path: &Path) -> Result<Entry, i32> {
+        let m = std::fs::symlink_metadata(path).map_err(|e| errno_of(&e))?;
+        Ok(Entry { attr: attr_of(self.id_of(path), &m), generation: 0 })
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<File>, i32> {
+        self.t.lock().unwrap().files.get(&fh).cloned().ok_or(libc::EBADF)
+    }
+
+    fn add_file(&self, f: File) -> u64 {
+        let mut t = self.t.lock().unwrap();
+        let fh = t.next;
+        t.next += 1;
+        t.files.insert(fh, Arc::new(f));
+        fh
+    }
+
+    fn handle(&self, req: FsRequest) -> FsReply {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.answer(req).unwrap_or_else(FsReply::Err)
+    }
+
+    fn answer(&self, req: FsRequest) -> R {
+        let io = |e: std::io::Error| errno_of(&e);
+        Ok(match req {
+            FsRequest::Lookup { parent, name } => FsReply::Entry(self.entry(&self.child(parent, &name)?)?),
+            FsRequest::Forget { .. } => FsReply::Ok,
+            FsRequest::Getattr { id } => FsReply::Attr(self.entry(&self.path(id)?)?.attr),
+            FsRequest::Setattr { id, fh, mode, size, atime, mtime } => {
+                let p = self.path(id)?;
+                if let Some(mode) = mode {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+                }
+                if let Some(size) = size {
+                    match fh {
+                        Some(fh) => self.file(fh)?.set_len(size).map_err(io)?,
+                        None => OpenOptions::new().write(true).open(&p).and_then(|f| f.set_len(size)).map_err(io)?,
+                    }
+                }
+                if atime.is_some() || mtime.is_some() {
+                    let ts = |t: Option<SetTime>| match t {
+                        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+                        Some(SetTime::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+                        Some(SetTime::At(t)) => libc::timespec { tv_sec: t.secs, tv_nsec: i64::from(t.nanos) },
+                    };
+                    let times = [ts(atime), ts(mtime)];
+                    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
+                    // SAFETY: valid C string and a two-element timespec array.
+                    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                        return Err(io(std::io::Error::last_os_error()));
+                    }
+                }
+                FsReply::Attr(self.entry(&p)?.attr)
+            }
+            FsRequest::Readlink { id } => {
+                FsReply::Link(std::fs::read_link(self.path(id)?).map_err(io)?.as_os_str().as_bytes().to_vec())
+            }
+            FsRequest::Mkdir { parent, name, mode, umask } => {
+                let p = self.child(parent, &name)?;
+                std::fs::DirBuilder::new().mode(mode & !umask).create(&p).map_err(io)?;
+                FsReply::Entry(self.entry(&p)?)
+            }
+            FsRequest::Unlink { parent, name } => {
+                std::fs::remove_file(self.child(parent, &name)?).map_err(io)?;
+                FsReply::Ok
+            }
+            FsRequest::Rmdir { parent, name } => {
+                std::fs::remove_dir(self.child(parent, &name)?).map_err(io)?;
+                FsReply::Ok
+            }
+            FsRequest::Symlink { parent, name, target } => {
+                let p = self.child(parent, &name)?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &p).map_err(io)?;
+                FsReply::Entry(self.entry(&p)?)
+            }
+            FsRequest::Rename { parent, name, new_parent, new_name, flags } => {
+                if flags != 0 {
+                    return Err(libc::EINVAL);
+                }
+                let (from, to) = (self.child(parent, &name)?, self.child(new_parent, &new_name)?);
+                std::fs::rename(&from, &to).map_err(io)?;
+                let mut t = self.t.lock().unwrap();
+                if let Some(id) = t.ids.remove(&from) {
+                    t.ids.insert(to.clone(), id);
+                    t.paths.insert(id, to);
+                }
+                FsReply::Ok
+            }
+            FsRequest::Link { id, new_parent, new_name } => {
+                let to = self.child(new_parent, &new_name)?;
+                std::fs::hard_link(self.path(id)?, &to).map_err(io)?;
+                FsReply::Entry(self.entry(&to)?)
+            }
+            FsRequest::Open { id, flags } => {
+                let f = open_with(&self.path(id)?, flags, 0).map_err(io)?;
+                FsReply::Opened { fh: self.add_file(f) }
+            }
+            FsRequest::Create { parent, name, mode, umask, flags } => {
+                let p = self.child(parent, &name)?;
+                let f = open_with(&p, flags | libc::O_CREAT, mode & !umask).map_err(io)?;
+                FsReply::Created { entry: self.entry(&p)?, fh: self.add_file(f) }
+            }
+            FsRequest::Read { fh, offset, size } => {
+                let f = self.file(fh)?;
+                let mut buf = vec![0; size as usize];
+                let mut got = 0;
+                while got < buf.len() {
+                    match f.read_at(&mut buf[got..], offset + got as u64).map_err(io)? {
+                        0 => break,
+                        n => got += n,
+                    }
+                }
+                buf.truncate(got);
+                FsReply::Data(buf)
+            }
+            FsRequest::Write { fh, offset, data } => {
+                self.file(fh)?.write_all_at(&data, offset).map_err(io)?;
+                FsReply::Written(data.len() as u32)
+            }
+            FsRequest::Flush { fh } => {
+                self.file(fh)?;
+                FsReply::Ok
+            }
+            FsRequest::Fsync { fh, .. } => {
+                self.file(fh)?.sync_all().map_err(io)?;
+                FsReply::Ok
+            }
+            FsRequest::Release { fh } => {
+                self.t.lock().unwrap().files.remove(&fh).ok_or(libc::EBADF)?;
+                FsReply::Ok
+            }
+            FsRequest::Opendir { id } => {
+                let p = self.path(id)?;
+                let mut list = vec![(b".".to_vec(), libc::S_IFDIR), (b"..".to_vec(), libc::S_IFDIR)];
+                for e in std::fs::read_dir(&p).map_err(io)? {
+                    let e = e.map_err(io)?;
+                    let m = e.metadata().map_err(io)?;
+                    list.push((e.file_name().as_bytes().to_vec(), m.mode() & libc::S_IFMT));
+                }
+                let mut t = self.t.lock().unwrap();
+                let fh = t.next;
+                t.next += 1;
+                t.dirs.insert(fh, list);
+                t.paths.entry(fh | 1 << 62).or_insert(p);
+                FsReply::Opened { fh }
+            }
+            FsRequest::Readdir { fh, offset, plus } => {
+                let (list, dir) = {
+                    let t = self.t.lock().unwrap();
+                    let list = t.dirs.get(&fh).cloned().ok_or(libc::EBADF)?;
+                    (list, t.paths.get(&(fh | 1 << 62)).cloned().ok_or(libc::EBADF)?)
+                };
+                let max = if plus { 64 } else { 256 };
+                let mut out = Vec::new();
+                for (i, (name, kind)) in list.iter().enumerate().skip(offset as usize).take(max) {
+                    let dot = name == b"." || name == b"..";
+                    let entry = if plus && !dot { self.entry(&dir.join(std::ffi::OsStr::from_bytes(name))).ok() } else { None };
+                    out.push(DirEntry { name: name.clone(), next_offset: i as u64 + 1, entry, kind: *kind });
+                }
+                FsReply::Dir(out)
+            }
+            FsRequest::Releasedir { fh } => {
+                self.t.lock().unwrap().dirs.remove(&fh).ok_or(libc::EBADF)?;
+                FsReply::Ok
+            }
+            FsRequest::Statfs => {
+                let s = nix::sys::statvfs::statvfs(&self.path(ROOT_ID)?).map_err(|e| e as i32)?;
+                FsReply::Statfs(Statfs {
+                    blocks: s.blocks(),
+                    bfree: s.blocks_free(),
+                    bavail: s.blocks_available(),
+                    files: s.files(),
+                    ffree: s.files_free(),
+                    bsize: s.block_size() as u32,
+                    namelen: s.name_max() as u32,
+                    frsize: s.fragment_size() as u32,
+                })
+            }
+            FsRequest::Getlk { .. } | FsRequest::Setlk { .. } | FsRequest::Flock { .. } => return Err(libc::ENOSYS),
+        })
+    }
+}
+
+fn open_with(p: &Path, flags: i32, mode: u32) -> std::io::Result<File> {
+    let acc = flags & libc::O_ACCMODE;
+    OpenOptions::new()
+        .read(acc != libc::O_WRONLY)
+        .write(acc != libc::O_RDONLY)
+        .custom_flags(flags & !(libc::O_ACCMODE | libc::O_CREAT))
+        .create(flags & libc::O_CREAT != 0)
+        .mode(mode)
+        .open(p)
+}
+
+/// Answers requests concurrently; `extra` injects frames (invalidations).
+async fn serve_stand_in<S: AsyncRead + AsyncWrite + Send + 'static>(
+    host: Arc<StandIn>,
+    stream: S,
+    mut extra: mpsc::UnboundedReceiver<FsToGuest>,
+) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel::<FsToGuest>();
+    let writer = tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                m = extra.recv() => m,
+            };
+            let Some(msg) = msg else { break };
+            if write_frame_async(&mut wr, &msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    while let Ok(Some(FsToHost::Request { id, req })) = read_frame_async::<_, FsToHost>(&mut rd).await {
+        let (host, tx) = (host.clone(), tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(FsToGuest::Reply { id, reply: host.handle(req) });
+        });
+    }
+    drop(tx);
+    writer.abort();
+}
+
+struct Mounted {
+    root: PathBuf,
+    mount: PathBuf,
+    host: Arc<StandIn>,
+    inject: mpsc::UnboundedSender<FsToGuest>,
+    /// Dropping it closes the stream (the host going away).
+    server: tokio::task::JoinHandle<()>,
+    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn mount_stand_in(writable: bool) -> Mounted {
+    let root = unique_dir("root");
+    let mount = unique_dir("mnt").join("deep/er");
+    let (guest, mut host_end) = tokio::io::duplex(4 << 20);
+    let agent = tokio::spawn(super::serve(guest));
+    let setup = ShareSetup {
+        tag: "test".into(),
+        mount_point: mount.to_str().unwrap().into(),
+        writable,
+        uid: UID,
+        gid: GID,
+    };
+    write_frame_async(&mut host_end, &setup).await.unwrap();
+    let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+    assert_eq!(status, ShareStatus::Ready);
+    let host = StandIn::new(&root);
+    let (inject, extra) = mpsc::unbounded_channel();
+    let server = tokio::spawn(serve_stand_in(host.clone(), host_end, extra));
+    Mounted { root, mount, host, inject, server, agent }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+/// Runs blocking file operations off the runtime's workers, which serve them.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn share_round_trip_on_a_real_mount() {
+    let m = mount_stand_in(true).await;
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
+    std::fs::write(root.join("hello.txt"), "hello from the host\n").unwrap();
+    std::fs::create_dir(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/a"), "a").unwrap();
+    assert!(is_mounted(&mnt));
+
+    blocking(move || {
+        // ls, cat, ownership
+        let mut names: Vec<_> =
+            std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["hello.txt", "sub"]);
+        assert_eq!(std::fs::read_to_string(mnt.join("hello.txt")).unwrap(), "hello from the host\n");
+        let md = std::fs::metadata(mnt.join("sub/a")).unwrap();
+        assert_eq!((md.uid(), md.gid(), md.len()), (UID, GID, 1));
+        assert!(std::fs::metadata(mnt.join("sub")).unwrap().is_dir());
+
+        // echo > file, append, truncate, chmod, utimes
+        std::fs::write(mnt.join("new.txt"), "written in the guest").unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("new.txt")).unwrap(), "written in the guest");
+        let mut f = OpenOptions::new().append(true).open(mnt.join("new.txt")).unwrap();
+        std::io::Write::write_all(&mut f, b"!").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read_to_string(mnt.join("new.txt")).unwrap(), "written in the guest!");
+        assert_eq!(std::fs::read_to_string(root.join("new.txt")).unwrap(), "written in the guest!");
+        OpenOptions::new().write(true).open(mnt.join("new.txt")).unwrap().set_len(7).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("new.txt")).unwrap(), "written");
+        std::fs::set_permissions(mnt.join("new.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(std::fs::metadata(root.join("new.txt")).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(mnt.join("new.txt")).unwrap().mode() & 0o777, 0o600);
+        let when = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 5);
+        File::options().write(true).open(mnt.join("new.txt")).unwrap().set_modified(when).unwrap();
+        assert_eq!(std::fs::metadata(root.join("new.txt")).unwrap().modified().unwrap(), when);
+
+        // mv, rm, mkdir, rmdir, ln -s, ln
+        std::fs::rename(mnt.join("new.txt"), mnt.join("sub/moved.txt")).unwrap();
+        assert!(!root.join("new.txt").exists());
+        assert_eq!(std::fs::read_to_string(root.join("sub/moved.txt")).unwrap(), "written");
+        std::fs::remove_file(mnt.join("sub/moved.txt")).unwrap();
+        assert!(!root.join("sub/moved.txt").exists());
+        assert_eq!(std::fs::metadata(mnt.join("sub/moved.txt")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        std::fs::create_dir_all(mnt.join("d1/d2")).unwrap();
+        assert!(root.join("d1/d2").is_dir());
+        std::fs::remove_dir(mnt.join("d1/d2")).unwrap();
+        assert!(!root.join("d1/d2").exists());
+        std::os::unix::fs::symlink("hello.txt", mnt.join("link")).unwrap();
+        assert_eq!(std::fs::read_link(root.join("link")).unwrap(), Path::new("hello.txt"));
+        assert_eq!(std::fs::read_link(mnt.join("link")).unwrap(), Path::new("hello.txt"));
+        assert_eq!(std::fs::read_to_string(mnt.join("link")).unwrap(), "hello from the host\n");
+        std::fs::hard_link(mnt.join("sub/a"), mnt.join("a2")).unwrap();
+        assert_eq!(std::fs::metadata(root.join("a2")).unwrap().ino(), std::fs::metadata(root.join("sub/a")).unwrap().ino());
+        assert_eq!(std::fs::metadata(mnt.join("sub/a")).unwrap().nlink(), 2);
+        // mkfifo is refused (no mknod in the protocol), a plain mknod works.
+        let fifo = std::ffi::CString::new(mnt.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_ne!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+        // A big directory: more entries than one kernel buffer or one host batch.
+        std::fs::create_dir(root.join("many")).unwrap();
+        for i in 0..1000 {
+            std::fs::write(root.join(format!("many/file-with-a-longish-name-{i:04}")), "").unwrap();
+        }
+        let listed = std::fs::read_dir(mnt.join("many")).unwrap().count();
+        assert_eq!(listed, 1000);
+        let sizes: u64 = std::fs::read_dir(mnt.join("many")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        assert_eq!(sizes, 0);
+
+        // statfs
+        let s = nix::sys::statvfs::statvfs(&mnt).unwrap();
+        assert!(s.blocks() > 0);
+    })
+    .await;
+
+    // Host-side edits. 1: same size, same mtime, so only the host's
+    // invalidation can reveal it; the kernel's page cache answers before.
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
+    let hello_id = m.host.id_of(&root.join("hello.txt"));
+    let before = std::fs::metadata(root.join("hello.txt")).unwrap().modified().unwrap();
+    std::fs::write(root.join("hello.txt"), "HELLO FROM THE HOST\n").unwrap();
+    File::options().write(true).open(root.join("hello.txt")).unwrap().set_modified(before).unwrap();
+    let cached = blocking({
+        let mnt = mnt.clone();
+        move || std::fs::read_to_string(mnt.join("hello.txt")).unwrap()
+    })
+    .await;
+    assert_eq!(cached, "hello from the host\n", "served from the page cache");
+    m.inject.send(FsToGuest::InvalidateNode { id: hello_id }).unwrap();
+    wait_for(&mnt.join("hello.txt"), "HELLO FROM THE HOST\n").await;
+
+    // 2: a change of size and mtime without any invalidation: the check at
+    // open notices.
+    std::fs::write(root.join("hello.txt"), "changed again, and longer\n").unwrap();
+    let seen = blocking({
+        let mnt = mnt.clone();
+        move || std::fs::read_to_string(mnt.join("hello.txt")).unwrap()
+    })
+    .await;
+    assert_eq!(seen, "changed again, and longer\n");
+
+    // 3: a name the guest looked up in vain appears on the host.
+    let late = mnt.join("late.txt");
+    assert!(blocking({
+        let late = late.clone();
+        move || !late.exists()
+    })
+    .await);
+    std::fs::write(root.join("late.txt"), "late").unwrap();
+    assert!(!blocking({
+        let late = late.clone();
+        move || late.exists()
+    })
+    .await, "negative entry cached");
+    m.inject.send(FsToGuest::InvalidateEntry { parent: ROOT_ID, name: b"late.txt".to_vec() }).unwrap();
+    wait_for(&late, "late").await;
+
+    // The host goes away: the agent detaches the mount and returns.
+    let mnt = m.mount.clone();
+    drop(m.inject);
+    m.server.abort();
+    let _ = m.server.await;
+    tokio::time::timeout(Duration::from_secs(10), m.agent).await.unwrap().unwrap().unwrap();
+    assert!(!is_mounted(&mnt));
+    let _ = std::fs::remove_dir_all(&m.root);
+}
+
+async fn wait_for(p: &Path, content: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let p2 = p.to_path_buf();
+        let got = blocking(move || std::fs::read_to_string(p2).ok()).await;
+        if got.as_deref() == Some(content) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} still reads {got:?}", p.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn read_only_share_refuses_writes() {
+    let m = mount_stand_in(false).await;
+    std::fs::write(m.root.join("f"), "x").unwrap();
+    let mnt = m.mount.clone();
+    blocking(move || {
+        assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "x");
+        let e = std::fs::write(mnt.join("g"), "y").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        let e = OpenOptions::new().write(true).open(mnt.join("f")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    })
+    .await;
+    m.server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    let _ = std::fs::remove_dir_all(&m.root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn a_mount_point_that_cannot_be_created_fails_with_its_name() {
+    let file = unique_dir("file").join("plain");
+    std::fs::write(&file, "").unwrap();
+    let (guest, mut host_end) = tokio::io::duplex(1 << 16);
+    let agent = tokio::spawn(super::serve(guest));
+    let mount_point = file.join("sub").to_str().unwrap().to_string();
+    let setup = ShareSetup { tag: "t".into(), mount_point: mount_point.clone(), writable: true, uid: 0, gid: 0 };
+    write_frame_async(&mut host_end, &setup).await.unwrap();
+    let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+    match status {
+        ShareStatus::Failed(reason) => assert!(reason.contains(&mount_point), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    agent.await.unwrap().unwrap();
+}
+
+/// Prints throughput and latency on this host's FUSE mount (no assertions
+/// on time): `cargo test -p lima-guest-agent --release share_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE and measures: needs root and /dev/fuse (shared folders issue)"]
+async fn share_throughput() {
+    let m = mount_stand_in(true).await;
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
+    let host = m.host.clone();
+    blocking(move || {
+        const SIZE: usize = 256 << 20;
+        let chunk = vec![0x5au8; 1 << 20];
+        let t = Instant::now();
+        let mut f = File::create(mnt.join("big")).unwrap();
+        for _ in 0..SIZE / chunk.len() {
+            std::io::Write::write_all(&mut f, &chunk).unwrap();
+        }
+        drop(f);
+        let w = t.elapsed();
+        assert_eq!(std::fs::metadata(root.join("big")).unwrap().len(), SIZE as u64);
+        // Drop the page cache for this file: a cold read goes to the host.
+        let big = File::open(mnt.join("big")).unwrap();
+        let t = Instant::now();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            match std::io::Read::read(&mut &big, &mut buf).unwrap() {
+                0 => break,
+                n => total += n,
+            }
+        }
+        let r = t.elapsed();
+        let t = Instant::now();
+        let mut total2 = 0;
+        let big = File::open(mnt.join("big")).unwrap();
+        loop {
+            match std::io::Read::read(&mut &big, &mut buf).unwrap() {
+                0 => break,
+                n => total2 += n,
+            }
+        }
+        let r2 = t.elapsed();
+        let mb = |n: usize, d: Duration| n as f64 / (1 << 20) as f64 / d.as_secs_f64();
+        println!("write {} MiB: {:.0} MiB/s", SIZE >> 20, mb(SIZE, w));
+        println!("read (first) : {:.0} MiB/s", mb(total, r));
+        println!("read (cached): {:.0} MiB/s", mb(total2, r2));
+
+        // Metadata latency: stat of distinct new names (each a round trip),
+        // then of the same name (kernel cache).
+        for i in 0..200 {
+            std::fs::write(root.join(format!("s{i}")), "").unwrap();
+        }
+        let n0 = host.requests.load(Ordering::Relaxed);
+        let t = Instant::now();
+        for i in 0..200 {
+            std::fs::metadata(mnt.join(format!("s{i}"))).unwrap();
+        }
+        let cold = t.elapsed() / 200;
+        let n1 = host.requests.load(Ordering::Relaxed);
+        let t = Instant::now();
+        for i in 0..200 {
+            std::fs::metadata(mnt.join(format!("s{i}"))).unwrap();
+        }
+        let warm = t.elapsed() / 200;
+        let n2 = host.requests.load(Ordering::Relaxed);
+        println!("stat (lookup round trip): {cold:?} each, {} host requests for 200", n1 - n0);
+        println!("stat (cached)           : {warm:?} each, {} host requests for 200", n2 - n1);
+        let _ = (proto_time, system_time);
+    })
+    .await;
+    m.server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    let _ = std::fs::remove_dir_all(&m.root);
+}
