@@ -38,9 +38,14 @@ struct Args {
 }
 
 fn bin_dir() -> PathBuf {
-    std::env::var_os("LIMA_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default()
-    })
+    std::env::var_os("LIMA_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_default()
+        })
 }
 
 struct Stats {
@@ -66,7 +71,10 @@ fn ms(d: Duration) -> String {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{cmd:?}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -85,15 +93,21 @@ fn main() -> anyhow::Result<()> {
 fn foundation(args: &Args) -> anyhow::Result<()> {
     let bins = bin_dir();
     let limactl = bins.join("limactl");
-    let home = tempfile::Builder::new().prefix("lima-b").tempdir_in("/tmp")?;
+    let home = tempfile::Builder::new()
+        .prefix("lima-b")
+        .tempdir_in("/tmp")?;
     let lc = || {
         let mut c = Command::new(&limactl);
         c.env("LIMA_HOME", home.path());
         c
     };
-    let image = lima_host::image::open_builtin("default").context("the default image (run `cargo xtask image`)")?;
+    let image = lima_host::image::open_builtin("default")
+        .context("the default image (run `cargo xtask image`)")?;
     let accel = std::env::var("LIMA_QEMU_ACCEL").unwrap_or_else(|_| "probe".into());
-    eprintln!("benchmarking with {} (accelerator: {accel})", limactl.display());
+    eprintln!(
+        "benchmarking with {} (accelerator: {accel})",
+        limactl.display()
+    );
 
     // Baseline: the same kernel and initramfs in plain QEMU, with an init that
     // exits at once (the kernel then panics and QEMU quits): the boot floor.
@@ -101,8 +115,25 @@ fn foundation(args: &Args) -> anyhow::Result<()> {
     for _ in 0..args.boots {
         let t = Instant::now();
         let _ = Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "2048M", "-smp", "2"])
-            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "null"])
+            .args([
+                "-machine",
+                "q35,accel=tcg",
+                "-cpu",
+                "max",
+                "-m",
+                "2048M",
+                "-smp",
+                "2",
+            ])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-serial",
+                "null",
+            ])
             .arg("-kernel")
             .arg(&image.kernel)
             .arg("-initrd")
@@ -140,7 +171,9 @@ fn foundation(args: &Args) -> anyhow::Result<()> {
     // Baseline: one raw hello + ping on the same channel, in-process.
     let inst = lima_host::instance::Instance::open(home.path(), "bench")?;
     let transport = lima_host::lifecycle::transport(&inst)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut pings = Vec::new();
     for _ in 0..args.execs {
         let t = Instant::now();
@@ -149,8 +182,13 @@ fn foundation(args: &Args) -> anyhow::Result<()> {
     }
     run(lc().args(["delete", "--force", "bench"]))?;
 
-    let (floor, starts, stops, execs, pings) =
-        (Stats::new(floor), Stats::new(starts), Stats::new(stops), Stats::new(execs), Stats::new(pings));
+    let (floor, starts, stops, execs, pings) = (
+        Stats::new(floor),
+        Stats::new(starts),
+        Stats::new(stops),
+        Stats::new(execs),
+        Stats::new(pings),
+    );
     println!("| figure | ours (median) | baseline (median) | baseline is |");
     println!("| --- | --- | --- | --- |");
     println!(
@@ -159,7 +197,11 @@ fn foundation(args: &Args) -> anyhow::Result<()> {
         ms(starts.median()),
         ms(floor.median())
     );
-    println!("| `limactl stop` (n={}) | {} | – | |", args.boots, ms(stops.median()));
+    println!(
+        "| `limactl stop` (n={}) | {} | – | |",
+        args.boots,
+        ms(stops.median())
+    );
     println!(
         "| `limactl shell NAME -- true` (n={}) | {} (p90 {}) | {} | one raw vsock hello+ping to the same agent |",
         args.execs,
@@ -170,8 +212,15 @@ fn foundation(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn set_mode(transport: &dyn lima_host::vsock::Transport, rt: &tokio::runtime::Runtime, mode: lima_proto::WatchMode) -> anyhow::Result<String> {
-    match rt.block_on(lima_host::client::control(transport, lima_proto::ControlRequest::SetWatchMode(mode)))? {
+fn set_mode(
+    transport: &dyn lima_host::vsock::Transport,
+    rt: &tokio::runtime::Runtime,
+    mode: lima_proto::WatchMode,
+) -> anyhow::Result<String> {
+    match rt.block_on(lima_host::client::control(
+        transport,
+        lima_proto::ControlRequest::SetWatchMode(mode),
+    ))? {
         lima_proto::ControlReply::WatchMode(t) => Ok(t),
         other => bail!("setting the watch mode failed: {other:?}"),
     }
@@ -183,7 +232,16 @@ fn set_mode(transport: &dyn lima_host::vsock::Transport, rt: &tokio::runtime::Ru
 fn detection(lc: &dyn Fn() -> Command, base: u16, count: u16) -> anyhow::Result<Vec<Duration>> {
     use std::io::BufRead;
     let mut child = lc()
-        .args(["shell", "bench", "--", "lima-guest-agent", "tool", "listen-latency", &base.to_string(), &count.to_string()])
+        .args([
+            "shell",
+            "bench",
+            "--",
+            "lima-guest-agent",
+            "tool",
+            "listen-latency",
+            &base.to_string(),
+            &count.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -198,7 +256,11 @@ fn detection(lc: &dyn Fn() -> Command, base: u16, count: u16) -> anyhow::Result<
                 // Hold the connection until the guest has accepted it.
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let line = lines.next().context("guest tool ended early")??;
-                let micros: u64 = line.split_whitespace().nth(1).context("bad line")?.parse()?;
+                let micros: u64 = line
+                    .split_whitespace()
+                    .nth(1)
+                    .context("bad line")?
+                    .parse()?;
                 out.push(Duration::from_micros(micros));
                 let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
                 break;
@@ -240,7 +302,10 @@ fn throughput(port: u16, mib: usize) -> anyhow::Result<f64> {
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
     let secs = t.elapsed().as_secs_f64();
-    let got: usize = reply.trim().parse().with_context(|| format!("sink replied {reply:?}"))?;
+    let got: usize = reply
+        .trim()
+        .parse()
+        .with_context(|| format!("sink replied {reply:?}"))?;
     if got != mib << 20 {
         bail!("sink got {got} bytes, sent {}", mib << 20);
     }
@@ -250,38 +315,80 @@ fn throughput(port: u16, mib: usize) -> anyhow::Result<f64> {
 fn ports(args: &Args) -> anyhow::Result<()> {
     let bins = bin_dir();
     let limactl = bins.join("limactl");
-    let home = tempfile::Builder::new().prefix("lima-b").tempdir_in("/tmp")?;
+    let home = tempfile::Builder::new()
+        .prefix("lima-b")
+        .tempdir_in("/tmp")?;
     let lc = || {
         let mut c = Command::new(&limactl);
         c.env("LIMA_HOME", home.path());
         // QEMU's own forwarding to the same guest servers, as the baseline.
-        c.env("LIMA_QEMU_HOSTFWD", "tcp:127.0.0.1:28080-:18080,tcp:127.0.0.1:28090-:18090");
+        c.env(
+            "LIMA_QEMU_HOSTFWD",
+            "tcp:127.0.0.1:28080-:18080,tcp:127.0.0.1:28090-:18090",
+        );
         c
     };
     run(lc().args(["start", "--name", "bench", "--timeout", "10m"]))?;
     let inst = lima_host::instance::Instance::open(home.path(), "bench")?;
     let transport = lima_host::lifecycle::transport(&inst)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
 
     let methods = [
         ("eBPF watcher (ours)", lima_proto::WatchMode::Ebpf),
-        ("sock_diag polling, 1 s", lima_proto::WatchMode::Poll { interval_ms: 1000 }),
-        ("Lima's method: 3 s rescan + rescan after bind()", lima_proto::WatchMode::LimaLike { interval_ms: 3000 }),
+        (
+            "sock_diag polling, 1 s",
+            lima_proto::WatchMode::Poll { interval_ms: 1000 },
+        ),
+        (
+            "Lima's method: 3 s rescan + rescan after bind()",
+            lima_proto::WatchMode::LimaLike { interval_ms: 3000 },
+        ),
     ];
     let mut rows = Vec::new();
     for (i, (name, mode)) in methods.iter().enumerate() {
         let text = set_mode(transport.as_ref(), &rt, *mode)?;
-        eprintln!("detection latency: {name} ({text}), {} listens", args.listens);
+        eprintln!(
+            "detection latency: {name} ({text}), {} listens",
+            args.listens
+        );
         let base = 20000 + (i as u16) * 1000;
         rows.push((name, Stats::new(detection(&lc, base, args.listens)?)));
     }
     set_mode(transport.as_ref(), &rt, lima_proto::WatchMode::Ebpf)?;
 
     // Data path: one echo and one sink server, reached through us and hostfwd.
-    let mut echo = lc().args(["shell", "bench", "--", "lima-guest-agent", "tool", "echo", "tcp", "0.0.0.0:18080"]).stdin(Stdio::null()).spawn()?;
-    let mut sink = lc().args(["shell", "bench", "--", "lima-guest-agent", "tool", "sink", "tcp", "0.0.0.0:18090"]).stdin(Stdio::null()).spawn()?;
+    let mut echo = lc()
+        .args([
+            "shell",
+            "bench",
+            "--",
+            "lima-guest-agent",
+            "tool",
+            "echo",
+            "tcp",
+            "0.0.0.0:18080",
+        ])
+        .stdin(Stdio::null())
+        .spawn()?;
+    let mut sink = lc()
+        .args([
+            "shell",
+            "bench",
+            "--",
+            "lima-guest-agent",
+            "tool",
+            "sink",
+            "tcp",
+            "0.0.0.0:18090",
+        ])
+        .stdin(Stdio::null())
+        .spawn()?;
     let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", 18090)).is_err() || std::net::TcpStream::connect(("127.0.0.1", 18080)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", 18090)).is_err()
+        || std::net::TcpStream::connect(("127.0.0.1", 18080)).is_err()
+    {
         if t.elapsed() > Duration::from_secs(60) {
             bail!("guest servers did not come up");
         }
@@ -297,16 +404,35 @@ fn ports(args: &Args) -> anyhow::Result<()> {
     let _ = sink.wait();
     run(lc().args(["delete", "--force", "bench"]))?;
 
-    println!("| detection method (n={} listens each) | p50 | p99 | max |", args.listens);
+    println!(
+        "| detection method (n={} listens each) | p50 | p99 | max |",
+        args.listens
+    );
     println!("| --- | --- | --- | --- |");
     for (name, s) in &rows {
-        println!("| {name} | {} | {} | {} |", ms(s.median()), ms(s.pct(0.99)), ms(*s.samples.last().unwrap()));
+        println!(
+            "| {name} | {} | {} | {} |",
+            ms(s.median()),
+            ms(s.pct(0.99)),
+            ms(*s.samples.last().unwrap())
+        );
     }
     println!();
     println!("| forwarded TCP | ours (vsock) | QEMU hostfwd (slirp) |");
     println!("| --- | --- | --- |");
-    println!("| round trip, 1 byte (n=1000), p50 | {} | {} |", ms(rtt_ours.median()), ms(rtt_qemu.median()));
-    println!("| round trip, 1 byte (n=1000), p99 | {} | {} |", ms(rtt_ours.pct(0.99)), ms(rtt_qemu.pct(0.99)));
-    println!("| throughput host→guest, {} MiB | {tp_ours:.0} MiB/s | {tp_qemu:.0} MiB/s |", args.mib);
+    println!(
+        "| round trip, 1 byte (n=1000), p50 | {} | {} |",
+        ms(rtt_ours.median()),
+        ms(rtt_qemu.median())
+    );
+    println!(
+        "| round trip, 1 byte (n=1000), p99 | {} | {} |",
+        ms(rtt_ours.pct(0.99)),
+        ms(rtt_qemu.pct(0.99))
+    );
+    println!(
+        "| throughput host→guest, {} MiB | {tp_ours:.0} MiB/s | {tp_qemu:.0} MiB/s |",
+        args.mib
+    );
     Ok(())
 }

@@ -1,4 +1,42 @@
-//! Host file server for shared folders (issue "Shared folders"): serves one
-//! host directory per mount to the guest agent's FUSE client over a vsock
-//! stream. Not implemented yet; `mounts:` in `lima.yaml` is accepted and
-//! reported as unused until it is.
+//! Host file server for shared folders: serves one host directory to the
+//! guest agent's FUSE client over one stream (vsock in production), speaking
+//! the protocol in [`lima_proto::fs`].
+//!
+//! The caller (the host agent) opens the stream and does the share setup
+//! exchange (hello, `ShareSetup`, `ShareStatus`); then it hands the stream to
+//! [`Server::serve`], which answers `FsToHost::Request`s until the guest
+//! closes it and pushes invalidations when host files change.
+//!
+//! Why it is built the way it is:
+//!
+//! * **The guest is not trusted.** Nothing it sends may reach a host file
+//!   outside the share. Nodes are `O_PATH` fds, names are single components,
+//!   opens go through `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and
+//!   the server never follows a symlink (the guest kernel does, in its own
+//!   namespace). Read-only shares are enforced here. See [`fs`](crate::fs)
+//!   for the rules, [`nodes`](crate::nodes) for why fds and not paths.
+//! * **Many requests in flight.** The guest kernel issues reads, writes and
+//!   lookups in parallel; they run concurrently on a bounded blocking pool
+//!   and answers go back in completion order (see `server`).
+//! * **Coherent caches.** The guest mounts with caching on, so host edits
+//!   must be announced: inotify on looked-up directories becomes
+//!   `InvalidateEntry`/`InvalidateNode` frames (see `watch`).
+//! * **Raw syscalls in one place** (`sys`), each with its `SAFETY` note, so
+//!   the rest of the crate is safe code on owned fds.
+//!
+//! Linux hosts only for now (openat2, inotify, OFD locks); macOS hosts need
+//! their own `sys` when the vz driver arrives.
+#![cfg(target_os = "linux")]
+
+mod fs;
+mod nodes;
+mod server;
+mod sys;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+pub use fs::{MAX_HANDLES, READDIRPLUS_MAX, READDIR_MAX};
+pub use server::{FsError, Server, MAX_IN_FLIGHT};
+pub use watch::MAX_WATCHES;

@@ -14,7 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lima_proto::{read_frame_async, write_frame_async, ExecInput, ExecOutput, ExecRequest, ExitStatus, WinSize, IO_CHUNK};
+use lima_proto::{
+    read_frame_async, write_frame_async, ExecInput, ExecOutput, ExecRequest, ExitStatus, WinSize,
+    IO_CHUNK,
+};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -80,8 +83,14 @@ fn reap_all(state: &Mutex<ReaperState>) {
 
 /// The child's side of the terminal or the pipes, and our side of them.
 enum Stdio3 {
-    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
-    Pty { master: OwnedFd },
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty {
+        master: OwnedFd,
+    },
 }
 
 fn build_command(req: &ExecRequest) -> Command {
@@ -100,7 +109,10 @@ fn build_command(req: &ExecRequest) -> Command {
         }
     };
     cmd.env_clear();
-    cmd.env("PATH", DEFAULT_PATH).env("HOME", "/root").env("USER", "root").env("LOGNAME", "root");
+    cmd.env("PATH", DEFAULT_PATH)
+        .env("HOME", "/root")
+        .env("USER", "root")
+        .env("LOGNAME", "root");
     if req.pty.is_some() {
         cmd.env("TERM", "xterm-256color");
     }
@@ -115,12 +127,20 @@ fn build_command(req: &ExecRequest) -> Command {
 fn login_shell() -> String {
     std::fs::read_to_string("/etc/passwd")
         .ok()
-        .and_then(|p| p.lines().find(|l| l.starts_with("root:")).and_then(|l| l.rsplit(':').next()).map(str::to_string))
+        .and_then(|p| {
+            p.lines()
+                .find(|l| l.starts_with("root:"))
+                .and_then(|l| l.rsplit(':').next())
+                .map(str::to_string)
+        })
         .filter(|s| std::path::Path::new(s).exists())
         .unwrap_or_else(|| "/bin/sh".into())
 }
 
-fn spawn(reaper: &Reaper, req: &ExecRequest) -> std::io::Result<(u32, oneshot::Receiver<ExitStatus>, Stdio3)> {
+fn spawn(
+    reaper: &Reaper,
+    req: &ExecRequest,
+) -> std::io::Result<(u32, oneshot::Receiver<ExitStatus>, Stdio3)> {
     if let Some(cwd) = &req.cwd {
         if !std::path::Path::new(cwd).is_dir() {
             return Err(std::io::Error::new(
@@ -132,7 +152,9 @@ fn spawn(reaper: &Reaper, req: &ExecRequest) -> std::io::Result<(u32, oneshot::R
     let mut cmd = build_command(req);
     match req.pty {
         None => {
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
             // SAFETY: setsid is async-signal-safe; it makes the command its own
             // process group so signals reach its whole job.
             unsafe {
@@ -150,10 +172,19 @@ fn spawn(reaper: &Reaper, req: &ExecRequest) -> std::io::Result<(u32, oneshot::R
             drop(child);
             let (tx, rx) = oneshot::channel();
             state.waiting.insert(pid as i32, tx);
-            Ok((pid, rx, Stdio3::Pipes { stdin, stdout, stderr }))
+            Ok((
+                pid,
+                rx,
+                Stdio3::Pipes {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+            ))
         }
         Some(size) => {
-            let pty = nix::pty::openpty(Some(&winsize(size)), None).map_err(std::io::Error::from)?;
+            let pty =
+                nix::pty::openpty(Some(&winsize(size)), None).map_err(std::io::Error::from)?;
             let slave = pty.slave;
             cmd.stdin(Stdio::from(slave.try_clone()?))
                 .stdout(Stdio::from(slave.try_clone()?))
@@ -177,7 +208,12 @@ fn spawn(reaper: &Reaper, req: &ExecRequest) -> std::io::Result<(u32, oneshot::R
 }
 
 fn winsize(size: WinSize) -> nix::pty::Winsize {
-    nix::pty::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 }
+    nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
 }
 
 fn set_winsize(fd: &OwnedFd, size: WinSize) {
@@ -185,7 +221,11 @@ fn set_winsize(fd: &OwnedFd, size: WinSize) {
     // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which lives for
     // the whole call; `fd` is an open pty master.
     unsafe {
-        libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws as *const nix::pty::Winsize);
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &ws as *const nix::pty::Winsize,
+        );
     }
 }
 
@@ -231,7 +271,12 @@ impl AsyncFile {
     }
 }
 
-async fn pump(src: Arc<AsyncFile>, tx: mpsc::Sender<ExecOutput>, stderr: bool, exited: tokio::sync::watch::Receiver<bool>) {
+async fn pump(
+    src: Arc<AsyncFile>,
+    tx: mpsc::Sender<ExecOutput>,
+    stderr: bool,
+    exited: tokio::sync::watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; IO_CHUNK];
     loop {
         let read = if *exited.borrow() {
@@ -252,7 +297,11 @@ async fn pump(src: Arc<AsyncFile>, tx: mpsc::Sender<ExecOutput>, stderr: bool, e
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 let chunk = buf[..n].to_vec();
-                let msg = if stderr { ExecOutput::Stderr(chunk) } else { ExecOutput::Stdout(chunk) };
+                let msg = if stderr {
+                    ExecOutput::Stderr(chunk)
+                } else {
+                    ExecOutput::Stdout(chunk)
+                };
                 if tx.send(msg).await.is_err() {
                     return;
                 }
@@ -274,7 +323,11 @@ where
         Ok(x) => x,
         Err(e) => {
             let what = req.argv.first().cloned().unwrap_or_default();
-            write_frame_async(&mut wr, &ExecOutput::Failed(format!("cannot run {what:?}: {e}"))).await?;
+            write_frame_async(
+                &mut wr,
+                &ExecOutput::Failed(format!("cannot run {what:?}: {e}")),
+            )
+            .await?;
             wr.shutdown().await.ok();
             return Ok(());
         }
@@ -288,15 +341,34 @@ where
     // stdin side and the fds that outlive the spawn
     let mut pumps = Vec::new();
     let (stdin, pty_master): (Option<Arc<AsyncFile>>, Option<Arc<OwnedFd>>) = match stdio {
-        Stdio3::Pipes { stdin, stdout, stderr } => {
-            pumps.push(tokio::spawn(pump(Arc::new(AsyncFile::new(stdout)?), out_tx.clone(), false, exited_rx.clone())));
-            pumps.push(tokio::spawn(pump(Arc::new(AsyncFile::new(stderr)?), out_tx.clone(), true, exited_rx.clone())));
+        Stdio3::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            pumps.push(tokio::spawn(pump(
+                Arc::new(AsyncFile::new(stdout)?),
+                out_tx.clone(),
+                false,
+                exited_rx.clone(),
+            )));
+            pumps.push(tokio::spawn(pump(
+                Arc::new(AsyncFile::new(stderr)?),
+                out_tx.clone(),
+                true,
+                exited_rx.clone(),
+            )));
             (Some(Arc::new(AsyncFile::new(stdin)?)), None)
         }
         Stdio3::Pty { master } => {
             let dup = Arc::new(master.try_clone()?);
             let file = Arc::new(AsyncFile::new(master)?);
-            pumps.push(tokio::spawn(pump(file.clone(), out_tx.clone(), false, exited_rx.clone())));
+            pumps.push(tokio::spawn(pump(
+                file.clone(),
+                out_tx.clone(),
+                false,
+                exited_rx.clone(),
+            )));
             (Some(file), Some(dup))
         }
     };

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lima_proto::{
-    read_frame_async, write_frame_async, Datagram, ForwardReply, ForwardRequest, GuestEvent, GuestPort, HostEvent,
-    PortProto, Subscribe,
+    read_frame_async, write_frame_async, Datagram, ForwardReply, ForwardRequest, GuestEvent,
+    GuestPort, HostEvent, PortProto, Subscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -27,23 +27,39 @@ impl AllowedSockets {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = paths.into_iter().collect();
     }
     fn contains(&self, path: &str) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(path)
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(path)
     }
 }
 
 /// Serves the Events stream until the host hangs up.
-pub async fn serve_events<S>(mut stream: S, table: PortTable, allowed: AllowedSockets) -> anyhow::Result<()>
+pub async fn serve_events<S>(
+    mut stream: S,
+    table: PortTable,
+    allowed: AllowedSockets,
+) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(sub): Option<Subscribe> = read_frame_async(&mut stream).await? else { return Ok(()) };
+    let Some(sub): Option<Subscribe> = read_frame_async(&mut stream).await? else {
+        return Ok(());
+    };
     allowed.set(sub.unix_sockets);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut changes = table.subscribe();
     let mut last = table.current();
     write_frame_async(&mut wr, &GuestEvent::Watcher(table.mode_text())).await?;
-    write_frame_async(&mut wr, &GuestEvent::Ports { full: true, added: last.iter().copied().collect(), removed: vec![] })
-        .await?;
+    write_frame_async(
+        &mut wr,
+        &GuestEvent::Ports {
+            full: true,
+            added: last.iter().copied().collect(),
+            removed: vec![],
+        },
+    )
+    .await?;
     let mut text = table.mode_text();
     loop {
         tokio::select! {
@@ -86,17 +102,31 @@ fn dial_addr(ip: IpAddr, port: u16) -> SocketAddr {
 }
 
 /// Serves one Forward stream.
-pub async fn serve_forward<S>(mut stream: S, table: PortTable, allowed: AllowedSockets) -> anyhow::Result<()>
+pub async fn serve_forward<S>(
+    mut stream: S,
+    table: PortTable,
+    allowed: AllowedSockets,
+) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(req): Option<ForwardRequest> = read_frame_async(&mut stream).await? else { return Ok(()) };
+    let Some(req): Option<ForwardRequest> = read_frame_async(&mut stream).await? else {
+        return Ok(());
+    };
     let refuse = |why: String| ForwardReply::Refused(why);
     match req {
         ForwardRequest::Tcp { ip, port } => {
-            let gp = GuestPort { proto: PortProto::Tcp, ip, port };
+            let gp = GuestPort {
+                proto: PortProto::Tcp,
+                ip,
+                port,
+            };
             if !table.is_listening(&gp) {
-                write_frame_async(&mut stream, &refuse(format!("nothing listens on {gp} in the guest"))).await?;
+                write_frame_async(
+                    &mut stream,
+                    &refuse(format!("nothing listens on {gp} in the guest")),
+                )
+                .await?;
                 return Ok(());
             }
             match tokio::net::TcpStream::connect(dial_addr(ip, port)).await {
@@ -105,12 +135,19 @@ where
                     write_frame_async(&mut stream, &ForwardReply::Ok).await?;
                     let _ = lima_proto::relay::relay(conn, stream).await;
                 }
-                Err(e) => write_frame_async(&mut stream, &refuse(format!("connecting to {gp}: {e}"))).await?,
+                Err(e) => {
+                    write_frame_async(&mut stream, &refuse(format!("connecting to {gp}: {e}")))
+                        .await?
+                }
             }
         }
         ForwardRequest::Unix { path } => {
             if !allowed.contains(&path) {
-                write_frame_async(&mut stream, &refuse(format!("{path} is not named by a portForwards rule"))).await?;
+                write_frame_async(
+                    &mut stream,
+                    &refuse(format!("{path} is not named by a portForwards rule")),
+                )
+                .await?;
                 return Ok(());
             }
             match tokio::net::UnixStream::connect(&path).await {
@@ -118,17 +155,32 @@ where
                     write_frame_async(&mut stream, &ForwardReply::Ok).await?;
                     let _ = lima_proto::relay::relay(conn, stream).await;
                 }
-                Err(e) => write_frame_async(&mut stream, &refuse(format!("connecting to {path}: {e}"))).await?,
+                Err(e) => {
+                    write_frame_async(&mut stream, &refuse(format!("connecting to {path}: {e}")))
+                        .await?
+                }
             }
         }
         ForwardRequest::Udp { ip, port } => {
-            let gp = GuestPort { proto: PortProto::Udp, ip, port };
+            let gp = GuestPort {
+                proto: PortProto::Udp,
+                ip,
+                port,
+            };
             if !table.is_listening(&gp) {
-                write_frame_async(&mut stream, &refuse(format!("nothing listens on {gp} in the guest"))).await?;
+                write_frame_async(
+                    &mut stream,
+                    &refuse(format!("nothing listens on {gp} in the guest")),
+                )
+                .await?;
                 return Ok(());
             }
             let target = dial_addr(ip, port);
-            let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+            let local: SocketAddr = if target.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
             let sock = tokio::net::UdpSocket::bind(local).await?;
             sock.connect(target).await?;
             write_frame_async(&mut stream, &ForwardReply::Ok).await?;
@@ -168,8 +220,17 @@ mod tests {
 
     #[test]
     fn wildcard_listeners_are_dialed_on_loopback() {
-        assert_eq!(dial_addr("0.0.0.0".parse().unwrap(), 80), "127.0.0.1:80".parse().unwrap());
-        assert_eq!(dial_addr("::".parse().unwrap(), 80), "[::1]:80".parse().unwrap());
-        assert_eq!(dial_addr("10.0.2.15".parse().unwrap(), 80), "10.0.2.15:80".parse().unwrap());
+        assert_eq!(
+            dial_addr("0.0.0.0".parse().unwrap(), 80),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        assert_eq!(
+            dial_addr("::".parse().unwrap(), 80),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            dial_addr("10.0.2.15".parse().unwrap(), 80),
+            "10.0.2.15:80".parse().unwrap()
+        );
     }
 }

@@ -19,7 +19,9 @@ pub struct KernelParams {
 
 impl KernelParams {
     pub fn read() -> Self {
-        std::fs::read_to_string("/proc/cmdline").map(|s| Self::parse(&s)).unwrap_or_default()
+        std::fs::read_to_string("/proc/cmdline")
+            .map(|s| Self::parse(&s))
+            .unwrap_or_default()
     }
 
     pub fn parse(cmdline: &str) -> Self {
@@ -28,7 +30,8 @@ impl KernelParams {
             if let Some(v) = word.strip_prefix("lima.hostname=") {
                 p.hostname = Some(v.to_string());
             } else if let Some(v) = word.strip_prefix("lima.modules=") {
-                p.modules.extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
+                p.modules
+                    .extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
             }
         }
         p
@@ -55,7 +58,12 @@ pub fn early_setup() {
         ("proc", "/proc", "proc", ""),
         ("sysfs", "/sys", "sysfs", ""),
         ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
-        ("devpts", "/dev/pts", "devpts", "gid=5,mode=620,ptmxmode=666"),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            "gid=5,mode=620,ptmxmode=666",
+        ),
         ("tmpfs", "/dev/shm", "tmpfs", "mode=1777"),
         ("tmpfs", "/run", "tmpfs", "mode=0755"),
         ("cgroup2", "/sys/fs/cgroup", "cgroup2", "nsdelegate"),
@@ -110,7 +118,13 @@ pub async fn late_setup(params: &KernelParams) {
 
 /// Mounts a VM-provided filesystem (9p, virtiofs) at `target`; the error
 /// names the mount point.
-pub fn mount_share(fstype: &str, source: &str, target: &str, options: &str, read_only: bool) -> Result<(), String> {
+pub fn mount_share(
+    fstype: &str,
+    source: &str,
+    target: &str,
+    options: &str,
+    read_only: bool,
+) -> Result<(), String> {
     let modules: &[&str] = match fstype {
         "9p" => &["9pnet_virtio", "9p"],
         "virtiofs" => &["virtiofs"],
@@ -123,13 +137,24 @@ pub fn mount_share(fstype: &str, source: &str, target: &str, options: &str, read
             }
         }
     }
-    std::fs::create_dir_all(target).map_err(|e| format!("cannot create mount point {target} in the guest: {e}"))?;
+    std::fs::create_dir_all(target)
+        .map_err(|e| format!("cannot create mount point {target} in the guest: {e}"))?;
     let mut flags = nix::mount::MsFlags::MS_NODEV;
     if read_only {
         flags |= nix::mount::MsFlags::MS_RDONLY;
     }
-    nix::mount::mount(Some(source), target, Some(fstype), flags, if options.is_empty() { None } else { Some(options) })
-        .map_err(|e| format!("mounting {fstype} {source} on {target} in the guest: {e}"))
+    nix::mount::mount(
+        Some(source),
+        target,
+        Some(fstype),
+        flags,
+        if options.is_empty() {
+            None
+        } else {
+            Some(options)
+        },
+    )
+    .map_err(|e| format!("mounting {fstype} {source} on {target} in the guest: {e}"))
 }
 
 /// Asks every process to stop, then kills what is left, syncs, powers off.
@@ -157,7 +182,8 @@ mod tests {
 
     #[test]
     fn parses_our_kernel_parameters_and_ignores_others() {
-        let p = KernelParams::parse("console=ttyS0 lima.hostname=lima-dev quiet lima.modules=fuse,,9p");
+        let p =
+            KernelParams::parse("console=ttyS0 lima.hostname=lima-dev quiet lima.modules=fuse,,9p");
         assert_eq!(p.hostname.as_deref(), Some("lima-dev"));
         assert_eq!(p.modules, vec!["fuse", "9p"]);
         let p = KernelParams::parse("");

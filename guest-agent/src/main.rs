@@ -88,7 +88,11 @@ async fn run(pid1: bool) -> anyhow::Result<()> {
     };
     let ports = ports::PortTable::start(&watcher);
     tracing::info!("port watcher: {}", ports.mode_text());
-    let ctx = server::Context { reaper, ports, allowed: forward::AllowedSockets::default() };
+    let ctx = server::Context {
+        reaper,
+        ports,
+        allowed: forward::AllowedSockets::default(),
+    };
     let server::ShutdownRequested = server::serve(info, ctx).await?;
     // The host asked us to stop.
     if pid1 {

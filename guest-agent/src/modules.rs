@@ -64,12 +64,22 @@ impl ModuleTree {
     pub fn parse(root: &Path, dep: &str, builtin: &str) -> Self {
         let mut deps = HashMap::new();
         for line in dep.lines() {
-            let Some((module, rest)) = line.split_once(':') else { continue };
+            let Some((module, rest)) = line.split_once(':') else {
+                continue;
+            };
             let needs = rest.split_whitespace().map(str::to_string).collect();
             deps.insert(module_name(module), (module.to_string(), needs));
         }
-        let builtin = builtin.lines().filter(|l| !l.is_empty()).map(module_name).collect();
-        ModuleTree { root: root.to_path_buf(), deps, builtin }
+        let builtin = builtin
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(module_name)
+            .collect();
+        ModuleTree {
+            root: root.to_path_buf(),
+            deps,
+            builtin,
+        }
     }
 
     /// Loads `name` after its dependencies (modules.dep lists them so that the
@@ -79,10 +89,16 @@ impl ModuleTree {
         if self.builtin.contains(&name) {
             return Ok(());
         }
-        let (path, needs) = self.deps.get(&name).ok_or_else(|| ModuleError::Unknown(name.clone()))?;
+        let (path, needs) = self
+            .deps
+            .get(&name)
+            .ok_or_else(|| ModuleError::Unknown(name.clone()))?;
         for dep in needs.iter().rev().chain(std::iter::once(path)) {
             let full = self.root.join(dep);
-            loader.load(&full).map_err(|source| ModuleError::Load { path: full.clone(), source })?;
+            loader.load(&full).map_err(|source| ModuleError::Load {
+                path: full.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -96,7 +112,9 @@ mod tests {
     struct Recorder(RefCell<Vec<String>>);
     impl Loader for Recorder {
         fn load(&self, path: &Path) -> std::io::Result<()> {
-            self.0.borrow_mut().push(path.file_name().unwrap().to_string_lossy().into_owned());
+            self.0
+                .borrow_mut()
+                .push(path.file_name().unwrap().to_string_lossy().into_owned());
             Ok(())
         }
     }
@@ -108,18 +126,30 @@ kernel/fs/fuse/fuse.ko:\n";
 
     #[test]
     fn loads_dependencies_first() {
-        let tree = ModuleTree::parse(Path::new("/m"), DEP, "kernel/drivers/virtio/virtio_pci.ko\n");
+        let tree = ModuleTree::parse(
+            Path::new("/m"),
+            DEP,
+            "kernel/drivers/virtio/virtio_pci.ko\n",
+        );
         let rec = Recorder(RefCell::new(vec![]));
         tree.load("vmw_vsock_virtio_transport", &rec).unwrap();
         assert_eq!(
             rec.0.borrow().as_slice(),
-            ["vsock.ko", "vmw_vsock_virtio_transport_common.ko", "vmw_vsock_virtio_transport.ko"]
+            [
+                "vsock.ko",
+                "vmw_vsock_virtio_transport_common.ko",
+                "vmw_vsock_virtio_transport.ko"
+            ]
         );
     }
 
     #[test]
     fn builtin_is_skipped_and_unknown_is_named() {
-        let tree = ModuleTree::parse(Path::new("/m"), DEP, "kernel/drivers/virtio/virtio_pci.ko\n");
+        let tree = ModuleTree::parse(
+            Path::new("/m"),
+            DEP,
+            "kernel/drivers/virtio/virtio_pci.ko\n",
+        );
         let rec = Recorder(RefCell::new(vec![]));
         tree.load("virtio-pci", &rec).unwrap();
         assert!(rec.0.borrow().is_empty());

@@ -50,7 +50,9 @@ impl PortTable {
         let default_mode = if watcher.is_active() {
             WatchMode::Ebpf
         } else {
-            WatchMode::Poll { interval_ms: FALLBACK_POLL.as_millis() as u32 }
+            WatchMode::Poll {
+                interval_ms: FALLBACK_POLL.as_millis() as u32,
+            }
         };
         let (mode, mode_rx) = watch::channel(default_mode);
         let (text_tx, mode_text) = watch::channel(describe(default_mode, watcher));
@@ -60,7 +62,12 @@ impl PortTable {
         // 1 s poll backs them up.
         let partial = matches!(watcher.status, crate::watcher::WatcherStatus::Partial(_));
         tokio::spawn(run(events, mode_rx, tx, text_tx, status, partial));
-        PortTable { current, mode, mode_text, ebpf: watcher.is_active() }
+        PortTable {
+            current,
+            mode,
+            mode_text,
+            ebpf: watcher.is_active(),
+        }
     }
 
     /// What listens now.
@@ -86,8 +93,12 @@ impl PortTable {
         self.mode.send_replace(mode);
         Ok(match mode {
             WatchMode::Ebpf => "ebpf".to_string(),
-            WatchMode::Poll { interval_ms } => format!("polling sock_diag every {interval_ms} ms (selected)"),
-            WatchMode::LimaLike { interval_ms } => format!("lima-like: rescan every {interval_ms} ms and after bind() (selected)"),
+            WatchMode::Poll { interval_ms } => {
+                format!("polling sock_diag every {interval_ms} ms (selected)")
+            }
+            WatchMode::LimaLike { interval_ms } => {
+                format!("lima-like: rescan every {interval_ms} ms and after bind() (selected)")
+            }
         })
     }
 
@@ -101,10 +112,17 @@ fn describe(mode: WatchMode, watcher: &Watcher) -> String {
     match mode {
         WatchMode::Ebpf => watcher.status.to_string(),
         WatchMode::Poll { interval_ms } if !watcher.is_active() => {
-            format!("polling sock_diag every {interval_ms} ms ({})", watcher.status)
+            format!(
+                "polling sock_diag every {interval_ms} ms ({})",
+                watcher.status
+            )
         }
-        WatchMode::Poll { interval_ms } => format!("polling sock_diag every {interval_ms} ms (selected)"),
-        WatchMode::LimaLike { interval_ms } => format!("lima-like: rescan every {interval_ms} ms and after bind() (selected)"),
+        WatchMode::Poll { interval_ms } => {
+            format!("polling sock_diag every {interval_ms} ms (selected)")
+        }
+        WatchMode::LimaLike { interval_ms } => {
+            format!("lima-like: rescan every {interval_ms} ms and after bind() (selected)")
+        }
     }
 }
 
@@ -122,7 +140,9 @@ fn expectation(kind: SocketEventKind, ev: &lima_proto::ebpf::SockStateEvent) -> 
     use lima_proto::ebpf::tcp_state::LISTEN;
     match kind {
         SocketEventKind::TcpState if ev.newstate == LISTEN => Expect::Listen(ev.sport),
-        SocketEventKind::TcpState if ev.oldstate == LISTEN => Expect::Gone(PortProto::Tcp, ev.sport),
+        SocketEventKind::TcpState if ev.oldstate == LISTEN => {
+            Expect::Gone(PortProto::Tcp, ev.sport)
+        }
         SocketEventKind::Release if ev.sport != 0 => Expect::Gone(PortProto::Udp, ev.sport),
         _ => Expect::Nothing,
     }
@@ -130,8 +150,12 @@ fn expectation(kind: SocketEventKind, ev: &lima_proto::ebpf::SockStateEvent) -> 
 
 fn satisfied(expect: Expect, before: &BTreeSet<GuestPort>, now: &BTreeSet<GuestPort>) -> bool {
     match expect {
-        Expect::Listen(0) => now.iter().any(|p| p.proto == PortProto::Tcp && !before.contains(p)),
-        Expect::Listen(port) => now.iter().any(|p| p.proto == PortProto::Tcp && p.port == port),
+        Expect::Listen(0) => now
+            .iter()
+            .any(|p| p.proto == PortProto::Tcp && !before.contains(p)),
+        Expect::Listen(port) => now
+            .iter()
+            .any(|p| p.proto == PortProto::Tcp && p.port == port),
         Expect::Gone(proto, port) => !now.iter().any(|p| p.proto == proto && p.port == port),
         Expect::Nothing => true,
     }
@@ -166,7 +190,11 @@ async fn run(
                 Some(Duration::from_millis(interval_ms.max(10) as u64))
             }
         };
-        let retry = pending.iter().map(|(_, _, n)| RETRY_DELAYS_MS[*n]).min().map(Duration::from_millis);
+        let retry = pending
+            .iter()
+            .map(|(_, _, n)| RETRY_DELAYS_MS[*n])
+            .min()
+            .map(Duration::from_millis);
         let wait = match (tick, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -257,8 +285,14 @@ async fn run(
 }
 
 /// What changed from `old` to `new`.
-pub fn diff(old: &BTreeSet<GuestPort>, new: &BTreeSet<GuestPort>) -> (Vec<GuestPort>, Vec<GuestPort>) {
-    (new.difference(old).copied().collect(), old.difference(new).copied().collect())
+pub fn diff(
+    old: &BTreeSet<GuestPort>,
+    new: &BTreeSet<GuestPort>,
+) -> (Vec<GuestPort>, Vec<GuestPort>) {
+    (
+        new.difference(old).copied().collect(),
+        old.difference(new).copied().collect(),
+    )
 }
 
 #[cfg(test)]
@@ -266,7 +300,11 @@ mod tests {
     use super::*;
 
     fn p(proto: PortProto, port: u16) -> GuestPort {
-        GuestPort { proto, ip: "0.0.0.0".parse().unwrap(), port }
+        GuestPort {
+            proto,
+            ip: "0.0.0.0".parse().unwrap(),
+            port,
+        }
     }
 
     #[test]
@@ -287,7 +325,15 @@ mod tests {
         // listen() without bind(): the event has port 0; any new listener will do.
         assert!(satisfied(Expect::Listen(0), &empty, &with80));
         assert!(!satisfied(Expect::Listen(0), &with80, &with80));
-        assert!(!satisfied(Expect::Gone(PortProto::Tcp, 80), &with80, &with80));
-        assert!(satisfied(Expect::Gone(PortProto::Udp, 80), &with80, &with80));
+        assert!(!satisfied(
+            Expect::Gone(PortProto::Tcp, 80),
+            &with80,
+            &with80
+        ));
+        assert!(satisfied(
+            Expect::Gone(PortProto::Udp, 80),
+            &with80,
+            &with80
+        ));
     }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use lima_proto::{
-    read_frame_async, write_frame_async, AgentInfo, ControlReply, ControlRequest, Hello, HelloReply,
-    Purpose, AGENT_VSOCK_PORT, HOST_CID, MAGIC, PROTOCOL_VERSION,
+    read_frame_async, write_frame_async, AgentInfo, ControlReply, ControlRequest, Hello,
+    HelloReply, Purpose, AGENT_VSOCK_PORT, HOST_CID, MAGIC, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -73,23 +73,47 @@ where
         return Ok(()); // a readiness probe that hung up
     };
     if let Err(reason) = check_hello(&hello) {
-        write_frame_async(&mut stream, &HelloReply { version: PROTOCOL_VERSION, result: Err(reason.clone()) }).await?;
+        write_frame_async(
+            &mut stream,
+            &HelloReply {
+                version: PROTOCOL_VERSION,
+                result: Err(reason.clone()),
+            },
+        )
+        .await?;
         anyhow::bail!("{reason}");
     }
-    write_frame_async(&mut stream, &HelloReply { version: PROTOCOL_VERSION, result: Ok(info.clone()) }).await?;
+    write_frame_async(
+        &mut stream,
+        &HelloReply {
+            version: PROTOCOL_VERSION,
+            result: Ok(info.clone()),
+        },
+    )
+    .await?;
     match hello.purpose {
         Purpose::Control => {
             while let Some(req) = read_frame_async::<_, ControlRequest>(&mut stream).await? {
                 match req {
-                    ControlRequest::Ping => write_frame_async(&mut stream, &ControlReply::Pong).await?,
+                    ControlRequest::Ping => {
+                        write_frame_async(&mut stream, &ControlReply::Pong).await?
+                    }
                     ControlRequest::Shutdown => {
                         tracing::info!("the host asked for a shutdown");
                         write_frame_async(&mut stream, &ControlReply::ShuttingDown).await?;
                         let _ = shutdown.send(()).await;
                         return Ok(());
                     }
-                    ControlRequest::Mount { fstype, source, target, options, read_only } => {
-                        let reply = match crate::init::mount_share(&fstype, &source, &target, &options, read_only) {
+                    ControlRequest::Mount {
+                        fstype,
+                        source,
+                        target,
+                        options,
+                        read_only,
+                    } => {
+                        let reply = match crate::init::mount_share(
+                            &fstype, &source, &target, &options, read_only,
+                        ) {
                             Ok(()) => ControlReply::Mounted,
                             Err(e) => ControlReply::Error(e),
                         };

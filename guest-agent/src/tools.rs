@@ -6,6 +6,7 @@
 //! tool echo udp ADDR        echo every datagram to its sender
 //! tool echo unix PATH       echo every Unix-socket connection back
 //! tool sink tcp ADDR        read and discard; reply with the byte count at EOF
+//! tool mmap-cat FILE        write FILE's bytes to stdout, read through mmap(2)
 //! tool listen-latency BASE N  for i in 0..N: listen on 0.0.0.0:BASE+i, print
 //!                           one line "i micros" (from listen() to the first
 //!                           accepted connection), close, pause 50 ms
@@ -16,7 +17,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Instant;
 
 fn usage() -> i32 {
-    eprintln!("usage: lima-guest-agent tool (echo tcp|udp|unix ADDR | sink tcp ADDR | listen-latency BASE N)");
+    eprintln!("usage: lima-guest-agent tool (echo tcp|udp|unix ADDR | sink tcp ADDR | mmap-cat FILE | listen-latency BASE N)");
     2
 }
 
@@ -27,6 +28,7 @@ pub fn main(args: Vec<String>) -> i32 {
         ["echo", "udp", addr] => echo_udp(addr),
         ["echo", "unix", path] => echo_unix(path),
         ["sink", "tcp", addr] => sink_tcp(addr),
+        ["mmap-cat", file] => mmap_cat(file),
         ["listen-latency", base, n] => listen_latency(base, n),
         _ => return usage(),
     };
@@ -58,7 +60,11 @@ fn echo_tcp(addr: &str) -> std::io::Result<()> {
     let l = TcpListener::bind(addr)?;
     eprintln!("echo tcp listening on {}", l.local_addr()?);
     for conn in l.incoming().flatten() {
-        std::thread::spawn(move || echo_stream(conn, |c| { let _ = c.shutdown(std::net::Shutdown::Write); }));
+        std::thread::spawn(move || {
+            echo_stream(conn, |c| {
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            })
+        });
     }
     Ok(())
 }
@@ -68,7 +74,11 @@ fn echo_unix(path: &str) -> std::io::Result<()> {
     let l = UnixListener::bind(path)?;
     eprintln!("echo unix listening on {path}");
     for conn in l.incoming().flatten() {
-        std::thread::spawn(move || echo_stream(conn, |c| { let _ = c.shutdown(std::net::Shutdown::Write); }));
+        std::thread::spawn(move || {
+            echo_stream(conn, |c| {
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            })
+        });
     }
     Ok(())
 }
@@ -102,8 +112,38 @@ fn sink_tcp(addr: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+fn mmap_cat(file: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(file)?;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a fresh read-only shared mapping of an open file; the pointer is
+    // checked, only read within `len`, and unmapped before returning.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let bytes = std::slice::from_raw_parts(p as *const u8, len);
+        let r = std::io::stdout().write_all(bytes);
+        libc::munmap(p, len);
+        r
+    }
+}
+
 fn listen_latency(base: &str, n: &str) -> std::io::Result<()> {
-    let base: u16 = base.parse().map_err(|_| std::io::Error::other("bad port"))?;
+    let base: u16 = base
+        .parse()
+        .map_err(|_| std::io::Error::other("bad port"))?;
     let n: u16 = n.parse().map_err(|_| std::io::Error::other("bad count"))?;
     let mut out = std::io::stdout();
     for i in 0..n {

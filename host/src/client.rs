@@ -1,7 +1,7 @@
 //! Talking to the guest agent: the hello, control requests, and exec.
 use lima_proto::{
-    read_frame_async, write_frame_async, AgentInfo, ControlReply, ControlRequest, Hello, HelloReply, Purpose,
-    AGENT_VSOCK_PORT, PROTOCOL_VERSION,
+    read_frame_async, write_frame_async, AgentInfo, ControlReply, ControlRequest, Hello,
+    HelloReply, Purpose, AGENT_VSOCK_PORT, PROTOCOL_VERSION,
 };
 
 use crate::vsock::{BoxStream, Transport};
@@ -23,8 +23,14 @@ pub enum ClientError {
 }
 
 /// Connects and exchanges hellos.
-pub async fn connect(transport: &dyn Transport, purpose: Purpose) -> Result<(BoxStream, AgentInfo), ClientError> {
-    let mut s = transport.connect(AGENT_VSOCK_PORT).await.map_err(ClientError::Connect)?;
+pub async fn connect(
+    transport: &dyn Transport,
+    purpose: Purpose,
+) -> Result<(BoxStream, AgentInfo), ClientError> {
+    let mut s = transport
+        .connect(AGENT_VSOCK_PORT)
+        .await
+        .map_err(ClientError::Connect)?;
     write_frame_async(&mut s, &Hello::new(purpose)).await?;
     let reply: HelloReply = read_frame_async(&mut s).await?.ok_or(ClientError::Closed)?;
     if reply.version != PROTOCOL_VERSION {
@@ -35,7 +41,10 @@ pub async fn connect(transport: &dyn Transport, purpose: Purpose) -> Result<(Box
 }
 
 /// One control request and its reply.
-pub async fn control(transport: &dyn Transport, req: ControlRequest) -> Result<ControlReply, ClientError> {
+pub async fn control(
+    transport: &dyn Transport,
+    req: ControlRequest,
+) -> Result<ControlReply, ClientError> {
     let (mut s, _) = connect(transport, Purpose::Control).await?;
     write_frame_async(&mut s, &req).await?;
     read_frame_async(&mut s).await?.ok_or(ClientError::Closed)

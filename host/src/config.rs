@@ -20,7 +20,11 @@ pub enum ConfigError {
     #[error("{path}: {msg}")]
     Parse { path: String, msg: String },
     #[error("{path}: {field}: {msg}")]
-    Invalid { path: String, field: String, msg: String },
+    Invalid {
+        path: String,
+        field: String,
+        msg: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -114,13 +118,18 @@ impl LimaYaml {
             } else {
                 format!("field `{path}`: {inner}")
             };
-            ConfigError::Parse { path: origin.to_string(), msg }
+            ConfigError::Parse {
+                path: origin.to_string(),
+                msg,
+            }
         })
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -162,21 +171,34 @@ impl LimaYaml {
         let vm_type = match self.vm_type.as_deref() {
             None | Some("default") | Some("qemu") => "qemu".to_string(),
             Some(other) => {
-                return Err(invalid("vmType", format!("`{other}` is not supported on this host; use `qemu`")))
+                return Err(invalid(
+                    "vmType",
+                    format!("`{other}` is not supported on this host; use `qemu`"),
+                ))
             }
         };
         let host_arch = host_arch();
         let arch = match self.arch.as_deref() {
             None | Some("default") => host_arch.to_string(),
             Some(a @ ("x86_64" | "aarch64")) => a.to_string(),
-            Some(other) => return Err(invalid("arch", format!("`{other}` is not supported; use x86_64 or aarch64"))),
+            Some(other) => {
+                return Err(invalid(
+                    "arch",
+                    format!("`{other}` is not supported; use x86_64 or aarch64"),
+                ))
+            }
         };
         let image = self
             .images
             .iter()
             .find(|i| i.arch.as_deref().is_none_or(|a| a == arch))
             .cloned()
-            .ok_or_else(|| invalid("images", format!("no image for arch {arch}; add one with `arch: {arch}`")))?;
+            .ok_or_else(|| {
+                invalid(
+                    "images",
+                    format!("no image for arch {arch}; add one with `arch: {arch}`"),
+                )
+            })?;
         let cpus = match self.cpus {
             Some(0) => return Err(invalid("cpus", "must be at least 1".into())),
             Some(n) => n,
@@ -187,7 +209,10 @@ impl LimaYaml {
             None => (host_memory() / 2).min(4 << 30),
         };
         if memory < 128 << 20 {
-            return Err(invalid("memory", format!("{} is too small; give at least 128MiB", human_size(memory))));
+            return Err(invalid(
+                "memory",
+                format!("{} is too small; give at least 128MiB", human_size(memory)),
+            ));
         }
         let disk = match &self.disk {
             Some(s) => parse_size(s).map_err(|m| invalid("disk", m))?,
@@ -197,8 +222,12 @@ impl LimaYaml {
         if let Err((i, msg)) = crate::portfwd::resolve(&port_forwards, Path::new("/")) {
             return Err(invalid(&format!("portForwards[{i}]"), msg));
         }
-        let mounts = crate::mounts::resolve(self.mounts.as_deref().unwrap_or(&[]), self.mount_type.as_deref(), false)
-            .map_err(|(f, m)| invalid(&f, m))?;
+        let mounts = crate::mounts::resolve(
+            self.mounts.as_deref().unwrap_or(&[]),
+            self.mount_type.as_deref(),
+            false,
+        )
+        .map_err(|(f, m)| invalid(&f, m))?;
         Ok(InstanceConfig {
             mounts,
             port_forwards,
@@ -239,7 +268,9 @@ pub fn host_arch() -> &'static str {
 }
 
 fn host_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 fn host_memory() -> u64 {
@@ -250,27 +281,44 @@ fn host_memory() -> u64 {
 /// "2G" (binary units either way), or a plain byte count.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size (use e.g. 4GiB or 512MiB)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (use e.g. 4GiB or 512MiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("`{s}`: unknown unit `{other}` (use KiB, MiB, GiB or TiB)")),
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (use KiB, MiB, GiB or TiB)"
+            ))
+        }
     };
     Ok((n * mult as f64) as u64)
 }
 
 /// "2GiB", "512MiB": how `limactl list` shows sizes.
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, size) in UNITS {
         if bytes >= size {
             let v = bytes as f64 / size as f64;
-            return if v.fract() == 0.0 { format!("{v:.0}{name}") } else { format!("{v:.1}{name}") };
+            return if v.fract() == 0.0 {
+                format!("{v:.0}{name}")
+            } else {
+                format!("{v:.1}{name}")
+            };
         }
     }
     format!("{bytes}B")
@@ -282,7 +330,11 @@ mod tests {
 
     #[test]
     fn default_template_parses_and_resolves() {
-        let y = LimaYaml::parse(include_str!("../../images/templates/default.yaml"), "default.yaml").unwrap();
+        let y = LimaYaml::parse(
+            include_str!("../../images/templates/default.yaml"),
+            "default.yaml",
+        )
+        .unwrap();
         let c = y.resolve("default.yaml").unwrap();
         assert_eq!(c.vm_type, "qemu");
         assert_eq!(c.image.location, "builtin:default");
@@ -293,16 +345,22 @@ mod tests {
 
     #[test]
     fn unknown_field_names_field_and_file() {
-        let err = LimaYaml::parse("cpus: 2\nmemroy: 4GiB\n", "/x/lima.yaml").unwrap_err().to_string();
+        let err = LimaYaml::parse("cpus: 2\nmemroy: 4GiB\n", "/x/lima.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/x/lima.yaml"), "{err}");
         assert!(err.contains("memroy"), "{err}");
-        let err = LimaYaml::parse("images:\n- location: a\n  kernal: {}\n", "t.yaml").unwrap_err().to_string();
+        let err = LimaYaml::parse("images:\n- location: a\n  kernal: {}\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("images[0]") && err.contains("kernal"), "{err}");
     }
 
     #[test]
     fn wrong_types_are_named() {
-        let err = LimaYaml::parse("cpus: many\n", "t.yaml").unwrap_err().to_string();
+        let err = LimaYaml::parse("cpus: many\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cpus"), "{err}");
     }
 
@@ -319,13 +377,29 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let y = LimaYaml::parse("images: [{location: x}]\nmemory: lots\n", "t.yaml").unwrap();
-        assert!(y.resolve("t.yaml").unwrap_err().to_string().contains("memory"));
+        assert!(y
+            .resolve("t.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("memory"));
         let y = LimaYaml::parse("images: [{location: x}]\nvmType: vz\n", "t.yaml").unwrap();
-        assert!(y.resolve("t.yaml").unwrap_err().to_string().contains("vmType"));
+        assert!(y
+            .resolve("t.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("vmType"));
         let y = LimaYaml::parse("cpus: 1\n", "t.yaml").unwrap();
-        assert!(y.resolve("t.yaml").unwrap_err().to_string().contains("images"));
+        assert!(y
+            .resolve("t.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("images"));
         let y = LimaYaml::parse("images: [{location: x}]\ncpus: 0\n", "t.yaml").unwrap();
-        assert!(y.resolve("t.yaml").unwrap_err().to_string().contains("cpus"));
+        assert!(y
+            .resolve("t.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("cpus"));
     }
 
     #[test]

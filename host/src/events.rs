@@ -10,13 +10,24 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     /// The host agent started and is launching the VM.
-    Booting { accel: String, transport: String },
+    Booting {
+        accel: String,
+        transport: String,
+    },
     /// The guest agent answered; the instance is usable.
-    Running { kernel_release: String, watcher: String, boot_ms: u64 },
+    Running {
+        kernel_release: String,
+        watcher: String,
+        boot_ms: u64,
+    },
     /// Starting failed; the host agent exits after this.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// Something the user should know; the instance keeps running.
-    Warning { message: String },
+    Warning {
+        message: String,
+    },
     Stopping,
     Stopped,
 }
@@ -38,10 +49,19 @@ fn now_ms() -> u64 {
 
 /// Appends one event.
 pub fn emit(path: &Path, event: Event) {
-    let rec = Record { time_ms: now_ms(), event };
-    let Ok(mut line) = serde_json::to_vec(&rec) else { return };
+    let rec = Record {
+        time_ms: now_ms(),
+        event,
+    };
+    let Ok(mut line) = serde_json::to_vec(&rec) else {
+        return;
+    };
     line.push(b'\n');
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = f.write_all(&line);
     }
 }
@@ -63,7 +83,13 @@ mod tests {
     fn events_append_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.jsonl");
-        emit(&p, Event::Booting { accel: "tcg".into(), transport: "hybrid".into() });
+        emit(
+            &p,
+            Event::Booting {
+                accel: "tcg".into(),
+                transport: "hybrid".into(),
+            },
+        );
         emit(&p, Event::Failed { reason: "x".into() });
         let all = read_all(&p);
         assert_eq!(all.len(), 2);

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lima_proto::{
-    read_frame_async, write_frame_async, Datagram, ForwardReply, ForwardRequest, GuestEvent, GuestPort, HostEvent,
-    PortProto, Purpose, Subscribe,
+    read_frame_async, write_frame_async, Datagram, ForwardReply, ForwardRequest, GuestEvent,
+    GuestPort, HostEvent, PortProto, Purpose, Subscribe,
 };
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -76,17 +76,36 @@ pub async fn run(
             unix_sockets.push(guest.clone());
             match bind_unix(host) {
                 Ok(l) => {
-                    unix_paths.lock().unwrap_or_else(|e| e.into_inner()).push(host.clone());
+                    unix_paths
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(host.clone());
                     tokio::spawn(accept_unix(l, transport.clone(), guest.clone()));
                     tracing::info!("forwarding guest {guest} to host {}", host.display());
                 }
-                Err(e) => warn(&events, format!("cannot listen on {} ({}): {e}", host.display(), rule.name())),
+                Err(e) => warn(
+                    &events,
+                    format!("cannot listen on {} ({}): {e}", host.display(), rule.name()),
+                ),
             }
         }
     }
-    let mut state = State { listeners: BTreeMap::new(), failed: BTreeMap::new(), watcher: String::new() };
+    let mut state = State {
+        listeners: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        watcher: String::new(),
+    };
     loop {
-        if let Err(e) = follow(&transport, &rules, &unix_sockets, &mut state, &events, &ports_file).await {
+        if let Err(e) = follow(
+            &transport,
+            &rules,
+            &unix_sockets,
+            &mut state,
+            &events,
+            &ports_file,
+        )
+        .await
+        {
             tracing::warn!("guest events stream ended: {e:#}; reconnecting");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -108,20 +127,36 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let (stream, _) = client::connect(transport.as_ref(), Purpose::Events).await?;
     let (mut rd, mut wr) = tokio::io::split(stream);
-    write_frame_async(&mut wr, &Subscribe { unix_sockets: unix_sockets.to_vec() }).await?;
+    write_frame_async(
+        &mut wr,
+        &Subscribe {
+            unix_sockets: unix_sockets.to_vec(),
+        },
+    )
+    .await?;
     while let Some(ev) = read_frame_async::<_, GuestEvent>(&mut rd).await? {
         match ev {
             GuestEvent::Watcher(text) => {
                 tracing::info!("guest port watcher: {text}");
                 state.watcher = text;
             }
-            GuestEvent::Ports { full, added, removed } => {
+            GuestEvent::Ports {
+                full,
+                added,
+                removed,
+            } => {
                 let mut gone = removed;
                 if full {
                     // Everything not in the full set is gone.
                     let now: BTreeSet<GuestPort> = added.iter().copied().collect();
                     for l in state.listeners.values() {
-                        gone.extend(l.sources.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|p| !now.contains(p)));
+                        gone.extend(
+                            l.sources
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .iter()
+                                .filter(|p| !now.contains(p)),
+                        );
                     }
                     state.failed.retain(|p, _| now.contains(p));
                 }
@@ -130,7 +165,14 @@ async fn follow(
                 }
                 for p in added {
                     if let Some(host) = add(state, rules, transport, p, events) {
-                        let _ = write_frame_async(&mut wr, &HostEvent::ForwardReady { port: p, host: host.to_string() }).await;
+                        let _ = write_frame_async(
+                            &mut wr,
+                            &HostEvent::ForwardReady {
+                                port: p,
+                                host: host.to_string(),
+                            },
+                        )
+                        .await;
                     }
                 }
             }
@@ -158,7 +200,13 @@ fn remove(state: &mut State, p: &GuestPort) {
 }
 
 /// Starts forwarding `p` if a rule says so; returns the host address.
-fn add(state: &mut State, rules: &[Rule], transport: &Arc<dyn Transport>, p: GuestPort, events: &Path) -> Option<SocketAddr> {
+fn add(
+    state: &mut State,
+    rules: &[Rule],
+    transport: &Arc<dyn Transport>,
+    p: GuestPort,
+    events: &Path,
+) -> Option<SocketAddr> {
     let (host, rule) = match decide(rules, &p) {
         Decision::Forward { host, rule } => (host, rule),
         Decision::Ignore { rule } => {
@@ -171,18 +219,30 @@ fn add(state: &mut State, rules: &[Rule], transport: &Arc<dyn Transport>, p: Gue
         }
     };
     if let Some(l) = state.listeners.get(&(p.proto, host)) {
-        l.sources.lock().unwrap_or_else(|e| e.into_inner()).insert(p);
+        l.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p);
         return Some(host);
     }
     let sources = Arc::new(Mutex::new(BTreeSet::from([p])));
     let bound = match p.proto {
-        PortProto::Tcp => std_tcp_listener(host).map(|l| tokio::spawn(accept_tcp(l, transport.clone(), sources.clone()))),
-        PortProto::Udp => std_udp_socket(host).map(|s| tokio::spawn(relay_udp(s, transport.clone(), sources.clone()))),
+        PortProto::Tcp => std_tcp_listener(host)
+            .map(|l| tokio::spawn(accept_tcp(l, transport.clone(), sources.clone()))),
+        PortProto::Udp => std_udp_socket(host)
+            .map(|s| tokio::spawn(relay_udp(s, transport.clone(), sources.clone()))),
     };
     match bound {
         Ok(task) => {
             tracing::info!("forwarding guest {p} to host {host} ({})", rule.name());
-            state.listeners.insert((p.proto, host), HostListener { sources, task, rule: rule.name() });
+            state.listeners.insert(
+                (p.proto, host),
+                HostListener {
+                    sources,
+                    task,
+                    rule: rule.name(),
+                },
+            );
             Some(host)
         }
         Err(e) => {
@@ -191,10 +251,22 @@ fn add(state: &mut State, rules: &[Rule], transport: &Arc<dyn Transport>, p: Gue
             } else {
                 format!("cannot listen on host {host}/{}: {e}", p.proto)
             };
-            warn(events, format!("{why}; guest {p} (matched {}) is not forwarded", rule.name()));
+            warn(
+                events,
+                format!(
+                    "{why}; guest {p} (matched {}) is not forwarded",
+                    rule.name()
+                ),
+            );
             state.failed.insert(
                 p,
-                ForwardInfo { proto: p.proto.to_string(), guest: p.to_string(), host: host.to_string(), rule: rule.name(), status: why },
+                ForwardInfo {
+                    proto: p.proto.to_string(),
+                    guest: p.to_string(),
+                    host: host.to_string(),
+                    rule: rule.name(),
+                    status: why,
+                },
             );
             None
         }
@@ -223,7 +295,10 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
         if meta.file_type().is_socket() {
             std::fs::remove_file(path)?;
         } else {
-            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
         }
     }
     tokio::net::UnixListener::bind(path)
@@ -244,17 +319,36 @@ async fn open_forward(transport: &dyn Transport, req: ForwardRequest) -> Option<
 }
 
 fn pick(sources: &Mutex<BTreeSet<GuestPort>>) -> Option<GuestPort> {
-    sources.lock().unwrap_or_else(|e| e.into_inner()).iter().next().copied()
+    sources
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .next()
+        .copied()
 }
 
-async fn accept_tcp(l: tokio::net::TcpListener, transport: Arc<dyn Transport>, sources: Arc<Mutex<BTreeSet<GuestPort>>>) {
+async fn accept_tcp(
+    l: tokio::net::TcpListener,
+    transport: Arc<dyn Transport>,
+    sources: Arc<Mutex<BTreeSet<GuestPort>>>,
+) {
     loop {
-        let Ok((conn, _)) = l.accept().await else { continue };
+        let Ok((conn, _)) = l.accept().await else {
+            continue;
+        };
         let _ = conn.set_nodelay(true);
         let Some(target) = pick(&sources) else { return };
         let transport = transport.clone();
         tokio::spawn(async move {
-            if let Some(s) = open_forward(transport.as_ref(), ForwardRequest::Tcp { ip: target.ip, port: target.port }).await {
+            if let Some(s) = open_forward(
+                transport.as_ref(),
+                ForwardRequest::Tcp {
+                    ip: target.ip,
+                    port: target.port,
+                },
+            )
+            .await
+            {
                 let _ = lima_proto::relay::relay(conn, s).await;
             }
         });
@@ -263,7 +357,9 @@ async fn accept_tcp(l: tokio::net::TcpListener, transport: Arc<dyn Transport>, s
 
 async fn accept_unix(l: tokio::net::UnixListener, transport: Arc<dyn Transport>, guest: String) {
     loop {
-        let Ok((conn, _)) = l.accept().await else { continue };
+        let Ok((conn, _)) = l.accept().await else {
+            continue;
+        };
         let transport = transport.clone();
         let path = guest.clone();
         tokio::spawn(async move {
@@ -275,14 +371,25 @@ async fn accept_unix(l: tokio::net::UnixListener, transport: Arc<dyn Transport>,
 }
 
 /// One host UDP socket; one guest session per peer address.
-async fn relay_udp(sock: tokio::net::UdpSocket, transport: Arc<dyn Transport>, sources: Arc<Mutex<BTreeSet<GuestPort>>>) {
+async fn relay_udp(
+    sock: tokio::net::UdpSocket,
+    transport: Arc<dyn Transport>,
+    sources: Arc<Mutex<BTreeSet<GuestPort>>>,
+) {
     let sock = Arc::new(sock);
-    let sessions: Arc<Mutex<HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>>> = Arc::default();
+    let sessions: Arc<Mutex<HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>>> =
+        Arc::default();
     let mut buf = vec![0u8; 65536];
     loop {
-        let Ok((n, peer)) = sock.recv_from(&mut buf).await else { continue };
+        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
         let data = buf[..n].to_vec();
-        let existing = sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&peer).cloned();
+        let existing = sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .cloned();
         if let Some(tx) = existing {
             if tx.try_send(data).is_ok() {
                 continue;
@@ -293,11 +400,17 @@ async fn relay_udp(sock: tokio::net::UdpSocket, transport: Arc<dyn Transport>, s
         let Some(target) = pick(&sources) else { return };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let _ = tx.try_send(data);
-        sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(peer, tx);
+        sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, tx);
         let (sock, transport, sessions) = (sock.clone(), transport.clone(), sessions.clone());
         tokio::spawn(async move {
             udp_session(&sock, transport.as_ref(), target, peer, rx).await;
-            sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+            sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&peer);
         });
     }
 }
@@ -309,7 +422,17 @@ async fn udp_session(
     peer: SocketAddr,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) {
-    let Some(s) = open_forward(transport, ForwardRequest::Udp { ip: target.ip, port: target.port }).await else { return };
+    let Some(s) = open_forward(
+        transport,
+        ForwardRequest::Udp {
+            ip: target.ip,
+            port: target.port,
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let (mut rd, mut wr) = tokio::io::split(s);
     loop {
         tokio::select! {
@@ -340,7 +463,10 @@ fn write_ports_file(state: &State, path: &Path) {
         }
     }
     forwards.extend(state.failed.values().cloned());
-    let file = PortsFile { watcher: state.watcher.clone(), forwards };
+    let file = PortsFile {
+        watcher: state.watcher.clone(),
+        forwards,
+    };
     let tmp = path.with_extension("json.tmp");
     if std::fs::write(&tmp, serde_json::to_vec_pretty(&file).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, path);

@@ -32,15 +32,28 @@ pub enum HostAgentError {
 
 /// Runs the host agent until the VM is gone.
 pub async fn run(inst: Instance) -> Result<(), HostAgentError> {
-    let lock_file = std::fs::File::create(inst.path(instance::HA_LOCK))
-        .map_err(|source| InstanceError::Io { what: "cannot create", path: inst.path(instance::HA_LOCK), source })?;
+    let lock_file = std::fs::File::create(inst.path(instance::HA_LOCK)).map_err(|source| {
+        InstanceError::Io {
+            what: "cannot create",
+            path: inst.path(instance::HA_LOCK),
+            source,
+        }
+    })?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| HostAgentError::Locked(inst.name.clone()))?;
-    let _ = std::fs::write(inst.path(instance::HA_PID), format!("{}\n", std::process::id()));
+    let _ = std::fs::write(
+        inst.path(instance::HA_PID),
+        format!("{}\n", std::process::id()),
+    );
     let events = inst.path(instance::HA_EVENTS);
     let result = supervise(&inst).await;
     if let Err(e) = &result {
-        emit(&events, Event::Failed { reason: e.to_string() });
+        emit(
+            &events,
+            Event::Failed {
+                reason: e.to_string(),
+            },
+        );
     }
     inst.remove_runtime_files();
     emit(&events, Event::Stopped);
@@ -52,21 +65,37 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
     let started = Instant::now();
     let config = inst.config()?;
     let image = image::resolve(&config.image).map_err(|e| HostAgentError::Failed(e.to_string()))?;
-    let driver = driver::for_vm_type(&config.vm_type).map_err(|e| HostAgentError::Failed(e.to_string()))?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| HostAgentError::Failed(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| HostAgentError::Failed(e.to_string()))?;
+    let driver =
+        driver::for_vm_type(&config.vm_type).map_err(|e| HostAgentError::Failed(e.to_string()))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| HostAgentError::Failed(e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| HostAgentError::Failed(e.to_string()))?;
 
     let mut vm = driver
-        .start(Launch { instance: inst, config: &config, image: &image })
+        .start(Launch {
+            instance: inst,
+            config: &config,
+            image: &image,
+        })
         .await
         .map_err(|e| HostAgentError::Failed(error_chain(&e)))?;
     let spec = vm.transport();
-    let _ = std::fs::write(inst.path(instance::TRANSPORT), serde_json::to_vec(&spec).unwrap_or_default());
+    let _ = std::fs::write(
+        inst.path(instance::TRANSPORT),
+        serde_json::to_vec(&spec).unwrap_or_default(),
+    );
     let transport_name = match &spec {
         crate::vsock::TransportSpec::Hybrid { .. } => "vhost-user (vhost-device-vsock)",
         crate::vsock::TransportSpec::Kernel { .. } => "vhost-vsock (kernel)",
     };
-    emit(&events, Event::Booting { accel: vm.accel().to_string(), transport: transport_name.into() });
+    emit(
+        &events,
+        Event::Booting {
+            accel: vm.accel().to_string(),
+            transport: transport_name.into(),
+        },
+    );
     let transport = spec.open();
     let serial = inst.path(instance::SERIAL_LOG);
 
@@ -87,7 +116,11 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         return Err(HostAgentError::Failed(e));
     }
     let boot_ms = started.elapsed().as_millis() as u64;
-    tracing::info!("guest agent ready after {boot_ms} ms: kernel {}, watcher {}", info.kernel_release, info.watcher);
+    tracing::info!(
+        "guest agent ready after {boot_ms} ms: kernel {}, watcher {}",
+        info.kernel_release,
+        info.watcher
+    );
     let rules = crate::portfwd::resolve(&config.port_forwards, &inst.dir)
         .map_err(|(i, m)| HostAgentError::Failed(format!("portForwards[{i}]: {m}")))?;
     let unix_paths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -99,7 +132,11 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
     ));
     emit(
         &events,
-        Event::Running { kernel_release: info.kernel_release, watcher: info.watcher, boot_ms },
+        Event::Running {
+            kernel_release: info.kernel_release,
+            watcher: info.watcher,
+            boot_ms,
+        },
     );
 
     tokio::select! {
@@ -129,7 +166,12 @@ async fn wait_ready(transport: &dyn crate::vsock::Transport) -> lima_proto::Agen
 }
 
 /// Guest agent power-off, then QMP quit, then kill.
-async fn shutdown(vm: &mut dyn RunningVm, transport: &dyn crate::vsock::Transport, events: &std::path::Path, agent_up: bool) {
+async fn shutdown(
+    vm: &mut dyn RunningVm,
+    transport: &dyn crate::vsock::Transport,
+    events: &std::path::Path,
+    agent_up: bool,
+) {
     emit(events, Event::Stopping);
     if agent_up {
         let asked = tokio::time::timeout(
@@ -139,7 +181,10 @@ async fn shutdown(vm: &mut dyn RunningVm, transport: &dyn crate::vsock::Transpor
         .await;
         match asked {
             Ok(Ok(_)) => {
-                if tokio::time::timeout(GUEST_SHUTDOWN_GRACE, vm.wait()).await.is_ok() {
+                if tokio::time::timeout(GUEST_SHUTDOWN_GRACE, vm.wait())
+                    .await
+                    .is_ok()
+                {
                     tracing::info!("guest powered off");
                     return;
                 }

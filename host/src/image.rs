@@ -19,7 +19,9 @@ pub enum ImageError {
     MissingFile(PathBuf),
     #[error("image {location}: disk images are not supported yet; use `builtin:default`, or give `kernel:` and `initrd:` locations")]
     DiskImage { location: String },
-    #[error("{0}: remote image locations are not supported yet; download it and give a local path")]
+    #[error(
+        "{0}: remote image locations are not supported yet; download it and give a local path"
+    )]
     Remote(String),
     #[error("cannot read {path}")]
     Manifest {
@@ -51,7 +53,10 @@ pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("LIMA_IMAGES_PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    if let Some(bindir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(bindir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         dirs.push(bindir.join("../images"));
         dirs.push(bindir.join("../share/lima-rs/images"));
     }
@@ -64,7 +69,10 @@ fn local(location: &str) -> Result<PathBuf, ImageError> {
     }
     let p = location.strip_prefix("file://").unwrap_or(location);
     let p = match p.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(rest),
         None => PathBuf::from(p),
     };
     if !p.exists() {
@@ -82,10 +90,14 @@ pub fn open_builtin(name: &str) -> Result<BootImage, ImageError> {
         if !manifest.exists() {
             continue;
         }
-        let text = std::fs::read_to_string(&manifest)
-            .map_err(|e| ImageError::Manifest { path: manifest.clone(), source: Box::new(e) })?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| ImageError::Manifest { path: manifest.clone(), source: Box::new(e) })?;
+        let text = std::fs::read_to_string(&manifest).map_err(|e| ImageError::Manifest {
+            path: manifest.clone(),
+            source: Box::new(e),
+        })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| ImageError::Manifest {
+            path: manifest.clone(),
+            source: Box::new(e),
+        })?;
         let kernel = d.join(&m.kernel);
         let initrd = d.join(&m.initrd);
         for f in [&kernel, &initrd] {
@@ -102,7 +114,11 @@ pub fn open_builtin(name: &str) -> Result<BootImage, ImageError> {
     }
     Err(ImageError::NotFound {
         name: name.to_string(),
-        looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        looked: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -113,12 +129,18 @@ pub fn resolve(image: &Image) -> Result<BootImage, ImageError> {
     } else if let Some(k) = image.kernel.as_ref().filter(|k| !k.location.is_empty()) {
         BootImage {
             kernel: local(&k.location)?,
-            initrd: image.initrd.as_ref().map(|i| local(&i.location)).transpose()?,
+            initrd: image
+                .initrd
+                .as_ref()
+                .map(|i| local(&i.location))
+                .transpose()?,
             extra_cmdline: String::new(),
             kernel_release: None,
         }
     } else {
-        return Err(ImageError::DiskImage { location: image.location.clone() });
+        return Err(ImageError::DiskImage {
+            location: image.location.clone(),
+        });
     };
     if let Some(cmdline) = image.kernel.as_ref().and_then(|k| k.cmdline.clone()) {
         boot.extra_cmdline = cmdline;

@@ -36,8 +36,15 @@ pub const VSOCK_HELPER_LOG: &str = "vhost-device-vsock.log";
 pub const TRANSPORT: &str = "transport.json";
 
 /// Files that only exist while the instance runs.
-pub const RUNTIME_FILES: &[&str] =
-    &[HA_PID, QEMU_PID, QMP_SOCK, VHOST_VSOCK_SOCK, VSOCK_SOCK, TRANSPORT, crate::forwarder::PORTS_FILE];
+pub const RUNTIME_FILES: &[&str] = &[
+    HA_PID,
+    QEMU_PID,
+    QMP_SOCK,
+    VHOST_VSOCK_SOCK,
+    VSOCK_SOCK,
+    TRANSPORT,
+    crate::forwarder::PORTS_FILE,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -67,7 +74,9 @@ pub fn lima_home() -> PathBuf {
     if let Some(h) = std::env::var_os("LIMA_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
     home.join(".lima")
 }
 
@@ -127,14 +136,19 @@ impl Instance {
         if longest.as_os_str().len() >= 104 {
             return Err(InstanceError::PathTooLong(dir));
         }
-        Ok(Instance { name: name.to_string(), dir })
+        Ok(Instance {
+            name: name.to_string(),
+            dir,
+        })
     }
 
     /// The instance, which must exist.
     pub fn open(home: &Path, name: &str) -> Result<Self, InstanceError> {
         let inst = Self::new(home, name)?;
         if !inst.exists() {
-            return Err(InstanceError::NotFound { name: name.to_string() });
+            return Err(InstanceError::NotFound {
+                name: name.to_string(),
+            });
         }
         Ok(inst)
     }
@@ -171,7 +185,9 @@ impl Instance {
     }
 
     pub fn host_agent_running(&self) -> bool {
-        let Ok(file) = std::fs::File::open(self.path(HA_LOCK)) else { return false };
+        let Ok(file) = std::fs::File::open(self.path(HA_LOCK)) else {
+            return false;
+        };
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
             Ok(_unlocked_on_drop) => false,
             Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
@@ -179,7 +195,11 @@ impl Instance {
     }
 
     pub fn read_pid(&self, file: &str) -> Option<i32> {
-        std::fs::read_to_string(self.path(file)).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.path(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Every instance in `home`, sorted by name.
@@ -215,7 +235,17 @@ mod tests {
         for ok in ["default", "dev", "my-vm.2", "a_b", "A1"] {
             validate_name(ok).unwrap();
         }
-        for bad in ["", "-x", "x-", "a..b", "a b", "x.yaml", "../etc", "a/b", &"x".repeat(77)] {
+        for bad in [
+            "",
+            "-x",
+            "x-",
+            "a..b",
+            "a b",
+            "x.yaml",
+            "../etc",
+            "a/b",
+            &"x".repeat(77),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -226,10 +256,15 @@ mod tests {
         let inst = Instance::new(home.path(), "t").unwrap();
         assert!(!inst.exists());
         std::fs::create_dir_all(&inst.dir).unwrap();
-        std::fs::write(inst.path(LIMA_YAML), "images: [{location: builtin:default}]\n").unwrap();
+        std::fs::write(
+            inst.path(LIMA_YAML),
+            "images: [{location: builtin:default}]\n",
+        )
+        .unwrap();
         assert_eq!(inst.status(), Status::Stopped);
         let lock = std::fs::File::create(inst.path(HA_LOCK)).unwrap();
-        let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        let held =
+            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
         assert_eq!(inst.status(), Status::Running);
         drop(held);
         assert_eq!(inst.status(), Status::Stopped);

@@ -25,9 +25,19 @@ pub enum LifecycleError {
     #[error("instance `{name}` is running; stop it first or use --force")]
     Running { name: String },
     #[error("instance `{name}` failed to start: {reason}\n  host agent log: {log}\n  serial console: {serial}")]
-    StartFailed { name: String, reason: String, log: String, serial: String },
+    StartFailed {
+        name: String,
+        reason: String,
+        log: String,
+        serial: String,
+    },
     #[error("the guest agent of `{name}` did not answer within {timeout:?}; the instance was stopped.\n  serial console: {serial}\n  host agent log: {log}")]
-    Timeout { name: String, timeout: Duration, serial: String, log: String },
+    Timeout {
+        name: String,
+        timeout: Duration,
+        serial: String,
+        log: String,
+    },
     #[error("cannot {what}")]
     Io {
         what: String,
@@ -42,7 +52,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError 
 }
 
 /// Creates `name` from `template` unless it exists; checks the config either way.
-pub fn create(home: &Path, name: &str, template_locator: &str) -> Result<(Instance, bool), LifecycleError> {
+pub fn create(
+    home: &Path,
+    name: &str,
+    template_locator: &str,
+) -> Result<(Instance, bool), LifecycleError> {
     let inst = Instance::new(home, name)?;
     if inst.exists() {
         return Ok((inst, false));
@@ -59,30 +73,47 @@ pub fn create(home: &Path, name: &str, template_locator: &str) -> Result<(Instan
 
 /// Applies `--mount DIR[:w]` (append) and `--mount-only` (replace) to the
 /// instance's `lima.yaml`, as Lima's edit flags do.
-pub fn apply_mount_flags(inst: &Instance, add: &[String], only: &[String]) -> Result<(), LifecycleError> {
+pub fn apply_mount_flags(
+    inst: &Instance,
+    add: &[String],
+    only: &[String],
+) -> Result<(), LifecycleError> {
     if add.is_empty() && only.is_empty() {
         return Ok(());
     }
     let path = inst.path(instance::LIMA_YAML);
     let text = std::fs::read_to_string(&path).map_err(io("read lima.yaml"))?;
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)
-        .map_err(|e| crate::config::ConfigError::Parse { path: path.display().to_string(), msg: e.to_string() })?;
-    let map = doc.as_mapping_mut().ok_or_else(|| crate::config::ConfigError::Parse {
-        path: path.display().to_string(),
-        msg: "not a YAML mapping".into(),
-    })?;
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| crate::config::ConfigError::Parse {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+    let map = doc
+        .as_mapping_mut()
+        .ok_or_else(|| crate::config::ConfigError::Parse {
+            path: path.display().to_string(),
+            msg: "not a YAML mapping".into(),
+        })?;
     let key = serde_yaml::Value::from("mounts");
     let mut mounts: Vec<serde_yaml::Value> = if only.is_empty() {
-        map.get(&key).and_then(|v| v.as_sequence().cloned()).unwrap_or_default()
+        map.get(&key)
+            .and_then(|v| v.as_sequence().cloned())
+            .unwrap_or_default()
     } else {
         Vec::new()
     };
     for flag in only.iter().chain(add) {
         let m = crate::mounts::from_flag(flag);
-        mounts.push(serde_yaml::to_value(&m).map_err(|e| LifecycleError::Io { what: "encode a mount".into(), source: std::io::Error::other(e) })?);
+        mounts.push(serde_yaml::to_value(&m).map_err(|e| LifecycleError::Io {
+            what: "encode a mount".into(),
+            source: std::io::Error::other(e),
+        })?);
     }
     map.insert(key, serde_yaml::Value::Sequence(mounts));
-    let out = serde_yaml::to_string(&doc).map_err(|e| LifecycleError::Io { what: "encode lima.yaml".into(), source: std::io::Error::other(e) })?;
+    let out = serde_yaml::to_string(&doc).map_err(|e| LifecycleError::Io {
+        what: "encode lima.yaml".into(),
+        source: std::io::Error::other(e),
+    })?;
     // Check before writing: a bad flag must not damage the file.
     let yaml = LimaYaml::parse(&out, &path.display().to_string())?;
     yaml.resolve(&path.display().to_string())?;
@@ -92,34 +123,53 @@ pub fn apply_mount_flags(inst: &Instance, add: &[String], only: &[String]) -> Re
 /// Spawns the host agent and waits until the guest agent answers.
 pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, LifecycleError> {
     if inst.host_agent_running() {
-        return Err(InstanceError::AlreadyRunning { name: inst.name.clone() }.into());
+        return Err(InstanceError::AlreadyRunning {
+            name: inst.name.clone(),
+        }
+        .into());
     }
     let yaml = inst.yaml()?;
     for field in yaml.unused_fields() {
-        eprintln!("warning: {}: `{field}` is accepted but not used by lima-rs yet", inst.path(instance::LIMA_YAML).display());
+        eprintln!(
+            "warning: {}: `{field}` is accepted but not used by lima-rs yet",
+            inst.path(instance::LIMA_YAML).display()
+        );
     }
     let origin = inst.path(instance::LIMA_YAML).display().to_string();
     let cfg = yaml.resolve(&origin)?;
     crate::image::resolve(&cfg.image)?;
     // Shared folders must exist on the host now.
-    crate::mounts::resolve(yaml.mounts.as_deref().unwrap_or(&[]), yaml.mount_type.as_deref(), true).map_err(|(field, msg)| {
-        crate::config::ConfigError::Invalid { path: origin.clone(), field, msg }
+    crate::mounts::resolve(
+        yaml.mounts.as_deref().unwrap_or(&[]),
+        yaml.mount_type.as_deref(),
+        true,
+    )
+    .map_err(|(field, msg)| crate::config::ConfigError::Invalid {
+        path: origin.clone(),
+        field,
+        msg,
     })?;
     inst.remove_runtime_files();
     let events_path = inst.path(instance::HA_EVENTS);
     let _ = std::fs::remove_file(&events_path);
     let _ = std::fs::remove_file(inst.path(instance::SERIAL_LOG));
-    let log = std::fs::File::create(inst.path(instance::HA_LOG)).map_err(io("create the host agent log"))?;
+    let log = std::fs::File::create(inst.path(instance::HA_LOG))
+        .map_err(io("create the host agent log"))?;
     let exe = std::env::current_exe().map_err(io("find our own executable"))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("hostagent").arg(&inst.name);
     cmd.env("LIMA_HOME", inst.dir.parent().unwrap_or(Path::new("/")));
     cmd.stdin(std::process::Stdio::null());
-    cmd.stdout(log.try_clone().map_err(io("open the host agent log"))?).stderr(log);
+    cmd.stdout(log.try_clone().map_err(io("open the host agent log"))?)
+        .stderr(log);
     // SAFETY: setsid in the child before exec; async-signal-safe. The host
     // agent gets its own session so it outlives this command and the terminal.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
     }
     let mut child = cmd.spawn().map_err(io("start the host agent"))?;
     let started = Instant::now();
@@ -143,15 +193,25 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
         seen = all.len();
         if let Ok(Some(st)) = child.try_wait() {
             // Read once more: the last event may have landed just now.
-            if let Some(Event::Failed { reason }) = events::read_all(&events_path).iter().map(|r| &r.event).find(|e| matches!(e, Event::Failed { .. })) {
+            if let Some(Event::Failed { reason }) = events::read_all(&events_path)
+                .iter()
+                .map(|r| &r.event)
+                .find(|e| matches!(e, Event::Failed { .. }))
+            {
                 return Err(start_failed(inst, reason.clone()));
             }
             let tail = std::fs::read_to_string(inst.path(instance::HA_LOG)).unwrap_or_default();
             let last = tail.lines().last().unwrap_or("").to_string();
-            return Err(start_failed(inst, format!("the host agent exited ({st}) {last}")));
+            return Err(start_failed(
+                inst,
+                format!("the host agent exited ({st}) {last}"),
+            ));
         }
         if started.elapsed() > timeout {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
             if !wait_exit(&mut child, Duration::from_secs(30)) {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -197,12 +257,16 @@ fn pid_alive(pid: i32) -> bool {
 pub fn stop(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
     if !inst.host_agent_running() {
         inst.remove_runtime_files();
-        return Err(InstanceError::NotRunning { name: inst.name.clone() }.into());
+        return Err(InstanceError::NotRunning {
+            name: inst.name.clone(),
+        }
+        .into());
     }
     let ha = inst.read_pid(instance::HA_PID);
     if !force {
         if let Some(pid) = ha {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(60) {
                 if !inst.host_agent_running() {
@@ -210,7 +274,10 @@ pub fn stop(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            eprintln!("warning: `{}` did not stop within 60s; killing it", inst.name);
+            eprintln!(
+                "warning: `{}` did not stop within 60s; killing it",
+                inst.name
+            );
         }
     }
     kill_all(inst);
@@ -222,7 +289,10 @@ fn kill_all(inst: &Instance) {
     for file in [instance::HA_PID, instance::QEMU_PID] {
         if let Some(pid) = inst.read_pid(file) {
             if pid > 1 && pid_alive(pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                );
             }
         }
     }
@@ -237,7 +307,9 @@ fn kill_all(inst: &Instance) {
 pub fn delete(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
     if inst.host_agent_running() {
         if !force {
-            return Err(LifecycleError::Running { name: inst.name.clone() });
+            return Err(LifecycleError::Running {
+                name: inst.name.clone(),
+            });
         }
         kill_all(inst);
     }
@@ -282,7 +354,11 @@ pub fn info(inst: &Instance) -> InstanceInfo {
         for rec in events::read_all(&inst.path(instance::HA_EVENTS)) {
             match rec.event {
                 Event::Booting { accel: a, .. } => accel = Some(a),
-                Event::Running { kernel_release: k, watcher: w, .. } => {
+                Event::Running {
+                    kernel_release: k,
+                    watcher: w,
+                    ..
+                } => {
                     kernel_release = Some(k);
                     watcher = Some(w);
                 }
@@ -312,8 +388,16 @@ pub fn info(inst: &Instance) -> InstanceInfo {
         cpus: cfg.as_ref().map(|c| c.cpus).unwrap_or(0),
         memory: cfg.as_ref().map(|c| c.memory).unwrap_or(0),
         disk: cfg.as_ref().map(|c| c.disk).unwrap_or(0),
-        host_agent_pid: if running { inst.read_pid(instance::HA_PID) } else { None },
-        driver_pid: if running { inst.read_pid(instance::QEMU_PID) } else { None },
+        host_agent_pid: if running {
+            inst.read_pid(instance::HA_PID)
+        } else {
+            None
+        },
+        driver_pid: if running {
+            inst.read_pid(instance::QEMU_PID)
+        } else {
+            None
+        },
         accel,
         kernel_release,
         watcher,
@@ -322,7 +406,9 @@ pub fn info(inst: &Instance) -> InstanceInfo {
 
 /// The table `limactl list` prints.
 pub fn table(rows: &[InstanceInfo]) -> String {
-    let mut lines = vec![["NAME", "STATUS", "ARCH", "CPUS", "MEMORY", "DISK", "DIR"].map(String::from).to_vec()];
+    let mut lines = vec![["NAME", "STATUS", "ARCH", "CPUS", "MEMORY", "DISK", "DIR"]
+        .map(String::from)
+        .to_vec()];
     let home = std::env::var("HOME").unwrap_or_default();
     for r in rows {
         let dir = match r.dir.strip_prefix(&home) {
@@ -339,10 +425,22 @@ pub fn table(rows: &[InstanceInfo]) -> String {
             dir,
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for l in lines {
-        let cells: Vec<String> = l.iter().enumerate().map(|(i, c)| if i == 6 { c.clone() } else { format!("{c:<w$}", w = widths[i]) }).collect();
+        let cells: Vec<String> = l
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 6 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
         out.push_str(cells.join("    ").trim_end());
         out.push('\n');
     }
@@ -352,10 +450,19 @@ pub fn table(rows: &[InstanceInfo]) -> String {
 /// The transport of a running instance.
 pub fn transport(inst: &Instance) -> Result<Box<dyn crate::vsock::Transport>, LifecycleError> {
     if !inst.host_agent_running() {
-        return Err(InstanceError::NotRunning { name: inst.name.clone() }.into());
+        return Err(InstanceError::NotRunning {
+            name: inst.name.clone(),
+        }
+        .into());
     }
-    let bytes = std::fs::read(inst.path(instance::TRANSPORT)).map_err(|_| InstanceError::NotRunning { name: inst.name.clone() })?;
-    let spec: crate::vsock::TransportSpec = serde_json::from_slice(&bytes)
-        .map_err(|e| LifecycleError::Io { what: "read transport.json".into(), source: std::io::Error::other(e) })?;
+    let bytes =
+        std::fs::read(inst.path(instance::TRANSPORT)).map_err(|_| InstanceError::NotRunning {
+            name: inst.name.clone(),
+        })?;
+    let spec: crate::vsock::TransportSpec =
+        serde_json::from_slice(&bytes).map_err(|e| LifecycleError::Io {
+            what: "read transport.json".into(),
+            source: std::io::Error::other(e),
+        })?;
     Ok(spec.open())
 }

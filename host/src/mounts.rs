@@ -58,7 +58,11 @@ pub fn parse_type(s: Option<&str>) -> Result<Option<MountType>, String> {
         Some("vsockfs") | Some("reverse-sshfs") => Some(MountType::Vsockfs),
         Some("9p") => Some(MountType::NineP),
         Some("virtiofs") => Some(MountType::Virtiofs),
-        Some(other) => return Err(format!("`{other}` is not a mount type; use vsockfs, 9p or virtiofs")),
+        Some(other) => {
+            return Err(format!(
+                "`{other}` is not a mount type; use vsockfs, 9p or virtiofs"
+            ))
+        }
     })
 }
 
@@ -79,7 +83,9 @@ pub struct Mount {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 pub fn expand_tilde(p: &str) -> PathBuf {
@@ -94,35 +100,74 @@ pub fn expand_tilde(p: &str) -> PathBuf {
 
 /// Checks the mounts; `check_host` also requires each folder to exist (at
 /// start; not when a template is merely parsed).
-pub fn resolve(mounts: &[MountYaml], instance_type: Option<&str>, check_host: bool) -> Result<Vec<Mount>, (String, String)> {
-    let default = parse_type(instance_type).map_err(|m| ("mountType".to_string(), m))?.unwrap_or(MountType::Vsockfs);
+pub fn resolve(
+    mounts: &[MountYaml],
+    instance_type: Option<&str>,
+    check_host: bool,
+) -> Result<Vec<Mount>, (String, String)> {
+    let default = parse_type(instance_type)
+        .map_err(|m| ("mountType".to_string(), m))?
+        .unwrap_or(MountType::Vsockfs);
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (i, m) in mounts.iter().enumerate() {
         let field = |f: &str| format!("mounts[{i}].{f}");
         let location = expand_tilde(&m.location);
         if !location.is_absolute() {
-            return Err((field("location"), format!("`{}` must be an absolute path or start with ~", m.location)));
+            return Err((
+                field("location"),
+                format!("`{}` must be an absolute path or start with ~", m.location),
+            ));
         }
         if check_host && !location.is_dir() {
-            let what = if location.exists() { "is not a directory" } else { "does not exist" };
-            return Err((field("location"), format!("{} {what}; create it or remove the mount", location.display())));
+            let what = if location.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            return Err((
+                field("location"),
+                format!(
+                    "{} {what}; create it or remove the mount",
+                    location.display()
+                ),
+            ));
         }
         let mount_point = match &m.mount_point {
-            Some(p) if p.starts_with('~') => return Err((field("mountPoint"), format!("`{p}`: `~` is not allowed for guest paths"))),
-            Some(p) if !p.starts_with('/') => return Err((field("mountPoint"), format!("`{p}` must be an absolute guest path"))),
+            Some(p) if p.starts_with('~') => {
+                return Err((
+                    field("mountPoint"),
+                    format!("`{p}`: `~` is not allowed for guest paths"),
+                ))
+            }
+            Some(p) if !p.starts_with('/') => {
+                return Err((
+                    field("mountPoint"),
+                    format!("`{p}` must be an absolute guest path"),
+                ))
+            }
             Some(p) => p.clone(),
             None => location.display().to_string(),
         };
-        for system in ["/", "/bin", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys", "/usr"] {
+        for system in [
+            "/", "/bin", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys", "/usr",
+        ] {
             if Path::new(&mount_point) == Path::new(system) {
-                return Err((field("mountPoint"), format!("{mount_point} is a system directory of the guest")));
+                return Err((
+                    field("mountPoint"),
+                    format!("{mount_point} is a system directory of the guest"),
+                ));
             }
         }
         if !seen.insert(mount_point.clone()) {
-            return Err((field("mountPoint"), format!("{mount_point} is mounted twice")));
+            return Err((
+                field("mountPoint"),
+                format!("{mount_point} is mounted twice"),
+            ));
         }
-        let kind = parse_type(m.mount_type.as_deref()).map_err(|e| (field("mountType"), e))?.unwrap_or(default);
+        let kind = parse_type(m.mount_type.as_deref())
+            .map_err(|e| (field("mountType"), e))?
+            .unwrap_or(default);
         let p9 = m.nine_p.clone().unwrap_or_default();
         let writable = m.writable.unwrap_or(false);
         let msize = match &p9.msize {
@@ -136,7 +181,13 @@ pub fn resolve(mounts: &[MountYaml], instance_type: Option<&str>, check_host: bo
             writable,
             kind,
             msize,
-            cache_9p: p9.cache.unwrap_or_else(|| if writable { "mmap".into() } else { "fscache".into() }),
+            cache_9p: p9.cache.unwrap_or_else(|| {
+                if writable {
+                    "mmap".into()
+                } else {
+                    "fscache".into()
+                }
+            }),
             security_model: p9.security_model.unwrap_or_else(|| "none".into()),
             tag: format!("lima{i}"),
         });
@@ -151,8 +202,16 @@ pub fn from_flag(flag: &str) -> MountYaml {
         None => (flag, false),
     };
     let dir = expand_tilde(dir);
-    let dir = if dir.is_absolute() { dir } else { std::env::current_dir().unwrap_or_default().join(dir) };
-    MountYaml { location: dir.display().to_string(), writable: Some(writable), ..Default::default() }
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir().unwrap_or_default().join(dir)
+    };
+    MountYaml {
+        location: dir.display().to_string(),
+        writable: Some(writable),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -167,16 +226,33 @@ mod tests {
     fn defaults_tilde_and_types() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
-        let m = resolve(&parse(&format!("- location: {d}\n- location: \"~\"\n  mountPoint: /mnt/home\n  mountType: 9p\n")), None, true).unwrap();
+        let m = resolve(
+            &parse(&format!(
+                "- location: {d}\n- location: \"~\"\n  mountPoint: /mnt/home\n  mountType: 9p\n"
+            )),
+            None,
+            true,
+        )
+        .unwrap();
         assert_eq!(m[0].mount_point, d);
         assert!(!m[0].writable);
         assert_eq!(m[0].kind, MountType::Vsockfs);
         assert_eq!(m[1].location, home());
         assert_eq!(m[1].kind, MountType::NineP);
         assert_eq!(m[1].cache_9p, "fscache");
-        let m = resolve(&parse(&format!("- location: {d}\n  writable: true\n")), Some("virtiofs"), true).unwrap();
+        let m = resolve(
+            &parse(&format!("- location: {d}\n  writable: true\n")),
+            Some("virtiofs"),
+            true,
+        )
+        .unwrap();
         assert_eq!(m[0].kind, MountType::Virtiofs);
-        let m = resolve(&parse(&format!("- location: {d}\n")), Some("reverse-sshfs"), true).unwrap();
+        let m = resolve(
+            &parse(&format!("- location: {d}\n")),
+            Some("reverse-sshfs"),
+            true,
+        )
+        .unwrap();
         assert_eq!(m[0].kind, MountType::Vsockfs);
     }
 
@@ -186,7 +262,8 @@ mod tests {
         assert_eq!(err.0, "mounts[0].location");
         assert!(err.1.contains("/no/such/dir does not exist"), "{}", err.1);
         assert!(resolve(&parse("- location: /no/such/dir\n"), None, false).is_ok());
-        let err = resolve(&parse("- location: /tmp\n  mountPoint: /etc\n"), None, true).unwrap_err();
+        let err =
+            resolve(&parse("- location: /tmp\n  mountPoint: /etc\n"), None, true).unwrap_err();
         assert!(err.1.contains("system directory"));
         let err = resolve(&parse("- location: /tmp\n  mountType: nfs\n"), None, true).unwrap_err();
         assert_eq!(err.0, "mounts[0].mountType");

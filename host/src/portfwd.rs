@@ -66,8 +66,13 @@ impl Rule {
 /// What to do with a guest listener.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    Forward { host: SocketAddr, rule: Rule },
-    Ignore { rule: Rule },
+    Forward {
+        host: SocketAddr,
+        rule: Rule,
+    },
+    Ignore {
+        rule: Rule,
+    },
     /// No rule matched (e.g. a listener on a specific non-loopback address).
     None,
 }
@@ -80,15 +85,24 @@ fn port(v: u32, field: &str) -> Result<u16, String> {
     }
 }
 
-fn range(single: Option<u32>, pair: Option<[u32; 2]>, field: &str) -> Result<Option<(u16, u16)>, String> {
+fn range(
+    single: Option<u32>,
+    pair: Option<[u32; 2]>,
+    field: &str,
+) -> Result<Option<(u16, u16)>, String> {
     match (single, pair) {
-        (Some(_), Some(_)) => Err(format!("give either {field}Port or {field}PortRange, not both")),
+        (Some(_), Some(_)) => Err(format!(
+            "give either {field}Port or {field}PortRange, not both"
+        )),
         (Some(p), None) => {
             let p = port(p, &format!("{field}Port"))?;
             Ok(Some((p, p)))
         }
         (None, Some([a, b])) => {
-            let (a, b) = (port(a, &format!("{field}PortRange"))?, port(b, &format!("{field}PortRange"))?);
+            let (a, b) = (
+                port(a, &format!("{field}PortRange"))?,
+                port(b, &format!("{field}PortRange"))?,
+            );
             if a > b {
                 return Err(format!("{field}PortRange: {a} is above {b}"));
             }
@@ -105,7 +119,11 @@ pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usiz
     for (i, r) in rules.iter().enumerate() {
         let e = |m: String| (i, m);
         let must_zero = r.guest_ip_must_be_zero.unwrap_or(false);
-        let guest_ip = r.guest_ip.unwrap_or(if must_zero { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) });
+        let guest_ip = r.guest_ip.unwrap_or(if must_zero {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        });
         if must_zero && !guest_ip.is_unspecified() {
             return Err(e("guestIPMustBeZero needs guestIP 0.0.0.0".into()));
         }
@@ -124,17 +142,29 @@ pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usiz
                     return Err(e(format!("guestSocket `{g}` must be an absolute path")));
                 }
                 let h = PathBuf::from(h);
-                let h = if h.is_absolute() { h } else { dir.join("sock").join(h) };
+                let h = if h.is_absolute() {
+                    h
+                } else {
+                    dir.join("sock").join(h)
+                };
                 Some((g.clone(), h))
             }
             (Some(_), None) => return Err(e("guestSocket needs hostSocket".into())),
-            (None, Some(_)) => return Err(e("hostSocket needs guestSocket (or give hostPort)".into())),
+            (None, Some(_)) => {
+                return Err(e("hostSocket needs guestSocket (or give hostPort)".into()))
+            }
             (None, None) => None,
         };
-        let guest_ports = range(r.guest_port, r.guest_port_range, "guest").map_err(e)?.unwrap_or((1, 65535));
-        let host_ports = range(r.host_port, r.host_port_range, "host").map_err(e)?.unwrap_or(guest_ports);
+        let guest_ports = range(r.guest_port, r.guest_port_range, "guest")
+            .map_err(e)?
+            .unwrap_or((1, 65535));
+        let host_ports = range(r.host_port, r.host_port_range, "host")
+            .map_err(e)?
+            .unwrap_or(guest_ports);
         if host_ports.1 - host_ports.0 != guest_ports.1 - guest_ports.0 {
-            return Err(e("hostPortRange must have as many ports as guestPortRange".into()));
+            return Err(e(
+                "hostPortRange must have as many ports as guestPortRange".into()
+            ));
         }
         out.push(Rule {
             index: Some(i),
@@ -180,7 +210,8 @@ pub fn decide(rules: &[Rule], guest: &GuestPort) -> Decision {
         }
         let ip_ok = ip.is_unspecified()
             || ip == rule.guest_ip
-            || (ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST) && rule.guest_ip == IpAddr::V4(Ipv4Addr::LOCALHOST))
+            || (ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                && rule.guest_ip == IpAddr::V4(Ipv4Addr::LOCALHOST))
             || (rule.guest_ip.is_unspecified() && !rule.guest_ip_must_be_zero);
         if !ip_ok {
             continue;
@@ -193,7 +224,10 @@ pub fn decide(rules: &[Rule], guest: &GuestPort) -> Decision {
             return Decision::Ignore { rule: rule.clone() };
         }
         let host_port = guest.port - rule.guest_ports.0 + rule.host_ports.0;
-        return Decision::Forward { host: SocketAddr::new(rule.host_ip, host_port), rule: rule.clone() };
+        return Decision::Forward {
+            host: SocketAddr::new(rule.host_ip, host_port),
+            rule: rule.clone(),
+        };
     }
     Decision::None
 }
@@ -208,7 +242,11 @@ mod tests {
     }
 
     fn gp(proto: PortProto, ip: &str, port: u16) -> GuestPort {
-        GuestPort { proto, ip: ip.parse().unwrap(), port }
+        GuestPort {
+            proto,
+            ip: ip.parse().unwrap(),
+            port,
+        }
     }
 
     fn host_of(d: Decision) -> Option<String> {
@@ -222,18 +260,34 @@ mod tests {
     fn default_rule_forwards_loopback_and_wildcard_to_same_port() {
         let r = rules("[]");
         for ip in ["127.0.0.1", "0.0.0.0", "::", "::1"] {
-            assert_eq!(host_of(decide(&r, &gp(PortProto::Tcp, ip, 8080))).as_deref(), Some("127.0.0.1:8080"), "{ip}");
+            assert_eq!(
+                host_of(decide(&r, &gp(PortProto::Tcp, ip, 8080))).as_deref(),
+                Some("127.0.0.1:8080"),
+                "{ip}"
+            );
         }
-        assert_eq!(host_of(decide(&r, &gp(PortProto::Udp, "0.0.0.0", 53))).as_deref(), Some("127.0.0.1:53"));
+        assert_eq!(
+            host_of(decide(&r, &gp(PortProto::Udp, "0.0.0.0", 53))).as_deref(),
+            Some("127.0.0.1:53")
+        );
         // A listener on one specific external address is not forwarded by default.
-        assert_eq!(decide(&r, &gp(PortProto::Tcp, "10.0.2.15", 80)), Decision::None);
+        assert_eq!(
+            decide(&r, &gp(PortProto::Tcp, "10.0.2.15", 80)),
+            Decision::None
+        );
     }
 
     #[test]
     fn ranges_map_onto_host_ranges() {
         let r = rules("- guestPortRange: [9000, 9010]\n  hostPortRange: [19000, 19010]\n");
-        assert_eq!(host_of(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 9005))).as_deref(), Some("127.0.0.1:19005"));
-        assert_eq!(host_of(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 9011))).as_deref(), Some("127.0.0.1:9011"));
+        assert_eq!(
+            host_of(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 9005))).as_deref(),
+            Some("127.0.0.1:19005")
+        );
+        assert_eq!(
+            host_of(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 9011))).as_deref(),
+            Some("127.0.0.1:9011")
+        );
     }
 
     #[test]
@@ -241,30 +295,62 @@ mod tests {
         let r = rules(
             "- guestPort: 8099\n  ignore: true\n- guestPort: 8098\n  proto: udp\n  hostPort: 18098\n- guestPort: 8098\n  hostPort: 28098\n",
         );
-        assert!(matches!(decide(&r, &gp(PortProto::Tcp, "127.0.0.1", 8099)), Decision::Ignore { .. }));
+        assert!(matches!(
+            decide(&r, &gp(PortProto::Tcp, "127.0.0.1", 8099)),
+            Decision::Ignore { .. }
+        ));
         // A wildcard listener is not ignored by a rule for 127.0.0.1 (Lima's rule).
-        assert!(matches!(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 8099)), Decision::Forward { .. }));
-        assert_eq!(host_of(decide(&r, &gp(PortProto::Udp, "0.0.0.0", 8098))).as_deref(), Some("127.0.0.1:18098"));
-        assert_eq!(host_of(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 8098))).as_deref(), Some("127.0.0.1:28098"));
+        assert!(matches!(
+            decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 8099)),
+            Decision::Forward { .. }
+        ));
+        assert_eq!(
+            host_of(decide(&r, &gp(PortProto::Udp, "0.0.0.0", 8098))).as_deref(),
+            Some("127.0.0.1:18098")
+        );
+        assert_eq!(
+            host_of(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 8098))).as_deref(),
+            Some("127.0.0.1:28098")
+        );
     }
 
     #[test]
     fn guest_ip_must_be_zero() {
-        let r = rules("- guestIP: 0.0.0.0\n  guestIPMustBeZero: true\n  guestPort: 80\n  hostIP: 0.0.0.0\n");
-        assert_eq!(host_of(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 80))).as_deref(), Some("0.0.0.0:80"));
-        assert_eq!(host_of(decide(&r, &gp(PortProto::Tcp, "127.0.0.1", 80))).as_deref(), Some("127.0.0.1:80"));
+        let r = rules(
+            "- guestIP: 0.0.0.0\n  guestIPMustBeZero: true\n  guestPort: 80\n  hostIP: 0.0.0.0\n",
+        );
+        assert_eq!(
+            host_of(decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 80))).as_deref(),
+            Some("0.0.0.0:80")
+        );
+        assert_eq!(
+            host_of(decide(&r, &gp(PortProto::Tcp, "127.0.0.1", 80))).as_deref(),
+            Some("127.0.0.1:80")
+        );
     }
 
     #[test]
     fn sockets_and_validation() {
         let r = rules("- guestSocket: /run/docker.sock\n  hostSocket: docker.sock\n");
-        assert_eq!(r[0].sockets, Some(("/run/docker.sock".into(), PathBuf::from("/inst/sock/docker.sock"))));
+        assert_eq!(
+            r[0].sockets,
+            Some((
+                "/run/docker.sock".into(),
+                PathBuf::from("/inst/sock/docker.sock")
+            ))
+        );
         for (bad, needle) in [
             ("- guestPort: 0\n", "not a port"),
             ("- guestPort: 70000\n", "not a port"),
-            ("- guestPortRange: [10, 20]\n  hostPortRange: [10, 30]\n", "as many ports"),
+            (
+                "- guestPortRange: [10, 20]\n  hostPortRange: [10, 30]\n",
+                "as many ports",
+            ),
             ("- proto: sctp\n", "sctp"),
-            ("- guestIP: 127.0.0.1\n  guestIPMustBeZero: true\n", "0.0.0.0"),
+            (
+                "- guestIP: 127.0.0.1\n  guestIPMustBeZero: true\n",
+                "0.0.0.0",
+            ),
             ("- guestSocket: rel.sock\n  hostSocket: x\n", "absolute"),
         ] {
             let parsed: Vec<PortForwardYaml> = serde_yaml::from_str(bad).unwrap();

@@ -14,7 +14,10 @@ pub async fn mount_all(mounts: &[Mount], transport: &dyn Transport) -> Result<()
         let (fstype, options) = match m.kind {
             MountType::NineP => (
                 "9p",
-                format!("trans=virtio,version=9p2000.L,msize={},cache={}", m.msize, m.cache_9p),
+                format!(
+                    "trans=virtio,version=9p2000.L,msize={},cache={}",
+                    m.msize, m.cache_9p
+                ),
             ),
             MountType::Virtiofs => ("virtiofs", String::new()),
             MountType::Vsockfs => {
@@ -31,11 +34,27 @@ pub async fn mount_all(mounts: &[Mount], transport: &dyn Transport) -> Result<()
         };
         match client::control(transport, req).await {
             Ok(ControlReply::Mounted) => {
-                tracing::info!("mounted {} on {} ({fstype})", m.location.display(), m.mount_point);
+                tracing::info!(
+                    "mounted {} on {} ({fstype})",
+                    m.location.display(),
+                    m.mount_point
+                );
             }
-            Ok(ControlReply::Error(e)) => return Err(format!("mounts[{}] ({}): {e}", m.index, m.location.display())),
+            Ok(ControlReply::Error(e)) => {
+                return Err(format!(
+                    "mounts[{}] ({}): {e}",
+                    m.index,
+                    m.location.display()
+                ))
+            }
             Ok(other) => return Err(format!("mounts[{}]: unexpected reply {other:?}", m.index)),
-            Err(e) => return Err(format!("mounts[{}]: {}", m.index, crate::hostagent::error_chain(&e))),
+            Err(e) => {
+                return Err(format!(
+                    "mounts[{}]: {}",
+                    m.index,
+                    crate::hostagent::error_chain(&e)
+                ))
+            }
         }
     }
     Ok(())

@@ -5,7 +5,10 @@
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 
-use lima_proto::{read_frame_async, write_frame_async, ExecInput, ExecOutput, ExecRequest, Purpose, WinSize, IO_CHUNK};
+use lima_proto::{
+    read_frame_async, write_frame_async, ExecInput, ExecOutput, ExecRequest, Purpose, WinSize,
+    IO_CHUNK,
+};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -42,39 +45,74 @@ impl RawMode {
         let saved = nix::sys::termios::tcgetattr(stdin.as_fd()).ok()?;
         let mut raw = saved.clone();
         nix::sys::termios::cfmakeraw(&mut raw);
-        nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSADRAIN, &raw).ok()?;
+        nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSADRAIN, &raw)
+            .ok()?;
         Some(RawMode { saved })
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSADRAIN, &self.saved);
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin().as_fd(),
+            nix::sys::termios::SetArg::TCSADRAIN,
+            &self.saved,
+        );
     }
 }
 
 fn window_size() -> Option<WinSize> {
-    let mut ws = nix::pty::Winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = nix::pty::Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one `winsize` into `ws`, which outlives the call.
-    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws as *mut nix::pty::Winsize) };
-    (rc == 0 && ws.ws_row > 0).then_some(WinSize { rows: ws.ws_row, cols: ws.ws_col })
+    let rc = unsafe {
+        libc::ioctl(
+            libc::STDOUT_FILENO,
+            libc::TIOCGWINSZ,
+            &mut ws as *mut nix::pty::Winsize,
+        )
+    };
+    (rc == 0 && ws.ws_row > 0).then_some(WinSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
 }
 
 /// Runs the command; returns its exit code in the shell convention.
 pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, ShellError> {
-    let tty = opts.tty.unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
+    let tty = opts
+        .tty
+        .unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
     let (stream, _) = client::connect(transport, Purpose::Exec).await?;
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let pty = if tty { Some(window_size().unwrap_or(WinSize { rows: 24, cols: 80 })) } else { None };
+    let pty = if tty {
+        Some(window_size().unwrap_or(WinSize { rows: 24, cols: 80 }))
+    } else {
+        None
+    };
     let mut env = opts.env;
     if tty {
         if let Ok(term) = std::env::var("TERM") {
             env.push(("TERM".into(), term));
         }
     }
-    let req = ExecRequest { argv: opts.argv, env, cwd: opts.cwd, pty };
-    write_frame_async(&mut wr, &req).await.map_err(ClientError::from)?;
-    match read_frame_async::<_, ExecOutput>(&mut rd).await.map_err(ClientError::from)? {
+    let req = ExecRequest {
+        argv: opts.argv,
+        env,
+        cwd: opts.cwd,
+        pty,
+    };
+    write_frame_async(&mut wr, &req)
+        .await
+        .map_err(ClientError::from)?;
+    match read_frame_async::<_, ExecOutput>(&mut rd)
+        .await
+        .map_err(ClientError::from)?
+    {
         Some(ExecOutput::Started { .. }) => {}
         Some(ExecOutput::Failed(reason)) => return Err(ShellError::Failed(reason)),
         Some(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
@@ -95,7 +133,11 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, S
                     return;
                 }
                 Ok(n) => {
-                    if stdin_tx.send(ExecInput::Stdin(buf[..n].to_vec())).await.is_err() {
+                    if stdin_tx
+                        .send(ExecInput::Stdin(buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 /// Templates compiled into the binary, so `limactl start` works anywhere.
-const BUILTIN: &[(&str, &str)] = &[("default", include_str!("../../images/templates/default.yaml"))];
+const BUILTIN: &[(&str, &str)] = &[(
+    "default",
+    include_str!("../../images/templates/default.yaml"),
+)];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -51,23 +54,45 @@ pub fn names() -> Vec<String> {
 }
 
 pub fn locate(locator: &str) -> Result<Template, TemplateError> {
-    if locator.starts_with("http://") || locator.starts_with("https://") || locator.starts_with("github:") {
+    if locator.starts_with("http://")
+        || locator.starts_with("https://")
+        || locator.starts_with("github:")
+    {
         return Err(TemplateError::Remote(locator.to_string()));
     }
     let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| TemplateError::Read { path: path.to_path_buf(), source })
+        std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
     };
-    let stem_of = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem_of = |p: &Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     if locator == "-" {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .map_err(|source| TemplateError::Read { path: "-".into(), source })?;
-        return Ok(Template { origin: "<stdin>".into(), text, suggested_name: "default".into() });
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| {
+            TemplateError::Read {
+                path: "-".into(),
+                source,
+            }
+        })?;
+        return Ok(Template {
+            origin: "<stdin>".into(),
+            text,
+            suggested_name: "default".into(),
+        });
     }
     let file = locator.strip_prefix("file://").unwrap_or(locator);
     if file.ends_with(".yaml") || file.ends_with(".yml") || file.contains('/') {
         let path = Path::new(file);
-        return Ok(Template { origin: path.display().to_string(), text: read(path)?, suggested_name: stem_of(path) });
+        return Ok(Template {
+            origin: path.display().to_string(),
+            text: read(path)?,
+            suggested_name: stem_of(path),
+        });
     }
     let name = locator
         .strip_prefix("template://")
@@ -76,13 +101,24 @@ pub fn locate(locator: &str) -> Result<Template, TemplateError> {
     for dir in search_path() {
         let path = dir.join(format!("{name}.yaml"));
         if path.exists() {
-            return Ok(Template { origin: path.display().to_string(), text: read(&path)?, suggested_name: name.into() });
+            return Ok(Template {
+                origin: path.display().to_string(),
+                text: read(&path)?,
+                suggested_name: name.into(),
+            });
         }
     }
     if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name) {
-        return Ok(Template { origin: format!("template:{name}"), text: text.to_string(), suggested_name: name.into() });
+        return Ok(Template {
+            origin: format!("template:{name}"),
+            text: text.to_string(),
+            suggested_name: name.into(),
+        });
     }
-    Err(TemplateError::NotFound { name: name.to_string(), known: names().join(", ") })
+    Err(TemplateError::NotFound {
+        name: name.to_string(),
+        known: names().join(", "),
+    })
 }
 
 #[cfg(test)]
@@ -102,6 +138,9 @@ mod tests {
         std::fs::write(&p, "cpus: 1\n").unwrap();
         let t = locate(p.to_str().unwrap()).unwrap();
         assert_eq!(t.suggested_name, "mine");
-        assert!(locate("/no/such/file.yaml").unwrap_err().to_string().contains("/no/such/file.yaml"));
+        assert!(locate("/no/such/file.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("/no/such/file.yaml"));
     }
 }

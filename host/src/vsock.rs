@@ -67,13 +67,19 @@ impl Transport for Hybrid {
                 }
                 line.push(b);
                 if line.len() > 64 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad vsock handshake reply"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "bad vsock handshake reply",
+                    ));
                 }
             }
             if !line.starts_with(b"OK ") {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionRefused,
-                    format!("vsock backend refused port {port}: {}", String::from_utf8_lossy(&line)),
+                    format!(
+                        "vsock backend refused port {port}: {}",
+                        String::from_utf8_lossy(&line)
+                    ),
                 ));
             }
             Ok(Box::new(s) as BoxStream)

@@ -95,9 +95,18 @@ pub struct Lock {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsRequest {
-    Lookup { parent: u64, #[serde(with = "serde_bytes")] name: Vec<u8> },
-    Forget { id: u64, nlookup: u64 },
-    Getattr { id: u64 },
+    Lookup {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    Forget {
+        id: u64,
+        nlookup: u64,
+    },
+    Getattr {
+        id: u64,
+    },
     Setattr {
         id: u64,
         fh: Option<u64>,
@@ -106,11 +115,33 @@ pub enum FsRequest {
         atime: Option<SetTime>,
         mtime: Option<SetTime>,
     },
-    Readlink { id: u64 },
-    Mkdir { parent: u64, #[serde(with = "serde_bytes")] name: Vec<u8>, mode: u32, umask: u32 },
-    Unlink { parent: u64, #[serde(with = "serde_bytes")] name: Vec<u8> },
-    Rmdir { parent: u64, #[serde(with = "serde_bytes")] name: Vec<u8> },
-    Symlink { parent: u64, #[serde(with = "serde_bytes")] name: Vec<u8>, #[serde(with = "serde_bytes")] target: Vec<u8> },
+    Readlink {
+        id: u64,
+    },
+    Mkdir {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+    },
+    Unlink {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    Symlink {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
     Rename {
         parent: u64,
         #[serde(with = "serde_bytes")]
@@ -121,24 +152,76 @@ pub enum FsRequest {
         /// RENAME_NOREPLACE / RENAME_EXCHANGE bits.
         flags: u32,
     },
-    Link { id: u64, new_parent: u64, #[serde(with = "serde_bytes")] new_name: Vec<u8> },
-    Open { id: u64, flags: i32 },
-    Create { parent: u64, #[serde(with = "serde_bytes")] name: Vec<u8>, mode: u32, umask: u32, flags: i32 },
-    Read { fh: u64, offset: u64, size: u32 },
-    Write { fh: u64, offset: u64, #[serde(with = "serde_bytes")] data: Vec<u8> },
-    Flush { fh: u64 },
-    Fsync { fh: u64, datasync: bool },
-    Release { fh: u64 },
-    Opendir { id: u64 },
+    Link {
+        id: u64,
+        new_parent: u64,
+        #[serde(with = "serde_bytes")]
+        new_name: Vec<u8>,
+    },
+    Open {
+        id: u64,
+        flags: i32,
+    },
+    Create {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    },
+    Read {
+        fh: u64,
+        offset: u64,
+        size: u32,
+    },
+    Write {
+        fh: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    Flush {
+        fh: u64,
+    },
+    Fsync {
+        fh: u64,
+        datasync: bool,
+    },
+    Release {
+        fh: u64,
+    },
+    Opendir {
+        id: u64,
+    },
     /// With attributes (readdirplus) when `plus`.
-    Readdir { fh: u64, offset: u64, plus: bool },
-    Releasedir { fh: u64 },
+    Readdir {
+        fh: u64,
+        offset: u64,
+        plus: bool,
+    },
+    Releasedir {
+        fh: u64,
+    },
     Statfs,
-    Getlk { fh: u64, owner: u64, lock: Lock },
+    Getlk {
+        fh: u64,
+        owner: u64,
+        lock: Lock,
+    },
     /// `wait`: F_SETLKW semantics (the server may answer EAGAIN instead of blocking).
-    Setlk { fh: u64, owner: u64, lock: Lock, wait: bool },
+    Setlk {
+        fh: u64,
+        owner: u64,
+        lock: Lock,
+        wait: bool,
+    },
     /// flock(2)-style whole-file locks.
-    Flock { fh: u64, owner: u64, op: i32 },
+    Flock {
+        fh: u64,
+        owner: u64,
+        op: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,8 +241,13 @@ pub enum FsReply {
     Entry(Entry),
     Attr(Attr),
     Link(#[serde(with = "serde_bytes")] Vec<u8>),
-    Opened { fh: u64 },
-    Created { entry: Entry, fh: u64 },
+    Opened {
+        fh: u64,
+    },
+    Created {
+        entry: Entry,
+        fh: u64,
+    },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),
     Dir(Vec<DirEntry>),
@@ -179,11 +267,20 @@ pub enum FsToHost {
 /// Host → guest frames on a share stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsToGuest {
-    Reply { id: u64, reply: FsReply },
+    Reply {
+        id: u64,
+        reply: FsReply,
+    },
     /// The node's attributes or data changed on the host.
-    InvalidateNode { id: u64 },
+    InvalidateNode {
+        id: u64,
+    },
     /// `name` in directory `parent` appeared, vanished or was replaced.
-    InvalidateEntry { parent: u64, #[serde(with = "serde_bytes")] name: Vec<u8> },
+    InvalidateEntry {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
 }
 
 #[cfg(test)]
@@ -194,20 +291,61 @@ mod tests {
     #[test]
     fn fs_messages_round_trip() {
         let t = Time { secs: 1, nanos: 2 };
-        let attr = Attr { id: 5, size: 10, blocks: 1, atime: t, mtime: t, ctime: t, mode: 0o100644, nlink: 1, rdev: 0, blksize: 4096 };
+        let attr = Attr {
+            id: 5,
+            size: 10,
+            blocks: 1,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            mode: 0o100644,
+            nlink: 1,
+            rdev: 0,
+            blksize: 4096,
+        };
         let frames = vec![
-            FsToGuest::Reply { id: 1, reply: FsReply::Entry(Entry { attr, generation: 0 }) },
-            FsToGuest::Reply { id: 2, reply: FsReply::Dir(vec![DirEntry { name: b"a".to_vec(), next_offset: 1, entry: None, kind: 0o040000 }]) },
-            FsToGuest::Reply { id: 3, reply: FsReply::Err(2) },
-            FsToGuest::InvalidateEntry { parent: 1, name: vec![0xff, b'x'] },
+            FsToGuest::Reply {
+                id: 1,
+                reply: FsReply::Entry(Entry {
+                    attr,
+                    generation: 0,
+                }),
+            },
+            FsToGuest::Reply {
+                id: 2,
+                reply: FsReply::Dir(vec![DirEntry {
+                    name: b"a".to_vec(),
+                    next_offset: 1,
+                    entry: None,
+                    kind: 0o040000,
+                }]),
+            },
+            FsToGuest::Reply {
+                id: 3,
+                reply: FsReply::Err(2),
+            },
+            FsToGuest::InvalidateEntry {
+                parent: 1,
+                name: vec![0xff, b'x'],
+            },
         ];
         for f in frames {
             let b = encode_frame(&f).unwrap();
             assert_eq!(read_frame::<_, FsToGuest>(&mut &b[..]).unwrap().unwrap(), f);
         }
-        let req = FsToHost::Request { id: 9, req: FsRequest::Write { fh: 3, offset: 4096, data: vec![1; 1 << 20] } };
+        let req = FsToHost::Request {
+            id: 9,
+            req: FsRequest::Write {
+                fh: 3,
+                offset: 4096,
+                data: vec![1; 1 << 20],
+            },
+        };
         let b = encode_frame(&req).unwrap();
         assert!(b.len() < (1 << 20) + 64);
-        assert_eq!(read_frame::<_, FsToHost>(&mut &b[..]).unwrap().unwrap(), req);
+        assert_eq!(
+            read_frame::<_, FsToHost>(&mut &b[..]).unwrap().unwrap(),
+            req
+        );
     }
 }

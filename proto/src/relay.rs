@@ -50,7 +50,10 @@ where
                 return Ok(total);
             }
             if n > CHUNK {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "relay chunk too large"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "relay chunk too large",
+                ));
             }
             fr.read_exact(&mut buf[..n]).await?;
             lw.write_all(&buf[..n]).await?;

@@ -58,7 +58,11 @@ pub struct Hello {
 
 impl Hello {
     pub fn new(purpose: Purpose) -> Self {
-        Hello { magic: MAGIC, version: PROTOCOL_VERSION, purpose }
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            purpose,
+        }
     }
 }
 
@@ -99,7 +103,13 @@ pub enum ControlRequest {
     SetWatchMode(WatchMode),
     /// Mount a filesystem the VM provides (9p, virtiofs): loads the modules
     /// for `fstype`, creates `target`, mounts.
-    Mount { fstype: String, source: String, target: String, options: String, read_only: bool },
+    Mount {
+        fstype: String,
+        source: String,
+        target: String,
+        options: String,
+        read_only: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +160,12 @@ pub struct GuestPort {
 
 impl std::fmt::Display for GuestPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", std::net::SocketAddr::new(self.ip, self.port), self.proto)
+        write!(
+            f,
+            "{}/{}",
+            std::net::SocketAddr::new(self.ip, self.port),
+            self.proto
+        )
     }
 }
 
@@ -165,7 +180,11 @@ pub struct Subscribe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GuestEvent {
     /// `full`: `added` is the complete set (start, or after lost events).
-    Ports { full: bool, added: Vec<GuestPort>, removed: Vec<GuestPort> },
+    Ports {
+        full: bool,
+        added: Vec<GuestPort>,
+        removed: Vec<GuestPort>,
+    },
     /// The watcher's mode changed (or was reported at subscription).
     Watcher(String),
 }
@@ -225,7 +244,9 @@ pub enum ExecInput {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExecOutput {
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
     Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
     Exit(ExitStatus),
@@ -284,10 +305,12 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let (value, used) =
         bincode::serde::decode_from_slice(body, config()).map_err(FrameError::Decode)?;
     if used != body.len() {
-        return Err(FrameError::Decode(bincode::error::DecodeError::OtherString(format!(
-            "{} trailing bytes after the message",
-            body.len() - used
-        ))));
+        return Err(FrameError::Decode(
+            bincode::error::DecodeError::OtherString(format!(
+                "{} trailing bytes after the message",
+                body.len() - used
+            )),
+        ));
     }
     Ok(value)
 }
@@ -301,13 +324,18 @@ fn check_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
 }
 
 /// Writes one frame to a blocking writer.
-pub fn write_frame<W: std::io::Write, T: Serialize>(w: &mut W, value: &T) -> Result<(), FrameError> {
+pub fn write_frame<W: std::io::Write, T: Serialize>(
+    w: &mut W,
+    value: &T,
+) -> Result<(), FrameError> {
     w.write_all(&encode_frame(value)?)?;
     Ok(())
 }
 
 /// Reads one frame from a blocking reader; `Ok(None)` on a clean end of stream.
-pub fn read_frame<R: std::io::Read, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, FrameError> {
+pub fn read_frame<R: std::io::Read, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<Option<T>, FrameError> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -385,16 +413,39 @@ mod tests {
                 watcher: "ebpf".into(),
             }),
         });
-        round_trip(HelloReply { version: 9, result: Err("too old".into()) });
+        round_trip(HelloReply {
+            version: 9,
+            result: Err("too old".into()),
+        });
         round_trip(ControlRequest::Shutdown);
         round_trip(ControlReply::Pong);
-        round_trip(ControlRequest::SetWatchMode(WatchMode::LimaLike { interval_ms: 3000 }));
-        let port = GuestPort { proto: PortProto::Udp, ip: "::".parse().unwrap(), port: 53 };
-        round_trip(Subscribe { unix_sockets: vec!["/run/docker.sock".into()] });
-        round_trip(GuestEvent::Ports { full: true, added: vec![port], removed: vec![] });
-        round_trip(HostEvent::ForwardReady { port, host: "127.0.0.1:53".into() });
-        round_trip(ForwardRequest::Tcp { ip: "127.0.0.1".parse().unwrap(), port: 80 });
-        round_trip(ForwardRequest::Unix { path: "/run/x.sock".into() });
+        round_trip(ControlRequest::SetWatchMode(WatchMode::LimaLike {
+            interval_ms: 3000,
+        }));
+        let port = GuestPort {
+            proto: PortProto::Udp,
+            ip: "::".parse().unwrap(),
+            port: 53,
+        };
+        round_trip(Subscribe {
+            unix_sockets: vec!["/run/docker.sock".into()],
+        });
+        round_trip(GuestEvent::Ports {
+            full: true,
+            added: vec![port],
+            removed: vec![],
+        });
+        round_trip(HostEvent::ForwardReady {
+            port,
+            host: "127.0.0.1:53".into(),
+        });
+        round_trip(ForwardRequest::Tcp {
+            ip: "127.0.0.1".parse().unwrap(),
+            port: 80,
+        });
+        round_trip(ForwardRequest::Unix {
+            path: "/run/x.sock".into(),
+        });
         round_trip(ForwardReply::Refused("nothing listens".into()));
         round_trip(Datagram(vec![1, 2, 3]));
         assert_eq!(port.to_string(), "[::]:53/udp");
@@ -431,7 +482,9 @@ mod tests {
 
     #[test]
     fn clean_eof_is_none_and_partial_frame_is_an_error() {
-        assert!(read_frame::<_, ControlRequest>(&mut &[][..]).unwrap().is_none());
+        assert!(read_frame::<_, ControlRequest>(&mut &[][..])
+            .unwrap()
+            .is_none());
         let frame = encode_frame(&ControlRequest::Ping).unwrap();
         let cut = &frame[..frame.len() - 1];
         assert!(matches!(
@@ -448,9 +501,15 @@ mod tests {
     fn oversized_and_garbage_frames_are_rejected() {
         let mut big = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
         big.extend_from_slice(&[0; 8]);
-        assert!(matches!(read_frame::<_, ControlRequest>(&mut &big[..]), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            read_frame::<_, ControlRequest>(&mut &big[..]),
+            Err(FrameError::TooLarge(_))
+        ));
         let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
-        assert!(matches!(read_frame::<_, ControlRequest>(&mut &garbage[..]), Err(FrameError::Decode(_))));
+        assert!(matches!(
+            read_frame::<_, ControlRequest>(&mut &garbage[..]),
+            Err(FrameError::Decode(_))
+        ));
     }
 
     #[test]

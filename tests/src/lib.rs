@@ -21,7 +21,10 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/debug/deps/<test-binary> → target/debug
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// Output of a finished command, with helpers for assertions.
@@ -41,14 +44,38 @@ impl Run {
     }
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code(), 0, "command failed\nstdout: {}\nstderr: {}", self.stdout(), self.stderr());
+        assert_eq!(
+            self.code(),
+            0,
+            "command failed\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
         self
     }
     #[track_caller]
     pub fn fails_with(self, needle: &str) -> Self {
-        assert_ne!(self.code(), 0, "command unexpectedly succeeded\nstdout: {}", self.stdout());
-        assert!(self.stderr().contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr());
-        assert_eq!(self.stderr().trim().lines().filter(|l| l.contains("error")).count(), 1, "want one error line:\n{}", self.stderr());
+        assert_ne!(
+            self.code(),
+            0,
+            "command unexpectedly succeeded\nstdout: {}",
+            self.stdout()
+        );
+        assert!(
+            self.stderr().contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr()
+        );
+        assert_eq!(
+            self.stderr()
+                .trim()
+                .lines()
+                .filter(|l| l.contains("error"))
+                .count(),
+            1,
+            "want one error line:\n{}",
+            self.stderr()
+        );
         self
     }
 }
@@ -57,9 +84,16 @@ impl Lima {
     pub fn new() -> Self {
         let bin_dir = bin_dir();
         let limactl = bin_dir.join("limactl");
-        assert!(limactl.exists(), "{} missing: build with `cargo xtask build` (or run `cargo xtask test`)", limactl.display());
+        assert!(
+            limactl.exists(),
+            "{} missing: build with `cargo xtask build` (or run `cargo xtask test`)",
+            limactl.display()
+        );
         // Short path: socket paths must fit in sockaddr_un.
-        let home = tempfile::Builder::new().prefix("lima-t").tempdir_in("/tmp").expect("tempdir");
+        let home = tempfile::Builder::new()
+            .prefix("lima-t")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         Lima { home, bin_dir }
     }
 
@@ -78,14 +112,20 @@ impl Lima {
     /// Runs a command, feeding `stdin` if given.
     pub fn run(&self, cmd: &mut Command, stdin: Option<&[u8]>) -> Run {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = cmd.spawn().expect("spawn");
         if let Some(data) = stdin {
             let mut w = child.stdin.take().expect("stdin");
             let data = data.to_vec();
             std::thread::spawn(move || std::io::Write::write_all(&mut w, &data));
         }
-        Run { out: child.wait_with_output().expect("wait") }
+        Run {
+            out: child.wait_with_output().expect("wait"),
+        }
     }
 
     /// `limactl shell NAME -- ARGS`
@@ -125,7 +165,9 @@ impl Lima {
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(&needle) || String::from_utf8_lossy(&environ).contains(&format!("LIMA_HOME={needle}")) {
+            if text.contains(&needle)
+                || String::from_utf8_lossy(&environ).contains(&format!("LIMA_HOME={needle}"))
+            {
                 found.push(format!("{pid}: {text}"));
             }
         }
@@ -137,7 +179,10 @@ impl Lima {
     pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let t = Instant::now();
         while !cond() {
-            assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+            assert!(
+                t.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -145,13 +190,23 @@ impl Lima {
     /// The built image's manifest (`target/images/default/image.json`).
     pub fn image_manifest(&self) -> serde_json::Value {
         let p = self.bin_dir.join("../images/default/image.json");
-        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask image`", p.display()));
+        let text = std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask image`", p.display()));
         serde_json::from_str(&text).expect("image.json")
     }
 
     fn dump_logs(&self) {
-        for e in std::fs::read_dir(self.home.path()).into_iter().flatten().flatten() {
-            for f in ["ha.stderr.log", "serial.log", "qemu.stderr.log", "ha.events.jsonl"] {
+        for e in std::fs::read_dir(self.home.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in [
+                "ha.stderr.log",
+                "serial.log",
+                "qemu.stderr.log",
+                "ha.events.jsonl",
+            ] {
                 let p = e.path().join(f);
                 if let Ok(text) = std::fs::read_to_string(&p) {
                     let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -176,9 +231,17 @@ impl Drop for Lima {
         if std::thread::panicking() {
             self.dump_logs();
         }
-        for e in std::fs::read_dir(self.home.path()).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.home.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
-            let _ = self.cmd("limactl").args(["delete", "--force", &name]).stdin(Stdio::null()).output();
+            let _ = self
+                .cmd("limactl")
+                .args(["delete", "--force", &name])
+                .stdin(Stdio::null())
+                .output();
         }
     }
 }
@@ -213,7 +276,11 @@ impl Lima {
     /// returns its path (for `limactl start PATH`).
     pub fn template(&self, file: &str, extra: &str) -> String {
         let p = self.home.path().join(file);
-        std::fs::write(&p, format!("images:\n- location: builtin:default\ncpus: 2\nmemory: 1GiB\n{extra}")).unwrap();
+        std::fs::write(
+            &p,
+            format!("images:\n- location: builtin:default\ncpus: 2\nmemory: 1GiB\n{extra}"),
+        )
+        .unwrap();
         p.to_string_lossy().into_owned()
     }
 }

@@ -18,25 +18,47 @@ fn instance_lifecycle_and_exec() {
 
     // The guest runs the image's kernel.
     let release = lima.shell("dev", &["uname", "-r"]).ok().stdout();
-    assert_eq!(release.trim(), lima.image_manifest()["kernel_release"].as_str().unwrap());
+    assert_eq!(
+        release.trim(),
+        lima.image_manifest()["kernel_release"].as_str().unwrap()
+    );
 
     // Exit codes, including 128+N for a signal.
     assert_eq!(lima.shell("dev", &["true"]).code(), 0);
     assert_eq!(lima.shell("dev", &["false"]).code(), 1);
     assert_eq!(lima.shell("dev", &["sh", "-c", "exit 7"]).code(), 7);
-    assert_eq!(lima.shell("dev", &["sh", "-c", "kill -TERM $$"]).code(), 128 + 15);
+    assert_eq!(
+        lima.shell("dev", &["sh", "-c", "kill -TERM $$"]).code(),
+        128 + 15
+    );
     let missing = lima.shell("dev", &["no-such-program"]);
     assert_eq!(missing.code(), 127);
-    assert!(missing.stderr().contains("no-such-program"), "{}", missing.stderr());
+    assert!(
+        missing.stderr().contains("no-such-program"),
+        "{}",
+        missing.stderr()
+    );
 
     // stdin piped through cat, binary-safe.
     let input: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let r = lima.run(lima.cmd("limactl").args(["shell", "dev", "--", "cat"]), Some(&input)).ok();
+    let r = lima
+        .run(
+            lima.cmd("limactl").args(["shell", "dev", "--", "cat"]),
+            Some(&input),
+        )
+        .ok();
     assert_eq!(r.out.stdout, input);
 
     // 10 MiB of stdout arrive intact.
     let sum = lima
-        .shell("dev", &["sh", "-c", "head -c 10485760 /dev/urandom > /tmp/big && sha256sum /tmp/big"])
+        .shell(
+            "dev",
+            &[
+                "sh",
+                "-c",
+                "head -c 10485760 /dev/urandom > /tmp/big && sha256sum /tmp/big",
+            ],
+        )
         .ok()
         .stdout();
     let guest_sum = sum.split_whitespace().next().unwrap().to_string();
@@ -45,40 +67,78 @@ fn instance_lifecycle_and_exec() {
     assert_eq!(sha256_hex(&big.out.stdout), guest_sum);
 
     // stderr stays apart from stdout.
-    let r = lima.shell("dev", &["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]).ok();
+    let r = lima
+        .shell(
+            "dev",
+            &["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"],
+        )
+        .ok();
     assert_eq!(r.stdout(), "to-out\nmore-out\n");
     assert_eq!(r.stderr(), "to-err\n");
 
     // Environment, working directory, leading NAME=VALUE words.
-    let r = lima.limactl(&["shell", "--workdir", "/tmp", "dev", "--", "FOO=bar", "sh", "-c", "echo $FOO $PWD"]).ok();
+    let r = lima
+        .limactl(&[
+            "shell",
+            "--workdir",
+            "/tmp",
+            "dev",
+            "--",
+            "FOO=bar",
+            "sh",
+            "-c",
+            "echo $FOO $PWD",
+        ])
+        .ok();
     assert_eq!(r.stdout(), "bar /tmp\n");
-    lima.limactl(&["shell", "--workdir", "/no/such/dir", "dev", "--", "true"]).fails_with("/no/such/dir");
+    lima.limactl(&["shell", "--workdir", "/no/such/dir", "dev", "--", "true"])
+        .fails_with("/no/such/dir");
 
     // `lima` runs in $LIMA_INSTANCE.
-    let r = lima.run(lima.cmd("lima").env("LIMA_INSTANCE", "dev").args(["echo", "via", "lima"]), None).ok();
+    let r = lima
+        .run(
+            lima.cmd("lima")
+                .env("LIMA_INSTANCE", "dev")
+                .args(["echo", "via", "lima"]),
+            None,
+        )
+        .ok();
     assert_eq!(r.stdout(), "via lima\n");
 
     // A second start of a running instance is refused; it keeps running.
-    lima.limactl(&["start", "dev"]).fails_with("already running");
+    lima.limactl(&["start", "dev"])
+        .fails_with("already running");
     assert_eq!(lima.shell("dev", &["true"]).code(), 0);
 
     // Stop: guest powered off, nothing left running.
     lima.limactl(&["stop", "dev"]).ok();
     assert_eq!(lima.info("dev")["status"], "Stopped");
-    assert!(lima.our_processes().is_empty(), "stray: {:?}", lima.our_processes());
+    assert!(
+        lima.our_processes().is_empty(),
+        "stray: {:?}",
+        lima.our_processes()
+    );
     lima.shell("dev", &["true"]).fails_with("not running");
     let serial = std::fs::read_to_string(lima.instance_dir("dev").join("serial.log")).unwrap();
-    assert!(serial.contains("Power down"), "guest did not power off cleanly:\n{serial}");
+    assert!(
+        serial.contains("Power down"),
+        "guest did not power off cleanly:\n{serial}"
+    );
 
     // Start again.
     lima.limactl(&["start", "dev", "--timeout", "5m"]).ok();
-    assert_eq!(lima.shell("dev", &["echo", "again"]).ok().stdout(), "again\n");
+    assert_eq!(
+        lima.shell("dev", &["echo", "again"]).ok().stdout(),
+        "again\n"
+    );
 
     // Delete of a running instance needs --force, then leaves nothing.
     lima.limactl(&["delete", "dev"]).fails_with("--force");
     lima.limactl(&["delete", "--force", "dev"]).ok();
     assert!(!lima.instance_dir("dev").exists());
-    lima.wait_until("processes gone", Duration::from_secs(10), || lima.our_processes().is_empty());
+    lima.wait_until("processes gone", Duration::from_secs(10), || {
+        lima.our_processes().is_empty()
+    });
     assert_eq!(std::fs::read_dir(lima.home.path()).unwrap().count(), 0);
 }
 
@@ -87,17 +147,27 @@ fn instance_lifecycle_and_exec() {
 #[test]
 fn clear_errors_without_a_vm() {
     let lima = Lima::new();
-    lima.shell("nosuch", &["true"]).fails_with("instance `nosuch` does not exist");
-    lima.limactl(&["stop", "nosuch"]).fails_with("does not exist");
-    lima.limactl(&["start", "template:nosuch"]).fails_with("template `nosuch` does not exist");
-    lima.limactl(&["start", "--name", "bad name"]).fails_with("invalid");
+    lima.shell("nosuch", &["true"])
+        .fails_with("instance `nosuch` does not exist");
+    lima.limactl(&["stop", "nosuch"])
+        .fails_with("does not exist");
+    lima.limactl(&["start", "template:nosuch"])
+        .fails_with("template `nosuch` does not exist");
+    lima.limactl(&["start", "--name", "bad name"])
+        .fails_with("invalid");
 
     let yaml = lima.home.path().join("broken.yaml");
-    std::fs::write(&yaml, "images: [{location: builtin:default}]\ncpus: 1\nmemroy: 1GiB\n").unwrap();
-    lima.limactl(&["start", yaml.to_str().unwrap()]).fails_with("memroy");
+    std::fs::write(
+        &yaml,
+        "images: [{location: builtin:default}]\ncpus: 1\nmemroy: 1GiB\n",
+    )
+    .unwrap();
+    lima.limactl(&["start", yaml.to_str().unwrap()])
+        .fails_with("memroy");
     let yaml = lima.home.path().join("noimage.yaml");
     std::fs::write(&yaml, "images: [{location: builtin:nosuch}]\n").unwrap();
-    lima.limactl(&["start", yaml.to_str().unwrap()]).fails_with("cargo xtask image");
+    lima.limactl(&["start", yaml.to_str().unwrap()])
+        .fails_with("cargo xtask image");
     // Nothing was created for the bad ones.
     for n in ["nosuch", "broken", "noimage"] {
         assert!(!lima.instance_dir(n).exists(), "{n} was created");
@@ -122,9 +192,14 @@ fn guest_that_never_answers() {
     let r = r.fails_with("did not answer within 20s");
     assert!(r.stderr().contains("serial.log"), "{}", r.stderr());
     assert!(lima.instance_dir("mute").join("serial.log").exists());
-    lima.wait_until("processes gone", Duration::from_secs(10), || lima.our_processes().is_empty());
+    lima.wait_until("processes gone", Duration::from_secs(10), || {
+        lima.our_processes().is_empty()
+    });
     assert_eq!(lima.info("mute")["status"], "Stopped");
     // The serial log shows why.
     let serial = std::fs::read_to_string(lima.instance_dir("mute").join("serial.log")).unwrap();
-    assert!(serial.contains("Kernel panic") || serial.contains("No working init"), "{serial}");
+    assert!(
+        serial.contains("Kernel panic") || serial.contains("No working init"),
+        "{serial}"
+    );
 }

@@ -33,7 +33,10 @@ fn refused(port: u16) -> bool {
 }
 
 fn forwards(lima: &Lima, name: &str) -> Vec<serde_json::Value> {
-    lima.info(name)["forwards"].as_array().cloned().unwrap_or_default()
+    lima.info(name)["forwards"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -48,16 +51,30 @@ fn ports_are_forwarded_by_rule() {
     );
     lima.limactl(&["start", "--timeout", "5m", &yaml]).ok();
     let long = Duration::from_secs(60);
-    let watcher = lima.info("fwd")["watcher"].as_str().unwrap_or("").to_string();
-    assert!(watcher.starts_with("ebpf"), "eBPF watcher not in use: {watcher}");
+    let watcher = lima.info("fwd")["watcher"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        watcher.starts_with("ebpf"),
+        "eBPF watcher not in use: {watcher}"
+    );
 
     // 0.0.0.0, 127.0.0.1 and :: listeners reach host 127.0.0.1 on the same port.
-    for (port, addr) in [(18081, "0.0.0.0:18081"), (18082, "127.0.0.1:18082"), (18083, "[::]:18083")] {
+    for (port, addr) in [
+        (18081, "0.0.0.0:18081"),
+        (18082, "127.0.0.1:18082"),
+        (18083, "[::]:18083"),
+    ] {
         let server = lima.spawn_shell("fwd", &[AGENT, "tool", "echo", "tcp", addr]);
-        lima.wait_until(&format!("echo through host port {port}"), long, || echo_works(port));
+        lima.wait_until(&format!("echo through host port {port}"), long, || {
+            echo_works(port)
+        });
         let listed = forwards(&lima, "fwd");
         assert!(
-            listed.iter().any(|f| f["host"] == format!("127.0.0.1:{port}") && f["status"] == "forwarding"),
+            listed
+                .iter()
+                .any(|f| f["host"] == format!("127.0.0.1:{port}") && f["status"] == "forwarding"),
             "{listed:?}"
         );
         // The guest program exits: the host port closes.
@@ -68,7 +85,8 @@ fn ports_are_forwarded_by_rule() {
     // UDP echo.
     let udp_server = lima.spawn_shell("fwd", &[AGENT, "tool", "echo", "udp", "0.0.0.0:18084"]);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     lima.wait_until("UDP echo through host port 18084", long, || {
         let mut buf = [0u8; 64];
         sock.send_to(b"udp-ping", "127.0.0.1:18084").is_ok()
@@ -93,7 +111,9 @@ fn ports_are_forwarded_by_rule() {
     let _unix = lima.spawn_shell("fwd", &[AGENT, "tool", "echo", "unix", "/tmp/echo.sock"]);
     let host_sock = lima.instance_dir("fwd").join("sock/echo.sock");
     lima.wait_until("unix echo", long, || {
-        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&host_sock) else { return false };
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&host_sock) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         let mut back = Vec::new();
         s.write_all(b"over unix").is_ok()
@@ -108,10 +128,16 @@ fn ports_are_forwarded_by_rule() {
     let workers: Vec<_> = (0..50u32)
         .map(|i| {
             std::thread::spawn(move || {
-                let data: Vec<u8> = (0..(1u32 << 20)).map(|j| (j.wrapping_mul(2654435761).wrapping_add(i) >> 13) as u8).collect();
+                let data: Vec<u8> = (0..(1u32 << 20))
+                    .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i) >> 13) as u8)
+                    .collect();
                 let back = echo_tcp(18086, &data).expect("bulk echo");
                 assert_eq!(back.len(), data.len(), "connection {i} length");
-                assert_eq!(sha256_hex(&back), sha256_hex(&data), "connection {i} content");
+                assert_eq!(
+                    sha256_hex(&back),
+                    sha256_hex(&data),
+                    "connection {i} content"
+                );
             })
         })
         .collect();
@@ -126,7 +152,10 @@ fn ports_are_forwarded_by_rule() {
     lima.wait_until("port-in-use warning", long, || {
         forwards(&lima, "fwd").iter().any(|f| {
             f["guest"] == "0.0.0.0:18085/tcp"
-                && f["status"].as_str().unwrap_or("").contains("127.0.0.1:18085/tcp is already in use")
+                && f["status"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("127.0.0.1:18085/tcp is already in use")
                 && f["rule"].as_str().unwrap_or("").contains("default rule")
         })
     });
@@ -138,19 +167,47 @@ fn ports_are_forwarded_by_rule() {
     // The agent dials nothing that does not listen, and no socket no rule names.
     let inst = lima_host::instance::Instance::open(lima.home.path(), "fwd").unwrap();
     let transport = lima_host::lifecycle::transport(&inst).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for (req, needle) in [
-        (lima_proto::ForwardRequest::Tcp { ip: "127.0.0.1".parse().unwrap(), port: 18097 }, "nothing listens"),
-        (lima_proto::ForwardRequest::Udp { ip: "0.0.0.0".parse().unwrap(), port: 18097 }, "nothing listens"),
-        (lima_proto::ForwardRequest::Unix { path: "/run/other.sock".into() }, "not named by a portForwards rule"),
+        (
+            lima_proto::ForwardRequest::Tcp {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: 18097,
+            },
+            "nothing listens",
+        ),
+        (
+            lima_proto::ForwardRequest::Udp {
+                ip: "0.0.0.0".parse().unwrap(),
+                port: 18097,
+            },
+            "nothing listens",
+        ),
+        (
+            lima_proto::ForwardRequest::Unix {
+                path: "/run/other.sock".into(),
+            },
+            "not named by a portForwards rule",
+        ),
     ] {
         let reply = rt.block_on(async {
-            let (mut s, _) = lima_host::client::connect(transport.as_ref(), lima_proto::Purpose::Forward).await.unwrap();
+            let (mut s, _) =
+                lima_host::client::connect(transport.as_ref(), lima_proto::Purpose::Forward)
+                    .await
+                    .unwrap();
             lima_proto::write_frame_async(&mut s, &req).await.unwrap();
-            lima_proto::read_frame_async::<_, lima_proto::ForwardReply>(&mut s).await.unwrap().unwrap()
+            lima_proto::read_frame_async::<_, lima_proto::ForwardReply>(&mut s)
+                .await
+                .unwrap()
+                .unwrap()
         });
         match reply {
-            lima_proto::ForwardReply::Refused(why) => assert!(why.contains(needle), "{req:?}: {why}"),
+            lima_proto::ForwardReply::Refused(why) => {
+                assert!(why.contains(needle), "{req:?}: {why}")
+            }
             other => panic!("{req:?} was not refused: {other:?}"),
         }
     }

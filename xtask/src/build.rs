@@ -45,7 +45,12 @@ pub fn run(profile: Profile) -> Result<()> {
     }
     cmd::run(&mut host)?;
     cmd::run(cmd::cargo().args([
-        "build", "-p", "lima-guest-agent", "--release", "--target", setup::MUSL_TARGET,
+        "build",
+        "-p",
+        "lima-guest-agent",
+        "--release",
+        "--target",
+        setup::MUSL_TARGET,
     ]))?;
     Ok(())
 }

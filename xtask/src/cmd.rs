@@ -71,7 +71,8 @@ pub fn display(cmd: &Command) -> String {
 fn quote(arg: &OsStr) -> String {
     let s = arg.to_string_lossy();
     let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if plain {
         s.into_owned()
     } else {
@@ -98,7 +99,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` with inherited stdio and returns its exit status, whatever it is.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
     echo(cmd);
-    cmd.status().with_context(|| format!("cannot start `{}`", display(cmd)))
+    cmd.status()
+        .with_context(|| format!("cannot start `{}`", display(cmd)))
 }
 
 /// Runs `cmd` (echoed) and returns its stdout; stderr passes through.
@@ -110,7 +112,11 @@ pub fn stdout(cmd: &mut Command) -> Result<String> {
 /// Runs `cmd` quietly and returns its stdout if it exits 0, `None` otherwise
 /// (including when the program does not exist).
 pub fn probe(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -159,8 +165,9 @@ pub fn find_program(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
 /// A system tool that may live in `/sbin` (e.g. `depmod`, `modinfo`).
 pub fn system_tool(name: &str) -> Result<PathBuf> {
     let sbin = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
-    find_program(name, &sbin)
-        .with_context(|| format!("`{name}` not found on PATH or in /sbin (run `cargo xtask setup`)"))
+    find_program(name, &sbin).with_context(|| {
+        format!("`{name}` not found on PATH or in /sbin (run `cargo xtask setup`)")
+    })
 }
 
 /// `~/.cargo/bin` (or `$CARGO_HOME/bin`), where `cargo install` puts tools.
@@ -178,7 +185,8 @@ mod tests {
     #[test]
     fn display_quotes_what_a_shell_would_split() {
         let mut cmd = Command::new("cargo");
-        cmd.args(["install", "bpf-linker", "it's here", ""]).env("LLVM_PREFIX", "/x");
+        cmd.args(["install", "bpf-linker", "it's here", ""])
+            .env("LLVM_PREFIX", "/x");
         assert_eq!(
             display(&cmd),
             r"LLVM_PREFIX=/x cargo install bpf-linker 'it'\''s here' ''"

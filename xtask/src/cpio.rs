@@ -77,7 +77,8 @@ impl Archive {
 
     fn insert(&mut self, path: &str, mode: u32, data: Vec<u8>, rdev: (u32, u32)) {
         let path = path.trim_start_matches('/').trim_end_matches('/');
-        self.entries.insert(path.to_string(), Entry { mode, data, rdev });
+        self.entries
+            .insert(path.to_string(), Entry { mode, data, rdev });
     }
 
     /// Adds everything below `root` (not `root` itself) with the permission
@@ -91,7 +92,10 @@ impl Archive {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_str().ok_or_else(|| {
-                invalid(format!("{}: file name is not UTF-8", entry.path().display()))
+                invalid(format!(
+                    "{}: file name is not UTF-8",
+                    entry.path().display()
+                ))
             })?;
             let path = format!("{prefix}{name}");
             let meta = entry.path().symlink_metadata()?;
@@ -105,7 +109,10 @@ impl Archive {
             } else if kind.is_symlink() {
                 let target = std::fs::read_link(entry.path())?;
                 let target = target.to_str().ok_or_else(|| {
-                    invalid(format!("{}: link target is not UTF-8", entry.path().display()))
+                    invalid(format!(
+                        "{}: link target is not UTF-8",
+                        entry.path().display()
+                    ))
                 })?;
                 self.symlink(&path, target);
             } else {
@@ -120,20 +127,41 @@ impl Archive {
 
     /// Writes the archive and returns the number of bytes written.
     pub fn write<W: Write>(&self, out: W) -> io::Result<u64> {
-        let mut out = Counting { inner: out, written: 0 };
+        let mut out = Counting {
+            inner: out,
+            written: 0,
+        };
         for path in self.entries.keys() {
             if let Some((parent, _)) = path.rsplit_once('/') {
-                if self.entries.get(parent).is_none_or(|p| p.mode & S_IFMT != S_IFDIR) {
-                    return Err(invalid(format!("{path}: parent directory {parent} is not in the archive")));
+                if self
+                    .entries
+                    .get(parent)
+                    .is_none_or(|p| p.mode & S_IFMT != S_IFDIR)
+                {
+                    return Err(invalid(format!(
+                        "{path}: parent directory {parent} is not in the archive"
+                    )));
                 }
             }
         }
         for (ino, (path, entry)) in (1u32..).zip(&self.entries) {
             let nlink = if entry.mode & S_IFMT == S_IFDIR { 2 } else { 1 };
-            let header = Header { ino, mode: entry.mode, nlink, size: entry.data.len(), rdev: entry.rdev };
+            let header = Header {
+                ino,
+                mode: entry.mode,
+                nlink,
+                size: entry.data.len(),
+                rdev: entry.rdev,
+            };
             write_entry(&mut out, &header, path, &entry.data)?;
         }
-        let trailer = Header { ino: 0, mode: 0, nlink: 1, size: 0, rdev: (0, 0) };
+        let trailer = Header {
+            ino: 0,
+            mode: 0,
+            nlink: 1,
+            size: 0,
+            rdev: (0, 0),
+        };
         write_entry(&mut out, &trailer, TRAILER, &[])?;
         out.inner.flush()?;
         Ok(out.written)
@@ -148,11 +176,28 @@ struct Header {
     rdev: (u32, u32),
 }
 
-fn write_entry(out: &mut Counting<impl Write>, h: &Header, name: &str, data: &[u8]) -> io::Result<()> {
+fn write_entry(
+    out: &mut Counting<impl Write>,
+    h: &Header,
+    name: &str,
+    data: &[u8],
+) -> io::Result<()> {
     let size = u32::try_from(h.size).map_err(|_| invalid(format!("{name}: larger than 4 GiB")))?;
     let namesize = name.len() + 1;
     let fields = [
-        h.ino, h.mode, 0, 0, h.nlink, 0, size, 0, 0, h.rdev.0, h.rdev.1, namesize as u32, 0,
+        h.ino,
+        h.mode,
+        0,
+        0,
+        h.nlink,
+        0,
+        size,
+        0,
+        0,
+        h.rdev.0,
+        h.rdev.1,
+        namesize as u32,
+        0,
     ];
     let mut header = String::with_capacity(HEADER_LEN);
     header.push_str("070701");
@@ -202,12 +247,19 @@ mod tests {
             assert_eq!((total - buf.len()) % 4, 0, "entry not 4-byte aligned");
             assert_eq!(&buf[..6], b"070701");
             let field = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&buf[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap()
+                u32::from_str_radix(
+                    std::str::from_utf8(&buf[6 + 8 * i..14 + 8 * i]).unwrap(),
+                    16,
+                )
+                .unwrap()
             };
-            let (mode, nlink, mtime, size, namesize) = (field(1), field(4), field(5), field(6), field(11));
+            let (mode, nlink, mtime, size, namesize) =
+                (field(1), field(4), field(5), field(6), field(11));
             assert_eq!((field(2), field(3), mtime), (0, 0, 0), "uid, gid, mtime");
             let name_end = HEADER_LEN + namesize as usize;
-            let name = std::str::from_utf8(&buf[HEADER_LEN..name_end - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&buf[HEADER_LEN..name_end - 1])
+                .unwrap()
+                .to_string();
             assert_eq!(buf[name_end - 1], 0, "name is NUL-terminated");
             let data_start = name_end.next_multiple_of(4);
             let data = buf[data_start..data_start + size as usize].to_vec();
@@ -257,7 +309,18 @@ mod tests {
         assert_eq!(written, buf.len() as u64);
         let entries = parse(&buf);
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/busybox", "bin/sh", "dev", "dev/console", "init", "tmp"]);
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "bin/busybox",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "init",
+                "tmp"
+            ]
+        );
         let get = |n: &str| entries.iter().find(|e| e.0 == n).unwrap();
         assert_eq!(get("bin").1, 0o040_755);
         assert_eq!(get("bin").2, 2);
@@ -294,7 +357,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::write(dir.join("etc/hostname"), "lima\n").unwrap();
-        std::fs::set_permissions(dir.join("etc/hostname"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            dir.join("etc/hostname"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("etc/hostname", dir.join("name")).unwrap();
         let mut a = Archive::new();
         a.add_tree(&dir).unwrap();
@@ -303,8 +370,14 @@ mod tests {
         a.write(&mut buf).unwrap();
         let entries = parse(&buf);
         assert_eq!(entries.len(), 3);
-        assert_eq!(entries[1], ("etc/hostname".into(), 0o100_600, 1, b"lima\n".to_vec()));
-        assert_eq!(entries[2], ("name".into(), 0o120_777, 1, b"etc/hostname".to_vec()));
+        assert_eq!(
+            entries[1],
+            ("etc/hostname".into(), 0o100_600, 1, b"lima\n".to_vec())
+        );
+        assert_eq!(
+            entries[2],
+            ("name".into(), 0o120_777, 1, b"etc/hostname".to_vec())
+        );
     }
 
     /// Cross-check with GNU cpio when it is installed (Debian's `cpio`).
@@ -325,14 +398,33 @@ mod tests {
         };
         child.stdin.take().unwrap().write_all(&buf).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = listing.lines().collect();
         assert_eq!(lines.len(), 7, "{listing}");
-        assert!(lines[0].starts_with("drwxr-xr-x") && lines[0].ends_with(" bin"), "{listing}");
-        assert!(lines[1].starts_with("-rwxr-xr-x") && lines[1].contains(" 7 "), "{listing}");
-        assert!(lines[2].starts_with("lrwxrwxrwx") && lines[2].ends_with("bin/sh -> busybox"), "{listing}");
-        assert!(lines[4].starts_with("crw-------") && lines[4].contains("5,"), "{listing}");
-        assert!(lines[6].starts_with("drwxrwxrwt") && lines[6].ends_with(" tmp"), "{listing}");
+        assert!(
+            lines[0].starts_with("drwxr-xr-x") && lines[0].ends_with(" bin"),
+            "{listing}"
+        );
+        assert!(
+            lines[1].starts_with("-rwxr-xr-x") && lines[1].contains(" 7 "),
+            "{listing}"
+        );
+        assert!(
+            lines[2].starts_with("lrwxrwxrwx") && lines[2].ends_with("bin/sh -> busybox"),
+            "{listing}"
+        );
+        assert!(
+            lines[4].starts_with("crw-------") && lines[4].contains("5,"),
+            "{listing}"
+        );
+        assert!(
+            lines[6].starts_with("drwxrwxrwt") && lines[6].ends_with(" tmp"),
+            "{listing}"
+        );
     }
 }

@@ -101,7 +101,8 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     let started = Instant::now();
     let images = images_dir();
     let downloads = images.join("download");
-    fs::create_dir_all(&downloads).with_context(|| format!("cannot create {}", downloads.display()))?;
+    fs::create_dir_all(&downloads)
+        .with_context(|| format!("cannot create {}", downloads.display()))?;
 
     let packages = resolve_packages(&downloads)?;
     let kernel_deb = download(&packages.kernel, &downloads)?;
@@ -110,9 +111,13 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     let modules_txt = fs::read_to_string(&modules_txt_path)
         .with_context(|| format!("cannot read {}", modules_txt_path.display()))?;
     let agent_bytes = fs::read(agent).with_context(|| {
-        format!("cannot read the guest agent {} (build it with `cargo xtask build`)", agent.display())
+        format!(
+            "cannot read the guest agent {} (build it with `cargo xtask build`)",
+            agent.display()
+        )
     })?;
-    check_static_x86_64(&agent_bytes).with_context(|| format!("guest agent {}", agent.display()))?;
+    check_static_x86_64(&agent_bytes)
+        .with_context(|| format!("guest agent {}", agent.display()))?;
 
     let hash = inputs_hash(&[
         ("recipe", RECIPE_VERSION.as_bytes()),
@@ -148,7 +153,11 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     // umask of whoever runs this leak into the guest.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
 
-    let recipe = Recipe { work: &work, tree: &work.join("initramfs"), out: &partial };
+    let recipe = Recipe {
+        work: &work,
+        tree: &work.join("initramfs"),
+        out: &partial,
+    };
     let built = (|| -> Result<_> {
         let kernel = recipe.kernel(&kernel_deb.path)?;
         let modules = recipe.modules(&kernel, &parse_modules_txt(&modules_txt))?;
@@ -160,8 +169,9 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
         // If a concurrent run got there first, its entry is as good as ours.
         if let Err(e) = fs::rename(&partial, &entry) {
             if !entry.join("image.json").is_file() {
-                return Err(e)
-                    .with_context(|| format!("cannot move {} to {}", partial.display(), entry.display()));
+                return Err(e).with_context(|| {
+                    format!("cannot move {} to {}", partial.display(), entry.display())
+                });
             }
         }
         Ok((kernel, modules, initrd_size))
@@ -171,9 +181,20 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     let (kernel, modules, initrd_size) = built?;
     point_default_at(&images, &hash)?;
 
-    eprintln!("image: kernel {} from {}", kernel.release, file_name(&kernel_deb.path));
-    eprintln!("image: built into the kernel: {}", join_or_none(&modules.builtin));
-    eprintln!("image: modules ({}): {}", modules.files.len(), join_or_none(&modules.names()));
+    eprintln!(
+        "image: kernel {} from {}",
+        kernel.release,
+        file_name(&kernel_deb.path)
+    );
+    eprintln!(
+        "image: built into the kernel: {}",
+        join_or_none(&modules.builtin)
+    );
+    eprintln!(
+        "image: modules ({}): {}",
+        modules.files.len(),
+        join_or_none(&modules.names())
+    );
     for note in &modules.notes {
         eprintln!("image: note: {note}");
     }
@@ -226,20 +247,34 @@ fn resolve_packages(downloads: &Path) -> Result<Resolution> {
     }
 
     let depends = cmd::query_text(Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE]))?;
-    let kernel = kernel_package(&depends)
-        .with_context(|| format!("`apt-cache depends {KERNEL_METAPACKAGE}` names no linux-image-* package"))?;
-    let uris = cmd::query_text(
-        Command::new("apt-get").args(["download", "--print-uris", &kernel, BUSYBOX_PACKAGE]),
-    )?;
+    let kernel = kernel_package(&depends).with_context(|| {
+        format!("`apt-cache depends {KERNEL_METAPACKAGE}` names no linux-image-* package")
+    })?;
+    let uris = cmd::query_text(Command::new("apt-get").args([
+        "download",
+        "--print-uris",
+        &kernel,
+        BUSYBOX_PACKAGE,
+    ]))?;
     let debs = parse_print_uris(&uris);
     let find = |package: &str| {
         debs.iter()
             .find(|d| d.package == package)
             .cloned()
-            .with_context(|| format!("`apt-get download --print-uris` says nothing about {package}: {uris:?}"))
+            .with_context(|| {
+                format!("`apt-get download --print-uris` says nothing about {package}: {uris:?}")
+            })
     };
-    let resolution = Resolution { index_stamp: stamp, kernel: find(&kernel)?, busybox: find(BUSYBOX_PACKAGE)? };
-    write(&memo, serde_json::to_string_pretty(&resolution)?.as_bytes(), 0o644)?;
+    let resolution = Resolution {
+        index_stamp: stamp,
+        kernel: find(&kernel)?,
+        busybox: find(BUSYBOX_PACKAGE)?,
+    };
+    write(
+        &memo,
+        serde_json::to_string_pretty(&resolution)?.as_bytes(),
+        0o644,
+    )?;
     Ok(resolution)
 }
 
@@ -251,8 +286,17 @@ fn apt_lists_stamp() -> String {
         .flatten()
         .filter_map(|e| {
             let meta = e.metadata().ok().filter(|m| m.is_file())?;
-            let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
-            Some(format!("{} {} {}", e.file_name().to_string_lossy(), meta.len(), mtime.as_nanos()))
+            let mtime = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            Some(format!(
+                "{} {} {}",
+                e.file_name().to_string_lossy(),
+                meta.len(),
+                mtime.as_nanos()
+            ))
         })
         .collect();
     files.sort();
@@ -282,7 +326,11 @@ fn parse_print_uris(text: &str) -> Vec<IndexedDeb> {
                 .get(3)
                 .and_then(|c| c.strip_prefix("SHA256:"))
                 .map(str::to_ascii_lowercase);
-            Some(IndexedDeb { package, file, sha256 })
+            Some(IndexedDeb {
+                package,
+                file,
+                sha256,
+            })
         })
         .collect()
 }
@@ -304,12 +352,23 @@ fn download(deb: &IndexedDeb, dir: &Path) -> Result<Deb> {
             eprintln!("image: present  {}", path.display());
             return Ok(Deb { path, sha256 });
         }
-        eprintln!("image: {} does not match the package index; downloading again", path.display());
+        eprintln!(
+            "image: {} does not match the package index; downloading again",
+            path.display()
+        );
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
-    cmd::run(Command::new("apt-get").args(["download", &deb.package]).current_dir(dir))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["download", &deb.package])
+            .current_dir(dir),
+    )?;
     let sha256 = sha256_file(&path)?;
-    ensure!(matches(&sha256), "{} does not match the package index after download", path.display());
+    ensure!(
+        matches(&sha256),
+        "{} does not match the package index after download",
+        path.display()
+    );
     Ok(Deb { path, sha256 })
 }
 
@@ -344,12 +403,25 @@ fn sha256_file(path: &Path) -> Result<String> {
 fn check_static_x86_64(elf: &[u8]) -> Result<()> {
     const PT_INTERP: u32 = 3;
     const EM_X86_64: u16 = 62;
-    let u16_at = |off: usize| elf.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |off: usize| elf.get(off..off + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |off: usize| elf.get(off..off + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-    ensure!(elf.starts_with(b"\x7fELF\x02\x01"), "is not a little-endian 64-bit ELF file");
+    let u16_at = |off: usize| {
+        elf.get(off..off + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |off: usize| {
+        elf.get(off..off + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |off: usize| {
+        elf.get(off..off + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    ensure!(
+        elf.starts_with(b"\x7fELF\x02\x01"),
+        "is not a little-endian 64-bit ELF file"
+    );
     ensure!(u16_at(0x12) == Some(EM_X86_64), "is not an x86-64 binary");
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
         bail!("has a truncated ELF header");
     };
     for i in 0..usize::from(phnum) {
@@ -425,19 +497,35 @@ impl Recipe<'_> {
         let vmlinuz: Vec<String> = fs::read_dir(&boot)
             .with_context(|| format!("{} has no boot/ directory", deb.display()))?
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("vmlinuz-")
+                    .map(str::to_string)
+            })
             .collect();
         let [release] = vmlinuz.as_slice() else {
-            bail!("{} has {} boot/vmlinuz-* files, expected one", deb.display(), vmlinuz.len());
+            bail!(
+                "{} has {} boot/vmlinuz-* files, expected one",
+                deb.display(),
+                vmlinuz.len()
+            );
         };
         let release = release.clone();
-        copy(&boot.join(format!("vmlinuz-{release}")), &self.out.join("vmlinuz"), 0o644)?;
+        copy(
+            &boot.join(format!("vmlinuz-{release}")),
+            &self.out.join("vmlinuz"),
+            0o644,
+        )?;
         let modules_dir = ["lib/modules", "usr/lib/modules"]
             .iter()
             .map(|m| dir.join(m).join(&release))
             .find(|d| d.is_dir())
             .with_context(|| format!("{} has no lib/modules/{release}", deb.display()))?;
-        Ok(Kernel { release, modules_dir })
+        Ok(Kernel {
+            release,
+            modules_dir,
+        })
     }
 
     /// Copies the wanted modules and their dependencies into
@@ -452,7 +540,11 @@ impl Recipe<'_> {
             .map(module_name)
             .collect();
         let modinfo = cmd::system_tool("modinfo")?;
-        let mut result = Modules { files: Vec::new(), builtin: Vec::new(), notes: Vec::new() };
+        let mut result = Modules {
+            files: Vec::new(),
+            builtin: Vec::new(),
+            notes: Vec::new(),
+        };
         let mut queue: VecDeque<(String, Option<String>)> =
             wanted.iter().map(|m| (m.clone(), None)).collect();
         let mut seen = HashSet::new();
@@ -480,15 +572,21 @@ impl Recipe<'_> {
             };
             let rel_out = stage_module(&src.join(rel), &dst, rel)?;
             let staged = dst.join(&rel_out);
-            let field = |f: &str| {
-                cmd::query_text(Command::new(&modinfo).args(["-F", f]).arg(&staged))
-            };
-            for dep in field("depends")?.trim().split(',').filter(|d| !d.is_empty()) {
+            let field =
+                |f: &str| cmd::query_text(Command::new(&modinfo).args(["-F", f]).arg(&staged));
+            for dep in field("depends")?
+                .trim()
+                .split(',')
+                .filter(|d| !d.is_empty())
+            {
                 queue.push_back((module_name(dep), Some(name.clone())));
             }
             // softdep lines look like "pre: crc32c post: foo"; follow the
             // plain module names, report the aliases.
-            for soft in field("softdep")?.split_whitespace().filter(|w| !w.ends_with(':')) {
+            for soft in field("softdep")?
+                .split_whitespace()
+                .filter(|w| !w.ends_with(':'))
+            {
                 let soft_name = module_name(soft);
                 if available.contains_key(&soft_name) || builtin.contains(&soft_name) {
                     queue.push_back((soft_name, Some(name.clone())));
@@ -508,8 +606,17 @@ impl Recipe<'_> {
             }
         }
         let depmod = cmd::system_tool("depmod")?;
-        cmd::run(Command::new(depmod).arg("-b").arg(self.tree).arg(&kernel.release))?;
-        ensure!(dst.join("modules.dep").is_file(), "depmod wrote no {}", dst.join("modules.dep").display());
+        cmd::run(
+            Command::new(depmod)
+                .arg("-b")
+                .arg(self.tree)
+                .arg(&kernel.release),
+        )?;
+        ensure!(
+            dst.join("modules.dep").is_file(),
+            "depmod wrote no {}",
+            dst.join("modules.dep").display()
+        );
         Ok(result)
     }
 
@@ -521,7 +628,11 @@ impl Recipe<'_> {
         let applets = cmd::query_text(Command::new(&busybox).arg("--list"))?;
         let bin = self.tree.join("bin");
         copy(&busybox, &bin.join("busybox"), 0o755)?;
-        for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty() && !a.contains('/')) {
+        for applet in applets
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && !a.contains('/'))
+        {
             let link = bin.join(applet);
             if link.symlink_metadata().is_err() {
                 symlink("busybox", &link)?;
@@ -543,7 +654,8 @@ impl Recipe<'_> {
     fn skeleton(&self, kernel: &Kernel) -> Result<()> {
         for (dir, mode) in SKELETON_DIRS {
             let path = self.tree.join(dir);
-            fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
             set_mode(&path, *mode)?;
         }
         let os_release = format!(
@@ -579,7 +691,8 @@ impl Recipe<'_> {
         // mounts devtmpfs; without the node, /init starts with no output.
         archive.char_device("dev/console", 0o600, 5, 1);
         let path = self.out.join("initrd.img");
-        let file = fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file =
+            fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         archive
             .write(BufWriter::new(file))
             .with_context(|| format!("cannot write {}", path.display()))
@@ -630,7 +743,11 @@ fn index_modules(modules_dir: &Path) -> Result<HashMap<String, String>> {
             }
         }
     }
-    ensure!(!index.is_empty(), "no kernel modules under {}", modules_dir.join("kernel").display());
+    ensure!(
+        !index.is_empty(),
+        "no kernel modules under {}",
+        modules_dir.join("kernel").display()
+    );
     Ok(index)
 }
 
@@ -690,7 +807,8 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     set_mode(path, mode)
@@ -704,7 +822,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 fn symlink(target: &str, link: &Path) -> Result<()> {
     if let Some(parent) = link.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     std::os::unix::fs::symlink(target, link)
         .with_context(|| format!("cannot link {} -> {target}", link.display()))
@@ -720,7 +839,10 @@ fn remove_dir_if_present(dir: &Path) -> Result<()> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().unwrap_or_default().to_string_lossy().into_owned()
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn join_or_none(names: &[String]) -> String {
@@ -743,13 +865,19 @@ mod tests {
     #[test]
     fn modules_txt_skips_comments_and_blank_lines() {
         let text = "# vsock\nvsock\n\n  9pnet_virtio  # transport\nvirtio-blk\n#fuse\n";
-        assert_eq!(parse_modules_txt(text), ["vsock", "9pnet_virtio", "virtio_blk"]);
+        assert_eq!(
+            parse_modules_txt(text),
+            ["vsock", "9pnet_virtio", "virtio_blk"]
+        );
     }
 
     #[test]
     fn module_names_from_paths() {
         assert_eq!(module_name("kernel/fs/fuse/virtiofs.ko"), "virtiofs");
-        assert_eq!(module_name("kernel/crypto/crc32c-intel.ko.xz"), "crc32c_intel");
+        assert_eq!(
+            module_name("kernel/crypto/crc32c-intel.ko.xz"),
+            "crc32c_intel"
+        );
         assert_eq!(module_name("ext4"), "ext4");
     }
 
@@ -757,15 +885,30 @@ mod tests {
     fn the_checked_in_modules_txt_parses() {
         let text = fs::read_to_string(cmd::root().join("images/default/modules.txt")).unwrap();
         let names = parse_modules_txt(&text);
-        for needed in ["vsock", "vmw_vsock_virtio_transport", "fuse", "virtiofs", "9pnet_virtio", "ext4", "overlay"] {
-            assert!(names.iter().any(|n| n == needed), "modules.txt lacks {needed}");
+        for needed in [
+            "vsock",
+            "vmw_vsock_virtio_transport",
+            "fuse",
+            "virtiofs",
+            "9pnet_virtio",
+            "ext4",
+            "overlay",
+        ] {
+            assert!(
+                names.iter().any(|n| n == needed),
+                "modules.txt lacks {needed}"
+            );
         }
     }
 
     #[test]
     fn kernel_package_from_apt_cache_depends() {
-        let out = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n  Recommends: firmware\n";
-        assert_eq!(kernel_package(out).as_deref(), Some("linux-image-6.1.0-56-amd64"));
+        let out =
+            "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n  Recommends: firmware\n";
+        assert_eq!(
+            kernel_package(out).as_deref(),
+            Some("linux-image-6.1.0-56-amd64")
+        );
         assert_eq!(kernel_package("linux-image-amd64\n"), None);
     }
 

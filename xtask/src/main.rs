@@ -76,8 +76,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run().map(|()| ExitCode::SUCCESS),
-        Task::Build { release } => build::run(build::Profile::from_release(release))
-            .map(|()| ExitCode::SUCCESS),
+        Task::Build { release } => {
+            build::run(build::Profile::from_release(release)).map(|()| ExitCode::SUCCESS)
+        }
         Task::Image { agent } => image::run(agent.as_deref()).map(|_| ExitCode::SUCCESS),
         Task::Test { args } => test::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Run => run::run(),
@@ -111,19 +112,31 @@ mod tests {
 
     #[test]
     fn test_and_bench_forward_their_arguments() {
-        let Task::Test { args } = parse(&["test", "--", "--nocapture", "vm"]) else { panic!() };
+        let Task::Test { args } = parse(&["test", "--", "--nocapture", "vm"]) else {
+            panic!()
+        };
         assert_eq!(args, ["--nocapture", "vm"]);
-        let Task::Bench { args } = parse(&["bench", "--quick", "ports"]) else { panic!() };
+        let Task::Bench { args } = parse(&["bench", "--quick", "ports"]) else {
+            panic!()
+        };
         assert_eq!(args, ["--quick", "ports"]);
-        let Task::Bench { args } = parse(&["bench", "--", "--quick"]) else { panic!() };
+        let Task::Bench { args } = parse(&["bench", "--", "--quick"]) else {
+            panic!()
+        };
         assert_eq!(args, ["--quick"]);
     }
 
     #[test]
     fn image_takes_a_hidden_agent_override() {
-        let Task::Image { agent } = parse(&["image", "--agent", "/tmp/init"]) else { panic!() };
+        let Task::Image { agent } = parse(&["image", "--agent", "/tmp/init"]) else {
+            panic!()
+        };
         assert_eq!(agent.as_deref(), Some(std::path::Path::new("/tmp/init")));
-        let help = Cli::command().find_subcommand_mut("image").unwrap().render_help().to_string();
+        let help = Cli::command()
+            .find_subcommand_mut("image")
+            .unwrap()
+            .render_help()
+            .to_string();
         assert!(!help.contains("--agent"), "{help}");
     }
 }

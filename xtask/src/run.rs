@@ -25,12 +25,15 @@ pub fn run() -> Result<ExitCode> {
     } else {
         cmd::run(Command::new(&limactl).args(["start", "--name", INSTANCE]))?;
     }
-    let status = cmd::status(Command::new(&limactl).args(["shell", INSTANCE, "--", "uname", "-a"]))?;
+    let status =
+        cmd::status(Command::new(&limactl).args(["shell", INSTANCE, "--", "uname", "-a"]))?;
     eprintln!(
         "run: instance {INSTANCE} keeps running; stop it with `{} stop {INSTANCE}`",
         relative_to_root(&limactl)
     );
-    let code = status.code().context("`limactl shell` was killed by a signal")?;
+    let code = status
+        .code()
+        .context("`limactl shell` was killed by a signal")?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
@@ -39,7 +42,10 @@ pub fn run() -> Result<ExitCode> {
 fn is_running(list: &str, name: &str) -> bool {
     let instances: Vec<serde_json::Value> = match serde_json::from_str(list) {
         Ok(serde_json::Value::Array(all)) => all,
-        _ => list.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+        _ => list
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
     };
     instances
         .iter()
@@ -47,7 +53,10 @@ fn is_running(list: &str, name: &str) -> bool {
 }
 
 fn relative_to_root(path: &std::path::Path) -> String {
-    path.strip_prefix(cmd::root()).unwrap_or(path).display().to_string()
+    path.strip_prefix(cmd::root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -58,8 +67,14 @@ mod tests {
     fn running_instance_in_lines_or_array() {
         let lines = "{\"name\":\"other\",\"status\":\"Running\"}\n{\"name\":\"default\",\"status\":\"Running\"}\n";
         assert!(is_running(lines, "default"));
-        assert!(is_running(r#"[{"name":"default","status":"Running"}]"#, "default"));
-        assert!(!is_running(r#"{"name":"default","status":"Stopped"}"#, "default"));
+        assert!(is_running(
+            r#"[{"name":"default","status":"Running"}]"#,
+            "default"
+        ));
+        assert!(!is_running(
+            r#"{"name":"default","status":"Stopped"}"#,
+            "default"
+        ));
         assert!(!is_running("", "default"));
     }
 }

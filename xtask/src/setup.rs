@@ -98,18 +98,34 @@ fn rust_toolchains() -> Result<()> {
         ok("rust toolchain nightly");
     } else {
         doing("rust toolchain nightly");
-        cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
 
     let components = cmd::probe(Command::new("rustup").args([
-        "component", "list", "--installed", "--toolchain", "nightly",
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
     ]))
     .unwrap_or_default();
     if components.lines().any(|l| l.trim() == "rust-src") {
         ok("rust component rust-src (nightly)");
     } else {
         doing("rust component rust-src (nightly)");
-        cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     // The default toolchain builds the agent; nightly gets musl too so the
@@ -123,7 +139,10 @@ fn rust_toolchains() -> Result<()> {
             list.args(["--toolchain", t]);
             add.args(["--toolchain", t]);
         }
-        let what = format!("rust target {MUSL_TARGET} ({})", toolchain.unwrap_or("default"));
+        let what = format!(
+            "rust target {MUSL_TARGET} ({})",
+            toolchain.unwrap_or("default")
+        );
         let installed = cmd::probe(&mut list).unwrap_or_default();
         if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
             ok(&what);
@@ -167,7 +186,8 @@ fn bpf_linker() -> Result<()> {
     std::fs::create_dir_all(prefix.join("lib"))
         .with_context(|| format!("cannot create {}", prefix.display()))?;
     if link.symlink_metadata().is_ok() {
-        std::fs::remove_file(&link).with_context(|| format!("cannot replace {}", link.display()))?;
+        std::fs::remove_file(&link)
+            .with_context(|| format!("cannot replace {}", link.display()))?;
     }
     std::os::unix::fs::symlink(&llvm_lib, &link)
         .with_context(|| format!("cannot link {} -> {}", link.display(), llvm_lib.display()))?;
@@ -176,7 +196,12 @@ fn bpf_linker() -> Result<()> {
     cmd::run(
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
-            .args(["install", "bpf-linker", "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major}")),
     )
 }

@@ -28,7 +28,11 @@ impl Client {
     /// The client and the frames it wants written, for [`write_loop`].
     pub(super) fn new() -> (Arc<Client>, mpsc::UnboundedReceiver<Vec<u8>>) {
         let (out, rx) = mpsc::unbounded_channel();
-        let client = Client { next_id: AtomicU64::new(1), waiting: Mutex::new(Some(HashMap::new())), out };
+        let client = Client {
+            next_id: AtomicU64::new(1),
+            waiting: Mutex::new(Some(HashMap::new())),
+            out,
+        };
         (Arc::new(client), rx)
     }
 
@@ -147,6 +151,9 @@ mod tests {
         }
         client.close();
         assert_eq!(pending.await.unwrap(), FsReply::Err(libc::EIO));
-        assert_eq!(client.call(FsRequest::Statfs).await, FsReply::Err(libc::EIO));
+        assert_eq!(
+            client.call(FsRequest::Statfs).await,
+            FsReply::Err(libc::EIO)
+        );
     }
 }

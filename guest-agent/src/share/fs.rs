@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use lima_proto::fs::{Attr, DirEntry, FsReply, FsRequest, Lock, SetTime, Time, MAX_IO};
 use tokio::runtime::Handle;
@@ -74,7 +75,12 @@ pub(super) struct ShareFs {
 }
 
 impl ShareFs {
-    pub(super) fn new(rt: Handle, client: Arc<Client>, uid: u32, gid: u32) -> (ShareFs, Arc<Shared>) {
+    pub(super) fn new(
+        rt: Handle,
+        client: Arc<Client>,
+        uid: u32,
+        gid: u32,
+    ) -> (ShareFs, Arc<Shared>) {
         let shared = Arc::new(Shared {
             client,
             uid,
@@ -83,7 +89,13 @@ impl ShareFs {
             dirs: Mutex::new(HashMap::new()),
             notifier: OnceLock::new(),
         });
-        (ShareFs { rt, shared: shared.clone() }, shared)
+        (
+            ShareFs {
+                rt,
+                shared: shared.clone(),
+            },
+            shared,
+        )
     }
 
     /// Runs one request's round trip on the runtime; `f` owns the reply.
@@ -112,9 +124,17 @@ impl Shared {
     /// Converts attributes for the kernel and remembers what it was told.
     fn file_attr(&self, a: &Attr) -> FileAttr {
         let mut snaps = lock(&self.snapshots);
-        let snap = snaps.entry(a.id).or_insert(Snapshot { mtime: a.mtime, size: a.size, guest_wrote: false });
+        let snap = snaps.entry(a.id).or_insert(Snapshot {
+            mtime: a.mtime,
+            size: a.size,
+            guest_wrote: false,
+        });
         if snap.mtime != a.mtime || snap.size != a.size {
-            *snap = Snapshot { mtime: a.mtime, size: a.size, guest_wrote: false };
+            *snap = Snapshot {
+                mtime: a.mtime,
+                size: a.size,
+                guest_wrote: false,
+            };
         }
         drop(snaps);
         to_file_attr(a, self.uid, self.gid)
@@ -129,7 +149,14 @@ impl Shared {
             Some(s) => s.guest_wrote,
             None => false,
         };
-        snaps.insert(id, Snapshot { mtime: a.mtime, size: a.size, guest_wrote: false });
+        snaps.insert(
+            id,
+            Snapshot {
+                mtime: a.mtime,
+                size: a.size,
+                guest_wrote: false,
+            },
+        );
         drop(snaps);
         if !keep {
             if let Some(n) = self.notifier.get() {
@@ -153,7 +180,9 @@ impl Shared {
 
     fn reply_entry(&self, reply: ReplyEntry, r: FsReply) {
         match r {
-            FsReply::Entry(e) => reply.entry(&TTL, &self.file_attr(&e.attr), Generation(e.generation)),
+            FsReply::Entry(e) => {
+                reply.entry(&TTL, &self.file_attr(&e.attr), Generation(e.generation))
+            }
             FsReply::Err(n) => reply.error(errno(n)),
             other => reply.error(self.unexpected("an entry request", &other)),
         }
@@ -183,7 +212,10 @@ impl Shared {
     fn discard(&self, buf: &mut DirBuf) {
         for e in buf.entries.drain(..) {
             if let Some(entry) = e.entry {
-                self.client.send(FsRequest::Forget { id: entry.attr.id, nlookup: 1 });
+                self.client.send(FsRequest::Forget {
+                    id: entry.attr.id,
+                    nlookup: 1,
+                });
             }
         }
     }
@@ -195,9 +227,17 @@ impl Shared {
             return Ok(());
         }
         self.discard(buf);
-        match self.client.call(FsRequest::Readdir { fh, offset, plus }).await {
+        match self
+            .client
+            .call(FsRequest::Readdir { fh, offset, plus })
+            .await
+        {
             FsReply::Dir(list) => {
-                *buf = DirBuf { offset, plus, entries: list.into() };
+                *buf = DirBuf {
+                    offset,
+                    plus,
+                    entries: list.into(),
+                };
                 Ok(())
             }
             FsReply::Err(n) => Err(errno(n)),
@@ -232,7 +272,10 @@ impl Filesystem for ShareFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let req = FsRequest::Lookup { parent: parent.0, name: name.as_bytes().to_vec() };
+        let req = FsRequest::Lookup {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+        };
         self.call(req, reply, |s, reply, r| match r {
             // A negative entry with a timeout: the kernel remembers the
             // name is absent until the host says it appeared.
@@ -243,11 +286,15 @@ impl Filesystem for ShareFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         lock(&self.shared.snapshots).remove(&ino.0);
-        self.shared.client.send(FsRequest::Forget { id: ino.0, nlookup });
+        self.shared
+            .client
+            .send(FsRequest::Forget { id: ino.0, nlookup });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.call(FsRequest::Getattr { id: ino.0 }, reply, |s, reply, r| s.reply_attr(reply, r));
+        self.call(FsRequest::Getattr { id: ino.0 }, reply, |s, reply, r| {
+            s.reply_attr(reply, r)
+        });
     }
 
     fn setattr(
@@ -290,11 +337,15 @@ impl Filesystem for ShareFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.call(FsRequest::Readlink { id: ino.0 }, reply, |s, reply, r| match r {
-            FsReply::Link(target) => reply.data(&target),
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(s.unexpected("readlink", &other)),
-        });
+        self.call(
+            FsRequest::Readlink { id: ino.0 },
+            reply,
+            |s, reply, r| match r {
+                FsReply::Link(target) => reply.data(&target),
+                FsReply::Err(n) => reply.error(errno(n)),
+                other => reply.error(s.unexpected("readlink", &other)),
+            },
+        );
     }
 
     fn mknod(
@@ -323,7 +374,11 @@ impl Filesystem for ShareFs {
             match s.client.call(req).await {
                 FsReply::Created { entry, fh } => {
                     let _ = s.client.call(FsRequest::Release { fh }).await;
-                    reply.entry(&TTL, &s.file_attr(&entry.attr), Generation(entry.generation));
+                    reply.entry(
+                        &TTL,
+                        &s.file_attr(&entry.attr),
+                        Generation(entry.generation),
+                    );
                 }
                 FsReply::Err(n) => reply.error(errno(n)),
                 other => reply.error(s.unexpected("create", &other)),
@@ -331,22 +386,48 @@ impl Filesystem for ShareFs {
         });
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let req = FsRequest::Mkdir { parent: parent.0, name: name.as_bytes().to_vec(), mode, umask };
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let req = FsRequest::Mkdir {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+            mode,
+            umask,
+        };
         self.call(req, reply, |s, reply, r| s.reply_entry(reply, r));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let req = FsRequest::Unlink { parent: parent.0, name: name.as_bytes().to_vec() };
+        let req = FsRequest::Unlink {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+        };
         self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let req = FsRequest::Rmdir { parent: parent.0, name: name.as_bytes().to_vec() };
+        let req = FsRequest::Rmdir {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+        };
         self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let req = FsRequest::Symlink {
             parent: parent.0,
             name: link_name.as_bytes().to_vec(),
@@ -375,8 +456,19 @@ impl Filesystem for ShareFs {
         self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let req = FsRequest::Link { id: ino.0, new_parent: newparent.0, new_name: newname.as_bytes().to_vec() };
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let req = FsRequest::Link {
+            id: ino.0,
+            new_parent: newparent.0,
+            new_name: newname.as_bytes().to_vec(),
+        };
         self.call(req, reply, |s, reply, r| s.reply_entry(reply, r));
     }
 
@@ -392,7 +484,11 @@ impl Filesystem for ShareFs {
             match opened {
                 FsReply::Opened { fh } => {
                     let keep = matches!(&attr, FsReply::Attr(a) if s.still_cached(id, a));
-                    let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
                     reply.opened(FileHandle(fh), flags);
                 }
                 FsReply::Err(n) => reply.error(errno(n)),
@@ -411,7 +507,13 @@ impl Filesystem for ShareFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let req = FsRequest::Create { parent: parent.0, name: name.as_bytes().to_vec(), mode, umask, flags };
+        let req = FsRequest::Create {
+            parent: parent.0,
+            name: name.as_bytes().to_vec(),
+            mode,
+            umask,
+            flags,
+        };
         self.call(req, reply, |s, reply, r| match r {
             FsReply::Created { entry, fh } => reply.created(
                 &TTL,
@@ -436,7 +538,11 @@ impl Filesystem for ShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let req = FsRequest::Read { fh: fh.0, offset, size: size.min(MAX_IO) };
+        let req = FsRequest::Read {
+            fh: fh.0,
+            offset,
+            size: size.min(MAX_IO),
+        };
         self.call(req, reply, |s, reply, r| match r {
             FsReply::Data(data) => reply.data(&data),
             FsReply::Err(n) => reply.error(errno(n)),
@@ -456,7 +562,11 @@ impl Filesystem for ShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let req = FsRequest::Write { fh: fh.0, offset, data: data.to_vec() };
+        let req = FsRequest::Write {
+            fh: fh.0,
+            offset,
+            data: data.to_vec(),
+        };
         self.call(req, reply, move |s, reply, r| match r {
             FsReply::Written(n) => {
                 s.wrote(ino.0);
@@ -467,8 +577,17 @@ impl Filesystem for ShareFs {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.call(FsRequest::Flush { fh: fh.0 }, reply, |s, reply, r| s.reply_empty(reply, r));
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.call(FsRequest::Flush { fh: fh.0 }, reply, |s, reply, r| {
+            s.reply_empty(reply, r)
+        });
     }
 
     fn release(
@@ -481,39 +600,80 @@ impl Filesystem for ShareFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.call(FsRequest::Release { fh: fh.0 }, reply, |s, reply, r| s.reply_empty(reply, r));
-    }
-
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        self.call(FsRequest::Fsync { fh: fh.0, datasync }, reply, |s, reply, r| s.reply_empty(reply, r));
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.call(FsRequest::Opendir { id: ino.0 }, reply, |s, reply, r| match r {
-            FsReply::Opened { fh } => {
-                let buf = DirBuf { offset: 0, plus: false, entries: VecDeque::new() };
-                lock(&s.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(buf)));
-                // The kernel caches the listing too; creates, unlinks and
-                // host invalidations of the directory reset that cache.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(s.unexpected("opendir", &other)),
+        self.call(FsRequest::Release { fh: fh.0 }, reply, |s, reply, r| {
+            s.reply_empty(reply, r)
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.call(
+            FsRequest::Fsync { fh: fh.0, datasync },
+            reply,
+            |s, reply, r| s.reply_empty(reply, r),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.call(
+            FsRequest::Opendir { id: ino.0 },
+            reply,
+            |s, reply, r| match r {
+                FsReply::Opened { fh } => {
+                    let buf = DirBuf {
+                        offset: 0,
+                        plus: false,
+                        entries: VecDeque::new(),
+                    };
+                    lock(&s.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(buf)));
+                    // The kernel caches the listing too; creates, unlinks and
+                    // host invalidations of the directory reset that cache.
+                    reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                    );
+                }
+                FsReply::Err(n) => reply.error(errno(n)),
+                other => reply.error(s.unexpected("opendir", &other)),
+            },
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
         let dir = ino.0;
         self.run(move |s| async move {
             let mut reply = reply;
-            let Some(buf) = s.dir(fh.0) else { return reply.error(Errno::EBADF) };
+            let Some(buf) = s.dir(fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
             let mut buf = buf.lock().await;
             if let Err(e) = s.fill(&mut buf, fh.0, offset, false).await {
                 return reply.error(e);
             }
             while let Some(e) = buf.entries.front() {
-                let ino = e.entry.as_ref().map_or_else(|| placeholder_ino(dir, &e.name), |x| x.attr.id);
-                if reply.add(INodeNo(ino), e.next_offset, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                let ino = e
+                    .entry
+                    .as_ref()
+                    .map_or_else(|| placeholder_ino(dir, &e.name), |x| x.attr.id);
+                if reply.add(
+                    INodeNo(ino),
+                    e.next_offset,
+                    file_type(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ) {
                     break;
                 }
                 if let Some(e) = buf.entries.pop_front() {
@@ -521,7 +681,10 @@ impl Filesystem for ShareFs {
                     // Fetched with attributes, handed over without: the
                     // kernel holds no reference, so give the host's back.
                     if let Some(entry) = e.entry {
-                        s.client.send(FsRequest::Forget { id: entry.attr.id, nlookup: 1 });
+                        s.client.send(FsRequest::Forget {
+                            id: entry.attr.id,
+                            nlookup: 1,
+                        });
                     }
                 }
             }
@@ -529,11 +692,20 @@ impl Filesystem for ShareFs {
         });
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
         let dir = ino.0;
         self.run(move |s| async move {
             let mut reply = reply;
-            let Some(buf) = s.dir(fh.0) else { return reply.error(Errno::EBADF) };
+            let Some(buf) = s.dir(fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
             let mut buf = buf.lock().await;
             if let Err(e) = s.fill(&mut buf, fh.0, offset, true).await {
                 return reply.error(e);
@@ -545,7 +717,11 @@ impl Filesystem for ShareFs {
                     // Node id 0 tells the kernel "no entry to cache"; `.`
                     // and `..` are never cached, so they may show an inode.
                     None => {
-                        let ino = if e.name == b"." || e.name == b".." { placeholder_ino(dir, &e.name) } else { 0 };
+                        let ino = if e.name == b"." || e.name == b".." {
+                            placeholder_ino(dir, &e.name)
+                        } else {
+                            0
+                        };
                         let mut attr = negative_attr();
                         attr.ino = INodeNo(ino);
                         attr.kind = file_type(e.kind);
@@ -553,7 +729,14 @@ impl Filesystem for ShareFs {
                     }
                 };
                 let name = OsStr::from_bytes(&e.name);
-                if reply.add(attr.ino, e.next_offset, name, &TTL, &attr, Generation(generation)) {
+                if reply.add(
+                    attr.ino,
+                    e.next_offset,
+                    name,
+                    &TTL,
+                    &attr,
+                    Generation(generation),
+                ) {
                     break;
                 }
                 if let Some(e) = buf.entries.pop_front() {
@@ -564,7 +747,14 @@ impl Filesystem for ShareFs {
         });
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         let buf = lock(&self.shared.dirs).remove(&fh.0);
         self.run(move |s| async move {
             if let Some(buf) = buf {
@@ -575,14 +765,23 @@ impl Filesystem for ShareFs {
         });
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // ENOSYS makes the kernel treat directory fsync as done from now on.
         reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.call(FsRequest::Statfs, reply, |s, reply, r| match r {
-            FsReply::Statfs(f) => reply.statfs(f.blocks, f.bfree, f.bavail, f.files, f.ffree, f.bsize, f.namelen, f.frsize),
+            FsReply::Statfs(f) => reply.statfs(
+                f.blocks, f.bfree, f.bavail, f.files, f.ffree, f.bsize, f.namelen, f.frsize,
+            ),
             FsReply::Err(n) => reply.error(errno(n)),
             other => reply.error(s.unexpected("statfs", &other)),
         });
@@ -600,7 +799,16 @@ impl Filesystem for ShareFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let req = FsRequest::Getlk { fh: fh.0, owner: lock_owner.0, lock: Lock { start, end, typ, pid } };
+        let req = FsRequest::Getlk {
+            fh: fh.0,
+            owner: lock_owner.0,
+            lock: Lock {
+                start,
+                end,
+                typ,
+                pid,
+            },
+        };
         self.call(req, reply, |s, reply, r| match r {
             FsReply::Lock(l) => reply.locked(l.start, l.end, l.typ, l.pid),
             FsReply::Err(n) => reply.error(errno(n)),
@@ -621,8 +829,17 @@ impl Filesystem for ShareFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let req =
-            FsRequest::Setlk { fh: fh.0, owner: lock_owner.0, lock: Lock { start, end, typ, pid }, wait: sleep };
+        let req = FsRequest::Setlk {
+            fh: fh.0,
+            owner: lock_owner.0,
+            lock: Lock {
+                start,
+                end,
+                typ,
+                pid,
+            },
+            wait: sleep,
+        };
         self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
     }
 
@@ -630,7 +847,14 @@ impl Filesystem for ShareFs {
     // asking (xattrs fail with EOPNOTSUPP, access() is decided from the
     // mode bits, lseek and fallocate fall back or fail generically); these
     // overrides only keep fuser from logging each first call as a warning.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 
@@ -672,7 +896,15 @@ impl Filesystem for ShareFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: i64, _whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 }
@@ -703,7 +935,9 @@ fn placeholder_ino(dir: u64, name: &[u8]) -> u64 {
         return dir;
     }
     // FNV-1a.
-    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
     hash | 1 << 63
 }
 
@@ -748,20 +982,30 @@ pub(super) fn system_time(t: Time) -> SystemTime {
     } else {
         UNIX_EPOCH.checked_sub(since(t.secs.unsigned_abs()))
     };
-    base.and_then(|b| b.checked_add(Duration::from_nanos(u64::from(t.nanos)))).unwrap_or(UNIX_EPOCH)
+    base.and_then(|b| b.checked_add(Duration::from_nanos(u64::from(t.nanos))))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 pub(super) fn proto_time(t: SystemTime) -> Time {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+        Ok(d) => Time {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
         Err(e) => {
             // Before 1970: whole seconds down, nanoseconds up.
             let d = e.duration();
             let (secs, nanos) = (d.as_secs() as i64, d.subsec_nanos());
             if nanos == 0 {
-                Time { secs: -secs, nanos: 0 }
+                Time {
+                    secs: -secs,
+                    nanos: 0,
+                }
             } else {
-                Time { secs: -secs - 1, nanos: 1_000_000_000 - nanos }
+                Time {
+                    secs: -secs - 1,
+                    nanos: 1_000_000_000 - nanos,
+                }
             }
         }
     }
@@ -802,7 +1046,10 @@ mod tests {
 
     #[test]
     fn attributes_take_the_share_owner_and_the_type_from_the_mode() {
-        let t = Time { secs: 1_700_000_000, nanos: 5 };
+        let t = Time {
+            secs: 1_700_000_000,
+            nanos: 5,
+        };
         let a = Attr {
             id: 7,
             size: 3,
@@ -816,8 +1063,14 @@ mod tests {
             blksize: 4096,
         };
         let f = to_file_attr(&a, 501, 20);
-        assert_eq!((f.ino, f.uid, f.gid, f.kind, f.perm), (INodeNo(7), 501, 20, FileType::RegularFile, 0o4755));
-        assert_eq!(f.mtime.duration_since(UNIX_EPOCH).unwrap(), Duration::new(1_700_000_000, 5));
+        assert_eq!(
+            (f.ino, f.uid, f.gid, f.kind, f.perm),
+            (INodeNo(7), 501, 20, FileType::RegularFile, 0o4755)
+        );
+        assert_eq!(
+            f.mtime.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::new(1_700_000_000, 5)
+        );
         for (mode, kind) in [
             (0o040755, FileType::Directory),
             (0o120777, FileType::Symlink),
@@ -832,10 +1085,26 @@ mod tests {
 
     #[test]
     fn times_round_trip_including_before_1970() {
-        for t in [Time { secs: 0, nanos: 0 }, Time { secs: 12, nanos: 999_999_999 }, Time { secs: -2, nanos: 250 }] {
+        for t in [
+            Time { secs: 0, nanos: 0 },
+            Time {
+                secs: 12,
+                nanos: 999_999_999,
+            },
+            Time {
+                secs: -2,
+                nanos: 250,
+            },
+        ] {
             assert_eq!(proto_time(system_time(t)), t);
         }
-        assert_eq!(proto_time(UNIX_EPOCH - Duration::from_millis(1500)), Time { secs: -2, nanos: 500_000_000 });
+        assert_eq!(
+            proto_time(UNIX_EPOCH - Duration::from_millis(1500)),
+            Time {
+                secs: -2,
+                nanos: 500_000_000
+            }
+        );
     }
 
     #[test]

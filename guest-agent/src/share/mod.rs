@@ -52,6 +52,8 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
 mod client;
 mod fs;
+#[cfg(test)]
+mod fs_server_tests;
 mod mount;
 #[cfg(test)]
 mod tests;
@@ -69,7 +71,9 @@ enum Invalidation {
 }
 
 /// Serves one share stream (positioned after the hello) until it closes.
-pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(stream: S) -> anyhow::Result<()> {
+pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    stream: S,
+) -> anyhow::Result<()> {
     let mut stream = stream;
     let Some(setup): Option<ShareSetup> = read_frame_async(&mut stream).await? else {
         return Ok(());
@@ -88,7 +92,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(stream: S
     tracing::info!(
         "share {tag}: mounted at {} ({})",
         setup.mount_point,
-        if setup.writable { "read-write" } else { "read-only" }
+        if setup.writable {
+            "read-write"
+        } else {
+            "read-only"
+        }
     );
     // Best effort, after the handshake (which caps readahead at 128 KiB).
     running.mount.set_readahead_kib(MAX_IO / 1024);
@@ -120,7 +128,12 @@ struct Running {
 /// Mounts the share and completes the FUSE handshake; the error is the
 /// reason to send the host, naming the mount point.
 async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, String> {
-    let (fs, shared) = fs::ShareFs::new(tokio::runtime::Handle::current(), client, setup.uid, setup.gid);
+    let (fs, shared) = fs::ShareFs::new(
+        tokio::runtime::Handle::current(),
+        client,
+        setup.uid,
+        setup.gid,
+    );
     let target = Path::new(&setup.mount_point).to_path_buf();
     let (source, read_only) = (setup.tag.clone(), !setup.writable);
     let mounted = tokio::task::spawn_blocking(move || {
@@ -134,30 +147,50 @@ async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, Strin
 
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let name = format!("share {}", setup.tag);
-    let spawned = std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
-        let mut config = Config::default();
-        config.acl = SessionACL::All;
-        // from_fd reads FUSE_INIT and answers it (fs.init picks the options).
-        match Session::from_fd(fs, fd, SessionACL::All, config) {
-            Ok(session) => {
-                let _ = ready_tx.send(Ok(session.notifier()));
-                if let Err(e) = session.run() {
-                    tracing::warn!("{name}: FUSE session ended: {e}");
+    let spawned = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let mut config = Config::default();
+            config.acl = SessionACL::All;
+            // from_fd reads FUSE_INIT and answers it (fs.init picks the options).
+            match Session::from_fd(fs, fd, SessionACL::All, config) {
+                Ok(session) => {
+                    let _ = ready_tx.send(Ok(session.notifier()));
+                    if let Err(e) = session.run() {
+                        tracing::warn!("{name}: FUSE session ended: {e}");
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
                 }
             }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
-        return Err(format!("serving FUSE on {}: cannot start a thread: {e}", setup.mount_point));
+        return Err(format!(
+            "serving FUSE on {}: cannot start a thread: {e}",
+            setup.mount_point
+        ));
     }
     let notifier = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready_rx).await {
         Ok(Ok(Ok(notifier))) => notifier,
-        Ok(Ok(Err(e))) => return Err(format!("the FUSE handshake on {} failed: {e}", setup.mount_point)),
-        Ok(Err(_)) => return Err(format!("the FUSE session on {} stopped during the handshake", setup.mount_point)),
-        Err(_) => return Err(format!("the kernel sent no FUSE_INIT for {} within {HANDSHAKE_TIMEOUT:?}", setup.mount_point)),
+        Ok(Ok(Err(e))) => {
+            return Err(format!(
+                "the FUSE handshake on {} failed: {e}",
+                setup.mount_point
+            ))
+        }
+        Ok(Err(_)) => {
+            return Err(format!(
+                "the FUSE session on {} stopped during the handshake",
+                setup.mount_point
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "the kernel sent no FUSE_INIT for {} within {HANDSHAKE_TIMEOUT:?}",
+                setup.mount_point
+            ))
+        }
     };
     let _ = shared.notifier.set(notifier.clone());
     Ok(Running { mount, notifier })
@@ -189,24 +222,28 @@ async fn read_loop<R: AsyncRead + Unpin>(
 fn spawn_invalidator(notifier: Notifier, tag: &str) -> std::sync::mpsc::Sender<Invalidation> {
     let (tx, rx) = std::sync::mpsc::channel::<Invalidation>();
     let tag = tag.to_string();
-    let spawned = std::thread::Builder::new().name("fuse-inval".into()).spawn(move || {
-        use std::os::unix::ffi::OsStrExt;
-        for inv in rx {
-            // ENOENT (nothing cached) is already swallowed by fuser.
-            let result = match &inv {
-                // Offset 0, length 0: attributes and every cached page.
-                Invalidation::Node(id) => notifier.inval_inode(INodeNo(*id), 0, 0),
-                Invalidation::Entry(parent, name) => {
-                    notifier.inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name))
+    let spawned = std::thread::Builder::new()
+        .name("fuse-inval".into())
+        .spawn(move || {
+            use std::os::unix::ffi::OsStrExt;
+            for inv in rx {
+                // ENOENT (nothing cached) is already swallowed by fuser.
+                let result = match &inv {
+                    // Offset 0, length 0: attributes and every cached page.
+                    Invalidation::Node(id) => notifier.inval_inode(INodeNo(*id), 0, 0),
+                    Invalidation::Entry(parent, name) => {
+                        notifier.inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name))
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!("share {tag}: invalidation failed: {e}");
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!("share {tag}: invalidation failed: {e}");
             }
-        }
-    });
+        });
     if let Err(e) = spawned {
-        tracing::warn!("share: cannot start the invalidation thread ({e}); host changes may show late");
+        tracing::warn!(
+            "share: cannot start the invalidation thread ({e}); host changes may show late"
+        );
     }
     tx
 }

@@ -43,17 +43,26 @@ pub(super) fn open_device() -> Result<OwnedFd, MountError> {
         // misc device 10:229; devtmpfs normally has it already.
         let dev = nix::sys::stat::makedev(10, 229);
         let mode = nix::sys::stat::Mode::from_bits_truncate(0o666);
-        if let Err(e) = nix::sys::stat::mknod(FUSE_DEVICE, nix::sys::stat::SFlag::S_IFCHR, mode, dev) {
+        if let Err(e) =
+            nix::sys::stat::mknod(FUSE_DEVICE, nix::sys::stat::SFlag::S_IFCHR, mode, dev)
+        {
             tracing::warn!("share: mknod {FUSE_DEVICE}: {e}");
         }
     }
-    let file = File::options().read(true).write(true).open(FUSE_DEVICE).map_err(MountError::Device)?;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(FUSE_DEVICE)
+        .map_err(MountError::Device)?;
     Ok(file.into())
 }
 
 fn fuse_registered() -> bool {
     std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("fuse")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some("fuse"))
+        })
         .unwrap_or(false)
 }
 
@@ -73,7 +82,9 @@ impl FuseMount {
     /// Raises the readahead window to `kib` (the kernel caps it at 128 KiB
     /// for FUSE at mount time; sequential reads want one big request).
     pub(super) fn set_readahead_kib(&self, kib: u32) {
-        let Some((major, minor)) = self.device() else { return };
+        let Some((major, minor)) = self.device() else {
+            return;
+        };
         let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
         if let Err(e) = std::fs::write(&knob, kib.to_string()) {
             tracing::debug!("share: {knob}: {e}");
@@ -99,8 +110,16 @@ impl Drop for FuseMount {
 /// Creates `target` and mounts the FUSE connection `fd` there. Files are
 /// checked against the modes and owners we report (`default_permissions`),
 /// for every user (`allow_other`).
-pub(super) fn mount(fd: &OwnedFd, source: &str, target: &Path, read_only: bool) -> Result<FuseMount, MountError> {
-    std::fs::create_dir_all(target).map_err(|source| MountError::CreateDir { path: target.to_path_buf(), source })?;
+pub(super) fn mount(
+    fd: &OwnedFd,
+    source: &str,
+    target: &Path,
+    read_only: bool,
+) -> Result<FuseMount, MountError> {
+    std::fs::create_dir_all(target).map_err(|source| MountError::CreateDir {
+        path: target.to_path_buf(),
+        source,
+    })?;
     let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
@@ -109,10 +128,25 @@ pub(super) fn mount(fd: &OwnedFd, source: &str, target: &Path, read_only: bool) 
         "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
         fd.as_raw_fd()
     );
-    let source = if source.is_empty() { "lima-share" } else { source };
-    nix::mount::mount(Some(source), target, Some("fuse"), flags, Some(data.as_str()))
-        .map_err(|source| MountError::Mount { path: target.to_path_buf(), source })?;
-    Ok(FuseMount { path: target.to_path_buf() })
+    let source = if source.is_empty() {
+        "lima-share"
+    } else {
+        source
+    };
+    nix::mount::mount(
+        Some(source),
+        target,
+        Some("fuse"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|source| MountError::Mount {
+        path: target.to_path_buf(),
+        source,
+    })?;
+    Ok(FuseMount {
+        path: target.to_path_buf(),
+    })
 }
 
 /// The `major:minor` of the last mount at `target` in a mountinfo table.
@@ -139,7 +173,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -161,7 +198,10 @@ mod tests {
 40 22 0:45 / /mnt/my\\040share rw - fuse lima rw,user_id=0
 41 22 0:46 / /mnt/my\\040share rw - fuse lima rw,user_id=0
 ";
-        assert_eq!(mount_device(info, Path::new("/mnt/my share")), Some((0, 46)));
+        assert_eq!(
+            mount_device(info, Path::new("/mnt/my share")),
+            Some((0, 46))
+        );
         assert_eq!(mount_device(info, Path::new("/proc")), Some((0, 21)));
         assert_eq!(mount_device(info, Path::new("/nope")), None);
     }

@@ -8,26 +8,24 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lima_proto::fs::{
-    Attr, DirEntry, Entry, FsReply, FsRequest, FsToGuest, FsToHost, SetTime, ShareSetup, ShareStatus, Statfs, Time,
-    ROOT_ID,
+    Attr, DirEntry, Entry, FsReply, FsRequest, FsToGuest, FsToHost, SetTime, ShareSetup,
+    ShareStatus, Statfs, Time, ROOT_ID,
 };
 use lima_proto::{read_frame_async, write_frame_async};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::fs::{proto_time, system_time};
+pub(super) const UID: u32 = 4321;
+pub(super) const GID: u32 = 8765;
 
-const UID: u32 = 4321;
-const GID: u32 = 8765;
-
-fn unique_dir(what: &str) -> PathBuf {
+pub(super) fn unique_dir(what: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let p = std::env::temp_dir().join(format!(
         "lima-share-test-{}-{what}-{}",
@@ -44,7 +42,10 @@ fn errno_of(e: &std::io::Error) -> i32 {
 }
 
 fn attr_of(id: u64, m: &std::fs::Metadata) -> Attr {
-    let t = |secs, nanos: i64| Time { secs, nanos: nanos as u32 };
+    let t = |secs, nanos: i64| Time {
+        secs,
+        nanos: nanos as u32,
+    };
     Attr {
         id,
         size: m.size(),
@@ -62,9 +63,9 @@ fn attr_of(id: u64, m: &std::fs::Metadata) -> Attr {
 #[derive(Default)]
 struct Tables {
     paths: HashMap<u64, PathBuf>,
-    ids: HashMap<PathBuf, u64>,
+    ids: HashMap<(u64, u64), u64>,
     files: HashMap<u64, Arc<File>>,
-    dirs: HashMap<u64, Vec<(Vec<u8>, u32)>>,
+    dirs: HashMap<u64, (PathBuf, Vec<(Vec<u8>, u32)>)>,
     next: u64,
 }
 
@@ -72,45 +73,79 @@ struct Tables {
 struct StandIn {
     t: Mutex<Tables>,
     requests: AtomicU64,
+    /// Largest read and write asked for, and readdirs with attributes.
+    max_read: AtomicU64,
+    max_write: AtomicU64,
+    plus_readdirs: AtomicU64,
 }
 
 type R = Result<FsReply, i32>;
 
 impl StandIn {
     fn new(root: &Path) -> Arc<StandIn> {
-        let mut t = Tables { next: ROOT_ID + 1, ..Default::default() };
+        let mut t = Tables {
+            next: ROOT_ID + 1,
+            ..Default::default()
+        };
+        let m = std::fs::metadata(root).unwrap();
         t.paths.insert(ROOT_ID, root.to_path_buf());
-        t.ids.insert(root.to_path_buf(), ROOT_ID);
-        Arc::new(StandIn { t: Mutex::new(t), requests: AtomicU64::new(0) })
+        t.ids.insert((m.dev(), m.ino()), ROOT_ID);
+        Arc::new(StandIn {
+            t: Mutex::new(t),
+            requests: AtomicU64::new(0),
+            max_read: AtomicU64::new(0),
+            max_write: AtomicU64::new(0),
+            plus_readdirs: AtomicU64::new(0),
+        })
     }
 
     fn path(&self, id: u64) -> Result<PathBuf, i32> {
-        self.t.lock().unwrap().paths.get(&id).cloned().ok_or(libc::ESTALE)
+        self.t
+            .lock()
+            .unwrap()
+            .paths
+            .get(&id)
+            .cloned()
+            .ok_or(libc::ESTALE)
     }
 
     fn child(&self, parent: u64, name: &[u8]) -> Result<PathBuf, i32> {
         Ok(self.path(parent)?.join(std::ffi::OsStr::from_bytes(name)))
     }
 
-    fn id_of(&self, path: &Path) -> u64 {
+    /// Ids follow host inodes (as in fs-server), so hard links share one.
+    fn id_of(&self, path: &Path, m: &std::fs::Metadata) -> u64 {
         let mut t = self.t.lock().unwrap();
-        if let Some(id) = t.ids.get(path) {
-            return *id;
-        }
-        let id = t.next;
-        t.next += 1;
-        t.ids.insert(path.to_path_buf(), id);
+        let key = (m.dev(), m.ino());
+        let id = match t.ids.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = t.next;
+                t.next += 1;
+                t.ids.insert(key, id);
+                id
+            }
+        };
         t.paths.insert(id, path.to_path_buf());
         id
     }
 
     fn entry(&self, path: &Path) -> Result<Entry, i32> {
         let m = std::fs::symlink_metadata(path).map_err(|e| errno_of(&e))?;
-        Ok(Entry { attr: attr_of(self.id_of(path), &m), generation: 0 })
+        Ok(Entry {
+            attr: attr_of(self.id_of(path, &m), &m),
+            generation: 0,
+        })
     }
 
     fn file(&self, fh: u64) -> Result<Arc<File>, i32> {
-        self.t.lock().unwrap().files.get(&fh).cloned().ok_or(libc::EBADF)
+        self.t
+            .lock()
+            .unwrap()
+            .files
+            .get(&fh)
+            .cloned()
+            .ok_or(libc::EBADF)
     }
 
     fn add_file(&self, f: File) -> u64 {
@@ -123,47 +158,105 @@ impl StandIn {
 
     fn handle(&self, req: FsRequest) -> FsReply {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        match &req {
+            FsRequest::Read { size, .. } => {
+                _ = self.max_read.fetch_max(u64::from(*size), Ordering::Relaxed)
+            }
+            FsRequest::Write { data, .. } => {
+                _ = self
+                    .max_write
+                    .fetch_max(data.len() as u64, Ordering::Relaxed)
+            }
+            FsRequest::Readdir { plus: true, .. } => {
+                _ = self.plus_readdirs.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => {}
+        }
         self.answer(req).unwrap_or_else(FsReply::Err)
     }
 
     fn answer(&self, req: FsRequest) -> R {
         let io = |e: std::io::Error| errno_of(&e);
         Ok(match req {
-            FsRequest::Lookup { parent, name } => FsReply::Entry(self.entry(&self.child(parent, &name)?)?),
+            FsRequest::Lookup { parent, name } => {
+                FsReply::Entry(self.entry(&self.child(parent, &name)?)?)
+            }
             FsRequest::Forget { .. } => FsReply::Ok,
             FsRequest::Getattr { id } => FsReply::Attr(self.entry(&self.path(id)?)?.attr),
-            FsRequest::Setattr { id, fh, mode, size, atime, mtime } => {
+            FsRequest::Setattr {
+                id,
+                fh,
+                mode,
+                size,
+                atime,
+                mtime,
+            } => {
                 let p = self.path(id)?;
                 if let Some(mode) = mode {
-                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                        .map_err(io)?;
                 }
                 if let Some(size) = size {
                     match fh {
                         Some(fh) => self.file(fh)?.set_len(size).map_err(io)?,
-                        None => OpenOptions::new().write(true).open(&p).and_then(|f| f.set_len(size)).map_err(io)?,
+                        None => OpenOptions::new()
+                            .write(true)
+                            .open(&p)
+                            .and_then(|f| f.set_len(size))
+                            .map_err(io)?,
                     }
                 }
                 if atime.is_some() || mtime.is_some() {
                     let ts = |t: Option<SetTime>| match t {
-                        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-                        Some(SetTime::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-                        Some(SetTime::At(t)) => libc::timespec { tv_sec: t.secs, tv_nsec: i64::from(t.nanos) },
+                        None => libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: libc::UTIME_OMIT,
+                        },
+                        Some(SetTime::Now) => libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: libc::UTIME_NOW,
+                        },
+                        Some(SetTime::At(t)) => libc::timespec {
+                            tv_sec: t.secs,
+                            tv_nsec: i64::from(t.nanos),
+                        },
                     };
                     let times = [ts(atime), ts(mtime)];
-                    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
+                    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+                        .map_err(|_| libc::EINVAL)?;
                     // SAFETY: valid C string and a two-element timespec array.
-                    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                    if unsafe {
+                        libc::utimensat(
+                            libc::AT_FDCWD,
+                            c.as_ptr(),
+                            times.as_ptr(),
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        )
+                    } != 0
+                    {
                         return Err(io(std::io::Error::last_os_error()));
                     }
                 }
                 FsReply::Attr(self.entry(&p)?.attr)
             }
-            FsRequest::Readlink { id } => {
-                FsReply::Link(std::fs::read_link(self.path(id)?).map_err(io)?.as_os_str().as_bytes().to_vec())
-            }
-            FsRequest::Mkdir { parent, name, mode, umask } => {
+            FsRequest::Readlink { id } => FsReply::Link(
+                std::fs::read_link(self.path(id)?)
+                    .map_err(io)?
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            FsRequest::Mkdir {
+                parent,
+                name,
+                mode,
+                umask,
+            } => {
                 let p = self.child(parent, &name)?;
-                std::fs::DirBuilder::new().mode(mode & !umask).create(&p).map_err(io)?;
+                std::fs::DirBuilder::new()
+                    .mode(mode & !umask)
+                    .create(&p)
+                    .map_err(io)?;
                 FsReply::Entry(self.entry(&p)?)
             }
             FsRequest::Unlink { parent, name } => {
@@ -174,44 +267,71 @@ impl StandIn {
                 std::fs::remove_dir(self.child(parent, &name)?).map_err(io)?;
                 FsReply::Ok
             }
-            FsRequest::Symlink { parent, name, target } => {
+            FsRequest::Symlink {
+                parent,
+                name,
+                target,
+            } => {
                 let p = self.child(parent, &name)?;
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &p).map_err(io)?;
                 FsReply::Entry(self.entry(&p)?)
             }
-            FsRequest::Rename { parent, name, new_parent, new_name, flags } => {
+            FsRequest::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            } => {
                 if flags != 0 {
                     return Err(libc::EINVAL);
                 }
-                let (from, to) = (self.child(parent, &name)?, self.child(new_parent, &new_name)?);
+                let (from, to) = (
+                    self.child(parent, &name)?,
+                    self.child(new_parent, &new_name)?,
+                );
                 std::fs::rename(&from, &to).map_err(io)?;
-                let mut t = self.t.lock().unwrap();
-                if let Some(id) = t.ids.remove(&from) {
-                    t.ids.insert(to.clone(), id);
-                    t.paths.insert(id, to);
-                }
+                self.entry(&to)?; // the node's path is now `to`
                 FsReply::Ok
             }
-            FsRequest::Link { id, new_parent, new_name } => {
+            FsRequest::Link {
+                id,
+                new_parent,
+                new_name,
+            } => {
                 let to = self.child(new_parent, &new_name)?;
                 std::fs::hard_link(self.path(id)?, &to).map_err(io)?;
                 FsReply::Entry(self.entry(&to)?)
             }
             FsRequest::Open { id, flags } => {
                 let f = open_with(&self.path(id)?, flags, 0).map_err(io)?;
-                FsReply::Opened { fh: self.add_file(f) }
+                FsReply::Opened {
+                    fh: self.add_file(f),
+                }
             }
-            FsRequest::Create { parent, name, mode, umask, flags } => {
+            FsRequest::Create {
+                parent,
+                name,
+                mode,
+                umask,
+                flags,
+            } => {
                 let p = self.child(parent, &name)?;
                 let f = open_with(&p, flags | libc::O_CREAT, mode & !umask).map_err(io)?;
-                FsReply::Created { entry: self.entry(&p)?, fh: self.add_file(f) }
+                FsReply::Created {
+                    entry: self.entry(&p)?,
+                    fh: self.add_file(f),
+                }
             }
             FsRequest::Read { fh, offset, size } => {
                 let f = self.file(fh)?;
                 let mut buf = vec![0; size as usize];
                 let mut got = 0;
                 while got < buf.len() {
-                    match f.read_at(&mut buf[got..], offset + got as u64).map_err(io)? {
+                    match f
+                        .read_at(&mut buf[got..], offset + got as u64)
+                        .map_err(io)?
+                    {
                         0 => break,
                         n => got += n,
                     }
@@ -232,12 +352,20 @@ impl StandIn {
                 FsReply::Ok
             }
             FsRequest::Release { fh } => {
-                self.t.lock().unwrap().files.remove(&fh).ok_or(libc::EBADF)?;
+                self.t
+                    .lock()
+                    .unwrap()
+                    .files
+                    .remove(&fh)
+                    .ok_or(libc::EBADF)?;
                 FsReply::Ok
             }
             FsRequest::Opendir { id } => {
                 let p = self.path(id)?;
-                let mut list = vec![(b".".to_vec(), libc::S_IFDIR), (b"..".to_vec(), libc::S_IFDIR)];
+                let mut list = vec![
+                    (b".".to_vec(), libc::S_IFDIR),
+                    (b"..".to_vec(), libc::S_IFDIR),
+                ];
                 for e in std::fs::read_dir(&p).map_err(io)? {
                     let e = e.map_err(io)?;
                     let m = e.metadata().map_err(io)?;
@@ -246,22 +374,34 @@ impl StandIn {
                 let mut t = self.t.lock().unwrap();
                 let fh = t.next;
                 t.next += 1;
-                t.dirs.insert(fh, list);
-                t.paths.entry(fh | 1 << 62).or_insert(p);
+                t.dirs.insert(fh, (p, list));
                 FsReply::Opened { fh }
             }
             FsRequest::Readdir { fh, offset, plus } => {
-                let (list, dir) = {
-                    let t = self.t.lock().unwrap();
-                    let list = t.dirs.get(&fh).cloned().ok_or(libc::EBADF)?;
-                    (list, t.paths.get(&(fh | 1 << 62)).cloned().ok_or(libc::EBADF)?)
-                };
+                let (dir, list) = self
+                    .t
+                    .lock()
+                    .unwrap()
+                    .dirs
+                    .get(&fh)
+                    .cloned()
+                    .ok_or(libc::EBADF)?;
                 let max = if plus { 64 } else { 256 };
                 let mut out = Vec::new();
                 for (i, (name, kind)) in list.iter().enumerate().skip(offset as usize).take(max) {
                     let dot = name == b"." || name == b"..";
-                    let entry = if plus && !dot { self.entry(&dir.join(std::ffi::OsStr::from_bytes(name))).ok() } else { None };
-                    out.push(DirEntry { name: name.clone(), next_offset: i as u64 + 1, entry, kind: *kind });
+                    let entry = if plus && !dot {
+                        self.entry(&dir.join(std::ffi::OsStr::from_bytes(name)))
+                            .ok()
+                    } else {
+                        None
+                    };
+                    out.push(DirEntry {
+                        name: name.clone(),
+                        next_offset: i as u64 + 1,
+                        entry,
+                        kind: *kind,
+                    });
                 }
                 FsReply::Dir(out)
             }
@@ -282,7 +422,9 @@ impl StandIn {
                     frsize: s.fragment_size() as u32,
                 })
             }
-            FsRequest::Getlk { .. } | FsRequest::Setlk { .. } | FsRequest::Flock { .. } => return Err(libc::ENOSYS),
+            FsRequest::Getlk { .. } | FsRequest::Setlk { .. } | FsRequest::Flock { .. } => {
+                return Err(libc::ENOSYS)
+            }
         })
     }
 }
@@ -319,10 +461,15 @@ async fn serve_stand_in<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
         let _ = wr.shutdown().await;
     });
-    while let Ok(Some(FsToHost::Request { id, req })) = read_frame_async::<_, FsToHost>(&mut rd).await {
+    while let Ok(Some(FsToHost::Request { id, req })) =
+        read_frame_async::<_, FsToHost>(&mut rd).await
+    {
         let (host, tx) = (host.clone(), tx.clone());
         tokio::task::spawn_blocking(move || {
-            let _ = tx.send(FsToGuest::Reply { id, reply: host.handle(req) });
+            let _ = tx.send(FsToGuest::Reply {
+                id,
+                reply: host.handle(req),
+            });
         });
     }
     drop(tx);
@@ -357,16 +504,24 @@ async fn mount_stand_in(writable: bool) -> Mounted {
     let host = StandIn::new(&root);
     let (inject, extra) = mpsc::unbounded_channel();
     let server = tokio::spawn(serve_stand_in(host.clone(), host_end, extra));
-    Mounted { root, mount, host, inject, server, agent }
+    Mounted {
+        root,
+        mount,
+        host,
+        inject,
+        server,
+        agent,
+    }
 }
 
-fn is_mounted(p: &Path) -> bool {
+pub(super) fn is_mounted(p: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
 }
 
 /// Runs blocking file operations off the runtime's workers, which serve them.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
@@ -375,92 +530,58 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 async fn share_round_trip_on_a_real_mount() {
     let m = mount_stand_in(true).await;
     let (root, mnt) = (m.root.clone(), m.mount.clone());
-    std::fs::write(root.join("hello.txt"), "hello from the host\n").unwrap();
-    std::fs::create_dir(root.join("sub")).unwrap();
-    std::fs::write(root.join("sub/a"), "a").unwrap();
     assert!(is_mounted(&mnt));
 
+    blocking(move || exercise(&root, &mnt)).await;
+    // The kernel lists with attributes and moves data in MAX_IO pieces:
+    // one 4 MiB write() and a cold 4 MiB read() (readahead raised to match).
+    assert!(m.host.plus_readdirs.load(Ordering::Relaxed) > 0);
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
     blocking(move || {
-        // ls, cat, ownership
-        let mut names: Vec<_> =
-            std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
-        assert_eq!(names, ["hello.txt", "sub"]);
-        assert_eq!(std::fs::read_to_string(mnt.join("hello.txt")).unwrap(), "hello from the host\n");
-        let md = std::fs::metadata(mnt.join("sub/a")).unwrap();
-        assert_eq!((md.uid(), md.gid(), md.len()), (UID, GID, 1));
-        assert!(std::fs::metadata(mnt.join("sub")).unwrap().is_dir());
-
-        // echo > file, append, truncate, chmod, utimes
-        std::fs::write(mnt.join("new.txt"), "written in the guest").unwrap();
-        assert_eq!(std::fs::read_to_string(root.join("new.txt")).unwrap(), "written in the guest");
-        let mut f = OpenOptions::new().append(true).open(mnt.join("new.txt")).unwrap();
-        std::io::Write::write_all(&mut f, b"!").unwrap();
-        drop(f);
-        assert_eq!(std::fs::read_to_string(mnt.join("new.txt")).unwrap(), "written in the guest!");
-        assert_eq!(std::fs::read_to_string(root.join("new.txt")).unwrap(), "written in the guest!");
-        OpenOptions::new().write(true).open(mnt.join("new.txt")).unwrap().set_len(7).unwrap();
-        assert_eq!(std::fs::read_to_string(root.join("new.txt")).unwrap(), "written");
-        std::fs::set_permissions(mnt.join("new.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(std::fs::metadata(root.join("new.txt")).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(mnt.join("new.txt")).unwrap().mode() & 0o777, 0o600);
-        let when = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 5);
-        File::options().write(true).open(mnt.join("new.txt")).unwrap().set_modified(when).unwrap();
-        assert_eq!(std::fs::metadata(root.join("new.txt")).unwrap().modified().unwrap(), when);
-
-        // mv, rm, mkdir, rmdir, ln -s, ln
-        std::fs::rename(mnt.join("new.txt"), mnt.join("sub/moved.txt")).unwrap();
-        assert!(!root.join("new.txt").exists());
-        assert_eq!(std::fs::read_to_string(root.join("sub/moved.txt")).unwrap(), "written");
-        std::fs::remove_file(mnt.join("sub/moved.txt")).unwrap();
-        assert!(!root.join("sub/moved.txt").exists());
-        assert_eq!(std::fs::metadata(mnt.join("sub/moved.txt")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
-        std::fs::create_dir_all(mnt.join("d1/d2")).unwrap();
-        assert!(root.join("d1/d2").is_dir());
-        std::fs::remove_dir(mnt.join("d1/d2")).unwrap();
-        assert!(!root.join("d1/d2").exists());
-        std::os::unix::fs::symlink("hello.txt", mnt.join("link")).unwrap();
-        assert_eq!(std::fs::read_link(root.join("link")).unwrap(), Path::new("hello.txt"));
-        assert_eq!(std::fs::read_link(mnt.join("link")).unwrap(), Path::new("hello.txt"));
-        assert_eq!(std::fs::read_to_string(mnt.join("link")).unwrap(), "hello from the host\n");
-        std::fs::hard_link(mnt.join("sub/a"), mnt.join("a2")).unwrap();
-        assert_eq!(std::fs::metadata(root.join("a2")).unwrap().ino(), std::fs::metadata(root.join("sub/a")).unwrap().ino());
-        assert_eq!(std::fs::metadata(mnt.join("sub/a")).unwrap().nlink(), 2);
-        // mkfifo is refused (no mknod in the protocol), a plain mknod works.
-        let fifo = std::ffi::CString::new(mnt.join("fifo").as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid C string.
-        assert_ne!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-
-        // A big directory: more entries than one kernel buffer or one host batch.
-        std::fs::create_dir(root.join("many")).unwrap();
-        for i in 0..1000 {
-            std::fs::write(root.join(format!("many/file-with-a-longish-name-{i:04}")), "").unwrap();
-        }
-        let listed = std::fs::read_dir(mnt.join("many")).unwrap().count();
-        assert_eq!(listed, 1000);
-        let sizes: u64 = std::fs::read_dir(mnt.join("many")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-        assert_eq!(sizes, 0);
-
-        // statfs
-        let s = nix::sys::statvfs::statvfs(&mnt).unwrap();
-        assert!(s.blocks() > 0);
+        std::fs::write(mnt.join("4m"), vec![1u8; 4 << 20]).unwrap();
+        std::fs::write(root.join("4m-host"), vec![2u8; 4 << 20]).unwrap();
+        assert_eq!(
+            std::fs::read(mnt.join("4m-host")).unwrap(),
+            vec![2u8; 4 << 20]
+        );
     })
     .await;
+    assert_eq!(
+        m.host.max_write.load(Ordering::Relaxed),
+        u64::from(lima_proto::fs::MAX_IO)
+    );
+    assert_eq!(
+        m.host.max_read.load(Ordering::Relaxed),
+        u64::from(lima_proto::fs::MAX_IO)
+    );
 
     // Host-side edits. 1: same size, same mtime, so only the host's
     // invalidation can reveal it; the kernel's page cache answers before.
     let (root, mnt) = (m.root.clone(), m.mount.clone());
-    let hello_id = m.host.id_of(&root.join("hello.txt"));
-    let before = std::fs::metadata(root.join("hello.txt")).unwrap().modified().unwrap();
+    let hello_id = m.host.entry(&root.join("hello.txt")).unwrap().attr.id;
+    let before = std::fs::metadata(root.join("hello.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
     std::fs::write(root.join("hello.txt"), "HELLO FROM THE HOST\n").unwrap();
-    File::options().write(true).open(root.join("hello.txt")).unwrap().set_modified(before).unwrap();
+    File::options()
+        .write(true)
+        .open(root.join("hello.txt"))
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
     let cached = blocking({
         let mnt = mnt.clone();
         move || std::fs::read_to_string(mnt.join("hello.txt")).unwrap()
     })
     .await;
-    assert_eq!(cached, "hello from the host\n", "served from the page cache");
-    m.inject.send(FsToGuest::InvalidateNode { id: hello_id }).unwrap();
+    assert_eq!(
+        cached, "hello from the host\n",
+        "served from the page cache"
+    );
+    m.inject
+        .send(FsToGuest::InvalidateNode { id: hello_id })
+        .unwrap();
     wait_for(&mnt.join("hello.txt"), "HELLO FROM THE HOST\n").await;
 
     // 2: a change of size and mtime without any invalidation: the check at
@@ -475,18 +596,28 @@ async fn share_round_trip_on_a_real_mount() {
 
     // 3: a name the guest looked up in vain appears on the host.
     let late = mnt.join("late.txt");
-    assert!(blocking({
-        let late = late.clone();
-        move || !late.exists()
-    })
-    .await);
+    assert!(
+        blocking({
+            let late = late.clone();
+            move || !late.exists()
+        })
+        .await
+    );
     std::fs::write(root.join("late.txt"), "late").unwrap();
-    assert!(!blocking({
-        let late = late.clone();
-        move || late.exists()
-    })
-    .await, "negative entry cached");
-    m.inject.send(FsToGuest::InvalidateEntry { parent: ROOT_ID, name: b"late.txt".to_vec() }).unwrap();
+    assert!(
+        !blocking({
+            let late = late.clone();
+            move || late.exists()
+        })
+        .await,
+        "negative entry cached"
+    );
+    m.inject
+        .send(FsToGuest::InvalidateEntry {
+            parent: ROOT_ID,
+            name: b"late.txt".to_vec(),
+        })
+        .unwrap();
     wait_for(&late, "late").await;
 
     // The host goes away: the agent detaches the mount and returns.
@@ -494,12 +625,158 @@ async fn share_round_trip_on_a_real_mount() {
     drop(m.inject);
     m.server.abort();
     let _ = m.server.await;
-    tokio::time::timeout(Duration::from_secs(10), m.agent).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), m.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(!is_mounted(&mnt));
     let _ = std::fs::remove_dir_all(&m.root);
 }
 
-async fn wait_for(p: &Path, content: &str) {
+/// The guest-side checks of a round trip: ls, cat, ownership, echo >, append,
+/// truncate, chmod, utimes, mv, rm, mkdir, rmdir, ln -s, ln, mkfifo, a big
+/// directory, statfs; `root` is the host directory behind `mnt`.
+pub(super) fn exercise(root: &Path, mnt: &Path) {
+    std::fs::write(root.join("hello.txt"), "hello from the host\n").unwrap();
+    std::fs::create_dir(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/a"), "a").unwrap();
+
+    // ls, cat, ownership
+    let mut names: Vec<_> = std::fs::read_dir(mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["hello.txt", "sub"]);
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
+        "hello from the host\n"
+    );
+    let md = std::fs::metadata(mnt.join("sub/a")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.len()), (UID, GID, 1));
+    assert!(std::fs::metadata(mnt.join("sub")).unwrap().is_dir());
+
+    // echo > file, append, truncate, chmod, utimes
+    std::fs::write(mnt.join("new.txt"), "written in the guest").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("new.txt")).unwrap(),
+        "written in the guest"
+    );
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(mnt.join("new.txt"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"!").unwrap();
+    drop(f);
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("new.txt")).unwrap(),
+        "written in the guest!"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("new.txt")).unwrap(),
+        "written in the guest!"
+    );
+    OpenOptions::new()
+        .write(true)
+        .open(mnt.join("new.txt"))
+        .unwrap()
+        .set_len(7)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("new.txt")).unwrap(),
+        "written"
+    );
+    std::fs::set_permissions(mnt.join("new.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("new.txt")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(mnt.join("new.txt")).unwrap().mode() & 0o777,
+        0o600
+    );
+    let when = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 5);
+    File::options()
+        .write(true)
+        .open(mnt.join("new.txt"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("new.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        when
+    );
+
+    // mv, rm, mkdir, rmdir, ln -s, ln
+    std::fs::rename(mnt.join("new.txt"), mnt.join("sub/moved.txt")).unwrap();
+    assert!(!root.join("new.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("sub/moved.txt")).unwrap(),
+        "written"
+    );
+    std::fs::remove_file(mnt.join("sub/moved.txt")).unwrap();
+    assert!(!root.join("sub/moved.txt").exists());
+    assert_eq!(
+        std::fs::metadata(mnt.join("sub/moved.txt"))
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::NotFound
+    );
+    std::fs::create_dir_all(mnt.join("d1/d2")).unwrap();
+    assert!(root.join("d1/d2").is_dir());
+    std::fs::remove_dir(mnt.join("d1/d2")).unwrap();
+    assert!(!root.join("d1/d2").exists());
+    std::os::unix::fs::symlink("hello.txt", mnt.join("link")).unwrap();
+    assert_eq!(
+        std::fs::read_link(root.join("link")).unwrap(),
+        Path::new("hello.txt")
+    );
+    assert_eq!(
+        std::fs::read_link(mnt.join("link")).unwrap(),
+        Path::new("hello.txt")
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("link")).unwrap(),
+        "hello from the host\n"
+    );
+    std::fs::hard_link(mnt.join("sub/a"), mnt.join("a2")).unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("a2")).unwrap().ino(),
+        std::fs::metadata(root.join("sub/a")).unwrap().ino()
+    );
+    assert_eq!(std::fs::metadata(mnt.join("sub/a")).unwrap().nlink(), 2);
+    // mkfifo is refused (no mknod in the protocol), a plain mknod works.
+    let fifo = std::ffi::CString::new(mnt.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_ne!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+    // A big directory: more entries than one kernel buffer or one host batch.
+    std::fs::create_dir(root.join("many")).unwrap();
+    for i in 0..1000 {
+        std::fs::write(
+            root.join(format!("many/file-with-a-longish-name-{i:04}")),
+            "",
+        )
+        .unwrap();
+    }
+    let listed = std::fs::read_dir(mnt.join("many")).unwrap().count();
+    assert_eq!(listed, 1000);
+    let sizes: u64 = std::fs::read_dir(mnt.join("many"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(sizes, 0);
+
+    // statfs
+    let s = nix::sys::statvfs::statvfs(mnt).unwrap();
+    assert!(s.blocks() > 0);
+}
+
+pub(super) async fn wait_for(p: &Path, content: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let p2 = p.to_path_buf();
@@ -507,7 +784,11 @@ async fn wait_for(p: &Path, content: &str) {
         if got.as_deref() == Some(content) {
             return;
         }
-        assert!(Instant::now() < deadline, "{} still reads {got:?}", p.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} still reads {got:?}",
+            p.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -522,7 +803,10 @@ async fn read_only_share_refuses_writes() {
         assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "x");
         let e = std::fs::write(mnt.join("g"), "y").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS));
-        let e = OpenOptions::new().write(true).open(mnt.join("f")).unwrap_err();
+        let e = OpenOptions::new()
+            .write(true)
+            .open(mnt.join("f"))
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     })
     .await;
@@ -539,7 +823,13 @@ async fn a_mount_point_that_cannot_be_created_fails_with_its_name() {
     let (guest, mut host_end) = tokio::io::duplex(1 << 16);
     let agent = tokio::spawn(super::serve(guest));
     let mount_point = file.join("sub").to_str().unwrap().to_string();
-    let setup = ShareSetup { tag: "t".into(), mount_point: mount_point.clone(), writable: true, uid: 0, gid: 0 };
+    let setup = ShareSetup {
+        tag: "t".into(),
+        mount_point: mount_point.clone(),
+        writable: true,
+        uid: 0,
+        gid: 0,
+    };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
     match status {
@@ -557,68 +847,79 @@ async fn share_throughput() {
     let m = mount_stand_in(true).await;
     let (root, mnt) = (m.root.clone(), m.mount.clone());
     let host = m.host.clone();
-    blocking(move || {
-        const SIZE: usize = 256 << 20;
-        let chunk = vec![0x5au8; 1 << 20];
-        let t = Instant::now();
-        let mut f = File::create(mnt.join("big")).unwrap();
-        for _ in 0..SIZE / chunk.len() {
-            std::io::Write::write_all(&mut f, &chunk).unwrap();
-        }
-        drop(f);
-        let w = t.elapsed();
-        assert_eq!(std::fs::metadata(root.join("big")).unwrap().len(), SIZE as u64);
-        // Drop the page cache for this file: a cold read goes to the host.
-        let big = File::open(mnt.join("big")).unwrap();
-        let t = Instant::now();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0;
-        loop {
-            match std::io::Read::read(&mut &big, &mut buf).unwrap() {
-                0 => break,
-                n => total += n,
-            }
-        }
-        let r = t.elapsed();
-        let t = Instant::now();
-        let mut total2 = 0;
-        let big = File::open(mnt.join("big")).unwrap();
-        loop {
-            match std::io::Read::read(&mut &big, &mut buf).unwrap() {
-                0 => break,
-                n => total2 += n,
-            }
-        }
-        let r2 = t.elapsed();
-        let mb = |n: usize, d: Duration| n as f64 / (1 << 20) as f64 / d.as_secs_f64();
-        println!("write {} MiB: {:.0} MiB/s", SIZE >> 20, mb(SIZE, w));
-        println!("read (first) : {:.0} MiB/s", mb(total, r));
-        println!("read (cached): {:.0} MiB/s", mb(total2, r2));
-
-        // Metadata latency: stat of distinct new names (each a round trip),
-        // then of the same name (kernel cache).
-        for i in 0..200 {
-            std::fs::write(root.join(format!("s{i}")), "").unwrap();
-        }
-        let n0 = host.requests.load(Ordering::Relaxed);
-        let t = Instant::now();
-        for i in 0..200 {
-            std::fs::metadata(mnt.join(format!("s{i}"))).unwrap();
-        }
-        let cold = t.elapsed() / 200;
-        let n1 = host.requests.load(Ordering::Relaxed);
-        let t = Instant::now();
-        for i in 0..200 {
-            std::fs::metadata(mnt.join(format!("s{i}"))).unwrap();
-        }
-        let warm = t.elapsed() / 200;
-        let n2 = host.requests.load(Ordering::Relaxed);
-        println!("stat (lookup round trip): {cold:?} each, {} host requests for 200", n1 - n0);
-        println!("stat (cached)           : {warm:?} each, {} host requests for 200", n2 - n1);
-        let _ = (proto_time, system_time);
-    })
-    .await;
+    let requests = move || Some(host.requests.load(Ordering::Relaxed));
+    blocking(move || measure(&root, &mnt, requests)).await;
     m.server.abort();
     let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
     let _ = std::fs::remove_dir_all(&m.root);
+}
+
+/// Prints write, cold read, cached read and stat figures for `mnt`; the
+/// host request counts when `requests` can tell them.
+pub(super) fn measure(root: &Path, mnt: &Path, requests: impl Fn() -> Option<u64>) {
+    let count = |a: Option<u64>, b: Option<u64>| {
+        a.zip(b)
+            .map_or("?".to_string(), |(a, b)| (b - a).to_string())
+    };
+    const SIZE: usize = 256 << 20;
+    let chunk = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = File::create(mnt.join("big")).unwrap();
+    for _ in 0..SIZE / chunk.len() {
+        std::io::Write::write_all(&mut f, &chunk).unwrap();
+    }
+    drop(f);
+    let w = t.elapsed();
+    assert_eq!(
+        std::fs::metadata(root.join("big")).unwrap().len(),
+        SIZE as u64
+    );
+    // A file written on the host has no pages in the guest: the first
+    // read goes to the host, the second comes from the page cache.
+    std::fs::write(root.join("cold"), vec![0xa5u8; SIZE]).unwrap();
+    let read_all = |p: &Path| {
+        let f = File::open(p).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let (t, mut total) = (Instant::now(), 0);
+        loop {
+            match std::io::Read::read(&mut &f, &mut buf).unwrap() {
+                0 => break (total, t.elapsed()),
+                n => total += n,
+            }
+        }
+    };
+    let (total, r) = read_all(&mnt.join("cold"));
+    let (total2, r2) = read_all(&mnt.join("cold"));
+    assert_eq!((total, total2), (SIZE, SIZE));
+    let mb = |n: usize, d: Duration| n as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    println!("write {} MiB: {:.0} MiB/s", SIZE >> 20, mb(SIZE, w));
+    println!("read (first) : {:.0} MiB/s", mb(total, r));
+    println!("read (cached): {:.0} MiB/s", mb(total2, r2));
+
+    // Metadata latency: stat of distinct new names (each a round trip),
+    // then of the same name (kernel cache).
+    for i in 0..200 {
+        std::fs::write(root.join(format!("s{i}")), "").unwrap();
+    }
+    let n0 = requests();
+    let t = Instant::now();
+    for i in 0..200 {
+        std::fs::metadata(mnt.join(format!("s{i}"))).unwrap();
+    }
+    let cold = t.elapsed() / 200;
+    let n1 = requests();
+    let t = Instant::now();
+    for i in 0..200 {
+        std::fs::metadata(mnt.join(format!("s{i}"))).unwrap();
+    }
+    let warm = t.elapsed() / 200;
+    let n2 = requests();
+    println!(
+        "stat (lookup round trip): {cold:?} each, {} host requests for 200",
+        count(n0, n1)
+    );
+    println!(
+        "stat (cached)           : {warm:?} each, {} host requests for 200",
+        count(n1, n2)
+    );
 }

@@ -14,8 +14,14 @@ pub fn mount(src: &str, target: &str, fstype: &str, data: &str) -> nix::Result<(
     )
     .or_else(|e| {
         // devtmpfs and friends reject MS_NOEXEC on some kernels; retry plain.
-        nix::mount::mount(Some(src), target, Some(fstype), nix::mount::MsFlags::empty(), Some(data))
-            .map_err(|_| e)
+        nix::mount::mount(
+            Some(src),
+            target,
+            Some(fstype),
+            nix::mount::MsFlags::empty(),
+            Some(data),
+        )
+        .map_err(|_| e)
     })
 }
 

@@ -8,7 +8,10 @@ fn main() {
         println!("Usage: lima [COMMAND...]\n\nRuns COMMAND (or a login shell) in the instance $LIMA_INSTANCE (default: `default`).\nSame as `limactl shell $LIMA_INSTANCE COMMAND...`. $LIMA_WORKDIR sets the working directory.");
         return;
     }
-    let instance = std::env::var("LIMA_INSTANCE").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
+    let instance = std::env::var("LIMA_INSTANCE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
     let limactl = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("limactl")))

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use lima_host::{hostagent, instance, lifecycle, shell, template};
 
 #[derive(Parser)]
-#[command(name = "limactl", version, about = "Manage Linux virtual machines (lima-rs)")]
+#[command(
+    name = "limactl",
+    version,
+    about = "Manage Linux virtual machines (lima-rs)"
+)]
 struct Cli {
     /// More log output (-v debug, -vv trace)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -87,9 +91,13 @@ enum Cmd {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (use e.g. 10m, 90s, 500ms)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (use e.g. 10m, 90s, 500ms)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -108,7 +116,8 @@ fn init_logging(verbose: u8) {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LIMA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+            tracing_subscriber::EnvFilter::try_from_env("LIMA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -132,14 +141,24 @@ fn main() -> ExitCode {
 }
 
 fn chain(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let home = instance::lima_home();
     match cli.cmd {
-        Cmd::Start { name, mounts, mount_only, timeout, target } => {
-            std::fs::create_dir_all(&home).with_context(|| format!("cannot create LIMA_HOME {}", home.display()))?;
+        Cmd::Start {
+            name,
+            mounts,
+            mount_only,
+            timeout,
+            target,
+        } => {
+            std::fs::create_dir_all(&home)
+                .with_context(|| format!("cannot create LIMA_HOME {}", home.display()))?;
             let (inst, created) = match (&name, &target) {
                 (None, Some(t)) if instance::Instance::open(&home, t).is_ok() => {
                     (instance::Instance::open(&home, t)?, false)
@@ -155,7 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             if !created && inst.host_agent_running() {
-                return Err(instance::InstanceError::AlreadyRunning { name: inst.name.clone() }.into());
+                return Err(instance::InstanceError::AlreadyRunning {
+                    name: inst.name.clone(),
+                }
+                .into());
             }
             if let Err(e) = lifecycle::apply_mount_flags(&inst, &mounts, &mount_only) {
                 if created {
@@ -166,31 +188,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if created {
                 eprintln!("Created instance `{}` in {}", inst.name, inst.dir.display());
             }
-            eprintln!("Starting `{}` (waiting up to {:?} for the guest agent)...", inst.name, timeout);
+            eprintln!(
+                "Starting `{}` (waiting up to {:?} for the guest agent)...",
+                inst.name, timeout
+            );
             let ev = match lifecycle::start(&inst, timeout) {
                 Ok(ev) => ev,
                 Err(e) => {
                     // A new instance that could not even be launched is not kept.
-                    let launched = matches!(e, lifecycle::LifecycleError::StartFailed { .. } | lifecycle::LifecycleError::Timeout { .. });
+                    let launched = matches!(
+                        e,
+                        lifecycle::LifecycleError::StartFailed { .. }
+                            | lifecycle::LifecycleError::Timeout { .. }
+                    );
                     if created && !launched {
                         let _ = std::fs::remove_dir_all(&inst.dir);
                     }
                     return Err(e.into());
                 }
             };
-            if let lima_host::events::Event::Running { kernel_release, boot_ms, .. } = ev {
+            if let lima_host::events::Event::Running {
+                kernel_release,
+                boot_ms,
+                ..
+            } = ev
+            {
                 eprintln!("READY in {:.1}s (kernel {kernel_release}). Run `limactl shell {}` or `lima` to use it.", boot_ms as f64 / 1000.0, inst.name);
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stop { force, instances } => {
-            let names = if instances.is_empty() { vec!["default".to_string()] } else { instances };
+            let names = if instances.is_empty() {
+                vec!["default".to_string()]
+            } else {
+                instances
+            };
             let mut failed = false;
             for n in names {
-                let r = instance::Instance::open(&home, &n).map_err(anyhow::Error::from).and_then(|inst| {
-                    lifecycle::stop(&inst, force)?;
-                    Ok(())
-                });
+                let r = instance::Instance::open(&home, &n)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|inst| {
+                        lifecycle::stop(&inst, force)?;
+                        Ok(())
+                    });
                 match r {
                     Ok(()) => eprintln!("Stopped `{n}`"),
                     Err(e) => {
@@ -199,9 +239,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Cmd::List { format, json, quiet, instances } => {
+        Cmd::List {
+            format,
+            json,
+            quiet,
+            instances,
+        } => {
             let mut all = instance::Instance::list(&home);
             let mut missing = false;
             if !instances.is_empty() {
@@ -232,9 +281,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 anyhow::bail!("unknown --format `{format}`; use table or json");
             }
-            Ok(if missing { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if missing {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Cmd::Shell { workdir, tty, instance: flag_instance, args } => {
+        Cmd::Shell {
+            workdir,
+            tty,
+            instance: flag_instance,
+            args,
+        } => {
             let mut args = args.into_iter();
             let name = match flag_instance {
                 Some(n) => n,
@@ -246,14 +304,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // Leading NAME=VALUE words are environment, as in Lima.
             let mut env = Vec::new();
-            while let Some((k, v)) = argv.first().and_then(|a| a.split_once('=')).filter(|(k, _)| is_env_name(k)) {
+            while let Some((k, v)) = argv
+                .first()
+                .and_then(|a| a.split_once('='))
+                .filter(|(k, _)| is_env_name(k))
+            {
                 env.push((k.to_string(), v.to_string()));
                 argv.remove(0);
             }
             let inst = instance::Instance::open(&home, &name)?;
             let transport = lifecycle::transport(&inst)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let code = match rt.block_on(shell::exec(transport.as_ref(), shell::ExecOptions { argv, env, cwd: workdir, tty })) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let code = match rt.block_on(shell::exec(
+                transport.as_ref(),
+                shell::ExecOptions {
+                    argv,
+                    env,
+                    cwd: workdir,
+                    tty,
+                },
+            )) {
                 Ok(code) => code,
                 // Like a shell: 127 when the command cannot be started.
                 Err(shell::ShellError::Failed(reason)) => {
@@ -268,10 +340,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Delete { force, instances } => {
             let mut failed = false;
             for n in instances {
-                let r = instance::Instance::open(&home, &n).map_err(anyhow::Error::from).and_then(|inst| {
-                    lifecycle::delete(&inst, force)?;
-                    Ok(())
-                });
+                let r = instance::Instance::open(&home, &n)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|inst| {
+                        lifecycle::delete(&inst, force)?;
+                        Ok(())
+                    });
                 match r {
                     Ok(()) => eprintln!("Deleted `{n}`"),
                     Err(e) => {
@@ -280,11 +354,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::Hostagent { instance: name } => {
             let inst = instance::Instance::open(&home, &name)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(hostagent::run(inst))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -26,7 +26,10 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("lima-rs");
     }
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into()).join(".cache/lima-rs")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into())
+        .join(".cache/lima-rs")
 }
 
 /// Returns the accelerator to use and how it was decided.
@@ -34,7 +37,9 @@ pub fn choose(qemu: &Path, kernel: &Path) -> Result<(String, String), String> {
     if let Ok(v) = std::env::var(OVERRIDE_ENV) {
         return match v.as_str() {
             "kvm" | "hvf" | "tcg" => Ok((v.clone(), format!("{OVERRIDE_ENV}={v}"))),
-            other => Err(format!("{OVERRIDE_ENV}={other} is not an accelerator; use kvm, hvf or tcg")),
+            other => Err(format!(
+                "{OVERRIDE_ENV}={other} is not an accelerator; use kvm, hvf or tcg"
+            )),
         };
     }
     let native = crate::sys::NATIVE_ACCEL;
@@ -43,26 +48,53 @@ pub fn choose(qemu: &Path, kernel: &Path) -> Result<(String, String), String> {
     }
     let boot_id = crate::sys::boot_id().unwrap_or_default();
     let cache = cache_dir().join("accel-probe.json");
-    if let Some(c) = std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice::<Cached>(&b).ok()) {
+    if let Some(c) = std::fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+    {
         if c.boot_id == boot_id && c.qemu == qemu {
             return Ok((c.accel, "cached probe".into()));
         }
     }
     let works = probe(qemu, kernel, native);
-    let accel = if works { native.to_string() } else { "tcg".to_string() };
+    let accel = if works {
+        native.to_string()
+    } else {
+        "tcg".to_string()
+    };
     let _ = std::fs::create_dir_all(cache_dir());
     let _ = std::fs::write(
         &cache,
-        serde_json::to_vec(&Cached { boot_id, qemu: qemu.to_path_buf(), accel: accel.clone() }).unwrap_or_default(),
+        serde_json::to_vec(&Cached {
+            boot_id,
+            qemu: qemu.to_path_buf(),
+            accel: accel.clone(),
+        })
+        .unwrap_or_default(),
     );
-    let why = if works { format!("{native} probe booted") } else { format!("{native} probe failed") };
+    let why = if works {
+        format!("{native} probe booted")
+    } else {
+        format!("{native} probe failed")
+    };
     Ok((accel, why))
 }
 
 /// Boots `kernel` under `accel` and waits for the kernel's first line.
 fn probe(qemu: &Path, kernel: &Path, accel: &str) -> bool {
     let child = Command::new(qemu)
-        .args(["-accel", accel, "-M", "q35", "-m", "256", "-nodefaults", "-no-user-config", "-display", "none"])
+        .args([
+            "-accel",
+            accel,
+            "-M",
+            "q35",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ])
         .args(["-no-reboot", "-serial", "stdio", "-kernel"])
         .arg(kernel)
         .args(["-append", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"])
@@ -89,7 +121,9 @@ fn probe(qemu: &Path, kernel: &Path, accel: &str) -> bool {
         let _ = tx.send(false);
     });
     let start = Instant::now();
-    let ok = rx.recv_timeout(PROBE_DEADLINE.saturating_sub(start.elapsed())).unwrap_or(false);
+    let ok = rx
+        .recv_timeout(PROBE_DEADLINE.saturating_sub(start.elapsed()))
+        .unwrap_or(false);
     let _ = child.kill();
     let _ = child.wait();
     ok

@@ -38,7 +38,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub trait Driver {
     fn name(&self) -> &'static str;
     /// Launches the VM; returns once its process runs (not once it booted).
-    fn start<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Box<dyn RunningVm>, DriverError>>;
+    fn start<'a>(
+        &'a self,
+        launch: Launch<'a>,
+    ) -> BoxFuture<'a, Result<Box<dyn RunningVm>, DriverError>>;
 }
 
 pub trait RunningVm {
@@ -57,15 +60,18 @@ pub trait RunningVm {
 pub fn for_vm_type(vm_type: &str) -> Result<Box<dyn Driver>, DriverError> {
     match vm_type {
         "qemu" => Ok(Box::new(qemu::Qemu::find()?)),
-        other => Err(DriverError::Failed(format!("vmType `{other}` is not available on this host"))),
+        other => Err(DriverError::Failed(format!(
+            "vmType `{other}` is not available on this host"
+        ))),
     }
 }
 
 /// Looks a program up on PATH and in `~/.cargo/bin` (where `cargo xtask setup`
 /// installs our helpers).
 pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
-    let mut dirs: Vec<std::path::PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(std::path::PathBuf::from(home).join(".cargo/bin"));
     }

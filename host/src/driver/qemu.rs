@@ -41,28 +41,50 @@ impl Qemu {
 }
 
 /// Spawns a child that dies with the host agent and has no terminal.
-fn spawn(mut cmd: std::process::Command, program: &str, log: &std::path::Path) -> Result<Child, DriverError> {
-    let spawn_err = |source| DriverError::Spawn { program: program.to_string(), source };
+fn spawn(
+    mut cmd: std::process::Command,
+    program: &str,
+    log: &std::path::Path,
+) -> Result<Child, DriverError> {
+    let spawn_err = |source| DriverError::Spawn {
+        program: program.to_string(),
+        source,
+    };
     let log = std::fs::File::create(log).map_err(spawn_err)?;
-    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().map_err(spawn_err)?).stderr(log);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(spawn_err)?)
+        .stderr(log);
     // SAFETY: prctl in the child before exec; async-signal-safe.
     unsafe {
         cmd.pre_exec(crate::sys::die_with_parent);
     }
-    Command::from(cmd).kill_on_drop(true).spawn().map_err(spawn_err)
+    Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(spawn_err)
 }
 
-async fn wait_for_socket(path: &std::path::Path, helper: &mut Child, what: &str) -> Result<(), DriverError> {
+async fn wait_for_socket(
+    path: &std::path::Path,
+    helper: &mut Child,
+    what: &str,
+) -> Result<(), DriverError> {
     for _ in 0..500 {
         if path.exists() {
             return Ok(());
         }
         if let Ok(Some(st)) = helper.try_wait() {
-            return Err(DriverError::Failed(format!("{what} exited ({st}) before creating {}", path.display())));
+            return Err(DriverError::Failed(format!(
+                "{what} exited ({st}) before creating {}",
+                path.display()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Err(DriverError::Failed(format!("{what} did not create {} within 5s", path.display())))
+    Err(DriverError::Failed(format!(
+        "{what} did not create {} within 5s",
+        path.display()
+    )))
 }
 
 fn kernel_cmdline(inst: &Instance, extra: &str) -> String {
@@ -80,11 +102,15 @@ impl Driver for Qemu {
         "qemu"
     }
 
-    fn start<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Box<dyn RunningVm>, DriverError>> {
+    fn start<'a>(
+        &'a self,
+        launch: Launch<'a>,
+    ) -> BoxFuture<'a, Result<Box<dyn RunningVm>, DriverError>> {
         Box::pin(async move {
             let inst = launch.instance;
             let cfg = launch.config;
-            let (accel, why) = accel::choose(&self.binary, &launch.image.kernel).map_err(DriverError::Failed)?;
+            let (accel, why) =
+                accel::choose(&self.binary, &launch.image.kernel).map_err(DriverError::Failed)?;
             tracing::info!("accelerator {accel} ({why})");
             let mem_mib = cfg.memory >> 20;
             let mut cmd = std::process::Command::new(&self.binary);
@@ -92,16 +118,40 @@ impl Driver for Qemu {
             cmd.args(["-machine", &format!("q35,accel={accel}")]);
             cmd.args(["-cpu", if accel == "tcg" { "max" } else { "host" }]);
             cmd.args(["-smp", &cfg.cpus.to_string(), "-m", &format!("{mem_mib}M")]);
-            cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+            cmd.args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ]);
             cmd.arg("-kernel").arg(&launch.image.kernel);
             if let Some(initrd) = &launch.image.initrd {
                 cmd.arg("-initrd").arg(initrd);
             }
-            cmd.args(["-append", &kernel_cmdline(inst, &launch.image.extra_cmdline)]);
-            cmd.args(["-chardev", &format!("file,id=serial0,path={}", inst.path(instance::SERIAL_LOG).display())]);
+            cmd.args([
+                "-append",
+                &kernel_cmdline(inst, &launch.image.extra_cmdline),
+            ]);
+            cmd.args([
+                "-chardev",
+                &format!(
+                    "file,id=serial0,path={}",
+                    inst.path(instance::SERIAL_LOG).display()
+                ),
+            ]);
             cmd.args(["-serial", "chardev:serial0"]);
-            cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", inst.path(instance::QMP_SOCK).display())]);
-            cmd.args(["-pidfile", &inst.path(instance::QEMU_PID).display().to_string()]);
+            cmd.args([
+                "-qmp",
+                &format!(
+                    "unix:{},server=on,wait=off",
+                    inst.path(instance::QMP_SOCK).display()
+                ),
+            ]);
+            cmd.args([
+                "-pidfile",
+                &inst.path(instance::QEMU_PID).display().to_string(),
+            ]);
             // LIMA_QEMU_HOSTFWD adds QEMU's own user-mode forwards (comma-separated
             // `tcp:HOSTIP:HOSTPORT-:GUESTPORT`); benchmarks use it as the baseline.
             let mut netdev = "user,id=net0".to_string();
@@ -110,7 +160,12 @@ impl Driver for Qemu {
                     netdev.push_str(&format!(",hostfwd={f}"));
                 }
             }
-            cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]);
+            cmd.args([
+                "-netdev",
+                &netdev,
+                "-device",
+                "virtio-net-pci,netdev=net0,romfile=",
+            ]);
             cmd.args(["-device", "virtio-rng-pci"]);
 
             let mut helpers = Vec::new();
@@ -148,18 +203,31 @@ impl Driver for Qemu {
                         if !m.writable {
                             vc.arg("--readonly");
                         }
-                        let mut h = spawn(vc, "virtiofsd", &inst.dir.join(format!("virtiofsd-{}.log", m.tag)))?;
+                        let mut h = spawn(
+                            vc,
+                            "virtiofsd",
+                            &inst.dir.join(format!("virtiofsd-{}.log", m.tag)),
+                        )?;
                         wait_for_socket(&sock, &mut h, "virtiofsd").await?;
                         helpers.push(h);
-                        cmd.args(["-chardev", &format!("socket,id={},path={}", m.tag, sock.display())]);
-                        cmd.args(["-device", &format!("vhost-user-fs-pci,chardev={},tag={}", m.tag, m.tag)]);
+                        cmd.args([
+                            "-chardev",
+                            &format!("socket,id={},path={}", m.tag, sock.display()),
+                        ]);
+                        cmd.args([
+                            "-device",
+                            &format!("vhost-user-fs-pci,chardev={},tag={}", m.tag, m.tag),
+                        ]);
                     }
                     crate::mounts::MountType::Vsockfs => {}
                 }
             }
             if shared_mem {
                 // vhost-user devices need the guest RAM shared with their daemon.
-                cmd.args(["-object", &format!("memory-backend-memfd,id=mem0,size={mem_mib}M,share=on")]);
+                cmd.args([
+                    "-object",
+                    &format!("memory-backend-memfd,id=mem0,size={mem_mib}M,share=on"),
+                ]);
                 cmd.args(["-numa", "node,memdev=mem0"]);
             }
             let transport = if crate::sys::kernel_vsock_usable() {
@@ -177,16 +245,30 @@ impl Driver for Qemu {
                 })?;
                 let mut hc = std::process::Command::new(program);
                 hc.arg("--guest-cid").arg(HYBRID_GUEST_CID.to_string());
-                hc.arg("--socket").arg(&vhost_sock).arg("--uds-path").arg(&uds);
-                let mut h = spawn(hc, "vhost-device-vsock", &inst.path(instance::VSOCK_HELPER_LOG))?;
+                hc.arg("--socket")
+                    .arg(&vhost_sock)
+                    .arg("--uds-path")
+                    .arg(&uds);
+                let mut h = spawn(
+                    hc,
+                    "vhost-device-vsock",
+                    &inst.path(instance::VSOCK_HELPER_LOG),
+                )?;
                 wait_for_socket(&vhost_sock, &mut h, "vhost-device-vsock").await?;
                 helpers.push(h);
-                cmd.args(["-chardev", &format!("socket,id=vsock0,path={}", vhost_sock.display())]);
+                cmd.args([
+                    "-chardev",
+                    &format!("socket,id=vsock0,path={}", vhost_sock.display()),
+                ]);
                 cmd.args(["-device", "vhost-user-vsock-pci,chardev=vsock0"]);
                 TransportSpec::Hybrid { path: uds }
             };
             tracing::info!("qemu command: {cmd:?}");
-            let child = spawn(cmd, &self.binary.display().to_string(), &inst.path(instance::QEMU_LOG))?;
+            let child = spawn(
+                cmd,
+                &self.binary.display().to_string(),
+                &inst.path(instance::QEMU_LOG),
+            )?;
             Ok(Box::new(QemuVm {
                 child,
                 helpers,
@@ -215,7 +297,8 @@ impl QemuVm {
         let (rd, mut wr) = s.into_split();
         let mut lines = BufReader::new(rd).lines();
         lines.next_line().await?; // greeting
-        wr.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await?;
+        wr.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .await?;
         lines.next_line().await?;
         wr.write_all(b"{\"execute\":\"quit\"}\n").await?;
         let _ = lines.next_line().await;
@@ -244,7 +327,15 @@ impl RunningVm for QemuVm {
             let status = self.child.wait().await;
             self.stop_helper().await;
             let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail = tail.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ");
+            let tail = tail
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join(" / ");
             match status {
                 Ok(st) if st.success() => "QEMU exited".to_string(),
                 Ok(st) if tail.is_empty() => format!("QEMU exited ({st})"),
@@ -259,7 +350,10 @@ impl RunningVm for QemuVm {
             if let Err(e) = self.qmp_quit().await {
                 tracing::warn!("QMP quit failed: {e}");
             }
-            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!("QEMU still running after QMP quit; killing it");
                 let _ = self.child.start_kill();
                 let _ = self.child.wait().await;

@@ -10,14 +10,24 @@ pub fn total_memory() -> Option<u64> {
 
 /// Identifies the current host boot, so per-boot probe results can be cached.
 pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Makes a child die with its parent (the host agent), so a killed host agent
 /// never leaves QEMU or helpers behind. Call from `pre_exec`.
 pub fn die_with_parent() -> std::io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -29,12 +39,20 @@ pub const NATIVE_ACCEL: &str = "kvm";
 
 /// Whether the native accelerator's device is usable at all.
 pub fn native_accel_device_usable() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
 }
 
 /// Whether the kernel's vhost-vsock device exists and opens.
 pub fn kernel_vsock_usable() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-vsock").is_ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vhost-vsock")
+        .is_ok()
 }
 
 /// Connects to `cid:port` with the kernel's AF_VSOCK.
@@ -62,7 +80,11 @@ pub async fn vsock_connect(cid: u32, port: u32) -> std::io::Result<crate::vsock:
                 std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
             )
         };
-        if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     })
     .await
     .map_err(std::io::Error::other)??;

@@ -1,12 +1,18 @@
 //! macOS host specifics (compiled with `cargo check --target aarch64-apple-darwin`).
 
 pub fn total_memory() -> Option<u64> {
-    let out = std::process::Command::new("sysctl").args(["-n", "hw.memsize"]).output().ok()?;
+    let out = std::process::Command::new("sysctl")
+        .args(["-n", "hw.memsize"])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 pub fn boot_id() -> Option<String> {
-    let out = std::process::Command::new("sysctl").args(["-n", "kern.boottime"]).output().ok()?;
+    let out = std::process::Command::new("sysctl")
+        .args(["-n", "kern.boottime"])
+        .output()
+        .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -26,5 +32,8 @@ pub fn kernel_vsock_usable() -> bool {
 }
 
 pub async fn vsock_connect(_cid: u32, _port: u32) -> std::io::Result<crate::vsock::BoxStream> {
-    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "AF_VSOCK does not exist on macOS hosts"))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "AF_VSOCK does not exist on macOS hosts",
+    ))
 }

@@ -1,0 +1,215 @@
+//! The node table: which host inode each guest node id stands for.
+//!
+//! Like virtiofsd, a node holds an `O_PATH` fd on its inode rather than a
+//! path. A host-side rename or a symlink swapped into a path the guest has
+//! already looked up therefore changes nothing for that node: it still names
+//! the very inode the lookup found, and every later operation is relative to
+//! that fd. The same host `(dev, ino)` always maps to the same id (hard links
+//! included), which is what the guest kernel expects of inode numbers.
+//!
+//! Ids are handed out by lookup-like requests and counted: each `Entry` reply
+//! adds one reference, `Forget{nlookup}` removes that many; at zero the node
+//! and its fd go away. Id 1 (the root) is never dropped. Ids are never
+//! reused, so `generation` is always 0.
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lima_proto::fs::ROOT_ID;
+
+pub(crate) struct Node {
+    pub id: u64,
+    /// `O_PATH | O_NOFOLLOW` fd on the inode (on the link itself for symlinks).
+    pub fd: OwnedFd,
+    pub dev: u64,
+    pub ino: u64,
+    /// `st_mode & S_IFMT`; an inode's type never changes.
+    pub kind: u32,
+}
+
+impl Node {
+    pub fn new(id: u64, fd: OwnedFd, st: &libc::stat) -> Node {
+        Node {
+            id,
+            fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: st.st_mode & libc::S_IFMT,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.kind == libc::S_IFLNK
+    }
+}
+
+struct Slot {
+    node: Arc<Node>,
+    refs: u64,
+}
+
+struct Table {
+    by_id: HashMap<u64, Slot>,
+    by_ino: HashMap<(u64, u64), u64>,
+    next_id: u64,
+}
+
+pub(crate) struct Nodes {
+    table: Mutex<Table>,
+}
+
+/// Called under the table lock when a node is added or removed, so that
+/// watches (keyed by inode in the kernel) stay in step with the table.
+pub(crate) trait NodeHooks {
+    fn added(&self, node: &Node);
+    fn removed(&self, node: &Node);
+}
+
+impl Nodes {
+    pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Nodes {
+        let root = Node::new(ROOT_ID, root_fd, st);
+        let mut table = Table {
+            by_id: HashMap::new(),
+            by_ino: HashMap::new(),
+            next_id: ROOT_ID + 1,
+        };
+        table.by_ino.insert((root.dev, root.ino), ROOT_ID);
+        table.by_id.insert(
+            ROOT_ID,
+            Slot {
+                node: Arc::new(root),
+                refs: 1,
+            },
+        );
+        Nodes {
+            table: Mutex::new(table),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock leaves the maps consistent enough
+        // (each operation is a few inserts/removes); keep serving.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Node>> {
+        self.lock().by_id.get(&id).map(|s| s.node.clone())
+    }
+
+    pub fn root(&self) -> Arc<Node> {
+        self.get(ROOT_ID).expect("the root node is never removed")
+    }
+
+    pub fn id_of(&self, dev: u64, ino: u64) -> Option<u64> {
+        self.lock().by_ino.get(&(dev, ino)).copied()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.lock().by_id.keys().copied().collect()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// Adds one reference to the node for `st`'s inode, creating it around
+    /// `fd` if it is new (otherwise `fd` is closed: the existing node's fd
+    /// names the same inode).
+    pub fn intern(&self, fd: OwnedFd, st: &libc::stat, hooks: &dyn NodeHooks) -> Arc<Node> {
+        let mut t = self.lock();
+        if let Some(&id) = t.by_ino.get(&(st.st_dev, st.st_ino)) {
+            let slot = t.by_id.get_mut(&id).expect("by_ino and by_id agree");
+            slot.refs += 1;
+            return slot.node.clone();
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        let node = Arc::new(Node::new(id, fd, st));
+        hooks.added(&node);
+        t.by_ino.insert((node.dev, node.ino), id);
+        t.by_id.insert(
+            id,
+            Slot {
+                node: node.clone(),
+                refs: 1,
+            },
+        );
+        node
+    }
+
+    /// Drops `n` references; removes the node at zero. Unknown ids and the
+    /// root are ignored (the guest may forget what it never had, e.g. after
+    /// a reconnect).
+    pub fn forget(&self, id: u64, n: u64, hooks: &dyn NodeHooks) {
+        if id == ROOT_ID {
+            return;
+        }
+        let mut t = self.lock();
+        let Some(slot) = t.by_id.get_mut(&id) else {
+            return;
+        };
+        slot.refs = slot.refs.saturating_sub(n);
+        if slot.refs == 0 {
+            let slot = t.by_id.remove(&id).expect("just seen");
+            t.by_ino.remove(&(slot.node.dev, slot.node.ino));
+            hooks.removed(&slot.node);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[derive(Default)]
+    struct Record(RefCell<Vec<(bool, u64)>>);
+    impl NodeHooks for Record {
+        fn added(&self, node: &Node) {
+            self.0.borrow_mut().push((true, node.id));
+        }
+        fn removed(&self, node: &Node) {
+            self.0.borrow_mut().push((false, node.id));
+        }
+    }
+
+    fn open(path: &str) -> (OwnedFd, libc::stat) {
+        let c = std::ffi::CString::new(path).unwrap();
+        let fd = crate::sys::open_path(&c, libc::O_PATH).unwrap();
+        let st = crate::sys::fstat(std::os::fd::AsFd::as_fd(&fd)).unwrap();
+        (fd, st)
+    }
+
+    #[test]
+    fn same_inode_same_id_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let (rfd, rst) = open(dir.path().to_str().unwrap());
+        let nodes = Nodes::new(rfd, &rst);
+        let hooks = Record::default();
+        let f = dir.path().join("f");
+        let (fd, st) = open(f.to_str().unwrap());
+        let a = nodes.intern(fd, &st, &hooks);
+        let (fd, st) = open(f.to_str().unwrap());
+        let b = nodes.intern(fd, &st, &hooks);
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, ROOT_ID);
+        assert_eq!(nodes.len(), 2);
+        nodes.forget(a.id, 1, &hooks);
+        assert!(nodes.get(a.id).is_some());
+        nodes.forget(a.id, 1, &hooks);
+        assert!(nodes.get(a.id).is_none());
+        assert_eq!(nodes.id_of(st.st_dev, st.st_ino), None);
+        nodes.forget(ROOT_ID, 100, &hooks);
+        assert!(nodes.get(ROOT_ID).is_some());
+        assert_eq!(*hooks.0.borrow(), vec![(true, a.id), (false, a.id)]);
+        // A new lookup after the forget gets a fresh id.
+        let (fd, st) = open(f.to_str().unwrap());
+        assert!(nodes.intern(fd, &st, &hooks).id > a.id);
+    }
+}

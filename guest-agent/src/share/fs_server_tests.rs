@@ -1,0 +1,164 @@
+//! [`serve`](super::serve) against the real host server (`lima-fs-server`)
+//! over a duplex pipe, on a real FUSE mount of this machine: the two halves
+//! of the protocol as they ship, without a VM. Ignored by default (root and
+//! `/dev/fuse`): `cargo test -p lima-guest-agent share -- --ignored`.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lima_proto::fs::{ShareSetup, ShareStatus};
+use lima_proto::{read_frame_async, write_frame_async};
+
+use super::tests::{blocking, exercise, unique_dir, wait_for, GID, UID};
+
+struct Mounted {
+    root: PathBuf,
+    mount: PathBuf,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    cable: tokio::task::JoinHandle<()>,
+    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn mount_fs_server(writable: bool) -> Mounted {
+    let root = unique_dir("root");
+    let mount = unique_dir("mnt").join("m");
+    let (guest, mut host_end) = tokio::io::duplex(4 << 20);
+    let agent = tokio::spawn(super::serve(guest));
+    let setup = ShareSetup {
+        tag: "fs-server".into(),
+        mount_point: mount.to_str().unwrap().into(),
+        writable,
+        uid: UID,
+        gid: GID,
+    };
+    write_frame_async(&mut host_end, &setup).await.unwrap();
+    let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+    assert_eq!(status, ShareStatus::Ready);
+    let server = lima_fs_server::Server::new(&root, writable).unwrap();
+    // The server runs tasks of its own that hold the stream; a cable in
+    // between lets the test cut the connection like a dying host would.
+    let (mut server_end, server_side) = tokio::io::duplex(4 << 20);
+    let server = tokio::spawn(server.serve(server_side));
+    let cable = tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut host_end, &mut server_end).await;
+    });
+    Mounted {
+        root,
+        mount,
+        server,
+        cable,
+        agent,
+    }
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool + Send + Sync + Clone + 'static) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if blocking(cond.clone()).await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn with_the_real_fs_server() {
+    let m = mount_fs_server(true).await;
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
+    blocking({
+        let (root, mnt) = (root.clone(), mnt.clone());
+        move || exercise(&root, &mnt)
+    })
+    .await;
+
+    // Host edits reach the guest through fs-server's inotify invalidations,
+    // even for a file whose pages the guest holds.
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
+        "hello from the host\n"
+    );
+    std::fs::write(root.join("hello.txt"), "HELLO FROM THE HOST\n").unwrap();
+    wait_for(&mnt.join("hello.txt"), "HELLO FROM THE HOST\n").await;
+    // A name looked up in vain, then created on the host.
+    let late = mnt.join("late.txt");
+    assert!(
+        !blocking({
+            let late = late.clone();
+            move || late.exists()
+        })
+        .await
+    );
+    std::fs::write(root.join("late.txt"), "late").unwrap();
+    wait_for(&late, "late").await;
+    // Removed and renamed on the host.
+    std::fs::remove_file(root.join("late.txt")).unwrap();
+    eventually("host unlink seen", {
+        let late = late.clone();
+        move || !late.exists()
+    })
+    .await;
+    std::fs::rename(root.join("sub"), root.join("sub2")).unwrap();
+    eventually("host rename seen", {
+        let mnt = mnt.clone();
+        move || !mnt.join("sub").exists() && mnt.join("sub2/a").exists()
+    })
+    .await;
+    // A listing the guest cached changes on the host.
+    let count = |p: &Path| std::fs::read_dir(p).unwrap().count();
+    let before = count(&mnt.join("many"));
+    std::fs::write(root.join("many/one-more"), "").unwrap();
+    eventually("host create listed", {
+        let mnt = mnt.clone();
+        move || count(&mnt.join("many")) == before + 1
+    })
+    .await;
+
+    // POSIX locks go to the host.
+    blocking({
+        let mnt = mnt.clone();
+        move || {
+            let f = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(mnt.join("hello.txt"))
+                .unwrap();
+            let lock = libc::flock {
+                l_type: libc::F_WRLCK as i16,
+                l_whence: libc::SEEK_SET as i16,
+                l_start: 0,
+                l_len: 0,
+                l_pid: 0,
+            };
+            // SAFETY: a valid fd and flock struct.
+            let r =
+                unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETLK, &lock) };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        }
+    })
+    .await;
+
+    // The host goes away: the agent detaches the mount and returns.
+    let mnt = m.mount.clone();
+    m.cable.abort();
+    tokio::time::timeout(Duration::from_secs(10), m.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!blocking(move || super::tests::is_mounted(&mnt)).await);
+    m.server.abort();
+    let _ = std::fs::remove_dir_all(&m.root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE and measures: needs root and /dev/fuse (shared folders issue)"]
+async fn fs_server_throughput() {
+    let m = mount_fs_server(true).await;
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
+    blocking(move || super::tests::measure(&root, &mnt, || None)).await;
+    m.cable.abort();
+    m.server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    let _ = std::fs::remove_dir_all(&m.root);
+}

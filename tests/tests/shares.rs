@@ -1,0 +1,247 @@
+//! Issue "shared folders": host folders in the guest through vsockfs (our
+//! fs-server + FUSE), and the 9p and virtiofs mount types.
+use std::time::{Duration, Instant};
+
+use lima_tests::{sha256_hex, Lima};
+
+/// Runs a shell script in the guest; fails the test with its output if it fails.
+fn guest_sh(lima: &Lima, name: &str, script: &str) -> String {
+    let r = lima.shell(name, &["sh", "-ec", script]);
+    assert_eq!(
+        r.code(),
+        0,
+        "guest script failed:\n{script}\nstdout:\n{}\nstderr:\n{}",
+        r.stdout(),
+        r.stderr()
+    );
+    r.stdout()
+}
+
+#[test]
+fn vsockfs_share_semantics() {
+    let lima = Lima::new();
+    let share = tempfile::tempdir_in("/tmp").unwrap();
+    let ro = tempfile::tempdir_in("/tmp").unwrap();
+    let (s, r) = (
+        share.path().display().to_string(),
+        ro.path().display().to_string(),
+    );
+    std::fs::write(ro.path().join("hello.txt"), "read only\n").unwrap();
+    // A secret next to the share that escapes must not reach.
+    let outside = share.path().parent().unwrap().join(format!(
+        "{}-secret",
+        share.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&outside, "secret\n").unwrap();
+    let yaml = lima.template(
+        "sh.yaml",
+        &format!("mounts:\n- location: {s}\n  mountPoint: /mnt/share\n  writable: true\n- location: {r}\n  mountPoint: /mnt/ro\n"),
+    );
+    lima.limactl(&["start", "--timeout", "5m", &yaml]).ok();
+
+    // File operations inside the guest.
+    guest_sh(
+        &lima,
+        "sh",
+        r#"cd /mnt/share
+grep -q ' /mnt/share fuse' /proc/mounts
+echo one > f; echo two >> f; [ "$(cat f)" = "$(printf 'one\ntwo')" ]
+: > f; [ ! -s f ]; echo abcdef > t; truncate -s 3 t 2>/dev/null || dd if=/dev/null of=t bs=1 seek=3 2>/dev/null; [ "$(cat t)" = abc ]
+echo old > a; echo new > b; mv b a; [ "$(cat a)" = new ]; [ ! -e b ]
+echo keep > u; exec 3< u; rm u; [ ! -e u ]; [ "$(cat <&3)" = keep ]; exec 3<&-
+mkdir -p d/e; rmdir d/e; rmdir d; [ ! -e d ]
+ln -s a sl; [ "$(readlink sl)" = a ]; [ "$(cat sl)" = new ]
+ln a hl; [ "$(stat -c %h a)" = 2 ]; echo more >> hl; [ "$(cat a)" = "$(printf 'new\nmore')" ]
+chmod 751 a; [ "$(stat -c %a a)" = 751 ]
+touch -d '2001-02-03 04:05:06' a; [ "$(stat -c %Y a)" = "$(date -d '2001-02-03 04:05:06' +%s)" ]
+[ "$(stat -c %u a)" = 0 ]
+for i in 1 2 3 4; do (for j in $(seq 1 200); do echo "$i-$j"; done > w$i) & done; wait
+for i in 1 2 3 4; do [ "$(wc -l < w$i)" = 200 ]; done
+echo guest-wrote > from-guest
+"#,
+    );
+    // Guest writes are on the host at once.
+    assert_eq!(
+        std::fs::read_to_string(share.path().join("from-guest")).unwrap(),
+        "guest-wrote\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.path().join("a")).unwrap(),
+        "new\nmore\n"
+    );
+    assert!(std::fs::symlink_metadata(share.path().join("sl"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // A host edit is seen in the guest within 1 s (the guest read it before, so it is cached).
+    std::fs::write(share.path().join("edit"), "v1\n").unwrap();
+    assert_eq!(
+        guest_sh(&lima, "sh", "cat /mnt/share/edit; ls /mnt/share >/dev/null"),
+        "v1\n"
+    );
+    std::fs::write(share.path().join("edit"), "version2\n").unwrap();
+    std::fs::write(share.path().join("new-on-host"), "x\n").unwrap();
+    let t = Instant::now();
+    loop {
+        let out = lima
+            .shell("sh", &["sh", "-c", "cat /mnt/share/edit; ls /mnt/share"])
+            .stdout();
+        if out.starts_with("version2\n") && out.contains("new-on-host") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "host edit not visible in the guest: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every poll includes a `limactl shell` round trip (~20 ms here); the
+    // invalidation itself must land well inside a second.
+    assert!(
+        t.elapsed() < Duration::from_secs(1) + Duration::from_millis(500),
+        "host edit took {:?}",
+        t.elapsed()
+    );
+
+    // 200 MiB with matching checksums both ways, and an mmap read.
+    let big: Vec<u8> = (0..200u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(share.path().join("big"), &big).unwrap();
+    let host_sum = sha256_hex(&big);
+    drop(big);
+    let out = guest_sh(
+        &lima,
+        "sh",
+        "cd /mnt/share; sha256sum big | cut -d' ' -f1; cp big big2; sync",
+    );
+    assert_eq!(out.trim(), host_sum);
+    assert_eq!(
+        sha256_hex(&std::fs::read(share.path().join("big2")).unwrap()),
+        host_sum
+    );
+    std::fs::write(share.path().join("mm"), b"mapped bytes\n").unwrap();
+    let r = lima
+        .shell(
+            "sh",
+            &["lima-guest-agent", "tool", "mmap-cat", "/mnt/share/mm"],
+        )
+        .ok();
+    assert_eq!(r.stdout(), "mapped bytes\n");
+    guest_sh(&lima, "sh", "rm /mnt/share/big /mnt/share/big2");
+
+    // Read-only: writes refused, reads fine.
+    assert_eq!(
+        guest_sh(&lima, "sh", "cat /mnt/ro/hello.txt"),
+        "read only\n"
+    );
+    for cmd in [
+        "echo x > /mnt/ro/new",
+        "echo x >> /mnt/ro/hello.txt",
+        "rm /mnt/ro/hello.txt",
+        "mkdir /mnt/ro/d",
+        "chmod 777 /mnt/ro/hello.txt",
+    ] {
+        let r = lima.shell("sh", &["sh", "-c", cmd]);
+        assert_ne!(r.code(), 0, "{cmd} succeeded on a read-only share");
+    }
+    assert_eq!(
+        std::fs::read_to_string(ro.path().join("hello.txt")).unwrap(),
+        "read only\n"
+    );
+    assert_eq!(std::fs::read_dir(ro.path()).unwrap().count(), 1);
+
+    // Escapes stay inside: `..` at the root, absolute and relative symlinks
+    // made on the host, and a directory swapped for a symlink mid-walk.
+    let secret_name = outside.file_name().unwrap().to_string_lossy().into_owned();
+    let elsewhere = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::write(elsewhere.path().join("host-only-marker"), "secret\n").unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), share.path().join("abs")).unwrap();
+    std::os::unix::fs::symlink(format!("../{secret_name}"), share.path().join("rel")).unwrap();
+    std::fs::create_dir(share.path().join("dir")).unwrap();
+    std::fs::write(share.path().join("dir/inner"), "inner\n").unwrap();
+    let out = lima.shell(
+        "sh",
+        &["sh", "-c", &format!(
+            "cat /mnt/share/../share/rel 2>&1; echo; cat /mnt/share/rel 2>&1; echo; ls /mnt/share/abs/ 2>&1 | head -3; echo; cat /mnt/share/dir/inner; cat /mnt/{secret_name} 2>&1"
+        )],
+    );
+    // The guest resolves symlinks in its own namespace, where neither the
+    // secret nor the absolute target exists.
+    assert!(
+        !out.stdout().contains("secret") && !out.stdout().contains("host-only-marker"),
+        "escaped the share: {}",
+        out.stdout()
+    );
+    assert!(out.stdout().contains("inner"), "{}", out.stdout());
+    // Swap `dir` for a symlink to the parent of the share while the guest walks it.
+    std::fs::rename(share.path().join("dir"), share.path().join("dir.old")).unwrap();
+    std::os::unix::fs::symlink(share.path().parent().unwrap(), share.path().join("dir")).unwrap();
+    let out = lima.shell(
+        "sh",
+        &[
+            "sh",
+            "-c",
+            &format!("cat /mnt/share/dir/{secret_name} 2>&1; ls /mnt/share/dir/ 2>&1"),
+        ],
+    );
+    assert!(
+        !out.stdout().contains("secret\n"),
+        "escaped through a swapped symlink: {}",
+        out.stdout()
+    );
+    std::fs::remove_file(&outside).unwrap();
+}
+
+#[test]
+fn nine_p_and_virtiofs_mount_types() {
+    let lima = Lima::new();
+    let a = tempfile::tempdir_in("/tmp").unwrap();
+    let b = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::write(a.path().join("in-9p"), "9p\n").unwrap();
+    std::fs::write(b.path().join("in-virtiofs"), "virtiofs\n").unwrap();
+    let yaml = lima.template(
+        "mt.yaml",
+        &format!(
+            "mounts:\n- location: {}\n  mountPoint: /mnt/9p\n  writable: true\n  mountType: 9p\n- location: {}\n  mountPoint: /mnt/vfs\n  writable: true\n  mountType: virtiofs\n",
+            a.path().display(),
+            b.path().display()
+        ),
+    );
+    lima.limactl(&["start", "--timeout", "5m", &yaml]).ok();
+    let out = guest_sh(&lima, "mt", "cat /mnt/9p/in-9p /mnt/vfs/in-virtiofs; grep -E ' /mnt/(9p|vfs) ' /proc/mounts | cut -d' ' -f3; echo w > /mnt/9p/back; echo w > /mnt/vfs/back");
+    assert_eq!(out, "9p\nvirtiofs\n9p\nvirtiofs\n");
+    assert_eq!(
+        std::fs::read_to_string(a.path().join("back")).unwrap(),
+        "w\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.path().join("back")).unwrap(),
+        "w\n"
+    );
+}
+
+#[test]
+fn mount_errors_name_the_mount() {
+    let lima = Lima::new();
+    // A host folder that does not exist: refused before anything starts.
+    let yaml = lima.template("missing.yaml", "mounts:\n- location: /no/such/folder\n");
+    lima.limactl(&["start", &yaml])
+        .fails_with("/no/such/folder does not exist");
+    assert!(!lima.instance_dir("missing").exists());
+    // A mount point the guest cannot create (under a file): start fails naming it.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let yaml = lima.template(
+        "badpoint.yaml",
+        &format!(
+            "mounts:\n- location: {}\n  mountPoint: /proc/version/x\n",
+            dir.path().display()
+        ),
+    );
+    lima.limactl(&["start", "--timeout", "5m", &yaml])
+        .fails_with("/proc/version/x");
+    lima.wait_until("processes gone", Duration::from_secs(20), || {
+        lima.our_processes().is_empty()
+    });
+}
