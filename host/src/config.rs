@@ -279,6 +279,26 @@ fn host_memory() -> u64 {
 
 /// Parses sizes the way Lima (go-units `RAMInBytes`) does: "4GiB", "512MiB",
 /// "2G" (binary units either way), or a plain byte count.
+/// A duration as the command line takes it: `500ms`, `90s` (or `90`), `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (use e.g. 10m, 90s, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t

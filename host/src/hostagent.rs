@@ -154,7 +154,7 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
 }
 
 /// Polls the guest agent until it answers a ping.
-async fn wait_ready(transport: &dyn crate::vsock::Transport) -> lima_proto::AgentInfo {
+pub(crate) async fn wait_ready(transport: &dyn crate::vsock::Transport) -> lima_proto::AgentInfo {
     loop {
         match tokio::time::timeout(Duration::from_secs(3), client::ping(transport)).await {
             Ok(Ok(info)) => return info,

@@ -10,6 +10,7 @@ pub mod image;
 pub mod instance;
 pub mod lifecycle;
 pub mod mounts;
+pub mod oneshot;
 pub mod portfwd;
 pub mod shares;
 mod shares_vsockfs;

@@ -22,6 +22,8 @@ pub struct ExecOptions {
     pub cwd: Option<String>,
     /// None: decide from whether stdin and stdout are terminals.
     pub tty: Option<bool>,
+    /// Called once the guest has started the command (`lima-run --timings`).
+    pub on_started: Option<Box<dyn FnOnce() + Send>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +115,11 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, S
         .await
         .map_err(ClientError::from)?
     {
-        Some(ExecOutput::Started { .. }) => {}
+        Some(ExecOutput::Started { .. }) => {
+            if let Some(f) = opts.on_started {
+                f();
+            }
+        }
         Some(ExecOutput::Failed(reason)) => return Err(ShellError::Failed(reason)),
         Some(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
         None => return Err(ShellError::Lost),

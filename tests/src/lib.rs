@@ -187,6 +187,11 @@ impl Lima {
         }
     }
 
+    /// The built default image's directory (`target/images/default`).
+    pub fn image_dir(&self) -> PathBuf {
+        self.bin_dir.join("../images/default")
+    }
+
     /// The built image's manifest (`target/images/default/image.json`).
     pub fn image_manifest(&self) -> serde_json::Value {
         let p = self.bin_dir.join("../images/default/image.json");
@@ -270,6 +275,29 @@ impl Lima {
             .spawn()
             .expect("spawn limactl shell");
         Background(child)
+    }
+
+    /// `lima-run ARGS` started in `cwd`, with its scratch directories under
+    /// our temporary home (so leftovers are easy to spot).
+    pub fn lima_run(&self, cwd: &std::path::Path, args: &[&str]) -> Command {
+        let mut c = self.cmd("lima-run");
+        c.env("XDG_RUNTIME_DIR", self.home.path())
+            .current_dir(cwd)
+            .args(args);
+        c
+    }
+
+    /// What `lima-run` left in our home: must be nothing after it exits.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.home.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("lima-run-"))
+            .collect();
+        v.extend(self.our_processes());
+        v
     }
 
     /// Writes a lima.yaml for the default image plus `extra` YAML and

@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(long = "mount-only", value_name = "DIR[:w]")]
         mount_only: Vec<String>,
         /// How long to wait for the guest agent (e.g. 10m, 90s)
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        #[arg(long, default_value = "10m", value_parser = lima_host::config::parse_duration)]
         timeout: Duration,
         /// An existing instance, or a template: `template:NAME`, NAME, or a .yaml path
         target: Option<String>,
@@ -87,25 +87,6 @@ enum Cmd {
     /// Run the host agent of an instance (started by `limactl start`)
     #[command(hide = true)]
     Hostagent { instance: String },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (use e.g. 10m, 90s, 500ms)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn init_logging(verbose: u8) {
@@ -324,6 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     env,
                     cwd: workdir,
                     tty,
+                    on_started: None,
                 },
             )) {
                 Ok(code) => code,
@@ -380,6 +362,7 @@ fn is_env_name(k: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lima_host::config::parse_duration;
 
     #[test]
     fn durations() {
