@@ -1,6 +1,8 @@
 //! What the agent does when it is the guest's init (PID 1) in our own image:
 //! mount the pseudo filesystems, load the kernel modules the agent needs, set
-//! up networking, and at the end stop every process and power the VM off.
+//! up networking, switch into a disk root filesystem when asked to
+//! (`lima.root=`, see `root.rs`), and at the end stop every process and power
+//! the VM off.
 //!
 //! Every step logs and carries on when it fails: a guest with a missing mount
 //! is still better than a kernel panic, and the host sees the log on the
@@ -15,6 +17,9 @@ pub struct KernelParams {
     pub hostname: Option<String>,
     /// Extra modules to load at boot (`lima.modules=a,b`).
     pub modules: Vec<String>,
+    /// A block device holding the root filesystem to switch into
+    /// (`lima.root=/dev/vda`); the initramfs stays `/` without it.
+    pub root: Option<String>,
 }
 
 impl KernelParams {
@@ -32,6 +37,8 @@ impl KernelParams {
             } else if let Some(v) = word.strip_prefix("lima.modules=") {
                 p.modules
                     .extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
+            } else if let Some(v) = word.strip_prefix("lima.root=") {
+                p.root = Some(v.to_string()).filter(|v| !v.is_empty());
             }
         }
         p
@@ -91,6 +98,9 @@ pub fn early_setup() {
 pub async fn late_setup(params: &KernelParams) {
     let mut wanted: Vec<String> = BOOT_MODULES.iter().map(|s| s.to_string()).collect();
     wanted.extend(params.modules.iter().cloned());
+    if params.root.is_some() {
+        wanted.extend(crate::root::MODULES.iter().map(|s| s.to_string()));
+    }
     match modules::ModuleTree::open_running() {
         Ok(tree) => {
             for name in &wanted {
@@ -113,6 +123,15 @@ pub async fn late_setup(params: &KernelParams) {
         let _ = sys::run_quiet("ip", &["link", "set", "eth0", "up"]);
         let _ = sys::run_quiet("ip", &["addr", "add", "10.0.2.15/24", "dev", "eth0"]);
         let _ = sys::run_quiet("ip", &["route", "add", "default", "via", "10.0.2.2"]);
+    }
+    // Last, so the steps above still use the initramfs's tools and modules.
+    if let Some(device) = &params.root {
+        match crate::root::switch(device) {
+            Ok(()) => crate::root::write_boot_files(params.hostname.as_deref()),
+            Err(e) => {
+                tracing::error!("root: cannot switch to {device}: {e}; staying in the initramfs")
+            }
+        }
     }
 }
 
@@ -187,6 +206,15 @@ mod tests {
         assert_eq!(p.hostname.as_deref(), Some("lima-dev"));
         assert_eq!(p.modules, vec!["fuse", "9p"]);
         let p = KernelParams::parse("");
-        assert!(p.hostname.is_none() && p.modules.is_empty());
+        assert!(p.hostname.is_none() && p.modules.is_empty() && p.root.is_none());
+    }
+
+    #[test]
+    fn root_device_from_the_command_line() {
+        let p = KernelParams::parse("console=ttyS0 root=/dev/sda lima.root=/dev/vda panic=-1");
+        assert_eq!(p.root.as_deref(), Some("/dev/vda"));
+        // The kernel's own root= is not ours.
+        assert!(KernelParams::parse("root=/dev/sda").root.is_none());
+        assert!(KernelParams::parse("lima.root=").root.is_none());
     }
 }

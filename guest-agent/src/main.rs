@@ -10,6 +10,7 @@ mod forward;
 mod init;
 mod modules;
 mod ports;
+mod root;
 mod server;
 mod share;
 mod sockdiag;

@@ -1,7 +1,8 @@
 //! Finding the kernel and initramfs an instance boots.
 //!
 //! `builtin:NAME` names an image built by `cargo xtask image` (a directory with
-//! `vmlinuz`, `initrd.img`, `image.json`), searched in `$LIMA_IMAGES_PATH`,
+//! `vmlinuz`, `initrd.img`, `image.json`, and for `builtin:debian` a
+//! read-only root filesystem `rootfs.ext4`), searched in `$LIMA_IMAGES_PATH`,
 //! then next to the binaries (`<bindir>/../images`, which is `target/images`
 //! in a checkout, and `<bindir>/../share/lima-rs/images` when installed).
 //! Lima's `images[].kernel` / `images[].initrd` with local paths work too.
@@ -13,7 +14,7 @@ use crate::config::Image;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("image `{name}` not found (looked in {looked}); build it with `cargo xtask image`, or set LIMA_IMAGES_PATH")]
+    #[error("image `{name}` not found (looked in {looked}); build it with `cargo xtask image {name}`, or set LIMA_IMAGES_PATH")]
     NotFound { name: String, looked: String },
     #[error("image file {0} does not exist")]
     MissingFile(PathBuf),
@@ -40,13 +41,27 @@ pub struct BootImage {
     pub extra_cmdline: String,
     /// From `image.json` when the image is ours.
     pub kernel_release: Option<String>,
+    /// A root filesystem image the guest agent switches into (attached
+    /// read-only; the guest puts a memory overlay on top).
+    pub rootfs: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 struct Manifest {
     kernel_release: String,
     kernel: String,
     initrd: String,
+    /// Optional: images without one run from the initramfs.
+    #[serde(default)]
+    rootfs: Option<String>,
+}
+
+/// Parses `image.json`.
+fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, ImageError> {
+    serde_json::from_str(text).map_err(|e| ImageError::Manifest {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 pub fn search_dirs() -> Vec<PathBuf> {
@@ -83,8 +98,12 @@ fn local(location: &str) -> Result<PathBuf, ImageError> {
 
 /// Opens a built image directory.
 pub fn open_builtin(name: &str) -> Result<BootImage, ImageError> {
-    let dirs = search_dirs();
-    for dir in &dirs {
+    open_builtin_in(name, &search_dirs())
+}
+
+/// [`open_builtin`] over the given search directories.
+fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<BootImage, ImageError> {
+    for dir in dirs {
         let d = dir.join(name);
         let manifest = d.join("image.json");
         if !manifest.exists() {
@@ -94,13 +113,14 @@ pub fn open_builtin(name: &str) -> Result<BootImage, ImageError> {
             path: manifest.clone(),
             source: Box::new(e),
         })?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| ImageError::Manifest {
-            path: manifest.clone(),
-            source: Box::new(e),
-        })?;
+        let m = parse_manifest(&manifest, &text)?;
         let kernel = d.join(&m.kernel);
         let initrd = d.join(&m.initrd);
-        for f in [&kernel, &initrd] {
+        let rootfs = m.rootfs.as_ref().map(|r| d.join(r));
+        for f in [Some(&kernel), Some(&initrd), rootfs.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             if !f.exists() {
                 return Err(ImageError::MissingFile(f.clone()));
             }
@@ -110,6 +130,7 @@ pub fn open_builtin(name: &str) -> Result<BootImage, ImageError> {
             initrd: Some(initrd.canonicalize().unwrap_or(initrd)),
             extra_cmdline: String::new(),
             kernel_release: Some(m.kernel_release),
+            rootfs: rootfs.map(|r| r.canonicalize().unwrap_or(r)),
         });
     }
     Err(ImageError::NotFound {
@@ -136,6 +157,7 @@ pub fn resolve(image: &Image) -> Result<BootImage, ImageError> {
                 .transpose()?,
             extra_cmdline: String::new(),
             kernel_release: None,
+            rootfs: None,
         }
     } else {
         return Err(ImageError::DiskImage {
@@ -146,4 +168,51 @@ pub fn resolve(image: &Image) -> Result<BootImage, ImageError> {
         boot.extra_cmdline = cmdline;
     }
     Ok(boot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_with_and_without_rootfs() {
+        let p = Path::new("image.json");
+        let m = parse_manifest(
+            p,
+            r#"{"name":"debian","kernel_release":"6.1.0-1-amd64","kernel":"vmlinuz","initrd":"initrd.img","rootfs":"rootfs.ext4"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.rootfs.as_deref(), Some("rootfs.ext4"));
+        let m = parse_manifest(
+            p,
+            r#"{"kernel_release":"6.1.0-1-amd64","kernel":"vmlinuz","initrd":"initrd.img"}"#,
+        )
+        .unwrap();
+        assert!(m.rootfs.is_none());
+        let err = parse_manifest(p, r#"{"kernel":"vmlinuz"}"#).unwrap_err();
+        assert!(err.to_string().contains("image.json"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_rootfs_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("withroot");
+        std::fs::create_dir(&image).unwrap();
+        for f in ["vmlinuz", "initrd.img"] {
+            std::fs::write(image.join(f), b"x").unwrap();
+        }
+        std::fs::write(
+            image.join("image.json"),
+            r#"{"kernel_release":"r","kernel":"vmlinuz","initrd":"initrd.img","rootfs":"rootfs.ext4"}"#,
+        )
+        .unwrap();
+        let dirs = [dir.path().to_path_buf()];
+        match open_builtin_in("withroot", &dirs) {
+            Err(ImageError::MissingFile(p)) => assert!(p.ends_with("rootfs.ext4"), "{p:?}"),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(image.join("rootfs.ext4"), b"x").unwrap();
+        let boot = open_builtin_in("withroot", &dirs).unwrap();
+        assert!(boot.rootfs.unwrap().ends_with("withroot/rootfs.ext4"));
+    }
 }

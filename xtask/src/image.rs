@@ -70,9 +70,21 @@ const SKELETON_DIRS: &[(&str, u32)] = &[
     ("var", 0o755),
 ];
 
-/// `cargo xtask image`: build (or, with `--agent`, take the given agent and
-/// only set up), then assemble the image. Returns `target/images/default`.
-pub fn run(agent: Option<&Path>) -> Result<PathBuf> {
+/// Which images `cargo xtask image` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    /// Kernel + initramfs with busybox (target/images/default).
+    Default,
+    /// The default image plus a Debian root filesystem (target/images/debian).
+    Debian,
+    /// Both.
+    All,
+}
+
+/// `cargo xtask image [WHICH]`: build (or, with `--agent`, take the given
+/// agent and only set up), then assemble the image(s). Returns the directory
+/// of the last one made.
+pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
     let agent = match agent {
         Some(agent) => {
             setup::run()?;
@@ -83,11 +95,16 @@ pub fn run(agent: Option<&Path>) -> Result<PathBuf> {
             build::agent_path()
         }
     };
-    assemble(&agent)
+    let default = assemble(&agent)?;
+    match which {
+        Which::Default => Ok(default),
+        // The Debian image reuses the default image's kernel and initramfs.
+        Which::Debian | Which::All => crate::debian::assemble(&default),
+    }
 }
 
 /// `target/images`.
-fn images_dir() -> PathBuf {
+pub(crate) fn images_dir() -> PathBuf {
     cmd::target_dir().join("images")
 }
 
@@ -374,7 +391,7 @@ fn download(deb: &IndexedDeb, dir: &Path) -> Result<Deb> {
 
 /// The cache key: SHA-256 over labelled inputs (each input contributes its
 /// own bytes or, for big files, their SHA-256).
-fn inputs_hash(inputs: &[(&str, &[u8])]) -> String {
+pub(crate) fn inputs_hash(inputs: &[(&str, &[u8])]) -> String {
     let mut hasher = Sha256::new();
     for (label, bytes) in inputs {
         hasher.update(label.as_bytes());
@@ -805,7 +822,7 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     write(to, &bytes, mode)
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -820,7 +837,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
-fn symlink(target: &str, link: &Path) -> Result<()> {
+pub(crate) fn symlink(target: &str, link: &Path) -> Result<()> {
     if let Some(parent) = link.parent() {
         fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -829,7 +846,7 @@ fn symlink(target: &str, link: &Path) -> Result<()> {
         .with_context(|| format!("cannot link {} -> {target}", link.display()))
 }
 
-fn remove_dir_if_present(dir: &Path) -> Result<()> {
+pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("cannot remove {}", dir.display()))
@@ -854,7 +871,7 @@ fn join_or_none(names: &[String]) -> String {
     }
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 

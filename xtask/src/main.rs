@@ -10,6 +10,7 @@
 //! cargo xtask setup            host packages and Rust tools
 //! cargo xtask build [--release]  host binaries + static guest agent
 //! cargo xtask image            target/images/default/{vmlinuz,initrd.img,image.json}
+//! cargo xtask image debian     target/images/debian/ (the above + rootfs.ext4)
 //! cargo xtask test [-- ARGS]   cargo test --workspace with LIMA_BIN_DIR set
 //! cargo xtask run              start instance `default` and run `uname -a` in it
 //! cargo xtask bench [ARGS]     cargo run --release -p lima-benches -- ARGS
@@ -19,6 +20,7 @@ mod bench;
 mod build;
 mod cmd;
 mod cpio;
+mod debian;
 mod image;
 mod run;
 mod setup;
@@ -49,8 +51,12 @@ enum Task {
         release: bool,
     },
     /// Build, then assemble the default guest image (kernel + initramfs)
-    /// into target/images/default.
+    /// into target/images/default, or with `debian` (or `all`) also the
+    /// Debian root filesystem image into target/images/debian.
     Image {
+        /// Which image to make.
+        #[arg(value_enum, default_value = "default")]
+        which: image::Which,
         /// Use this static agent binary instead of building
         /// lima-guest-agent (skips the build step).
         #[arg(long, hide = true, value_name = "PATH")]
@@ -79,7 +85,9 @@ fn main() -> ExitCode {
         Task::Build { release } => {
             build::run(build::Profile::from_release(release)).map(|()| ExitCode::SUCCESS)
         }
-        Task::Image { agent } => image::run(agent.as_deref()).map(|_| ExitCode::SUCCESS),
+        Task::Image { agent, which } => {
+            image::run(agent.as_deref(), which).map(|_| ExitCode::SUCCESS)
+        }
         Task::Test { args } => test::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Run => run::run(),
         Task::Bench { args } => bench::run(&args).map(|()| ExitCode::SUCCESS),
@@ -127,11 +135,25 @@ mod tests {
     }
 
     #[test]
+    fn image_names_which_image() {
+        let Task::Image { which, .. } = parse(&["image", "debian"]) else {
+            panic!()
+        };
+        assert_eq!(which, image::Which::Debian);
+        let Task::Image { which, .. } = parse(&["image", "all"]) else {
+            panic!()
+        };
+        assert_eq!(which, image::Which::All);
+        assert!(Cli::try_parse_from(["xtask", "image", "ubuntu"]).is_err());
+    }
+
+    #[test]
     fn image_takes_a_hidden_agent_override() {
-        let Task::Image { agent } = parse(&["image", "--agent", "/tmp/init"]) else {
+        let Task::Image { agent, which } = parse(&["image", "--agent", "/tmp/init"]) else {
             panic!()
         };
         assert_eq!(agent.as_deref(), Some(std::path::Path::new("/tmp/init")));
+        assert_eq!(which, image::Which::Default);
         let help = Cli::command()
             .find_subcommand_mut("image")
             .unwrap()

@@ -12,7 +12,9 @@ use crate::{cmd, image};
 
 pub fn run(args: &[String]) -> Result<()> {
     build::run(Profile::Debug)?;
-    image::assemble(&build::agent_path())?;
+    let default = image::assemble(&build::agent_path())?;
+    // Cached after the first run (debootstrap takes minutes once).
+    crate::debian::assemble(&default)?;
     cmd::run(
         cmd::cargo()
             .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Debug))

@@ -97,6 +97,21 @@ fn kernel_cmdline(inst: &Instance, extra: &str) -> String {
     c
 }
 
+/// The image's root filesystem as a read-only virtio-blk disk (the guest's
+/// only one, so `/dev/vda`): QEMU arguments, and the kernel parameter that
+/// tells the guest agent to switch into it.
+fn root_disk(rootfs: &std::path::Path) -> ([String; 4], &'static str) {
+    // QEMU option values escape a comma by doubling it.
+    let file = rootfs.display().to_string().replace(',', ",,");
+    let args = [
+        "-drive".to_string(),
+        format!("file={file},if=none,id=root,format=raw,readonly=on"),
+        "-device".to_string(),
+        "virtio-blk-pci,drive=root".to_string(),
+    ];
+    (args, "lima.root=/dev/vda")
+}
+
 impl Driver for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
@@ -129,10 +144,13 @@ impl Driver for Qemu {
             if let Some(initrd) = &launch.image.initrd {
                 cmd.arg("-initrd").arg(initrd);
             }
-            cmd.args([
-                "-append",
-                &kernel_cmdline(inst, &launch.image.extra_cmdline),
-            ]);
+            let mut cmdline = kernel_cmdline(inst, &launch.image.extra_cmdline);
+            if let Some(rootfs) = &launch.image.rootfs {
+                let (args, param) = root_disk(rootfs);
+                cmd.args(args);
+                cmdline = format!("{cmdline} {param}");
+            }
+            cmd.args(["-append", &cmdline]);
             cmd.args([
                 "-chardev",
                 &format!(
@@ -360,5 +378,19 @@ impl RunningVm for QemuVm {
             }
             self.stop_helper().await;
         })
+    }
+}
+
+#[cfg(test)]
+mod root_disk_tests {
+    #[test]
+    fn root_disk_is_read_only_and_escapes_commas() {
+        let (args, param) = super::root_disk(std::path::Path::new("/img/a,b/rootfs.ext4"));
+        assert_eq!(
+            args[1],
+            "file=/img/a,,b/rootfs.ext4,if=none,id=root,format=raw,readonly=on"
+        );
+        assert_eq!(args[3], "virtio-blk-pci,drive=root");
+        assert_eq!(param, "lima.root=/dev/vda");
     }
 }
