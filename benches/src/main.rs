@@ -11,12 +11,18 @@
 //!   method (3 s rescan + rescan after `bind()`), all on one VM and measured
 //!   on the guest clock; then round trip and throughput of a forwarded TCP
 //!   connection beside QEMU's own `hostfwd` on the same VM.
+//! * `shares`: one VM with the same tree shared three ways (vsockfs, 9p,
+//!   virtiofs): stat, listing, creating files, `git status` (with the
+//!   `builtin:debian` image), sequential I/O and host-edit visibility, timed
+//!   in the guest (`shares.rs`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+
+mod shares;
 
 #[derive(Parser)]
 struct Args {
@@ -32,9 +38,12 @@ struct Args {
     /// Listens per detection method (ports suite)
     #[arg(long, default_value_t = 200)]
     listens: u16,
-    /// MiB moved for the throughput figure (ports suite)
+    /// MiB moved for the throughput figures (ports and shares suites)
     #[arg(long, default_value_t = 256)]
     mib: usize,
+    /// Fewer repetitions and smaller transfers (shares suite)
+    #[arg(long)]
+    quick: bool,
 }
 
 fn bin_dir() -> PathBuf {
@@ -86,7 +95,11 @@ fn main() -> anyhow::Result<()> {
     match args.suite.as_str() {
         "foundation" => foundation(&args),
         "ports" => ports(&args),
-        other => bail!("unknown suite `{other}` (known: foundation, ports)"),
+        "shares" => shares::shares(&shares::Opts {
+            quick: args.quick,
+            mib: args.mib,
+        }),
+        other => bail!("unknown suite `{other}` (known: foundation, ports, shares)"),
     }
 }
 

@@ -10,6 +10,15 @@
 //! tool listen-latency BASE N  for i in 0..N: listen on 0.0.0.0:BASE+i, print
 //!                           one line "i micros" (from listen() to the first
 //!                           accepted connection), close, pause 50 ms
+//! tool time CMD ARG...      run CMD (stdout to /dev/null, stderr kept) and
+//!                           print its wall time in ns; exit with its code
+//! tool stat-files LIST      lstat(2) every path in LIST (one per line); print
+//!                           "FOUND MISSING NS"
+//! tool watch-file FILE      for each stdin line "stat|read TEXT": print
+//!                           "armed", then poll FILE every 1 ms until it holds
+//!                           TEXT (stat: size is TEXT's length plus one and the
+//!                           mtime moved; read: the bytes are TEXT and a
+//!                           newline), print "seen"
 //! ```
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
@@ -17,7 +26,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Instant;
 
 fn usage() -> i32 {
-    eprintln!("usage: lima-guest-agent tool (echo tcp|udp|unix ADDR | sink tcp ADDR | mmap-cat FILE | listen-latency BASE N)");
+    eprintln!("usage: lima-guest-agent tool (echo tcp|udp|unix ADDR | sink tcp ADDR | mmap-cat FILE | listen-latency BASE N | time CMD ARG... | stat-files LIST | watch-file FILE)");
     2
 }
 
@@ -30,6 +39,9 @@ pub fn main(args: Vec<String>) -> i32 {
         ["sink", "tcp", addr] => sink_tcp(addr),
         ["mmap-cat", file] => mmap_cat(file),
         ["listen-latency", base, n] => listen_latency(base, n),
+        ["time", cmd, rest @ ..] => return time(cmd, rest),
+        ["stat-files", list] => stat_files(list),
+        ["watch-file", file] => watch_file(file),
         _ => return usage(),
     };
     match r {
@@ -155,6 +167,84 @@ fn listen_latency(base: &str, n: &str) -> std::io::Result<()> {
         out.flush()?;
         drop(l);
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn time(cmd: &str, args: &[&str]) -> i32 {
+    let t0 = Instant::now();
+    let status = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status();
+    let ns = t0.elapsed().as_nanos();
+    match status {
+        Ok(st) => {
+            println!("{ns}");
+            st.code()
+                .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0))
+        }
+        Err(e) => {
+            eprintln!("tool: {cmd}: {e}");
+            127
+        }
+    }
+}
+
+fn stat_files(list: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(list)?;
+    let paths: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let (mut found, mut missing) = (0u64, 0u64);
+    let t0 = Instant::now();
+    for p in &paths {
+        match std::fs::symlink_metadata(p) {
+            Ok(_) => found += 1,
+            Err(_) => missing += 1,
+        }
+    }
+    println!("{found} {missing} {}", t0.elapsed().as_nanos());
+    Ok(())
+}
+
+/// mtime in ns and size, or None while the file is missing.
+fn stat_key(file: &str) -> Option<(i128, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(file).ok()?;
+    Some((
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        m.size(),
+    ))
+}
+
+fn watch_file(file: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout();
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        let (mode, text) = line
+            .split_once(' ')
+            .ok_or_else(|| std::io::Error::other("want `stat|read TEXT`"))?;
+        let want = format!("{text}\n");
+        // Arm: what the guest holds now (cached, since it was just read).
+        let before = stat_key(file);
+        let _ = std::fs::read(file);
+        writeln!(out, "armed")?;
+        out.flush()?;
+        loop {
+            let seen = match mode {
+                "stat" => {
+                    stat_key(file).is_some_and(|k| Some(k) != before && k.1 == want.len() as u64)
+                }
+                "read" => std::fs::read(file).is_ok_and(|b| b == want.as_bytes()),
+                _ => return Err(std::io::Error::other("mode is stat or read")),
+            };
+            if seen {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        writeln!(out, "seen")?;
+        out.flush()?;
     }
     Ok(())
 }
