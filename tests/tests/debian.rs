@@ -50,6 +50,7 @@ fn debian_userland_on_an_overlay_root() {
     let lima = Lima::new();
     let share = tempfile::tempdir().unwrap();
     std::fs::write(share.path().join("from-host"), "host side\n").unwrap();
+    let (nine_p, virtiofs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let guest_port = 18301;
     let host_port = free_port();
     let yaml = template(
@@ -57,8 +58,12 @@ fn debian_userland_on_an_overlay_root() {
         "deb.yaml",
         &format!(
             "mounts:\n- location: {}\n  mountPoint: /mnt/share\n  writable: true\n\
+             - location: {}\n  mountPoint: /mnt/9p\n  writable: true\n  mountType: 9p\n\
+             - location: {}\n  mountPoint: /mnt/vfs\n  writable: true\n  mountType: virtiofs\n\
              portForwards:\n- guestPort: {guest_port}\n  hostPort: {host_port}\n",
-            share.path().display()
+            share.path().display(),
+            nine_p.path().display(),
+            virtiofs.path().display(),
         ),
     );
     let t = Instant::now();
@@ -133,12 +138,13 @@ fn debian_userland_on_an_overlay_root() {
 
     // `/` is the overlay, writable, and the kernel modules are reachable.
     let mounts = sh(&lima, "deb", "cat /proc/mounts");
+    // The last mount on `/` is the one processes see.
     let root_type = mounts
         .lines()
+        .rev()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.get(1) == Some(&"/"))
-        .map(|f| f[2].to_string())
-        .last();
+        .find(|f| f.get(1) == Some(&"/"))
+        .map(|f| f[2].to_string());
     assert_eq!(root_type.as_deref(), Some("overlay"), "{mounts}");
     sh(
         &lima,
@@ -156,6 +162,23 @@ fn debian_userland_on_an_overlay_root() {
         std::fs::read_to_string(share.path().join("from-guest")).unwrap(),
         "guest side\n"
     );
+
+    // 9p and virtiofs: their modules come from the initramfs's tree.
+    sh(
+        &lima,
+        "deb",
+        "echo 9p > /mnt/9p/from-guest && echo vfs > /mnt/vfs/from-guest",
+    );
+    assert_eq!(
+        std::fs::read_to_string(nine_p.path().join("from-guest")).unwrap(),
+        "9p\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(virtiofs.path().join("from-guest")).unwrap(),
+        "vfs\n"
+    );
+    assert!(mounts.contains(" /mnt/9p 9p"), "{mounts}");
+    assert!(mounts.contains(" /mnt/vfs virtiofs"), "{mounts}");
 
     // The eBPF port watcher sees a Debian program's listener.
     let watcher = lima.info("deb")["watcher"]
@@ -208,4 +231,30 @@ fn debian_userland_on_an_overlay_root() {
         "a write survived the restart"
     );
     assert_eq!(sh(&lima, "deb", "python3 -c 'print(6*7)'"), "42\n");
+}
+
+/// A root device that cannot be mounted: the agent says why on the console
+/// and serves from the initramfs (PID 1 never panics over it).
+#[test]
+fn an_unusable_root_device_leaves_the_agent_in_the_initramfs() {
+    let lima = Lima::new();
+    let p = lima.home.path().join("bad.yaml");
+    // /dev/null exists at once (no wait for a disk) and is no ext4.
+    std::fs::write(
+        &p,
+        "images:\n- location: builtin:default\n  kernel:\n    location: \"\"\n    \
+         cmdline: lima.root=/dev/null\ncpus: 1\nmemory: 512MiB\n",
+    )
+    .unwrap();
+    lima.limactl(&["start", "--timeout", "5m", p.to_str().unwrap()])
+        .ok();
+    assert!(sh(&lima, "bad", "cat /etc/os-release").contains("ID=lima-rs"));
+    let serial = std::fs::read_to_string(lima.instance_dir("bad").join("serial.log")).unwrap();
+    assert!(
+        serial.contains("root: cannot switch to /dev/null")
+            && serial.contains("staying in the initramfs"),
+        "{serial}"
+    );
+    // Nothing of the attempt is left mounted.
+    assert!(!sh(&lima, "bad", "cat /proc/mounts").contains("/.lima/"));
 }
