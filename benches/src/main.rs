@@ -15,6 +15,9 @@
 //!   virtiofs): stat, listing, creating files, `git status` (with the
 //!   `builtin:debian` image), sequential I/O and host-edit visibility, timed
 //!   in the guest (`shares.rs`).
+//! * `run`: `lima-run -- true` wall time and each phase's share, beside the
+//!   same kernel booting a Debian rootfs with systemd to a login prompt
+//!   (`oneshot.rs`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
+mod oneshot;
 mod shares;
 
 #[derive(Parser)]
@@ -44,6 +48,12 @@ struct Args {
     /// Fewer repetitions and smaller transfers (shares suite)
     #[arg(long)]
     quick: bool,
+    /// `lima-run -- true` runs (run suite)
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Classic systemd boots (run suite; each takes minutes under TCG)
+    #[arg(long, default_value_t = 3)]
+    classic_runs: usize,
 }
 
 fn bin_dir() -> PathBuf {
@@ -99,7 +109,11 @@ fn main() -> anyhow::Result<()> {
             quick: args.quick,
             mib: args.mib,
         }),
-        other => bail!("unknown suite `{other}` (known: foundation, ports, shares)"),
+        "run" => oneshot::run(&oneshot::Opts {
+            runs: args.runs,
+            classic_runs: args.classic_runs,
+        }),
+        other => bail!("unknown suite `{other}` (known: foundation, ports, shares, run)"),
     }
 }
 

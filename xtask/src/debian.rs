@@ -57,6 +57,76 @@ const FORBIDDEN: &[&str] = &["systemd-sysv", "systemd", "cloud-init", "linux-ima
 const ROOTFS_FILE: &str = "rootfs.ext4";
 const LABEL: &str = "lima-root";
 
+/// What goes into a root filesystem.
+struct Recipe {
+    /// Also an input of the cache key, except for the agent image's own
+    /// recipe (keeps existing caches valid).
+    flavor: &'static str,
+    packages: Vec<&'static str>,
+    forbidden: &'static [&'static str],
+    /// Copy the tree's `/boot/vmlinuz-*` and `/boot/initrd.img-*` out as
+    /// `vmlinuz` and `initrd.img` next to `rootfs.ext4`.
+    boot_files: bool,
+}
+
+/// The image the agent boots into (no init system, no kernel package).
+fn agent_recipe() -> Recipe {
+    Recipe {
+        flavor: "agent",
+        packages: PACKAGES.to_vec(),
+        forbidden: FORBIDDEN,
+        boot_files: false,
+    }
+}
+
+/// Packages the classic image adds: an init system and a kernel with
+/// Debian's own initramfs, as a stock Debian VM boots.
+const CLASSIC_EXTRA: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "linux-image-amd64",
+    "initramfs-tools",
+];
+
+/// The benchmarks' baseline: the same userland booted the classic way, by
+/// Debian's initramfs and systemd to a login prompt.
+fn classic_recipe() -> Recipe {
+    let mut packages = PACKAGES.to_vec();
+    packages.extend_from_slice(CLASSIC_EXTRA);
+    Recipe {
+        flavor: "classic",
+        packages,
+        forbidden: &["cloud-init"],
+        boot_files: true,
+    }
+}
+
+/// `target/images/debian-classic`.
+pub fn classic_dir() -> PathBuf {
+    image::images_dir().join("debian-classic")
+}
+
+/// `cargo xtask image debian-classic`: the Debian rootfs with systemd and a
+/// kernel package, plus that kernel and Debian's initramfs, for the `run`
+/// benchmark's classic boot (not an image `limactl` boots: no image.json).
+pub fn assemble_classic() -> Result<PathBuf> {
+    let images = image::images_dir();
+    let file = rootfs(&images.join("cache"), &classic_recipe())?;
+    let entry = file.parent().context("rootfs has no parent")?;
+    let name = entry
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("rootfs cache entry has no name")?;
+    let hash = name.strip_prefix("rootfs-").unwrap_or(name);
+    let link = images.join("debian-classic");
+    let new = images.join(format!("debian-classic.new-{}", std::process::id()));
+    let _ = fs::remove_file(&new);
+    symlink(&format!("cache/rootfs-{hash}"), &new)?;
+    fs::rename(&new, &link).with_context(|| format!("cannot replace {}", link.display()))?;
+    eprintln!("image: {} -> cache/rootfs-{hash}", link.display());
+    Ok(classic_dir())
+}
+
 /// `target/images/debian`.
 pub fn dir() -> PathBuf {
     image::images_dir().join("debian")
@@ -83,7 +153,7 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
         .as_str()
         .context("the default image's image.json has no kernel_release")?;
 
-    let rootfs = rootfs(&cache)?;
+    let rootfs = rootfs(&cache, &agent_recipe())?;
     let rootfs_hash = rootfs
         .parent()
         .and_then(Path::file_name)
@@ -135,15 +205,20 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
 }
 
 /// The cached `rootfs.ext4` for the current inputs, built if missing.
-fn rootfs(cache: &Path) -> Result<PathBuf> {
+fn rootfs(cache: &Path, recipe: &Recipe) -> Result<PathBuf> {
     let started = Instant::now();
     let mirror = mirror();
-    let hash = inputs_hash(&[
+    let packages = recipe.packages.join(",");
+    let mut inputs: Vec<(&str, &[u8])> = vec![
         ("recipe", ROOTFS_RECIPE_VERSION.as_bytes()),
         ("suite", SUITE.as_bytes()),
         ("mirror", mirror.as_bytes()),
-        ("packages", PACKAGES.join(",").as_bytes()),
-    ]);
+        ("packages", packages.as_bytes()),
+    ];
+    if recipe.flavor != "agent" {
+        inputs.push(("flavor", recipe.flavor.as_bytes()));
+    }
+    let hash = inputs_hash(&inputs);
     let entry = cache.join(format!("rootfs-{hash}"));
     let file = entry.join(ROOTFS_FILE);
     if file.is_file() {
@@ -178,15 +253,12 @@ fn rootfs(cache: &Path) -> Result<PathBuf> {
     let out = scratch.join("out");
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let built = (|| -> Result<(f64, f64, u64, u64)> {
-        eprintln!(
-            "image: debootstrap {SUITE} (minbase + {}) from {mirror}",
-            PACKAGES.join(",")
-        );
+        eprintln!("image: debootstrap {SUITE} (minbase + {packages}) from {mirror}");
         let t = Instant::now();
         let result = cmd::run(
             Command::new(&debootstrap)
                 .arg("--variant=minbase")
-                .arg(format!("--include={}", PACKAGES.join(",")))
+                .arg(format!("--include={packages}"))
                 .arg(format!("--cache-dir={}", debs.display()))
                 .arg(SUITE)
                 .arg(&tree)
@@ -196,7 +268,10 @@ fn rootfs(cache: &Path) -> Result<PathBuf> {
         unmount_under(&tree);
         result?;
         let debootstrap_secs = t.elapsed().as_secs_f64();
-        check_forbidden(&tree)?;
+        check_forbidden(&tree, recipe.forbidden)?;
+        if recipe.boot_files {
+            copy_boot_files(&tree, &out)?;
+        }
         let trimmed = trim(&tree)?;
         configure(&tree)?;
         let t = Instant::now();
@@ -332,7 +407,28 @@ fn is_http(uri: &str) -> bool {
 }
 
 /// Fails if a package that would take over boot got in through a dependency.
-fn check_forbidden(tree: &Path) -> Result<()> {
+/// `/boot/vmlinuz-*` and `/boot/initrd.img-*` of the tree, as `vmlinuz`
+/// and `initrd.img` in `out`.
+fn copy_boot_files(tree: &Path, out: &Path) -> Result<()> {
+    for (prefix, name) in [("vmlinuz-", "vmlinuz"), ("initrd.img-", "initrd.img")] {
+        let found = fs::read_dir(tree.join("boot"))
+            .context("the classic rootfs has no /boot")?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .with_context(|| format!("the classic rootfs has no /boot/{prefix}*"))?;
+        fs::copy(&found, out.join(name))
+            .with_context(|| format!("cannot copy {}", found.display()))?;
+        eprintln!("image: classic boot file {}", found.display());
+    }
+    Ok(())
+}
+
+fn check_forbidden(tree: &Path, forbidden: &[&str]) -> Result<()> {
     let status = fs::read_to_string(tree.join("var/lib/dpkg/status"))
         .context("debootstrap left no var/lib/dpkg/status")?;
     let installed: Vec<&str> = status
@@ -340,9 +436,9 @@ fn check_forbidden(tree: &Path) -> Result<()> {
         .filter(|s| s.contains("Status: install ok installed"))
         .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("Package: ")))
         .collect();
-    let found: Vec<&&str> = FORBIDDEN.iter().filter(|f| installed.contains(f)).collect();
+    let found: Vec<&&str> = forbidden.iter().filter(|f| installed.contains(f)).collect();
     if !found.is_empty() {
-        bail!("the Debian rootfs would contain {found:?}; the agent must stay init");
+        bail!("the Debian rootfs would contain {found:?}, which this image must not have");
     }
     ensure!(
         installed.len() > 50,

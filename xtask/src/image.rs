@@ -79,6 +79,9 @@ pub enum Which {
     Debian,
     /// Both.
     All,
+    /// The `run` benchmark's baseline: a Debian rootfs with systemd and
+    /// Debian's kernel and initramfs (target/images/debian-classic).
+    DebianClassic,
 }
 
 /// `cargo xtask image [WHICH]`: build (or, with `--agent`, take the given
@@ -100,6 +103,7 @@ pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
         Which::Default => Ok(default),
         // The Debian image reuses the default image's kernel and initramfs.
         Which::Debian | Which::All => crate::debian::assemble(&default),
+        Which::DebianClassic => crate::debian::assemble_classic(),
     }
 }
 

@@ -51,7 +51,7 @@ fn env_pairs(flags: &[String]) -> Result<Vec<(String, String)>, String> {
     flags
         .iter()
         .map(|f| match f.split_once('=') {
-            Some((k, _)) if k.is_empty() => Err(format!("-e {f}: empty variable name")),
+            Some(("", _)) => Err(format!("-e {f}: empty variable name")),
             Some((k, v)) => Ok((k.to_string(), v.to_string())),
             None => std::env::var(f)
                 .map(|v| (f.clone(), v))

@@ -100,16 +100,61 @@ fn kernel_cmdline(inst: &Instance, extra: &str) -> String {
 /// The image's root filesystem as a read-only virtio-blk disk (the guest's
 /// only one, so `/dev/vda`): QEMU arguments, and the kernel parameter that
 /// tells the guest agent to switch into it.
-fn root_disk(rootfs: &std::path::Path) -> ([String; 4], &'static str) {
+fn root_disk(rootfs: &std::path::Path, machine: Machine) -> ([String; 4], &'static str) {
     // QEMU option values escape a comma by doubling it.
     let file = rootfs.display().to_string().replace(',', ",,");
     let args = [
         "-drive".to_string(),
         format!("file={file},if=none,id=root,format=raw,readonly=on"),
         "-device".to_string(),
-        "virtio-blk-pci,drive=root".to_string(),
+        format!("{},drive=root", machine.device("virtio-blk")),
     ];
     (args, "lima.root=/dev/vda")
+}
+
+/// The QEMU machine type. `q35` (PCI, firmware) is the default; `microvm`
+/// (virtio-mmio, qboot, no PCI) is chosen with `LIMA_QEMU_MACHINE=microvm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    Q35,
+    Microvm,
+}
+
+impl Machine {
+    pub fn from_env() -> Result<Self, DriverError> {
+        match std::env::var("LIMA_QEMU_MACHINE").as_deref() {
+            Err(_) | Ok("") | Ok("q35") => Ok(Machine::Q35),
+            Ok("microvm") => Ok(Machine::Microvm),
+            Ok(other) => Err(DriverError::Failed(format!(
+                "LIMA_QEMU_MACHINE={other}: unknown machine type (use q35 or microvm)"
+            ))),
+        }
+    }
+
+    fn arg(self, accel: &str) -> String {
+        match self {
+            Machine::Q35 => format!("q35,accel={accel}"),
+            Machine::Microvm => format!("microvm,accel={accel}"),
+        }
+    }
+
+    /// `virtio-net` → `virtio-net-pci` or `virtio-net-device` (virtio-mmio).
+    fn device(self, base: &str) -> String {
+        match self {
+            Machine::Q35 => format!("{base}-pci"),
+            Machine::Microvm => format!("{base}-device"),
+        }
+    }
+
+    /// Kernel parameters the machine needs. Under TCG, microvm has no HPET
+    /// or PM timer to calibrate the TSC against and the kernel stalls, so it
+    /// is told the frequency; TCG's guest TSC counts at the host's rate.
+    fn cmdline(self, accel: &str) -> Option<String> {
+        if self != Machine::Microvm || accel != "tcg" {
+            return None;
+        }
+        crate::sys::tsc_khz().map(|khz| format!("tsc_early_khz={khz} tsc=reliable"))
+    }
 }
 
 impl Driver for Qemu {
@@ -130,7 +175,8 @@ impl Driver for Qemu {
             let mem_mib = cfg.memory >> 20;
             let mut cmd = std::process::Command::new(&self.binary);
             cmd.args(["-name", &format!("lima-{}", inst.name)]);
-            cmd.args(["-machine", &format!("q35,accel={accel}")]);
+            let machine = Machine::from_env()?;
+            cmd.args(["-machine", &machine.arg(&accel)]);
             cmd.args(["-cpu", if accel == "tcg" { "max" } else { "host" }]);
             cmd.args(["-smp", &cfg.cpus.to_string(), "-m", &format!("{mem_mib}M")]);
             cmd.args([
@@ -145,8 +191,11 @@ impl Driver for Qemu {
                 cmd.arg("-initrd").arg(initrd);
             }
             let mut cmdline = kernel_cmdline(inst, &launch.image.extra_cmdline);
+            if let Some(extra) = machine.cmdline(&accel) {
+                cmdline = format!("{cmdline} {extra}");
+            }
             if let Some(rootfs) = &launch.image.rootfs {
-                let (args, param) = root_disk(rootfs);
+                let (args, param) = root_disk(rootfs, machine);
                 cmd.args(args);
                 cmdline = format!("{cmdline} {param}");
             }
@@ -182,9 +231,12 @@ impl Driver for Qemu {
                 "-netdev",
                 &netdev,
                 "-device",
-                "virtio-net-pci,netdev=net0,romfile=",
+                &match machine {
+                    Machine::Q35 => "virtio-net-pci,netdev=net0,romfile=".to_string(),
+                    Machine::Microvm => "virtio-net-device,netdev=net0".to_string(),
+                },
             ]);
-            cmd.args(["-device", "virtio-rng-pci"]);
+            cmd.args(["-device", &machine.device("virtio-rng")]);
 
             let mut helpers = Vec::new();
             // Shared folders that QEMU or a vhost-user daemon serves.
@@ -193,16 +245,24 @@ impl Driver for Qemu {
                 match m.kind {
                     crate::mounts::MountType::NineP => {
                         let mut v = format!(
-                            "local,path={},mount_tag={},security_model={},id={}",
-                            m.location.display(),
-                            m.tag,
+                            "local,path={},security_model={},id={}",
+                            m.location.display().to_string().replace(',', ",,"),
                             m.security_model,
                             m.tag
                         );
                         if !m.writable {
                             v.push_str(",readonly=on");
                         }
-                        cmd.args(["-virtfs", &v]);
+                        cmd.args(["-fsdev", &v]);
+                        cmd.args([
+                            "-device",
+                            &format!(
+                                "{},fsdev={},mount_tag={}",
+                                machine.device("virtio-9p"),
+                                m.tag,
+                                m.tag
+                            ),
+                        ]);
                     }
                     crate::mounts::MountType::Virtiofs => {
                         shared_mem = true;
@@ -234,7 +294,12 @@ impl Driver for Qemu {
                         ]);
                         cmd.args([
                             "-device",
-                            &format!("vhost-user-fs-pci,chardev={},tag={}", m.tag, m.tag),
+                            &format!(
+                                "{},chardev={},tag={}",
+                                machine.device("vhost-user-fs"),
+                                m.tag,
+                                m.tag
+                            ),
                         ]);
                     }
                     crate::mounts::MountType::Vsockfs => {}
@@ -246,11 +311,14 @@ impl Driver for Qemu {
                     "-object",
                     &format!("memory-backend-memfd,id=mem0,size={mem_mib}M,share=on"),
                 ]);
-                cmd.args(["-numa", "node,memdev=mem0"]);
+                cmd.args(["-machine", "memory-backend=mem0"]);
             }
             let transport = if crate::sys::kernel_vsock_usable() {
                 let cid = 3 + (std::process::id() % 100_000);
-                cmd.args(["-device", &format!("vhost-vsock-pci,guest-cid={cid}")]);
+                cmd.args([
+                    "-device",
+                    &format!("{},guest-cid={cid}", machine.device("vhost-vsock")),
+                ]);
                 TransportSpec::Kernel { cid }
             } else {
                 let vhost_sock = inst.path(instance::VHOST_VSOCK_SOCK);
@@ -278,7 +346,10 @@ impl Driver for Qemu {
                     "-chardev",
                     &format!("socket,id=vsock0,path={}", vhost_sock.display()),
                 ]);
-                cmd.args(["-device", "vhost-user-vsock-pci,chardev=vsock0"]);
+                cmd.args([
+                    "-device",
+                    &format!("{},chardev=vsock0", machine.device("vhost-user-vsock")),
+                ]);
                 TransportSpec::Hybrid { path: uds }
             };
             tracing::info!("qemu command: {cmd:?}");
@@ -385,12 +456,17 @@ impl RunningVm for QemuVm {
 mod root_disk_tests {
     #[test]
     fn root_disk_is_read_only_and_escapes_commas() {
-        let (args, param) = super::root_disk(std::path::Path::new("/img/a,b/rootfs.ext4"));
+        let (args, param) = super::root_disk(
+            std::path::Path::new("/img/a,b/rootfs.ext4"),
+            super::Machine::Q35,
+        );
         assert_eq!(
             args[1],
             "file=/img/a,,b/rootfs.ext4,if=none,id=root,format=raw,readonly=on"
         );
         assert_eq!(args[3], "virtio-blk-pci,drive=root");
+        let (args, _) = super::root_disk(std::path::Path::new("/r"), super::Machine::Microvm);
+        assert_eq!(args[3], "virtio-blk-device,drive=root");
         assert_eq!(param, "lima.root=/dev/vda");
     }
 }
