@@ -67,6 +67,10 @@ impl Reaper {
 }
 
 fn reap_all(state: &Mutex<ReaperState>) {
+    // Held across waitpid: `Command::spawn` runs under the same lock, and when
+    // exec fails std reaps that child itself and panics if it is already
+    // gone. So no child may be reaped while a spawn is in progress.
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
@@ -74,7 +78,6 @@ fn reap_all(state: &Mutex<ReaperState>) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(_) => continue,
         };
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = st.waiting.remove(&status.0.as_raw()) {
             let _ = tx.send(status.1);
         }

@@ -155,11 +155,18 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
 
 /// Polls the guest agent until it answers a ping.
 pub(crate) async fn wait_ready(transport: &dyn crate::vsock::Transport) -> lima_proto::AgentInfo {
+    // Each attempt gets longer after one times out: on a starved host (many
+    // emulated VMs on few cores) one hello+ping can take seconds, and a fixed
+    // limit would abandon every attempt just before its answer.
+    let mut limit = Duration::from_secs(3);
     loop {
-        match tokio::time::timeout(Duration::from_secs(3), client::ping(transport)).await {
+        match tokio::time::timeout(limit, client::ping(transport)).await {
             Ok(Ok(info)) => return info,
             Ok(Err(e)) => tracing::trace!("guest agent not ready: {e}"),
-            Err(_) => tracing::debug!("guest agent ping timed out"),
+            Err(_) => {
+                tracing::debug!("guest agent ping timed out after {limit:?}");
+                limit = (limit * 2).min(Duration::from_secs(60));
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

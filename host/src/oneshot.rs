@@ -96,6 +96,10 @@ struct Scratch(PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if std::env::var_os("LIMA_RUN_KEEP").is_some() {
+            eprintln!("lima-run: kept {} (LIMA_RUN_KEEP)", self.0.display());
+            return;
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.0) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("lima-run: cannot remove {}: {e}", self.0.display());

@@ -170,6 +170,10 @@ fn four_at_once_do_not_collide() {
             lima.lima_run(
                 d.path(),
                 &[
+                    "--cpus",
+                    "1",
+                    "--memory",
+                    "512MiB",
                     "-e",
                     &format!("N={i}"),
                     "--",
