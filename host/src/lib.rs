@@ -18,3 +18,14 @@ pub mod shell;
 pub mod sys;
 pub mod template;
 pub mod vsock;
+
+/// Logs to stderr at `level`, or as `LIMA_LOG` (an `EnvFilter`) says.
+pub fn init_logging(level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIMA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -62,19 +62,12 @@ fn env_pairs(flags: &[String]) -> Result<Vec<(String, String)>, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
+    lima_host::init_logging(match cli.verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LIMA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    });
     let fail = |msg: String| {
         eprintln!("lima-run: error: {msg}");
         ExitCode::from(125)

@@ -90,18 +90,11 @@ enum Cmd {
 }
 
 fn init_logging(verbose: u8) {
-    let level = match verbose {
+    lima_host::init_logging(match verbose {
         0 => "warn",
         1 => "debug",
         _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LIMA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    });
 }
 
 fn main() -> ExitCode {
