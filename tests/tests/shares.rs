@@ -242,3 +242,101 @@ fn mount_errors_name_the_mount() {
         lima.our_processes().is_empty()
     });
 }
+
+/// Runs `sh -c SCRIPT` in the guest; returns (stdout, stderr), failing the
+/// test if it fails or if anything complains about a lock.
+fn guest_git(lima: &Lima, name: &str, script: &str) -> (String, String) {
+    let r = lima.shell(name, &["sh", "-ec", script]);
+    let (out, err) = (r.stdout(), r.stderr());
+    assert_eq!(
+        r.code(),
+        0,
+        "guest script failed:\n{script}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let lower = err.to_lowercase();
+    assert!(
+        !lower.contains("lock") && !lower.contains("unable to") && !lower.contains("fatal"),
+        "git complained:\n{script}\n{err}"
+    );
+    (out, err)
+}
+
+/// git on a vsockfs share from a `builtin:debian` guest (needs
+/// `cargo xtask image debian`): init, add, commit and status in the guest;
+/// host edits show up in the guest's `git status`; the host's own git reads
+/// what the guest committed. git's index.lock dance (O_EXCL create, write,
+/// rename over the index) must work without complaints.
+#[test]
+fn git_on_a_vsockfs_share() {
+    let lima = Lima::new();
+    let share = tempfile::tempdir_in("/tmp").unwrap();
+    let root = share.path();
+    std::fs::write(root.join("a.txt"), "alpha\n").unwrap();
+    std::fs::create_dir(root.join("dir")).unwrap();
+    for i in 0..50 {
+        std::fs::write(root.join(format!("dir/f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let yaml = lima.home.path().join("git.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "images:\n- location: builtin:debian\ncpus: 2\nmemory: 1GiB\nmounts:\n- location: {}\n  mountPoint: /mnt/share\n  writable: true\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    lima.limactl(&["start", "--timeout", "5m", yaml.to_str().unwrap()])
+        .ok();
+    let git = "git -c user.name=guest -c user.email=guest@localhost";
+    guest_git(
+        &lima,
+        "git",
+        &format!("cd /mnt/share; {git} init -q; {git} add .; {git} commit -q -m first"),
+    );
+    let (status, _) = guest_git(&lima, "git", "cd /mnt/share; git status --porcelain");
+    assert_eq!(status, "", "fresh commit not clean");
+
+    // A host edit and a host-created file reach the guest's git status.
+    std::fs::write(root.join("a.txt"), "alpha\nedited on the host\n").unwrap();
+    std::fs::write(root.join("dir/new-on-host"), "new\n").unwrap();
+    let mut last = String::new();
+    lima.wait_until(
+        "host edits in the guest's git status",
+        Duration::from_secs(30),
+        || {
+            last = guest_git(&lima, "git", "cd /mnt/share; git status --porcelain").0;
+            last == " M a.txt\n?? dir/new-on-host\n"
+        },
+    );
+    assert_eq!(last, " M a.txt\n?? dir/new-on-host\n");
+    let (diff, _) = guest_git(&lima, "git", "cd /mnt/share; git diff --stat");
+    assert!(diff.contains("a.txt | 1 +"), "{diff}");
+
+    // Commit the host's changes from the guest; status is clean again, and
+    // the host's git agrees (it reads the index and objects the guest wrote).
+    guest_git(
+        &lima,
+        "git",
+        &format!("cd /mnt/share; {git} add -A; {git} commit -q -m second; {git} gc -q"),
+    );
+    let (status, _) = guest_git(&lima, "git", "cd /mnt/share; git status --porcelain");
+    assert_eq!(status, "");
+    assert!(!root.join(".git/index.lock").exists());
+    let host_git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(["-c", "safe.directory=*"])
+            .args(args)
+            .output()
+            .expect("host git");
+        assert!(out.status.success(), "host git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(host_git(&["log", "--format=%s"]), "second\nfirst\n");
+    assert_eq!(host_git(&["status", "--porcelain"]), "");
+    assert_eq!(
+        host_git(&["show", "HEAD:a.txt"]),
+        "alpha\nedited on the host\n"
+    );
+}
