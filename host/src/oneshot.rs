@@ -51,7 +51,7 @@ pub enum RunError {
 pub const PHASES: &[&str] = &[
     "prepared",
     "qemu-spawned",
-    "kernel-console",
+    "kernel-started",
     "agent-ready",
     "shares-mounted",
     "command-started",
@@ -315,6 +315,8 @@ async fn boot_and_run(
         .map_err(|e| failed(&e))?;
     timings.mark("qemu-spawned");
     let serial = inst.path(instance::SERIAL_LOG);
+    // The kernel's first words on the serial port (its setup code probes EDD
+    // before anything else) mark the end of firmware and image loading.
     let console_watch = {
         let (serial, timings) = (serial.clone(), timings.clone());
         tokio::spawn(async move {
@@ -323,7 +325,7 @@ async fn boot_and_run(
                     .map(|m| m.len() > 0)
                     .unwrap_or(false)
                 {
-                    timings.mark("kernel-console");
+                    timings.mark("kernel-started");
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;

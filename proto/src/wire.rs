@@ -300,10 +300,20 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     Ok(buf)
 }
 
+/// Upper bound of what decoding one frame may claim (bincode counts each
+/// sequence as `len × size_of::<T>()` before allocating it). Without a limit
+/// a 27-byte frame claiming an exabyte-long byte string made the decoder
+/// allocate first and abort the process (found by `fs-server/fuzz`). A
+/// frame is at most [`MAX_FRAME`] bytes on the wire; its in-memory form can
+/// be larger (a directory entry is a few bytes encoded and ~200 in memory),
+/// hence the margin.
+const DECODE_LIMIT: usize = 64 * MAX_FRAME;
+
 /// Decodes one frame body (without the length prefix).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let (value, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(FrameError::Decode)?;
+        bincode::serde::decode_from_slice(body, config().with_limit::<DECODE_LIMIT>())
+            .map_err(FrameError::Decode)?;
     if used != body.len() {
         return Err(FrameError::Decode(
             bincode::error::DecodeError::OtherString(format!(
