@@ -60,12 +60,15 @@ fn attr_of(id: u64, m: &std::fs::Metadata) -> Attr {
     }
 }
 
+/// An open directory: its path and its (name, file type) entries, listed at opendir.
+type OpenDir = (PathBuf, Vec<(Vec<u8>, u32)>);
+
 #[derive(Default)]
 struct Tables {
     paths: HashMap<u64, PathBuf>,
     ids: HashMap<(u64, u64), u64>,
     files: HashMap<u64, Arc<File>>,
-    dirs: HashMap<u64, (PathBuf, Vec<(Vec<u8>, u32)>)>,
+    dirs: HashMap<u64, OpenDir>,
     next: u64,
 }
 
