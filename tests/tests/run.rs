@@ -234,7 +234,8 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
     // A guest whose initramfs is garbage: the kernel panics, the VM stops.
     let image = tempfile::tempdir_in("/tmp").unwrap();
     let good = lima.image_dir();
-    for f in ["vmlinuz", "image.json"] {
+    let manifest = lima.image_manifest();
+    for f in [manifest["kernel"].as_str().unwrap(), "image.json"] {
         std::fs::copy(good.join(f), image.path().join(f)).unwrap();
     }
     std::fs::write(image.path().join("initrd.img"), vec![0x5a; 4096]).unwrap();

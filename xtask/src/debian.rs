@@ -35,6 +35,8 @@ use crate::image::{self, inputs_hash, mib, remove_dir_if_present, symlink, write
 
 /// Bump whenever the recipe changes what ends up in `rootfs.ext4`.
 const ROOTFS_RECIPE_VERSION: &str = "2";
+/// Bump when the image directory's layout changes (not the rootfs).
+const IMAGE_LAYOUT_VERSION: &str = "2";
 const SUITE: &str = "bookworm";
 const FALLBACK_MIRROR: &str = "http://deb.debian.org/debian";
 /// On top of minbase (which already has apt, dpkg, bash, coreutils).
@@ -164,6 +166,7 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
 
     let hash = inputs_hash(&[
         ("debian-image", ROOTFS_RECIPE_VERSION.as_bytes()),
+        ("layout", IMAGE_LAYOUT_VERSION.as_bytes()),
         ("base", base_hash.as_bytes()),
         ("rootfs", rootfs_hash.as_bytes()),
     ]);
@@ -173,14 +176,17 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
         remove_dir_if_present(&partial)?;
         fs::create_dir_all(&partial)
             .with_context(|| format!("cannot create {}", partial.display()))?;
-        link_or_copy(&base.join("vmlinuz"), &partial.join("vmlinuz"))?;
+        let kernel_file = base_json["kernel"]
+            .as_str()
+            .context("the default image's image.json has no kernel")?;
+        link_or_copy(&base.join(kernel_file), &partial.join(kernel_file))?;
         link_or_copy(&base.join("initrd.img"), &partial.join("initrd.img"))?;
         link_or_copy(&rootfs, &partial.join(ROOTFS_FILE))?;
         let json = serde_json::json!({
             "name": "debian",
             "arch": "x86_64",
             "kernel_release": kernel_release,
-            "kernel": "vmlinuz",
+            "kernel": kernel_file,
             "initrd": "initrd.img",
             "rootfs": ROOTFS_FILE,
             "suite": SUITE,

@@ -43,7 +43,7 @@ use crate::{cmd, cpio, setup};
 
 /// Bump whenever the recipe below changes what ends up in the image, so the
 /// cache does not hand out an image built by the old recipe.
-const RECIPE_VERSION: &str = "1";
+const RECIPE_VERSION: &str = "2";
 
 /// Debian's metapackage that always depends on the current kernel.
 const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
@@ -220,9 +220,10 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
         eprintln!("image: note: {note}");
     }
     eprintln!(
-        "image: initrd.img {:.1} MiB, vmlinuz {:.1} MiB",
+        "image: initrd.img {:.1} MiB, boots {} ({:.1} MiB)",
         mib(initrd_size),
-        mib(fs::metadata(entry.join("vmlinuz"))?.len())
+        kernel.boot_file,
+        mib(fs::metadata(entry.join(kernel.boot_file))?.len())
     );
     eprintln!(
         "image: built {} -> cache/{hash} in {:.1}s",
@@ -478,6 +479,8 @@ fn module_name(name: &str) -> String {
 /// What the kernel package gave us.
 struct Kernel {
     release: String,
+    /// The file QEMU boots: `vmlinux` (PVH) or `vmlinuz`.
+    boot_file: &'static str,
     /// `lib/modules/<release>` inside the extracted package.
     modules_dir: PathBuf,
 }
@@ -543,8 +546,10 @@ impl Recipe<'_> {
             .map(|m| dir.join(m).join(&release))
             .find(|d| d.is_dir())
             .with_context(|| format!("{} has no lib/modules/{release}", deb.display()))?;
+        let boot_file = crate::pvh::kernel_to_boot(self.out)?;
         Ok(Kernel {
             release,
+            boot_file,
             modules_dir,
         })
     }
@@ -724,7 +729,7 @@ impl Recipe<'_> {
             name: "default",
             arch: "x86_64",
             kernel_release: &kernel.release,
-            kernel: "vmlinuz",
+            kernel: kernel.boot_file,
             initrd: "initrd.img",
             inputs_hash: hash,
         };

@@ -22,6 +22,7 @@ mod cmd;
 mod cpio;
 mod debian;
 mod image;
+mod pvh;
 mod run;
 mod setup;
 mod test;

@@ -25,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "libseccomp-dev",
     "libcap-ng-dev",
     "debootstrap",
+    "xz-utils",
 ];
 
 /// The static guest agent is built for this target.
