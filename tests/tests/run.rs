@@ -6,6 +6,15 @@ use std::time::Duration;
 
 use lima_tests::Lima;
 
+/// One test at a time in this file: `four_at_once_do_not_collide` boots
+/// four VMs, and on a 2-core TCG machine a fifth from a neighbouring test
+/// starves them all.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn workdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("lr-")
@@ -21,6 +30,7 @@ fn assert_clean(lima: &Lima) {
 
 #[test]
 fn exit_code_stdin_env_and_shared_folder() {
+    let _one = serial();
     let lima = Lima::new();
     let dir = workdir();
     std::fs::write(dir.path().join("input.txt"), "from the host\n").unwrap();
@@ -81,6 +91,7 @@ fn exit_code_stdin_env_and_shared_folder() {
 
 #[test]
 fn signals_give_128_plus_n_and_ctrl_c_stops_everything() {
+    let _one = serial();
     let lima = Lima::new();
     let dir = workdir();
     let r = lima.run(
@@ -161,6 +172,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn four_at_once_do_not_collide() {
+    let _one = serial();
     let lima = Lima::new();
     let dirs: Vec<_> = (0..4).map(|_| workdir()).collect();
     let children: Vec<_> = dirs
@@ -208,6 +220,7 @@ fn four_at_once_do_not_collide() {
 
 #[test]
 fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
+    let _one = serial();
     let lima = Lima::new();
     let dir = workdir();
     // A host port that is taken: refused before anything boots.
@@ -272,6 +285,7 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
 
 #[test]
 fn debian_image_runs_python() {
+    let _one = serial();
     let lima = Lima::new();
     let dir = workdir();
     std::fs::write(dir.path().join("hello.py"), "print(6 * 7)\n").unwrap();
