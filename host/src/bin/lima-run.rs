@@ -18,7 +18,7 @@ struct Cli {
     /// Virtual CPUs
     #[arg(long)]
     cpus: Option<u32>,
-    /// Guest memory, e.g. 1GiB
+    /// Guest memory, e.g. 1GiB (default 2GiB)
     #[arg(long)]
     memory: Option<String>,
     /// Publish a guest port: [HOSTIP:][HOSTPORT:]GUESTPORT[/tcp|/udp]
