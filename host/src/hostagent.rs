@@ -98,10 +98,11 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
     );
     let transport = spec.open();
     let serial = inst.path(instance::SERIAL_LOG);
+    let hybrid = matches!(spec, crate::vsock::TransportSpec::Hybrid { .. });
 
     // Wait for the guest agent, the VM's end, or a stop request.
     let info = tokio::select! {
-        info = wait_ready(transport.as_ref()) => info,
+        info = wait_ready(transport.as_ref(), hybrid.then_some(serial.as_path())) => info,
         why = vm.wait() => {
             return Err(HostAgentError::Failed(format!(
                 "the VM stopped before the guest agent answered ({why}); see the serial console log {}",
@@ -154,7 +155,41 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
 }
 
 /// Polls the guest agent until it answers a ping.
-pub(crate) async fn wait_ready(transport: &dyn crate::vsock::Transport) -> lima_proto::AgentInfo {
+/// What the guest agent prints on the console once it listens on vsock.
+const READY_MARKER: &[u8] = b"agent ready on vsock port";
+
+/// Waits until the guest console shows the agent listening. Connecting
+/// earlier is not harmless with `vhost-device-vsock`: a connection made
+/// while the guest's vsock device is still coming up occasionally hangs,
+/// and from then on every later connection hangs too (seen here a few times
+/// in a hundred boots, more often the faster the guest boots).
+async fn wait_for_console_marker(serial: &std::path::Path) {
+    let mut seen = 0usize;
+    loop {
+        if let Ok(text) = std::fs::read(serial) {
+            // Only the new part, plus enough overlap for a split marker.
+            let from = seen.saturating_sub(READY_MARKER.len());
+            if text
+                .get(from..)
+                .is_some_and(|t| t.windows(READY_MARKER.len()).any(|w| w == READY_MARKER))
+            {
+                return;
+            }
+            seen = text.len();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for the agent's console line when `serial` is given (our images
+/// print it), then polls the guest agent until it answers a ping.
+pub(crate) async fn wait_ready(
+    transport: &dyn crate::vsock::Transport,
+    serial: Option<&std::path::Path>,
+) -> lima_proto::AgentInfo {
+    if let Some(serial) = serial {
+        wait_for_console_marker(serial).await;
+    }
     // Each attempt gets longer after one times out: on a starved host (many
     // emulated VMs on few cores) one hello+ping can take seconds, and a fixed
     // limit would abandon every attempt just before its answer.

@@ -340,9 +340,10 @@ async fn boot_and_run(
     };
     let spec = vm.transport();
     let transport = spec.open();
+    let hybrid = matches!(spec, crate::vsock::TransportSpec::Hybrid { .. });
 
     let ready = tokio::select! {
-        r = tokio::time::timeout(opts.boot_timeout, crate::hostagent::wait_ready(transport.as_ref())) => r.ok(),
+        r = tokio::time::timeout(opts.boot_timeout, crate::hostagent::wait_ready(transport.as_ref(), hybrid.then_some(serial.as_path()))) => r.ok(),
         why = vm.wait() => {
             console_watch.abort();
             return Err(RunError::Failed(format!(

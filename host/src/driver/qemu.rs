@@ -352,6 +352,9 @@ impl Driver for Qemu {
                 ]);
                 TransportSpec::Hybrid { path: uds }
             };
+            // A new console log per boot: the host waits for the agent's line
+            // in it, and must not find the previous boot's.
+            let _ = std::fs::remove_file(inst.path(instance::SERIAL_LOG));
             tracing::info!("qemu command: {cmd:?}");
             let child = spawn(
                 cmd,
