@@ -134,6 +134,8 @@ fn scratch_dir() -> std::io::Result<Scratch> {
 /// One `-p` flag.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortFlag {
+    /// As given, for messages.
+    pub flag: String,
     pub host_ip: IpAddr,
     pub host_port: u16,
     pub guest_port: u16,
@@ -173,6 +175,7 @@ pub fn parse_port(flag: &str) -> Result<PortFlag, String> {
         _ => return Err(bad("empty")),
     };
     Ok(PortFlag {
+        flag: flag.to_string(),
         host_ip,
         host_port,
         guest_port,
@@ -181,7 +184,7 @@ pub fn parse_port(flag: &str) -> Result<PortFlag, String> {
 }
 
 /// The instance's lima.yaml: the default template's settings with ours on top.
-fn lima_yaml(opts: &RunOptions, image: &str) -> Result<String, RunError> {
+fn lima_yaml(opts: &RunOptions, image: &str, ports: &[PortFlag]) -> Result<String, RunError> {
     use serde_yaml::{Mapping, Value};
     let mut m = Mapping::new();
     let v = |s: &str| Value::from(s);
@@ -206,8 +209,7 @@ fn lima_yaml(opts: &RunOptions, image: &str) -> Result<String, RunError> {
     m.insert(v("mounts"), Value::Sequence(vec![Value::Mapping(mount)]));
     // Only the ports asked for reach the host; everything else is ignored.
     let mut rules = Vec::new();
-    for p in &opts.ports {
-        let p = parse_port(p).map_err(RunError::Usage)?;
+    for p in ports {
         let mut r = Mapping::new();
         r.insert(v("guestPort"), Value::from(p.guest_port));
         r.insert(v("hostPort"), Value::from(p.host_port));
@@ -230,9 +232,8 @@ fn lima_yaml(opts: &RunOptions, image: &str) -> Result<String, RunError> {
 }
 
 /// A host port that is taken fails now, before a VM boots for nothing.
-fn check_host_ports(opts: &RunOptions) -> Result<(), RunError> {
-    for flag in &opts.ports {
-        let p = parse_port(flag).map_err(RunError::Usage)?;
+fn check_host_ports(ports: &[PortFlag]) -> Result<(), RunError> {
+    for p in ports {
         let taken = if p.proto == "udp" {
             std::net::UdpSocket::bind((p.host_ip, p.host_port)).err()
         } else {
@@ -240,7 +241,8 @@ fn check_host_ports(opts: &RunOptions) -> Result<(), RunError> {
         };
         if let Some(e) = taken {
             return Err(RunError::Usage(format!(
-                "-p {flag}: cannot listen on {}:{} on the host ({e}); choose another host port with -p HOSTPORT:{}",
+                "-p {}: cannot listen on {}:{} on the host ({e}); choose another host port with -p HOSTPORT:{}",
+                p.flag,
                 p.host_ip, p.host_port, p.guest_port
             )));
         }
@@ -275,7 +277,13 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
             "lima-run shares the current folder with the VM and will not share `/`; cd into a project folder first".into(),
         ));
     }
-    check_host_ports(&opts)?;
+    let ports = opts
+        .ports
+        .iter()
+        .map(|f| parse_port(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(RunError::Usage)?;
+    check_host_ports(&ports)?;
     let image = if opts.image.contains('/') {
         std::fs::canonicalize(&opts.image)
             .map_err(|e| RunError::Usage(format!("--image {}: {e}", opts.image)))?
@@ -287,7 +295,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let scratch = scratch_dir().map_err(|e| {
         RunError::Failed(format!("cannot create a scratch directory for the VM: {e}"))
     })?;
-    let result = boot_and_run(&opts, &image, &scratch.0, &timings).await;
+    let result = boot_and_run(&opts, &image, &ports, &scratch.0, &timings).await;
     drop(scratch);
     if opts.timings {
         let _ = std::io::stderr().write_all(timings.report().as_bytes());
@@ -298,14 +306,18 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
 async fn boot_and_run(
     opts: &RunOptions,
     image: &str,
+    ports: &[PortFlag],
     home: &Path,
     timings: &Arc<Timings>,
 ) -> Result<i32, RunError> {
     let failed = |e: &dyn std::error::Error| RunError::Failed(crate::hostagent::error_chain(e));
     let inst = Instance::new(home, "run").map_err(|e| failed(&e))?;
     std::fs::create_dir(&inst.dir).map_err(|e| failed(&e))?;
-    std::fs::write(inst.path(instance::LIMA_YAML), lima_yaml(opts, image)?)
-        .map_err(|e| failed(&e))?;
+    std::fs::write(
+        inst.path(instance::LIMA_YAML),
+        lima_yaml(opts, image, ports)?,
+    )
+    .map_err(|e| failed(&e))?;
     let config = inst.config().map_err(|e| failed(&e))?;
     let boot = crate::image::resolve(&config.image).map_err(|e| failed(&e))?;
     let driver = driver::for_vm_type(&config.vm_type).map_err(|e| failed(&e))?;
@@ -468,7 +480,8 @@ mod tests {
             timings: false,
             workdir: PathBuf::from("/tmp"),
         };
-        let text = lima_yaml(&opts, "default").unwrap();
+        let ports = [parse_port("9000:80").unwrap()];
+        let text = lima_yaml(&opts, "default", &ports).unwrap();
         let yaml = crate::config::LimaYaml::parse(&text, "test").unwrap();
         let cfg = yaml.resolve("test").unwrap();
         assert_eq!(cfg.cpus, 1);

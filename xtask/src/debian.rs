@@ -120,12 +120,8 @@ pub fn assemble_classic() -> Result<PathBuf> {
         .and_then(|n| n.to_str())
         .context("rootfs cache entry has no name")?;
     let hash = name.strip_prefix("rootfs-").unwrap_or(name);
-    let link = images.join("debian-classic");
-    let new = images.join(format!("debian-classic.new-{}", std::process::id()));
-    let _ = fs::remove_file(&new);
-    symlink(&format!("cache/rootfs-{hash}"), &new)?;
-    fs::rename(&new, &link).with_context(|| format!("cannot replace {}", link.display()))?;
-    eprintln!("image: {} -> cache/rootfs-{hash}", link.display());
+    point_at(&images, "debian-classic", &format!("rootfs-{hash}"))?;
+    eprintln!("image: {} -> cache/rootfs-{hash}", classic_dir().display());
     Ok(classic_dir())
 }
 

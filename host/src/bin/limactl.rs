@@ -114,6 +114,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `act` on each named instance, reporting each outcome; one failure
+/// does not stop the others, and makes the exit code 1.
+fn each_instance(
+    home: &std::path::Path,
+    names: Vec<String>,
+    done: &str,
+    act: impl Fn(&instance::Instance) -> Result<(), lifecycle::LifecycleError>,
+) -> ExitCode {
+    let mut failed = false;
+    for n in names {
+        let r = instance::Instance::open(home, &n)
+            .map_err(anyhow::Error::from)
+            .and_then(|inst| Ok(act(&inst)?));
+        match r {
+            Ok(()) => eprintln!("{done} `{n}`"),
+            Err(e) => {
+                eprintln!("limactl: error: {}", chain(&e));
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn chain(e: &anyhow::Error) -> String {
     e.chain()
         .map(|c| c.to_string())
@@ -197,27 +225,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 instances
             };
-            let mut failed = false;
-            for n in names {
-                let r = instance::Instance::open(&home, &n)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|inst| {
-                        lifecycle::stop(&inst, force)?;
-                        Ok(())
-                    });
-                match r {
-                    Ok(()) => eprintln!("Stopped `{n}`"),
-                    Err(e) => {
-                        eprintln!("limactl: error: {}", chain(&e));
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(each_instance(&home, names, "Stopped", |inst| {
+                lifecycle::stop(inst, force)
+            }))
         }
         Cmd::List {
             format,
@@ -313,27 +323,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::process::exit(code);
         }
         Cmd::Delete { force, instances } => {
-            let mut failed = false;
-            for n in instances {
-                let r = instance::Instance::open(&home, &n)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|inst| {
-                        lifecycle::delete(&inst, force)?;
-                        Ok(())
-                    });
-                match r {
-                    Ok(()) => eprintln!("Deleted `{n}`"),
-                    Err(e) => {
-                        eprintln!("limactl: error: {}", chain(&e));
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(each_instance(&home, instances, "Deleted", |inst| {
+                lifecycle::delete(inst, force)
+            }))
         }
         Cmd::Hostagent { instance: name } => {
             let inst = instance::Instance::open(&home, &name)?;
