@@ -42,6 +42,13 @@ struct Args {
     /// Listens per detection method (ports suite)
     #[arg(long, default_value_t = 200)]
     listens: u16,
+    /// Detection methods to measure, comma-separated: ebpf, poll, lima
+    /// (ports suite)
+    #[arg(long, default_value = "ebpf,poll,lima", value_delimiter = ',')]
+    methods: Vec<String>,
+    /// Skip the data-path figures (ports suite)
+    #[arg(long)]
+    no_data_path: bool,
     /// MiB moved for the throughput figures (ports and shares suites)
     #[arg(long, default_value_t = 256)]
     mib: usize,
@@ -65,6 +72,26 @@ fn bin_dir() -> PathBuf {
                 .and_then(|p| p.parent().map(Path::to_path_buf))
                 .unwrap_or_default()
         })
+}
+
+/// Deletes a benchmark instance when dropped, so a failed run leaves no VM
+/// behind (and no host ports taken).
+struct DeleteOnDrop<'a> {
+    limactl: &'a Path,
+    home: &'a Path,
+    name: &'static str,
+}
+
+impl Drop for DeleteOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.limactl)
+            .env("LIMA_HOME", self.home)
+            .args(["delete", "--force", self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 struct Stats {
@@ -253,10 +280,23 @@ fn set_mode(
     }
 }
 
+/// Guest-clock latencies from `listen()`, per listen.
+#[derive(Default)]
+struct Detection {
+    /// ... to the agent writing the new port to the host.
+    sent: Vec<Duration>,
+    /// ... to the host's "forward ready" (sent after it bound the host port)
+    /// reaching the agent: the detection latency.
+    ready: Vec<Duration>,
+    /// ... to the guest program accepting the host's first connection, made
+    /// through the forward (the host polls every 0.5 ms).
+    accepted: Vec<Duration>,
+}
+
 /// Runs the guest's listen-latency tool on `count` ports from `base` and
 /// connects to each from the host until it accepts; returns the guest-clock
 /// latencies.
-fn detection(lc: &dyn Fn() -> Command, base: u16, count: u16) -> anyhow::Result<Vec<Duration>> {
+fn detection(lc: &dyn Fn() -> Command, base: u16, count: u16) -> anyhow::Result<Detection> {
     use std::io::BufRead;
     let mut child = lc()
         .args([
@@ -274,7 +314,7 @@ fn detection(lc: &dyn Fn() -> Command, base: u16, count: u16) -> anyhow::Result<
         .stderr(Stdio::inherit())
         .spawn()?;
     let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-    let mut out = Vec::new();
+    let mut out = Detection::default();
     for i in 0..count {
         let port = base + i;
         let t = Instant::now();
@@ -283,12 +323,18 @@ fn detection(lc: &dyn Fn() -> Command, base: u16, count: u16) -> anyhow::Result<
                 // Hold the connection until the guest has accepted it.
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let line = lines.next().context("guest tool ended early")??;
-                let micros: u64 = line
+                let f: Vec<u64> = line
                     .split_whitespace()
-                    .nth(1)
-                    .context("bad line")?
-                    .parse()?;
-                out.push(Duration::from_micros(micros));
+                    .skip(1)
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("bad line from the guest tool: {line:?}"))?;
+                let [sent, ready, accepted] = f[..] else {
+                    bail!("bad line from the guest tool: {line:?}");
+                };
+                out.sent.push(Duration::from_micros(sent));
+                out.ready.push(Duration::from_micros(ready));
+                out.accepted.push(Duration::from_micros(accepted));
                 let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
                 break;
             }
@@ -355,6 +401,11 @@ fn ports(args: &Args) -> anyhow::Result<()> {
         );
         c
     };
+    let _cleanup = DeleteOnDrop {
+        limactl: &limactl,
+        home: home.path(),
+        name: "bench",
+    };
     run(lc().args(["start", "--name", "bench", "--timeout", "10m"]))?;
     let inst = lima_host::instance::Instance::open(home.path(), "bench")?;
     let transport = lima_host::lifecycle::transport(&inst)?;
@@ -363,27 +414,63 @@ fn ports(args: &Args) -> anyhow::Result<()> {
         .build()?;
 
     let methods = [
-        ("eBPF watcher (ours)", lima_proto::WatchMode::Ebpf),
+        ("ebpf", "eBPF watcher (ours)", lima_proto::WatchMode::Ebpf),
         (
+            "poll",
             "sock_diag polling, 1 s",
             lima_proto::WatchMode::Poll { interval_ms: 1000 },
         ),
         (
+            "lima",
             "Lima's method: 3 s rescan + rescan after bind()",
             lima_proto::WatchMode::LimaLike { interval_ms: 3000 },
         ),
     ];
+    for m in &args.methods {
+        if !methods.iter().any(|(key, ..)| key == m) {
+            bail!("unknown detection method `{m}` (known: ebpf, poll, lima)");
+        }
+    }
     let mut rows = Vec::new();
-    for (i, (name, mode)) in methods.iter().enumerate() {
+    for (i, (key, name, mode)) in methods.iter().enumerate() {
+        if !args.methods.iter().any(|m| m == key) {
+            continue;
+        }
         let text = set_mode(transport.as_ref(), &rt, *mode)?;
         eprintln!(
             "detection latency: {name} ({text}), {} listens",
             args.listens
         );
         let base = 20000 + (i as u16) * 1000;
-        rows.push((name, Stats::new(detection(&lc, base, args.listens)?)));
+        rows.push((name, detection(&lc, base, args.listens)?));
     }
     set_mode(transport.as_ref(), &rt, lima_proto::WatchMode::Ebpf)?;
+
+    println!(
+        "| detection method (n={} listens each) | listen → host forward ready: p50 | p99 | max | listen → sent to host: p50 / p99 | listen → first forwarded connection accepted: p50 / p99 |",
+        args.listens
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (name, d) in rows {
+        let (ready, sent, accepted) = (
+            Stats::new(d.ready),
+            Stats::new(d.sent),
+            Stats::new(d.accepted),
+        );
+        println!(
+            "| {name} | {} | {} | {} | {} / {} | {} / {} |",
+            ms(ready.median()),
+            ms(ready.pct(0.99)),
+            ms(*ready.samples.last().unwrap()),
+            ms(sent.median()),
+            ms(sent.pct(0.99)),
+            ms(accepted.median()),
+            ms(accepted.pct(0.99)),
+        );
+    }
+    if args.no_data_path {
+        return Ok(());
+    }
 
     // Data path: one echo and one sink server, reached through us and hostfwd.
     let mut echo = lc()
@@ -431,19 +518,6 @@ fn ports(args: &Args) -> anyhow::Result<()> {
     let _ = sink.wait();
     run(lc().args(["delete", "--force", "bench"]))?;
 
-    println!(
-        "| detection method (n={} listens each) | p50 | p99 | max |",
-        args.listens
-    );
-    println!("| --- | --- | --- | --- |");
-    for (name, s) in &rows {
-        println!(
-            "| {name} | {} | {} | {} |",
-            ms(s.median()),
-            ms(s.pct(0.99)),
-            ms(*s.samples.last().unwrap())
-        );
-    }
     println!();
     println!("| forwarded TCP | ours (vsock) | QEMU hostfwd (slirp) |");
     println!("| --- | --- | --- |");

@@ -47,6 +47,7 @@ where
         return Ok(());
     };
     allowed.set(sub.unix_sockets);
+    let mut log = ForwardLog::new(FORWARDS_FILE);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut changes = table.subscribe();
     let mut last = table.current();
@@ -60,6 +61,7 @@ where
         },
     )
     .await?;
+    log.update(&last.iter().copied().collect::<Vec<_>>(), &[]);
     let mut text = table.mode_text();
     loop {
         tokio::select! {
@@ -74,7 +76,8 @@ where
                     for p in &added {
                         tracing::debug!("listening: {p}");
                     }
-                    write_frame_async(&mut wr, &GuestEvent::Ports { full: false, added, removed }).await?;
+                    write_frame_async(&mut wr, &GuestEvent::Ports { full: false, added: added.clone(), removed: removed.clone() }).await?;
+                    log.update(&added, &removed);
                 }
                 let t = table.mode_text();
                 if t != text {
@@ -83,9 +86,122 @@ where
                 }
             }
             msg = read_frame_async::<_, HostEvent>(&mut rd) => match msg? {
-                Some(HostEvent::ForwardReady { port, host }) => tracing::debug!("host forwards {port} from {host}"),
+                Some(HostEvent::ForwardReady { port, host }) => {
+                    tracing::debug!("host forwards {port} from {host}");
+                    log.ready(port, host);
+                }
                 None => return Ok(()),
             },
+        }
+    }
+}
+
+/// Where the agent lists what the host forwards, for people and tools in the
+/// guest (`tool listen-latency` reads it).
+pub const FORWARDS_FILE: &str = "/run/lima-guest-agent/forwards";
+
+/// Nanoseconds on CLOCK_MONOTONIC, the clock the forwards file uses.
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer;
+    // CLOCK_MONOTONIC always exists, so it cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// One guest listener told to the host on this Events stream.
+struct Told {
+    /// When the agent wrote it to the host (CLOCK_MONOTONIC ns).
+    sent_ns: u64,
+    /// The host address and when the host's "forward ready" arrived; `None`
+    /// while the host has not answered, or when no rule forwards it.
+    ready: Option<(String, u64)>,
+}
+
+/// The guest's view of forwarding, rewritten (atomically) to a file on every
+/// change:
+///
+/// ```text
+/// # proto guest host sent_ns ready_ns   (CLOCK_MONOTONIC; "-": not forwarded)
+/// tcp 0.0.0.0:8080 127.0.0.1:8080 5021331022 5022514112
+/// ```
+struct ForwardLog {
+    path: &'static str,
+    told: std::collections::BTreeMap<GuestPort, Told>,
+    warned: bool,
+}
+
+impl ForwardLog {
+    fn new(path: &'static str) -> Self {
+        let mut log = Self {
+            path,
+            told: Default::default(),
+            warned: false,
+        };
+        log.write();
+        log
+    }
+
+    /// Ports just told to the host as `added` and `removed`.
+    fn update(&mut self, added: &[GuestPort], removed: &[GuestPort]) {
+        let now = monotonic_ns();
+        for p in removed {
+            self.told.remove(p);
+        }
+        for p in added {
+            self.told.insert(
+                *p,
+                Told {
+                    sent_ns: now,
+                    ready: None,
+                },
+            );
+        }
+        self.write();
+    }
+
+    fn ready(&mut self, port: GuestPort, host: String) {
+        let now = monotonic_ns();
+        if let Some(t) = self.told.get_mut(&port) {
+            t.ready = Some((host, now));
+            self.write();
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::from(
+            "# proto guest host sent_ns ready_ns   (CLOCK_MONOTONIC; \"-\": not forwarded)\n",
+        );
+        for (p, t) in &self.told {
+            let (host, ready) = match &t.ready {
+                Some((h, ns)) => (h.as_str(), ns.to_string()),
+                None => ("-", "-".to_string()),
+            };
+            let guest = SocketAddr::new(p.ip, p.port);
+            out.push_str(&format!(
+                "{} {guest} {host} {} {ready}\n",
+                p.proto, t.sent_ns
+            ));
+        }
+        out
+    }
+
+    fn write(&mut self) {
+        let path = std::path::Path::new(self.path);
+        let tmp = path.with_extension("tmp");
+        let r = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, self.text()))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            if !self.warned {
+                tracing::warn!("cannot write {}: {e}", self.path);
+                self.warned = true;
+            }
         }
     }
 }
@@ -217,6 +333,48 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forwards_file_lists_ports_with_their_host_side() {
+        let dir = std::env::temp_dir().join(format!("lima-fwdlog-{}", std::process::id()));
+        let path: &'static str = Box::leak(
+            dir.join("forwards")
+                .to_string_lossy()
+                .into_owned()
+                .into_boxed_str(),
+        );
+        let mut log = ForwardLog::new(path);
+        let web = GuestPort {
+            proto: PortProto::Tcp,
+            ip: "0.0.0.0".parse().unwrap(),
+            port: 8080,
+        };
+        let dns = GuestPort {
+            proto: PortProto::Udp,
+            ip: "::".parse().unwrap(),
+            port: 53,
+        };
+        log.update(&[web, dns], &[]);
+        log.ready(web, "127.0.0.1:8080".into());
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0][..3], ["tcp", "0.0.0.0:8080", "127.0.0.1:8080"]);
+        let (sent, ready): (u64, u64) =
+            (lines[0][3].parse().unwrap(), lines[0][4].parse().unwrap());
+        assert!(ready >= sent);
+        // Not (yet) forwarded: dashes.
+        assert_eq!(lines[1][..3], ["udp", "[::]:53", "-"]);
+        assert_eq!(lines[1][4], "-");
+        log.update(&[], &[web]);
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(!text.contains("8080"), "{text}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn wildcard_listeners_are_dialed_on_loopback() {

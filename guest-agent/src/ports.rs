@@ -2,11 +2,15 @@
 //!
 //! The truth is a NETLINK_SOCK_DIAG dump ([`crate::sockdiag::dump`]); what
 //! changes is *when* we dump. In [`WatchMode::Ebpf`] every eBPF socket event
-//! triggers a dump at once (events arriving together share one dump). An
-//! event can reach us before the kernel has finished hashing the socket (the
-//! TCP tracepoint fires on the state change, before the port is published;
-//! `sock_release` fires before the unhash), so when the dump does not yet
-//! show what the event announced we dump again after 1, 4, 16, 64 and 256 ms.
+//! triggers a dump at once (events arriving together share one dump), with
+//! one exception: a TCP LISTEN state change fires before the kernel has
+//! hashed the listener, so when the `listen()` return is hooked too
+//! ([`SocketEventKind::Listened`]) the dump waits for that event, which
+//! comes microseconds later and usually in the same batch. An event can
+//! still reach us before the socket tables show it (no return hook;
+//! `sock_release` fires before the unhash), so when a dump does not yet
+//! show what an event announced we dump again after 1, 4, 16, 64 and
+//! 256 ms (a deferred listen starts at the 16 ms step).
 //! Lost events (ring buffer drops, a lagging subscriber) also force a dump.
 //! Without eBPF the table polls every second; [`WatchMode::Poll`] and
 //! [`WatchMode::LimaLike`] exist so benchmarks can compare methods on one VM.
@@ -43,6 +47,75 @@ fn dump() -> BTreeSet<GuestPort> {
     }
 }
 
+/// Which protocols a batch of events needs dumped afresh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Scope {
+    tcp: bool,
+    udp: bool,
+}
+
+impl Scope {
+    const ALL: Scope = Scope {
+        tcp: true,
+        udp: true,
+    };
+
+    fn add(&mut self, proto: PortProto) {
+        match proto {
+            PortProto::Tcp => self.tcp = true,
+            PortProto::Udp => self.udp = true,
+        }
+    }
+
+    fn any(self) -> bool {
+        self.tcp || self.udp
+    }
+
+    fn covers(self, proto: PortProto) -> bool {
+        match proto {
+            PortProto::Tcp => self.tcp,
+            PortProto::Udp => self.udp,
+        }
+    }
+
+    /// `current` with the protocols in scope replaced by a fresh dump of
+    /// them.
+    fn refresh(self, current: &BTreeSet<GuestPort>) -> BTreeSet<GuestPort> {
+        if self == Scope::ALL {
+            return dump();
+        }
+        let protocols: Vec<PortProto> = [PortProto::Tcp, PortProto::Udp]
+            .into_iter()
+            .filter(|p| self.covers(*p))
+            .collect();
+        match crate::sockdiag::dump_protocols(&protocols) {
+            Ok(fresh) => current
+                .iter()
+                .filter(|p| !self.covers(p.proto))
+                .copied()
+                .chain(fresh)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("sock_diag dump failed: {e}");
+                current.clone()
+            }
+        }
+    }
+}
+
+/// Which protocols an eBPF event can change in the table. A TCP `bind()`
+/// changes nothing (the listener appears with its LISTEN event).
+fn scope_of(kind: SocketEventKind, ev: &lima_proto::ebpf::SockEvent) -> Option<PortProto> {
+    use lima_proto::ebpf::IPPROTO_UDP;
+    match kind {
+        SocketEventKind::TcpState | SocketEventKind::Listened => Some(PortProto::Tcp),
+        SocketEventKind::Bind | SocketEventKind::Release if ev.protocol == IPPROTO_UDP => {
+            Some(PortProto::Udp)
+        }
+        SocketEventKind::Bind | SocketEventKind::Release => None,
+    }
+}
+
 impl PortTable {
     pub fn start(watcher: &Watcher) -> Self {
         let initial: PortSet = Arc::new(dump());
@@ -61,7 +134,15 @@ impl PortTable {
         // Some hooks missing (e.g. no UDP): events cover only part, so a
         // 1 s poll backs them up.
         let partial = matches!(watcher.status, crate::watcher::WatcherStatus::Partial(_));
-        tokio::spawn(run(events, mode_rx, tx, text_tx, status, partial));
+        tokio::spawn(run(
+            events,
+            mode_rx,
+            tx,
+            text_tx,
+            status,
+            partial,
+            watcher.listened,
+        ));
         PortTable {
             current,
             mode,
@@ -161,6 +242,50 @@ fn satisfied(expect: Expect, before: &BTreeSet<GuestPort>, now: &BTreeSet<GuestP
     }
 }
 
+/// An event a dump did not reflect yet, re-checked on every dump and at
+/// its own deadline until it shows or its retries run out.
+struct Pending {
+    expect: Expect,
+    /// The table before the event (for `Expect::Listen(0)`).
+    before: BTreeSet<GuestPort>,
+    /// Index into [`RETRY_DELAYS_MS`] of the next delay.
+    attempt: usize,
+    deadline: tokio::time::Instant,
+}
+
+impl Pending {
+    fn new(expect: Expect, before: BTreeSet<GuestPort>, attempt: usize) -> Self {
+        Pending {
+            expect,
+            before,
+            attempt,
+            deadline: tokio::time::Instant::now() + Duration::from_millis(RETRY_DELAYS_MS[attempt]),
+        }
+    }
+}
+
+/// Drops the pending checks `now` satisfies, and those past their deadline
+/// with no retries left; moves the deadline of the rest that are due.
+fn recheck(pending: &mut Vec<Pending>, now: &BTreeSet<GuestPort>) {
+    let t = tokio::time::Instant::now();
+    pending.retain_mut(|p| {
+        if satisfied(p.expect, &p.before, now) {
+            return false;
+        }
+        if p.deadline > t {
+            return true;
+        }
+        p.attempt += 1;
+        match RETRY_DELAYS_MS.get(p.attempt) {
+            Some(ms) => {
+                p.deadline = t + Duration::from_millis(*ms);
+                true
+            }
+            None => false,
+        }
+    });
+}
+
 async fn run(
     mut events: Option<broadcast::Receiver<WatchEvent>>,
     mut mode_rx: watch::Receiver<WatchMode>,
@@ -168,6 +293,7 @@ async fn run(
     text_tx: watch::Sender<String>,
     status: String,
     partial: bool,
+    listened: bool,
 ) {
     let publish = |set: BTreeSet<GuestPort>| {
         tx.send_if_modified(|cur| {
@@ -180,8 +306,7 @@ async fn run(
         });
     };
     let mut mode = *mode_rx.borrow();
-    // Pending re-checks for events a dump did not reflect yet.
-    let mut pending: Vec<(Expect, BTreeSet<GuestPort>, usize)> = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
     loop {
         let tick = match mode {
             WatchMode::Ebpf if partial => Some(FALLBACK_POLL),
@@ -190,18 +315,14 @@ async fn run(
                 Some(Duration::from_millis(interval_ms.max(10) as u64))
             }
         };
-        let retry = pending
-            .iter()
-            .map(|(_, _, n)| RETRY_DELAYS_MS[*n])
-            .min()
-            .map(Duration::from_millis);
-        let wait = match (tick, retry) {
+        let next_retry = pending.iter().map(|p| p.deadline).min();
+        let wake = match (tick.map(|d| tokio::time::Instant::now() + d), next_retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let sleep = async {
-            match wait {
-                Some(d) => tokio::time::sleep(d).await,
+            match wake {
+                Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
         };
@@ -218,51 +339,59 @@ async fn run(
                         batch.push(Ok(e));
                     }
                 }
-                let mut rescan = false;
+                let mut scope = Scope::default();
                 let mut expects = Vec::new();
                 for ev in batch {
                     match ev {
                         Ok(WatchEvent::Socket { kind, event }) => match mode {
                             WatchMode::Ebpf => {
-                                rescan = true;
-                                expects.push(expectation(kind, &event));
+                                let expect = expectation(kind, &event);
+                                // A new listener is not in the tables until
+                                // listen() returns; with that hook, its own
+                                // event triggers the dump.
+                                let deferred = listened && matches!(expect, Expect::Listen(_));
+                                if let Some(proto) = scope_of(kind, &event).filter(|_| !deferred) {
+                                    scope.add(proto);
+                                }
+                                expects.push((expect, deferred));
                             }
-                            WatchMode::LimaLike { .. } if kind == SocketEventKind::Bind => rescan = true,
+                            // Lima rescans everything on every bind() return.
+                            WatchMode::LimaLike { .. } if kind == SocketEventKind::Bind => scope = Scope::ALL,
                             _ => {}
                         },
                         Ok(WatchEvent::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             tracing::debug!("socket events lost; full dump");
-                            rescan = !matches!(mode, WatchMode::Poll { .. });
+                            if !matches!(mode, WatchMode::Poll { .. }) {
+                                scope = Scope::ALL;
+                            }
                         }
                         Err(broadcast::error::RecvError::Closed) => {
                             tracing::warn!("eBPF events stopped; polling sock_diag every second");
                             events = None;
                             mode = WatchMode::Poll { interval_ms: FALLBACK_POLL.as_millis() as u32 };
                             text_tx.send_replace(format!("polling sock_diag every second (eBPF events stopped; {status})"));
-                            rescan = true;
+                            scope = Scope::ALL;
                         }
                     }
                 }
-                if rescan {
-                    let before = tx.borrow().as_ref().clone();
-                    let now = dump();
-                    for e in expects {
-                        if !satisfied(e, &before, &now) {
-                            pending.push((e, before.clone(), 0));
-                        }
+                let before = tx.borrow().as_ref().clone();
+                let now = scope.any().then(|| scope.refresh(&before));
+                for (expect, deferred) in expects {
+                    let seen = now.as_ref().is_some_and(|now| satisfied(expect, &before, now));
+                    if !seen && !matches!(expect, Expect::Nothing) {
+                        // Deferred: the listen() return normally comes within
+                        // microseconds; the later retries are a safety net.
+                        pending.push(Pending::new(expect, before.clone(), if deferred { 2 } else { 0 }));
                     }
+                }
+                if let Some(now) = now {
+                    recheck(&mut pending, &now);
                     publish(now);
                 }
             }
             _ = sleep => {
                 let now = dump();
-                pending.retain_mut(|(e, before, n)| {
-                    if satisfied(*e, before, &now) {
-                        return false;
-                    }
-                    *n += 1;
-                    *n < RETRY_DELAYS_MS.len()
-                });
+                recheck(&mut pending, &now);
                 publish(now);
             }
             changed = mode_rx.changed() => {
@@ -314,6 +443,75 @@ mod tests {
         let (added, removed) = diff(&old, &new);
         assert_eq!(added, vec![p(PortProto::Tcp, 443)]);
         assert_eq!(removed, vec![p(PortProto::Udp, 53)]);
+    }
+
+    fn event(protocol: u16) -> lima_proto::ebpf::SockEvent {
+        lima_proto::ebpf::SockEvent {
+            protocol,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_dump_only_the_protocol_they_can_change() {
+        use lima_proto::ebpf::{IPPROTO_TCP, IPPROTO_UDP};
+        use SocketEventKind::*;
+        assert_eq!(scope_of(Bind, &event(IPPROTO_TCP)), None);
+        assert_eq!(scope_of(Bind, &event(IPPROTO_UDP)), Some(PortProto::Udp));
+        assert_eq!(scope_of(Release, &event(IPPROTO_UDP)), Some(PortProto::Udp));
+        assert_eq!(
+            scope_of(TcpState, &event(IPPROTO_TCP)),
+            Some(PortProto::Tcp)
+        );
+        assert_eq!(scope_of(Listened, &event(0)), Some(PortProto::Tcp));
+    }
+
+    #[test]
+    fn a_partial_refresh_keeps_the_other_protocol() {
+        // Whatever this host has listening, a TCP-only refresh must keep a
+        // UDP entry it did not dump, and drop a TCP entry nobody holds.
+        let udp = p(PortProto::Udp, 1);
+        let gone_tcp = GuestPort {
+            proto: PortProto::Tcp,
+            ip: "192.0.2.1".parse().unwrap(),
+            port: 1,
+        };
+        let before: BTreeSet<_> = [udp, gone_tcp].into();
+        let tcp_only = Scope {
+            tcp: true,
+            udp: false,
+        };
+        let after = tcp_only.refresh(&before);
+        assert!(after.contains(&udp));
+        assert!(!after.contains(&gone_tcp));
+        assert!(after
+            .iter()
+            .all(|q| q.proto == PortProto::Tcp || before.contains(q)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_checks_retry_then_give_up() {
+        let empty = BTreeSet::new();
+        let with80: BTreeSet<_> = [p(PortProto::Tcp, 80)].into();
+        let mut pending = vec![Pending::new(Expect::Listen(80), empty.clone(), 0)];
+        // Not due yet and not satisfied: kept as it is.
+        recheck(&mut pending, &empty);
+        assert_eq!(pending[0].attempt, 0);
+        // Due: moves on to the next delay.
+        tokio::time::advance(Duration::from_millis(RETRY_DELAYS_MS[0])).await;
+        recheck(&mut pending, &empty);
+        assert_eq!(pending[0].attempt, 1);
+        // Satisfied by any dump: gone.
+        recheck(&mut pending, &with80);
+        assert!(pending.is_empty());
+        // Never satisfied: dropped after the last delay.
+        let mut pending = vec![Pending::new(Expect::Listen(80), empty.clone(), 0)];
+        for ms in RETRY_DELAYS_MS {
+            assert_eq!(pending.len(), 1);
+            tokio::time::advance(Duration::from_millis(ms)).await;
+            recheck(&mut pending, &empty);
+        }
+        assert!(pending.is_empty());
     }
 
     #[test]

@@ -45,11 +45,20 @@ use lima_proto::{GuestPort, PortProto};
 /// Every listening socket in the agent's own network namespace: TCP sockets in LISTEN,
 /// and bound UDP sockets that are not connected (dst port 0), IPv4 and IPv6.
 pub fn dump() -> io::Result<BTreeSet<GuestPort>> {
+    dump_protocols(&[PortProto::Tcp, PortProto::Udp])
+}
+
+/// [`dump`] for some protocols only: a TCP event needs no walk of the UDP
+/// hash table, the larger part of a dump's cost.
+pub fn dump_protocols(protocols: &[PortProto]) -> io::Result<BTreeSet<GuestPort>> {
     let socket = DiagSocket::open()?;
     let mut buf = vec![0u8; RECV_BUF];
     let mut ports = BTreeSet::new();
     let mut seq = 0;
     for (index, query) in QUERIES.iter().enumerate() {
+        if !protocols.contains(&query.protocol) {
+            continue;
+        }
         let mut attempts = 0;
         let found = loop {
             seq += 1;

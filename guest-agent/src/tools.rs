@@ -7,9 +7,12 @@
 //! tool echo unix PATH       echo every Unix-socket connection back
 //! tool sink tcp ADDR        read and discard; reply with the byte count at EOF
 //! tool mmap-cat FILE        write FILE's bytes to stdout, read through mmap(2)
-//! tool listen-latency BASE N  for i in 0..N: listen on 0.0.0.0:BASE+i, print
-//!                           one line "i micros" (from listen() to the first
-//!                           accepted connection), close, pause 50 ms
+//! tool listen-latency BASE N  for i in 0..N: listen on 0.0.0.0:BASE+i, wait
+//!                           for the first connection, print one line
+//!                           "i SENT READY ACCEPTED" (microseconds from the
+//!                           listen() call to: the agent telling the host, the
+//!                           host's "forward ready" reaching the agent, that
+//!                           connection accepted), close, pause 50 ms
 //! tool time CMD ARG...      run CMD (stdout to /dev/null, stderr kept) and
 //!                           print its wall time in ns; exit with its code
 //! tool stat-files LIST      lstat(2) every path in LIST (one per line); print
@@ -159,16 +162,45 @@ fn listen_latency(base: &str, n: &str) -> std::io::Result<()> {
     let n: u16 = n.parse().map_err(|_| std::io::Error::other("bad count"))?;
     let mut out = std::io::stdout();
     for i in 0..n {
-        let t0 = Instant::now();
+        let port = base + i;
+        let t0 = crate::forward::monotonic_ns();
         // std's bind() on a TcpListener does bind + listen back to back.
-        let l = TcpListener::bind(("0.0.0.0", base + i))?;
+        let l = TcpListener::bind(("0.0.0.0", port))?;
         let (_conn, _) = l.accept()?;
-        writeln!(out, "{i} {}", t0.elapsed().as_micros())?;
+        let accepted = crate::forward::monotonic_ns();
+        let (sent, ready) = forward_times(port)?;
+        let us = |t: u64| t.saturating_sub(t0) / 1000;
+        writeln!(out, "{i} {} {} {}", us(sent), us(ready), us(accepted))?;
         out.flush()?;
         drop(l);
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The agent's sent and ready times for TCP port `port` on 0.0.0.0, from its
+/// forwards file; waits up to 10 s for the host's answer to arrive.
+fn forward_times(port: u16) -> std::io::Result<(u64, u64)> {
+    let prefix = format!("tcp 0.0.0.0:{port} ");
+    let give_up = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(crate::forward::FORWARDS_FILE).unwrap_or_default();
+        let found = text.lines().find_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let mut f = rest.split_whitespace().skip(1);
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        });
+        if let Some(times) = found {
+            return Ok(times);
+        }
+        if Instant::now() > give_up {
+            return Err(std::io::Error::other(format!(
+                "port {port} has no \"forward ready\" in {} after 10 s",
+                crate::forward::FORWARDS_FILE
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn time(cmd: &str, args: &[&str]) -> i32 {

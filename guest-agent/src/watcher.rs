@@ -59,8 +59,8 @@ use std::{
 };
 
 use lima_proto::ebpf::{
-    tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND, KIND_RELEASE,
-    KIND_TCP_STATE,
+    tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND, KIND_LISTENED,
+    KIND_RELEASE, KIND_TCP_STATE,
 };
 use tokio::sync::broadcast;
 
@@ -99,6 +99,9 @@ pub enum SocketEventKind {
     Bind,
     /// A UDP socket whose bind was seen was closed (`cgroup/sock_release`).
     Release,
+    /// A TCP `listen()` succeeded (kretprobe on `inet_csk_listen_start`): the
+    /// listener announced by an earlier `TcpState` event is in the tables now.
+    Listened,
 }
 
 impl SocketEventKind {
@@ -108,6 +111,7 @@ impl SocketEventKind {
             KIND_TCP_STATE => Some(Self::TcpState),
             KIND_BIND => Some(Self::Bind),
             KIND_RELEASE => Some(Self::Release),
+            KIND_LISTENED => Some(Self::Listened),
             _ => None,
         }
     }
@@ -130,6 +134,10 @@ pub enum WatchEvent {
 /// events keep flowing for the life of the agent.
 pub struct Watcher {
     pub status: WatcherStatus,
+    /// Whether finished `listen()`s are reported ([`SocketEventKind::Listened`]);
+    /// without them a new listener is found by re-dumping after its
+    /// `TcpState` event until it shows.
+    pub listened: bool,
     events: broadcast::Sender<WatchEvent>,
 }
 
@@ -178,6 +186,12 @@ pub enum WatchError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("attaching a kretprobe to the kernel function {function}")]
+    Probe {
+        function: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("no cgroup2 filesystem is mounted")]
     NoCgroup2,
     #[error("opening the cgroup {path}")]
@@ -208,6 +222,8 @@ pub enum WatchError {
 struct Attached<S> {
     source: S,
     missing: Option<MissingHooks>,
+    /// Whether the `listen_done` kretprobe is attached.
+    listened: bool,
 }
 
 /// cgroup hooks that are not attached, and why the first of them is not.
@@ -254,8 +270,14 @@ where
     F: FnOnce() -> Result<Attached<S>, WatchError>,
 {
     let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+    let mut listened = false;
     let status = match attach() {
-        Ok(Attached { source, missing }) => {
+        Ok(Attached {
+            source,
+            missing,
+            listened: hooked,
+        }) => {
+            listened = hooked;
             tokio::spawn(read_events(source, events.clone()));
             match missing {
                 None => WatcherStatus::Ebpf,
@@ -271,7 +293,11 @@ where
             WatcherStatus::Unavailable(short)
         }
     };
-    Watcher { status, events }
+    Watcher {
+        status,
+        listened,
+        events,
+    }
 }
 
 /// Where events come from: the ring buffer, or a fake in tests.
@@ -442,6 +468,7 @@ pub fn describe(event: &SockEvent) -> String {
         Some(SocketEventKind::TcpState) => "state change",
         Some(SocketEventKind::Bind) => "bind",
         Some(SocketEventKind::Release) => "release",
+        Some(SocketEventKind::Listened) => return "listen() returned".to_owned(),
         None => "event",
     };
     let addr = match local_addr(event) {
@@ -458,7 +485,7 @@ mod kernel {
 
     use aya::{
         maps::{MapData, PerCpuArray, RingBuf},
-        programs::{CgroupAttachMode, CgroupSock, TracePoint},
+        programs::{CgroupAttachMode, CgroupSock, KProbe, TracePoint},
         Ebpf,
     };
     use lima_proto::ebpf::{SockEvent, DROPPED_INDEX};
@@ -469,6 +496,9 @@ mod kernel {
     const PROGRAM: &str = "inet_sock_set_state";
     const CATEGORY: &str = "sock";
     const TRACEPOINT: &str = "inet_sock_set_state";
+    /// (program, kernel function) of the kretprobe that reports a finished
+    /// TCP `listen()`.
+    const LISTENED: (&str, &str) = ("listen_done", "inet_csk_listen_start");
     /// The cgroup sock programs: (program name, hook name for messages).
     /// The attach type comes from each program's ELF section.
     const CGROUP_HOOKS: [(&str, &str); 3] = [
@@ -503,33 +533,30 @@ mod kernel {
         let mut ebpf = Ebpf::load(object).map_err(WatchError::Load)?;
         start_ebpf_logger(&mut ebpf);
 
-        let program: &mut TracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(WatchError::Missing {
-                kind: "program",
-                name: PROGRAM,
-            })?
-            .try_into()
+        tracepoint_mut(&mut ebpf, PROGRAM)?
+            .load()
             .map_err(|source| WatchError::Program {
                 name: PROGRAM,
                 source,
             })?;
-        program.load().map_err(|source| WatchError::Program {
-            name: PROGRAM,
-            source,
-        })?;
-        // After the loads, so that a missing privilege is reported as the
+        // After the load, so that a missing privilege is reported as the
         // kernel's refusal to load rather than as a failed mount.
         ensure_tracefs()?;
-        program
-            .attach(CATEGORY, TRACEPOINT)
-            .map_err(|source| WatchError::Attach {
-                category: CATEGORY,
-                name: TRACEPOINT,
-                source,
-            })?;
+        attach_tracepoint(&mut ebpf, PROGRAM, CATEGORY, TRACEPOINT)?;
 
         let missing = attach_cgroup_hooks(&mut ebpf);
+        let listened = match attach_kretprobe(&mut ebpf, LISTENED.0, LISTENED.1) {
+            Ok(()) => true,
+            Err(e) => {
+                // Only a shortcut: new listeners are then found by re-dumping.
+                tracing::info!(
+                    "no kretprobe on {} ({}); new listeners are found by re-checking",
+                    LISTENED.1,
+                    super::error_chain(&e)
+                );
+                false
+            }
+        };
 
         let map = ebpf.take_map(EVENTS_MAP).ok_or(WatchError::Missing {
             kind: "map",
@@ -559,7 +586,63 @@ mod kernel {
                 _ebpf: ebpf,
             },
             missing,
+            listened,
         })
+    }
+
+    /// The tracepoint program `name` in the object.
+    fn tracepoint_mut<'a>(
+        ebpf: &'a mut Ebpf,
+        name: &'static str,
+    ) -> Result<&'a mut TracePoint, WatchError> {
+        ebpf.program_mut(name)
+            .ok_or(WatchError::Missing {
+                kind: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(|source| WatchError::Program { name, source })
+    }
+
+    /// Attaches the loaded tracepoint program `name` to `category:tracepoint`.
+    fn attach_tracepoint(
+        ebpf: &mut Ebpf,
+        name: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+    ) -> Result<(), WatchError> {
+        tracepoint_mut(ebpf, name)?
+            .attach(category, tracepoint)
+            .map_err(|source| WatchError::Attach {
+                category,
+                name: tracepoint,
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Loads the kretprobe program `name` and attaches it to the kernel
+    /// function `function`.
+    fn attach_kretprobe(
+        ebpf: &mut Ebpf,
+        name: &'static str,
+        function: &'static str,
+    ) -> Result<(), WatchError> {
+        let program: &mut KProbe = ebpf
+            .program_mut(name)
+            .ok_or(WatchError::Missing {
+                kind: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(|source| WatchError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| WatchError::Program { name, source })?;
+        program
+            .attach(function, 0)
+            .map_err(|source| WatchError::Probe { function, source })?;
+        Ok(())
     }
 
     /// Loads and attaches the cgroup sock programs to the cgroup2 root. Each
@@ -985,6 +1068,7 @@ mod tests {
         Ok(Attached {
             source,
             missing: None,
+            listened: true,
         })
     }
 
@@ -1015,6 +1099,7 @@ mod tests {
             Ok(Attached {
                 source: Fake::new(vec![]),
                 missing: Some(MissingHooks::new(all, WatchError::NoCgroup2)),
+                listened: false,
             })
         });
         assert_eq!(
@@ -1031,6 +1116,7 @@ mod tests {
             Ok(Attached {
                 source: Fake::new(vec![]),
                 missing: Some(MissingHooks::new(vec!["cgroup/sock_release"], old_kernel)),
+                listened: false,
             })
         });
         assert_eq!(

@@ -1,6 +1,6 @@
 //! eBPF side of the guest agent's port watcher.
 //!
-//! Four programs, all pushing [`SockEvent`]s into the `EVENTS` ring buffer
+//! Five programs, all pushing [`SockEvent`]s into the `EVENTS` ring buffer
 //! that the agent reads (`guest-agent/src/watcher.rs`):
 //!
 //! - `inet_sock_set_state`, on the `sock:inet_sock_set_state` tracepoint. The
@@ -22,6 +22,12 @@
 //!   with that address ([`KIND_RELEASE`]). UDP sockets whose `bind()` we did
 //!   not see (bound before the programs were attached, or given a port by
 //!   `connect()`/`sendto()` without `bind()`) produce no release event.
+//! - `listen_done`, a kretprobe on `inet_csk_listen_start`: a TCP `listen()`
+//!   has published its listener ([`KIND_LISTENED`]). The LISTEN state change
+//!   fires before the kernel hashes the new listener, so a sock_diag dump made
+//!   on that event alone can miss it; one made on this event cannot. (A
+//!   kretprobe costs only calls of that one function; a `syscalls:` tracepoint
+//!   would put every syscall of every task on the slow path.)
 //!
 //! An event that does not fit in `EVENTS` is counted in `DROPPED` (per-CPU
 //! `u64`, index [`DROPPED_INDEX`]); the agent checks it after each batch and
@@ -37,15 +43,15 @@ use core::mem::offset_of;
 use aya_ebpf::{
     bindings::bpf_sock,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
-    macros::{cgroup_sock, map, tracepoint},
+    macros::{cgroup_sock, kretprobe, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::{SockContext, TracePointContext},
+    programs::{RetProbeContext, SockContext, TracePointContext},
     EbpfContext as _,
 };
 use aya_log_ebpf::warn;
 use lima_proto::ebpf::{
     tcp_state, SockEvent, AF_INET, AF_INET6, DROPPED_INDEX, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND,
-    KIND_RELEASE, KIND_TCP_STATE, SOCK_DGRAM, SOCK_STREAM,
+    KIND_LISTENED, KIND_RELEASE, KIND_TCP_STATE, SOCK_DGRAM, SOCK_STREAM,
 };
 
 /// Events for the agent. 256 KiB holds ~4000 events, far more than a burst of
@@ -160,6 +166,21 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             &ctx,
             "EVENTS ring buffer full: dropped a listen event for port {}", event.sport
         );
+    }
+    0
+}
+
+#[kretprobe]
+pub fn listen_done(ctx: RetProbeContext) -> u32 {
+    // `int inet_csk_listen_start(...)`: 0 when the listener is hashed.
+    let ret: i32 = ctx.ret();
+    if ret == 0 {
+        emit(&SockEvent {
+            // SAFETY: a helper call without arguments or preconditions.
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
+            kind: KIND_LISTENED,
+            ..SockEvent::default()
+        });
     }
     0
 }

@@ -8,6 +8,7 @@
 //! | [`KIND_TCP_STATE`] | tracepoint `sock:inet_sock_set_state` | a TCP socket enters or leaves LISTEN | all but `sock_type` |
 //! | [`KIND_BIND`] | `cgroup/post_bind4`, `cgroup/post_bind6` | `bind()` gave a TCP or UDP socket its port | `family`, `protocol`, `sock_type`, `saddr`, `sport` |
 //! | [`KIND_RELEASE`] | `cgroup/sock_release` | the last close of a UDP socket whose `bind()` we saw | `family`, `protocol`, `sock_type`, `saddr`, `sport` (from the bind), `dport` |
+//! | [`KIND_LISTENED`] | kretprobe on `inet_csk_listen_start` | a TCP `listen()` succeeded: the listener is in the socket tables now | none |
 //!
 //! Fields a hook does not set are zero.
 
@@ -36,6 +37,10 @@ pub const KIND_TCP_STATE: u16 = 1;
 pub const KIND_BIND: u16 = 2;
 /// [`SockEvent::kind`]: a bound UDP socket was released (closed for good).
 pub const KIND_RELEASE: u16 = 3;
+/// [`SockEvent::kind`]: a `listen()` call succeeded. The LISTEN state change
+/// ([`KIND_TCP_STATE`]) fires before the kernel publishes the listener; this
+/// one fires after, so a sock_diag dump made on it sees the listener.
+pub const KIND_LISTENED: u16 = 4;
 
 /// Index of the one counter in the `DROPPED` map (a per-CPU array of `u64`):
 /// how many events the programs could not reserve room for in `EVENTS`.
@@ -63,7 +68,8 @@ pub const DROPPED_INDEX: u32 = 0;
 pub struct SockEvent {
     /// Kernel time of the event (`bpf_ktime_get_ns`), for latency measurement.
     pub ktime_ns: u64,
-    /// What happened: [`KIND_TCP_STATE`], [`KIND_BIND`] or [`KIND_RELEASE`].
+    /// What happened: [`KIND_TCP_STATE`], [`KIND_BIND`], [`KIND_RELEASE`] or
+    /// [`KIND_LISTENED`].
     pub kind: u16,
     pub family: u16,
     pub protocol: u16,

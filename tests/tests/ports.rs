@@ -77,6 +77,18 @@ fn ports_are_forwarded_by_rule() {
                 .any(|f| f["host"] == format!("127.0.0.1:{port}") && f["status"] == "forwarding"),
             "{listed:?}"
         );
+        // The guest sees it too: the agent's forwards file names the host side.
+        let guest_view = lima
+            .shell("fwd", &["cat", "/run/lima-guest-agent/forwards"])
+            .ok()
+            .stdout();
+        assert!(
+            guest_view.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() == 5 && f[0] == "tcp" && f[1] == addr && f[2] == format!("127.0.0.1:{port}")
+            }),
+            "guest forwards file: {guest_view}"
+        );
         // The guest program exits: the host port closes.
         drop(server);
         lima.wait_until(&format!("host port {port} closed"), long, || refused(port));
