@@ -9,8 +9,18 @@
 //!
 //! Ids are handed out by lookup-like requests and counted: each `Entry` reply
 //! adds one reference, `Forget{nlookup}` removes that many; at zero the node
-//! and its fd go away. Id 1 (the root) is never dropped. Ids are never
-//! reused, so `generation` is always 0.
+//! and its fd go away. Id 1 (the root) is never dropped.
+//!
+//! **An id is the host inode number** whenever it can be: the guest sees the
+//! id as `st_ino`, and tools that record inode numbers (git's index above
+//! all) then see the same numbers on both sides and across remounts. Inodes
+//! on another device than the share's root (a mount inside the share), and
+//! the rare inode numbered 1 (the root's id), get ids from
+//! [`FOREIGN_BASE`] up instead. An id can come back after its node was
+//! forgotten, for the same inode or for a new file that reused the number;
+//! the kernel has dropped its inode by then (that is what the forget meant),
+//! and while a node lives its `O_PATH` fd keeps the host inode, and so its
+//! number, from being reused. `generation` is therefore always 0.
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,10 +62,35 @@ struct Slot {
     refs: u64,
 }
 
+/// First id for inodes whose own number cannot be their id. Far above any
+/// inode number a Linux filesystem hands out in practice.
+pub(crate) const FOREIGN_BASE: u64 = 1 << 63;
+
 struct Table {
     by_id: HashMap<u64, Slot>,
     by_ino: HashMap<(u64, u64), u64>,
-    next_id: u64,
+    /// The share root's device: its inodes keep their numbers as ids.
+    root_dev: u64,
+    next_foreign: u64,
+}
+
+impl Table {
+    /// The id for a new node on `(dev, ino)`.
+    fn new_id(&mut self, dev: u64, ino: u64) -> u64 {
+        if dev == self.root_dev
+            && ino != ROOT_ID
+            && ino < FOREIGN_BASE
+            && !self.by_id.contains_key(&ino)
+        {
+            return ino;
+        }
+        while self.by_id.contains_key(&self.next_foreign) {
+            self.next_foreign += 1;
+        }
+        let id = self.next_foreign;
+        self.next_foreign += 1;
+        id
+    }
 }
 
 pub(crate) struct Nodes {
@@ -75,7 +110,8 @@ impl Nodes {
         let mut table = Table {
             by_id: HashMap::new(),
             by_ino: HashMap::new(),
-            next_id: ROOT_ID + 1,
+            root_dev: root.dev,
+            next_foreign: FOREIGN_BASE,
         };
         table.by_ino.insert((root.dev, root.ino), ROOT_ID);
         table.by_id.insert(
@@ -127,8 +163,7 @@ impl Nodes {
             slot.refs += 1;
             return slot.node.clone();
         }
-        let id = t.next_id;
-        t.next_id += 1;
+        let id = t.new_id(st.st_dev, st.st_ino);
         let node = Arc::new(Node::new(id, fd, st));
         hooks.added(&node);
         t.by_ino.insert((node.dev, node.ino), id);
@@ -198,6 +233,8 @@ mod tests {
         let (fd, st) = open(f.to_str().unwrap());
         let b = nodes.intern(fd, &st, &hooks);
         assert_eq!(a.id, b.id);
+        // The id is the host inode number, as the guest's st_ino.
+        assert_eq!(a.id, st.st_ino);
         assert_ne!(a.id, ROOT_ID);
         assert_eq!(nodes.len(), 2);
         nodes.forget(a.id, 1, &hooks);
@@ -208,8 +245,30 @@ mod tests {
         nodes.forget(ROOT_ID, 100, &hooks);
         assert!(nodes.get(ROOT_ID).is_some());
         assert_eq!(*hooks.0.borrow(), vec![(true, a.id), (false, a.id)]);
-        // A new lookup after the forget gets a fresh id.
+        // A new lookup after the forget gets the inode's number again.
         let (fd, st) = open(f.to_str().unwrap());
-        assert!(nodes.intern(fd, &st, &hooks).id > a.id);
+        assert_eq!(nodes.intern(fd, &st, &hooks).id, st.st_ino);
+    }
+
+    #[test]
+    fn inodes_that_cannot_keep_their_number_get_foreign_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let (rfd, rst) = open(dir.path().to_str().unwrap());
+        let nodes = Nodes::new(rfd, &rst);
+        let hooks = Record::default();
+        let f = dir.path().join("f");
+        // The same inode seen as if on another device (a mount in the share).
+        let (fd, mut st) = open(f.to_str().unwrap());
+        st.st_dev ^= 1;
+        let other = nodes.intern(fd, &st, &hooks);
+        assert_eq!(other.id, FOREIGN_BASE);
+        // An inode numbered like the root's id.
+        let (fd, mut st) = open(f.to_str().unwrap());
+        st.st_ino = ROOT_ID;
+        assert_eq!(nodes.intern(fd, &st, &hooks).id, FOREIGN_BASE + 1);
+        // The real one keeps its number.
+        let (fd, st) = open(f.to_str().unwrap());
+        assert_eq!(nodes.intern(fd, &st, &hooks).id, st.st_ino);
     }
 }

@@ -73,6 +73,18 @@ echo guest-wrote > from-guest
         .unwrap()
         .file_type()
         .is_symlink());
+    // Inode numbers are the host's (git's index compares them).
+    use std::os::unix::fs::MetadataExt;
+    let guest_ino = guest_sh(&lima, "sh", "stat -c %i /mnt/share/a /mnt/share/hl /mnt/share/t");
+    let host_ino: Vec<String> = ["a", "hl", "t"]
+        .iter()
+        .map(|f| std::fs::metadata(share.path().join(f)).unwrap().ino().to_string())
+        .collect();
+    assert_eq!(
+        guest_ino.split_whitespace().collect::<Vec<_>>(),
+        host_ino,
+        "guest st_ino differs from the host's"
+    );
 
     // A host edit is seen in the guest within 1 s (the guest read it before, so it is cached).
     std::fs::write(share.path().join("edit"), "v1\n").unwrap();
