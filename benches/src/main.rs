@@ -385,6 +385,28 @@ fn throughput(port: u16, mib: usize) -> anyhow::Result<f64> {
     Ok(mib as f64 / secs)
 }
 
+/// MiB/s of `mib` MiB downloaded from the source server behind `port`.
+fn download(port: u16, mib: usize) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    s.write_all(format!("{mib}\n").as_bytes())?;
+    let mut got = 0usize;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if got != mib << 20 {
+        bail!("source sent {got} bytes, asked for {}", mib << 20);
+    }
+    Ok(mib as f64 / secs)
+}
+
 fn ports(args: &Args) -> anyhow::Result<()> {
     let bins = bin_dir();
     let limactl = bins.join("limactl");
@@ -397,7 +419,7 @@ fn ports(args: &Args) -> anyhow::Result<()> {
         // QEMU's own forwarding to the same guest servers, as the baseline.
         c.env(
             "LIMA_QEMU_HOSTFWD",
-            "tcp:127.0.0.1:28080-:18080,tcp:127.0.0.1:28090-:18090",
+            "tcp:127.0.0.1:28080-:18080,tcp:127.0.0.1:28090-:18090,tcp:127.0.0.1:28070-:18070",
         );
         c
     };
@@ -499,9 +521,23 @@ fn ports(args: &Args) -> anyhow::Result<()> {
         ])
         .stdin(Stdio::null())
         .spawn()?;
+    let mut source = lc()
+        .args([
+            "shell",
+            "bench",
+            "--",
+            "lima-guest-agent",
+            "tool",
+            "source",
+            "tcp",
+            "0.0.0.0:18070",
+        ])
+        .stdin(Stdio::null())
+        .spawn()?;
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", 18090)).is_err()
         || std::net::TcpStream::connect(("127.0.0.1", 18080)).is_err()
+        || std::net::TcpStream::connect(("127.0.0.1", 18070)).is_err()
     {
         if t.elapsed() > Duration::from_secs(60) {
             bail!("guest servers did not come up");
@@ -512,10 +548,12 @@ fn ports(args: &Args) -> anyhow::Result<()> {
     let rtt_qemu = ping_pong(28080, 1000)?;
     let tp_ours = throughput(18090, args.mib)?;
     let tp_qemu = throughput(28090, args.mib)?;
-    let _ = echo.kill();
-    let _ = sink.kill();
-    let _ = echo.wait();
-    let _ = sink.wait();
+    let down_ours = download(18070, args.mib)?;
+    let down_qemu = download(28070, args.mib)?;
+    for child in [&mut echo, &mut sink, &mut source] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     run(lc().args(["delete", "--force", "bench"]))?;
 
     println!();
@@ -533,6 +571,10 @@ fn ports(args: &Args) -> anyhow::Result<()> {
     );
     println!(
         "| throughput host→guest, {} MiB | {tp_ours:.0} MiB/s | {tp_qemu:.0} MiB/s |",
+        args.mib
+    );
+    println!(
+        "| throughput guest→host, {} MiB | {down_ours:.0} MiB/s | {down_qemu:.0} MiB/s |",
         args.mib
     );
     Ok(())

@@ -25,10 +25,46 @@ pub struct Context {
     pub allowed: AllowedSockets,
 }
 
+/// How many bytes the host may send on one connection before the agent has
+/// read them (the vsock credit window). The kernel's default, 256 KiB, makes
+/// the host wait for a credit update every 256 KiB of a bulk transfer
+/// (forwarded uploads, share reads); accepted connections inherit this from
+/// the listener. It is a limit, not an allocation.
+const VSOCK_BUFFER: u64 = 2 << 20;
+
+/// Sets the vsock buffer size (and its maximum, which caps it) of `socket`;
+/// best effort, the default only costs speed.
+fn set_vsock_buffer(socket: &impl std::os::fd::AsRawFd, bytes: u64) {
+    // linux/vm_sockets.h
+    const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+    const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+    for option in [SO_VM_SOCKETS_BUFFER_MAX_SIZE, SO_VM_SOCKETS_BUFFER_SIZE] {
+        // SAFETY: setsockopt reads a u64 through a valid pointer of the
+        // length given; the fd is the listener's, open for this call.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::AF_VSOCK,
+                option,
+                (&bytes as *const u64).cast(),
+                size_of::<u64>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(
+                "cannot set the vsock buffer size: {}",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+    }
+}
+
 /// Serves connections until the host asks us to shut down.
 pub async fn serve(info: AgentInfo, ctx: Context) -> anyhow::Result<ShutdownRequested> {
     let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, AGENT_VSOCK_PORT))
         .map_err(|e| anyhow::anyhow!("cannot listen on vsock port {AGENT_VSOCK_PORT}: {e} (is the vsock transport module loaded?)"))?;
+    set_vsock_buffer(&listener, VSOCK_BUFFER);
     tracing::info!("agent ready on vsock port {AGENT_VSOCK_PORT}");
     let info = Arc::new(info);
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(1);

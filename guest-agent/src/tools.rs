@@ -6,9 +6,12 @@
 //! tool echo udp ADDR        echo every datagram to its sender
 //! tool echo unix PATH       echo every Unix-socket connection back
 //! tool sink tcp ADDR        read and discard; reply with the byte count at EOF
+//! tool source tcp ADDR      read a line "N", send N MiB, close
 //! tool mmap-cat FILE        write FILE's bytes to stdout, read through mmap(2)
-//! tool listen-latency BASE N  for i in 0..N: listen on 0.0.0.0:BASE+i, wait
-//!                           for the first connection, print one line
+//! tool listen-latency BASE N [GAP_MS]
+//!                           for i in 0..N: bind 0.0.0.0:BASE+i, wait GAP_MS
+//!                           (default 0), listen, wait for the first
+//!                           connection, print one line
 //!                           "i SENT READY ACCEPTED" (microseconds from the
 //!                           listen() call to: the agent telling the host, the
 //!                           host's "forward ready" reaching the agent, that
@@ -29,7 +32,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Instant;
 
 fn usage() -> i32 {
-    eprintln!("usage: lima-guest-agent tool (echo tcp|udp|unix ADDR | sink tcp ADDR | mmap-cat FILE | listen-latency BASE N | time CMD ARG... | stat-files LIST | watch-file FILE)");
+    eprintln!("usage: lima-guest-agent tool (echo tcp|udp|unix ADDR | sink tcp ADDR | source tcp ADDR | mmap-cat FILE | listen-latency BASE N [GAP_MS] | time CMD ARG... | stat-files LIST | watch-file FILE)");
     2
 }
 
@@ -40,8 +43,10 @@ pub fn main(args: Vec<String>) -> i32 {
         ["echo", "udp", addr] => echo_udp(addr),
         ["echo", "unix", path] => echo_unix(path),
         ["sink", "tcp", addr] => sink_tcp(addr),
+        ["source", "tcp", addr] => source_tcp(addr),
         ["mmap-cat", file] => mmap_cat(file),
-        ["listen-latency", base, n] => listen_latency(base, n),
+        ["listen-latency", base, n] => listen_latency(base, n, None),
+        ["listen-latency", base, n, gap] => listen_latency(base, n, Some(gap)),
         ["time", cmd, rest @ ..] => return time(cmd, rest),
         ["stat-files", list] => stat_files(list),
         ["watch-file", file] => watch_file(file),
@@ -127,6 +132,31 @@ fn sink_tcp(addr: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+fn source_tcp(addr: &str) -> std::io::Result<()> {
+    let l = TcpListener::bind(addr)?;
+    eprintln!("source tcp listening on {}", l.local_addr()?);
+    for conn in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let mut reader = std::io::BufReader::new(&conn);
+            if std::io::BufRead::read_line(&mut reader, &mut line).is_err() {
+                return;
+            }
+            let Ok(mib) = line.trim().parse::<usize>() else {
+                return;
+            };
+            let chunk = vec![0xa5u8; 1 << 20];
+            let mut conn = &conn;
+            for _ in 0..mib {
+                if conn.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 fn mmap_cat(file: &str) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(file)?;
@@ -155,17 +185,71 @@ fn mmap_cat(file: &str) -> std::io::Result<()> {
     }
 }
 
-fn listen_latency(base: &str, n: &str) -> std::io::Result<()> {
+/// A TCP listener on 0.0.0.0:`port`, made like servers make theirs:
+/// socket, SO_REUSEADDR, bind, then `gap_ms` of other work, then listen.
+/// Returns it with the CLOCK_MONOTONIC time just before `listen()`.
+fn bind_then_listen(port: u16, gap_ms: u64) -> std::io::Result<(TcpListener, u64)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: socket() takes no pointers; the fd is owned at once.
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(check(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?)
+    };
+    let fdn = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let one: libc::c_int = 1;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: 0 },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: each call reads a live value of the size passed, on our fd.
+    unsafe {
+        check(libc::setsockopt(
+            fdn,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        check(libc::bind(
+            fdn,
+            (&addr as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ))?;
+    }
+    if gap_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(gap_ms));
+    }
+    let t0 = crate::forward::monotonic_ns();
+    // SAFETY: listen() takes no pointers.
+    check(unsafe { libc::listen(fdn, 128) })?;
+    Ok((TcpListener::from(fd), t0))
+}
+
+fn listen_latency(base: &str, n: &str, gap: Option<&str>) -> std::io::Result<()> {
     let base: u16 = base
         .parse()
         .map_err(|_| std::io::Error::other("bad port"))?;
     let n: u16 = n.parse().map_err(|_| std::io::Error::other("bad count"))?;
+    let gap_ms: u64 = gap
+        .unwrap_or("0")
+        .parse()
+        .map_err(|_| std::io::Error::other("bad gap"))?;
     let mut out = std::io::stdout();
     for i in 0..n {
         let port = base + i;
-        let t0 = crate::forward::monotonic_ns();
-        // std's bind() on a TcpListener does bind + listen back to back.
-        let l = TcpListener::bind(("0.0.0.0", port))?;
+        let (l, t0) = bind_then_listen(port, gap_ms)?;
         let (_conn, _) = l.accept()?;
         let accepted = crate::forward::monotonic_ns();
         let (sent, ready) = forward_times(port)?;

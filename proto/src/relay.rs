@@ -6,9 +6,14 @@
 //! TCP half-close. Instead the vsock side carries chunks: a little-endian
 //! `u32` length and that many bytes; length 0 means "no more data this way".
 //! Both ends of a forwarded connection run [`relay`] with their local socket.
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 const CHUNK: usize = 64 << 10;
+
+/// Read buffer on the framed side: a length prefix and the start of its
+/// chunk usually come in one read instead of two, which matters when every
+/// syscall crosses an emulated CPU.
+const FRAMED_READ_BUF: usize = 256 << 10;
 
 /// Copies `local` → chunks on `framed` and chunks on `framed` → `local`
 /// until both directions have ended; returns the bytes moved each way
@@ -19,7 +24,8 @@ where
     F: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut lr, mut lw) = tokio::io::split(local);
-    let (mut fr, mut fw) = tokio::io::split(framed);
+    let (fr, mut fw) = tokio::io::split(framed);
+    let mut fr = BufReader::with_capacity(FRAMED_READ_BUF, fr);
     let out = async {
         let mut buf = vec![0u8; CHUNK + 4];
         let mut total = 0u64;
