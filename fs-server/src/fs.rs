@@ -48,7 +48,7 @@ use libc::{EBADF, EINVAL, ENAMETOOLONG, ESTALE};
 /// stable `d_off` cookies). In plus mode every entry returned with `Some`
 /// attributes holds a node reference the guest must forget if it drops it.
 pub const READDIR_MAX: usize = 256;
-pub const READDIRPLUS_MAX: usize = 64;
+pub const READDIRPLUS_MAX: usize = lima_proto::fs::READDIRPLUS_MAX;
 
 /// Most open file handles plus lock-owner descriptors per share: every one
 /// is a host fd in the host agent's process, and the guest must not be able

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 pub const ROOT_ID: u64 = 1;
 /// Largest read or write in one request (FUSE max_write / max_read).
 pub const MAX_IO: u32 = 1 << 20;
+/// Entries in one `Readdir` reply with `plus`: the server fills every
+/// batch to exactly this many unless the directory ends, so a shorter batch
+/// is the last one (the guest's directory prefetch relies on it).
+pub const READDIRPLUS_MAX: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareSetup {

@@ -2,13 +2,13 @@
 //! request, sent from a tokio task that owns the fuser reply object, so the
 //! session thread never waits for the host (see the module docs of
 //! [`super`] for the caching and threading rationale).
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -17,9 +17,12 @@ use fuser::{
     ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
-use lima_proto::fs::{Attr, DirEntry, FsReply, FsRequest, Lock, SetTime, Time, MAX_IO};
+use lima_proto::fs::{
+    Attr, DirEntry, Entry, FsReply, FsRequest, Lock, SetTime, Time, MAX_IO, READDIRPLUS_MAX,
+};
 use tokio::runtime::Handle;
 
+use super::cache::{self, Answer, Cache};
 use super::client::Client;
 
 /// How long the kernel may trust entries (positive and negative) and
@@ -50,6 +53,13 @@ struct DirBuf {
     entries: VecDeque<DirEntry>,
 }
 
+/// File handles and `(node, lock owner)` pairs that sent a lock request.
+#[derive(Default)]
+struct LockUse {
+    fhs: HashSet<u64>,
+    owners: HashSet<(u64, u64)>,
+}
+
 /// State the session thread and the request tasks share.
 pub(super) struct Shared {
     client: Arc<Client>,
@@ -57,6 +67,11 @@ pub(super) struct Shared {
     gid: u32,
     snapshots: Mutex<HashMap<u64, Snapshot>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirBuf>>>>,
+    /// Directory listings and node reference counts (see [`cache`]).
+    pub(super) cache: Mutex<Cache>,
+    /// Where POSIX locks were ever asked for, so a flush that cannot have
+    /// a lock to drop is answered here (see [`ShareFs::flush`]).
+    locks: Mutex<LockUse>,
     /// Set once the FUSE handshake is done.
     pub(super) notifier: OnceLock<Notifier>,
 }
@@ -87,6 +102,8 @@ impl ShareFs {
             gid,
             snapshots: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
+            locks: Mutex::new(LockUse::default()),
             notifier: OnceLock::new(),
         });
         (
@@ -167,10 +184,132 @@ impl Shared {
         keep
     }
 
+    /// A lock request goes to the host through `fh` for `owner`: from now
+    /// on their flushes go there too.
+    fn lock_used(&self, ino: INodeNo, fh: FileHandle, owner: LockOwner) {
+        let mut l = lock(&self.locks);
+        l.fhs.insert(fh.0);
+        l.owners.insert((ino.0, owner.0));
+    }
+
     fn wrote(&self, id: u64) {
         if let Some(s) = lock(&self.snapshots).get_mut(&id) {
             s.guest_wrote = true;
         }
+    }
+
+    /// Runs `f` on the cache and sends the `Forget`s it produced.
+    fn with_cache<T>(&self, f: impl FnOnce(&mut Cache, &mut Vec<cache::Forget>) -> T) -> T {
+        let mut out = Vec::new();
+        let t = f(&mut lock(&self.cache), &mut out);
+        for (id, nlookup) in out {
+            self.client.send(FsRequest::Forget { id, nlookup });
+        }
+        t
+    }
+
+    /// The host's `InvalidateEntry`: called by the reader before any later
+    /// reply is delivered.
+    pub(super) fn host_invalidated_entry(&self, parent: u64, name: &[u8]) {
+        self.with_cache(|c, out| c.invalidate_entry(parent, name, out));
+    }
+
+    /// The host's `InvalidateNode`.
+    pub(super) fn host_invalidated_node(&self, id: u64) {
+        self.with_cache(|c, out| c.invalidate_node(id, out));
+    }
+
+    /// An entry the host made for `name` in `parent` (create, mkdir,
+    /// symlink, link), on its way to the kernel.
+    fn made(&self, parent: u64, name: &[u8], e: &Entry) {
+        self.with_cache(|c, out| {
+            c.entry_to_kernel(e.attr.id);
+            c.created(parent, name, e, out);
+        });
+    }
+
+    /// Replies to an entry-making request and records the new name.
+    fn reply_made(&self, reply: ReplyEntry, parent: u64, name: &[u8], r: FsReply) {
+        match r {
+            FsReply::Entry(e) => {
+                self.made(parent, name, &e);
+                reply.entry(&TTL, &self.file_attr(&e.attr), Generation(e.generation))
+            }
+            FsReply::Err(n) => {
+                // What the name holds now is not known (EEXIST: our
+                // listing may have missed a host change).
+                self.with_cache(|c, out| c.invalidate_entry(parent, name, out));
+                reply.error(errno(n))
+            }
+            other => reply.error(self.unexpected("an entry request", &other)),
+        }
+    }
+
+    /// Fetches `dir` with attributes for the cache: opendir, readdirplus
+    /// until a short batch (the host fills every batch but the last), and a
+    /// releasedir nobody waits for. Gives up beyond [`cache::PREFETCH_MAX`]
+    /// entries.
+    async fn prefetch(&self, dir: u64, token: u64) {
+        let started = Instant::now();
+        let mut entries: Vec<DirEntry> = Vec::new();
+        let complete = match self.client.call(FsRequest::Opendir { id: dir }).await {
+            FsReply::Opened { fh } => {
+                let mut offset = 0;
+                let complete = loop {
+                    if !lock(&self.cache).fetch_wanted(dir, token) {
+                        break false;
+                    }
+                    let batch = match self
+                        .client
+                        .call(FsRequest::Readdir {
+                            fh,
+                            offset,
+                            plus: true,
+                        })
+                        .await
+                    {
+                        FsReply::Dir(batch) => batch,
+                        _ => break false,
+                    };
+                    {
+                        // Counted on arrival: each holds a host reference.
+                        let mut c = lock(&self.cache);
+                        for e in &batch {
+                            if let Some(x) = &e.entry {
+                                c.buffered(x.attr.id);
+                            }
+                        }
+                    }
+                    let n = batch.len();
+                    if let Some(last) = batch.last() {
+                        offset = last.next_offset;
+                    }
+                    entries.extend(batch);
+                    if n < READDIRPLUS_MAX {
+                        break true;
+                    }
+                    // +2: `.` and `..`.
+                    if entries.len() > cache::PREFETCH_MAX + 2 {
+                        break false;
+                    }
+                };
+                self.client.send(FsRequest::Releasedir { fh });
+                complete
+            }
+            _ => false,
+        };
+        self.with_cache(|c, out| {
+            if complete {
+                c.fetched(dir, token, entries, started + TTL, out);
+            } else {
+                c.fetch_failed(dir, token, Instant::now());
+                for e in &entries {
+                    if let Some(x) = &e.entry {
+                        c.drop_buffered(x.attr.id, out);
+                    }
+                }
+            }
+        });
     }
 
     fn unexpected(&self, op: &str, r: &FsReply) -> Errno {
@@ -208,16 +347,15 @@ impl Shared {
         lock(&self.dirs).get(&fh).cloned()
     }
 
-    /// Forgets the lookups the host counted for entries the kernel never saw.
+    /// Gives back the host references of entries the kernel never saw.
     fn discard(&self, buf: &mut DirBuf) {
-        for e in buf.entries.drain(..) {
-            if let Some(entry) = e.entry {
-                self.client.send(FsRequest::Forget {
-                    id: entry.attr.id,
-                    nlookup: 1,
-                });
+        self.with_cache(|c, out| {
+            for e in buf.entries.drain(..) {
+                if let Some(entry) = e.entry {
+                    c.drop_buffered(entry.attr.id, out);
+                }
             }
-        }
+        });
     }
 
     /// Makes `buf` start at `offset` with entries of the wanted kind,
@@ -233,6 +371,14 @@ impl Shared {
             .await
         {
             FsReply::Dir(list) => {
+                {
+                    let mut c = lock(&self.cache);
+                    for e in &list {
+                        if let Some(x) = &e.entry {
+                            c.buffered(x.attr.id);
+                        }
+                    }
+                }
                 *buf = DirBuf {
                     offset,
                     plus,
@@ -272,23 +418,53 @@ impl Filesystem for ShareFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let req = FsRequest::Lookup {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
+        let (dir, name) = (parent.0, name.as_bytes().to_vec());
+        let s = &self.shared;
+        let answer = s.with_cache(|c, out| c.lookup(dir, &name, Instant::now(), out));
+        let (unknown, fetch) = match answer {
+            Answer::Hit(e) => {
+                return reply.entry(&TTL, &s.file_attr(&e.attr), Generation(e.generation));
+            }
+            // Never longer than the listing itself is trusted.
+            Answer::Absent(ttl) => return reply.entry(&ttl, &negative_attr(), Generation(0)),
+            Answer::Miss { unknown, fetch } => (unknown, fetch),
         };
-        self.call(req, reply, |s, reply, r| match r {
+        if let Some(token) = fetch {
+            // In the background: this lookup (and any during the fetch)
+            // goes to the host at once, so a fetch never adds latency.
+            self.run(move |s| async move { s.prefetch(dir, token).await });
+        }
+        let req = FsRequest::Lookup {
+            parent: dir,
+            name: name.clone(),
+        };
+        self.call(req, reply, move |s, reply, r| match r {
+            FsReply::Entry(e) => {
+                s.with_cache(|c, out| {
+                    c.entry_to_kernel(e.attr.id);
+                    if let Some(mark) = unknown {
+                        c.looked_up(dir, &name, mark, Some(&e), out);
+                    }
+                });
+                reply.entry(&TTL, &s.file_attr(&e.attr), Generation(e.generation))
+            }
             // A negative entry with a timeout: the kernel remembers the
             // name is absent until the host says it appeared.
-            FsReply::Err(libc::ENOENT) => reply.entry(&TTL, &negative_attr(), Generation(0)),
+            FsReply::Err(libc::ENOENT) => {
+                if let Some(mark) = unknown {
+                    s.with_cache(|c, out| c.looked_up(dir, &name, mark, None, out));
+                }
+                reply.entry(&TTL, &negative_attr(), Generation(0))
+            }
             r => s.reply_entry(reply, r),
         });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        lock(&self.shared.snapshots).remove(&ino.0);
-        self.shared
-            .client
-            .send(FsRequest::Forget { id: ino.0, nlookup });
+        let s = &self.shared;
+        lock(&s.snapshots).remove(&ino.0);
+        lock(&s.locks).owners.retain(|(node, _)| *node != ino.0);
+        s.with_cache(|c, out| c.kernel_forget(ino.0, nlookup, out));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -333,7 +509,14 @@ impl Filesystem for ShareFs {
                 mtime: mtime.map(set_time),
             }
         };
-        self.call(req, reply, |s, reply, r| s.reply_attr(reply, r));
+        let changes = !matches!(req, FsRequest::Getattr { .. });
+        self.call(req, reply, move |s, reply, r| {
+            if changes {
+                // Listed attributes of this node are stale now.
+                s.with_cache(|c, out| c.invalidate_node(ino.0, out));
+            }
+            s.reply_attr(reply, r)
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -363,26 +546,21 @@ impl Filesystem for ShareFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
+        let (dir, name) = (parent.0, name.as_bytes().to_vec());
         let req = FsRequest::Create {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
+            parent: dir,
+            name: name.clone(),
             mode,
             umask,
             flags: libc::O_WRONLY | libc::O_EXCL | libc::O_CREAT,
         };
-        self.run(move |s| async move {
-            match s.client.call(req).await {
-                FsReply::Created { entry, fh } => {
-                    let _ = s.client.call(FsRequest::Release { fh }).await;
-                    reply.entry(
-                        &TTL,
-                        &s.file_attr(&entry.attr),
-                        Generation(entry.generation),
-                    );
-                }
-                FsReply::Err(n) => reply.error(errno(n)),
-                other => reply.error(s.unexpected("create", &other)),
+        self.call(req, reply, move |s, reply, r| match r {
+            FsReply::Created { entry, fh } => {
+                // Nothing depends on the handle being gone.
+                s.client.send(FsRequest::Release { fh });
+                s.reply_made(reply, dir, &name, FsReply::Entry(entry));
             }
+            r => s.reply_made(reply, dir, &name, r),
         });
     }
 
@@ -395,29 +573,65 @@ impl Filesystem for ShareFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let (dir, name) = (parent.0, name.as_bytes().to_vec());
         let req = FsRequest::Mkdir {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
+            parent: dir,
+            name: name.clone(),
             mode,
             umask,
         };
-        self.call(req, reply, |s, reply, r| s.reply_entry(reply, r));
+        self.call(req, reply, move |s, reply, r| {
+            if let FsReply::Entry(e) = &r {
+                // Made empty just now: lookups in it need not ask. (The host
+                // watches it from the moment the mkdir reply was made.)
+                lock(&s.cache).new_empty_dir(e.attr.id, Instant::now() + TTL);
+            }
+            s.reply_made(reply, dir, &name, r)
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (dir, name) = (parent.0, name.as_bytes().to_vec());
         let req = FsRequest::Unlink {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
+            parent: dir,
+            name: name.clone(),
         };
-        self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
+        self.call(req, reply, move |s, reply, r| {
+            s.with_cache(|c, out| {
+                if r == FsReply::Ok {
+                    let id = c.listed_id(dir, &name);
+                    c.removed(dir, &name, out);
+                    if let Some(id) = id {
+                        // Its link count changed wherever else it is listed.
+                        c.invalidate_node(id, out);
+                    }
+                } else {
+                    c.invalidate_entry(dir, &name, out);
+                }
+            });
+            s.reply_empty(reply, r)
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (dir, name) = (parent.0, name.as_bytes().to_vec());
         let req = FsRequest::Rmdir {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
+            parent: dir,
+            name: name.clone(),
         };
-        self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
+        self.call(req, reply, move |s, reply, r| {
+            s.with_cache(|c, out| {
+                if r == FsReply::Ok {
+                    if let Some(id) = c.listed_id(dir, &name) {
+                        c.drop_listing(id, out);
+                    }
+                    c.removed(dir, &name, out);
+                } else {
+                    c.invalidate_entry(dir, &name, out);
+                }
+            });
+            s.reply_empty(reply, r)
+        });
     }
 
     fn symlink(
@@ -428,12 +642,15 @@ impl Filesystem for ShareFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let (dir, name) = (parent.0, link_name.as_bytes().to_vec());
         let req = FsRequest::Symlink {
-            parent: parent.0,
-            name: link_name.as_bytes().to_vec(),
+            parent: dir,
+            name: name.clone(),
             target: target.as_os_str().as_bytes().to_vec(),
         };
-        self.call(req, reply, |s, reply, r| s.reply_entry(reply, r));
+        self.call(req, reply, move |s, reply, r| {
+            s.reply_made(reply, dir, &name, r)
+        });
     }
 
     fn rename(
@@ -446,14 +663,35 @@ impl Filesystem for ShareFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let (from, name) = (parent.0, name.as_bytes().to_vec());
+        let (to, new_name) = (newparent.0, newname.as_bytes().to_vec());
+        let exchange = flags.bits() & libc::RENAME_EXCHANGE != 0;
         let req = FsRequest::Rename {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
-            new_parent: newparent.0,
-            new_name: newname.as_bytes().to_vec(),
+            parent: from,
+            name: name.clone(),
+            new_parent: to,
+            new_name: new_name.clone(),
             flags: flags.bits(),
         };
-        self.call(req, reply, |s, reply, r| s.reply_empty(reply, r));
+        self.call(req, reply, move |s, reply, r| {
+            s.with_cache(|c, out| {
+                let moved = c.listed_id(from, &name);
+                let replaced = c.listed_id(to, &new_name);
+                if r == FsReply::Ok && !exchange {
+                    // The source name is gone for sure (the git lock-file
+                    // dance looks it up again); the target's attributes
+                    // (ctime) changed, so it is asked for next time.
+                    c.removed(from, &name, out);
+                } else {
+                    c.invalidate_entry(from, &name, out);
+                }
+                c.invalidate_entry(to, &new_name, out);
+                for id in [moved, replaced].into_iter().flatten() {
+                    c.invalidate_node(id, out);
+                }
+            });
+            s.reply_empty(reply, r)
+        });
     }
 
     fn link(
@@ -464,12 +702,19 @@ impl Filesystem for ShareFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let (dir, name) = (newparent.0, newname.as_bytes().to_vec());
         let req = FsRequest::Link {
             id: ino.0,
-            new_parent: newparent.0,
-            new_name: newname.as_bytes().to_vec(),
+            new_parent: dir,
+            new_name: name.clone(),
         };
-        self.call(req, reply, |s, reply, r| s.reply_entry(reply, r));
+        self.call(req, reply, move |s, reply, r| {
+            if r != FsReply::Err(libc::EEXIST) {
+                // Its link count changed wherever it is listed.
+                s.with_cache(|c, out| c.invalidate_node(ino.0, out));
+            }
+            s.reply_made(reply, dir, &name, r)
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -483,6 +728,9 @@ impl Filesystem for ShareFs {
             );
             match opened {
                 FsReply::Opened { fh } => {
+                    if flags.0 & libc::O_TRUNC != 0 {
+                        s.with_cache(|c, out| c.invalidate_node(id, out));
+                    }
                     let keep = matches!(&attr, FsReply::Attr(a) if s.still_cached(id, a));
                     let flags = if keep {
                         FopenFlags::FOPEN_KEEP_CACHE
@@ -507,22 +755,34 @@ impl Filesystem for ShareFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let (dir, name) = (parent.0, name.as_bytes().to_vec());
         let req = FsRequest::Create {
-            parent: parent.0,
-            name: name.as_bytes().to_vec(),
+            parent: dir,
+            name: name.clone(),
             mode,
             umask,
             flags,
         };
-        self.call(req, reply, |s, reply, r| match r {
-            FsReply::Created { entry, fh } => reply.created(
-                &TTL,
-                &s.file_attr(&entry.attr),
-                Generation(entry.generation),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            FsReply::Err(n) => reply.error(errno(n)),
+        self.call(req, reply, move |s, reply, r| match r {
+            FsReply::Created { entry, fh } => {
+                s.with_cache(|c, out| {
+                    // An existing file may have been opened (and truncated).
+                    c.invalidate_node(entry.attr.id, out);
+                    c.entry_to_kernel(entry.attr.id);
+                    c.created(dir, &name, &entry, out);
+                });
+                reply.created(
+                    &TTL,
+                    &s.file_attr(&entry.attr),
+                    Generation(entry.generation),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
+            FsReply::Err(n) => {
+                s.with_cache(|c, out| c.invalidate_entry(dir, &name, out));
+                reply.error(errno(n))
+            }
             other => reply.error(s.unexpected("create", &other)),
         });
     }
@@ -570,6 +830,7 @@ impl Filesystem for ShareFs {
         self.call(req, reply, move |s, reply, r| match r {
             FsReply::Written(n) => {
                 s.wrote(ino.0);
+                s.with_cache(|c, out| c.invalidate_node(ino.0, out));
                 reply.written(n);
             }
             FsReply::Err(n) => reply.error(errno(n)),
@@ -577,19 +838,38 @@ impl Filesystem for ShareFs {
         });
     }
 
+    /// Every `close(2)` sends one, and the process waits for the answer.
+    /// The host's flush is `close(dup(fd))`, which on a local host
+    /// filesystem has nothing to do: our writes are already in the host's
+    /// page cache (each `write(2)` waits for the host), and the host's
+    /// locks live on separate OFD descriptors. So it is answered here,
+    /// unless POSIX locks were ever asked for through this handle or by
+    /// this lock owner on this file: then the host gets it, as before, so
+    /// that whatever it does for locks at flush keeps happening.
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let locked = {
+            let l = lock(&self.shared.locks);
+            l.fhs.contains(&fh.0) || l.owners.contains(&(ino.0, lock_owner.0))
+        };
+        if !locked {
+            return reply.ok();
+        }
         self.call(FsRequest::Flush { fh: fh.0 }, reply, |s, reply, r| {
             s.reply_empty(reply, r)
         });
     }
 
+    /// Answered at once: the kernel does not make `close(2)` wait for a
+    /// release, and nothing later depends on the host having closed its
+    /// descriptor (requests are handled in any order there anyway). The
+    /// host's lock-owner descriptors (and their locks) still go with it.
     fn release(
         &self,
         _req: &Request,
@@ -600,9 +880,9 @@ impl Filesystem for ShareFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.call(FsRequest::Release { fh: fh.0 }, reply, |s, reply, r| {
-            s.reply_empty(reply, r)
-        });
+        lock(&self.shared.locks).fhs.remove(&fh.0);
+        self.shared.client.send(FsRequest::Release { fh: fh.0 });
+        reply.ok();
     }
 
     fn fsync(
@@ -681,10 +961,7 @@ impl Filesystem for ShareFs {
                     // Fetched with attributes, handed over without: the
                     // kernel holds no reference, so give the host's back.
                     if let Some(entry) = e.entry {
-                        s.client.send(FsRequest::Forget {
-                            id: entry.attr.id,
-                            nlookup: 1,
-                        });
+                        s.with_cache(|c, out| c.drop_buffered(entry.attr.id, out));
                     }
                 }
             }
@@ -741,6 +1018,9 @@ impl Filesystem for ShareFs {
                 }
                 if let Some(e) = buf.entries.pop_front() {
                     buf.offset = e.next_offset;
+                    if let Some(entry) = e.entry {
+                        lock(&s.cache).buffered_to_kernel(entry.attr.id);
+                    }
                 }
             }
             reply.ok();
@@ -756,13 +1036,12 @@ impl Filesystem for ShareFs {
         reply: ReplyEmpty,
     ) {
         let buf = lock(&self.shared.dirs).remove(&fh.0);
-        self.run(move |s| async move {
-            if let Some(buf) = buf {
-                s.discard(&mut *buf.lock().await);
-            }
-            let r = s.client.call(FsRequest::Releasedir { fh: fh.0 }).await;
-            s.reply_empty(reply, r);
-        });
+        // Like release: the kernel does not wait for it, neither do we.
+        self.shared.client.send(FsRequest::Releasedir { fh: fh.0 });
+        reply.ok();
+        if let Some(buf) = buf {
+            self.run(move |s| async move { s.discard(&mut *buf.lock().await) });
+        }
     }
 
     fn fsyncdir(
@@ -790,7 +1069,7 @@ impl Filesystem for ShareFs {
     fn getlk(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
@@ -799,6 +1078,7 @@ impl Filesystem for ShareFs {
         pid: u32,
         reply: ReplyLock,
     ) {
+        self.shared.lock_used(ino, fh, lock_owner);
         let req = FsRequest::Getlk {
             fh: fh.0,
             owner: lock_owner.0,
@@ -819,7 +1099,7 @@ impl Filesystem for ShareFs {
     fn setlk(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
@@ -829,6 +1109,7 @@ impl Filesystem for ShareFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        self.shared.lock_used(ino, fh, lock_owner);
         let req = FsRequest::Setlk {
             fh: fh.0,
             owner: lock_owner.0,

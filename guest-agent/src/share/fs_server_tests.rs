@@ -3,12 +3,12 @@
 //! of the protocol as they ship, without a VM. Ignored by default (root and
 //! `/dev/fuse`): `cargo test -p lima-guest-agent share -- --ignored`.
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lima_proto::fs::{ShareSetup, ShareStatus};
 use lima_proto::{read_frame_async, write_frame_async};
 
-use super::tests::{blocking, exercise, unique_dir, wait_for, GID, UID};
+use super::tests::{blocking, eventually, exercise, unique_dir, wait_for, GID, UID};
 
 struct Mounted {
     root: PathBuf,
@@ -47,17 +47,6 @@ async fn mount_fs_server(writable: bool) -> Mounted {
         server,
         cable,
         agent,
-    }
-}
-
-async fn eventually(what: &str, cond: impl Fn() -> bool + Send + Sync + Clone + 'static) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if blocking(cond.clone()).await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within 5 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -160,5 +149,53 @@ async fn fs_server_throughput() {
     m.cable.abort();
     m.server.abort();
     let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    let _ = std::fs::remove_dir_all(&m.root);
+}
+
+/// A directory the guest has listed, changed on the host: the host's
+/// invalidations reach the listing as well as the kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn host_changes_reach_a_listed_directory() {
+    let m = mount_fs_server(true).await;
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
+    std::fs::create_dir(root.join("d")).unwrap();
+    for i in 0..50 {
+        std::fs::write(root.join(format!("d/f{i}")), "x").unwrap();
+    }
+    blocking({
+        let mnt = mnt.clone();
+        move || {
+            // Enough misses to list `d`; f40.. are never looked up.
+            for i in 0..20 {
+                assert!(mnt.join(format!("d/f{i}")).exists());
+            }
+            assert!(!mnt.join("d/new").exists());
+        }
+    })
+    .await;
+    // Let the listing land before the host changes anything.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(root.join("d/new"), "new").unwrap();
+    std::fs::write(root.join("d/brand-new"), "b").unwrap();
+    std::fs::remove_file(root.join("d/f45")).unwrap();
+    std::fs::write(root.join("d/f46"), "longer now").unwrap();
+    // A name looked up in vain, one never looked up, one deleted and one
+    // changed, the last three known to the guest only from its listing.
+    wait_for(&mnt.join("d/new"), "new").await;
+    wait_for(&mnt.join("d/brand-new"), "b").await;
+    eventually("host unlink seen", {
+        let mnt = mnt.clone();
+        move || !mnt.join("d/f45").exists()
+    })
+    .await;
+    eventually("host write seen in stat", {
+        let mnt = mnt.clone();
+        move || std::fs::metadata(mnt.join("d/f46")).unwrap().len() == 10
+    })
+    .await;
+    m.cable.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    m.server.abort();
     let _ = std::fs::remove_dir_all(&m.root);
 }

@@ -50,6 +50,7 @@ use lima_proto::fs::{FsToGuest, ShareSetup, ShareStatus, MAX_IO};
 use lima_proto::{read_frame_async, write_frame_async};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
+mod cache;
 mod client;
 mod fs;
 #[cfg(test)]
@@ -105,9 +106,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     let mut writer = tokio::spawn(client::write_loop(frames, write_half));
     let invalidations = spawn_invalidator(running.notifier, &tag);
     let result = tokio::select! {
-        r = read_loop(read_half, &client, &invalidations) => r,
+        r = read_loop(read_half, &client, &running.shared, &invalidations) => r,
         r = &mut writer => match r {
             Ok(Ok(())) => Ok(()),
+            // The host closed the stream while frames were queued (e.g. a
+            // release or forget nobody waits for): the same as its EOF.
+            Ok(Err(e)) if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::NotConnected
+            ) => Ok(()),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("writing to the host")),
             Err(e) => Err(anyhow::Error::new(e).context("the share writer task")),
         },
@@ -123,6 +132,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
 struct Running {
     mount: mount::FuseMount,
     notifier: Notifier,
+    shared: Arc<fs::Shared>,
 }
 
 /// Mounts the share and completes the FUSE handshake; the error is the
@@ -193,13 +203,21 @@ async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, Strin
         }
     };
     let _ = shared.notifier.set(notifier.clone());
-    Ok(Running { mount, notifier })
+    Ok(Running {
+        mount,
+        notifier,
+        shared,
+    })
 }
 
 /// Reads the host's frames until the stream ends.
+/// Invalidations reach our own directory cache here, in stream order (a
+/// reply read after an invalidation sees it applied), and the kernel's on
+/// the invalidation thread.
 async fn read_loop<R: AsyncRead + Unpin>(
     r: R,
     client: &Client,
+    shared: &fs::Shared,
     invalidations: &std::sync::mpsc::Sender<Invalidation>,
 ) -> anyhow::Result<()> {
     let mut r = BufReader::with_capacity(READ_BUFFER, r);
@@ -207,9 +225,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
         match frame {
             FsToGuest::Reply { id, reply } => client.deliver(id, reply),
             FsToGuest::InvalidateNode { id } => {
+                shared.host_invalidated_node(id);
                 let _ = invalidations.send(Invalidation::Node(id));
             }
             FsToGuest::InvalidateEntry { parent, name } => {
+                shared.host_invalidated_entry(parent, &name);
                 let _ = invalidations.send(Invalidation::Entry(parent, name));
             }
         }

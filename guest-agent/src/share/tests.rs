@@ -80,6 +80,11 @@ struct StandIn {
     max_read: AtomicU64,
     max_write: AtomicU64,
     plus_readdirs: AtomicU64,
+    /// Requests by kind (`Lookup`, `Flush`, ...).
+    kinds: Mutex<HashMap<String, u64>>,
+    /// Node references the guest holds, as a host counts them: one per
+    /// entry sent, minus what `Forget` returns.
+    refs: Mutex<HashMap<u64, i64>>,
 }
 
 type R = Result<FsReply, i32>;
@@ -99,6 +104,8 @@ impl StandIn {
             max_read: AtomicU64::new(0),
             max_write: AtomicU64::new(0),
             plus_readdirs: AtomicU64::new(0),
+            kinds: Mutex::new(HashMap::new()),
+            refs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -175,7 +182,44 @@ impl StandIn {
             }
             _ => {}
         }
-        self.answer(req).unwrap_or_else(FsReply::Err)
+        let kind = format!("{req:?}");
+        let kind = kind.split([' ', '{']).next().unwrap_or("").to_string();
+        *self.kinds.lock().unwrap().entry(kind).or_default() += 1;
+        if let FsRequest::Forget { id, nlookup } = &req {
+            *self.refs.lock().unwrap().entry(*id).or_default() -= *nlookup as i64;
+        }
+        let reply = self.answer(req).unwrap_or_else(FsReply::Err);
+        let mut refs = self.refs.lock().unwrap();
+        match &reply {
+            FsReply::Entry(e) | FsReply::Created { entry: e, .. } => {
+                *refs.entry(e.attr.id).or_default() += 1
+            }
+            FsReply::Dir(list) => {
+                for e in list.iter().filter_map(|e| e.entry.as_ref()) {
+                    *refs.entry(e.attr.id).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+        reply
+    }
+
+    /// Requests of one kind so far.
+    fn count(&self, kind: &str) -> u64 {
+        self.kinds.lock().unwrap().get(kind).copied().unwrap_or(0)
+    }
+
+    fn kinds(&self) -> HashMap<String, u64> {
+        self.kinds.lock().unwrap().clone()
+    }
+
+    /// References the guest holds on `path`'s node (0 if never seen).
+    fn refs_of(&self, path: &Path) -> i64 {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        let id = self.t.lock().unwrap().ids.get(&(m.dev(), m.ino())).copied();
+        id.map_or(0, |id| {
+            self.refs.lock().unwrap().get(&id).copied().unwrap_or(0)
+        })
     }
 
     fn answer(&self, req: FsRequest) -> R {
@@ -540,9 +584,21 @@ async fn share_round_trip_on_a_real_mount() {
     // one 4 MiB write() and a cold 4 MiB read() (readahead raised to match).
     assert!(m.host.plus_readdirs.load(Ordering::Relaxed) > 0);
     let (root, mnt) = (m.root.clone(), m.mount.clone());
+    // A new host file: the host says so (the guest has listed the root).
+    std::fs::write(root.join("4m-host"), vec![2u8; 4 << 20]).unwrap();
+    m.inject
+        .send(FsToGuest::InvalidateEntry {
+            parent: ROOT_ID,
+            name: b"4m-host".to_vec(),
+        })
+        .unwrap();
+    eventually("4m-host appears", {
+        let mnt = mnt.clone();
+        move || mnt.join("4m-host").exists()
+    })
+    .await;
     blocking(move || {
         std::fs::write(mnt.join("4m"), vec![1u8; 4 << 20]).unwrap();
-        std::fs::write(root.join("4m-host"), vec![2u8; 4 << 20]).unwrap();
         assert_eq!(
             std::fs::read(mnt.join("4m-host")).unwrap(),
             vec![2u8; 4 << 20]
@@ -644,6 +700,15 @@ pub(super) fn exercise(root: &Path, mnt: &Path) {
     std::fs::write(root.join("hello.txt"), "hello from the host\n").unwrap();
     std::fs::create_dir(root.join("sub")).unwrap();
     std::fs::write(root.join("sub/a"), "a").unwrap();
+    // A big directory: more entries than one kernel buffer or one host batch.
+    std::fs::create_dir(root.join("many")).unwrap();
+    for i in 0..1000 {
+        std::fs::write(
+            root.join(format!("many/file-with-a-longish-name-{i:04}")),
+            "",
+        )
+        .unwrap();
+    }
 
     // ls, cat, ownership
     let mut names: Vec<_> = std::fs::read_dir(mnt)
@@ -651,7 +716,7 @@ pub(super) fn exercise(root: &Path, mnt: &Path) {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["hello.txt", "sub"]);
+    assert_eq!(names, ["hello.txt", "many", "sub"]);
     assert_eq!(
         std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
         "hello from the host\n"
@@ -757,15 +822,9 @@ pub(super) fn exercise(root: &Path, mnt: &Path) {
     // SAFETY: a valid C string.
     assert_ne!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
 
-    // A big directory: more entries than one kernel buffer or one host batch.
-    std::fs::create_dir(root.join("many")).unwrap();
-    for i in 0..1000 {
-        std::fs::write(
-            root.join(format!("many/file-with-a-longish-name-{i:04}")),
-            "",
-        )
-        .unwrap();
-    }
+    // A big directory (made on the host before the guest looked at the
+    // share: the stand-in host sends no invalidations, and the guest's
+    // listing of the share's root would not show a later host mkdir).
     let listed = std::fs::read_dir(mnt.join("many")).unwrap().count();
     assert_eq!(listed, 1000);
     let sizes: u64 = std::fs::read_dir(mnt.join("many"))
@@ -777,6 +836,20 @@ pub(super) fn exercise(root: &Path, mnt: &Path) {
     // statfs
     let s = nix::sys::statvfs::statvfs(mnt).unwrap();
     assert!(s.blocks() > 0);
+}
+
+pub(super) async fn eventually(
+    what: &str,
+    cond: impl Fn() -> bool + Send + Sync + Clone + 'static,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if blocking(cond.clone()).await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub(super) async fn wait_for(p: &Path, content: &str) {
@@ -860,6 +933,11 @@ async fn share_throughput() {
 /// Prints write, cold read, cached read and stat figures for `mnt`; the
 /// host request counts when `requests` can tell them.
 pub(super) fn measure(root: &Path, mnt: &Path, requests: impl Fn() -> Option<u64>) {
+    // Before the guest looks: a host without invalidations (the stand-in)
+    // would otherwise leave them out of the guest's listing of the root.
+    for i in 0..200 {
+        std::fs::write(root.join(format!("s{i}")), "").unwrap();
+    }
     let count = |a: Option<u64>, b: Option<u64>| {
         a.zip(b)
             .map_or("?".to_string(), |(a, b)| (b - a).to_string())
@@ -901,9 +979,6 @@ pub(super) fn measure(root: &Path, mnt: &Path, requests: impl Fn() -> Option<u64
 
     // Metadata latency: stat of distinct new names (each a round trip),
     // then of the same name (kernel cache).
-    for i in 0..200 {
-        std::fs::write(root.join(format!("s{i}")), "").unwrap();
-    }
     let n0 = requests();
     let t = Instant::now();
     for i in 0..200 {
@@ -925,4 +1000,216 @@ pub(super) fn measure(root: &Path, mnt: &Path, requests: impl Fn() -> Option<u64
         "stat (cached)           : {warm:?} each, {} host requests for 200",
         count(n1, n2)
     );
+}
+
+/// Requests of each kind between two snapshots of [`StandIn::kinds`].
+fn since(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+fn total(kinds: &HashMap<String, u64>) -> u64 {
+    kinds.values().sum()
+}
+
+fn stat_errno(p: &Path) -> Option<i32> {
+    std::fs::symlink_metadata(p).err().map(|e| errno_of(&e))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn lookups_in_a_directory_are_answered_from_its_listing() {
+    let m = mount_stand_in(true).await;
+    for d in ["d", "e"] {
+        std::fs::create_dir(m.root.join(d)).unwrap();
+        for i in 0..100 {
+            std::fs::write(m.root.join(format!("{d}/f{i}")), format!("{i}")).unwrap();
+        }
+    }
+    let mnt = m.mount.clone();
+    let host = m.host.clone();
+    let (cold, warm) = blocking(move || {
+        assert!(mnt.join("d").is_dir()); // the share's root is not the subject
+        assert!(mnt.join("e").is_dir());
+        let k0 = host.kinds();
+        for i in 0..100 {
+            let md = std::fs::symlink_metadata(mnt.join(format!("d/f{i}"))).unwrap();
+            assert_eq!(md.len(), format!("{i}").len() as u64);
+        }
+        for i in 0..20 {
+            assert_eq!(
+                stat_errno(&mnt.join(format!("d/missing{i}"))),
+                Some(libc::ENOENT)
+            );
+        }
+        let k1 = host.kinds();
+        // Names the kernel never looked up: answered from the listing too.
+        for i in 20..40 {
+            assert_eq!(
+                stat_errno(&mnt.join(format!("d/missing{i}"))),
+                Some(libc::ENOENT)
+            );
+        }
+        (since(&k0, &k1), since(&k1, &host.kinds()))
+    })
+    .await;
+    println!("120 cold lookups in one directory: {cold:?}");
+    // Before listings: one Lookup each (120). Now: a lookup or two alone,
+    // the fetch (opendir, two readdirplus, releasedir) and the lookups
+    // that ran while it did.
+    assert!(total(&cold) <= 12, "{cold:?}");
+    assert!(cold.get("Lookup").copied().unwrap_or(0) <= 6, "{cold:?}");
+    assert_eq!(total(&warm), 0, "{warm:?}");
+
+    // A listed directory whose names the kernel never asked for holds host
+    // references only through the listing; host invalidations of those
+    // names give them back, down to zero.
+    let (mnt, host, root) = (m.mount.clone(), m.host.clone(), m.root.clone());
+    blocking(move || {
+        for i in 0..3 {
+            assert!(mnt.join(format!("e/f{i}")).exists());
+        }
+    })
+    .await;
+    let e_id = m.host.entry(&m.root.join("e")).unwrap().attr.id;
+    eventually("e listed", {
+        let (host, root) = (host.clone(), root.clone());
+        move || host.refs_of(&root.join("e/f99")) == 1
+    })
+    .await;
+    for i in 3..100 {
+        m.inject
+            .send(FsToGuest::InvalidateEntry {
+                parent: e_id,
+                name: format!("f{i}").into_bytes(),
+            })
+            .unwrap();
+    }
+    eventually("unused references given back", {
+        let (host, root) = (host.clone(), root.clone());
+        move || (3..100).all(|i| host.refs_of(&root.join(format!("e/f{i}"))) == 0)
+    })
+    .await;
+    for i in 0..3 {
+        assert!(m.host.refs_of(&m.root.join(format!("e/f{i}"))) >= 1);
+    }
+    assert!(m.host.refs.lock().unwrap().values().all(|n| *n >= 0));
+    // Unknown names are asked for again, and still found.
+    let mnt = m.mount.clone();
+    blocking(move || assert!(mnt.join("e/f50").exists())).await;
+
+    m.server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    let _ = std::fs::remove_dir_all(&m.root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
+    // The stand-in sends no invalidations: whatever the guest sees after
+    // its own changes comes from the kernel or from our listing.
+    let m = mount_stand_in(true).await;
+    std::fs::create_dir(m.root.join("d")).unwrap();
+    for i in 0..10 {
+        std::fs::write(m.root.join(format!("d/f{i}")), format!("{i}")).unwrap();
+    }
+    let (mnt, host, root) = (m.mount.clone(), m.host.clone(), m.root.clone());
+    blocking(move || {
+        let d = mnt.join("d");
+        for i in 0..10 {
+            assert!(d.join(format!("f{i}")).exists());
+        }
+        assert_eq!(stat_errno(&d.join("nope")), Some(libc::ENOENT));
+        let k0 = host.kinds();
+        // unlink, rename away, rename over, create, mkdir, symlink, link
+        std::fs::remove_file(d.join("f1")).unwrap();
+        assert_eq!(stat_errno(&d.join("f1")), Some(libc::ENOENT));
+        std::fs::rename(d.join("f2"), d.join("g2")).unwrap();
+        assert_eq!(stat_errno(&d.join("f2")), Some(libc::ENOENT));
+        assert_eq!(std::fs::read_to_string(d.join("g2")).unwrap(), "2");
+        std::fs::rename(d.join("f3"), d.join("f4")).unwrap();
+        assert_eq!(stat_errno(&d.join("f3")), Some(libc::ENOENT));
+        assert_eq!(std::fs::read_to_string(d.join("f4")).unwrap(), "3");
+        std::fs::write(d.join("new"), "new").unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("d/new")).unwrap(), "new");
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::os::unix::fs::symlink("new", d.join("ln")).unwrap();
+        std::fs::hard_link(d.join("f5"), d.join("f5b")).unwrap();
+        assert_eq!(std::fs::metadata(d.join("f5")).unwrap().nlink(), 2);
+        std::fs::remove_dir(d.join("sub")).unwrap();
+        assert_eq!(stat_errno(&d.join("sub")), Some(libc::ENOENT));
+        // The git lock-file dance.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(d.join("index.lock"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"index").unwrap();
+        drop(f);
+        assert_eq!(
+            std::fs::read_to_string(root.join("d/index.lock")).unwrap(),
+            "index"
+        );
+        std::fs::rename(d.join("index.lock"), d.join("index")).unwrap();
+        assert_eq!(stat_errno(&d.join("index.lock")), Some(libc::ENOENT));
+        assert_eq!(std::fs::read_to_string(d.join("index")).unwrap(), "index");
+        let changes = since(&k0, &host.kinds());
+        // The names looked up after the changes were answered locally.
+        assert_eq!(changes.get("Lookup"), None, "{changes:?}");
+
+        // Creates in a directory the guest made: no lookup, no flush.
+        std::fs::create_dir(d.join("many")).unwrap();
+        let k1 = host.kinds();
+        for i in 0..50 {
+            std::fs::write(d.join(format!("many/f{i}")), "x").unwrap();
+        }
+        let creates = since(&k1, &host.kinds());
+        println!("50 creates: {creates:?}");
+        assert_eq!(creates.get("Lookup"), None, "{creates:?}");
+        assert_eq!(creates.get("Flush"), None, "{creates:?}");
+        assert_eq!(creates.get("Create"), Some(&50), "{creates:?}");
+        for i in 0..50 {
+            assert_eq!(
+                std::fs::read(root.join(format!("d/many/f{i}"))).unwrap(),
+                b"x"
+            );
+        }
+    })
+    .await;
+    // Every Release still reaches the host (nobody waits for it).
+    eventually("handles released", {
+        let host = m.host.clone();
+        move || host.t.lock().unwrap().files.is_empty()
+    })
+    .await;
+
+    // A lock taken through a handle: its flush goes to the host.
+    let (mnt, host) = (m.mount.clone(), m.host.clone());
+    blocking(move || {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mnt.join("d/f0"))
+            .unwrap();
+        let lk = libc::flock {
+            l_type: libc::F_WRLCK as i16,
+            l_whence: libc::SEEK_SET as i16,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        let flushes = host.count("Flush");
+        // SAFETY: a valid fd and flock struct. The stand-in has no locks
+        // (ENOSYS): the request is what counts.
+        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETLK, &lk) };
+        drop(f);
+        assert_eq!(host.count("Flush"), flushes + 1);
+    })
+    .await;
+    m.server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    let _ = std::fs::remove_dir_all(&m.root);
 }
