@@ -37,6 +37,14 @@
 //! attributes. Writes are not cached (no writeback cache): each one reaches
 //! the host before `write(2)` returns, so host tools see guest writes at once.
 //!
+//! Below the kernel, [`cache`] keeps listings of directories in which the
+//! kernel looks names up one by one: fetched once with attributes
+//! (readdirplus), they answer later lookups there, positive and negative,
+//! without a round trip; host invalidations and our own changes keep them
+//! current. Closing a file costs no round trip either: `FLUSH` is answered
+//! here unless POSIX locks were used through the handle or its owner, and
+//! `RELEASE` goes to the host without anybody waiting for it.
+//!
 //! Files appear owned by the share's `uid`/`gid`; the kernel checks
 //! permissions against the reported modes (`default_permissions`); chown is
 //! accepted and ignored. flock(2) locks stay inside the guest (fuser cannot
