@@ -487,9 +487,12 @@ impl Cache {
 
     /// `id`'s attributes changed: every slot naming it becomes unknown.
     pub(super) fn invalidate_node(&mut self, id: u64, out: &mut Vec<Forget>) {
-        for d in self.dirs.values_mut() {
-            if let Dir::Fetching { nodes, .. } = d {
-                nodes.insert(id);
+        // Runs after every guest write: skip the scan when nothing is fetched.
+        if self.fetching > 0 {
+            for d in self.dirs.values_mut() {
+                if let Dir::Fetching { nodes, .. } = d {
+                    nodes.insert(id);
+                }
             }
         }
         let places = match self.nodes.get(&id) {
