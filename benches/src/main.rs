@@ -398,6 +398,27 @@ fn throughput(port: u16, mib: usize) -> anyhow::Result<f64> {
     Ok(mib as f64 / secs)
 }
 
+/// Starts `lima-guest-agent tool KIND tcp ADDR` in the bench VM.
+fn guest_server(
+    lc: &dyn Fn() -> Command,
+    kind: &str,
+    addr: &str,
+) -> anyhow::Result<std::process::Child> {
+    Ok(lc()
+        .args([
+            "shell",
+            "bench",
+            "--",
+            "lima-guest-agent",
+            "tool",
+            kind,
+            "tcp",
+            addr,
+        ])
+        .stdin(Stdio::null())
+        .spawn()?)
+}
+
 /// MiB/s of `mib` MiB downloaded from the source server behind `port`.
 fn download(port: u16, mib: usize) -> anyhow::Result<f64> {
     use std::io::{Read, Write};
@@ -524,45 +545,9 @@ fn ports(args: &Args) -> anyhow::Result<()> {
     }
 
     // Data path: one echo and one sink server, reached through us and hostfwd.
-    let mut echo = lc()
-        .args([
-            "shell",
-            "bench",
-            "--",
-            "lima-guest-agent",
-            "tool",
-            "echo",
-            "tcp",
-            "0.0.0.0:18080",
-        ])
-        .stdin(Stdio::null())
-        .spawn()?;
-    let mut sink = lc()
-        .args([
-            "shell",
-            "bench",
-            "--",
-            "lima-guest-agent",
-            "tool",
-            "sink",
-            "tcp",
-            "0.0.0.0:18090",
-        ])
-        .stdin(Stdio::null())
-        .spawn()?;
-    let mut source = lc()
-        .args([
-            "shell",
-            "bench",
-            "--",
-            "lima-guest-agent",
-            "tool",
-            "source",
-            "tcp",
-            "0.0.0.0:18070",
-        ])
-        .stdin(Stdio::null())
-        .spawn()?;
+    let mut echo = guest_server(&lc, "echo", "0.0.0.0:18080")?;
+    let mut sink = guest_server(&lc, "sink", "0.0.0.0:18090")?;
+    let mut source = guest_server(&lc, "source", "0.0.0.0:18070")?;
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", 18090)).is_err()
         || std::net::TcpStream::connect(("127.0.0.1", 18080)).is_err()

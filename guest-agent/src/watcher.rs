@@ -533,7 +533,7 @@ mod kernel {
         let mut ebpf = Ebpf::load(object).map_err(WatchError::Load)?;
         start_ebpf_logger(&mut ebpf);
 
-        tracepoint_mut(&mut ebpf, PROGRAM)?
+        program::<TracePoint>(&mut ebpf, PROGRAM)?
             .load()
             .map_err(|source| WatchError::Program {
                 name: PROGRAM,
@@ -590,11 +590,11 @@ mod kernel {
         })
     }
 
-    /// The tracepoint program `name` in the object.
-    fn tracepoint_mut<'a>(
-        ebpf: &'a mut Ebpf,
-        name: &'static str,
-    ) -> Result<&'a mut TracePoint, WatchError> {
+    /// The program `name` in the object, as its type `T`.
+    fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, WatchError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
         ebpf.program_mut(name)
             .ok_or(WatchError::Missing {
                 kind: "program",
@@ -611,7 +611,7 @@ mod kernel {
         category: &'static str,
         tracepoint: &'static str,
     ) -> Result<(), WatchError> {
-        tracepoint_mut(ebpf, name)?
+        program::<TracePoint>(ebpf, name)?
             .attach(category, tracepoint)
             .map_err(|source| WatchError::Attach {
                 category,
@@ -628,14 +628,7 @@ mod kernel {
         name: &'static str,
         function: &'static str,
     ) -> Result<(), WatchError> {
-        let program: &mut KProbe = ebpf
-            .program_mut(name)
-            .ok_or(WatchError::Missing {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| WatchError::Program { name, source })?;
+        let program = program::<KProbe>(ebpf, name)?;
         program
             .load()
             .map_err(|source| WatchError::Program { name, source })?;
@@ -684,14 +677,7 @@ mod kernel {
         path: &str,
         dir: &std::fs::File,
     ) -> Result<(), WatchError> {
-        let program: &mut CgroupSock = ebpf
-            .program_mut(name)
-            .ok_or(WatchError::Missing {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| WatchError::Program { name, source })?;
+        let program = program::<CgroupSock>(ebpf, name)?;
         program
             .load()
             .map_err(|source| WatchError::Program { name, source })?;

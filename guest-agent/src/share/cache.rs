@@ -572,6 +572,18 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two misses in `dir` (the second starts a fetch); the fetch's token.
+    fn start_fetch(c: &mut Cache, dir: u64, now: Instant, out: &mut Vec<Forget>) -> u64 {
+        c.lookup(dir, b"miss-1", now, out);
+        let Answer::Miss {
+            fetch: Some(token), ..
+        } = c.lookup(dir, b"miss-2", now, out)
+        else {
+            panic!("the second miss in {dir} should start a fetch")
+        };
+        token
+    }
     use lima_proto::fs::{Attr, Time};
 
     fn entry(id: u64) -> Entry {
@@ -675,13 +687,7 @@ mod tests {
         let now = Instant::now();
         let mut c = Cache::default();
         let mut out = Vec::new();
-        c.lookup(7, b"x", now, &mut out);
-        let Answer::Miss {
-            fetch: Some(token), ..
-        } = c.lookup(7, b"y", now, &mut out)
-        else {
-            panic!()
-        };
+        let token = start_fetch(&mut c, 7, now, &mut out);
         c.invalidate_entry(7, b"a", &mut out);
         c.invalidate_node(101, &mut out);
         c.buffered(100);
@@ -783,13 +789,7 @@ mod tests {
         let now = Instant::now();
         let mut c = Cache::default();
         let mut out = Vec::new();
-        c.lookup(7, b"x", now, &mut out);
-        let Answer::Miss {
-            fetch: Some(token), ..
-        } = c.lookup(7, b"y", now, &mut out)
-        else {
-            panic!()
-        };
+        let token = start_fetch(&mut c, 7, now, &mut out);
         c.fetch_failed(7, token, now);
         for _ in 0..3 {
             assert!(matches!(
