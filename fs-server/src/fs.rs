@@ -29,11 +29,11 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lima_proto::fs::{
-    Attr, DirEntry, Entry, FsReply, FsRequest, Lock, SetTime, Statfs, Time, MAX_IO,
+    Attr, DirEntry, Entry, FsReply, FsRequest, FsToGuest, Lock, SetTime, Statfs, Time, MAX_IO,
 };
 
 use crate::nodes::{Node, NodeHooks, Nodes};
@@ -95,6 +95,39 @@ pub(crate) struct Fs {
     /// The process umask: permission bits the host kernel removes from what
     /// we create, which we add back when the guest asked for them.
     umask: u32,
+    /// A fixed node budget (tests); 0: [`default_node_budget`].
+    pub(crate) node_budget: AtomicUsize,
+}
+
+/// Shares served by this process right now; they split the fd limit.
+pub(crate) static SHARES: AtomicUsize = AtomicUsize::new(0);
+
+/// fds kept free for everything else: open files, directory handles,
+/// inotify, sockets.
+const FD_RESERVE: usize = 2048;
+
+/// Each of `shares` shares may hold an equal part of the fd limit, less a
+/// reserve; `LIMA_FS_NODE_BUDGET` sets the part outright (tests, hosts
+/// where other programs in the process need the fds).
+fn default_node_budget(shares: usize) -> usize {
+    static FIXED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let fixed = FIXED.get_or_init(|| {
+        std::env::var("LIMA_FS_NODE_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+    });
+    if let Some(n) = fixed {
+        return *n;
+    }
+    let limit = sys::nofile_limit().unwrap_or(1024) as usize;
+    (limit.saturating_sub(FD_RESERVE) / shares.max(1)).max(256)
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        SHARES.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct NoHooks;
@@ -228,7 +261,9 @@ impl Fs {
             proc_fd,
             watches,
             umask: sys::process_umask(),
+            node_budget: AtomicUsize::new(0),
         };
+        SHARES.fetch_add(1, Ordering::Relaxed);
         if let Some(w) = fs.watches.as_ref() {
             w.added(&fs.nodes.root());
         }
@@ -240,6 +275,36 @@ impl Fs {
             Some(w) => w,
             None => &NoHooks,
         }
+    }
+
+    /// Nodes this share may hold before it asks the guest to forget some
+    /// (see [`Fs::evictions`]).
+    pub(crate) fn node_budget(&self) -> usize {
+        match self.node_budget.load(Ordering::Relaxed) {
+            0 => default_node_budget(SHARES.load(Ordering::Relaxed)),
+            fixed => fixed,
+        }
+    }
+
+    /// When the table holds more nodes than [`Fs::node_budget`]: an
+    /// `InvalidateEntry` for each of the least recently used nodes that
+    /// brings it back to 90% of the budget. The guest kernel drops those
+    /// dentries, forgets the inodes nobody uses, and the forgets close the
+    /// fds here. Without this, a guest walking a tree larger than the fd
+    /// limit (every node holds an `O_PATH` fd) would get EMFILE.
+    pub(crate) fn evictions(&self) -> Vec<FsToGuest> {
+        let budget = self.node_budget();
+        let count = self.nodes.count();
+        if count <= budget {
+            return Vec::new();
+        }
+        let excess = count - budget * 9 / 10;
+        self.nodes
+            .least_recently_used(excess)
+            .into_iter()
+            .filter_map(|node| node.place())
+            .map(|(parent, name)| FsToGuest::InvalidateEntry { parent, name })
+            .collect()
     }
 
     fn node(&self, id: u64) -> SysResult<Arc<Node>> {
@@ -292,12 +357,14 @@ impl Fs {
     /// Looks `name` up beneath `parent` and takes one reference on its node.
     fn lookup_at(&self, parent: &Node, name: &CStr) -> SysResult<Entry> {
         let fd = sys::open_beneath(parent.fd.as_fd(), name, libc::O_PATH, 0)?;
-        self.entry_for_fd(fd)
+        self.entry_for_fd(fd, parent, name)
     }
 
-    fn entry_for_fd(&self, fd: OwnedFd) -> SysResult<Entry> {
+    /// The entry for `fd`, found as `name` in `parent`, with one reference.
+    fn entry_for_fd(&self, fd: OwnedFd, parent: &Node, name: &CStr) -> SysResult<Entry> {
         let st = sys::fstat(fd.as_fd())?;
         let node = self.nodes.intern(fd, &st, self.hooks());
+        node.set_place(parent.id, name.to_bytes());
         Ok(Entry {
             attr: attr(node.id, &st),
             generation: 0,
@@ -476,7 +543,7 @@ impl Fs {
         let fd = sys::open_beneath(parent.fd.as_fd(), &name, libc::O_PATH, 0)?;
         // Best effort: the directory exists whatever chmod says.
         let _ = self.fix_mode(&fd, wanted, false);
-        self.entry_for_fd(fd).map(FsReply::Entry)
+        self.entry_for_fd(fd, &parent, &name).map(FsReply::Entry)
     }
 
     fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> SysResult<FsReply> {
@@ -606,7 +673,7 @@ impl Fs {
             let _ = self.fix_mode(&fd, wanted, true);
         }
         let path_fd = sys::reopen(self.proc_fd.as_fd(), fd.as_fd(), libc::O_PATH)?;
-        let entry = self.entry_for_fd(path_fd)?;
+        let entry = self.entry_for_fd(path_fd, &parent, &name)?;
         let node = self.node(entry.attr.id)?;
         let fh = self.add_handle(Handle::File(Arc::new(FileHandle { node, fd })))?;
         Ok(FsReply::Created { entry, fh })

@@ -23,6 +23,7 @@
 //! number, from being reused. `generation` is therefore always 0.
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lima_proto::fs::ROOT_ID;
@@ -35,7 +36,15 @@ pub(crate) struct Node {
     pub ino: u64,
     /// `st_mode & S_IFMT`; an inode's type never changes.
     pub kind: u32,
+    /// When the guest last used the node ([`Nodes::get`]), on a counter.
+    last_used: AtomicU64,
+    /// The parent id and name the node was last reached by, so the server
+    /// can ask the guest to forget it ([`Nodes::least_recently_used`]).
+    place: Mutex<Option<(u64, Vec<u8>)>>,
 }
+
+/// The clock of `last_used`: one tick per use.
+static TICK: AtomicU64 = AtomicU64::new(0);
 
 impl Node {
     pub fn new(id: u64, fd: OwnedFd, st: &libc::stat) -> Node {
@@ -45,7 +54,23 @@ impl Node {
             dev: st.st_dev,
             ino: st.st_ino,
             kind: st.st_mode & libc::S_IFMT,
+            last_used: AtomicU64::new(TICK.fetch_add(1, Ordering::Relaxed)),
+            place: Mutex::new(None),
         }
+    }
+
+    /// Records that the node was reached as `name` in `parent`.
+    pub fn set_place(&self, parent: u64, name: &[u8]) {
+        *self.place.lock().unwrap_or_else(|e| e.into_inner()) = Some((parent, name.to_vec()));
+    }
+
+    pub fn place(&self) -> Option<(u64, Vec<u8>)> {
+        self.place.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn touch(&self) {
+        self.last_used
+            .store(TICK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
     }
 
     pub fn is_dir(&self) -> bool {
@@ -133,7 +158,28 @@ impl Nodes {
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Node>> {
-        self.lock().by_id.get(&id).map(|s| s.node.clone())
+        let node = self.lock().by_id.get(&id).map(|s| s.node.clone())?;
+        node.touch();
+        Some(node)
+    }
+
+    /// How many nodes (fds) the table holds, the root included.
+    pub fn count(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// The `n` nodes the guest used least recently, the root excepted.
+    pub fn least_recently_used(&self, n: usize) -> Vec<Arc<Node>> {
+        let mut all: Vec<Arc<Node>> = self
+            .lock()
+            .by_id
+            .values()
+            .filter(|s| s.node.id != ROOT_ID)
+            .map(|s| s.node.clone())
+            .collect();
+        all.sort_by_key(|node| node.last_used.load(Ordering::Relaxed));
+        all.truncate(n);
+        all
     }
 
     pub fn root(&self) -> Arc<Node> {
@@ -146,11 +192,6 @@ impl Nodes {
 
     pub fn ids(&self) -> Vec<u64> {
         self.lock().by_id.keys().copied().collect()
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.lock().by_id.len()
     }
 
     /// Adds one reference to the node for `st`'s inode, creating it around
@@ -236,7 +277,7 @@ mod tests {
         // The id is the host inode number, as the guest's st_ino.
         assert_eq!(a.id, st.st_ino);
         assert_ne!(a.id, ROOT_ID);
-        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes.count(), 2);
         nodes.forget(a.id, 1, &hooks);
         assert!(nodes.get(a.id).is_some());
         nodes.forget(a.id, 1, &hooks);

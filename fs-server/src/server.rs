@@ -123,6 +123,7 @@ impl Server {
         let sem = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let closing = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
+        let mut last_eviction: Option<std::time::Instant> = None;
 
         let result = loop {
             let frame = match read_frame_async::<_, FsToHost>(&mut rd).await {
@@ -165,16 +166,37 @@ impl Server {
             let Ok(permit) = sem.clone().acquire_owned().await else {
                 break Ok(());
             };
-            let (fs, tx, sem, closing) =
+            let (fs, reply_tx, sem, closing) =
                 (self.fs.clone(), tx.clone(), sem.clone(), closing.clone());
             tasks.spawn(async move {
                 let (reply, permit) = run_request(fs, req, permit, sem, closing).await;
-                let _ = tx.send(FsToGuest::Reply { id, reply }).await;
+                let _ = reply_tx.send(FsToGuest::Reply { id, reply }).await;
                 // Held until the reply is queued: a guest that stops reading
                 // stops the reader instead of piling up 1 MiB replies.
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}
+            // Near the fd budget: ask the guest to forget the least recently
+            // used nodes (at most every 100 ms; its forgets take a moment).
+            if self.fs.nodes.count() > self.fs.node_budget()
+                && last_eviction.is_none_or(|t| t.elapsed() > Duration::from_millis(100))
+            {
+                last_eviction = Some(std::time::Instant::now());
+                let fs = self.fs.clone();
+                let asks = tokio::task::spawn_blocking(move || fs.evictions())
+                    .await
+                    .unwrap_or_default();
+                tracing::debug!(
+                    nodes = self.fs.nodes.count(),
+                    asks = asks.len(),
+                    "over the node budget"
+                );
+                for ask in asks {
+                    if tx.send(ask).await.is_err() {
+                        break;
+                    }
+                }
+            }
         };
 
         closing.store(true, Ordering::Relaxed);

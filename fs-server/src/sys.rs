@@ -469,6 +469,17 @@ pub fn raise_nofile_limit() -> SysResult<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The soft `RLIMIT_NOFILE`.
+pub fn nofile_limit() -> SysResult<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok(lim.rlim_cur)
+}
+
 /// The process umask, read without changing it (`/proc/self/status`), or 022.
 pub fn process_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")

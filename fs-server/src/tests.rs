@@ -599,7 +599,7 @@ async fn readdir_plus_many_entries_and_forget() {
     assert_eq!(plain.len(), n + 2 + 2, "files, dir, esc, . and ..");
     assert_eq!(names.len(), plain.len(), "no entry twice");
     assert!(plain.iter().all(|d| d.entry.is_none()));
-    assert_eq!(c.fs.nodes.len(), 1, "plain readdir takes no references");
+    assert_eq!(c.fs.nodes.count(), 1, "plain readdir takes no references");
 
     let plus = c.readdir_all(ROOT_ID, true).await;
     assert_eq!(plus.len(), plain.len());
@@ -623,7 +623,7 @@ async fn readdir_plus_many_entries_and_forget() {
             }
         }
     }
-    assert_eq!(c.fs.nodes.len(), 1 + n + 2);
+    assert_eq!(c.fs.nodes.count(), 1 + n + 2);
     assert_eq!(
         c.fs.watches.as_ref().unwrap().count(),
         2,
@@ -647,7 +647,7 @@ async fn readdir_plus_many_entries_and_forget() {
     for id in ids {
         c.ok(FsRequest::Forget { id, nlookup: 1 }).await;
     }
-    assert_eq!(c.fs.nodes.len(), 1, "forget drops every node");
+    assert_eq!(c.fs.nodes.count(), 1, "forget drops every node");
     assert_eq!(c.fs.watches.as_ref().unwrap().count(), 1);
     c.ok(FsRequest::Forget {
         id: 12345,
@@ -1393,4 +1393,61 @@ fn new_names_the_bad_path() {
         err.to_string().contains("secret") && err.to_string().contains("not a directory"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn over_the_node_budget_the_guest_is_asked_to_forget_the_oldest() {
+    let e = env();
+    for i in 0..40 {
+        std::fs::write(e.root.join(format!("f{i:02}")), b"x").unwrap();
+    }
+    let c = start(&e.root, true);
+    c.fs.node_budget.store(20, Ordering::Relaxed);
+    let mut ids = Vec::new();
+    for i in 0..19 {
+        ids.push(
+            c.lookup(ROOT_ID, &format!("f{i:02}"))
+                .await
+                .unwrap()
+                .attr
+                .id,
+        );
+    }
+    // 20 nodes with the root: at the budget, nothing asked yet. Use f00
+    // again so that it is not among the oldest.
+    c.call(FsRequest::Getattr { id: ids[0] }).await;
+    assert!(c.inval.lock().await.try_recv().is_err());
+    for i in 19..30 {
+        c.lookup(ROOT_ID, &format!("f{i:02}")).await.unwrap();
+    }
+    // Over it: the least recently used entries, by name, down to 90%.
+    let mut asked = Vec::new();
+    let mut inval = c.inval.lock().await;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), inval.recv()).await {
+        match m {
+            FsToGuest::InvalidateEntry { parent, name } => {
+                assert_eq!(parent, ROOT_ID);
+                asked.push(String::from_utf8(name).unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!asked.is_empty(), "no eviction asked for");
+    assert!(asked.contains(&"f01".to_string()), "{asked:?}");
+    assert!(
+        !asked.contains(&"f00".to_string()),
+        "recently used f00 evicted: {asked:?}"
+    );
+    assert!(
+        !asked.iter().any(|n| n.as_str() >= "f19"),
+        "new nodes evicted: {asked:?}"
+    );
+    // The guest's forgets close the fds.
+    drop(inval);
+    let before = c.fs.nodes.count();
+    for name in &asked {
+        let id = c.lookup(ROOT_ID, name).await.unwrap().attr.id;
+        c.ok(FsRequest::Forget { id, nlookup: 2 }).await;
+    }
+    assert_eq!(c.fs.nodes.count(), before - asked.len());
 }

@@ -75,10 +75,19 @@ echo guest-wrote > from-guest
         .is_symlink());
     // Inode numbers are the host's (git's index compares them).
     use std::os::unix::fs::MetadataExt;
-    let guest_ino = guest_sh(&lima, "sh", "stat -c %i /mnt/share/a /mnt/share/hl /mnt/share/t");
+    let guest_ino = guest_sh(
+        &lima,
+        "sh",
+        "stat -c %i /mnt/share/a /mnt/share/hl /mnt/share/t",
+    );
     let host_ino: Vec<String> = ["a", "hl", "t"]
         .iter()
-        .map(|f| std::fs::metadata(share.path().join(f)).unwrap().ino().to_string())
+        .map(|f| {
+            std::fs::metadata(share.path().join(f))
+                .unwrap()
+                .ino()
+                .to_string()
+        })
         .collect();
     assert_eq!(
         guest_ino.split_whitespace().collect::<Vec<_>>(),
@@ -350,5 +359,57 @@ fn git_on_a_vsockfs_share() {
     assert_eq!(
         host_git(&["show", "HEAD:a.txt"]),
         "alpha\nedited on the host\n"
+    );
+}
+
+/// A tree with more nodes than the file server may hold fds for: with a
+/// budget of 150 (`LIMA_FS_NODE_BUDGET`), the server asks the guest to forget
+/// its least recently used entries, so every file still reads right and the
+/// host agent's fds stay bounded (without it: one fd per cached node, and
+/// EMFILE once a tree outgrows the fd limit).
+#[test]
+fn a_tree_larger_than_the_node_budget() {
+    let lima = Lima::new();
+    let share = tempfile::tempdir_in("/tmp").unwrap();
+    for d in 0..20 {
+        let dir = share.path().join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..25 {
+            std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    let s = share.path().display().to_string();
+    let yaml = lima.template(
+        "budget.yaml",
+        &format!("mounts:\n- location: {s}\n  mountPoint: /mnt/share\n"),
+    );
+    lima.run(
+        lima.cmd("limactl")
+            .args(["start", "--timeout", "5m", &yaml])
+            .env("LIMA_FS_NODE_BUDGET", "150"),
+        None,
+    )
+    .ok();
+    let script = "cd /mnt/share; find . -type f | wc -l; cat d*/f* | wc -l; cat d7/f13";
+    for _ in 0..2 {
+        let out = guest_sh(&lima, "budget", script);
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["500", "500", "7/13"],
+            "{out}"
+        );
+    }
+    let pid = std::fs::read_to_string(lima.instance_dir("budget").join("ha.pid")).unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", pid.trim()))
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX)
+    };
+    // 520 nodes were walked; the server holds at most the budget of them,
+    // plus its other fds (sockets, QEMU's, inotify).
+    lima.wait_until(
+        "host agent fds back under the budget",
+        Duration::from_secs(30),
+        || fds() < 150 + 100,
     );
 }
