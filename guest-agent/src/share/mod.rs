@@ -108,7 +108,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
         }
     );
     // Best effort, after the handshake (which caps readahead at 128 KiB).
-    running.mount.set_readahead_kib(MAX_IO / 1024);
+    running.mount.set_readahead_kib(READAHEAD_KIB);
 
     let (read_half, write_half) = tokio::io::split(stream);
     let mut writer = tokio::spawn(client::write_loop(frames, write_half));
@@ -142,6 +142,11 @@ struct Running {
     notifier: Notifier,
     shared: Arc<fs::Shared>,
 }
+
+/// Readahead window of a share: 16 requests of [`MAX_IO`] in flight. Each
+/// request waits a vsock round trip; with a 1 MiB window a sequential read
+/// of 128 MiB ran at ~20 MiB/s here (TCG), with 4 MiB ~25, with 16 MiB ~28.
+const READAHEAD_KIB: u32 = 16 * MAX_IO / 1024;
 
 /// Mounts the share and completes the FUSE handshake; the error is the
 /// reason to send the host, naming the mount point.
