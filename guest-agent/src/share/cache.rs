@@ -132,8 +132,6 @@ enum Dir {
 pub(super) enum Answer {
     /// From the listing; the kernel's count is already taken.
     Hit(Entry),
-    /// Absent from a complete listing; trust it this long.
-    Absent(Duration),
     /// Ask the host. `unknown`: the slot's mark, to store the answer with
     /// [`Cache::looked_up`]. `fetch`: start fetching the directory with
     /// this token ([`Cache::fetched`] / [`Cache::fetch_failed`]).
@@ -301,7 +299,6 @@ impl Cache {
         match self.dirs.get_mut(&dir) {
             Some(Dir::Listed(l)) if l.expires > now => {
                 l.used = tick;
-                let left = l.expires - now;
                 return match l.names.get(name) {
                     Some(Slot::Present(e)) => {
                         let e = e.clone();
@@ -314,7 +311,14 @@ impl Cache {
                         unknown: Some(*mark),
                         fetch: None,
                     },
-                    None => Answer::Absent(left),
+                    // Not listed: asked of the host, never answered "absent"
+                    // here. A listing can miss a name the guest or the host
+                    // just made (a fetch racing a create), and a false
+                    // ENOENT breaks programs (git lost objects it had just
+                    // written, about once in five full test runs); the
+                    // kernel keeps the host's negative answer instead, and
+                    // the host's invalidations clear that.
+                    None => miss,
                 };
             }
             Some(Dir::Listed(_)) => {
@@ -654,9 +658,11 @@ mod tests {
         };
         assert_eq!(e.attr.id, 100);
         assert_eq!(c.counts(100), Some((1, 1, 1)));
-        assert!(
-            matches!(c.lookup(7, b"nope", now, &mut out), Answer::Absent(d) if d <= Duration::from_secs(60))
-        );
+        // Not listed: the host is asked (never a local "absent").
+        assert!(matches!(
+            c.lookup(7, b"nope", now, &mut out),
+            Answer::Miss { fetch: None, .. }
+        ));
         // The kernel forgets `a`: the listing still names it, nothing sent.
         c.kernel_forget(100, 1, &mut out);
         assert!(out.is_empty());
@@ -756,7 +762,7 @@ mod tests {
         c.looked_up(7, b"new", mark, None, &mut out);
         assert!(matches!(
             c.lookup(7, b"new", now, &mut out),
-            Answer::Absent(_)
+            Answer::Miss { fetch: None, .. }
         ));
         c.kernel_forget(200, 3, &mut out);
         assert_eq!(out, vec![(200, 2)]);
@@ -775,12 +781,12 @@ mod tests {
         assert_eq!(out, vec![(100, 1)]);
         assert!(matches!(
             c.lookup(7, b"a", now, &mut out),
-            Answer::Absent(_)
+            Answer::Miss { fetch: None, .. }
         ));
         c.new_empty_dir(400, now + Duration::from_secs(60));
         assert!(matches!(
             c.lookup(400, b"x", now, &mut out),
-            Answer::Absent(_)
+            Answer::Miss { fetch: None, .. }
         ));
     }
 

@@ -425,8 +425,6 @@ impl Filesystem for ShareFs {
             Answer::Hit(e) => {
                 return reply.entry(&TTL, &s.file_attr(&e.attr), Generation(e.generation));
             }
-            // Never longer than the listing itself is trusted.
-            Answer::Absent(ttl) => return reply.entry(&ttl, &negative_attr(), Generation(0)),
             Answer::Miss { unknown, fetch } => (unknown, fetch),
         };
         if let Some(token) = fetch {
