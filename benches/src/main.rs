@@ -310,22 +310,19 @@ fn detection(
     gap_ms: u64,
 ) -> anyhow::Result<Detection> {
     use std::io::BufRead;
-    let mut child = lc()
-        .args([
-            "shell",
-            "bench",
-            "--",
-            "lima-guest-agent",
-            "tool",
+    let mut child = guest_tool(
+        lc,
+        &[
             "listen-latency",
             &base.to_string(),
             &count.to_string(),
             &gap_ms.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()?;
     let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut out = Detection::default();
     for i in 0..count {
@@ -398,23 +395,21 @@ fn throughput(port: u16, mib: usize) -> anyhow::Result<f64> {
     Ok(mib as f64 / secs)
 }
 
+/// `limactl shell bench -- lima-guest-agent tool ARGS...`, not started.
+fn guest_tool(lc: &dyn Fn() -> Command, args: &[&str]) -> Command {
+    let mut c = lc();
+    c.args(["shell", "bench", "--", "lima-guest-agent", "tool"])
+        .args(args);
+    c
+}
+
 /// Starts `lima-guest-agent tool KIND tcp ADDR` in the bench VM.
 fn guest_server(
     lc: &dyn Fn() -> Command,
     kind: &str,
     addr: &str,
 ) -> anyhow::Result<std::process::Child> {
-    Ok(lc()
-        .args([
-            "shell",
-            "bench",
-            "--",
-            "lima-guest-agent",
-            "tool",
-            kind,
-            "tcp",
-            addr,
-        ])
+    Ok(guest_tool(lc, &[kind, "tcp", addr])
         .stdin(Stdio::null())
         .spawn()?)
 }

@@ -261,14 +261,20 @@ mod tests {
         (fd, st)
     }
 
-    #[test]
-    fn same_inode_same_id_and_counted() {
+    /// A table rooted at a temporary directory holding one file `f`, and
+    /// that file's path.
+    fn table_with_one_file() -> (tempfile::TempDir, Nodes, Record, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"x").unwrap();
         let (rfd, rst) = open(dir.path().to_str().unwrap());
         let nodes = Nodes::new(rfd, &rst);
-        let hooks = Record::default();
         let f = dir.path().join("f");
+        (dir, nodes, Record::default(), f)
+    }
+
+    #[test]
+    fn same_inode_same_id_and_counted() {
+        let (_dir, nodes, hooks, f) = table_with_one_file();
         let (fd, st) = open(f.to_str().unwrap());
         let a = nodes.intern(fd, &st, &hooks);
         let (fd, st) = open(f.to_str().unwrap());
@@ -293,12 +299,7 @@ mod tests {
 
     #[test]
     fn inodes_that_cannot_keep_their_number_get_foreign_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f"), b"x").unwrap();
-        let (rfd, rst) = open(dir.path().to_str().unwrap());
-        let nodes = Nodes::new(rfd, &rst);
-        let hooks = Record::default();
-        let f = dir.path().join("f");
+        let (_dir, nodes, hooks, f) = table_with_one_file();
         // The same inode seen as if on another device (a mount in the share).
         let (fd, mut st) = open(f.to_str().unwrap());
         st.st_dev ^= 1;

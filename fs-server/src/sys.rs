@@ -452,15 +452,20 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every node the guest
-/// has looked up holds an fd.
-pub fn raise_nofile_limit() -> SysResult<u64> {
+fn nofile_rlimit() -> SysResult<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `lim` is a valid rlimit to fill.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok(lim)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every node the guest
+/// has looked up holds an fd.
+pub fn raise_nofile_limit() -> SysResult<u64> {
+    let mut lim = nofile_rlimit()?;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: `lim` is a valid rlimit.
@@ -471,13 +476,7 @@ pub fn raise_nofile_limit() -> SysResult<u64> {
 
 /// The soft `RLIMIT_NOFILE`.
 pub fn nofile_limit() -> SysResult<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit to fill.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    Ok(lim.rlim_cur)
+    Ok(nofile_rlimit()?.rlim_cur)
 }
 
 /// The process umask, read without changing it (`/proc/self/status`), or 022.

@@ -1062,7 +1062,10 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
     // ran while it did, and one per missing name (listings never answer
     // "absent"; the kernel keeps the host's negative answer).
     assert!(total(&cold) <= 12 + 20, "{cold:?}");
-    assert!(cold.get("Lookup").copied().unwrap_or(0) <= 6 + 20, "{cold:?}");
+    assert!(
+        cold.get("Lookup").copied().unwrap_or(0) <= 6 + 20,
+        "{cold:?}"
+    );
     // 20 more missing names: asked of the host, nothing else.
     assert_eq!(total(&warm), 20, "{warm:?}");
     assert_eq!(warm.get("Lookup"), Some(&20), "{warm:?}");
