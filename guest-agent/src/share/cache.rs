@@ -32,13 +32,18 @@
 //!   `InvalidateNode` does not touch its listing: the host reports entry
 //!   changes name by name, and dropping the listing on every create in the
 //!   directory would refetch it after each file the guest writes.
-//! * Invalidations that arrive while a listing is being fetched are
-//!   recorded and applied when it lands (the host may have read the
-//!   directory before the change). A per-name lookup stores its answer only
-//!   if the slot was not invalidated again while it was in flight.
+//! * Invalidations and guest changes that arrive while a listing is being
+//!   fetched are recorded and applied when it lands (the host may have read
+//!   the directory before the change): those names are unknown, also when
+//!   the fetch did not see them at all. A per-name lookup stores its answer
+//!   only if the slot was not invalidated again while it was in flight
+//!   (marks are never reused, across listings either).
 //! * Guest changes through this client (create, mkdir, symlink, link,
 //!   unlink, rmdir, rename, writes and setattr) update or mark the slots
-//!   they affect.
+//!   they affect. A reply is handled by its own task, possibly after host
+//!   invalidations read behind it; so a removal, or a new directory's empty
+//!   listing, is believed only if no host report that may be newer came in
+//!   since the request was sent ([`Cache::stamp`]).
 //! * A listing lives at most [`TTL`](super::fs::TTL), the time the kernel
 //!   is told it may trust an entry, and negative answers carry the
 //!   listing's remaining lifetime, so nothing is believed longer than the
@@ -106,6 +111,10 @@ pub(super) enum Slot {
 struct Listing {
     names: HashMap<Vec<u8>, Slot>,
     expires: Instant,
+    /// The tick its fetch started at (for a directory the guest made, its
+    /// mkdir was sent): host changes reported before then, when there was
+    /// no listing to mark, may or may not be in it.
+    started: u64,
     /// Last use, for eviction.
     used: u64,
 }
@@ -132,6 +141,8 @@ enum Dir {
 pub(super) enum Answer {
     /// From the listing; the kernel's count is already taken.
     Hit(Entry),
+    /// Absent from a complete listing; trust it this long.
+    Absent(Duration),
     /// Ask the host. `unknown`: the slot's mark, to store the answer with
     /// [`Cache::looked_up`]. `fetch`: start fetching the directory with
     /// this token ([`Cache::fetched`] / [`Cache::fetch_failed`]).
@@ -150,6 +161,12 @@ pub(super) struct Cache {
     fetching: usize,
     /// Counter for tokens, invalidation marks and LRU ticks.
     tick: u64,
+    /// The mark of the last host `InvalidateEntry` in a directory that has
+    /// neither listing nor fetch and that the kernel does not hold: one the
+    /// guest just made may be such (see [`Self::new_empty_dir`]). Others
+    /// are rare (host changes in directories the guest never looked up),
+    /// so one mark for all of them is enough.
+    stray: u64,
 }
 
 impl Cache {
@@ -299,6 +316,7 @@ impl Cache {
         match self.dirs.get_mut(&dir) {
             Some(Dir::Listed(l)) if l.expires > now => {
                 l.used = tick;
+                let left = l.expires - now;
                 return match l.names.get(name) {
                     Some(Slot::Present(e)) => {
                         let e = e.clone();
@@ -311,14 +329,7 @@ impl Cache {
                         unknown: Some(*mark),
                         fetch: None,
                     },
-                    // Not listed: asked of the host, never answered "absent"
-                    // here. A listing can miss a name the guest or the host
-                    // just made (a fetch racing a create), and a false
-                    // ENOENT breaks programs (git lost objects it had just
-                    // written, about once in five full test runs); the
-                    // kernel keeps the host's negative answer instead, and
-                    // the host's invalidations clear that.
-                    None => miss,
+                    None => Answer::Absent(left),
                 };
             }
             Some(Dir::Listed(_)) => {
@@ -376,6 +387,15 @@ impl Cache {
         self.set_slot(dir, name, slot, out);
     }
 
+    /// A tick to take before sending a request that changes a directory,
+    /// for [`Self::removed`] / [`Self::new_empty_dir`]: its reply may be
+    /// handled after host invalidations read behind it (the reader applies
+    /// those at once, the reply waits for its task), and any of them may
+    /// report a change made after ours.
+    pub(super) fn stamp(&mut self) -> u64 {
+        self.next()
+    }
+
     /// Whether the fetch with `token` is still wanted.
     pub(super) fn fetch_wanted(&self, dir: u64, token: u64) -> bool {
         matches!(self.dirs.get(&dir), Some(Dir::Fetching { token: t, .. }) if *t == token)
@@ -418,10 +438,14 @@ impl Cache {
                 unreachable!("checked by fetch_wanted")
             };
             self.fetching -= 1;
+            // A fresh mark, never one an older listing handed out: a lookup
+            // answered before this fetch must not fill its slots.
+            let mark = self.next();
             let mut listing = Listing {
                 names: HashMap::with_capacity(entries.len()),
                 expires,
-                used: self.next(),
+                started: token,
+                used: mark,
             };
             for e in entries {
                 if e.name == b"." || e.name == b".." {
@@ -436,9 +460,15 @@ impl Cache {
                     }
                     // Invalidated during the fetch, or the host had no
                     // attributes for it (a race with a host change).
-                    _ => Slot::Unknown(0),
+                    _ => Slot::Unknown(mark),
                 };
                 listing.names.insert(e.name, slot);
+            }
+            // Names made or changed during the fetch that it did not see
+            // (the host read the directory first) may exist: unknown, not
+            // absent.
+            for name in names {
+                listing.names.entry(name).or_insert(Slot::Unknown(mark));
             }
             self.listed += listing.names.len();
             self.dirs.insert(dir, Dir::Listed(listing));
@@ -485,6 +515,9 @@ impl Cache {
                 names.insert(name.to_vec());
             }
             Some(Dir::Listed(_)) => self.set_slot(dir, name, Some(Slot::Unknown(mark)), out),
+            _ if dir != ROOT_ID && self.nodes.get(&dir).is_none_or(|r| r.kernel == 0) => {
+                self.stray = mark;
+            }
             _ => {}
         }
     }
@@ -518,9 +551,11 @@ impl Cache {
         self.set_slot(dir, name, Some(Slot::Present(entry.clone())), out);
     }
 
-    /// The guest made an empty directory: its listing is known.
-    pub(super) fn new_empty_dir(&mut self, id: u64, expires: Instant) {
-        if id == ROOT_ID || self.dirs.contains_key(&id) {
+    /// The guest made an empty directory (its mkdir was sent at `since`):
+    /// its listing is known, unless the host may have reported a name in
+    /// it meanwhile (that invalidation found no listing to mark).
+    pub(super) fn new_empty_dir(&mut self, id: u64, since: u64, expires: Instant) {
+        if id == ROOT_ID || self.dirs.contains_key(&id) || self.stray > since {
             return;
         }
         let used = self.next();
@@ -529,17 +564,34 @@ impl Cache {
             Dir::Listed(Listing {
                 names: HashMap::new(),
                 expires,
+                started: since,
                 used,
             }),
         );
     }
 
-    /// The guest removed `name` from `dir` (unlink, rmdir, rename source).
-    pub(super) fn removed(&mut self, dir: u64, name: &[u8], out: &mut Vec<Forget>) {
-        if let Some(Dir::Fetching { names, .. }) = self.dirs.get_mut(&dir) {
-            names.insert(name.to_vec());
-        }
-        self.set_slot(dir, name, None, out);
+    /// The guest removed `name` from `dir` (unlink, rmdir, rename source;
+    /// the request was sent at `since`). If the host reported the name
+    /// since, or the listing was fetched since, the host may have made it
+    /// again after our removal: unknown, not absent.
+    pub(super) fn removed(&mut self, dir: u64, name: &[u8], since: u64, out: &mut Vec<Forget>) {
+        let raced = match self.dirs.get_mut(&dir) {
+            Some(Dir::Fetching { names, .. }) => {
+                names.insert(name.to_vec());
+                return;
+            }
+            Some(Dir::Listed(l)) => {
+                l.started > since
+                    || matches!(l.names.get(name), Some(Slot::Unknown(m)) if *m > since)
+            }
+            _ => return,
+        };
+        let slot = if raced {
+            Some(Slot::Unknown(self.next()))
+        } else {
+            None
+        };
+        self.set_slot(dir, name, slot, out);
     }
 
     /// The node a listing slot names, if known.
@@ -658,11 +710,9 @@ mod tests {
         };
         assert_eq!(e.attr.id, 100);
         assert_eq!(c.counts(100), Some((1, 1, 1)));
-        // Not listed: the host is asked (never a local "absent").
-        assert!(matches!(
-            c.lookup(7, b"nope", now, &mut out),
-            Answer::Miss { fetch: None, .. }
-        ));
+        assert!(
+            matches!(c.lookup(7, b"nope", now, &mut out), Answer::Absent(d) if d <= Duration::from_secs(60))
+        );
         // The kernel forgets `a`: the listing still names it, nothing sent.
         c.kernel_forget(100, 1, &mut out);
         assert!(out.is_empty());
@@ -762,7 +812,7 @@ mod tests {
         c.looked_up(7, b"new", mark, None, &mut out);
         assert!(matches!(
             c.lookup(7, b"new", now, &mut out),
-            Answer::Miss { fetch: None, .. }
+            Answer::Absent(_)
         ));
         c.kernel_forget(200, 3, &mut out);
         assert_eq!(out, vec![(200, 2)]);
@@ -777,16 +827,18 @@ mod tests {
         c.entry_to_kernel(300);
         c.created(7, b"n", &entry(300), &mut out);
         assert!(matches!(c.lookup(7, b"n", now, &mut out), Answer::Hit(_)));
-        c.removed(7, b"a", &mut out);
+        let since = c.stamp();
+        c.removed(7, b"a", since, &mut out);
         assert_eq!(out, vec![(100, 1)]);
         assert!(matches!(
             c.lookup(7, b"a", now, &mut out),
-            Answer::Miss { fetch: None, .. }
+            Answer::Absent(_)
         ));
-        c.new_empty_dir(400, now + Duration::from_secs(60));
+        let since = c.stamp();
+        c.new_empty_dir(400, since, now + Duration::from_secs(60));
         assert!(matches!(
             c.lookup(400, b"x", now, &mut out),
-            Answer::Miss { fetch: None, .. }
+            Answer::Absent(_)
         ));
     }
 
@@ -852,5 +904,121 @@ mod tests {
         let out = list_from(&mut c, 9, &["x"], 30_000, now);
         assert!(!c.is_listed(8) && c.is_listed(7) && c.is_listed(9));
         assert_eq!(out.len(), LISTED_MAX / 2);
+    }
+
+    /// Not answered "absent": the host is asked (`Unknown`) or it is a hit.
+    fn not_absent(c: &mut Cache, dir: u64, name: &[u8], now: Instant) -> bool {
+        !matches!(c.lookup(dir, name, now, &mut Vec::new()), Answer::Absent(_))
+    }
+
+    #[test]
+    fn names_made_during_a_fetch_are_not_absent_when_it_lands() {
+        // git's lost object: `.git/objects` is being fetched when git makes
+        // `ab` in it; the host read the directory first, so the listing
+        // lacks `ab`. The host's report of the mkdir (it reports its own
+        // changes) drops the kernel's dentry, and the next lookup of `ab`
+        // comes here.
+        let now = Instant::now();
+        let mut c = Cache::default();
+        let mut out = Vec::new();
+        let token = start_fetch(&mut c, 7, now, &mut out);
+        // mkdir, create, link or symlink by the guest:
+        c.entry_to_kernel(300);
+        c.created(7, b"ab", &entry(300), &mut out);
+        // rename into it by the guest (the target is invalidated):
+        c.invalidate_entry(7, b"moved", &mut out);
+        // made by the host:
+        c.invalidate_entry(7, b"host-new", &mut out);
+        c.buffered(100);
+        c.fetched(
+            7,
+            token,
+            vec![dirent("a", 100)],
+            now + Duration::from_secs(60),
+            &mut out,
+        );
+        assert!(matches!(c.lookup(7, b"a", now, &mut out), Answer::Hit(_)));
+        for n in [&b"ab"[..], b"moved", b"host-new"] {
+            assert!(not_absent(&mut c, 7, n, now), "{}", String::from_utf8_lossy(n));
+        }
+        assert!(!not_absent(&mut c, 7, b"never", now));
+    }
+
+    #[test]
+    fn an_answer_from_an_older_listing_is_not_stored_in_a_newer_one() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut c = Cache::default();
+        let mut out = Vec::new();
+        // `lock` changed during the first fetch: unknown; a lookup asks.
+        let token = start_fetch(&mut c, 7, now, &mut out);
+        c.invalidate_entry(7, b"lock", &mut out);
+        c.buffered(100);
+        c.fetched(7, token, vec![dirent("lock", 100)], later, &mut out);
+        let Answer::Miss {
+            unknown: Some(old),
+            ..
+        } = c.lookup(7, b"lock", now, &mut out)
+        else {
+            panic!()
+        };
+        // The listing goes (evicted, expired) and is fetched again while
+        // `lock` is made anew on the host.
+        c.drop_listing(7, &mut out);
+        let token = start_fetch(&mut c, 7, now, &mut out);
+        c.invalidate_entry(7, b"lock", &mut out);
+        c.buffered(101);
+        c.fetched(7, token, vec![dirent("lock", 101)], later, &mut out);
+        // The first lookup's answer (ENOENT, from before) arrives late.
+        c.looked_up(7, b"lock", old, None, &mut out);
+        assert!(not_absent(&mut c, 7, b"lock", now));
+    }
+
+    #[test]
+    fn a_removal_that_raced_a_host_change_leaves_the_name_unknown() {
+        let now = Instant::now();
+        let mut c = Cache::default();
+        let mut out = Vec::new();
+        list(&mut c, 7, &["x"], now);
+        // unlink(7, x) is sent; the host makes `x` again right after it and
+        // reports it; the reader applies that before the task handling the
+        // unlink's reply (read just before) runs.
+        let since = c.stamp();
+        c.invalidate_entry(7, b"x", &mut out);
+        c.removed(7, b"x", since, &mut out);
+        assert!(not_absent(&mut c, 7, b"x", now));
+
+        // The same when the directory had no listing to mark yet: it was
+        // fetched (with the new `x`) while the unlink was in flight.
+        let since = c.stamp();
+        c.invalidate_entry(8, b"x", &mut out);
+        list_from(&mut c, 8, &["x"], 200, now);
+        c.removed(8, b"x", since, &mut out);
+        assert!(not_absent(&mut c, 8, b"x", now));
+
+        // Nothing raced: the name is gone.
+        list_from(&mut c, 9, &["x"], 300, now);
+        let since = c.stamp();
+        c.removed(9, b"x", since, &mut out);
+        assert!(!not_absent(&mut c, 9, b"x", now));
+    }
+
+    #[test]
+    fn a_new_directory_the_host_changed_is_not_listed_empty() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut c = Cache::default();
+        let mut out = Vec::new();
+        // mkdir is sent; the host makes `f` in the new directory and
+        // reports it before the task handling the mkdir's reply runs (the
+        // directory is nothing to the cache yet).
+        let since = c.stamp();
+        c.invalidate_entry(400, b"f", &mut out);
+        c.new_empty_dir(400, since, later);
+        assert!(not_absent(&mut c, 400, b"f", now));
+        // Nothing raced: known empty.
+        let since = c.stamp();
+        c.new_empty_dir(401, since, later);
+        assert!(!not_absent(&mut c, 401, b"f", now));
     }
 }

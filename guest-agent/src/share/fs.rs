@@ -425,6 +425,8 @@ impl Filesystem for ShareFs {
             Answer::Hit(e) => {
                 return reply.entry(&TTL, &s.file_attr(&e.attr), Generation(e.generation));
             }
+            // Never longer than the listing itself is trusted.
+            Answer::Absent(ttl) => return reply.entry(&ttl, &negative_attr(), Generation(0)),
             Answer::Miss { unknown, fetch } => (unknown, fetch),
         };
         if let Some(token) = fetch {
@@ -578,11 +580,12 @@ impl Filesystem for ShareFs {
             mode,
             umask,
         };
+        let since = lock(&self.shared.cache).stamp();
         self.call(req, reply, move |s, reply, r| {
             if let FsReply::Entry(e) = &r {
                 // Made empty just now: lookups in it need not ask. (The host
                 // watches it from the moment the mkdir reply was made.)
-                lock(&s.cache).new_empty_dir(e.attr.id, Instant::now() + TTL);
+                lock(&s.cache).new_empty_dir(e.attr.id, since, Instant::now() + TTL);
             }
             s.reply_made(reply, dir, &name, r)
         });
@@ -594,11 +597,12 @@ impl Filesystem for ShareFs {
             parent: dir,
             name: name.clone(),
         };
+        let since = lock(&self.shared.cache).stamp();
         self.call(req, reply, move |s, reply, r| {
             s.with_cache(|c, out| {
                 if r == FsReply::Ok {
                     let id = c.listed_id(dir, &name);
-                    c.removed(dir, &name, out);
+                    c.removed(dir, &name, since, out);
                     if let Some(id) = id {
                         // Its link count changed wherever else it is listed.
                         c.invalidate_node(id, out);
@@ -617,13 +621,14 @@ impl Filesystem for ShareFs {
             parent: dir,
             name: name.clone(),
         };
+        let since = lock(&self.shared.cache).stamp();
         self.call(req, reply, move |s, reply, r| {
             s.with_cache(|c, out| {
                 if r == FsReply::Ok {
                     if let Some(id) = c.listed_id(dir, &name) {
                         c.drop_listing(id, out);
                     }
-                    c.removed(dir, &name, out);
+                    c.removed(dir, &name, since, out);
                 } else {
                     c.invalidate_entry(dir, &name, out);
                 }
@@ -671,6 +676,7 @@ impl Filesystem for ShareFs {
             new_name: new_name.clone(),
             flags: flags.bits(),
         };
+        let since = lock(&self.shared.cache).stamp();
         self.call(req, reply, move |s, reply, r| {
             s.with_cache(|c, out| {
                 let moved = c.listed_id(from, &name);
@@ -679,7 +685,7 @@ impl Filesystem for ShareFs {
                     // The source name is gone for sure (the git lock-file
                     // dance looks it up again); the target's attributes
                     // (ctime) changed, so it is asked for next time.
-                    c.removed(from, &name, out);
+                    c.removed(from, &name, since, out);
                 } else {
                     c.invalidate_entry(from, &name, out);
                 }

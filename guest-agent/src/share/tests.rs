@@ -1058,17 +1058,12 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
     .await;
     println!("120 cold lookups in one directory: {cold:?}");
     // Before listings: one Lookup each (120). Now: a lookup or two alone,
-    // the fetch (opendir, two readdirplus, releasedir), the lookups that
-    // ran while it did, and one per missing name (listings never answer
-    // "absent"; the kernel keeps the host's negative answer).
-    assert!(total(&cold) <= 12 + 20, "{cold:?}");
-    assert!(
-        cold.get("Lookup").copied().unwrap_or(0) <= 6 + 20,
-        "{cold:?}"
-    );
-    // 20 more missing names: asked of the host, nothing else.
-    assert_eq!(total(&warm), 20, "{warm:?}");
-    assert_eq!(warm.get("Lookup"), Some(&20), "{warm:?}");
+    // the fetch (opendir, two readdirplus, releasedir) and the lookups
+    // that ran while it did (how many depends on the machine's load: up
+    // to a dozen on a busy 2-core host).
+    assert!(total(&cold) <= 24, "{cold:?}");
+    assert!(cold.get("Lookup").copied().unwrap_or(0) <= 18, "{cold:?}");
+    assert_eq!(total(&warm), 0, "{warm:?}");
 
     // A listed directory whose names the kernel never asked for holds host
     // references only through the listing; host invalidations of those
@@ -1163,16 +1158,10 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
         assert_eq!(stat_errno(&d.join("index.lock")), Some(libc::ENOENT));
         assert_eq!(std::fs::read_to_string(d.join("index")).unwrap(), "index");
         let changes = since(&k0, &host.kinds());
-        // Names that exist were answered from the listing; only names that
-        // do not (the ENOENT checks, and each new name before its create)
-        // were asked of the host: listings never answer "absent".
-        assert!(
-            changes.get("Lookup").copied().unwrap_or(0) <= 12,
-            "{changes:?}"
-        );
+        // The names looked up after the changes were answered locally.
+        assert_eq!(changes.get("Lookup"), None, "{changes:?}");
 
-        // Creates in a directory the guest made: one negative lookup each
-        // (asked of the host), no flush.
+        // Creates in a directory the guest made: no lookup, no flush.
         std::fs::create_dir(d.join("many")).unwrap();
         let k1 = host.kinds();
         for i in 0..50 {
@@ -1180,7 +1169,7 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
         }
         let creates = since(&k1, &host.kinds());
         println!("50 creates: {creates:?}");
-        assert_eq!(creates.get("Lookup"), Some(&50), "{creates:?}");
+        assert_eq!(creates.get("Lookup"), None, "{creates:?}");
         assert_eq!(creates.get("Flush"), None, "{creates:?}");
         assert_eq!(creates.get("Create"), Some(&50), "{creates:?}");
         for i in 0..50 {
