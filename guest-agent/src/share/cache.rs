@@ -605,6 +605,40 @@ impl Cache {
         }
     }
 
+    /// The names a live listing of `dir` holds entries for, to hand the
+    /// kernel through a priming readdirplus ([`super::prime`]).
+    pub(super) fn present(&self, dir: u64, now: Instant) -> Option<Vec<(Vec<u8>, Entry)>> {
+        match self.dirs.get(&dir) {
+            Some(Dir::Listed(l)) if l.expires > now => Some(
+                l.names
+                    .iter()
+                    .filter_map(|(name, slot)| match slot {
+                        Slot::Present(e) => Some((name.clone(), e.clone())),
+                        Slot::Unknown(_) => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// A priming readdirplus is about to hand the kernel `name` in `dir` as
+    /// node `id`: true (and counted as a kernel lookup, like a hit) if the
+    /// listing still says so; the slot may have changed since
+    /// [`Self::present`].
+    pub(super) fn hand_to_kernel(&mut self, dir: u64, name: &[u8], id: u64) -> bool {
+        if self.listed_id(dir, name) != Some(id) {
+            return false;
+        }
+        match self.refs(id) {
+            Some(r) => {
+                r.kernel += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Host references and local users of `id`: `(server, kernel, others)`.
     #[cfg(test)]
     pub(super) fn counts(&self, id: u64) -> Option<(u64, u64, u64)> {
@@ -939,7 +973,11 @@ mod tests {
         );
         assert!(matches!(c.lookup(7, b"a", now, &mut out), Answer::Hit(_)));
         for n in [&b"ab"[..], b"moved", b"host-new"] {
-            assert!(not_absent(&mut c, 7, n, now), "{}", String::from_utf8_lossy(n));
+            assert!(
+                not_absent(&mut c, 7, n, now),
+                "{}",
+                String::from_utf8_lossy(n)
+            );
         }
         assert!(!not_absent(&mut c, 7, b"never", now));
     }
@@ -956,8 +994,7 @@ mod tests {
         c.buffered(100);
         c.fetched(7, token, vec![dirent("lock", 100)], later, &mut out);
         let Answer::Miss {
-            unknown: Some(old),
-            ..
+            unknown: Some(old), ..
         } = c.lookup(7, b"lock", now, &mut out)
         else {
             panic!()

@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -74,7 +75,29 @@ pub(super) struct Shared {
     locks: Mutex<LockUse>,
     /// Set once the FUSE handshake is done.
     pub(super) notifier: OnceLock<Notifier>,
+    /// Directories to read through the mount once listed ([`super::prime`]).
+    pub(super) primer: Mutex<Option<std::sync::mpsc::Sender<std::path::PathBuf>>>,
+    /// The priming thread's id: its opendir and readdirplus requests are
+    /// answered from the listing, without the host.
+    pub(super) primer_tid: Arc<AtomicU32>,
+    /// Open priming handles: the directory and a snapshot of its listing.
+    primes: Mutex<HashMap<u64, Prime>>,
+    next_prime: AtomicU64,
+    /// Where each directory the kernel was handed sits, `id -> (parent,
+    /// name)`, so the priming thread can open it by path.
+    dir_names: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
+    /// Lookups the kernel sent (whatever answered them).
+    pub(super) lookups: AtomicU64,
 }
+
+/// A directory opened by the priming thread (see [`Shared::primer_tid`]).
+struct Prime {
+    dir: u64,
+    entries: Vec<(Vec<u8>, Entry)>,
+}
+
+/// Priming handles are numbered from here; the host's are small.
+const PRIME_FH: u64 = 1 << 63;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -105,6 +128,12 @@ impl ShareFs {
             cache: Mutex::new(Cache::default()),
             locks: Mutex::new(LockUse::default()),
             notifier: OnceLock::new(),
+            primer: Mutex::new(None),
+            primer_tid: Arc::new(AtomicU32::new(0)),
+            primes: Mutex::new(HashMap::new()),
+            next_prime: AtomicU64::new(PRIME_FH),
+            dir_names: Mutex::new(HashMap::new()),
+            lookups: AtomicU64::new(0),
         });
         (
             ShareFs {
@@ -233,6 +262,7 @@ impl Shared {
         match r {
             FsReply::Entry(e) => {
                 self.made(parent, name, &e);
+                self.handed(parent, name, &e);
                 reply.entry(&TTL, &self.file_attr(&e.attr), Generation(e.generation))
             }
             FsReply::Err(n) => {
@@ -310,6 +340,75 @@ impl Shared {
                 }
             }
         });
+        if complete {
+            self.prime(dir);
+        }
+    }
+
+    /// The kernel is handed `e` as `name` in `parent`: remember where a
+    /// directory sits.
+    fn handed(&self, parent: u64, name: &[u8], e: &Entry) {
+        if e.attr.mode & libc::S_IFMT == libc::S_IFDIR {
+            lock(&self.dir_names).insert(e.attr.id, (parent, name.to_vec()));
+        }
+    }
+
+    /// `dir`'s path under the mount point as far as we know it (a rename
+    /// we did not see makes it wrong: priming then reads whatever is
+    /// there, still answered from that directory's own listing).
+    fn path_of(&self, mut dir: u64) -> Option<std::path::PathBuf> {
+        let names = lock(&self.dir_names);
+        let mut parts = Vec::new();
+        while dir != lima_proto::fs::ROOT_ID {
+            let (parent, name) = names.get(&dir)?;
+            parts.push(OsStr::from_bytes(name).to_owned());
+            dir = *parent;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        Some(parts.iter().rev().collect())
+    }
+
+    /// After a listing of `dir` landed: has the priming thread read it.
+    fn prime(&self, dir: u64) {
+        let Some(path) = self.path_of(dir) else {
+            return;
+        };
+        if let Some(p) = &*lock(&self.primer) {
+            let _ = p.send(path);
+        }
+    }
+
+    /// Readdirplus on a priming handle: the listing's entries from index
+    /// `offset`, each counted as a kernel lookup as it is handed over.
+    fn prime_readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let primes = lock(&self.primes);
+        let Some(p) = primes.get(&fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (name, e)) in p.entries.iter().enumerate().skip(offset as usize) {
+            let id = e.attr.id;
+            if !lock(&self.cache).hand_to_kernel(p.dir, name, id) {
+                continue;
+            }
+            self.handed(p.dir, name, e);
+            let attr = self.file_attr(&e.attr);
+            let full = reply.add(
+                attr.ino,
+                i as u64 + 1,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr,
+                Generation(e.generation),
+            );
+            if full {
+                self.with_cache(|c, out| c.kernel_forget(id, 1, out));
+                break;
+            }
+        }
+        drop(primes);
+        reply.ok();
     }
 
     fn unexpected(&self, op: &str, r: &FsReply) -> Errno {
@@ -404,12 +503,14 @@ impl Filesystem for ShareFs {
         // host at once), AUTO_INVAL_DATA (it drops the page cache after each
         // of our own writes; host invalidations and the check at open cover
         // host-side changes), FLOCK_LOCKS (fuser cannot tell flock from
-        // fcntl locks, so the kernel keeps flock locks guest-local).
+        // fcntl locks, so the kernel keeps flock locks guest-local),
+        // READDIRPLUS_AUTO (every page of a listing must link its entries,
+        // not only the first, or priming primes a page; see
+        // [`super::prime`]).
         let wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_POSIX_LOCKS;
@@ -420,9 +521,11 @@ impl Filesystem for ShareFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (dir, name) = (parent.0, name.as_bytes().to_vec());
         let s = &self.shared;
+        s.lookups.fetch_add(1, Ordering::Relaxed);
         let answer = s.with_cache(|c, out| c.lookup(dir, &name, Instant::now(), out));
         let (unknown, fetch) = match answer {
             Answer::Hit(e) => {
+                s.handed(dir, &name, &e);
                 return reply.entry(&TTL, &s.file_attr(&e.attr), Generation(e.generation));
             }
             // Never longer than the listing itself is trusted.
@@ -446,6 +549,7 @@ impl Filesystem for ShareFs {
                         c.looked_up(dir, &name, mark, Some(&e), out);
                     }
                 });
+                s.handed(dir, &name, &e);
                 reply.entry(&TTL, &s.file_attr(&e.attr), Generation(e.generation))
             }
             // A negative entry with a timeout: the kernel remembers the
@@ -464,6 +568,7 @@ impl Filesystem for ShareFs {
         let s = &self.shared;
         lock(&s.snapshots).remove(&ino.0);
         lock(&s.locks).owners.retain(|(node, _)| *node != ino.0);
+        lock(&s.dir_names).remove(&ino.0);
         s.with_cache(|c, out| c.kernel_forget(ino.0, nlookup, out));
     }
 
@@ -904,7 +1009,23 @@ impl Filesystem for ShareFs {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let s = &self.shared;
+        if req.pid() == s.primer_tid.load(Ordering::Relaxed) {
+            let entries = lock(&s.cache).present(ino.0, Instant::now());
+            if let Some(entries) = entries {
+                let fh = s.next_prime.fetch_add(1, Ordering::Relaxed);
+                lock(&s.primes).insert(
+                    fh,
+                    Prime {
+                        dir: ino.0,
+                        entries,
+                    },
+                );
+                // No FOPEN_CACHE_DIR: the kernel must not keep our offsets.
+                return reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+        }
         self.call(
             FsRequest::Opendir { id: ino.0 },
             reply,
@@ -938,6 +1059,10 @@ impl Filesystem for ShareFs {
         reply: ReplyDirectory,
     ) {
         let dir = ino.0;
+        if fh.0 >= PRIME_FH {
+            // Priming reads with readdirplus only; nothing to give here.
+            return reply.ok();
+        }
         self.run(move |s| async move {
             let mut reply = reply;
             let Some(buf) = s.dir(fh.0) else {
@@ -982,6 +1107,9 @@ impl Filesystem for ShareFs {
         reply: ReplyDirectoryPlus,
     ) {
         let dir = ino.0;
+        if fh.0 >= PRIME_FH {
+            return self.shared.prime_readdirplus(fh.0, offset, reply);
+        }
         self.run(move |s| async move {
             let mut reply = reply;
             let Some(buf) = s.dir(fh.0) else {
@@ -1024,6 +1152,7 @@ impl Filesystem for ShareFs {
                     buf.offset = e.next_offset;
                     if let Some(entry) = e.entry {
                         lock(&s.cache).buffered_to_kernel(entry.attr.id);
+                        s.handed(dir, &e.name, &entry);
                     }
                 }
             }
@@ -1039,6 +1168,9 @@ impl Filesystem for ShareFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        if lock(&self.shared.primes).remove(&fh.0).is_some() {
+            return reply.ok();
+        }
         let buf = lock(&self.shared.dirs).remove(&fh.0);
         // Like release: the kernel does not wait for it, neither do we.
         self.shared.client.send(FsRequest::Releasedir { fh: fh.0 });

@@ -64,6 +64,7 @@ mod fs;
 #[cfg(test)]
 mod fs_server_tests;
 mod mount;
+mod prime;
 #[cfg(test)]
 mod tests;
 
@@ -132,6 +133,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     writer.abort();
     client.close();
     drop(invalidations);
+    // Ends the priming thread, which holds the mount's root open.
+    running
+        .shared
+        .primer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     drop(running.mount);
     tracing::info!("share {tag}: stream closed, {} detached", setup.mount_point);
     result
@@ -216,6 +224,13 @@ async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, Strin
         }
     };
     let _ = shared.notifier.set(notifier.clone());
+    #[cfg(test)]
+    tests::MOUNTED
+        .lock()
+        .unwrap()
+        .insert(setup.mount_point.clone(), shared.clone());
+    *shared.primer.lock().unwrap_or_else(|e| e.into_inner()) =
+        prime::spawn(&setup.mount_point, &setup.tag, shared.primer_tid.clone());
     Ok(Running {
         mount,
         notifier,

@@ -523,6 +523,25 @@ async fn serve_stand_in<S: AsyncRead + AsyncWrite + Send + 'static>(
     writer.abort();
 }
 
+/// Each mount's shared state by mount point, to count what the kernel asked.
+pub(super) static MOUNTED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, Arc<super::fs::Shared>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Lookups the kernel has sent the agent serving `mount` so far.
+fn kernel_lookups(mount: &Path) -> u64 {
+    MOUNTED.lock().unwrap()[mount.to_str().unwrap()]
+        .lookups
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The kernel's lookup count of node `id`, as the agent serving `mount` keeps it.
+fn kernel_refs(mount: &Path, id: u64) -> u64 {
+    let shared = MOUNTED.lock().unwrap()[mount.to_str().unwrap()].clone();
+    let counts = shared.cache.lock().unwrap().counts(id);
+    counts.map_or(0, |(_, kernel, _)| kernel)
+}
+
 struct Mounted {
     root: PathBuf,
     mount: PathBuf,
@@ -1065,9 +1084,9 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
     assert!(cold.get("Lookup").copied().unwrap_or(0) <= 18, "{cold:?}");
     assert_eq!(total(&warm), 0, "{warm:?}");
 
-    // A listed directory whose names the kernel never asked for holds host
-    // references only through the listing; host invalidations of those
-    // names give them back, down to zero.
+    // A listed directory holds host references through the listing and,
+    // once primed, the kernel's dentries; host invalidations of names the
+    // program never asked for give both back, down to zero.
     let (mnt, host, root) = (m.mount.clone(), m.host.clone(), m.root.clone());
     blocking(move || {
         for i in 0..3 {
@@ -1081,6 +1100,21 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
         move || host.refs_of(&root.join("e/f99")) == 1
     })
     .await;
+    // And primed: the kernel holds names it never asked for ...
+    let f99 = m.host.entry(&m.root.join("e/f99")).unwrap().attr.id;
+    eventually("e primed", {
+        let mount = m.mount.clone();
+        move || kernel_refs(&mount, f99) == 1
+    })
+    .await;
+    // ... and finds them without asking.
+    let mount = m.mount.clone();
+    let looked_up = kernel_lookups(&mount);
+    let primed = blocking(move || {
+        (3..100).all(|i| mount.join(format!("e/f{i}")).exists())
+            && kernel_lookups(&mount) == looked_up
+    });
+    assert!(primed.await, "lookups reached the agent after priming");
     for i in 3..100 {
         m.inject
             .send(FsToGuest::InvalidateEntry {
