@@ -47,7 +47,7 @@ use libc::{EBADF, EINVAL, ENAMETOOLONG, ESTALE};
 /// the `next_offset` of the last entry it used (offsets are the host's
 /// stable `d_off` cookies). In plus mode every entry returned with `Some`
 /// attributes holds a node reference the guest must forget if it drops it.
-pub const READDIR_MAX: usize = 256;
+pub const READDIR_MAX: usize = lima_proto::fs::READDIR_MAX;
 pub const READDIRPLUS_MAX: usize = lima_proto::fs::READDIRPLUS_MAX;
 
 /// Most open file handles plus lock-owner descriptors per share: every one

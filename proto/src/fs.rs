@@ -23,8 +23,12 @@ pub const ROOT_ID: u64 = 1;
 pub const MAX_IO: u32 = 1 << 20;
 /// Entries in one `Readdir` reply with `plus`: the server fills every
 /// batch to exactly this many unless the directory ends, so a shorter batch
-/// is the last one (the guest's directory prefetch relies on it).
-pub const READDIRPLUS_MAX: usize = 64;
+/// is the last one (the guest relies on it: its directory prefetch stops
+/// there, and its readdir answers the end without asking again). 256 holds
+/// most directories in one round trip, in about 40 KiB.
+pub const READDIRPLUS_MAX: usize = 256;
+/// The same without `plus` (names and types only).
+pub const READDIR_MAX: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareSetup {

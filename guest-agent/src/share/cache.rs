@@ -77,6 +77,9 @@ pub(super) const NO_LISTING_RETRY: Duration = Duration::from_secs(300);
 /// in every sibling on the way.
 const MISSES_BEFORE_FETCH: u32 = 1;
 
+/// Names and their entries, from a listing.
+pub(super) type Names = Vec<(Vec<u8>, Entry)>;
+
 /// A `Forget` to send: node id and count.
 pub(super) type Forget = (u64, u64);
 
@@ -605,24 +608,30 @@ impl Cache {
         }
     }
 
-    /// The names a live listing of `dir` holds entries for, to hand the
-    /// kernel through a priming readdirplus ([`super::prime`]).
-    pub(super) fn present(&self, dir: u64, now: Instant) -> Option<Vec<(Vec<u8>, Entry)>> {
+    /// The names a live listing of `dir` holds entries for, to serve a
+    /// readdir from, and whether that is all of them (no name unknown).
+    pub(super) fn present(&self, dir: u64, now: Instant) -> Option<(Names, bool)> {
         match self.dirs.get(&dir) {
-            Some(Dir::Listed(l)) if l.expires > now => Some(
-                l.names
+            Some(Dir::Listed(l)) if l.expires > now => {
+                let mut complete = true;
+                let entries = l
+                    .names
                     .iter()
                     .filter_map(|(name, slot)| match slot {
                         Slot::Present(e) => Some((name.clone(), e.clone())),
-                        Slot::Unknown(_) => None,
+                        Slot::Unknown(_) => {
+                            complete = false;
+                            None
+                        }
                     })
-                    .collect(),
-            ),
+                    .collect();
+                Some((entries, complete))
+            }
             _ => None,
         }
     }
 
-    /// A priming readdirplus is about to hand the kernel `name` in `dir` as
+    /// A readdirplus served from the listing is about to hand the kernel `name` in `dir` as
     /// node `id`: true (and counted as a kernel lookup, like a hit) if the
     /// listing still says so; the slot may have changed since
     /// [`Self::present`].

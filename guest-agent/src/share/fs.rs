@@ -20,6 +20,7 @@ use fuser::{
 };
 use lima_proto::fs::{
     Attr, DirEntry, Entry, FsReply, FsRequest, Lock, SetTime, Time, MAX_IO, READDIRPLUS_MAX,
+    READDIR_MAX,
 };
 use tokio::runtime::Handle;
 
@@ -52,6 +53,8 @@ struct DirBuf {
     offset: u64,
     plus: bool,
     entries: VecDeque<DirEntry>,
+    /// The host's batch was short: the directory ends after `entries`.
+    last: bool,
 }
 
 /// File handles and `(node, lock owner)` pairs that sent a lock request.
@@ -77,12 +80,12 @@ pub(super) struct Shared {
     pub(super) notifier: OnceLock<Notifier>,
     /// Directories to read through the mount once listed ([`super::prime`]).
     pub(super) primer: Mutex<Option<std::sync::mpsc::Sender<std::path::PathBuf>>>,
-    /// The priming thread's id: its opendir and readdirplus requests are
-    /// answered from the listing, without the host.
+    /// The priming thread's id: its opendir is answered from the listing
+    /// even if some names in it are unknown (they are left out).
     pub(super) primer_tid: Arc<AtomicU32>,
-    /// Open priming handles: the directory and a snapshot of its listing.
-    primes: Mutex<HashMap<u64, Prime>>,
-    next_prime: AtomicU64,
+    /// Directories opened with a listing: served without the host.
+    local_dirs: Mutex<HashMap<u64, LocalDir>>,
+    next_local_dir: AtomicU64,
     /// Where each directory the kernel was handed sits, `id -> (parent,
     /// name)`, so the priming thread can open it by path.
     dir_names: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
@@ -90,14 +93,16 @@ pub(super) struct Shared {
     pub(super) lookups: AtomicU64,
 }
 
-/// A directory opened by the priming thread (see [`Shared::primer_tid`]).
-struct Prime {
+/// A directory opened while its listing was live: a snapshot of the
+/// listing, read at offsets of our own (the index of the next entry; `.`
+/// and `..` come first).
+struct LocalDir {
     dir: u64,
-    entries: Vec<(Vec<u8>, Entry)>,
+    entries: cache::Names,
 }
 
-/// Priming handles are numbered from here; the host's are small.
-const PRIME_FH: u64 = 1 << 63;
+/// Handles of [`LocalDir`]s are numbered from here; the host's are small.
+const LOCAL_FH: u64 = 1 << 63;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -130,8 +135,8 @@ impl ShareFs {
             notifier: OnceLock::new(),
             primer: Mutex::new(None),
             primer_tid: Arc::new(AtomicU32::new(0)),
-            primes: Mutex::new(HashMap::new()),
-            next_prime: AtomicU64::new(PRIME_FH),
+            local_dirs: Mutex::new(HashMap::new()),
+            next_local_dir: AtomicU64::new(LOCAL_FH),
             dir_names: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
         });
@@ -380,34 +385,82 @@ impl Shared {
         }
     }
 
-    /// Readdirplus on a priming handle: the listing's entries from index
-    /// `offset`, each counted as a kernel lookup as it is handed over.
-    fn prime_readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let primes = lock(&self.primes);
-        let Some(p) = primes.get(&fh) else {
+    /// The entry at `index` of a [`LocalDir`] as the kernel sees it, with
+    /// `.` and `..` first.
+    fn local_entry(d: &LocalDir, index: usize) -> Option<(&[u8], Option<&Entry>)> {
+        match index {
+            0 => Some((b".", None)),
+            1 => Some((b"..", None)),
+            i => d.entries.get(i - 2).map(|(n, e)| (n.as_slice(), Some(e))),
+        }
+    }
+
+    /// Readdirplus on a [`LocalDir`] handle: each entry still in the
+    /// listing is counted as a kernel lookup as it is handed over (like a
+    /// hit); one the listing lost since the snapshot goes without
+    /// attributes (node id 0: no dentry), as do `.` and `..`.
+    fn local_readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let dirs = lock(&self.local_dirs);
+        let Some(d) = dirs.get(&fh) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, (name, e)) in p.entries.iter().enumerate().skip(offset as usize) {
-            let id = e.attr.id;
-            if !lock(&self.cache).hand_to_kernel(p.dir, name, id) {
-                continue;
-            }
-            self.handed(p.dir, name, e);
-            let attr = self.file_attr(&e.attr);
+        let mut index = offset as usize;
+        while let Some((name, e)) = Self::local_entry(d, index) {
+            index += 1;
+            let handed = e.filter(|e| lock(&self.cache).hand_to_kernel(d.dir, name, e.attr.id));
+            let (attr, generation) = match (handed, e) {
+                (Some(e), _) => {
+                    self.handed(d.dir, name, e);
+                    (self.file_attr(&e.attr), e.generation)
+                }
+                (None, e) => {
+                    let mut attr = negative_attr();
+                    attr.ino = INodeNo(if e.is_none() {
+                        placeholder_ino(d.dir, name)
+                    } else {
+                        0
+                    });
+                    attr.kind = e.map_or(FileType::Directory, |e| file_type(e.attr.mode));
+                    (attr, 0)
+                }
+            };
             let full = reply.add(
                 attr.ino,
-                i as u64 + 1,
+                index as u64,
                 OsStr::from_bytes(name),
                 &TTL,
                 &attr,
-                Generation(e.generation),
+                Generation(generation),
             );
             if full {
-                self.with_cache(|c, out| c.kernel_forget(id, 1, out));
+                if let Some(e) = handed {
+                    self.with_cache(|c, out| c.kernel_forget(e.attr.id, 1, out));
+                }
                 break;
             }
         }
-        drop(primes);
+        drop(dirs);
+        reply.ok();
+    }
+
+    /// Readdir (no attributes) on a [`LocalDir`] handle.
+    fn local_readdir(&self, fh: u64, offset: u64, mut reply: ReplyDirectory) {
+        let dirs = lock(&self.local_dirs);
+        let Some(d) = dirs.get(&fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut index = offset as usize;
+        while let Some((name, e)) = Self::local_entry(d, index) {
+            index += 1;
+            let (ino, kind) = match e {
+                Some(e) => (e.attr.id, file_type(e.attr.mode)),
+                None => (placeholder_ino(d.dir, name), FileType::Directory),
+            };
+            if reply.add(INodeNo(ino), index as u64, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        drop(dirs);
         reply.ok();
     }
 
@@ -460,7 +513,9 @@ impl Shared {
     /// Makes `buf` start at `offset` with entries of the wanted kind,
     /// asking the host unless what is buffered already fits.
     async fn fill(&self, buf: &mut DirBuf, fh: u64, offset: u64, plus: bool) -> Result<(), Errno> {
-        if buf.offset == offset && !buf.entries.is_empty() && (buf.plus || !plus) {
+        // What is buffered goes on from `offset` (or nothing does: the
+        // end, known from a short batch, costs no round trip).
+        if buf.offset == offset && (!buf.entries.is_empty() || buf.last) && (buf.plus || !plus) {
             return Ok(());
         }
         self.discard(buf);
@@ -478,9 +533,11 @@ impl Shared {
                         }
                     }
                 }
+                let max = if plus { READDIRPLUS_MAX } else { READDIR_MAX };
                 *buf = DirBuf {
                     offset,
                     plus,
+                    last: list.len() < max,
                     entries: list.into(),
                 };
                 Ok(())
@@ -1011,18 +1068,21 @@ impl Filesystem for ShareFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let s = &self.shared;
-        if req.pid() == s.primer_tid.load(Ordering::Relaxed) {
-            let entries = lock(&s.cache).present(ino.0, Instant::now());
-            if let Some(entries) = entries {
-                let fh = s.next_prime.fetch_add(1, Ordering::Relaxed);
-                lock(&s.primes).insert(
-                    fh,
-                    Prime {
-                        dir: ino.0,
-                        entries,
-                    },
-                );
-                // No FOPEN_CACHE_DIR: the kernel must not keep our offsets.
+        // A live listing serves the whole read: no host round trip (the
+        // priming thread takes it even with names unknown).
+        let primer = req.pid() == s.primer_tid.load(Ordering::Relaxed);
+        let listed = lock(&s.cache).present(ino.0, Instant::now());
+        if let Some((entries, complete)) = listed {
+            if complete || primer {
+                let fh = s.next_local_dir.fetch_add(1, Ordering::Relaxed);
+                let d = LocalDir {
+                    dir: ino.0,
+                    entries,
+                };
+                lock(&s.local_dirs).insert(fh, d);
+                // No FOPEN_CACHE_DIR: the kernel must not keep our offsets
+                // (a read it continues from its cache would send them to
+                // the host).
                 return reply.opened(FileHandle(fh), FopenFlags::empty());
             }
         }
@@ -1035,6 +1095,7 @@ impl Filesystem for ShareFs {
                         offset: 0,
                         plus: false,
                         entries: VecDeque::new(),
+                        last: false,
                     };
                     lock(&s.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(buf)));
                     // The kernel caches the listing too; creates, unlinks and
@@ -1059,9 +1120,8 @@ impl Filesystem for ShareFs {
         reply: ReplyDirectory,
     ) {
         let dir = ino.0;
-        if fh.0 >= PRIME_FH {
-            // Priming reads with readdirplus only; nothing to give here.
-            return reply.ok();
+        if fh.0 >= LOCAL_FH {
+            return self.shared.local_readdir(fh.0, offset, reply);
         }
         self.run(move |s| async move {
             let mut reply = reply;
@@ -1107,8 +1167,8 @@ impl Filesystem for ShareFs {
         reply: ReplyDirectoryPlus,
     ) {
         let dir = ino.0;
-        if fh.0 >= PRIME_FH {
-            return self.shared.prime_readdirplus(fh.0, offset, reply);
+        if fh.0 >= LOCAL_FH {
+            return self.shared.local_readdirplus(fh.0, offset, reply);
         }
         self.run(move |s| async move {
             let mut reply = reply;
@@ -1168,7 +1228,7 @@ impl Filesystem for ShareFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        if lock(&self.shared.primes).remove(&fh.0).is_some() {
+        if lock(&self.shared.local_dirs).remove(&fh.0).is_some() {
             return reply.ok();
         }
         let buf = lock(&self.shared.dirs).remove(&fh.0);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use lima_proto::fs::{
     Attr, DirEntry, Entry, FsReply, FsRequest, FsToGuest, FsToHost, SetTime, ShareSetup,
-    ShareStatus, Statfs, Time, ROOT_ID,
+    ShareStatus, Statfs, Time, READDIRPLUS_MAX, READDIR_MAX, ROOT_ID,
 };
 use lima_proto::{read_frame_async, write_frame_async};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -433,7 +433,7 @@ impl StandIn {
                     .get(&fh)
                     .cloned()
                     .ok_or(libc::EBADF)?;
-                let max = if plus { 64 } else { 256 };
+                let max = if plus { READDIRPLUS_MAX } else { READDIR_MAX };
                 let mut out = Vec::new();
                 for (i, (name, kind)) in list.iter().enumerate().skip(offset as usize).take(max) {
                     let dot = name == b"." || name == b"..";
@@ -1030,6 +1030,16 @@ fn since(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap
         .collect()
 }
 
+/// The names in directory `dir`, sorted.
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
 fn total(kinds: &HashMap<String, u64>) -> u64 {
     kinds.values().sum()
 }
@@ -1115,6 +1125,34 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
             && kernel_lookups(&mount) == looked_up
     });
     assert!(primed.await, "lookups reached the agent after priming");
+
+    // Reading the listed directory asks the host nothing, and lists it all.
+    let mut want: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
+    want.sort();
+    let k0 = m.host.kinds();
+    let e = m.mount.join("e");
+    assert_eq!(blocking(move || sorted_names(&e)).await, want);
+    let asked = since(&k0, &m.host.kinds());
+    // (A getattr of the directory may come: reading it made its atime stale.)
+    for op in ["Opendir", "Readdir", "Lookup"] {
+        assert_eq!(asked.get(op), None, "{asked:?}");
+    }
+    // A name the host reports makes the listing incomplete: the next read
+    // goes to the host and shows it.
+    std::fs::write(m.root.join("e/new"), "").unwrap();
+    m.inject
+        .send(FsToGuest::InvalidateEntry {
+            parent: e_id,
+            name: b"new".to_vec(),
+        })
+        .unwrap();
+    want.push("new".into());
+    want.sort();
+    eventually("the host's new name listed", {
+        let (e, want) = (m.mount.join("e"), want.clone());
+        move || sorted_names(&e) == want
+    })
+    .await;
     for i in 3..100 {
         m.inject
             .send(FsToGuest::InvalidateEntry {
