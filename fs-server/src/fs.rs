@@ -97,6 +97,8 @@ pub(crate) struct Fs {
     umask: u32,
     /// A fixed node budget (tests); 0: [`default_node_budget`].
     pub(crate) node_budget: AtomicUsize,
+    /// This share's region of the VM's shared memory, if it has one.
+    pub(crate) shm: std::sync::OnceLock<crate::shm::Shm>,
 }
 
 /// Shares served by this process right now; they split the fd limit.
@@ -228,6 +230,37 @@ fn to_flock(l: &Lock) -> SysResult<libc::flock> {
     Ok(f)
 }
 
+/// Reads from `offset` until `buf` is full or the file ends; a failure
+/// after some bytes ends the read there.
+fn read_into(f: &FileHandle, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::pread(f.fd.as_fd(), &mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(libc::EINTR) => {}
+            Err(e) if got == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(got)
+}
+
+/// Writes all of `data` at `offset`, or as much as the host takes.
+fn write_from(f: &FileHandle, data: &[u8], offset: u64) -> SysResult<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match sys::pwrite(f.fd.as_fd(), &data[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(libc::EINTR) => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
 fn from_flock(f: &libc::flock) -> Lock {
     let start = f.l_start.max(0) as u64;
     let end = if f.l_len == 0 {
@@ -262,6 +295,7 @@ impl Fs {
             watches,
             umask: sys::process_umask(),
             node_budget: AtomicUsize::new(0),
+            shm: std::sync::OnceLock::new(),
         };
         SHARES.fetch_add(1, Ordering::Relaxed);
         if let Some(w) = fs.watches.as_ref() {
@@ -438,6 +472,18 @@ impl Fs {
             } => self.create(*parent, name, *mode, *umask, *flags),
             FsRequest::Read { fh, offset, size } => self.read(*fh, *offset, *size),
             FsRequest::Write { fh, offset, data } => self.write(*fh, *offset, data),
+            FsRequest::ReadShm {
+                fh,
+                offset,
+                size,
+                at,
+            } => self.read_shm(*fh, *offset, *size, *at),
+            FsRequest::WriteShm {
+                fh,
+                offset,
+                len,
+                at,
+            } => self.write_shm(*fh, *offset, *len, *at),
             FsRequest::Flush { fh } => self
                 .file(*fh)
                 .and_then(|f| sys::flush(f.fd.as_fd()))
@@ -681,20 +727,17 @@ impl Fs {
 
     fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<FsReply> {
         let f = self.file(fh)?;
-        let size = size.min(MAX_IO) as usize;
-        let mut buf = vec![0u8; size];
-        let mut got = 0;
-        while got < size {
-            match sys::pread(f.fd.as_fd(), &mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(libc::EINTR) => {}
-                Err(e) if got == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
+        let mut buf = vec![0u8; size.min(MAX_IO) as usize];
+        let got = read_into(&f, &mut buf, offset)?;
         buf.truncate(got);
         Ok(FsReply::Data(buf))
+    }
+
+    fn read_shm(&self, fh: u64, offset: u64, size: u32, at: u64) -> SysResult<FsReply> {
+        let f = self.file(fh)?;
+        let shm = self.shm.get().ok_or(EINVAL)?;
+        let got = shm.with(at, size.min(MAX_IO) as usize, |b| read_into(&f, b, offset))?;
+        Ok(FsReply::Placed(got as u32))
     }
 
     fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<FsReply> {
@@ -703,16 +746,17 @@ impl Fs {
             return Err(EINVAL);
         }
         let f = self.file(fh)?;
-        let mut done = 0;
-        while done < data.len() {
-            match sys::pwrite(f.fd.as_fd(), &data[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(libc::EINTR) => {}
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => break,
-            }
+        write_from(&f, data, offset).map(|n| FsReply::Written(n as u32))
+    }
+
+    fn write_shm(&self, fh: u64, offset: u64, len: u32, at: u64) -> SysResult<FsReply> {
+        self.check_writable()?;
+        if len > MAX_IO {
+            return Err(EINVAL);
         }
+        let f = self.file(fh)?;
+        let shm = self.shm.get().ok_or(EINVAL)?;
+        let done = shm.with(at, len as usize, |b| write_from(&f, b, offset))?;
         Ok(FsReply::Written(done as u32))
     }
 

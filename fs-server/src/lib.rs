@@ -21,6 +21,9 @@
 //! * **Coherent caches.** The guest mounts with caching on, so host edits
 //!   must be announced: inotify on looked-up directories becomes
 //!   `InvalidateEntry`/`InvalidateNode` frames (see `watch`).
+//! * **Bulk data through shared memory** when the VM has the device:
+//!   `ReadShm`/`WriteShm` move file data through a mapped region instead
+//!   of the stream (see `shm`).
 //! * **Raw syscalls in one place** (`sys`), each with its `SAFETY` note, so
 //!   the rest of the crate is safe code on owned fds.
 //!
@@ -31,6 +34,7 @@
 mod fs;
 mod nodes;
 mod server;
+mod shm;
 mod sys;
 mod watch;
 
@@ -39,4 +43,5 @@ mod tests;
 
 pub use fs::{MAX_HANDLES, READDIRPLUS_MAX, READDIR_MAX};
 pub use server::{FsError, Server, MAX_IN_FLIGHT};
+pub use shm::Shm;
 pub use watch::MAX_WATCHES;

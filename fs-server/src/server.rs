@@ -108,6 +108,13 @@ impl Server {
         })
     }
 
+    /// Serves bulk data of `ReadShm`/`WriteShm` through `shm` (this
+    /// share's region of the VM's shared memory); without it those
+    /// requests fail with EINVAL and the guest uses `Read`/`Write`.
+    pub fn attach_shm(&self, shm: crate::shm::Shm) {
+        let _ = self.fs.shm.set(shm);
+    }
+
     /// Answers requests from `stream` until the guest closes it (then
     /// `Ok(())`, after in-flight requests finished) or sends something that
     /// is not a frame (`InvalidData`). Open files and nodes are dropped with

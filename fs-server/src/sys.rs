@@ -491,6 +491,33 @@ pub fn process_umask() -> u32 {
         .unwrap_or(0o022)
 }
 
+/// Maps `len` bytes of `fd` from `offset`, shared and read-write.
+pub fn map_shared(fd: BorrowedFd<'_>, offset: u64, len: usize) -> SysResult<*mut u8> {
+    let offset = i64::try_from(offset).map_err(|_| libc::EINVAL)?;
+    // SAFETY: a fresh mapping at an address of the kernel's choosing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            offset,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(p.cast())
+    }
+}
+
+/// Undoes [`map_shared`].
+pub fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: `p`/`len` came from `map_shared` and nothing uses them after.
+    unsafe { libc::munmap(p.cast(), len) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

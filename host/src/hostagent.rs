@@ -112,7 +112,15 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         _ = term.recv() => { shutdown(vm.as_mut(), transport.as_ref(), &events, false).await; return Ok(()); }
         _ = int.recv() => { shutdown(vm.as_mut(), transport.as_ref(), &events, false).await; return Ok(()); }
     };
-    if let Err(e) = crate::shares::mount_all(&config.mounts, transport.as_ref()).await {
+    if let Err(e) = crate::shares::mount_all(
+        &config.mounts,
+        transport.as_ref(),
+        Some(&inst.path(instance::FS_SHM))
+            .filter(|p| p.exists())
+            .map(|p| p.as_path()),
+    )
+    .await
+    {
         shutdown(vm.as_mut(), transport.as_ref(), &events, true).await;
         return Err(HostAgentError::Failed(e));
     }

@@ -34,10 +34,14 @@ pub const VHOST_VSOCK_SOCK: &str = "vhost-vsock.sock";
 pub const VSOCK_SOCK: &str = "vsock.sock";
 pub const VSOCK_HELPER_LOG: &str = "vhost-device-vsock.log";
 pub const TRANSPORT: &str = "transport.json";
+/// Backing file of the ivshmem device that `vsockfs` shares move bulk data
+/// through (see `shares_vsockfs`).
+pub const FS_SHM: &str = "fs-shm";
 
 /// Files that only exist while the instance runs.
 pub const RUNTIME_FILES: &[&str] = &[
     HA_PID,
+    FS_SHM,
     QEMU_PID,
     QMP_SOCK,
     VHOST_VSOCK_SOCK,

@@ -8,8 +8,14 @@ use crate::client;
 use crate::mounts::{Mount, MountType};
 use crate::vsock::Transport;
 
-/// Mounts everything; the error names the mount that failed.
-pub async fn mount_all(mounts: &[Mount], transport: &dyn Transport) -> Result<(), String> {
+/// Mounts everything; the error names the mount that failed. `shm` is the
+/// backing file of the VM's ivshmem device, if it has one.
+pub async fn mount_all(
+    mounts: &[Mount],
+    transport: &dyn Transport,
+    shm: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let mut vsockfs = 0;
     for m in mounts {
         let (fstype, options) = match m.kind {
             MountType::NineP => (
@@ -21,7 +27,8 @@ pub async fn mount_all(mounts: &[Mount], transport: &dyn Transport) -> Result<()
             ),
             MountType::Virtiofs => ("virtiofs", String::new()),
             MountType::Vsockfs => {
-                crate::shares_vsockfs::mount(m, transport).await?;
+                crate::shares_vsockfs::mount(m, transport, shm, vsockfs).await?;
+                vsockfs += 1;
                 continue;
             }
         };

@@ -39,6 +39,20 @@ pub struct ShareSetup {
     /// Files appear owned by this guest user and group.
     pub uid: u32,
     pub gid: u32,
+    /// Where this share's part of the shared-memory device lies, if the VM
+    /// has one (see [`ShmRegion`]).
+    pub shm: Option<ShmRegion>,
+}
+
+/// A range of the VM's ivshmem device (PCI `1af4:1110`, BAR 2) that the
+/// host maps too: bulk data of `ReadShm`/`WriteShm` travels through it
+/// instead of the stream. The guest cuts it into [`MAX_IO`] slots; offsets
+/// in requests (`at`) are relative to the range's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShmRegion {
+    /// Byte offset of the range within the device.
+    pub offset: u64,
+    pub len: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +203,21 @@ pub enum FsRequest {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// `Read` into the shared-memory range at `at`; answered `Placed(n)`.
+    ReadShm {
+        fh: u64,
+        offset: u64,
+        size: u32,
+        at: u64,
+    },
+    /// `Write` of `len` bytes taken from the shared-memory range at `at`;
+    /// answered `Written(n)`.
+    WriteShm {
+        fh: u64,
+        offset: u64,
+        len: u32,
+        at: u64,
+    },
     Flush {
         fh: u64,
     },
@@ -257,6 +286,8 @@ pub enum FsReply {
         fh: u64,
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// This many bytes were read into shared memory (`ReadShm`).
+    Placed(u32),
     Written(u32),
     Dir(Vec<DirEntry>),
     Statfs(Statfs),

@@ -91,6 +91,8 @@ pub(super) struct Shared {
     dir_names: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
     /// Lookups the kernel sent (whatever answered them).
     pub(super) lookups: AtomicU64,
+    /// Slots of shared memory for read and write data, if the VM has it.
+    shm: Option<Arc<super::shm::Shm>>,
 }
 
 /// A directory opened while its listing was live: a snapshot of the
@@ -123,6 +125,7 @@ impl ShareFs {
         client: Arc<Client>,
         uid: u32,
         gid: u32,
+        shm: Option<Arc<super::shm::Shm>>,
     ) -> (ShareFs, Arc<Shared>) {
         let shared = Arc::new(Shared {
             client,
@@ -139,6 +142,7 @@ impl ShareFs {
             next_local_dir: AtomicU64::new(LOCAL_FH),
             dir_names: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
+            shm,
         });
         (
             ShareFs {
@@ -462,6 +466,19 @@ impl Shared {
         }
         drop(dirs);
         reply.ok();
+    }
+
+    /// The answer to a write of node `id`.
+    fn reply_written(&self, id: u64, reply: ReplyWrite, r: FsReply) {
+        match r {
+            FsReply::Written(n) => {
+                self.wrote(id);
+                self.with_cache(|c, out| c.invalidate_node(id, out));
+                reply.written(n);
+            }
+            FsReply::Err(n) => reply.error(errno(n)),
+            other => reply.error(self.unexpected("write", &other)),
+        }
     }
 
     fn unexpected(&self, op: &str, r: &FsReply) -> Errno {
@@ -964,10 +981,24 @@ impl Filesystem for ShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let size = size.min(MAX_IO);
+        if let Some(slot) = self.shared.shm.as_ref().and_then(|m| m.take()) {
+            let req = FsRequest::ReadShm {
+                fh: fh.0,
+                offset,
+                size,
+                at: slot.at(),
+            };
+            return self.call(req, reply, move |s, reply, r| match r {
+                FsReply::Placed(n) => reply.data(&slot.copy_out(n)),
+                FsReply::Err(n) => reply.error(errno(n)),
+                other => reply.error(s.unexpected("read", &other)),
+            });
+        }
         let req = FsRequest::Read {
             fh: fh.0,
             offset,
-            size: size.min(MAX_IO),
+            size,
         };
         self.call(req, reply, |s, reply, r| match r {
             FsReply::Data(data) => reply.data(&data),
@@ -988,20 +1019,26 @@ impl Filesystem for ShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let id = ino.0;
+        if let Some(slot) = self.shared.shm.as_ref().and_then(|m| m.take()) {
+            slot.fill(data);
+            let req = FsRequest::WriteShm {
+                fh: fh.0,
+                offset,
+                len: data.len().min(MAX_IO as usize) as u32,
+                at: slot.at(),
+            };
+            return self.call(req, reply, move |s, reply, r| {
+                drop(slot);
+                s.reply_written(id, reply, r)
+            });
+        }
         let req = FsRequest::Write {
             fh: fh.0,
             offset,
             data: data.to_vec(),
         };
-        self.call(req, reply, move |s, reply, r| match r {
-            FsReply::Written(n) => {
-                s.wrote(ino.0);
-                s.with_cache(|c, out| c.invalidate_node(ino.0, out));
-                reply.written(n);
-            }
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(s.unexpected("write", &other)),
-        });
+        self.call(req, reply, move |s, reply, r| s.reply_written(id, reply, r));
     }
 
     /// Every `close(2)` sends one, and the process waits for the answer.
@@ -1394,6 +1431,7 @@ fn reply_name(r: &FsReply) -> &'static str {
         FsReply::Opened { .. } => "Opened",
         FsReply::Created { .. } => "Created",
         FsReply::Data(_) => "Data",
+        FsReply::Placed(_) => "Placed",
         FsReply::Written(_) => "Written",
         FsReply::Dir(_) => "Dir",
         FsReply::Statfs(_) => "Statfs",

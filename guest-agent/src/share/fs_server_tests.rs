@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lima_proto::fs::{ShareSetup, ShareStatus};
+use lima_proto::fs::{ShareSetup, ShareStatus, ShmRegion, MAX_IO};
 use lima_proto::{read_frame_async, write_frame_async};
 
 use super::tests::{blocking, eventually, exercise, unique_dir, wait_for, GID, UID};
@@ -19,6 +19,11 @@ struct Mounted {
 }
 
 async fn mount_fs_server(writable: bool) -> Mounted {
+    mount_fs_server_with(writable, None).await
+}
+
+/// With `shm`, both halves map that region of the test "device" file.
+async fn mount_fs_server_with(writable: bool, shm: Option<ShmRegion>) -> Mounted {
     let root = unique_dir("root");
     let mount = unique_dir("mnt").join("m");
     let (guest, mut host_end) = tokio::io::duplex(4 << 20);
@@ -29,11 +34,16 @@ async fn mount_fs_server(writable: bool) -> Mounted {
         writable,
         uid: UID,
         gid: GID,
+        shm,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
     assert_eq!(status, ShareStatus::Ready);
     let server = lima_fs_server::Server::new(&root, writable).unwrap();
+    if let Some(r) = shm {
+        let mapped = lima_fs_server::Shm::map(&super::shm::test_device(), r.offset, r.len);
+        server.attach_shm(mapped.unwrap());
+    }
     // The server runs tasks of its own that hold the stream; a cable in
     // between lets the test cut the connection like a dying host would.
     let (mut server_end, server_side) = tokio::io::duplex(4 << 20);
@@ -198,4 +208,54 @@ async fn host_changes_reach_a_listed_directory() {
     let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
     m.server.abort();
     let _ = std::fs::remove_dir_all(&m.root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn bulk_data_goes_through_shared_memory() {
+    // The second half of the test device (no other test uses it).
+    let region = ShmRegion {
+        offset: 32 << 20,
+        len: 32 << 20,
+    };
+    let m = mount_fs_server_with(true, Some(region)).await;
+    let slot = MAX_IO as usize;
+    // Three 1 MiB chunks, each one byte value: a slot's first page shows
+    // which chunk went through it.
+    let chunks = move |base: u8| -> Vec<u8> {
+        (0..3u8)
+            .flat_map(move |i| std::iter::repeat_n(base + i, slot))
+            .collect()
+    };
+    let region_bytes = move || {
+        let all = std::fs::read(super::shm::test_device()).unwrap();
+        all[region.offset as usize..(region.offset + region.len) as usize].to_vec()
+    };
+    let slot_starts = move |mem: &[u8], values: &[u8]| {
+        mem.chunks(slot)
+            .any(|s| values.contains(&s[0]) && s[..4096].iter().all(|b| *b == s[0]))
+    };
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
+    blocking(move || {
+        // Guest writes: on the host as written, and through the region.
+        let data = chunks(1);
+        std::fs::write(mnt.join("out"), &data).unwrap();
+        assert_eq!(std::fs::read(root.join("out")).unwrap(), data);
+        assert!(
+            slot_starts(&region_bytes(), &[1, 2, 3]),
+            "no write went through shared memory"
+        );
+        // Host writes, guest reads (nothing cached): the same.
+        let data = chunks(0x11);
+        std::fs::write(root.join("in"), &data).unwrap();
+        assert_eq!(std::fs::read(mnt.join("in")).unwrap(), data);
+        assert!(
+            slot_starts(&region_bytes(), &[0x11, 0x12, 0x13]),
+            "no read went through shared memory"
+        );
+    })
+    .await;
+    m.server.abort();
+    m.cable.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
 }

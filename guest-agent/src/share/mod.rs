@@ -65,6 +65,7 @@ mod fs;
 mod fs_server_tests;
 mod mount;
 mod prime;
+mod shm;
 #[cfg(test)]
 mod tests;
 
@@ -159,11 +160,22 @@ const READAHEAD_KIB: u32 = 16 * MAX_IO / 1024;
 /// Mounts the share and completes the FUSE handshake; the error is the
 /// reason to send the host, naming the mount point.
 async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, String> {
+    let shm = setup.shm.and_then(|region| match shm::Shm::open(region) {
+        Ok(shm) => Some(shm),
+        Err(e) => {
+            tracing::warn!(
+                "share {}: no shared memory ({e}); data goes over vsock",
+                setup.tag
+            );
+            None
+        }
+    });
     let (fs, shared) = fs::ShareFs::new(
         tokio::runtime::Handle::current(),
         client,
         setup.uid,
         setup.gid,
+        shm,
     );
     let target = Path::new(&setup.mount_point).to_path_buf();
     let (source, read_only) = (setup.tag.clone(), !setup.writable);

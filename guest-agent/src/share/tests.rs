@@ -456,6 +456,8 @@ impl StandIn {
                 self.t.lock().unwrap().dirs.remove(&fh).ok_or(libc::EBADF)?;
                 FsReply::Ok
             }
+            // The stand-in offers no shared memory.
+            FsRequest::ReadShm { .. } | FsRequest::WriteShm { .. } => return Err(libc::EINVAL),
             FsRequest::Statfs => {
                 let s = nix::sys::statvfs::statvfs(&self.path(ROOT_ID)?).map_err(|e| e as i32)?;
                 FsReply::Statfs(Statfs {
@@ -563,6 +565,7 @@ async fn mount_stand_in(writable: bool) -> Mounted {
         writable,
         uid: UID,
         gid: GID,
+        shm: None,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
@@ -924,6 +927,7 @@ async fn a_mount_point_that_cannot_be_created_fails_with_its_name() {
         writable: true,
         uid: 0,
         gid: 0,
+        shm: None,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
@@ -1087,11 +1091,11 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
     .await;
     println!("120 cold lookups in one directory: {cold:?}");
     // Before listings: one Lookup each (120). Now: a lookup or two alone,
-    // the fetch (opendir, two readdirplus, releasedir) and the lookups
-    // that ran while it did (how many depends on the machine's load: up
-    // to a dozen on a busy 2-core host).
-    assert!(total(&cold) <= 24, "{cold:?}");
-    assert!(cold.get("Lookup").copied().unwrap_or(0) <= 18, "{cold:?}");
+    // the fetch (opendir, readdirplus, releasedir) and the lookups that ran
+    // while it did: how many depends on the machine's load, 3 to 5 when
+    // quiet, dozens with other FUSE tests running beside.
+    assert!(total(&cold) <= 48, "{cold:?}");
+    assert!(cold.get("Lookup").copied().unwrap_or(0) <= 40, "{cold:?}");
     assert_eq!(total(&warm), 0, "{warm:?}");
 
     // A listed directory holds host references through the listing and,

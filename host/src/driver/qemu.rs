@@ -305,6 +305,36 @@ impl Driver for Qemu {
                     crate::mounts::MountType::Vsockfs => {}
                 }
             }
+            // vsockfs shares move bulk data through an ivshmem device (a PCI
+            // device: q35 only) whose backing file the host agent maps too.
+            let shm_file = inst.path(instance::FS_SHM);
+            let _ = std::fs::remove_file(&shm_file);
+            let vsockfs = cfg
+                .mounts
+                .iter()
+                .filter(|m| m.kind == crate::mounts::MountType::Vsockfs)
+                .count() as u64;
+            if machine == Machine::Q35 && vsockfs > 0 {
+                let size = crate::shares_vsockfs::SHM_PER_SHARE
+                    * vsockfs.min(crate::shares_vsockfs::SHM_SHARES_MAX);
+                let made = std::fs::File::create(&shm_file).and_then(|f| f.set_len(size));
+                match made {
+                    Ok(()) => {
+                        cmd.args([
+                            "-object",
+                            &format!(
+                                "memory-backend-file,id=fsshm,mem-path={},size={size},share=on",
+                                shm_file.display().to_string().replace(',', ",,")
+                            ),
+                        ]);
+                        cmd.args(["-device", "ivshmem-plain,memdev=fsshm"]);
+                    }
+                    Err(e) => tracing::warn!(
+                        "{}: {e}; shares will carry their data over vsock",
+                        shm_file.display()
+                    ),
+                }
+            }
             if shared_mem {
                 // vhost-user devices need the guest RAM shared with their daemon.
                 cmd.args([
