@@ -419,6 +419,33 @@ impl Fs {
         }
     }
 
+    /// Runs `change`, a syscall that on success causes the inotify entry
+    /// events `events` (`(directory node, IN_* type, name)`), so that the
+    /// watcher drops them instead of echoing the guest's own change back to
+    /// it (see [`crate::watch`]).
+    fn own<T>(
+        &self,
+        events: &[(u64, u32, &CStr)],
+        change: impl FnOnce() -> SysResult<T>,
+    ) -> SysResult<T> {
+        let Some(w) = &self.watches else {
+            return change();
+        };
+        let c = w.change();
+        let r = change();
+        if r.is_ok() {
+            c.caused(events);
+        }
+        r
+    }
+
+    /// `dir`'s attributes for a reply that changed its entries: taken right
+    /// after the change, so the guest can answer the kernel's next getattr
+    /// of `dir` itself (it drops its copy after each such change).
+    fn parent_attr(dir: &Node) -> Option<Attr> {
+        sys::fstat(dir.fd.as_fd()).ok().map(|st| attr(dir.id, &st))
+    }
+
     /// Answers one request. Blocking: run it on the blocking pool.
     pub fn handle(&self, req: &FsRequest) -> FsReply {
         let r = match req {
@@ -585,18 +612,28 @@ impl Fs {
         let name = check_name(name)?;
         let parent = self.node(parent)?;
         let wanted = mode & !umask & 0o7777;
-        sys::mkdir_at(parent.fd.as_fd(), &name, wanted)?;
+        self.own(&[(parent.id, libc::IN_CREATE, name.as_c_str())], || {
+            sys::mkdir_at(parent.fd.as_fd(), &name, wanted)
+        })?;
+        let parent_attr = Self::parent_attr(&parent);
         let fd = sys::open_beneath(parent.fd.as_fd(), &name, libc::O_PATH, 0)?;
         // Best effort: the directory exists whatever chmod says.
         let _ = self.fix_mode(&fd, wanted, false);
-        self.entry_for_fd(fd, &parent, &name).map(FsReply::Entry)
+        let entry = self.entry_for_fd(fd, &parent, &name)?;
+        Ok(FsReply::Made {
+            entry,
+            parent: parent_attr,
+        })
     }
 
     fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> SysResult<FsReply> {
         self.check_writable()?;
         let name = check_name(name)?;
         let parent = self.node(parent)?;
-        sys::unlink_at(parent.fd.as_fd(), &name, dir).map(|()| FsReply::Ok)
+        self.own(&[(parent.id, libc::IN_DELETE, name.as_c_str())], || {
+            sys::unlink_at(parent.fd.as_fd(), &name, dir)
+        })
+        .map(|()| FsReply::Ok)
     }
 
     fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> SysResult<FsReply> {
@@ -611,8 +648,15 @@ impl Fs {
         // The target is stored as given and never resolved by us.
         let target = CString::new(target).map_err(|_| EINVAL)?;
         let parent = self.node(parent)?;
-        sys::symlink_at(&target, parent.fd.as_fd(), &name)?;
-        self.lookup_at(&parent, &name).map(FsReply::Entry)
+        self.own(&[(parent.id, libc::IN_CREATE, name.as_c_str())], || {
+            sys::symlink_at(&target, parent.fd.as_fd(), &name)
+        })?;
+        let parent_attr = Self::parent_attr(&parent);
+        let entry = self.lookup_at(&parent, &name)?;
+        Ok(FsReply::Made {
+            entry,
+            parent: parent_attr,
+        })
     }
 
     fn rename(
@@ -631,14 +675,39 @@ impl Fs {
         let new_name = check_name(new_name)?;
         let parent = self.node(parent)?;
         let new_parent = self.node(new_parent)?;
-        sys::rename_at(
-            parent.fd.as_fd(),
-            &name,
-            new_parent.fd.as_fd(),
-            &new_name,
-            flags,
-        )
-        .map(|()| FsReply::Ok)
+        let rename = || {
+            sys::rename_at(
+                parent.fd.as_fd(),
+                &name,
+                new_parent.fd.as_fd(),
+                &new_name,
+                flags,
+            )
+        };
+        // Renaming a name onto a hard link of the same inode does nothing
+        // and causes no event: nothing to expect then.
+        let same = |a: &libc::stat, b: &libc::stat| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
+        let no_op = match (
+            sys::stat_at(parent.fd.as_fd(), &name),
+            sys::stat_at(new_parent.fd.as_fd(), &new_name),
+        ) {
+            (Ok(a), Ok(b)) => same(&a, &b),
+            _ => false,
+        };
+        if no_op {
+            return rename().map(|()| FsReply::Ok);
+        }
+        let (from, to) = (parent.id, new_parent.id);
+        let mut events = vec![
+            (from, libc::IN_MOVED_FROM, name.as_c_str()),
+            (to, libc::IN_MOVED_TO, new_name.as_c_str()),
+        ];
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            // Both ways: the kernel reports the second move too.
+            events.push((to, libc::IN_MOVED_FROM, new_name.as_c_str()));
+            events.push((from, libc::IN_MOVED_TO, name.as_c_str()));
+        }
+        self.own(&events, rename).map(|()| FsReply::Ok)
     }
 
     fn link(&self, id: u64, new_parent: u64, new_name: &[u8]) -> SysResult<FsReply> {
@@ -649,13 +718,23 @@ impl Fs {
             return Err(libc::EPERM);
         }
         let new_parent = self.node(new_parent)?;
-        sys::link_fd(
-            self.proc_fd.as_fd(),
-            node.fd.as_fd(),
-            new_parent.fd.as_fd(),
-            &new_name,
+        self.own(
+            &[(new_parent.id, libc::IN_CREATE, new_name.as_c_str())],
+            || {
+                sys::link_fd(
+                    self.proc_fd.as_fd(),
+                    node.fd.as_fd(),
+                    new_parent.fd.as_fd(),
+                    &new_name,
+                )
+            },
         )?;
-        self.lookup_at(&new_parent, &new_name).map(FsReply::Entry)
+        let parent_attr = Self::parent_attr(&new_parent);
+        let entry = self.lookup_at(&new_parent, &new_name)?;
+        Ok(FsReply::Made {
+            entry,
+            parent: parent_attr,
+        })
     }
 
     fn check_open_flags(&self, flags: i32) -> SysResult<i32> {
@@ -698,12 +777,15 @@ impl Fs {
         let parent = self.node(parent)?;
         let wanted = mode & !umask & 0o7777;
         // O_EXCL first, so we know whether we made the file (and may fix its mode).
-        let (fd, created) = match sys::open_beneath(
-            parent.fd.as_fd(),
-            &name,
-            flags | libc::O_CREAT | libc::O_EXCL,
-            wanted,
-        ) {
+        let made = self.own(&[(parent.id, libc::IN_CREATE, name.as_c_str())], || {
+            sys::open_beneath(
+                parent.fd.as_fd(),
+                &name,
+                flags | libc::O_CREAT | libc::O_EXCL,
+                wanted,
+            )
+        });
+        let (fd, created) = match made {
             Ok(fd) => (fd, true),
             Err(libc::EEXIST) if !excl => (
                 sys::open_beneath(parent.fd.as_fd(), &name, flags, 0)?,
@@ -711,6 +793,7 @@ impl Fs {
             ),
             Err(e) => return Err(e),
         };
+        let parent_attr = Self::parent_attr(&parent);
         let st = sys::fstat(fd.as_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(libc::EPERM); // an existing FIFO or device: never opened for the guest
@@ -722,7 +805,11 @@ impl Fs {
         let entry = self.entry_for_fd(path_fd, &parent, &name)?;
         let node = self.node(entry.attr.id)?;
         let fh = self.add_handle(Handle::File(Arc::new(FileHandle { node, fd })))?;
-        Ok(FsReply::Created { entry, fh })
+        Ok(FsReply::Created {
+            entry,
+            fh,
+            parent: parent_attr,
+        })
     }
 
     fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<FsReply> {

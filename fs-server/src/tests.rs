@@ -88,7 +88,7 @@ fn start(root: &Path, writable: bool) -> Client {
 
 fn entry(r: FsReply) -> Result<Entry, i32> {
     match r {
-        FsReply::Entry(e) => Ok(e),
+        FsReply::Entry(e) | FsReply::Made { entry: e, .. } => Ok(e),
         FsReply::Err(e) => Err(e),
         other => panic!("not an entry: {other:?}"),
     }
@@ -154,7 +154,7 @@ impl Client {
             })
             .await
         {
-            FsReply::Created { entry, fh } => Ok((entry, fh)),
+            FsReply::Created { entry, fh, .. } => Ok((entry, fh)),
             FsReply::Err(e) => Err(e),
             other => panic!("create: {other:?}"),
         }
@@ -346,7 +346,7 @@ async fn create_write_append_truncate() {
             umask: 0o002,
         })
         .await;
-    assert!(matches!(d, FsReply::Entry(_)));
+    assert!(matches!(d, FsReply::Made { .. }));
     assert_eq!(host_mode(&e.root.join("gd")) & 0o7777, 0o775);
     assert_eq!(c.fs.open_handles(), 0);
     c.close().await.unwrap();
@@ -1323,6 +1323,130 @@ async fn host_edits_are_invalidated_within_a_second() {
         )
         .await
     );
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guest_changes_are_not_echoed_and_carry_the_parents_attributes() {
+    let e = env();
+    std::fs::create_dir(e.root.join("d")).unwrap();
+    let c = start(&e.root, true);
+    let d = c.lookup(ROOT_ID, "d").await.unwrap().attr.id;
+    let before = c.getattr(d).await;
+
+    let FsReply::Created { entry, fh, parent } = c
+        .call(FsRequest::Create {
+            parent: d,
+            name: "f".into(),
+            mode: 0o644,
+            umask: 0o022,
+            flags: RW,
+        })
+        .await
+    else {
+        panic!("create")
+    };
+    c.ok(FsRequest::Release { fh }).await;
+    // The directory as it is after the create, as a getattr would say.
+    let parent = parent.expect("the parent's attributes");
+    assert_eq!(parent, c.getattr(d).await);
+    assert_eq!(parent.id, d);
+    assert_ne!((parent.mtime, parent.size), (before.mtime, before.size));
+    let made = |r: FsReply| match r {
+        FsReply::Made {
+            entry,
+            parent: Some(p),
+        } => (entry, p),
+        other => panic!("{other:?}"),
+    };
+    let (sub, p) = made(
+        c.call(FsRequest::Mkdir {
+            parent: d,
+            name: "sub".into(),
+            mode: 0o755,
+            umask: 0o022,
+        })
+        .await,
+    );
+    assert_eq!((p.id, p.nlink), (d, 3));
+    assert_eq!(sub.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+    made(
+        c.call(FsRequest::Symlink {
+            parent: d,
+            name: "ln".into(),
+            target: "f".into(),
+        })
+        .await,
+    );
+    made(
+        c.call(FsRequest::Link {
+            id: entry.attr.id,
+            new_parent: d,
+            new_name: "hard".into(),
+        })
+        .await,
+    );
+    c.ok(FsRequest::Rename {
+        parent: d,
+        name: "f".into(),
+        new_parent: ROOT_ID,
+        new_name: "g".into(),
+        flags: 0,
+    })
+    .await;
+    // Onto a hard link of itself: does nothing, causes nothing.
+    c.ok(FsRequest::Rename {
+        parent: ROOT_ID,
+        name: "g".into(),
+        new_parent: d,
+        new_name: "hard".into(),
+        flags: 0,
+    })
+    .await;
+    c.ok(FsRequest::Unlink {
+        parent: d,
+        name: "hard".into(),
+    })
+    .await;
+    c.ok(FsRequest::Rmdir {
+        parent: d,
+        name: "sub".into(),
+    })
+    .await;
+
+    // A host edit in the same directory still gets through, and nothing
+    // about the guest's own names came before it.
+    std::fs::write(e.root.join("d/host"), b"").unwrap();
+    let mut seen = Vec::new();
+    let mut inval = c.inval.lock().await;
+    let host = FsToGuest::InvalidateEntry {
+        parent: d,
+        name: b"host".to_vec(),
+    };
+    while !seen.contains(&host) {
+        match tokio::time::timeout(Duration::from_secs(2), inval.recv()).await {
+            Ok(Some(m)) => seen.push(m),
+            _ => panic!("the host's create was not reported; saw {seen:?}"),
+        }
+    }
+    let ours = |m: &FsToGuest| {
+        matches!(m, FsToGuest::InvalidateEntry { name, .. }
+            if ["f", "sub", "ln", "hard", "g"].iter().any(|n| n.as_bytes() == name.as_slice()))
+    };
+    assert!(!seen.iter().any(ours), "{seen:?}");
+    // The same names changed on the host are reported.
+    std::fs::remove_file(e.root.join("d/ln")).unwrap();
+    let ln = FsToGuest::InvalidateEntry {
+        parent: d,
+        name: b"ln".to_vec(),
+    };
+    while !seen.contains(&ln) {
+        match tokio::time::timeout(Duration::from_secs(2), inval.recv()).await {
+            Ok(Some(m)) => seen.push(m),
+            _ => panic!("the host's unlink was not reported; saw {seen:?}"),
+        }
+    }
+    drop(inval);
     c.close().await.unwrap();
 }
 

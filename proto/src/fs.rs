@@ -281,9 +281,20 @@ pub enum FsReply {
     Opened {
         fh: u64,
     },
+    /// The new (or opened) file and its handle. `parent`: the directory's
+    /// attributes read right after the create (`None` if that failed); the
+    /// guest kernel drops its copy after every create in a directory and
+    /// would ask for them before the next one.
     Created {
         entry: Entry,
         fh: u64,
+        parent: Option<Attr>,
+    },
+    /// The answer to `Mkdir`, `Symlink` and `Link`: the new entry, and the
+    /// parent's attributes as in `Created`.
+    Made {
+        entry: Entry,
+        parent: Option<Attr>,
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// This many bytes were read into shared memory (`ReadShm`).
@@ -362,6 +373,27 @@ mod tests {
             FsToGuest::Reply {
                 id: 3,
                 reply: FsReply::Err(2),
+            },
+            FsToGuest::Reply {
+                id: 4,
+                reply: FsReply::Created {
+                    entry: Entry {
+                        attr,
+                        generation: 0,
+                    },
+                    fh: 7,
+                    parent: Some(Attr { id: 1, ..attr }),
+                },
+            },
+            FsToGuest::Reply {
+                id: 5,
+                reply: FsReply::Made {
+                    entry: Entry {
+                        attr,
+                        generation: 0,
+                    },
+                    parent: None,
+                },
             },
             FsToGuest::InvalidateEntry {
                 parent: 1,

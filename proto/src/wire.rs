@@ -36,8 +36,9 @@
 //! ```
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// Bumped on any incompatible change to the types below.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change to the types below or to the share
+/// protocol's (`fs`); 2: entry-making replies carry the parent's attributes.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// First bytes of every hello, so a stray peer is told apart from an old one.
 pub const MAGIC: [u8; 4] = *b"LRS\0";
 /// The vsock port the guest agent listens on.

@@ -608,6 +608,17 @@ impl Cache {
         }
     }
 
+    /// The file type (`S_IFMT` bits) a listing slot names, if known.
+    pub(super) fn listed_kind(&self, dir: u64, name: &[u8]) -> Option<u32> {
+        match self.dirs.get(&dir) {
+            Some(Dir::Listed(l)) => match l.names.get(name) {
+                Some(Slot::Present(e)) => Some(e.attr.mode & libc::S_IFMT),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The names a live listing of `dir` holds entries for, to serve a
     /// readdir from, and whether that is all of them (no name unknown).
     pub(super) fn present(&self, dir: u64, now: Instant) -> Option<(Names, bool)> {
@@ -958,9 +969,8 @@ mod tests {
     fn names_made_during_a_fetch_are_not_absent_when_it_lands() {
         // git's lost object: `.git/objects` is being fetched when git makes
         // `ab` in it; the host read the directory first, so the listing
-        // lacks `ab`. The host's report of the mkdir (it reports its own
-        // changes) drops the kernel's dentry, and the next lookup of `ab`
-        // comes here.
+        // lacks `ab`. Once the kernel drops its dentry (memory pressure,
+        // the host's ask to forget), the next lookup of `ab` comes here.
         let now = Instant::now();
         let mut c = Cache::default();
         let mut out = Vec::new();

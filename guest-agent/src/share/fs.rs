@@ -26,6 +26,7 @@ use tokio::runtime::Handle;
 
 use super::cache::{self, Answer, Cache};
 use super::client::Client;
+use super::fresh::{Fresh, Sent};
 
 /// How long the kernel may trust entries (positive and negative) and
 /// attributes. Long on purpose: the host invalidates what changes.
@@ -93,6 +94,8 @@ pub(super) struct Shared {
     pub(super) lookups: AtomicU64,
     /// Slots of shared memory for read and write data, if the VM has it.
     shm: Option<Arc<super::shm::Shm>>,
+    /// Directory attributes from change replies (see [`super::fresh`]).
+    pub(super) fresh: Mutex<Fresh>,
 }
 
 /// A directory opened while its listing was live: a snapshot of the
@@ -143,6 +146,7 @@ impl ShareFs {
             dir_names: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
             shm,
+            fresh: Mutex::new(Fresh::default()),
         });
         (
             ShareFs {
@@ -254,7 +258,19 @@ impl Shared {
 
     /// The host's `InvalidateNode`.
     pub(super) fn host_invalidated_node(&self, id: u64) {
+        lock(&self.fresh).invalidated(id);
         self.with_cache(|c, out| c.invalidate_node(id, out));
+    }
+
+    /// A request that changes directories `dirs` (see [`Fresh::sending`])
+    /// is about to be sent.
+    fn changing(&self, dirs: &[u64], everywhere: bool) -> Sent {
+        lock(&self.fresh).sending(dirs, everywhere)
+    }
+
+    /// Its reply is being handled, before the kernel sees it.
+    fn changed(&self, sent: Sent, parent: Option<Attr>) {
+        lock(&self.fresh).answered(sent, parent);
     }
 
     /// An entry the host made for `name` in `parent` (create, mkdir,
@@ -269,7 +285,7 @@ impl Shared {
     /// Replies to an entry-making request and records the new name.
     fn reply_made(&self, reply: ReplyEntry, parent: u64, name: &[u8], r: FsReply) {
         match r {
-            FsReply::Entry(e) => {
+            FsReply::Entry(e) | FsReply::Made { entry: e, .. } => {
                 self.made(parent, name, &e);
                 self.handed(parent, name, &e);
                 reply.entry(&TTL, &self.file_attr(&e.attr), Generation(e.generation))
@@ -291,6 +307,8 @@ impl Shared {
     async fn prefetch(&self, dir: u64, token: u64) {
         let started = Instant::now();
         let mut entries: Vec<DirEntry> = Vec::new();
+        // Reading it may update its atime.
+        let reading = self.changing(&[dir], false);
         let complete = match self.client.call(FsRequest::Opendir { id: dir }).await {
             FsReply::Opened { fh } => {
                 let mut offset = 0;
@@ -337,6 +355,7 @@ impl Shared {
             }
             _ => false,
         };
+        self.changed(reading, None);
         self.with_cache(|c, out| {
             if complete {
                 c.fetched(dir, token, entries, started + TTL, out);
@@ -529,18 +548,28 @@ impl Shared {
 
     /// Makes `buf` start at `offset` with entries of the wanted kind,
     /// asking the host unless what is buffered already fits.
-    async fn fill(&self, buf: &mut DirBuf, fh: u64, offset: u64, plus: bool) -> Result<(), Errno> {
+    async fn fill(
+        &self,
+        buf: &mut DirBuf,
+        dir: u64,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+    ) -> Result<(), Errno> {
         // What is buffered goes on from `offset` (or nothing does: the
         // end, known from a short batch, costs no round trip).
         if buf.offset == offset && (!buf.entries.is_empty() || buf.last) && (buf.plus || !plus) {
             return Ok(());
         }
         self.discard(buf);
-        match self
+        // A host readdir may update the directory's atime.
+        let reading = self.changing(&[dir], false);
+        let answer = self
             .client
             .call(FsRequest::Readdir { fh, offset, plus })
-            .await
-        {
+            .await;
+        self.changed(reading, None);
+        match answer {
             FsReply::Dir(list) => {
                 {
                     let mut c = lock(&self.cache);
@@ -643,10 +672,18 @@ impl Filesystem for ShareFs {
         lock(&s.snapshots).remove(&ino.0);
         lock(&s.locks).owners.retain(|(node, _)| *node != ino.0);
         lock(&s.dir_names).remove(&ino.0);
+        // Its id may come back for another inode.
+        lock(&s.fresh).invalidated(ino.0);
         s.with_cache(|c, out| c.kernel_forget(ino.0, nlookup, out));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        // A directory we just changed alone: its attributes came with the
+        // reply (the kernel dropped its copy when it handled it).
+        let fresh = lock(&self.shared.fresh).take(ino.0);
+        if let Some(a) = fresh {
+            return reply.attr(&TTL, &self.shared.file_attr(&a));
+        }
         self.call(FsRequest::Getattr { id: ino.0 }, reply, |s, reply, r| {
             s.reply_attr(reply, r)
         });
@@ -689,8 +726,10 @@ impl Filesystem for ShareFs {
             }
         };
         let changes = !matches!(req, FsRequest::Getattr { .. });
+        let sent = changes.then(|| sh.changing(&[ino.0], false));
         self.call(req, reply, move |s, reply, r| {
-            if changes {
+            if let Some(sent) = sent {
+                s.changed(sent, None);
                 // Listed attributes of this node are stale now.
                 s.with_cache(|c, out| c.invalidate_node(ino.0, out));
             }
@@ -733,13 +772,18 @@ impl Filesystem for ShareFs {
             umask,
             flags: libc::O_WRONLY | libc::O_EXCL | libc::O_CREAT,
         };
+        let sent = self.shared.changing(&[dir], false);
         self.call(req, reply, move |s, reply, r| match r {
-            FsReply::Created { entry, fh } => {
+            FsReply::Created { entry, fh, parent } => {
                 // Nothing depends on the handle being gone.
                 s.client.send(FsRequest::Release { fh });
+                s.changed(sent, parent);
                 s.reply_made(reply, dir, &name, FsReply::Entry(entry));
             }
-            r => s.reply_made(reply, dir, &name, r),
+            r => {
+                s.changed(sent, None);
+                s.reply_made(reply, dir, &name, r)
+            }
         });
     }
 
@@ -760,8 +804,10 @@ impl Filesystem for ShareFs {
             umask,
         };
         let since = lock(&self.shared.cache).stamp();
+        let sent = self.shared.changing(&[dir], false);
         self.call(req, reply, move |s, reply, r| {
-            if let FsReply::Entry(e) = &r {
+            s.changed(sent, made_in(&r));
+            if let FsReply::Entry(e) | FsReply::Made { entry: e, .. } = &r {
                 // Made empty just now: lookups in it need not ask. (The host
                 // watches it from the moment the mkdir reply was made.)
                 lock(&s.cache).new_empty_dir(e.attr.id, since, Instant::now() + TTL);
@@ -777,7 +823,9 @@ impl Filesystem for ShareFs {
             name: name.clone(),
         };
         let since = lock(&self.shared.cache).stamp();
+        let sent = self.shared.changing(&[dir], false);
         self.call(req, reply, move |s, reply, r| {
+            s.changed(sent, None);
             s.with_cache(|c, out| {
                 if r == FsReply::Ok {
                     let id = c.listed_id(dir, &name);
@@ -801,7 +849,9 @@ impl Filesystem for ShareFs {
             name: name.clone(),
         };
         let since = lock(&self.shared.cache).stamp();
+        let sent = self.shared.changing(&[dir], false);
         self.call(req, reply, move |s, reply, r| {
+            s.changed(sent, None);
             s.with_cache(|c, out| {
                 if r == FsReply::Ok {
                     if let Some(id) = c.listed_id(dir, &name) {
@@ -830,7 +880,9 @@ impl Filesystem for ShareFs {
             name: name.clone(),
             target: target.as_os_str().as_bytes().to_vec(),
         };
+        let sent = self.shared.changing(&[dir], false);
         self.call(req, reply, move |s, reply, r| {
+            s.changed(sent, made_in(&r));
             s.reply_made(reply, dir, &name, r)
         });
     }
@@ -856,7 +908,19 @@ impl Filesystem for ShareFs {
             flags: flags.bits(),
         };
         let since = lock(&self.shared.cache).stamp();
+        // A directory moved changes too (its ctime), and which one that is
+        // is known only from a listing.
+        let may_move_dir = {
+            let c = lock(&self.shared.cache);
+            let is_dir = |dir, name: &[u8]| {
+                c.listed_kind(dir, name)
+                    .is_none_or(|kind| kind == libc::S_IFDIR)
+            };
+            is_dir(from, &name) || (exchange && is_dir(to, &new_name))
+        };
+        let sent = self.shared.changing(&[from, to], may_move_dir);
         self.call(req, reply, move |s, reply, r| {
+            s.changed(sent, None);
             s.with_cache(|c, out| {
                 let moved = c.listed_id(from, &name);
                 let replaced = c.listed_id(to, &new_name);
@@ -891,7 +955,9 @@ impl Filesystem for ShareFs {
             new_parent: dir,
             new_name: name.clone(),
         };
+        let sent = self.shared.changing(&[dir], false);
         self.call(req, reply, move |s, reply, r| {
+            s.changed(sent, made_in(&r));
             if r != FsReply::Err(libc::EEXIST) {
                 // Its link count changed wherever it is listed.
                 s.with_cache(|c, out| c.invalidate_node(ino.0, out));
@@ -946,8 +1012,10 @@ impl Filesystem for ShareFs {
             umask,
             flags,
         };
+        let sent = self.shared.changing(&[dir], false);
         self.call(req, reply, move |s, reply, r| match r {
-            FsReply::Created { entry, fh } => {
+            FsReply::Created { entry, fh, parent } => {
+                s.changed(sent, parent);
                 s.with_cache(|c, out| {
                     // An existing file may have been opened (and truncated).
                     c.invalidate_node(entry.attr.id, out);
@@ -963,10 +1031,14 @@ impl Filesystem for ShareFs {
                 )
             }
             FsReply::Err(n) => {
+                s.changed(sent, None);
                 s.with_cache(|c, out| c.invalidate_entry(dir, &name, out));
                 reply.error(errno(n))
             }
-            other => reply.error(s.unexpected("create", &other)),
+            other => {
+                s.changed(sent, None);
+                reply.error(s.unexpected("create", &other))
+            }
         });
     }
 
@@ -1166,7 +1238,7 @@ impl Filesystem for ShareFs {
                 return reply.error(Errno::EBADF);
             };
             let mut buf = buf.lock().await;
-            if let Err(e) = s.fill(&mut buf, fh.0, offset, false).await {
+            if let Err(e) = s.fill(&mut buf, dir, fh.0, offset, false).await {
                 return reply.error(e);
             }
             while let Some(e) = buf.entries.front() {
@@ -1213,7 +1285,7 @@ impl Filesystem for ShareFs {
                 return reply.error(Errno::EBADF);
             };
             let mut buf = buf.lock().await;
-            if let Err(e) = s.fill(&mut buf, fh.0, offset, true).await {
+            if let Err(e) = s.fill(&mut buf, dir, fh.0, offset, true).await {
                 return reply.error(e);
             }
             while let Some(e) = buf.entries.front() {
@@ -1430,6 +1502,7 @@ fn reply_name(r: &FsReply) -> &'static str {
         FsReply::Link(_) => "Link",
         FsReply::Opened { .. } => "Opened",
         FsReply::Created { .. } => "Created",
+        FsReply::Made { .. } => "Made",
         FsReply::Data(_) => "Data",
         FsReply::Placed(_) => "Placed",
         FsReply::Written(_) => "Written",
@@ -1438,6 +1511,14 @@ fn reply_name(r: &FsReply) -> &'static str {
         FsReply::Lock(_) => "Lock",
         FsReply::Ok => "Ok",
         FsReply::Err(_) => "Err",
+    }
+}
+
+/// The parent's attributes an entry-making reply carried.
+fn made_in(r: &FsReply) -> Option<Attr> {
+    match r {
+        FsReply::Made { parent, .. } => *parent,
+        _ => None,
     }
 }
 

@@ -2,13 +2,21 @@
 //! over a duplex pipe, on a real FUSE mount of this machine: the two halves
 //! of the protocol as they ship, without a VM. Ignored by default (root and
 //! `/dev/fuse`): `cargo test -p lima-guest-agent share -- --ignored`.
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lima_proto::fs::{ShareSetup, ShareStatus, ShmRegion, MAX_IO};
+use lima_proto::fs::{FsToHost, ShareSetup, ShareStatus, ShmRegion, MAX_IO};
 use lima_proto::{read_frame_async, write_frame_async};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::tests::{blocking, eventually, exercise, unique_dir, wait_for, GID, UID};
+use super::tests::{
+    blocking, eventually, exercise, kind_of, since, unique_dir, wait_for, GID, UID,
+};
+
+/// Requests the guest sent, by kind (`Lookup`, `Getattr`, ...).
+type Kinds = Arc<Mutex<HashMap<String, u64>>>;
 
 struct Mounted {
     root: PathBuf,
@@ -16,6 +24,39 @@ struct Mounted {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     cable: tokio::task::JoinHandle<()>,
     agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+    kinds: Kinds,
+}
+
+impl Mounted {
+    fn kinds(&self) -> HashMap<String, u64> {
+        self.kinds.lock().unwrap().clone()
+    }
+}
+
+/// Relays both ways between the guest's end and the server's, counting
+/// the guest's requests on the way.
+async fn counting_cable<G, S>(guest: G, server: S, kinds: Kinds)
+where
+    G: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut from_guest, mut to_guest) = tokio::io::split(guest);
+    let (mut from_server, mut to_server) = tokio::io::split(server);
+    let up = async {
+        while let Ok(Some(frame)) = read_frame_async::<_, FsToHost>(&mut from_guest).await {
+            let FsToHost::Request { req, .. } = &frame;
+            *kinds.lock().unwrap().entry(kind_of(req)).or_default() += 1;
+            if write_frame_async(&mut to_server, &frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_server.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut from_server, &mut to_guest).await;
+        let _ = to_guest.shutdown().await;
+    };
+    tokio::join!(up, down);
 }
 
 async fn mount_fs_server(writable: bool) -> Mounted {
@@ -45,18 +86,19 @@ async fn mount_fs_server_with(writable: bool, shm: Option<ShmRegion>) -> Mounted
         server.attach_shm(mapped.unwrap());
     }
     // The server runs tasks of its own that hold the stream; a cable in
-    // between lets the test cut the connection like a dying host would.
-    let (mut server_end, server_side) = tokio::io::duplex(4 << 20);
+    // between lets the test cut the connection like a dying host would, and
+    // count what the guest asks.
+    let (server_end, server_side) = tokio::io::duplex(4 << 20);
     let server = tokio::spawn(server.serve(server_side));
-    let cable = tokio::spawn(async move {
-        let _ = tokio::io::copy_bidirectional(&mut host_end, &mut server_end).await;
-    });
+    let kinds = Kinds::default();
+    let cable = tokio::spawn(counting_cable(host_end, server_end, kinds.clone()));
     Mounted {
         root,
         mount,
         server,
         cable,
         agent,
+        kinds,
     }
 }
 
@@ -258,4 +300,83 @@ async fn bulk_data_goes_through_shared_memory() {
     m.server.abort();
     m.cable.abort();
     let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+}
+
+/// `echo x > f$i` in a loop: each create costs the create, the write and a
+/// release nobody waits for. The kernel drops the directory's attributes
+/// after each create and needs them for the next one's permission check;
+/// they came with the create's reply. And the server does not report the
+/// guest's own creates back (which dropped the new dentries and those
+/// attributes again), while a host edit in the same directory still shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn small_creates_cost_no_getattr_or_lookup() {
+    let m = mount_fs_server(true).await;
+    let (root, mnt) = (m.root.clone(), m.mount.clone());
+    std::fs::create_dir(root.join("d")).unwrap();
+    std::fs::write(root.join("d/old"), "old").unwrap();
+    blocking({
+        let mnt = mnt.clone();
+        move || {
+            assert_eq!(std::fs::read_to_string(mnt.join("d/old")).unwrap(), "old");
+            // Absent, as far as the guest knows (kernel and listing).
+            assert!(!mnt.join("d/from-host").exists());
+            assert!(!mnt.join("d/from-host").exists());
+        }
+    })
+    .await;
+    // Let the listing of `d` land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let k0 = m.kinds();
+    let creates = blocking({
+        let mnt = mnt.clone();
+        move || {
+            for i in 0..50 {
+                std::fs::write(mnt.join(format!("d/f{i}")), "x").unwrap();
+            }
+        }
+    });
+    // A host process adds a file there meanwhile.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(root.join("d/from-host"), "host").unwrap();
+    creates.await;
+    let asked = since(&k0, &m.kinds());
+    println!("50 creates against fs-server: {asked:?}");
+    assert_eq!(asked.get("Create"), Some(&50), "{asked:?}");
+    // Before: a Getattr of the directory per create. A few may remain (the
+    // host's create drops the directory's attributes; so may a listing
+    // fetch overlapping the first creates).
+    assert!(asked.get("Getattr").copied().unwrap_or(0) <= 3, "{asked:?}");
+    assert!(asked.get("Lookup").copied().unwrap_or(0) <= 3, "{asked:?}");
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read_to_string(root.join(format!("d/f{i}"))).unwrap(),
+            "x"
+        );
+    }
+    // The host's file shows, and the directory lists it with ours.
+    wait_for(&mnt.join("d/from-host"), "host").await;
+    let names = blocking({
+        let mnt = mnt.clone();
+        move || std::fs::read_dir(mnt.join("d")).unwrap().count()
+    })
+    .await;
+    assert_eq!(names, 52);
+    // The directory's attributes are the host's.
+    let (guest, host) = blocking({
+        let (mnt, root) = (mnt.clone(), root.clone());
+        move || {
+            let g = std::fs::metadata(mnt.join("d")).unwrap();
+            let h = std::fs::metadata(root.join("d")).unwrap();
+            (g.modified().unwrap(), h.modified().unwrap())
+        }
+    })
+    .await;
+    assert_eq!(guest, host);
+
+    m.cable.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    m.server.abort();
+    let _ = std::fs::remove_dir_all(&m.root);
 }

@@ -36,6 +36,13 @@
 //! because of our own writes), the open drops the page cache and the cached
 //! attributes. Writes are not cached (no writeback cache): each one reaches
 //! the host before `write(2)` returns, so host tools see guest writes at once.
+//! The host does not report entry changes the guest made through it (the
+//! kernel and [`cache`] already know them; see fs-server's `watch`).
+//!
+//! The kernel drops a directory's attributes after each entry it makes in
+//! it, and needs them for the next create's permission check; the host's
+//! reply to a create, mkdir, symlink or link carries them, and [`fresh`]
+//! answers that one getattr when nothing else changed the directory meanwhile.
 //!
 //! Below the kernel, [`cache`] keeps listings of directories in which the
 //! kernel looks names up one by one: fetched once with attributes
@@ -60,6 +67,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
 mod cache;
 mod client;
+mod fresh;
 mod fs;
 #[cfg(test)]
 mod fs_server_tests;

@@ -182,9 +182,7 @@ impl StandIn {
             }
             _ => {}
         }
-        let kind = format!("{req:?}");
-        let kind = kind.split([' ', '{']).next().unwrap_or("").to_string();
-        *self.kinds.lock().unwrap().entry(kind).or_default() += 1;
+        *self.kinds.lock().unwrap().entry(kind_of(&req)).or_default() += 1;
         if let FsRequest::Forget { id, nlookup } = &req {
             *self.refs.lock().unwrap().entry(*id).or_default() -= *nlookup as i64;
         }
@@ -368,6 +366,7 @@ impl StandIn {
                 FsReply::Created {
                     entry: self.entry(&p)?,
                     fh: self.add_file(f),
+                    parent: self.entry(&self.path(parent)?).ok().map(|e| e.attr),
                 }
             }
             FsRequest::Read { fh, offset, size } => {
@@ -476,6 +475,12 @@ impl StandIn {
             }
         })
     }
+}
+
+/// A request's kind, as counted: `Lookup`, `Flush`, ...
+pub(super) fn kind_of(req: &FsRequest) -> String {
+    let kind = format!("{req:?}");
+    kind.split([' ', '{']).next().unwrap_or("").to_string()
 }
 
 fn open_with(p: &Path, flags: i32, mode: u32) -> std::io::Result<File> {
@@ -1026,7 +1031,10 @@ pub(super) fn measure(root: &Path, mnt: &Path, requests: impl Fn() -> Option<u64
 }
 
 /// Requests of each kind between two snapshots of [`StandIn::kinds`].
-fn since(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
+pub(super) fn since(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+) -> HashMap<String, u64> {
     after
         .iter()
         .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
