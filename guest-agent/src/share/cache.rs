@@ -66,10 +66,12 @@ use lima_proto::fs::{DirEntry, Entry, ROOT_ID};
 
 /// Largest directory we list in full (entries, `.`/`..` excluded).
 pub(super) const PREFETCH_MAX: usize = 4096;
-/// Entries all listings may hold together.
-pub(super) const LISTED_MAX: usize = 8192;
-/// Fetches in flight at once.
-pub(super) const FETCHES_MAX: usize = 4;
+/// Entries all listings may hold together (the host's node budget, ~18,000
+/// fds per share by default, bounds what they pin in any case).
+pub(super) const LISTED_MAX: usize = 16384;
+/// Fetches in flight at once: `git status` lstat-s from 20 threads, each in
+/// a directory of its own; with 4, most of them waited, asking name by name.
+pub(super) const FETCHES_MAX: usize = 16;
 /// How long a directory found too big (or unreadable) is looked up name by name.
 pub(super) const NO_LISTING_RETRY: Duration = Duration::from_secs(300);
 /// Lookups that miss in a directory before it is fetched. The first one

@@ -1,5 +1,8 @@
 //! Request multiplexing on one share stream: many requests in flight, each
-//! waiting on a oneshot keyed by its id; one writer task owns the write half
+//! waiting on a oneshot keyed by its id, or handing its reply to a callback
+//! that the reader loop runs as the reply arrives ([`Client::call_then`]:
+//! no task to wake, which under TCG is a good part of a round trip); one
+//! writer task owns the write half
 //! (frames are encoded by the callers, so encoding runs in parallel and the
 //! writer only copies bytes), one reader loop owns the read half.
 use std::collections::HashMap;
@@ -15,7 +18,24 @@ use tokio::sync::{mpsc, oneshot};
 /// together leave in one write.
 const WRITE_BUFFER: usize = 256 << 10;
 
-type Waiters = HashMap<u64, oneshot::Sender<FsReply>>;
+/// What a request's reply goes to.
+enum Waiter {
+    Task(oneshot::Sender<FsReply>),
+    Then(Box<dyn FnOnce(FsReply) + Send>),
+}
+
+impl Waiter {
+    fn answer(self, reply: FsReply) {
+        match self {
+            Waiter::Task(tx) => {
+                let _ = tx.send(reply);
+            }
+            Waiter::Then(f) => f(reply),
+        }
+    }
+}
+
+type Waiters = HashMap<u64, Waiter>;
 
 pub(super) struct Client {
     next_id: AtomicU64,
@@ -42,26 +62,36 @@ impl Client {
 
     /// Sends `req` and waits for its reply; `Err(EIO)` when the stream is gone.
     pub(super) async fn call(&self, req: FsRequest) -> FsReply {
+        let (tx, rx) = oneshot::channel();
+        self.submit(req, Waiter::Task(tx));
+        rx.await.unwrap_or(FsReply::Err(libc::EIO))
+    }
+
+    /// Sends `req`; `then` gets its reply on the reader loop (so it must not
+    /// block), or `Err(EIO)` at once or when the stream goes.
+    pub(super) fn call_then(&self, req: FsRequest, then: impl FnOnce(FsReply) + Send + 'static) {
+        self.submit(req, Waiter::Then(Box::new(then)));
+    }
+
+    fn submit(&self, req: FsRequest, waiter: Waiter) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = match encode_frame(&FsToHost::Request { id, req }) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::warn!("share: cannot encode a request: {e}");
-                return FsReply::Err(libc::EIO);
+                return waiter.answer(FsReply::Err(libc::EIO));
             }
         };
-        let (tx, rx) = oneshot::channel();
         match self.waiting().as_mut() {
-            Some(map) => map.insert(id, tx),
-            None => return FsReply::Err(libc::EIO),
+            Some(map) => map.insert(id, waiter),
+            None => return waiter.answer(FsReply::Err(libc::EIO)),
         };
         if self.out.send(frame).is_err() {
-            if let Some(map) = self.waiting().as_mut() {
-                map.remove(&id);
+            let waiter = self.waiting().as_mut().and_then(|map| map.remove(&id));
+            if let Some(w) = waiter {
+                w.answer(FsReply::Err(libc::EIO));
             }
-            return FsReply::Err(libc::EIO);
         }
-        rx.await.unwrap_or(FsReply::Err(libc::EIO))
     }
 
     /// Sends `req` without waiting (forget has no answer in FUSE; a reply the
@@ -80,16 +110,17 @@ impl Client {
     pub(super) fn deliver(&self, id: u64, reply: FsReply) {
         let waiter = self.waiting().as_mut().and_then(|map| map.remove(&id));
         match waiter {
-            Some(tx) => {
-                let _ = tx.send(reply);
-            }
+            Some(w) => w.answer(reply),
             None => tracing::trace!("share: reply {id} has no waiter"),
         }
     }
 
     /// The stream is gone: fail everything in flight and whatever comes next.
     pub(super) fn close(&self) {
-        self.waiting().take();
+        let waiting = self.waiting().take();
+        for (_, w) in waiting.into_iter().flatten() {
+            w.answer(FsReply::Err(libc::EIO));
+        }
     }
 }
 

@@ -166,16 +166,17 @@ impl ShareFs {
         self.rt.spawn(f(self.shared.clone()));
     }
 
-    /// The common shape: one request, a reply built from the answer.
+    /// The common shape: one request, a reply built from the answer (on
+    /// the stream's reader loop, as it arrives: `handle` must not block).
     fn call<R, H>(&self, req: FsRequest, reply: R, handle: H)
     where
         R: Send + 'static,
         H: FnOnce(&Shared, R, FsReply) + Send + 'static,
     {
-        self.run(move |s| async move {
-            let answer = s.client.call(req).await;
-            handle(&s, reply, answer);
-        });
+        let s = self.shared.clone();
+        self.shared
+            .client
+            .call_then(req, move |answer| handle(&s, reply, answer));
     }
 }
 
