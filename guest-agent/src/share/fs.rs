@@ -409,14 +409,19 @@ impl Shared {
         }
     }
 
-    /// The entry at `index` of a [`LocalDir`] as the kernel sees it, with
-    /// `.` and `..` first.
-    fn local_entry(d: &LocalDir, index: usize) -> Option<(&[u8], Option<&Entry>)> {
-        match index {
-            0 => Some((b".", None)),
-            1 => Some((b"..", None)),
-            i => d.entries.get(i - 2).map(|(n, e)| (n.as_slice(), Some(e))),
-        }
+    /// The entries of a [`LocalDir`] from `offset` as the kernel sees them,
+    /// `.` and `..` first, each with the offset that follows it.
+    fn local_entries(
+        d: &LocalDir,
+        offset: u64,
+    ) -> impl Iterator<Item = (u64, &[u8], Option<&Entry>)> {
+        let dots = [(&b"."[..], None), (&b".."[..], None)];
+        let rest = d.entries.iter().map(|(n, e)| (n.as_slice(), Some(e)));
+        dots.into_iter()
+            .chain(rest)
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (name, e))| (i as u64 + 1, name, e))
     }
 
     /// Readdirplus on a [`LocalDir`] handle: each entry still in the
@@ -428,9 +433,7 @@ impl Shared {
         let Some(d) = dirs.get(&fh) else {
             return reply.error(Errno::EBADF);
         };
-        let mut index = offset as usize;
-        while let Some((name, e)) = Self::local_entry(d, index) {
-            index += 1;
+        for (next, name, e) in Self::local_entries(d, offset) {
             let handed = e.filter(|e| lock(&self.cache).hand_to_kernel(d.dir, name, e.attr.id));
             let (attr, generation) = match (handed, e) {
                 (Some(e), _) => {
@@ -450,7 +453,7 @@ impl Shared {
             };
             let full = reply.add(
                 attr.ino,
-                index as u64,
+                next,
                 OsStr::from_bytes(name),
                 &TTL,
                 &attr,
@@ -473,14 +476,12 @@ impl Shared {
         let Some(d) = dirs.get(&fh) else {
             return reply.error(Errno::EBADF);
         };
-        let mut index = offset as usize;
-        while let Some((name, e)) = Self::local_entry(d, index) {
-            index += 1;
+        for (next, name, e) in Self::local_entries(d, offset) {
             let (ino, kind) = match e {
                 Some(e) => (e.attr.id, file_type(e.attr.mode)),
                 None => (placeholder_ino(d.dir, name), FileType::Directory),
             };
-            if reply.add(INodeNo(ino), index as u64, kind, OsStr::from_bytes(name)) {
+            if reply.add(INodeNo(ino), next, kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
