@@ -381,6 +381,7 @@ impl Fs {
         };
         let mut seen = HashSet::new();
         let mut out = Vec::new();
+        let (mut out_first, mut overflowed) = (Vec::new(), false);
         let mut push = |k: Key| {
             if seen.insert(match &k {
                 Key::Node(id) => Key::Node(*id),
@@ -394,7 +395,13 @@ impl Fs {
         };
         for ev in events {
             if ev.mask & libc::IN_Q_OVERFLOW != 0 {
-                // Lost events: every cached thing may be stale.
+                // Lost events: every cached thing may be stale; the guest's
+                // listings first (a directory's InvalidateNode alone keeps
+                // its listing, since entry changes come by name).
+                if !overflowed {
+                    overflowed = true;
+                    out_first.push(FsToGuest::Overflow);
+                }
                 for id in self.nodes.ids() {
                     push(Key::Node(id));
                 }
@@ -424,7 +431,8 @@ impl Fs {
                 }
             }
         }
-        out
+        out_first.extend(out);
+        out_first
     }
 
     fn child_id(&self, dir: u64, name: &[u8]) -> Option<u64> {
@@ -607,6 +615,22 @@ mod tests {
         own.end(slow, vec![expect(1, libc::IN_CREATE, "f")], now);
         assert!(own.settled(upto));
         assert!(!own.take(&ev(1, libc::IN_CREATE, "f"), now));
+    }
+
+    #[test]
+    fn an_overflow_tells_the_guest_first_then_invalidates_every_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = crate::Server::new(dir.path(), true).unwrap();
+        let out = server.fs().translate(vec![Event {
+            wd: -1,
+            mask: libc::IN_Q_OVERFLOW,
+            name: Vec::new(),
+        }]);
+        assert_eq!(out.first(), Some(&FsToGuest::Overflow));
+        assert!(out.contains(&FsToGuest::InvalidateNode {
+            id: lima_proto::fs::ROOT_ID
+        }));
+        assert_eq!(out.iter().filter(|m| **m == FsToGuest::Overflow).count(), 1);
     }
 
     #[test]

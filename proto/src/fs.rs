@@ -331,6 +331,10 @@ pub enum FsToGuest {
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
+    /// The host lost change events (its inotify queue overflowed): no
+    /// directory listing the guest keeps can be trusted any more.
+    /// `InvalidateNode` for every node follows.
+    Overflow,
 }
 
 #[cfg(test)]

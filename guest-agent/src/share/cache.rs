@@ -511,6 +511,19 @@ impl Cache {
         }
     }
 
+    /// Drops every listing and fetch (the host lost change events).
+    pub(super) fn drop_all_listings(&mut self, out: &mut Vec<Forget>) {
+        let dirs: Vec<u64> = self
+            .dirs
+            .iter()
+            .filter(|(_, d)| matches!(d, Dir::Listed(_) | Dir::Fetching { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for dir in dirs {
+            self.drop_listing(dir, out);
+        }
+    }
+
     /// The host says `name` in `dir` changed (or the guest changed it in a
     /// way we cannot describe exactly).
     pub(super) fn invalidate_entry(&mut self, dir: u64, name: &[u8], out: &mut Vec<Forget>) {
@@ -965,6 +978,27 @@ mod tests {
     /// Not answered "absent": the host is asked (`Unknown`) or it is a hit.
     fn not_absent(c: &mut Cache, dir: u64, name: &[u8], now: Instant) -> bool {
         !matches!(c.lookup(dir, name, now, &mut Vec::new()), Answer::Absent(_))
+    }
+
+    #[test]
+    fn an_overflow_drops_every_listing_and_fetch() {
+        let now = Instant::now();
+        let mut c = Cache::default();
+        let mut out = Vec::new();
+        list(&mut c, 7, &["a"], now);
+        let token = start_fetch(&mut c, 8, now, &mut out);
+        c.drop_all_listings(&mut out);
+        assert!(!c.is_listed(7));
+        // Nothing is answered from what was listed: the host is asked.
+        assert!(matches!(
+            c.lookup(7, b"a", now, &mut out),
+            Answer::Miss { .. }
+        ));
+        assert!(
+            !c.fetch_wanted(8, token),
+            "a fetch in flight is dropped too"
+        );
+        assert_eq!(c.server_refs(), 0, "listed entries were given back");
     }
 
     #[test]

@@ -257,6 +257,11 @@ impl Shared {
         self.with_cache(|c, out| c.invalidate_entry(parent, name, out));
     }
 
+    /// The host lost change events: no listing can be trusted.
+    pub(super) fn host_overflowed(&self) {
+        self.with_cache(|c, out| c.drop_all_listings(out));
+    }
+
     /// The host's `InvalidateNode`.
     pub(super) fn host_invalidated_node(&self, id: u64) {
         lock(&self.fresh).invalidated(id);

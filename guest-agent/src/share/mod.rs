@@ -280,6 +280,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 shared.host_invalidated_entry(parent, &name);
                 let _ = invalidations.send(Invalidation::Entry(parent, name));
             }
+            // The kernel hears of it through the InvalidateNode that follow.
+            FsToGuest::Overflow => shared.host_overflowed(),
         }
     }
     Ok(())
