@@ -81,6 +81,8 @@ use client::Client;
 
 /// How long the kernel may take to send FUSE_INIT after the mount.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Threads serving kernel requests.
+const FUSE_THREADS: usize = 2;
 /// Read buffer for the stream: holds several 1 MiB replies.
 const READ_BUFFER: usize = 4 << 20;
 
@@ -203,6 +205,11 @@ async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, Strin
         .spawn(move || {
             let mut config = Config::default();
             config.acl = SessionACL::All;
+            // Two readers of /dev/fuse (each its own cloned fd): `git
+            // status` lstat-s from up to 20 threads, and one reader made
+            // them queue behind each other and behind the priming reads.
+            config.n_threads = Some(FUSE_THREADS);
+            config.clone_fd = true;
             // from_fd reads FUSE_INIT and answers it (fs.init picks the options).
             match Session::from_fd(fs, fd, SessionACL::All, config) {
                 Ok(session) => {
