@@ -178,6 +178,21 @@ impl ShareFs {
             .client
             .call_then(req, move |answer| handle(&s, reply, answer));
     }
+
+    /// [`Self::call`] for replies that take long to hand on (1 MiB of read
+    /// data to copy and write to /dev/fuse): handled on a task of its own,
+    /// so readahead's replies go to the kernel in parallel and the reader
+    /// loop stays free.
+    fn call_apart<R, H>(&self, req: FsRequest, reply: R, handle: H)
+    where
+        R: Send + 'static,
+        H: FnOnce(&Shared, R, FsReply) + Send + 'static,
+    {
+        self.run(move |s| async move {
+            let answer = s.client.call(req).await;
+            handle(&s, reply, answer);
+        });
+    }
 }
 
 impl Shared {
@@ -1068,7 +1083,7 @@ impl Filesystem for ShareFs {
                 size,
                 at: slot.at(),
             };
-            return self.call(req, reply, move |s, reply, r| match r {
+            return self.call_apart(req, reply, move |s, reply, r| match r {
                 FsReply::Placed(n) => reply.data(&slot.copy_out(n)),
                 FsReply::Err(n) => reply.error(errno(n)),
                 other => reply.error(s.unexpected("read", &other)),
@@ -1079,7 +1094,7 @@ impl Filesystem for ShareFs {
             offset,
             size,
         };
-        self.call(req, reply, |s, reply, r| match r {
+        self.call_apart(req, reply, |s, reply, r| match r {
             FsReply::Data(data) => reply.data(&data),
             FsReply::Err(n) => reply.error(errno(n)),
             other => reply.error(s.unexpected("read", &other)),
