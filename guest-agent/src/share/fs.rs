@@ -1,7 +1,8 @@
-//! The fuser [`Filesystem`]: every kernel request becomes one protocol
-//! request, sent from a tokio task that owns the fuser reply object, so the
-//! session thread never waits for the host (see the module docs of
-//! [`super`] for the caching and threading rationale).
+//! The fuser [`Filesystem`]: a kernel request the agent cannot answer
+//! itself becomes one protocol request whose reply object goes with a
+//! callback (or, for reads, a tokio task), so the session threads never
+//! wait for the host (see the module docs of [`super`] for the caching and
+//! threading rationale).
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::future::Future;
@@ -65,7 +66,7 @@ struct LockUse {
     owners: HashSet<(u64, u64)>,
 }
 
-/// State the session thread and the request tasks share.
+/// State the session threads, the reply callbacks and the tasks share.
 pub(super) struct Shared {
     client: Arc<Client>,
     uid: u32,

@@ -6,23 +6,28 @@
 //! # Threading
 //!
 //! ```text
-//!  kernel ── /dev/fuse ──▶ fuser session thread ──spawn──▶ tokio task per request
-//!     ▲                    (reads, parses, never waits)     │ Client::call: id → oneshot
-//!     │                                                     ▼
-//!     └──── reply written by the task ◀── reader loop ◀── stream ◀── writer task
-//!                                          │
-//!                                          └─ invalidations ─▶ invalidation thread
+//!  kernel ── /dev/fuse ──▶ 2 fuser threads ──▶ Client::call_then: id → callback
+//!     ▲                    (cloned fds; never     │ (reads: a tokio task per request)
+//!     │                     wait for the host)    ▼
+//!     └──── reply written by the callback ◀── reader loop ◀── stream ◀── writer task
+//!                                               │
+//!                                               └─ invalidations ─▶ invalidation thread
 //! ```
 //!
-//! fuser reads `/dev/fuse` on one thread. Its callbacks only build a request
-//! and spawn a task that owns fuser's reply object, so the thread goes
-//! straight back to the device and any number of requests (readahead, async
-//! reads, parallel lookups) are in flight at once; the host answers in any
-//! order. One writer task owns the write half and batches whatever frames are
-//! queued into one flush; the reader loop hands each reply to its waiter.
-//! Invalidations run on a thread of their own: the kernel may block them on a
-//! page or directory lock held by a request that is waiting for a reply, and
-//! the reader loop must stay free to deliver it.
+//! fuser reads `/dev/fuse` on two threads, each on its own cloned fd.
+//! Answers the agent knows (listed names, local readdirs, flushes) are given
+//! right there; everything else becomes a request whose reply object goes
+//! with a callback into the client's table, so the thread goes straight back
+//! to the device and any number of requests (readahead, async reads,
+//! parallel lookups) are in flight at once; the host answers in any order.
+//! One writer task owns the write half and batches whatever frames are
+//! queued into one flush; the reader loop runs each reply's callback as it
+//! arrives (no task to wake: under TCG each wake-up is a good part of a
+//! round trip), except reads, whose 1 MiB replies are handed on by tasks of
+//! their own so readahead's replies reach the kernel in parallel.
+//! Callbacks never block. Invalidations run on a thread of their own: the
+//! kernel may block them on a page or directory lock held by a request that
+//! is waiting for a reply, and the reader loop must stay free to deliver it.
 //!
 //! # Caching
 //!
