@@ -519,6 +519,7 @@ impl Fs {
             FsRequest::Release { fh } => self.release(*fh),
             FsRequest::Opendir { id } => self.opendir(*id),
             FsRequest::Readdir { fh, offset, plus } => self.readdir(*fh, *offset, *plus),
+            FsRequest::ReaddirAt { id, offset, plus } => self.readdir_at(*id, *offset, *plus),
             FsRequest::Releasedir { fh } => self.releasedir(*fh),
             FsRequest::Statfs => self.statfs(),
             FsRequest::Getlk { fh, owner, lock } => self.getlk(*fh, *owner, lock),
@@ -876,7 +877,8 @@ impl Fs {
         Ok(FsReply::Ok)
     }
 
-    fn opendir(&self, id: u64) -> SysResult<FsReply> {
+    /// Directory `id` opened for reading.
+    fn open_dir(&self, id: u64) -> SysResult<DirHandle> {
         let node = self.node(id)?;
         if !node.is_dir() {
             return Err(if node.is_symlink() {
@@ -886,16 +888,29 @@ impl Fs {
             });
         }
         let fd = self.reopen(&node, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(DirHandle {
+            node,
+            fd: Mutex::new(fd),
+        })
+    }
+
+    fn opendir(&self, id: u64) -> SysResult<FsReply> {
+        let d = self.open_dir(id)?;
         Ok(FsReply::Opened {
-            fh: self.add_handle(Handle::Dir(Arc::new(DirHandle {
-                node,
-                fd: Mutex::new(fd),
-            })))?,
+            fh: self.add_handle(Handle::Dir(Arc::new(d)))?,
         })
     }
 
     fn readdir(&self, fh: u64, offset: u64, plus: bool) -> SysResult<FsReply> {
-        let d = self.dir(fh)?;
+        self.read_dir(&*self.dir(fh)?, offset, plus)
+    }
+
+    fn readdir_at(&self, id: u64, offset: u64, plus: bool) -> SysResult<FsReply> {
+        self.read_dir(&self.open_dir(id)?, offset, plus)
+    }
+
+    /// One batch of `d` from `offset`.
+    fn read_dir(&self, d: &DirHandle, offset: u64, plus: bool) -> SysResult<FsReply> {
         let max = if plus { READDIRPLUS_MAX } else { READDIR_MAX };
         let fd = lock(&d.fd);
         sys::lseek_set(fd.as_fd(), offset)?;

@@ -644,6 +644,40 @@ async fn readdir_plus_many_entries_and_forget() {
     };
     assert_eq!(rest[0].name, plain[501].name);
     c.ok(FsRequest::Releasedir { fh }).await;
+    // ReaddirAt reads the same batches without a handle, its offsets
+    // carrying over between the opens it makes; a file is no directory.
+    let mut at = Vec::new();
+    let mut offset = 0;
+    loop {
+        let FsReply::Dir(batch) = c
+            .call(FsRequest::ReaddirAt {
+                id: ROOT_ID,
+                offset,
+                plus: false,
+            })
+            .await
+        else {
+            panic!("readdir_at")
+        };
+        let Some(last) = batch.last() else { break };
+        offset = last.next_offset;
+        at.extend(batch.into_iter().map(|d| d.name));
+    }
+    assert_eq!(at, plain.iter().map(|d| d.name.clone()).collect::<Vec<_>>());
+    let file = c.lookup(ROOT_ID, "file0001").await.unwrap().attr.id;
+    let not_dir = c
+        .call(FsRequest::ReaddirAt {
+            id: file,
+            offset: 0,
+            plus: false,
+        })
+        .await;
+    assert_eq!(not_dir, FsReply::Err(libc::ENOTDIR));
+    c.ok(FsRequest::Forget {
+        id: file,
+        nlookup: 1,
+    })
+    .await;
     for id in ids {
         c.ok(FsRequest::Forget { id, nlookup: 1 }).await;
     }

@@ -237,6 +237,15 @@ pub enum FsRequest {
         offset: u64,
         plus: bool,
     },
+    /// `Opendir` + `Readdir` + `Releasedir` in one: a batch of directory
+    /// `id` from `offset` (a `next_offset` of an earlier batch, 0 to start)
+    /// read through a descriptor of its own. Offsets are the host's
+    /// directory cookies, valid across opens.
+    ReaddirAt {
+        id: u64,
+        offset: u64,
+        plus: bool,
+    },
     Releasedir {
         fh: u64,
     },

@@ -87,6 +87,7 @@ pub(super) struct Shared {
     pub(super) primer_tid: Arc<AtomicU32>,
     /// Directories opened with a listing: served without the host.
     local_dirs: Mutex<HashMap<u64, LocalDir>>,
+    next_lazy_dir: AtomicU64,
     next_local_dir: AtomicU64,
     /// Where each directory the kernel was handed sits, `id -> (parent,
     /// name)`, so the priming thread can open it by path.
@@ -109,6 +110,13 @@ struct LocalDir {
 
 /// Handles of [`LocalDir`]s are numbered from here; the host's are small.
 const LOCAL_FH: u64 = 1 << 63;
+/// Directories read from the host without a host handle (`ReaddirAt`)
+/// have handles from here up to [`LOCAL_FH`].
+const LAZY_FH: u64 = 1 << 62;
+
+fn is_lazy(fh: u64) -> bool {
+    (LAZY_FH..LOCAL_FH).contains(&fh)
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -143,6 +151,7 @@ impl ShareFs {
             primer: Mutex::new(None),
             primer_tid: Arc::new(AtomicU32::new(0)),
             local_dirs: Mutex::new(HashMap::new()),
+            next_lazy_dir: AtomicU64::new(LAZY_FH),
             next_local_dir: AtomicU64::new(LOCAL_FH),
             dir_names: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
@@ -322,60 +331,53 @@ impl Shared {
         }
     }
 
-    /// Fetches `dir` with attributes for the cache: opendir, readdirplus
-    /// until a short batch (the host fills every batch but the last), and a
-    /// releasedir nobody waits for. Gives up beyond [`cache::PREFETCH_MAX`]
-    /// entries.
+    /// Fetches `dir` with attributes for the cache: `ReaddirAt` batches
+    /// until a short one (the host fills every batch but the last), one
+    /// round trip for most directories. Gives up beyond
+    /// [`cache::PREFETCH_MAX`] entries.
     async fn prefetch(&self, dir: u64, token: u64) {
         let started = Instant::now();
         let mut entries: Vec<DirEntry> = Vec::new();
         // Reading it may update its atime.
         let reading = self.changing(&[dir], false);
-        let complete = match self.client.call(FsRequest::Opendir { id: dir }).await {
-            FsReply::Opened { fh } => {
-                let mut offset = 0;
-                let complete = loop {
-                    if !lock(&self.cache).fetch_wanted(dir, token) {
-                        break false;
-                    }
-                    let batch = match self
-                        .client
-                        .call(FsRequest::Readdir {
-                            fh,
-                            offset,
-                            plus: true,
-                        })
-                        .await
-                    {
-                        FsReply::Dir(batch) => batch,
-                        _ => break false,
-                    };
-                    {
-                        // Counted on arrival: each holds a host reference.
-                        let mut c = lock(&self.cache);
-                        for e in &batch {
-                            if let Some(x) = &e.entry {
-                                c.buffered(x.attr.id);
-                            }
-                        }
-                    }
-                    let n = batch.len();
-                    if let Some(last) = batch.last() {
-                        offset = last.next_offset;
-                    }
-                    entries.extend(batch);
-                    if n < READDIRPLUS_MAX {
-                        break true;
-                    }
-                    // +2: `.` and `..`.
-                    if entries.len() > cache::PREFETCH_MAX + 2 {
-                        break false;
-                    }
-                };
-                self.client.send(FsRequest::Releasedir { fh });
-                complete
+        let mut offset = 0;
+        let complete = loop {
+            if !lock(&self.cache).fetch_wanted(dir, token) {
+                break false;
             }
-            _ => false,
+            let batch = match self
+                .client
+                .call(FsRequest::ReaddirAt {
+                    id: dir,
+                    offset,
+                    plus: true,
+                })
+                .await
+            {
+                FsReply::Dir(batch) => batch,
+                _ => break false,
+            };
+            {
+                // Counted on arrival: each holds a host reference.
+                let mut c = lock(&self.cache);
+                for e in &batch {
+                    if let Some(x) = &e.entry {
+                        c.buffered(x.attr.id);
+                    }
+                }
+            }
+            let n = batch.len();
+            if let Some(last) = batch.last() {
+                offset = last.next_offset;
+            }
+            entries.extend(batch);
+            if n < READDIRPLUS_MAX {
+                break true;
+            }
+            // +2: `.` and `..`.
+            if entries.len() > cache::PREFETCH_MAX + 2 {
+                break false;
+            }
         };
         self.changed(reading, None);
         self.with_cache(|c, out| {
@@ -587,10 +589,16 @@ impl Shared {
         self.discard(buf);
         // A host readdir may update the directory's atime.
         let reading = self.changing(&[dir], false);
-        let answer = self
-            .client
-            .call(FsRequest::Readdir { fh, offset, plus })
-            .await;
+        let req = if is_lazy(fh) {
+            FsRequest::ReaddirAt {
+                id: dir,
+                offset,
+                plus,
+            }
+        } else {
+            FsRequest::Readdir { fh, offset, plus }
+        };
+        let answer = self.client.call(req).await;
         self.changed(reading, None);
         match answer {
             FsReply::Dir(list) => {
@@ -1218,28 +1226,23 @@ impl Filesystem for ShareFs {
                 return reply.opened(FileHandle(fh), FopenFlags::empty());
             }
         }
-        self.call(
-            FsRequest::Opendir { id: ino.0 },
-            reply,
-            |s, reply, r| match r {
-                FsReply::Opened { fh } => {
-                    let buf = DirBuf {
-                        offset: 0,
-                        plus: false,
-                        entries: VecDeque::new(),
-                        last: false,
-                    };
-                    lock(&s.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(buf)));
-                    // The kernel caches the listing too; creates, unlinks and
-                    // host invalidations of the directory reset that cache.
-                    reply.opened(
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                    );
-                }
-                FsReply::Err(n) => reply.error(errno(n)),
-                other => reply.error(s.unexpected("opendir", &other)),
-            },
+        // No host handle: each batch is a `ReaddirAt` of the directory
+        // itself, which saves the opendir round trip (a directory the host
+        // cannot read fails at the first readdir instead of at open; the
+        // kernel already checked the mode bits).
+        let fh = s.next_lazy_dir.fetch_add(1, Ordering::Relaxed);
+        let buf = DirBuf {
+            offset: 0,
+            plus: false,
+            entries: VecDeque::new(),
+            last: false,
+        };
+        lock(&s.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(buf)));
+        // The kernel caches the listing too; creates, unlinks and host
+        // invalidations of the directory reset that cache.
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
         );
     }
 
@@ -1364,8 +1367,10 @@ impl Filesystem for ShareFs {
             return reply.ok();
         }
         let buf = lock(&self.shared.dirs).remove(&fh.0);
-        // Like release: the kernel does not wait for it, neither do we.
-        self.shared.client.send(FsRequest::Releasedir { fh: fh.0 });
+        if !is_lazy(fh.0) {
+            // Like release: the kernel does not wait for it, neither do we.
+            self.shared.client.send(FsRequest::Releasedir { fh: fh.0 });
+        }
         reply.ok();
         if let Some(buf) = buf {
             self.run(move |s| async move { s.discard(&mut *buf.lock().await) });

@@ -177,7 +177,7 @@ impl StandIn {
                     .max_write
                     .fetch_max(data.len() as u64, Ordering::Relaxed)
             }
-            FsRequest::Readdir { plus: true, .. } => {
+            FsRequest::Readdir { plus: true, .. } | FsRequest::ReaddirAt { plus: true, .. } => {
                 _ = self.plus_readdirs.fetch_add(1, Ordering::Relaxed)
             }
             _ => {}
@@ -450,6 +450,16 @@ impl StandIn {
                     });
                 }
                 FsReply::Dir(out)
+            }
+            // Open, one batch, release (read_dir's order is stable, so
+            // the indexes used as offsets carry over between opens).
+            FsRequest::ReaddirAt { id, offset, plus } => {
+                let Ok(FsReply::Opened { fh }) = self.answer(FsRequest::Opendir { id }) else {
+                    return Err(libc::ENOTDIR);
+                };
+                let batch = self.answer(FsRequest::Readdir { fh, offset, plus });
+                let _ = self.answer(FsRequest::Releasedir { fh });
+                return batch;
             }
             FsRequest::Releasedir { fh } => {
                 self.t.lock().unwrap().dirs.remove(&fh).ok_or(libc::EBADF)?;
