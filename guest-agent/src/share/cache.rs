@@ -1043,11 +1043,16 @@ mod tests {
         let later = now + Duration::from_secs(60);
         let mut c = Cache::default();
         let mut out = Vec::new();
+        // A fetch of 7 that finds `lock` as node `id`, during which the host
+        // reports `lock` changed.
+        let fetch_while_lock_changes = |c: &mut Cache, id: u64, out: &mut Vec<Forget>| {
+            let token = start_fetch(c, 7, now, out);
+            c.invalidate_entry(7, b"lock", out);
+            c.buffered(id);
+            c.fetched(7, token, vec![dirent("lock", id)], later, out);
+        };
         // `lock` changed during the first fetch: unknown; a lookup asks.
-        let token = start_fetch(&mut c, 7, now, &mut out);
-        c.invalidate_entry(7, b"lock", &mut out);
-        c.buffered(100);
-        c.fetched(7, token, vec![dirent("lock", 100)], later, &mut out);
+        fetch_while_lock_changes(&mut c, 100, &mut out);
         let Answer::Miss {
             unknown: Some(old), ..
         } = c.lookup(7, b"lock", now, &mut out)
@@ -1057,10 +1062,7 @@ mod tests {
         // The listing goes (evicted, expired) and is fetched again while
         // `lock` is made anew on the host.
         c.drop_listing(7, &mut out);
-        let token = start_fetch(&mut c, 7, now, &mut out);
-        c.invalidate_entry(7, b"lock", &mut out);
-        c.buffered(101);
-        c.fetched(7, token, vec![dirent("lock", 101)], later, &mut out);
+        fetch_while_lock_changes(&mut c, 101, &mut out);
         // The first lookup's answer (ENOENT, from before) arrives late.
         c.looked_up(7, b"lock", old, None, &mut out);
         assert!(not_absent(&mut c, 7, b"lock", now));

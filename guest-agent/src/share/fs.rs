@@ -87,8 +87,9 @@ pub(super) struct Shared {
     pub(super) primer_tid: Arc<AtomicU32>,
     /// Directories opened with a listing: served without the host.
     local_dirs: Mutex<HashMap<u64, LocalDir>>,
-    next_lazy_dir: AtomicU64,
     next_local_dir: AtomicU64,
+    /// Handles of directories read from the host (see [`LOCAL_FH`]).
+    next_dir_fh: AtomicU64,
     /// Where each directory the kernel was handed sits, `id -> (parent,
     /// name)`, so the priming thread can open it by path.
     dir_names: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
@@ -108,15 +109,9 @@ struct LocalDir {
     entries: cache::Names,
 }
 
-/// Handles of [`LocalDir`]s are numbered from here; the host's are small.
+/// Handles of [`LocalDir`]s are numbered from here; those of directories
+/// read from the host (with `ReaddirAt`, no host handle) count up from 1.
 const LOCAL_FH: u64 = 1 << 63;
-/// Directories read from the host without a host handle (`ReaddirAt`)
-/// have handles from here up to [`LOCAL_FH`].
-const LAZY_FH: u64 = 1 << 62;
-
-fn is_lazy(fh: u64) -> bool {
-    (LAZY_FH..LOCAL_FH).contains(&fh)
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -151,7 +146,7 @@ impl ShareFs {
             primer: Mutex::new(None),
             primer_tid: Arc::new(AtomicU32::new(0)),
             local_dirs: Mutex::new(HashMap::new()),
-            next_lazy_dir: AtomicU64::new(LAZY_FH),
+            next_dir_fh: AtomicU64::new(1),
             next_local_dir: AtomicU64::new(LOCAL_FH),
             dir_names: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
@@ -187,6 +182,36 @@ impl ShareFs {
         self.shared
             .client
             .call_then(req, move |answer| handle(&s, reply, answer));
+    }
+
+    /// Unlink or rmdir of `name` in `dir`: on success the name is gone from
+    /// the listing (see [`Cache::removed`]) and `gone` runs on the node it
+    /// named there, if any; on failure the name is asked of the host again.
+    fn remove(
+        &self,
+        req: FsRequest,
+        dir: u64,
+        name: Vec<u8>,
+        reply: ReplyEmpty,
+        gone: fn(&mut Cache, u64, &mut Vec<cache::Forget>),
+    ) {
+        let since = lock(&self.shared.cache).stamp();
+        let sent = self.shared.changing(&[dir], false);
+        self.call(req, reply, move |s, reply, r| {
+            s.changed(sent, None);
+            s.with_cache(|c, out| {
+                if r == FsReply::Ok {
+                    let id = c.listed_id(dir, &name);
+                    c.removed(dir, &name, since, out);
+                    if let Some(id) = id {
+                        gone(c, id, out);
+                    }
+                } else {
+                    c.invalidate_entry(dir, &name, out);
+                }
+            });
+            s.reply_empty(reply, r)
+        });
     }
 
     /// [`Self::call`] for replies that take long to hand on (1 MiB of read
@@ -573,14 +598,7 @@ impl Shared {
 
     /// Makes `buf` start at `offset` with entries of the wanted kind,
     /// asking the host unless what is buffered already fits.
-    async fn fill(
-        &self,
-        buf: &mut DirBuf,
-        dir: u64,
-        fh: u64,
-        offset: u64,
-        plus: bool,
-    ) -> Result<(), Errno> {
+    async fn fill(&self, buf: &mut DirBuf, dir: u64, offset: u64, plus: bool) -> Result<(), Errno> {
         // What is buffered goes on from `offset` (or nothing does: the
         // end, known from a short batch, costs no round trip).
         if buf.offset == offset && (!buf.entries.is_empty() || buf.last) && (buf.plus || !plus) {
@@ -589,14 +607,10 @@ impl Shared {
         self.discard(buf);
         // A host readdir may update the directory's atime.
         let reading = self.changing(&[dir], false);
-        let req = if is_lazy(fh) {
-            FsRequest::ReaddirAt {
-                id: dir,
-                offset,
-                plus,
-            }
-        } else {
-            FsRequest::Readdir { fh, offset, plus }
+        let req = FsRequest::ReaddirAt {
+            id: dir,
+            offset,
+            plus,
         };
         let answer = self.client.call(req).await;
         self.changed(reading, None);
@@ -853,24 +867,8 @@ impl Filesystem for ShareFs {
             parent: dir,
             name: name.clone(),
         };
-        let since = lock(&self.shared.cache).stamp();
-        let sent = self.shared.changing(&[dir], false);
-        self.call(req, reply, move |s, reply, r| {
-            s.changed(sent, None);
-            s.with_cache(|c, out| {
-                if r == FsReply::Ok {
-                    let id = c.listed_id(dir, &name);
-                    c.removed(dir, &name, since, out);
-                    if let Some(id) = id {
-                        // Its link count changed wherever else it is listed.
-                        c.invalidate_node(id, out);
-                    }
-                } else {
-                    c.invalidate_entry(dir, &name, out);
-                }
-            });
-            s.reply_empty(reply, r)
-        });
+        // Its link count changed wherever else it is listed.
+        self.remove(req, dir, name, reply, Cache::invalidate_node);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -879,22 +877,7 @@ impl Filesystem for ShareFs {
             parent: dir,
             name: name.clone(),
         };
-        let since = lock(&self.shared.cache).stamp();
-        let sent = self.shared.changing(&[dir], false);
-        self.call(req, reply, move |s, reply, r| {
-            s.changed(sent, None);
-            s.with_cache(|c, out| {
-                if r == FsReply::Ok {
-                    if let Some(id) = c.listed_id(dir, &name) {
-                        c.drop_listing(id, out);
-                    }
-                    c.removed(dir, &name, since, out);
-                } else {
-                    c.invalidate_entry(dir, &name, out);
-                }
-            });
-            s.reply_empty(reply, r)
-        });
+        self.remove(req, dir, name, reply, Cache::drop_listing);
     }
 
     fn symlink(
@@ -1230,7 +1213,7 @@ impl Filesystem for ShareFs {
         // itself, which saves the opendir round trip (a directory the host
         // cannot read fails at the first readdir instead of at open; the
         // kernel already checked the mode bits).
-        let fh = s.next_lazy_dir.fetch_add(1, Ordering::Relaxed);
+        let fh = s.next_dir_fh.fetch_add(1, Ordering::Relaxed);
         let buf = DirBuf {
             offset: 0,
             plus: false,
@@ -1264,7 +1247,7 @@ impl Filesystem for ShareFs {
                 return reply.error(Errno::EBADF);
             };
             let mut buf = buf.lock().await;
-            if let Err(e) = s.fill(&mut buf, dir, fh.0, offset, false).await {
+            if let Err(e) = s.fill(&mut buf, dir, offset, false).await {
                 return reply.error(e);
             }
             while let Some(e) = buf.entries.front() {
@@ -1311,7 +1294,7 @@ impl Filesystem for ShareFs {
                 return reply.error(Errno::EBADF);
             };
             let mut buf = buf.lock().await;
-            if let Err(e) = s.fill(&mut buf, dir, fh.0, offset, true).await {
+            if let Err(e) = s.fill(&mut buf, dir, offset, true).await {
                 return reply.error(e);
             }
             while let Some(e) = buf.entries.front() {
@@ -1366,11 +1349,8 @@ impl Filesystem for ShareFs {
         if lock(&self.shared.local_dirs).remove(&fh.0).is_some() {
             return reply.ok();
         }
+        // No host handle to release.
         let buf = lock(&self.shared.dirs).remove(&fh.0);
-        if !is_lazy(fh.0) {
-            // Like release: the kernel does not wait for it, neither do we.
-            self.shared.client.send(FsRequest::Releasedir { fh: fh.0 });
-        }
         reply.ok();
         if let Some(buf) = buf {
             self.run(move |s| async move { s.discard(&mut *buf.lock().await) });
