@@ -788,8 +788,10 @@ impl Fs {
         });
         let (fd, created) = match made {
             Ok(fd) => (fd, true),
+            // Non-blocking: a FIFO the host just made there must not hang
+            // the server (it is refused below); no effect on regular files.
             Err(libc::EEXIST) if !excl => (
-                sys::open_beneath(parent.fd.as_fd(), &name, flags, 0)?,
+                sys::open_beneath(parent.fd.as_fd(), &name, flags | libc::O_NONBLOCK, 0)?,
                 false,
             ),
             Err(e) => return Err(e),

@@ -103,7 +103,7 @@ async fn handle<S>(
     shutdown: mpsc::Sender<()>,
 ) -> anyhow::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + std::os::fd::AsRawFd + Unpin + Send + 'static,
 {
     let Some(hello): Option<Hello> = read_frame_async(&mut stream).await? else {
         return Ok(()); // a readiness probe that hung up

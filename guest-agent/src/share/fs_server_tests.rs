@@ -1,5 +1,5 @@
 //! [`serve`](super::serve) against the real host server (`lima-fs-server`)
-//! over a duplex pipe, on a real FUSE mount of this machine: the two halves
+//! over a socket pair, on a real FUSE mount of this machine: the two halves
 //! of the protocol as they ship, without a VM. Ignored by default (root and
 //! `/dev/fuse`): `cargo test -p lima-guest-agent share -- --ignored`.
 use std::collections::HashMap;
@@ -67,7 +67,7 @@ async fn mount_fs_server(writable: bool) -> Mounted {
 async fn mount_fs_server_with(writable: bool, shm: Option<ShmRegion>) -> Mounted {
     let root = unique_dir("root");
     let mount = unique_dir("mnt").join("m");
-    let (guest, mut host_end) = tokio::io::duplex(4 << 20);
+    let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
     let agent = tokio::spawn(super::serve(guest));
     let setup = ShareSetup {
         tag: "fs-server".into(),

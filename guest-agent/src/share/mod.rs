@@ -67,8 +67,9 @@ use std::time::Duration;
 
 use fuser::{Config, INodeNo, Notifier, Session, SessionACL};
 use lima_proto::fs::{FsToGuest, ShareSetup, ShareStatus, MAX_IO};
-use lima_proto::{read_frame_async, write_frame_async};
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use lima_proto::{read_frame, read_frame_async, write_frame_async, FrameError};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 mod cache;
 mod client;
@@ -97,7 +98,7 @@ enum Invalidation {
 }
 
 /// Serves one share stream (positioned after the hello) until it closes.
-pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>(
     stream: S,
 ) -> anyhow::Result<()> {
     let mut stream = stream;
@@ -105,7 +106,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
         return Ok(());
     };
     let tag = setup.tag.clone();
-    let (client, frames) = Client::new();
+    let client = Client::new();
     let running = match start(&setup, client.clone()).await {
         Ok(running) => running,
         Err(reason) => {
@@ -127,28 +128,51 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     // Best effort, after the handshake (which caps readahead at 128 KiB).
     running.mount.set_readahead_kib(READAHEAD_KIB);
 
-    let (read_half, write_half) = tokio::io::split(stream);
-    let mut writer = tokio::spawn(client::write_loop(frames, write_half));
-    let invalidations = spawn_invalidator(running.notifier, &tag);
-    let result = tokio::select! {
-        r = read_loop(read_half, &client, &running.shared, &invalidations) => r,
-        r = &mut writer => match r {
-            Ok(Ok(())) => Ok(()),
-            // The host closed the stream while frames were queued (e.g. a
-            // release or forget nobody waits for): the same as its EOF.
-            Ok(Err(e)) if matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::NotConnected
-            ) => Ok(()),
-            Ok(Err(e)) => Err(anyhow::Error::new(e).context("writing to the host")),
-            Err(e) => Err(anyhow::Error::new(e).context("the share writer task")),
-        },
+    // From here on the stream is a blocking socket of ours: frames are
+    // written by whichever thread sends them and read by a thread that
+    // hands each reply on at once (see `client`).
+    let socket = match blocking_socket(&stream) {
+        Ok(socket) => socket,
+        Err(e) => {
+            // Nothing went through the mount yet: give up on it.
+            tracing::warn!("share {tag}: cannot take over the stream: {e}");
+            running
+                .shared
+                .primer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            return Err(anyhow::Error::new(e).context("taking over the share stream"));
+        }
     };
-    writer.abort();
+    drop(stream);
+    if let Err(e) = set_blocking(&socket) {
+        running
+            .shared
+            .primer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        return Err(anyhow::Error::new(e).context("taking over the share stream"));
+    }
+    let invalidations = spawn_invalidator(running.notifier, &tag);
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let spawned = socket.try_clone().and_then(|sink| {
+        client.attach(sink);
+        let (client, shared) = (client.clone(), running.shared.clone());
+        std::thread::Builder::new()
+            .name("share-reader".into())
+            .spawn(move || {
+                let _ = done.send(read_loop(socket, &client, &shared, &invalidations));
+            })
+    });
+    let result = match spawned {
+        Ok(_) => finished
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the share reader thread died"))),
+        Err(e) => Err(anyhow::Error::new(e).context("starting the share reader")),
+    };
     client.close();
-    drop(invalidations);
     // Ends the priming thread, which holds the mount's root open.
     running
         .shared
@@ -274,14 +298,28 @@ async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, Strin
 /// Invalidations reach our own directory cache here, in stream order (a
 /// reply read after an invalidation sees it applied), and the kernel's on
 /// the invalidation thread.
-async fn read_loop<R: AsyncRead + Unpin>(
-    r: R,
+fn read_loop(
+    socket: std::fs::File,
     client: &Client,
     shared: &fs::Shared,
     invalidations: &std::sync::mpsc::Sender<Invalidation>,
 ) -> anyhow::Result<()> {
-    let mut r = BufReader::with_capacity(READ_BUFFER, r);
-    while let Some(frame) = read_frame_async::<_, FsToGuest>(&mut r).await? {
+    let mut r = std::io::BufReader::with_capacity(READ_BUFFER, socket);
+    loop {
+        let frame = match read_frame::<_, FsToGuest>(&mut r) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            // Our own writer shut the socket down after a failed write.
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("reading from the host")),
+        };
         match frame {
             FsToGuest::Reply { id, reply } => client.deliver(id, reply),
             FsToGuest::InvalidateNode { id } => {
@@ -295,6 +333,31 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // The kernel hears of it through the InvalidateNode that follow.
             FsToGuest::Overflow => shared.host_overflowed(),
         }
+    }
+}
+
+/// A blocking descriptor of its own for `stream` (the runtime's stays
+/// non-blocking until it is dropped; `O_NONBLOCK` belongs to the open
+/// file, so it is cleared only once the runtime no longer polls it).
+fn blocking_socket(stream: &impl AsRawFd) -> std::io::Result<std::fs::File> {
+    // SAFETY: duplicating a descriptor the stream holds open.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Clears `O_NONBLOCK` on `f`.
+fn set_blocking(f: &std::fs::File) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor `f` holds open.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        // SAFETY: as above.
+        || unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

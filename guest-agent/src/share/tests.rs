@@ -1,4 +1,4 @@
-//! [`serve`] against a small in-process host server over a duplex pipe, on a
+//! [`serve`] against a small in-process host server over a socket pair, on a
 //! real FUSE mount of this machine. Ignored by default: they need root and
 //! `/dev/fuse` (run `cargo test -p lima-guest-agent share -- --ignored`).
 //!
@@ -572,7 +572,7 @@ struct Mounted {
 async fn mount_stand_in(writable: bool) -> Mounted {
     let root = unique_dir("root");
     let mount = unique_dir("mnt").join("deep/er");
-    let (guest, mut host_end) = tokio::io::duplex(4 << 20);
+    let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
     let agent = tokio::spawn(super::serve(guest));
     let setup = ShareSetup {
         tag: "test".into(),
@@ -933,7 +933,7 @@ async fn read_only_share_refuses_writes() {
 async fn a_mount_point_that_cannot_be_created_fails_with_its_name() {
     let file = unique_dir("file").join("plain");
     std::fs::write(&file, "").unwrap();
-    let (guest, mut host_end) = tokio::io::duplex(1 << 16);
+    let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
     let agent = tokio::spawn(super::serve(guest));
     let mount_point = file.join("sub").to_str().unwrap().to_string();
     let setup = ShareSetup {
