@@ -115,6 +115,23 @@ impl Client {
         }
     }
 
+    /// Sends a `Forget` (which has no reply), then a round trip behind it:
+    /// requests are taken in order, so it has been applied on return.
+    async fn forget(&self, id: u64, nlookup: u64) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let req = FsRequest::Forget { id, nlookup };
+        write_frame_async(
+            &mut *self.wr.lock().await,
+            &FsToHost::Request { id: n, req },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            self.call(FsRequest::Statfs).await,
+            FsReply::Statfs(_)
+        ));
+    }
+
     async fn ok(&self, req: FsRequest) {
         assert_eq!(self.call(req.clone()).await, FsReply::Ok, "{req:?}");
     }
@@ -673,26 +690,14 @@ async fn readdir_plus_many_entries_and_forget() {
         })
         .await;
     assert_eq!(not_dir, FsReply::Err(libc::ENOTDIR));
-    c.ok(FsRequest::Forget {
-        id: file,
-        nlookup: 1,
-    })
-    .await;
+    c.forget(file, 1).await;
     for id in ids {
-        c.ok(FsRequest::Forget { id, nlookup: 1 }).await;
+        c.forget(id, 1).await;
     }
     assert_eq!(c.fs.nodes.count(), 1, "forget drops every node");
     assert_eq!(c.fs.watches.as_ref().unwrap().count(), 1);
-    c.ok(FsRequest::Forget {
-        id: 12345,
-        nlookup: 1,
-    })
-    .await;
-    c.ok(FsRequest::Forget {
-        id: ROOT_ID,
-        nlookup: 99,
-    })
-    .await;
+    c.forget(12345, 1).await;
+    c.forget(ROOT_ID, 99).await;
     assert!(
         c.lookup(ROOT_ID, "dir").await.is_ok(),
         "root survives a forget"
@@ -1348,7 +1353,7 @@ async fn host_edits_are_invalidated_within_a_second() {
         .await
     );
     // A forgotten directory is no longer watched.
-    c.ok(FsRequest::Forget { id: d, nlookup: 1 }).await;
+    c.forget(d, 1).await;
     std::fs::write(e.root.join("d/later"), b"").unwrap();
     assert!(
         !c.invalidated(
@@ -1605,7 +1610,7 @@ async fn over_the_node_budget_the_guest_is_asked_to_forget_the_oldest() {
     let before = c.fs.nodes.count();
     for name in &asked {
         let id = c.lookup(ROOT_ID, name).await.unwrap().attr.id;
-        c.ok(FsRequest::Forget { id, nlookup: 2 }).await;
+        c.forget(id, 2).await;
     }
     assert_eq!(c.fs.nodes.count(), before - asked.len());
 }

@@ -8,7 +8,7 @@
 //!   | -- ShareSetup{tag, mount_point, ..} --> |   agent mounts FUSE there
 //!   | <-- ShareReady | ShareFailed(reason) -- |
 //!   | <-- FsToHost::Request{id, req}* ------- |   many in flight; ids unique per stream
-//!   | -- FsToGuest::Reply{id, reply}* ------> |   in any order
+//!   | -- FsToGuest::Reply{id, reply}* ------> |   in any order (none to Forget)
 //!   | -- FsToGuest::Invalidate{..}* --------> |   host-side changes: drop caches
 //! ```
 //!
@@ -122,6 +122,7 @@ pub enum FsRequest {
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
+    /// Never answered (as in FUSE).
     Forget {
         id: u64,
         nlookup: u64,

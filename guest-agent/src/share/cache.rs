@@ -59,6 +59,16 @@
 //! it is tried again after [`NO_LISTING_RETRY`]); all listings together hold
 //! at most [`LISTED_MAX`] entries, least recently used listings go first;
 //! at most [`FETCHES_MAX`] fetches run at once.
+//!
+//! # Fetching ahead
+//!
+//! When lookups made us fetch a directory, its subdirectories are likely
+//! next (`git status` and build tools walk trees): up to [`SPECULATE_MAX`]
+//! of them are fetched too, a few at a time, and primed (see
+//! `super::prime`), while half the fetch budget and a quarter of the entry budget are free
+//! ([`Cache::speculate`]); only small ones ([`AHEAD_DIR_SIZE_MAX`]), and at
+//! most [`AHEAD_ENTRIES_MAX`] entries in all per directory. Those listings do not fetch further ahead
+//! themselves, so one walk pulls in one level more than it asked for.
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -74,6 +84,19 @@ pub(super) const LISTED_MAX: usize = 16384;
 pub(super) const FETCHES_MAX: usize = 16;
 /// How long a directory found too big (or unreadable) is looked up name by name.
 pub(super) const NO_LISTING_RETRY: Duration = Duration::from_secs(300);
+/// Subdirectories of a fetched directory fetched ahead, at most, per fetch.
+pub(super) const SPECULATE_MAX: usize = 128;
+/// Entries the subdirectories fetched ahead for one directory may hold
+/// together (checked before each fetch, so a little more).
+pub(super) const AHEAD_ENTRIES_MAX: usize = 8192;
+/// Only subdirectories this small (`st_size`) are fetched ahead: on ext4
+/// that is up to a few hundred entries.
+pub(super) const AHEAD_DIR_SIZE_MAX: u64 = 16 << 10;
+/// Fetching ahead stops once all listings hold this many entries: it must
+/// never crowd out listings that lookups asked for.
+const SPECULATE_LISTED_MAX: usize = LISTED_MAX / 4 * 3;
+/// Lookups a listing answers before it is primed again ([`Cache::reprime`]).
+const REPRIME_AFTER: u32 = 8;
 /// Lookups that miss in a directory before it is fetched. The first one
 /// goes to the host alone: a path walked once (`cat a/b/c`) should not pull
 /// in every sibling on the way.
@@ -122,6 +145,9 @@ struct Listing {
     started: u64,
     /// Last use, for eviction.
     used: u64,
+    /// Lookups it answered with an entry since it was last primed: each is
+    /// a name the kernel did not hold (see [`Cache::reprime`]).
+    hits: u32,
 }
 
 enum Dir {
@@ -218,12 +244,18 @@ impl Cache {
         self.release_if_unused(id, out);
     }
 
-    /// The kernel's `FORGET`.
-    pub(super) fn kernel_forget(&mut self, id: u64, n: u64, out: &mut Vec<Forget>) {
-        if let Some(r) = self.nodes.get_mut(&id) {
-            r.kernel = r.kernel.saturating_sub(n);
-        }
+    /// The kernel's `FORGET`; whether the kernel still holds the node (it
+    /// looked it up again before this forget came).
+    pub(super) fn kernel_forget(&mut self, id: u64, n: u64, out: &mut Vec<Forget>) -> bool {
+        let holds = match self.nodes.get_mut(&id) {
+            Some(r) => {
+                r.kernel = r.kernel.saturating_sub(n);
+                r.kernel > 0
+            }
+            None => false,
+        };
         self.release_if_unused(id, out);
+        holds
     }
 
     /// Gives the host its references once nobody here needs the node; its
@@ -324,6 +356,7 @@ impl Cache {
                 let left = l.expires - now;
                 return match l.names.get(name) {
                     Some(Slot::Present(e)) => {
+                        l.hits = l.hits.saturating_add(1);
                         let e = e.clone();
                         if let Some(r) = self.refs(e.attr.id) {
                             r.kernel += 1;
@@ -369,6 +402,48 @@ impl Cache {
             unknown: None,
             fetch: Some(tick),
         }
+    }
+
+    /// Whether to prime listed `dir` again: the kernel has looked up
+    /// [`REPRIME_AFTER`] names in it since it was last primed, so it lost
+    /// the dentries priming gave it (memory pressure, `drop_caches`) while
+    /// the listing lived on. Counting starts over.
+    pub(super) fn reprime(&mut self, dir: u64) -> bool {
+        match self.dirs.get_mut(&dir) {
+            Some(Dir::Listed(l)) if l.hits >= REPRIME_AFTER => {
+                l.hits = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts fetching `dir` ahead of any lookup in it (it is a
+    /// subdirectory of a directory that lookups made us fetch), unless it
+    /// is listed, being fetched, or known not to list, or half the fetch budget
+    /// or three quarters of the entry budget are spent. The token is for
+    /// [`Self::fetched`] / [`Self::fetch_failed`], as from [`Self::lookup`].
+    pub(super) fn speculate(&mut self, dir: u64) -> Option<u64> {
+        if dir == ROOT_ID
+            || self.fetching >= FETCHES_MAX / 2
+            || self.listed >= SPECULATE_LISTED_MAX
+            || !matches!(self.dirs.get(&dir), None | Some(Dir::Seen { .. }))
+            // Only a node a listing holds: the host still knows it.
+            || self.nodes.get(&dir).is_none_or(|r| r.places.is_empty())
+        {
+            return None;
+        }
+        let tick = self.next();
+        self.fetching += 1;
+        self.dirs.insert(
+            dir,
+            Dir::Fetching {
+                token: tick,
+                names: HashSet::new(),
+                nodes: HashSet::new(),
+            },
+        );
+        Some(tick)
     }
 
     /// A host answer to a lookup that missed on an unknown slot: stored if
@@ -451,6 +526,7 @@ impl Cache {
                 expires,
                 started: token,
                 used: mark,
+                hits: 0,
             };
             for e in entries {
                 if e.name == b"." || e.name == b".." {
@@ -584,6 +660,7 @@ impl Cache {
                 expires,
                 started: since,
                 used,
+                hits: 0,
             }),
         );
     }
@@ -790,6 +867,91 @@ mod tests {
         out.sort();
         assert_eq!(out, vec![(100, 1), (101, 1)]);
         assert_eq!(c.server_refs(), 0);
+    }
+
+    #[test]
+    fn a_late_forget_says_whether_the_kernel_still_holds_the_node() {
+        let now = Instant::now();
+        let mut c = Cache::default();
+        list(&mut c, 7, &["a"], now);
+        let mut out = Vec::new();
+        // Looked up, forgotten (drop_caches), looked up again; the old
+        // forget comes after the new lookup.
+        assert!(matches!(c.lookup(7, b"a", now, &mut out), Answer::Hit(_)));
+        assert!(matches!(c.lookup(7, b"a", now, &mut out), Answer::Hit(_)));
+        assert!(c.kernel_forget(100, 1, &mut out));
+        assert!(!c.kernel_forget(100, 1, &mut out));
+        assert!(!c.kernel_forget(999, 1, &mut out)); // never seen
+        assert!(out.is_empty()); // the listing still holds it
+    }
+
+    #[test]
+    fn a_listing_the_kernel_keeps_asking_is_primed_again() {
+        let now = Instant::now();
+        let mut c = Cache::default();
+        list(&mut c, 7, &["a", "b"], now);
+        let mut out = Vec::new();
+        for round in 0..2 {
+            for i in 0..REPRIME_AFTER {
+                assert!(!c.reprime(7), "round {round}, hit {i}");
+                assert!(matches!(c.lookup(7, b"a", now, &mut out), Answer::Hit(_)));
+            }
+            assert!(c.reprime(7), "round {round}");
+        }
+        // Absent names are the kernel's negative dentries, not lost ones.
+        for _ in 0..2 * REPRIME_AFTER {
+            assert!(matches!(
+                c.lookup(7, b"zz", now, &mut out),
+                Answer::Absent(_)
+            ));
+        }
+        assert!(!c.reprime(7));
+        assert!(!c.reprime(8)); // not listed
+    }
+
+    #[test]
+    fn subdirectories_of_a_listing_are_fetched_ahead_within_budget() {
+        let now = Instant::now();
+        let mut c = Cache::default();
+        list(&mut c, 7, &["sub", "other"], now); // ids 100, 101
+        let mut out = Vec::new();
+        // A node no listing holds is never fetched ahead (the host may have
+        // forgotten it), nor is the root.
+        assert_eq!(c.speculate(555), None);
+        assert_eq!(c.speculate(ROOT_ID), None);
+        let token = c.speculate(100).expect("a listed subdirectory");
+        // Once: it is being fetched now.
+        assert_eq!(c.speculate(100), None);
+        c.buffered(200);
+        c.fetched(
+            100,
+            token,
+            vec![dirent("f", 200)],
+            now + Duration::from_secs(60),
+            &mut out,
+        );
+        assert!(c.is_listed(100));
+        assert!(matches!(c.lookup(100, b"f", now, &mut out), Answer::Hit(_)));
+        assert!(matches!(
+            c.lookup(100, b"g", now, &mut out),
+            Answer::Absent(_)
+        ));
+        // Listed: not fetched again.
+        assert_eq!(c.speculate(100), None);
+
+        // Half the fetch budget busy with lookups' fetches: none ahead.
+        for dir in 0..(FETCHES_MAX / 2) as u64 {
+            start_fetch(&mut c, 1000 + dir, now, &mut out);
+        }
+        assert_eq!(c.speculate(101), None);
+
+        // Three quarters of the entry budget listed: none ahead either.
+        let mut c = Cache::default();
+        list(&mut c, 7, &["sub"], now);
+        c.listed = SPECULATE_LISTED_MAX;
+        assert_eq!(c.speculate(100), None);
+        c.listed = 1;
+        assert!(c.speculate(100).is_some());
     }
 
     #[test]

@@ -46,13 +46,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The write side of the stream, shared by every thread that sends.
 ///
 /// Whoever finds it idle writes (and stays to write whatever was queued
-/// meanwhile, in one `write` per batch); whoever finds it busy appends to
+/// meanwhile, in one `send` per batch); whoever finds it busy appends to
 /// the queue and returns. Frames are never interleaved, and no thread
 /// waits for another's write to finish. Frames sent before the stream is
 /// attached wait in the queue.
+///
+/// No sender ever blocks: writes are `MSG_DONTWAIT`, and when the socket is
+/// full the rest is left to a flusher thread that waits for room. The
+/// reader thread sends too (forgets, from reply handlers); if it blocked
+/// on a full socket while the host blocked writing a reply to it, neither
+/// would ever move again.
 #[derive(Default)]
 pub(super) struct Out {
     state: Mutex<OutState>,
+    /// Wakes the flusher: the socket filled up, or the stream closed.
+    stalled: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -60,9 +68,49 @@ struct OutState {
     queued: Vec<u8>,
     /// The buffer last written, kept for its capacity.
     spare: Vec<u8>,
+    /// A thread is writing (or the flusher owns the queue).
     busy: bool,
+    /// The socket was full: the flusher owns the queue until it is empty.
+    flushing: bool,
     sink: Option<Arc<File>>,
     broken: bool,
+    closed: bool,
+    /// Frames that may wait (forgets) are queued while idle: the next
+    /// frame sent takes them along, or the flusher writes them shortly.
+    lazy: bool,
+}
+
+/// How long frames sent with [`Out::send_lazy`] may wait for company.
+const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+/// Lazy frames queued past this size are written at once.
+const LAZY_MAX: usize = 64 << 10;
+
+/// Sends what the socket takes without waiting: the bytes sent, or the error.
+fn send_some(sink: &File, buf: &[u8]) -> std::io::Result<usize> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        let rest = &buf[sent..];
+        // SAFETY: a valid buffer and a descriptor `sink` holds open.
+        let n = unsafe {
+            libc::send(
+                sink.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            sent += n as usize;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock => break,
+            std::io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+    Ok(sent)
 }
 
 impl Out {
@@ -78,8 +126,18 @@ impl Out {
             Some(sink) if !st.busy && st.queued.is_empty() => {
                 st.busy = true;
                 drop(st);
-                let written = (&*sink).write_all(&frame);
-                self.drain(lock(&self.state), &sink, written)
+                let sent = send_some(&sink, &frame);
+                self.drain(lock(&self.state), &sink, frame, sent)
+            }
+            // Idle with lazy frames queued: they go first, with this one.
+            Some(sink) if !st.busy => {
+                st.busy = true;
+                st.lazy = false;
+                let mut batch = std::mem::take(&mut st.queued);
+                batch.extend_from_slice(&frame);
+                drop(st);
+                let sent = send_some(&sink, &batch);
+                self.drain(lock(&self.state), &sink, batch, sent)
             }
             _ => {
                 st.queued.extend_from_slice(&frame);
@@ -88,47 +146,163 @@ impl Out {
         }
     }
 
-    /// Starts writing to `sink`, queued frames first.
-    pub(super) fn attach(&self, sink: File) {
+    /// Like [`Self::send`] for frames nobody waits on (forgets): while the
+    /// writer is idle they gather for up to [`LAZY_DELAY`], so a burst
+    /// leaves in a few writes instead of one each.
+    fn send_lazy(&self, frame: Vec<u8>) -> bool {
+        let mut st = lock(&self.state);
+        if st.broken {
+            return false;
+        }
+        st.queued.extend_from_slice(&frame);
+        if st.busy || st.sink.is_none() {
+            return true;
+        }
+        if st.queued.len() >= LAZY_MAX {
+            let sink = st.sink.clone().expect("checked");
+            st.busy = true;
+            st.lazy = false;
+            let batch = std::mem::take(&mut st.queued);
+            drop(st);
+            let sent = send_some(&sink, &batch);
+            return self.drain(lock(&self.state), &sink, batch, sent);
+        }
+        if !st.lazy {
+            st.lazy = true;
+            self.stalled.notify_one();
+        }
+        true
+    }
+
+    /// Starts writing to `sink`, queued frames first; a flusher thread
+    /// stands by for when the socket is full.
+    pub(super) fn attach(self: &Arc<Self>, sink: File) -> std::io::Result<()> {
         let sink = Arc::new(sink);
+        let out = self.clone();
+        let flusher = sink.clone();
+        std::thread::Builder::new()
+            .name("share-flush".into())
+            .spawn(move || out.flusher(&flusher))?;
         let mut st = lock(&self.state);
         st.sink = Some(sink.clone());
         if !st.busy {
             st.busy = true;
-            self.drain(st, &sink, Ok(()));
+            self.drain(st, &sink, Vec::new(), Ok(0));
         }
+        Ok(())
     }
 
-    /// After a write (`written`), with `st` locked and busy: writes what
-    /// was queued meanwhile until nothing is, then leaves it idle.
+    /// Ends the flusher; later sends fail.
+    fn close(&self) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        st.broken = true;
+        self.stalled.notify_all();
+    }
+
+    /// After sending `sent` bytes of `buf`, with `st` locked and busy:
+    /// sends what was queued meanwhile until nothing is, then leaves it
+    /// idle; leaves the rest to the flusher if the socket fills up.
     fn drain<'a>(
         &'a self,
         mut st: MutexGuard<'a, OutState>,
         sink: &File,
-        mut written: std::io::Result<()>,
+        mut buf: Vec<u8>,
+        mut sent: std::io::Result<usize>,
     ) -> bool {
         loop {
-            if let Err(e) = written {
-                tracing::debug!("share: writing to the host: {e}");
-                st.broken = true;
-                st.busy = false;
-                st.queued = Vec::new();
-                // The reader thread sees the end too and fails the rest.
-                // SAFETY: shutdown on a descriptor we hold open.
-                unsafe { libc::shutdown(sink.as_raw_fd(), libc::SHUT_RDWR) };
-                return false;
+            match sent {
+                Err(e) => {
+                    self.fail(st, sink, e);
+                    return false;
+                }
+                Ok(n) if n < buf.len() => {
+                    // Full: the unsent rest goes before anything queued.
+                    let mut rest = buf.split_off(n);
+                    rest.append(&mut st.queued);
+                    st.queued = rest;
+                    st.flushing = true;
+                    self.stalled.notify_one();
+                    return true;
+                }
+                Ok(_) => {}
             }
+            buf.clear();
+            if st.spare.capacity() < buf.capacity() {
+                st.spare = buf;
+            }
+            st.lazy = false;
             if st.queued.is_empty() {
                 st.busy = false;
                 return true;
             }
-            let mut batch = std::mem::take(&mut st.spare);
-            std::mem::swap(&mut batch, &mut st.queued);
+            buf = std::mem::take(&mut st.spare);
+            std::mem::swap(&mut buf, &mut st.queued);
             drop(st);
-            written = (&*sink).write_all(&batch);
-            batch.clear();
+            sent = send_some(sink, &buf);
             st = lock(&self.state);
-            st.spare = batch;
+        }
+    }
+
+    fn fail(&self, mut st: MutexGuard<'_, OutState>, sink: &File, e: std::io::Error) {
+        tracing::debug!("share: writing to the host: {e}");
+        st.broken = true;
+        st.busy = false;
+        st.flushing = false;
+        st.lazy = false;
+        st.queued = Vec::new();
+        // The reader thread sees the end too and fails the rest.
+        // SAFETY: shutdown on a descriptor we hold open.
+        unsafe { libc::shutdown(sink.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
+    /// Waits for a full socket, then writes the queue out with blocking
+    /// writes until it is empty; writes lazy frames nobody took along.
+    fn flusher(&self, sink: &File) {
+        let mut st = lock(&self.state);
+        loop {
+            while !st.flushing && !st.closed && !st.lazy {
+                st = self
+                    .stalled
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if st.closed {
+                return;
+            }
+            if !st.flushing {
+                // Lazy frames: give others a moment to join them (or to
+                // take them along), then write them if still idle.
+                st = self
+                    .stalled
+                    .wait_timeout(st, LAZY_DELAY)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                if st.flushing || st.closed || !st.lazy || st.busy {
+                    continue;
+                }
+                st.lazy = false;
+                st.busy = true;
+                let batch = std::mem::take(&mut st.queued);
+                drop(st);
+                let sent = send_some(sink, &batch);
+                self.drain(lock(&self.state), sink, batch, sent);
+                st = lock(&self.state);
+                continue;
+            }
+            if st.queued.is_empty() {
+                st.flushing = false;
+                st.busy = false;
+                continue;
+            }
+            let batch = std::mem::take(&mut st.queued);
+            drop(st);
+            let written = (&*sink).write_all(&batch);
+            st = lock(&self.state);
+            if let Err(e) = written {
+                self.fail(st, sink, e);
+                st = lock(&self.state);
+            }
         }
     }
 }
@@ -137,7 +311,7 @@ pub(super) struct Client {
     next_id: AtomicU64,
     /// `None` once the stream has closed: every later call fails at once.
     waiting: Mutex<Option<Waiters>>,
-    out: Out,
+    out: Arc<Out>,
 }
 
 impl Client {
@@ -146,13 +320,13 @@ impl Client {
         Arc::new(Client {
             next_id: AtomicU64::new(1),
             waiting: Mutex::new(Some(HashMap::new())),
-            out: Out::default(),
+            out: Arc::new(Out::default()),
         })
     }
 
     /// Frames go to `sink` (a blocking socket) from now on.
-    pub(super) fn attach(&self, sink: File) {
-        self.out.attach(sink);
+    pub(super) fn attach(&self, sink: File) -> std::io::Result<()> {
+        self.out.attach(sink)
     }
 
     fn waiting(&self) -> MutexGuard<'_, Option<Waiters>> {
@@ -205,6 +379,25 @@ impl Client {
         }
     }
 
+    /// [`Self::send`] for many requests nobody waits on (forgets), as one
+    /// frame batch that may wait a moment for company (a `drop_caches`
+    /// makes the kernel forget tens of thousands of nodes, one by one).
+    pub(super) fn send_all(&self, reqs: impl IntoIterator<Item = FsRequest>) {
+        if self.waiting().is_none() {
+            return;
+        }
+        let mut frames = Vec::new();
+        for req in reqs {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Ok(frame) = encode_frame(&FsToHost::Request { id, req }) {
+                frames.extend_from_slice(&frame);
+            }
+        }
+        if !frames.is_empty() {
+            self.out.send_lazy(frames);
+        }
+    }
+
     /// Hands a reply from the host to its waiter.
     pub(super) fn deliver(&self, id: u64, reply: FsReply) {
         let waiter = self.waiting().as_mut().and_then(|map| map.remove(&id));
@@ -216,6 +409,7 @@ impl Client {
 
     /// The stream is gone: fail everything in flight and whatever comes next.
     pub(super) fn close(&self) {
+        self.out.close();
         let waiting = self.waiting().take();
         for (_, w) in waiting.into_iter().flatten() {
             w.answer(FsReply::Err(libc::EIO));
@@ -233,7 +427,7 @@ mod tests {
     fn attached() -> (Arc<Client>, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let client = Client::new();
-        client.attach(File::from(OwnedFd::from(ours)));
+        client.attach(File::from(OwnedFd::from(ours))).unwrap();
         (client, theirs)
     }
 
@@ -278,7 +472,7 @@ mod tests {
             ids.sort_unstable();
             (early, ids)
         });
-        client.attach(File::from(OwnedFd::from(ours)));
+        client.attach(File::from(OwnedFd::from(ours))).unwrap();
         let senders: Vec<_> = (0..8)
             .map(|_| {
                 let c = client.clone();
@@ -301,6 +495,50 @@ mod tests {
         assert_eq!(early, vec![1, 2, 3]);
         // Every frame decoded whole, each id once.
         assert_eq!(ids, (1..=3 + 8 * 200).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn sends_never_block_on_a_full_socket() {
+        let (client, mut host) = attached();
+        const N: u64 = 2000; // ~12 MB: far more than the socket buffers
+        let (done, finished) = std::sync::mpsc::channel();
+        let c = client.clone();
+        std::thread::spawn(move || {
+            for _ in 0..N {
+                c.send(FsRequest::Symlink {
+                    parent: 1,
+                    name: vec![b'n'; 3000],
+                    target: vec![b't'; 3000],
+                });
+            }
+            done.send(()).unwrap();
+        });
+        // Nobody reads yet: a blocking send would never return.
+        finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a send blocked on the full socket");
+        // The flusher writes the rest once there is room, in order.
+        let ids: Vec<u64> = (0..N).map(|_| next_id(&mut host)).collect();
+        assert_eq!(ids, (1..=N).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn lazy_forgets_go_out_in_order_alone_or_before_the_next_request() {
+        let (client, mut host) = attached();
+        let forget = |id| FsRequest::Forget { id, nlookup: 1 };
+        // Alone: the flusher writes them shortly.
+        for n in 0..50 {
+            client.send_all([forget(n)]);
+        }
+        let got: Vec<u64> = (0..50).map(|_| next_id(&mut host)).collect();
+        assert_eq!(got, (1..=50).collect::<Vec<u64>>());
+        // Followed by a request: they go first, with it.
+        for n in 0..50 {
+            client.send_all([forget(n)]);
+        }
+        client.send(FsRequest::Statfs);
+        let got: Vec<u64> = (0..51).map(|_| next_id(&mut host)).collect();
+        assert_eq!(got, (51..=101).collect::<Vec<u64>>());
     }
 
     #[tokio::test]

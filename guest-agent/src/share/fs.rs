@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +36,8 @@ pub(super) const TTL: Duration = Duration::from_secs(3600);
 /// Requests the kernel may have queued in the background (readahead, async
 /// reads, releases) before it throttles; the default 12 starves big reads.
 const MAX_BACKGROUND: u16 = 64;
+/// Directories fetched ahead at once (see [`cache::Cache::speculate`]).
+const AHEAD_AT_ONCE: usize = 4;
 
 /// What the kernel was last told about a file's data, to decide at open
 /// whether its page cache is still good.
@@ -82,9 +84,9 @@ pub(super) struct Shared {
     pub(super) notifier: OnceLock<Notifier>,
     /// Directories to read through the mount once listed ([`super::prime`]).
     pub(super) primer: Mutex<Option<std::sync::mpsc::Sender<std::path::PathBuf>>>,
-    /// The priming thread's id: its opendir is answered from the listing
-    /// even if some names in it are unknown (they are left out).
-    pub(super) primer_tid: Arc<AtomicU32>,
+    /// The priming threads' ids: their opendir is answered from the
+    /// listing even if some names in it are unknown (they are left out).
+    pub(super) primer_tids: super::prime::Tids,
     /// Directories opened with a listing: served without the host.
     local_dirs: Mutex<HashMap<u64, LocalDir>>,
     next_local_dir: AtomicU64,
@@ -144,7 +146,7 @@ impl ShareFs {
             locks: Mutex::new(LockUse::default()),
             notifier: OnceLock::new(),
             primer: Mutex::new(None),
-            primer_tid: Arc::new(AtomicU32::new(0)),
+            primer_tids: Default::default(),
             local_dirs: Mutex::new(HashMap::new()),
             next_dir_fh: AtomicU64::new(1),
             next_local_dir: AtomicU64::new(LOCAL_FH),
@@ -169,6 +171,41 @@ impl ShareFs {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.rt.spawn(f(self.shared.clone()));
+    }
+
+    /// The kernel's forgets: what we kept for nodes the kernel no longer
+    /// holds goes, and the host's references go back once nobody here
+    /// needs them. A forget may come late: after `drop_caches` the kernel
+    /// queues tens of thousands, and a node it looked up again meanwhile
+    /// keeps its place (its path, for priming).
+    fn forget_all(&self, nodes: &[(u64, u64)]) {
+        let s = &self.shared;
+        let gone: Vec<u64> = s.with_cache(|c, out| {
+            nodes
+                .iter()
+                .filter(|&&(id, nlookup)| !c.kernel_forget(id, nlookup, out))
+                .map(|&(id, _)| id)
+                .collect()
+        });
+        if gone.is_empty() {
+            return;
+        }
+        let (mut snapshots, mut locks, mut dir_names, mut fresh) = (
+            lock(&s.snapshots),
+            lock(&s.locks),
+            lock(&s.dir_names),
+            lock(&s.fresh),
+        );
+        for &id in &gone {
+            snapshots.remove(&id);
+            dir_names.remove(&id);
+            // Its id may come back for another inode.
+            fresh.invalidated(id);
+        }
+        if !locks.owners.is_empty() {
+            let gone: HashSet<u64> = gone.into_iter().collect();
+            locks.owners.retain(|(node, _)| !gone.contains(node));
+        }
     }
 
     /// The common shape: one request, a reply built from the answer (on
@@ -295,9 +332,10 @@ impl Shared {
     fn with_cache<T>(&self, f: impl FnOnce(&mut Cache, &mut Vec<cache::Forget>) -> T) -> T {
         let mut out = Vec::new();
         let t = f(&mut lock(&self.cache), &mut out);
-        for (id, nlookup) in out {
-            self.client.send(FsRequest::Forget { id, nlookup });
-        }
+        self.client.send_all(
+            out.into_iter()
+                .map(|(id, nlookup)| FsRequest::Forget { id, nlookup }),
+        );
         t
     }
 
@@ -360,7 +398,18 @@ impl Shared {
     /// until a short one (the host fills every batch but the last), one
     /// round trip for most directories. Gives up beyond
     /// [`cache::PREFETCH_MAX`] entries.
-    async fn prefetch(&self, dir: u64, token: u64) {
+    ///
+    /// `ahead`: fetched ahead of lookups ([`Cache::speculate`]), to be
+    /// primed at that path; otherwise lookups asked for it, and its
+    /// subdirectories are fetched ahead in turn.
+    ///
+    /// Returns how many entries it listed (0 if it gave up).
+    async fn prefetch(
+        self: Arc<Self>,
+        dir: u64,
+        token: u64,
+        ahead: Option<std::path::PathBuf>,
+    ) -> usize {
         let started = Instant::now();
         let mut entries: Vec<DirEntry> = Vec::new();
         // Reading it may update its atime.
@@ -405,6 +454,25 @@ impl Shared {
             }
         };
         self.changed(reading, None);
+        let subdirs: Vec<(u64, Vec<u8>)> = if complete && ahead.is_none() {
+            entries
+                .iter()
+                .filter_map(|e| {
+                    let x = e.entry.as_ref()?;
+                    let dir = x.attr.mode & libc::S_IFMT == libc::S_IFDIR;
+                    // A directory's size grows with its entries (ext4: a
+                    // 4 KiB block per ~100 short names): big ones only
+                    // when asked for.
+                    let small = x.attr.size <= cache::AHEAD_DIR_SIZE_MAX;
+                    (dir && small && e.name != b"." && e.name != b"..")
+                        .then(|| (x.attr.id, e.name.clone()))
+                })
+                .take(cache::SPECULATE_MAX)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let entries_len = entries.len();
         self.with_cache(|c, out| {
             if complete {
                 c.fetched(dir, token, entries, started + TTL, out);
@@ -417,9 +485,49 @@ impl Shared {
                 }
             }
         });
-        if complete {
-            self.prime(dir);
+        if !complete {
+            return 0;
         }
+        let listed = entries_len;
+        match ahead {
+            Some(path) => self.prime_at(path),
+            None => {
+                self.prime(dir);
+                if let (false, Some(base)) = (subdirs.is_empty(), self.path_of(dir)) {
+                    tokio::spawn(self.fetch_ahead(base, subdirs));
+                }
+            }
+        }
+        listed
+    }
+
+    /// Fetches (and primes) `subdirs` of the directory at `base`, a few at
+    /// a time, each only if [`Cache::speculate`] agrees. Boxed: it and
+    /// [`Self::prefetch`] spawn each other.
+    fn fetch_ahead(
+        self: Arc<Self>,
+        base: std::path::PathBuf,
+        subdirs: Vec<(u64, Vec<u8>)>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let mut running = tokio::task::JoinSet::new();
+            let mut listed = 0;
+            for (id, name) in subdirs {
+                while running.len() >= AHEAD_AT_ONCE {
+                    listed += running.join_next().await.and_then(Result::ok).unwrap_or(0);
+                }
+                // What one walk may pull in ahead of itself.
+                if listed >= cache::AHEAD_ENTRIES_MAX {
+                    break;
+                }
+                let Some(token) = lock(&self.cache).speculate(id) else {
+                    continue;
+                };
+                let path = base.join(OsStr::from_bytes(&name));
+                running.spawn(self.clone().prefetch(id, token, Some(path)));
+            }
+            while running.join_next().await.is_some() {}
+        })
     }
 
     /// The kernel is handed `e` as `name` in `parent`: remember where a
@@ -447,11 +555,14 @@ impl Shared {
         Some(parts.iter().rev().collect())
     }
 
-    /// After a listing of `dir` landed: has the priming thread read it.
+    /// After a listing of `dir` landed: has a priming thread read it.
     fn prime(&self, dir: u64) {
-        let Some(path) = self.path_of(dir) else {
-            return;
-        };
+        if let Some(path) = self.path_of(dir) {
+            self.prime_at(path);
+        }
+    }
+
+    fn prime_at(&self, path: std::path::PathBuf) {
         if let Some(p) = &*lock(&self.primer) {
             let _ = p.send(path);
         }
@@ -666,7 +777,7 @@ impl Filesystem for ShareFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (dir, name) = (parent.0, name.as_bytes().to_vec());
         let s = &self.shared;
         s.lookups.fetch_add(1, Ordering::Relaxed);
@@ -674,6 +785,12 @@ impl Filesystem for ShareFs {
         let (unknown, fetch) = match answer {
             Answer::Hit(e) => {
                 s.handed(dir, &name, &e);
+                // (Not for the priming threads' own walks to a directory.)
+                if !super::prime::is_primer(&s.primer_tids, req.pid())
+                    && lock(&s.cache).reprime(dir)
+                {
+                    s.prime(dir);
+                }
                 return reply.entry(&TTL, &s.file_attr(&e.attr), Generation(e.generation));
             }
             // Never longer than the listing itself is trusted.
@@ -683,7 +800,9 @@ impl Filesystem for ShareFs {
         if let Some(token) = fetch {
             // In the background: this lookup (and any during the fetch)
             // goes to the host at once, so a fetch never adds latency.
-            self.run(move |s| async move { s.prefetch(dir, token).await });
+            self.run(move |s| async move {
+                s.prefetch(dir, token, None).await;
+            });
         }
         let req = FsRequest::Lookup {
             parent: dir,
@@ -712,14 +831,11 @@ impl Filesystem for ShareFs {
         });
     }
 
+    // fuser runs BATCH_FORGET through this one by one (its `ForgetOne`
+    // cannot be named outside the crate); the host's side leaves lazily
+    // (`Client::send_all`), so a batch still goes out in a few writes.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let s = &self.shared;
-        lock(&s.snapshots).remove(&ino.0);
-        lock(&s.locks).owners.retain(|(node, _)| *node != ino.0);
-        lock(&s.dir_names).remove(&ino.0);
-        // Its id may come back for another inode.
-        lock(&s.fresh).invalidated(ino.0);
-        s.with_cache(|c, out| c.kernel_forget(ino.0, nlookup, out));
+        self.forget_all(&[(ino.0, nlookup)]);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1193,7 +1309,7 @@ impl Filesystem for ShareFs {
         let s = &self.shared;
         // A live listing serves the whole read: no host round trip (the
         // priming thread takes it even with names unknown).
-        let primer = req.pid() == s.primer_tid.load(Ordering::Relaxed);
+        let primer = super::prime::is_primer(&s.primer_tids, req.pid());
         let listed = lock(&s.cache).present(ino.0, Instant::now());
         if let Some((entries, complete)) = listed {
             if complete || primer {

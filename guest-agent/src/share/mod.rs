@@ -158,7 +158,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
     let invalidations = spawn_invalidator(running.notifier, &tag);
     let (done, finished) = tokio::sync::oneshot::channel();
     let spawned = socket.try_clone().and_then(|sink| {
-        client.attach(sink);
+        client.attach(sink)?;
         let (client, shared) = (client.clone(), running.shared.clone());
         std::thread::Builder::new()
             .name("share-reader".into())
@@ -286,7 +286,7 @@ async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, Strin
         .unwrap()
         .insert(setup.mount_point.clone(), shared.clone());
     *shared.primer.lock().unwrap_or_else(|e| e.into_inner()) =
-        prime::spawn(&setup.mount_point, &setup.tag, shared.primer_tid.clone());
+        prime::spawn(&setup.mount_point, &setup.tag, shared.primer_tids.clone());
     Ok(Running {
         mount,
         notifier,

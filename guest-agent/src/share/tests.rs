@@ -1072,6 +1072,55 @@ fn stat_errno(p: &Path) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn subdirectories_are_fetched_and_primed_ahead_of_lookups() {
+    let m = mount_stand_in(true).await;
+    for d in 0..10 {
+        std::fs::create_dir_all(m.root.join(format!("t/d{d}"))).unwrap();
+        for f in 0..20 {
+            std::fs::write(m.root.join(format!("t/d{d}/f{f}")), "x").unwrap();
+        }
+    }
+    let mnt = m.mount.clone();
+    // Two misses in `t`: it is fetched, and its subdirectories after it.
+    blocking(move || {
+        assert!(mnt.join("t/d0").is_dir());
+        assert!(mnt.join("t/d1").is_dir());
+    })
+    .await;
+    // Each of them is listed and primed although nobody looked inside: the
+    // kernel holds even the last file of the last one.
+    for d in 0..10 {
+        let id = m
+            .host
+            .entry(&m.root.join(format!("t/d{d}/f19")))
+            .unwrap()
+            .attr
+            .id;
+        eventually(&format!("t/d{d} primed"), {
+            let mount = m.mount.clone();
+            move || kernel_refs(&mount, id) == 1
+        })
+        .await;
+    }
+    let mount = m.mount.clone();
+    let looked_up = kernel_lookups(&mount);
+    let k0 = m.host.kinds();
+    let walked = blocking(move || {
+        (0..10).all(|d| (0..20).all(|f| mount.join(format!("t/d{d}/f{f}")).exists()))
+            && kernel_lookups(&mount) == looked_up
+    });
+    assert!(
+        walked.await,
+        "lookups reached the agent after fetching ahead"
+    );
+    assert_eq!(total(&since(&k0, &m.host.kinds())), 0);
+    m.server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    let _ = std::fs::remove_dir_all(&m.root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
 async fn lookups_in_a_directory_are_answered_from_its_listing() {
     let m = mount_stand_in(true).await;
     for d in ["d", "e"] {
