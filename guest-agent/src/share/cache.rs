@@ -97,6 +97,8 @@ pub(super) const AHEAD_DIR_SIZE_MAX: u64 = 16 << 10;
 const SPECULATE_LISTED_MAX: usize = LISTED_MAX / 4 * 3;
 /// Lookups a listing answers before it is primed again ([`Cache::reprime`]).
 const REPRIME_AFTER: u32 = 8;
+/// ... and not sooner than this after it was last primed.
+const REPRIME_GAP: Duration = Duration::from_secs(2);
 /// Lookups that miss in a directory before it is fetched. The first one
 /// goes to the host alone: a path walked once (`cat a/b/c`) should not pull
 /// in every sibling on the way.
@@ -148,6 +150,8 @@ struct Listing {
     /// Lookups it answered with an entry since it was last primed: each is
     /// a name the kernel did not hold (see [`Cache::reprime`]).
     hits: u32,
+    /// When it was last handed to the priming threads.
+    primed: Option<Instant>,
 }
 
 enum Dir {
@@ -405,16 +409,30 @@ impl Cache {
     }
 
     /// Whether to prime listed `dir` again: the kernel has looked up
-    /// [`REPRIME_AFTER`] names in it since it was last primed, so it lost
-    /// the dentries priming gave it (memory pressure, `drop_caches`) while
-    /// the listing lived on. Counting starts over.
-    pub(super) fn reprime(&mut self, dir: u64) -> bool {
+    /// [`REPRIME_AFTER`] names in it since it was last primed, at least
+    /// [`REPRIME_GAP`] ago, so it lost the dentries priming gave it (memory
+    /// pressure, `drop_caches`) while the listing lived on. (Lookups racing
+    /// a priming in progress are no such sign.) Counting starts over.
+    pub(super) fn reprime(&mut self, dir: u64, now: Instant) -> bool {
         match self.dirs.get_mut(&dir) {
-            Some(Dir::Listed(l)) if l.hits >= REPRIME_AFTER => {
+            Some(Dir::Listed(l))
+                if l.hits >= REPRIME_AFTER
+                    && l.primed
+                        .is_none_or(|t| now.duration_since(t) >= REPRIME_GAP) =>
+            {
                 l.hits = 0;
+                l.primed = Some(now);
                 true
             }
             _ => false,
+        }
+    }
+
+    /// `dir`'s listing goes to the priming threads now.
+    pub(super) fn priming(&mut self, dir: u64, now: Instant) {
+        if let Some(Dir::Listed(l)) = self.dirs.get_mut(&dir) {
+            l.hits = 0;
+            l.primed = Some(now);
         }
     }
 
@@ -527,6 +545,7 @@ impl Cache {
                 started: token,
                 used: mark,
                 hits: 0,
+                primed: None,
             };
             for e in entries {
                 if e.name == b"." || e.name == b".." {
@@ -661,6 +680,7 @@ impl Cache {
                 started: since,
                 used,
                 hits: 0,
+                primed: None,
             }),
         );
     }
@@ -891,12 +911,17 @@ mod tests {
         let mut c = Cache::default();
         list(&mut c, 7, &["a", "b"], now);
         let mut out = Vec::new();
+        c.priming(7, now);
+        let mut at = now;
         for round in 0..2 {
             for i in 0..REPRIME_AFTER {
-                assert!(!c.reprime(7), "round {round}, hit {i}");
+                assert!(!c.reprime(7, at), "round {round}, hit {i}");
                 assert!(matches!(c.lookup(7, b"a", now, &mut out), Answer::Hit(_)));
             }
-            assert!(c.reprime(7), "round {round}");
+            // Hits soon after a priming race it: not yet.
+            assert!(!c.reprime(7, at + REPRIME_GAP / 2), "round {round}");
+            at += REPRIME_GAP;
+            assert!(c.reprime(7, at), "round {round}");
         }
         // Absent names are the kernel's negative dentries, not lost ones.
         for _ in 0..2 * REPRIME_AFTER {
@@ -905,8 +930,8 @@ mod tests {
                 Answer::Absent(_)
             ));
         }
-        assert!(!c.reprime(7));
-        assert!(!c.reprime(8)); // not listed
+        assert!(!c.reprime(7, at + 10 * REPRIME_GAP));
+        assert!(!c.reprime(8, at)); // not listed
     }
 
     #[test]

@@ -490,7 +490,7 @@ impl Shared {
         }
         let listed = entries_len;
         match ahead {
-            Some(path) => self.prime_at(path),
+            Some(path) => self.prime_at(dir, path),
             None => {
                 self.prime(dir);
                 if let (false, Some(base)) = (subdirs.is_empty(), self.path_of(dir)) {
@@ -558,11 +558,12 @@ impl Shared {
     /// After a listing of `dir` landed: has a priming thread read it.
     fn prime(&self, dir: u64) {
         if let Some(path) = self.path_of(dir) {
-            self.prime_at(path);
+            self.prime_at(dir, path);
         }
     }
 
-    fn prime_at(&self, path: std::path::PathBuf) {
+    fn prime_at(&self, dir: u64, path: std::path::PathBuf) {
+        lock(&self.cache).priming(dir, Instant::now());
         if let Some(p) = &*lock(&self.primer) {
             let _ = p.send(path);
         }
@@ -787,7 +788,7 @@ impl Filesystem for ShareFs {
                 s.handed(dir, &name, &e);
                 // (Not for the priming threads' own walks to a directory.)
                 if !super::prime::is_primer(&s.primer_tids, req.pid())
-                    && lock(&s.cache).reprime(dir)
+                    && lock(&s.cache).reprime(dir, Instant::now())
                 {
                     s.prime(dir);
                 }
