@@ -66,8 +66,9 @@
 //! next (`git status` and build tools walk trees): up to [`SPECULATE_MAX`]
 //! of them are fetched too, a few at a time, and primed (see
 //! `super::prime`), while half the fetch budget and a quarter of the entry budget are free
-//! ([`Cache::speculate`]); only small ones ([`AHEAD_DIR_SIZE_MAX`]), and at
-//! most [`AHEAD_ENTRIES_MAX`] entries in all per directory. Those listings do not fetch further ahead
+//! ([`Cache::speculate`]; listings idle for [`IDLE_LISTING`] make room);
+//! only small ones ([`AHEAD_DIR_SIZE_MAX`]), and at most
+//! [`AHEAD_ENTRIES_MAX`] entries in all per directory. Those listings do not fetch further ahead
 //! themselves, so one walk pulls in one level more than it asked for.
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -95,6 +96,8 @@ pub(super) const AHEAD_DIR_SIZE_MAX: u64 = 16 << 10;
 /// Fetching ahead stops once all listings hold this many entries: it must
 /// never crowd out listings that lookups asked for.
 const SPECULATE_LISTED_MAX: usize = LISTED_MAX / 4 * 3;
+/// A listing no lookup used for this long may make room for fetching ahead.
+const IDLE_LISTING: Duration = Duration::from_secs(30);
 /// Lookups a listing answers before it is primed again ([`Cache::reprime`]).
 const REPRIME_AFTER: u32 = 8;
 /// ... and not sooner than this after it was last primed.
@@ -152,6 +155,8 @@ struct Listing {
     hits: u32,
     /// When it was last handed to the priming threads.
     primed: Option<Instant>,
+    /// When a lookup last used it.
+    last_used: Instant,
 }
 
 enum Dir {
@@ -357,6 +362,7 @@ impl Cache {
         match self.dirs.get_mut(&dir) {
             Some(Dir::Listed(l)) if l.expires > now => {
                 l.used = tick;
+                l.last_used = now;
                 let left = l.expires - now;
                 return match l.names.get(name) {
                     Some(Slot::Present(e)) => {
@@ -441,7 +447,10 @@ impl Cache {
     /// is listed, being fetched, or known not to list, or half the fetch budget
     /// or three quarters of the entry budget are spent. The token is for
     /// [`Self::fetched`] / [`Self::fetch_failed`], as from [`Self::lookup`].
-    pub(super) fn speculate(&mut self, dir: u64) -> Option<u64> {
+    pub(super) fn speculate(&mut self, dir: u64, now: Instant, out: &mut Vec<Forget>) -> Option<u64> {
+        if self.listed >= SPECULATE_LISTED_MAX {
+            self.evict_idle(now, out);
+        }
         if dir == ROOT_ID
             || self.fetching >= FETCHES_MAX / 2
             || self.listed >= SPECULATE_LISTED_MAX
@@ -546,6 +555,7 @@ impl Cache {
                 used: mark,
                 hits: 0,
                 primed: None,
+                last_used: Instant::now(),
             };
             for e in entries {
                 if e.name == b"." || e.name == b".." {
@@ -578,6 +588,26 @@ impl Cache {
         }
         if wanted {
             self.evict(dir, out);
+        }
+    }
+
+    /// Drops least recently used listings that no lookup used for
+    /// [`IDLE_LISTING`] until fetching ahead fits again (the listings of a
+    /// walk long done, after `drop_caches` made the kernel forget it).
+    fn evict_idle(&mut self, now: Instant, out: &mut Vec<Forget>) {
+        while self.listed >= SPECULATE_LISTED_MAX {
+            let oldest = self
+                .dirs
+                .iter()
+                .filter_map(|(id, d)| match d {
+                    Dir::Listed(l) if now.saturating_duration_since(l.last_used) >= IDLE_LISTING => {
+                        Some((l.used, *id))
+                    }
+                    _ => None,
+                })
+                .min();
+            let Some((_, id)) = oldest else { return };
+            self.drop_listing(id, out);
         }
     }
 
@@ -681,6 +711,7 @@ impl Cache {
                 used,
                 hits: 0,
                 primed: None,
+                last_used: Instant::now(),
             }),
         );
     }
@@ -942,11 +973,11 @@ mod tests {
         let mut out = Vec::new();
         // A node no listing holds is never fetched ahead (the host may have
         // forgotten it), nor is the root.
-        assert_eq!(c.speculate(555), None);
-        assert_eq!(c.speculate(ROOT_ID), None);
-        let token = c.speculate(100).expect("a listed subdirectory");
+        assert_eq!(c.speculate(555, now, &mut out), None);
+        assert_eq!(c.speculate(ROOT_ID, now, &mut out), None);
+        let token = c.speculate(100, now, &mut out).expect("a listed subdirectory");
         // Once: it is being fetched now.
-        assert_eq!(c.speculate(100), None);
+        assert_eq!(c.speculate(100, now, &mut out), None);
         c.buffered(200);
         c.fetched(
             100,
@@ -962,21 +993,42 @@ mod tests {
             Answer::Absent(_)
         ));
         // Listed: not fetched again.
-        assert_eq!(c.speculate(100), None);
+        assert_eq!(c.speculate(100, now, &mut out), None);
 
         // Half the fetch budget busy with lookups' fetches: none ahead.
         for dir in 0..(FETCHES_MAX / 2) as u64 {
             start_fetch(&mut c, 1000 + dir, now, &mut out);
         }
-        assert_eq!(c.speculate(101), None);
+        assert_eq!(c.speculate(101, now, &mut out), None);
 
         // Three quarters of the entry budget listed: none ahead either.
         let mut c = Cache::default();
         list(&mut c, 7, &["sub"], now);
         c.listed = SPECULATE_LISTED_MAX;
-        assert_eq!(c.speculate(100), None);
+        assert_eq!(c.speculate(100, now, &mut out), None);
         c.listed = 1;
-        assert!(c.speculate(100).is_some());
+        assert!(c.speculate(100, now, &mut out).is_some());
+    }
+
+    #[test]
+    fn idle_listings_make_room_for_fetching_ahead() {
+        let now = Instant::now();
+        let mut c = Cache::default();
+        list(&mut c, 7, &["sub"], now); // "sub" is node 100
+        let names: Vec<String> = (0..SPECULATE_LISTED_MAX).map(|i| format!("n{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        list_from(&mut c, 8, &names, 10_000, now);
+        let mut out = Vec::new();
+        // Everything in use: no room.
+        assert_eq!(c.speculate(100, now, &mut out), None);
+        assert!(out.is_empty());
+        // Later, 7 was just used and 8 was not: 8 goes, 100 is fetched.
+        let later = now + IDLE_LISTING + Duration::from_secs(1);
+        assert!(matches!(c.lookup(7, b"sub", later, &mut out), Answer::Hit(_)));
+        assert!(c.speculate(100, later, &mut out).is_some());
+        assert!(c.is_listed(7));
+        assert!(!c.is_listed(8));
+        assert_eq!(out.len(), SPECULATE_LISTED_MAX);
     }
 
     #[test]

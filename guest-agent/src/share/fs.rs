@@ -520,7 +520,8 @@ impl Shared {
                 if listed >= cache::AHEAD_ENTRIES_MAX {
                     break;
                 }
-                let Some(token) = lock(&self.cache).speculate(id) else {
+                let token = self.with_cache(|c, out| c.speculate(id, Instant::now(), out));
+                let Some(token) = token else {
                     continue;
                 };
                 let path = base.join(OsStr::from_bytes(&name));
