@@ -104,6 +104,21 @@ pub fn apply_mount_flags(
     };
     for flag in only.iter().chain(add) {
         let m = crate::mounts::from_flag(flag);
+        // A folder that is not there must not reach lima.yaml: the
+        // instance would then fail every later start too.
+        if let Err((_, msg)) = crate::mounts::resolve(std::slice::from_ref(&m), None, true) {
+            return Err(crate::config::ConfigError::Invalid {
+                path: path.display().to_string(),
+                field: if only.contains(flag) {
+                    "--mount-only"
+                } else {
+                    "--mount"
+                }
+                .into(),
+                msg: format!("`{flag}`: {msg}"),
+            }
+            .into());
+        }
         mounts.push(serde_yaml::to_value(&m).map_err(|e| LifecycleError::Io {
             what: "encode a mount".into(),
             source: std::io::Error::other(e),
@@ -465,4 +480,70 @@ pub fn transport(inst: &Instance) -> Result<Box<dyn crate::vsock::Transport>, Li
             source: std::io::Error::other(e),
         })?;
     Ok(spec.open())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// An instance directory whose lima.yaml shares `kept`.
+    fn instance(home: &Path, kept: &Path) -> Instance {
+        let inst = Instance::new(home, "flags").unwrap();
+        std::fs::create_dir_all(&inst.dir).unwrap();
+        let yaml = format!(
+            "images:\n- location: builtin:default\nmounts:\n- location: {}\n",
+            kept.display()
+        );
+        std::fs::write(inst.path(instance::LIMA_YAML), yaml).unwrap();
+        inst
+    }
+
+    fn locations(inst: &Instance) -> Vec<(PathBuf, bool)> {
+        let cfg = inst.config().unwrap();
+        cfg.mounts
+            .iter()
+            .map(|m| (m.location.clone(), m.writable))
+            .collect()
+    }
+
+    #[test]
+    fn mount_adds_and_mount_only_replaces() {
+        let home = tempfile::tempdir().unwrap();
+        let (kept, extra) = (home.path().join("kept"), home.path().join("extra"));
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::create_dir_all(&extra).unwrap();
+        let inst = instance(home.path(), &kept);
+
+        let flag = format!("{}:w", extra.display());
+        apply_mount_flags(&inst, std::slice::from_ref(&flag), &[]).unwrap();
+        assert_eq!(
+            locations(&inst),
+            vec![(kept.clone(), false), (extra.clone(), true)]
+        );
+
+        apply_mount_flags(&inst, &[], &[extra.display().to_string()]).unwrap();
+        assert_eq!(locations(&inst), vec![(extra.clone(), false)]);
+    }
+
+    #[test]
+    fn a_bad_mount_flag_names_the_folder_and_leaves_lima_yaml_alone() {
+        let home = tempfile::tempdir().unwrap();
+        let kept = home.path().join("kept");
+        std::fs::create_dir_all(&kept).unwrap();
+        let inst = instance(home.path(), &kept);
+        let before = std::fs::read_to_string(inst.path(instance::LIMA_YAML)).unwrap();
+
+        let missing = home.path().join("no-such-folder");
+        let err = apply_mount_flags(&inst, &[missing.display().to_string()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--mount") && err.contains("no-such-folder does not exist"),
+            "{err}"
+        );
+        let after = std::fs::read_to_string(inst.path(instance::LIMA_YAML)).unwrap();
+        assert_eq!(before, after);
+    }
 }

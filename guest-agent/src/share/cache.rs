@@ -447,7 +447,12 @@ impl Cache {
     /// is listed, being fetched, or known not to list, or half the fetch budget
     /// or three quarters of the entry budget are spent. The token is for
     /// [`Self::fetched`] / [`Self::fetch_failed`], as from [`Self::lookup`].
-    pub(super) fn speculate(&mut self, dir: u64, now: Instant, out: &mut Vec<Forget>) -> Option<u64> {
+    pub(super) fn speculate(
+        &mut self,
+        dir: u64,
+        now: Instant,
+        out: &mut Vec<Forget>,
+    ) -> Option<u64> {
         if self.listed >= SPECULATE_LISTED_MAX {
             self.evict_idle(now, out);
         }
@@ -600,7 +605,9 @@ impl Cache {
                 .dirs
                 .iter()
                 .filter_map(|(id, d)| match d {
-                    Dir::Listed(l) if now.saturating_duration_since(l.last_used) >= IDLE_LISTING => {
+                    Dir::Listed(l)
+                        if now.saturating_duration_since(l.last_used) >= IDLE_LISTING =>
+                    {
                         Some((l.used, *id))
                     }
                     _ => None,
@@ -975,7 +982,9 @@ mod tests {
         // forgotten it), nor is the root.
         assert_eq!(c.speculate(555, now, &mut out), None);
         assert_eq!(c.speculate(ROOT_ID, now, &mut out), None);
-        let token = c.speculate(100, now, &mut out).expect("a listed subdirectory");
+        let token = c
+            .speculate(100, now, &mut out)
+            .expect("a listed subdirectory");
         // Once: it is being fetched now.
         assert_eq!(c.speculate(100, now, &mut out), None);
         c.buffered(200);
@@ -1024,7 +1033,10 @@ mod tests {
         assert!(out.is_empty());
         // Later, 7 was just used and 8 was not: 8 goes, 100 is fetched.
         let later = now + IDLE_LISTING + Duration::from_secs(1);
-        assert!(matches!(c.lookup(7, b"sub", later, &mut out), Answer::Hit(_)));
+        assert!(matches!(
+            c.lookup(7, b"sub", later, &mut out),
+            Answer::Hit(_)
+        ));
         assert!(c.speculate(100, later, &mut out).is_some());
         assert!(c.is_listed(7));
         assert!(!c.is_listed(8));
