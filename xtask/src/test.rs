@@ -20,5 +20,40 @@ pub fn run(args: &[String]) -> Result<()> {
             .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Debug))
             .args(["test", "--workspace"])
             .args(args),
-    )
+    )?;
+    if args.is_empty() {
+        fuse_tests()?;
+    }
+    Ok(())
+}
+
+/// The guest agent's FUSE tests mount real FUSE file systems on this
+/// machine (against a test server, and against the real fs-server), so
+/// they are `#[ignore]`d for a plain `cargo test`; a full run includes them
+/// wherever they can run, and says so where they cannot. The two that only
+/// measure (`*throughput`) stay out.
+fn fuse_tests() -> Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if !(root && fuse) {
+        eprintln!(
+            "xtask test: skipping the guest agent's FUSE tests (they need root and /dev/fuse; \
+             run `cargo test -p lima-guest-agent share -- --ignored` where both are)"
+        );
+        return Ok(());
+    }
+    cmd::run(cmd::cargo().args([
+        "test",
+        "-p",
+        "lima-guest-agent",
+        "share",
+        "--",
+        "--ignored",
+        "--skip",
+        "throughput",
+    ]))
 }
