@@ -111,6 +111,13 @@ struct LocalDir {
     entries: cache::Names,
 }
 
+/// The state of a [`ShareFs::call_both`]: the reply that came first, and
+/// what the second one completes.
+struct Pair<R, H> {
+    first: Option<FsReply>,
+    rest: Option<(R, H)>,
+}
+
 /// Handles of [`LocalDir`]s are numbered from here; those of directories
 /// read from the host (with `ReaddirAt`, no host handle) count up from 1.
 const LOCAL_FH: u64 = 1 << 63;
@@ -219,6 +226,36 @@ impl ShareFs {
         self.shared
             .client
             .call_then(req, move |answer| handle(&s, reply, answer));
+    }
+
+    /// Two requests sent at once; `handle` gets both replies (in the order
+    /// the requests were given) on the reader thread when the second one
+    /// arrives, so no task has to be woken (see [`Client::call_then`]).
+    fn call_both<R, H>(&self, a: FsRequest, b: FsRequest, reply: R, handle: H)
+    where
+        R: Send + 'static,
+        H: FnOnce(&Shared, R, FsReply, FsReply) + Send + 'static,
+    {
+        let pair = Arc::new(Mutex::new(Pair {
+            first: None,
+            rest: Some((reply, handle)),
+        }));
+        for (second, req) in [(false, a), (true, b)] {
+            let (s, pair) = (self.shared.clone(), pair.clone());
+            self.shared.client.call_then(req, move |answer| {
+                let mut p = lock(&pair);
+                let Some(other) = p.first.take() else {
+                    p.first = Some(answer);
+                    return;
+                };
+                let Some((reply, handle)) = p.rest.take() else {
+                    return;
+                };
+                drop(p);
+                let (ra, rb) = if second { (other, answer) } else { (answer, other) };
+                handle(&s, reply, ra, rb);
+            });
+        }
     }
 
     /// Unlink or rmdir of `name` in `dir`: on success the name is gone from
@@ -1100,13 +1137,13 @@ impl Filesystem for ShareFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let id = ino.0;
-        self.run(move |s| async move {
-            // The getattr runs beside the open, so checking whether the
-            // cached pages are still current costs no extra round trip.
-            let (opened, attr) = tokio::join!(
-                s.client.call(FsRequest::Open { id, flags: flags.0 }),
-                s.client.call(FsRequest::Getattr { id })
-            );
+        // The getattr goes beside the open, so checking whether the cached
+        // pages are still current costs no extra round trip.
+        let (open, getattr) = (
+            FsRequest::Open { id, flags: flags.0 },
+            FsRequest::Getattr { id },
+        );
+        self.call_both(open, getattr, reply, move |s, reply, opened, attr| {
             match opened {
                 FsReply::Opened { fh } => {
                     if flags.0 & libc::O_TRUNC != 0 {
