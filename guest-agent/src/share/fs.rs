@@ -252,7 +252,11 @@ impl ShareFs {
                     return;
                 };
                 drop(p);
-                let (ra, rb) = if second { (other, answer) } else { (answer, other) };
+                let (ra, rb) = if second {
+                    (other, answer)
+                } else {
+                    (answer, other)
+                };
                 handle(&s, reply, ra, rb);
             });
         }
@@ -1143,8 +1147,11 @@ impl Filesystem for ShareFs {
             FsRequest::Open { id, flags: flags.0 },
             FsRequest::Getattr { id },
         );
-        self.call_both(open, getattr, reply, move |s, reply, opened, attr| {
-            match opened {
+        self.call_both(
+            open,
+            getattr,
+            reply,
+            move |s, reply, opened, attr| match opened {
                 FsReply::Opened { fh } => {
                     if flags.0 & libc::O_TRUNC != 0 {
                         s.with_cache(|c, out| c.invalidate_node(id, out));
@@ -1159,8 +1166,8 @@ impl Filesystem for ShareFs {
                 }
                 FsReply::Err(n) => reply.error(errno(n)),
                 other => reply.error(s.unexpected("open", &other)),
-            }
-        });
+            },
+        );
     }
 
     fn create(
