@@ -144,6 +144,11 @@ impl Server {
                 Err(e) => break Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
             };
             let FsToHost::Request { id, req } = frame;
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let mut d = format!("{req:?}");
+                d.truncate(60);
+                tracing::trace!("req {id} {d}");
+            }
             if let FsRequest::Forget { id: node, nlookup } = req {
                 // No syscall worth a thread; and forgetting in arrival order
                 // keeps counts right against the lookups before it. No

@@ -62,7 +62,15 @@ impl Reaper {
         drop(child);
         let (tx, rx) = oneshot::channel();
         state.waiting.insert(pid as i32, tx);
+        drop(state);
+        self.sweep();
         Ok((pid, rx))
+    }
+
+    /// Reaps what exited while a spawn held the lock (the reaper's own
+    /// sweep skips a held lock: see [`reap_all`]).
+    fn sweep(&self) {
+        reap_all(&self.state);
     }
 }
 
@@ -70,7 +78,16 @@ fn reap_all(state: &Mutex<ReaperState>) {
     // Held across waitpid: `Command::spawn` runs under the same lock, and when
     // exec fails std reaps that child itself and panics if it is already
     // gone. So no child may be reaped while a spawn is in progress.
-    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    //
+    // A spawn holds the lock until the child's execve is done, and that may
+    // wait for a shared folder (a program on a vsockfs mount) whose replies
+    // need a runtime worker; this runs on one, so it never waits for the
+    // lock: the spawn sweeps once it lets go.
+    let mut st = match state.try_lock() {
+        Ok(st) => st,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
     loop {
         let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
@@ -175,6 +192,8 @@ fn spawn(
             drop(child);
             let (tx, rx) = oneshot::channel();
             state.waiting.insert(pid as i32, tx);
+            drop(state);
+            reaper.sweep();
             Ok((
                 pid,
                 rx,
@@ -322,7 +341,15 @@ where
     let Some(req): Option<ExecRequest> = read_frame_async(&mut rd).await? else {
         return Ok(());
     };
-    let (pid, exit_rx, stdio) = match spawn(&reaper, &req) {
+    // Off the runtime: `spawn` returns once the child's execve is done, and
+    // a program on a shared folder is read through the guest agent itself.
+    let spawned = {
+        let (reaper, req) = (reaper.clone(), req.clone());
+        tokio::task::spawn_blocking(move || spawn(&reaper, &req))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("spawn task: {e}"))))
+    };
+    let (pid, exit_rx, stdio) = match spawned {
         Ok(x) => x,
         Err(e) => {
             let what = req.argv.first().cloned().unwrap_or_default();

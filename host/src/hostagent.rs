@@ -115,9 +115,7 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
     if let Err(e) = crate::shares::mount_all(
         &config.mounts,
         transport.as_ref(),
-        Some(&inst.path(instance::FS_SHM))
-            .filter(|p| p.exists())
-            .map(|p| p.as_path()),
+        &crate::shares_vsockfs::ShareDevices::of(inst),
     )
     .await
     {

@@ -380,9 +380,9 @@ async fn boot_and_run(
     }
     timings.mark("agent-ready");
 
-    let shm = inst.path(instance::FS_SHM);
+    let devices = crate::shares_vsockfs::ShareDevices::of(&inst);
     let mounted = tokio::select! {
-        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), Some(shm.as_path()).filter(|p| p.exists())) => r,
+        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &devices) => r,
         _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
     };
     if let Err(e) = mounted {

@@ -13,7 +13,7 @@ use crate::vsock::Transport;
 pub async fn mount_all(
     mounts: &[Mount],
     transport: &dyn Transport,
-    shm: Option<&std::path::Path>,
+    devices: &crate::shares_vsockfs::ShareDevices,
 ) -> Result<(), String> {
     let mut vsockfs = 0;
     for m in mounts {
@@ -27,7 +27,7 @@ pub async fn mount_all(
             ),
             MountType::Virtiofs => ("virtiofs", String::new()),
             MountType::Vsockfs => {
-                crate::shares_vsockfs::mount(m, transport, shm, vsockfs).await?;
+                crate::shares_vsockfs::mount(m, transport, devices, vsockfs).await?;
                 vsockfs += 1;
                 continue;
             }

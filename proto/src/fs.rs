@@ -42,6 +42,11 @@ pub struct ShareSetup {
     /// Where this share's part of the shared-memory device lies, if the VM
     /// has one (see [`ShmRegion`]).
     pub shm: Option<ShmRegion>,
+    /// The virtio-serial port (its `name` in `/sys/class/virtio-ports`)
+    /// that the host has connected for this share, if the VM has one: the
+    /// guest serves the share's frames there instead of on this stream
+    /// and answers [`ShareStatus::ReadyOnPort`].
+    pub port: Option<String>,
 }
 
 /// A range of the VM's ivshmem device (PCI `1af4:1110`, BAR 2) that the
@@ -57,8 +62,12 @@ pub struct ShmRegion {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShareStatus {
+    /// Mounted; the share's frames follow on this stream.
     Ready,
     Failed(String),
+    /// Mounted; the share's frames go over [`ShareSetup::port`], and this
+    /// stream carries nothing more.
+    ReadyOnPort,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

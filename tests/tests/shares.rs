@@ -39,6 +39,34 @@ fn vsockfs_share_semantics() {
     );
     lima.limactl(&["start", "--timeout", "5m", &yaml]).ok();
 
+    // Both shares' frames go over their own virtio-serial ports.
+    let log = std::fs::read_to_string(lima.instance_dir("sh").join("ha.stderr.log")).unwrap();
+    for (dir, mp, port) in [
+        (&s, "/mnt/share", "lima.fs.0"),
+        (&r, "/mnt/ro", "lima.fs.1"),
+    ] {
+        let line = format!("mounted {dir} on {mp} (vsockfs, over {port})");
+        assert!(
+            log.contains(&line),
+            "no {line:?} in the host agent log:\n{log}"
+        );
+    }
+    // A program that lives on the share runs from there: its execve reads
+    // it through the guest agent that is spawning it.
+    std::fs::write(share.path().join("prog.sh"), "#!/bin/sh\necho ran \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        share.path().join("prog.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let r1 = lima.shell("sh", &["/mnt/share/prog.sh", "from-share"]);
+    assert_eq!(
+        (r1.code(), r1.stdout().trim()),
+        (0, "ran from-share"),
+        "{}",
+        r1.stderr()
+    );
+
     // File operations inside the guest.
     guest_sh(
         &lima,

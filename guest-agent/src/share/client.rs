@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -72,7 +73,7 @@ struct OutState {
     busy: bool,
     /// The socket was full: the flusher owns the queue until it is empty.
     flushing: bool,
-    sink: Option<Arc<File>>,
+    sink: Option<Arc<Sink>>,
     broken: bool,
     closed: bool,
     /// Frames that may wait (forgets) are queued while idle: the next
@@ -85,19 +86,86 @@ const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 /// Lazy frames queued past this size are written at once.
 const LAZY_MAX: usize = 64 << 10;
 
+/// Where frames go: a blocking socket (vsock), or a virtio-serial port
+/// opened `O_NONBLOCK` (a character device has no `MSG_DONTWAIT`, and its
+/// one open file is shared with the reader, so it never blocks and
+/// whoever must wait polls).
+pub(super) struct Sink {
+    file: File,
+    socket: bool,
+}
+
+impl Sink {
+    pub(super) fn new(file: File) -> std::io::Result<Sink> {
+        let socket = file.metadata()?.file_type().is_socket();
+        Ok(Sink { file, socket })
+    }
+
+    /// Writes all of `buf`, waiting for room as long as it takes.
+    fn write_all_waiting(&self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            match (&self.file).write(buf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait_for(&self.file, libc::POLLOUT)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed write: makes the reader see the end too (a port's
+    /// writes fail only once the host is gone, and its reads then end).
+    fn shut(&self) {
+        if self.socket {
+            // SAFETY: shutdown on a descriptor we hold open.
+            unsafe { libc::shutdown(self.file.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+}
+
+/// Blocks until `f` is ready for `events` (or has hung up or failed: the
+/// next read or write then says how).
+pub(super) fn wait_for(f: &File, events: libc::c_short) -> std::io::Result<()> {
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, -1) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Sends what the socket takes without waiting: the bytes sent, or the error.
-fn send_some(sink: &File, buf: &[u8]) -> std::io::Result<usize> {
+fn send_some(sink: &Sink, buf: &[u8]) -> std::io::Result<usize> {
     let mut sent = 0;
     while sent < buf.len() {
         let rest = &buf[sent..];
+        let fd = sink.file.as_raw_fd();
         // SAFETY: a valid buffer and a descriptor `sink` holds open.
         let n = unsafe {
-            libc::send(
-                sink.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
+            if sink.socket {
+                libc::send(
+                    fd,
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            } else {
+                libc::write(fd, rest.as_ptr().cast(), rest.len())
+            }
         };
         if n >= 0 {
             sent += n as usize;
@@ -176,7 +244,7 @@ impl Out {
 
     /// Starts writing to `sink`, queued frames first; a flusher thread
     /// stands by for when the socket is full.
-    pub(super) fn attach(self: &Arc<Self>, sink: File) -> std::io::Result<()> {
+    pub(super) fn attach(self: &Arc<Self>, sink: Sink) -> std::io::Result<()> {
         let sink = Arc::new(sink);
         let out = self.clone();
         let flusher = sink.clone();
@@ -206,7 +274,7 @@ impl Out {
     fn drain<'a>(
         &'a self,
         mut st: MutexGuard<'a, OutState>,
-        sink: &File,
+        sink: &Sink,
         mut buf: Vec<u8>,
         mut sent: std::io::Result<usize>,
     ) -> bool {
@@ -244,7 +312,7 @@ impl Out {
         }
     }
 
-    fn fail(&self, mut st: MutexGuard<'_, OutState>, sink: &File, e: std::io::Error) {
+    fn fail(&self, mut st: MutexGuard<'_, OutState>, sink: &Sink, e: std::io::Error) {
         tracing::debug!("share: writing to the host: {e}");
         st.broken = true;
         st.busy = false;
@@ -252,13 +320,12 @@ impl Out {
         st.lazy = false;
         st.queued = Vec::new();
         // The reader thread sees the end too and fails the rest.
-        // SAFETY: shutdown on a descriptor we hold open.
-        unsafe { libc::shutdown(sink.as_raw_fd(), libc::SHUT_RDWR) };
+        sink.shut();
     }
 
     /// Waits for a full socket, then writes the queue out with blocking
     /// writes until it is empty; writes lazy frames nobody took along.
-    fn flusher(&self, sink: &File) {
+    fn flusher(&self, sink: &Sink) {
         let mut st = lock(&self.state);
         loop {
             while !st.flushing && !st.closed && !st.lazy {
@@ -297,7 +364,7 @@ impl Out {
             }
             let batch = std::mem::take(&mut st.queued);
             drop(st);
-            let written = (&*sink).write_all(&batch);
+            let written = sink.write_all_waiting(&batch);
             st = lock(&self.state);
             if let Err(e) = written {
                 self.fail(st, sink, e);
@@ -324,8 +391,8 @@ impl Client {
         })
     }
 
-    /// Frames go to `sink` (a blocking socket) from now on.
-    pub(super) fn attach(&self, sink: File) -> std::io::Result<()> {
+    /// Frames go to `sink` from now on.
+    pub(super) fn attach(&self, sink: Sink) -> std::io::Result<()> {
         self.out.attach(sink)
     }
 
@@ -420,14 +487,16 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::OwnedFd;
+    use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::net::UnixStream;
 
     /// A client attached to one end of a socket pair, and the other end.
     fn attached() -> (Arc<Client>, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let client = Client::new();
-        client.attach(File::from(OwnedFd::from(ours))).unwrap();
+        client
+            .attach(Sink::new(File::from(OwnedFd::from(ours))).unwrap())
+            .unwrap();
         (client, theirs)
     }
 
@@ -459,6 +528,52 @@ mod tests {
     }
 
     #[test]
+    fn a_non_blocking_character_stream_carries_every_frame_when_it_fills() {
+        // A virtio-serial port is opened O_NONBLOCK and is no socket; a pipe
+        // with both ends non-blocking behaves alike (writes say WouldBlock
+        // when full, reads when empty).
+        let mut fds = [0; 2];
+        // SAFETY: a valid array of two fds.
+        let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        assert_eq!(made, 0);
+        // SAFETY: pipe2 just made both; each is owned once.
+        let (rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let client = Client::new();
+        client.attach(Sink::new(wr).unwrap()).unwrap();
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                let c = client.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        c.send(FsRequest::Symlink {
+                            parent: 1,
+                            name: vec![b'n'; 3000],
+                            target: vec![b't'; 3000],
+                        });
+                    }
+                })
+            })
+            .collect();
+        // Let the pipe (64 KiB) fill before anyone reads.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut r = std::io::BufReader::new(super::super::Waiting(rd));
+        let mut ids: Vec<u64> = (0..400)
+            .map(|_| {
+                let FsToHost::Request { id, req } =
+                    lima_proto::read_frame(&mut r).unwrap().unwrap();
+                assert!(matches!(req, FsRequest::Symlink { .. }));
+                id
+            })
+            .collect();
+        for s in senders {
+            s.join().unwrap();
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 400);
+    }
+
+    #[test]
     fn frames_sent_before_attach_go_first_and_many_senders_never_interleave() {
         let client = Client::new();
         for _ in 0..3 {
@@ -472,7 +587,9 @@ mod tests {
             ids.sort_unstable();
             (early, ids)
         });
-        client.attach(File::from(OwnedFd::from(ours))).unwrap();
+        client
+            .attach(Sink::new(File::from(OwnedFd::from(ours))).unwrap())
+            .unwrap();
         let senders: Vec<_> = (0..8)
             .map(|_| {
                 let c = client.clone();

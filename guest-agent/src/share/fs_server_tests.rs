@@ -76,6 +76,7 @@ async fn mount_fs_server_with(writable: bool, shm: Option<ShmRegion>) -> Mounted
         uid: UID,
         gid: GID,
         shm,
+        port: None,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
@@ -178,6 +179,42 @@ async fn with_the_real_fs_server() {
         }
     })
     .await;
+
+    // A read lock taken through a read-only handle is held on the host
+    // until the handle is closed; the host lets go once the release arrives.
+    let host_wrlock = {
+        let root = root.clone();
+        move || {
+            let f = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(root.join("hello.txt"))
+                .unwrap();
+            // SAFETY: flock is plain data; all zeros is a valid value.
+            let mut l: libc::flock = unsafe { std::mem::zeroed() };
+            l.l_type = libc::F_WRLCK as i16;
+            l.l_whence = libc::SEEK_SET as i16;
+            // SAFETY: a valid fd and flock struct.
+            unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_OFD_SETLK, &l) == 0 }
+        }
+    };
+    blocking({
+        let (mnt, host_wrlock) = (mnt.clone(), host_wrlock.clone());
+        move || {
+            let f = std::fs::File::open(mnt.join("hello.txt")).unwrap();
+            // SAFETY: flock is plain data; all zeros is a valid value.
+            let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+            lock.l_type = libc::F_RDLCK as i16;
+            lock.l_whence = libc::SEEK_SET as i16;
+            // SAFETY: a valid fd and flock struct.
+            let r =
+                unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETLK, &lock) };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            assert!(!host_wrlock(), "the guest's read lock is held on the host");
+        }
+    })
+    .await;
+    eventually("the closed handle's lock released on the host", host_wrlock).await;
 
     // The host goes away: the agent detaches the mount and returns.
     let mnt = m.mount.clone();

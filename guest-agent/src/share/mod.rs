@@ -78,6 +78,7 @@ mod fs;
 #[cfg(test)]
 mod fs_server_tests;
 mod mount;
+mod port;
 mod prime;
 mod shm;
 #[cfg(test)]
@@ -106,6 +107,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
         return Ok(());
     };
     let tag = setup.tag.clone();
+    // A port of its own if the host connected one; this stream otherwise.
+    let port = match setup.port.clone() {
+        Some(name) => match tokio::task::spawn_blocking(move || port::open(&name)).await? {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("share {tag}: {e}; serving it over vsock");
+                None
+            }
+        },
+        None => None,
+    };
     let client = Client::new();
     let running = match start(&setup, client.clone()).await {
         Ok(running) => running,
@@ -115,7 +127,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
             return Ok(());
         }
     };
-    write_frame_async(&mut stream, &ShareStatus::Ready).await?;
+    let status = match port {
+        Some(_) => ShareStatus::ReadyOnPort,
+        None => ShareStatus::Ready,
+    };
+    write_frame_async(&mut stream, &status).await?;
     tracing::info!(
         "share {tag}: mounted at {} ({})",
         setup.mount_point,
@@ -128,10 +144,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
     // Best effort, after the handshake (which caps readahead at 128 KiB).
     running.mount.set_readahead_kib(READAHEAD_KIB);
 
-    // From here on the stream is a blocking socket of ours: frames are
-    // written by whichever thread sends them and read by a thread that
-    // hands each reply on at once (see `client`).
-    let socket = match blocking_socket(&stream) {
+    // From here on the stream is a blocking socket of ours (or the port):
+    // frames are written by whichever thread sends them and read by a
+    // thread that hands each reply on at once (see `client`).
+    let on_port = port.is_some();
+    let socket = match port.map_or_else(|| blocking_socket(&stream), Ok) {
         Ok(socket) => socket,
         Err(e) => {
             // Nothing went through the mount yet: give up on it.
@@ -146,7 +163,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
         }
     };
     drop(stream);
-    if let Err(e) = set_blocking(&socket) {
+    if let Err(e) = (!on_port).then(|| set_blocking(&socket)).transpose() {
         running
             .shared
             .primer
@@ -158,7 +175,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
     let invalidations = spawn_invalidator(running.notifier, &tag);
     let (done, finished) = tokio::sync::oneshot::channel();
     let spawned = socket.try_clone().and_then(|sink| {
-        client.attach(sink)?;
+        client.attach(client::Sink::new(sink)?)?;
         let (client, shared) = (client.clone(), running.shared.clone());
         std::thread::Builder::new()
             .name("share-reader".into())
@@ -304,7 +321,7 @@ fn read_loop(
     shared: &fs::Shared,
     invalidations: &std::sync::mpsc::Sender<Invalidation>,
 ) -> anyhow::Result<()> {
-    let mut r = std::io::BufReader::with_capacity(READ_BUFFER, socket);
+    let mut r = std::io::BufReader::with_capacity(READ_BUFFER, Waiting(socket));
     loop {
         let frame = match read_frame::<_, FsToGuest>(&mut r) {
             Ok(Some(frame)) => frame,
@@ -332,6 +349,23 @@ fn read_loop(
             }
             // The kernel hears of it through the InvalidateNode that follow.
             FsToGuest::Overflow => shared.host_overflowed(),
+        }
+    }
+}
+
+/// Reads that wait for data on a non-blocking port (a blocking socket
+/// never says `WouldBlock`).
+struct Waiting(std::fs::File);
+
+impl std::io::Read for Waiting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    client::wait_for(&self.0, libc::POLLIN)?
+                }
+                r => return r,
+            }
         }
     }
 }

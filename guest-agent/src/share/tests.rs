@@ -581,6 +581,7 @@ async fn mount_stand_in(writable: bool) -> Mounted {
         uid: UID,
         gid: GID,
         shm: None,
+        port: None,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
@@ -943,6 +944,7 @@ async fn a_mount_point_that_cannot_be_created_fails_with_its_name() {
         uid: 0,
         gid: 0,
         shm: None,
+        port: None,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();

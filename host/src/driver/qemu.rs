@@ -335,6 +335,38 @@ impl Driver for Qemu {
                     ),
                 }
             }
+            // Each vsockfs share's frames go over a virtio-serial port of
+            // its own when it has one (see `shares_vsockfs`); QEMU listens
+            // for the host agent on the port's socket.
+            let ports = vsockfs.min(crate::shares_vsockfs::PORTS_MAX);
+            for n in 0..crate::shares_vsockfs::PORTS_MAX {
+                let _ = std::fs::remove_file(crate::shares_vsockfs::port_socket(&inst.path(""), n));
+            }
+            if ports > 0 {
+                cmd.args([
+                    "-device",
+                    &format!(
+                        "{},id=fsports,max_ports={}",
+                        machine.device("virtio-serial"),
+                        ports + 1
+                    ),
+                ]);
+                for n in 0..ports {
+                    let sock = crate::shares_vsockfs::port_socket(&inst.path(""), n);
+                    cmd.args([
+                        "-chardev",
+                        &format!(
+                            "socket,id=fsport{n},path={},server=on,wait=off",
+                            sock.display().to_string().replace(',', ",,")
+                        ),
+                        "-device",
+                        &format!(
+                            "virtserialport,bus=fsports.0,chardev=fsport{n},name={}",
+                            crate::shares_vsockfs::port_name(n)
+                        ),
+                    ]);
+                }
+            }
             if shared_mem {
                 // vhost-user devices need the guest RAM shared with their daemon.
                 cmd.args([
