@@ -500,6 +500,34 @@ mod tests {
         (client, theirs)
     }
 
+    /// A request of about 6 KB.
+    fn big_request() -> FsRequest {
+        FsRequest::Symlink {
+            parent: 1,
+            name: vec![b'n'; 3000],
+            target: vec![b't'; 3000],
+        }
+    }
+
+    /// `threads` threads each sending `each` frames big enough (6 KB)
+    /// that writes take a while and fill buffers.
+    fn big_senders(
+        client: &Arc<Client>,
+        threads: usize,
+        each: usize,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        (0..threads)
+            .map(|_| {
+                let c = client.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..each {
+                        c.send(big_request());
+                    }
+                })
+            })
+            .collect()
+    }
+
     fn next_id(r: &mut UnixStream) -> u64 {
         let FsToHost::Request { id, .. } = lima_proto::read_frame(r).unwrap().unwrap();
         id
@@ -540,20 +568,7 @@ mod tests {
         let (rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
         let client = Client::new();
         client.attach(Sink::new(wr).unwrap()).unwrap();
-        let senders: Vec<_> = (0..4)
-            .map(|_| {
-                let c = client.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..100 {
-                        c.send(FsRequest::Symlink {
-                            parent: 1,
-                            name: vec![b'n'; 3000],
-                            target: vec![b't'; 3000],
-                        });
-                    }
-                })
-            })
-            .collect();
+        let senders = big_senders(&client, 4, 100);
         // Let the pipe (64 KiB) fill before anyone reads.
         std::thread::sleep(std::time::Duration::from_millis(200));
         let mut r = std::io::BufReader::new(super::super::Waiting(rd));
@@ -590,21 +605,7 @@ mod tests {
         client
             .attach(Sink::new(File::from(OwnedFd::from(ours))).unwrap())
             .unwrap();
-        let senders: Vec<_> = (0..8)
-            .map(|_| {
-                let c = client.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..200 {
-                        // Big enough that writes take a while.
-                        c.send(FsRequest::Symlink {
-                            parent: 1,
-                            name: vec![b'n'; 3000],
-                            target: vec![b't'; 3000],
-                        });
-                    }
-                })
-            })
-            .collect();
+        let senders = big_senders(&client, 8, 200);
         for s in senders {
             s.join().unwrap();
         }
@@ -622,11 +623,7 @@ mod tests {
         let c = client.clone();
         std::thread::spawn(move || {
             for _ in 0..N {
-                c.send(FsRequest::Symlink {
-                    parent: 1,
-                    name: vec![b'n'; 3000],
-                    target: vec![b't'; 3000],
-                });
+                c.send(big_request());
             }
             done.send(()).unwrap();
         });

@@ -165,17 +165,11 @@ async fn with_the_real_fs_server() {
                 .write(true)
                 .open(mnt.join("hello.txt"))
                 .unwrap();
-            let lock = libc::flock {
-                l_type: libc::F_WRLCK as i16,
-                l_whence: libc::SEEK_SET as i16,
-                l_start: 0,
-                l_len: 0,
-                l_pid: 0,
-            };
-            // SAFETY: a valid fd and flock struct.
-            let r =
-                unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETLK, &lock) };
-            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            assert!(
+                lock_whole(&f, libc::F_SETLK, libc::F_WRLCK),
+                "{}",
+                std::io::Error::last_os_error()
+            );
         }
     })
     .await;
@@ -190,26 +184,18 @@ async fn with_the_real_fs_server() {
                 .write(true)
                 .open(root.join("hello.txt"))
                 .unwrap();
-            // SAFETY: flock is plain data; all zeros is a valid value.
-            let mut l: libc::flock = unsafe { std::mem::zeroed() };
-            l.l_type = libc::F_WRLCK as i16;
-            l.l_whence = libc::SEEK_SET as i16;
-            // SAFETY: a valid fd and flock struct.
-            unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_OFD_SETLK, &l) == 0 }
+            lock_whole(&f, libc::F_OFD_SETLK, libc::F_WRLCK)
         }
     };
     blocking({
         let (mnt, host_wrlock) = (mnt.clone(), host_wrlock.clone());
         move || {
             let f = std::fs::File::open(mnt.join("hello.txt")).unwrap();
-            // SAFETY: flock is plain data; all zeros is a valid value.
-            let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-            lock.l_type = libc::F_RDLCK as i16;
-            lock.l_whence = libc::SEEK_SET as i16;
-            // SAFETY: a valid fd and flock struct.
-            let r =
-                unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETLK, &lock) };
-            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            assert!(
+                lock_whole(&f, libc::F_SETLK, libc::F_RDLCK),
+                "{}",
+                std::io::Error::last_os_error()
+            );
             assert!(!host_wrlock(), "the guest's read lock is held on the host");
         }
     })
@@ -227,6 +213,20 @@ async fn with_the_real_fs_server() {
     assert!(!blocking(move || super::tests::is_mounted(&mnt)).await);
     m.server.abort();
     let _ = std::fs::remove_dir_all(&m.root);
+}
+
+/// A non-waiting `fcntl` lock (`cmd`: `F_SETLK` or `F_OFD_SETLK`) of
+/// kind `l_type` over all of `f`; whether it was granted.
+fn lock_whole(f: &std::fs::File, cmd: libc::c_int, l_type: libc::c_int) -> bool {
+    let l = libc::flock {
+        l_type: l_type as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: a valid fd and flock struct.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), cmd, &l) == 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
