@@ -242,30 +242,51 @@ echo guest-wrote > from-guest
 
 #[test]
 fn nine_p_and_virtiofs_mount_types() {
+    // Also vsockfs kept on vsock (LIMA_VSOCKFS_PORTS=off): the fallback
+    // when the guest cannot open its port.
     let lima = Lima::new();
     let a = tempfile::tempdir_in("/tmp").unwrap();
     let b = tempfile::tempdir_in("/tmp").unwrap();
+    let c = tempfile::tempdir_in("/tmp").unwrap();
     std::fs::write(a.path().join("in-9p"), "9p\n").unwrap();
     std::fs::write(b.path().join("in-virtiofs"), "virtiofs\n").unwrap();
+    std::fs::write(c.path().join("in-vsockfs"), "vsockfs\n").unwrap();
     let yaml = lima.template(
         "mt.yaml",
         &format!(
-            "mounts:\n- location: {}\n  mountPoint: /mnt/9p\n  writable: true\n  mountType: 9p\n- location: {}\n  mountPoint: /mnt/vfs\n  writable: true\n  mountType: virtiofs\n",
+            "mounts:\n- location: {}\n  mountPoint: /mnt/9p\n  writable: true\n  mountType: 9p\n- location: {}\n  mountPoint: /mnt/vfs\n  writable: true\n  mountType: virtiofs\n- location: {}\n  mountPoint: /mnt/vs\n  writable: true\n",
             a.path().display(),
-            b.path().display()
+            b.path().display(),
+            c.path().display()
         ),
     );
-    lima.limactl(&["start", "--timeout", "5m", &yaml]).ok();
-    let out = guest_sh(&lima, "mt", "cat /mnt/9p/in-9p /mnt/vfs/in-virtiofs; grep -E ' /mnt/(9p|vfs) ' /proc/mounts | cut -d' ' -f3; echo w > /mnt/9p/back; echo w > /mnt/vfs/back");
-    assert_eq!(out, "9p\nvirtiofs\n9p\nvirtiofs\n");
-    assert_eq!(
-        std::fs::read_to_string(a.path().join("back")).unwrap(),
-        "w\n"
+    let started = lima.run(
+        lima.cmd("limactl").env("LIMA_VSOCKFS_PORTS", "off").args([
+            "start",
+            "--timeout",
+            "5m",
+            &yaml,
+        ]),
+        None,
     );
-    assert_eq!(
-        std::fs::read_to_string(b.path().join("back")).unwrap(),
-        "w\n"
+    assert_eq!(started.code(), 0, "{}", started.stderr());
+    let log = std::fs::read_to_string(lima.instance_dir("mt").join("ha.stderr.log")).unwrap();
+    let line = format!(
+        "mounted {} on /mnt/vs (vsockfs, over vsock)",
+        c.path().display()
     );
+    assert!(
+        log.contains(&line),
+        "no {line:?} in the host agent log:\n{log}"
+    );
+    let out = guest_sh(&lima, "mt", "cat /mnt/9p/in-9p /mnt/vfs/in-virtiofs /mnt/vs/in-vsockfs; grep -E ' /mnt/(9p|vfs) ' /proc/mounts | cut -d' ' -f3; echo w > /mnt/9p/back; echo w > /mnt/vfs/back; echo w > /mnt/vs/back");
+    assert_eq!(out, "9p\nvirtiofs\nvsockfs\n9p\nvirtiofs\n");
+    for d in [&a, &b, &c] {
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("back")).unwrap(),
+            "w\n"
+        );
+    }
 }
 
 #[test]
