@@ -1,7 +1,9 @@
 //! Shared folders: the guest half of `lima_proto::fs`. The host opens a
 //! Share stream and sends a [`ShareSetup`]; we mount a FUSE filesystem at its
-//! mount point and turn each kernel request into a protocol request on the
-//! same stream until the stream closes, then detach the mount.
+//! mount point and turn each kernel request into a protocol request, on the
+//! share's virtio-serial port if the setup names one we can open (see
+//! [`port`]) or else on the same stream, until that closes; then we detach
+//! the mount.
 //!
 //! # Threading
 //!
