@@ -29,6 +29,10 @@ fn main() {
         // Before anything else: /proc, /dev and friends, so logging and the
         // runtime below have what they need.
         init::early_setup();
+        // Every thread made from here on inherits it; commands get 0 back
+        // (see `exec`).
+        // SAFETY: plain syscall on the calling thread.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, exec::AGENT_NICE) };
     }
     tracing_subscriber::fmt()
         .with_env_filter(

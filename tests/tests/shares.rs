@@ -53,7 +53,13 @@ fn vsockfs_share_semantics() {
     }
     // A program that lives on the share runs from there: its execve reads
     // it through the guest agent that is spawning it.
-    std::fs::write(share.path().join("prog.sh"), "#!/bin/sh\necho ran \"$@\"\n").unwrap();
+    // It also says its nice value and the agent's: commands run at the
+    // default priority, the agent above them.
+    std::fs::write(
+        share.path().join("prog.sh"),
+        "#!/bin/sh\necho ran \"$@\" $(awk '{print $19}' /proc/self/stat) $(awk '{print $19}' /proc/1/stat)\n",
+    )
+    .unwrap();
     std::fs::set_permissions(
         share.path().join("prog.sh"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -62,7 +68,7 @@ fn vsockfs_share_semantics() {
     let r1 = lima.shell("sh", &["/mnt/share/prog.sh", "from-share"]);
     assert_eq!(
         (r1.code(), r1.stdout().trim()),
-        (0, "ran from-share"),
+        (0, "ran from-share 0 -10"),
         "{}",
         r1.stderr()
     );
