@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,23 +61,18 @@ impl Reaper {
     }
 
     /// Spawns `cmd` and registers it before the reaper can see its exit.
-    fn spawn(&self, cmd: &mut Command) -> std::io::Result<(u32, oneshot::Receiver<ExitStatus>)> {
+    /// The reaper owns the exit status: the caller may take the child's
+    /// pipes, and drops the `Child` without waiting on it.
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let child = cmd.spawn()?;
-        let pid = child.id();
-        // The reaper owns the exit status; `Child` is dropped without waiting.
-        drop(child);
         let (tx, rx) = oneshot::channel();
-        state.waiting.insert(pid as i32, tx);
+        state.waiting.insert(child.id() as i32, tx);
         drop(state);
-        self.sweep();
-        Ok((pid, rx))
-    }
-
-    /// Reaps what exited while a spawn held the lock (the reaper's own
-    /// sweep skips a held lock: see [`reap_all`]).
-    fn sweep(&self) {
+        // What exited while we held the lock (the reaper's own sweep skips
+        // a held lock: see [`reap_all`]).
         reap_all(&self.state);
+        Ok((child, rx))
     }
 }
 
@@ -192,19 +187,12 @@ fn spawn(
                     Ok(())
                 });
             }
-            let mut state = reaper.state.lock().unwrap_or_else(|e| e.into_inner());
-            let mut child = cmd.spawn()?;
-            let pid = child.id();
+            let (mut child, rx) = reaper.spawn(&mut cmd)?;
             let stdin = OwnedFd::from(child.stdin.take().expect("piped"));
             let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
             let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
-            drop(child);
-            let (tx, rx) = oneshot::channel();
-            state.waiting.insert(pid as i32, tx);
-            drop(state);
-            reaper.sweep();
             Ok((
-                pid,
+                child.id(),
                 rx,
                 Stdio3::Pipes {
                     stdin,
@@ -233,9 +221,9 @@ fn spawn(
                     Ok(())
                 });
             }
-            let (pid, rx) = reaper.spawn(&mut cmd)?;
+            let (child, rx) = reaper.spawn(&mut cmd)?;
             drop(cmd); // closes our copies of the slave side
-            Ok((pid, rx, Stdio3::Pty { master: pty.master }))
+            Ok((child.id(), rx, Stdio3::Pty { master: pty.master }))
         }
     }
 }

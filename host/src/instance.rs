@@ -227,9 +227,7 @@ impl Instance {
         for f in RUNTIME_FILES {
             let _ = std::fs::remove_file(self.path(f));
         }
-        for n in 0..crate::shares_vsockfs::PORTS_MAX {
-            let _ = std::fs::remove_file(crate::shares_vsockfs::port_socket(&self.dir, n));
-        }
+        crate::shares_vsockfs::remove_port_sockets(&self.dir);
     }
 }
 

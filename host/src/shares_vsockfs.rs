@@ -43,6 +43,13 @@ pub fn port_socket(instance_dir: &Path, nth: u64) -> PathBuf {
     instance_dir.join(format!("fs-{nth}.sock"))
 }
 
+/// Removes the ports' sockets a VM of `instance_dir` may have left.
+pub fn remove_port_sockets(instance_dir: &Path) {
+    for n in 0..PORTS_MAX {
+        let _ = std::fs::remove_file(port_socket(instance_dir, n));
+    }
+}
+
 /// What the VM was given for vsockfs shares besides vsock.
 #[derive(Debug, Default, Clone)]
 pub struct ShareDevices {
@@ -125,9 +132,10 @@ pub async fn mount(
     write_frame_async(&mut stream, &setup)
         .await
         .map_err(|e| format!("{name}: {e}"))?;
-    let on_port = match read_frame_async::<_, ShareStatus>(&mut stream).await {
-        Ok(Some(ShareStatus::Ready)) => false,
-        Ok(Some(ShareStatus::ReadyOnPort)) if port.is_some() => true,
+    // The channel the guest chose: the port, or (`None`) this stream.
+    let port = match read_frame_async::<_, ShareStatus>(&mut stream).await {
+        Ok(Some(ShareStatus::Ready)) => None,
+        Ok(Some(ShareStatus::ReadyOnPort)) if port.is_some() => port,
         Ok(Some(ShareStatus::ReadyOnPort)) => {
             return Err(format!(
                 "{name}: the guest agent answered on a port it was not given"
@@ -145,7 +153,7 @@ pub async fn mount(
         "mounted {} on {} (vsockfs, over {})",
         m.location.display(),
         m.mount_point,
-        if on_port {
+        if port.is_some() {
             port_name(nth)
         } else {
             "vsock".to_string()
@@ -153,7 +161,7 @@ pub async fn mount(
     );
     let tag = m.tag.clone();
     tokio::spawn(async move {
-        let served = match port.filter(|_| on_port) {
+        let served = match port {
             Some(port) => {
                 drop(stream);
                 server.serve(port).await

@@ -130,6 +130,16 @@ impl Sink {
 /// Blocks until `f` is ready for `events` (or has hung up or failed: the
 /// next read or write then says how).
 pub(super) fn wait_for(f: &File, events: libc::c_short) -> std::io::Result<()> {
+    poll(f, events, -1).map(drop)
+}
+
+/// `poll(2)` of `f` for `events`, waiting at most `timeout_ms` (-1: for
+/// ever); the events that came (`revents`).
+pub(super) fn poll(
+    f: &File,
+    events: libc::c_short,
+    timeout_ms: i32,
+) -> std::io::Result<libc::c_short> {
     let mut p = libc::pollfd {
         fd: f.as_raw_fd(),
         events,
@@ -137,9 +147,8 @@ pub(super) fn wait_for(f: &File, events: libc::c_short) -> std::io::Result<()> {
     };
     loop {
         // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, -1) };
-        if n >= 0 {
-            return Ok(());
+        if unsafe { libc::poll(&mut p, 1, timeout_ms) } >= 0 {
+            return Ok(p.revents);
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {

@@ -149,8 +149,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
     // From here on the stream is a blocking socket of ours (or the port):
     // frames are written by whichever thread sends them and read by a
     // thread that hands each reply on at once (see `client`).
-    let on_port = port.is_some();
-    let socket = match port.map_or_else(|| blocking_socket(&stream), Ok) {
+    let socket = match port.map_or_else(|| take_over(stream), Ok) {
         Ok(socket) => socket,
         Err(e) => {
             // Nothing went through the mount yet: give up on it.
@@ -164,16 +163,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
             return Err(anyhow::Error::new(e).context("taking over the share stream"));
         }
     };
-    drop(stream);
-    if let Err(e) = (!on_port).then(|| set_blocking(&socket)).transpose() {
-        running
-            .shared
-            .primer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        return Err(anyhow::Error::new(e).context("taking over the share stream"));
-    }
     let invalidations = spawn_invalidator(running.notifier, &tag);
     let (done, finished) = tokio::sync::oneshot::channel();
     let spawned = socket.try_clone().and_then(|sink| {
@@ -370,6 +359,16 @@ impl std::io::Read for Waiting {
             }
         }
     }
+}
+
+/// `stream` as a blocking socket of ours: its descriptor duplicated, the
+/// stream dropped (the runtime no longer polls it), then `O_NONBLOCK`
+/// cleared.
+fn take_over<S: AsRawFd>(stream: S) -> std::io::Result<std::fs::File> {
+    let socket = blocking_socket(&stream)?;
+    drop(stream);
+    set_blocking(&socket)?;
+    Ok(socket)
 }
 
 /// A blocking descriptor of its own for `stream` (the runtime's stays

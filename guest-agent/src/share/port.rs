@@ -113,17 +113,7 @@ fn make_node(path: &Path, rdev: libc::dev_t) -> io::Result<()> {
 
 /// Whether the port's host end is closed (`POLLHUP`).
 fn hung_up(f: &File) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    if unsafe { libc::poll(&mut p, 1, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p.revents & libc::POLLHUP != 0)
+    Ok(super::client::poll(f, libc::POLLOUT, 0)? & libc::POLLHUP != 0)
 }
 
 #[cfg(test)]

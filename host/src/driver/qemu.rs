@@ -339,9 +339,7 @@ impl Driver for Qemu {
             // its own when it has one (see `shares_vsockfs`); QEMU listens
             // for the host agent on the port's socket.
             let ports = vsockfs.min(crate::shares_vsockfs::PORTS_MAX);
-            for n in 0..crate::shares_vsockfs::PORTS_MAX {
-                let _ = std::fs::remove_file(crate::shares_vsockfs::port_socket(&inst.path(""), n));
-            }
+            crate::shares_vsockfs::remove_port_sockets(&inst.path(""));
             if ports > 0 {
                 cmd.args([
                     "-device",
