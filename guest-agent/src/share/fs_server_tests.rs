@@ -12,7 +12,7 @@ use lima_proto::{read_frame_async, write_frame_async};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::tests::{
-    blocking, eventually, exercise, kind_of, since, unique_dir, wait_for, GID, UID,
+    blocking, eventually, exercise, kind_of, since, unique_dir, until_listed, wait_for, GID, UID,
 };
 
 /// Requests the guest sent, by kind (`Lookup`, `Getattr`, ...).
@@ -362,8 +362,11 @@ async fn small_creates_cost_no_getattr_or_lookup() {
         }
     })
     .await;
-    // Let the listing of `d` land.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_listed(mnt.join("d"), {
+        let kinds = m.kinds.clone();
+        move || kinds.lock().unwrap().get("Lookup").copied().unwrap_or(0)
+    })
+    .await;
 
     let k0 = m.kinds();
     let creates = blocking({
