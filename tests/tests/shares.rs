@@ -445,13 +445,16 @@ fn a_tree_larger_than_the_node_budget() {
         None,
     )
     .ok();
+    // find's own errors go to stderr, shown if the count is wrong.
     let script = "cd /mnt/share; find . -type f | wc -l; cat d*/f* | wc -l; cat d7/f13";
     for _ in 0..2 {
-        let out = guest_sh(&lima, "budget", script);
+        let r = lima.shell("budget", &["sh", "-ec", script]);
+        let out = r.stdout();
         assert_eq!(
             out.split_whitespace().collect::<Vec<_>>(),
             ["500", "500", "7/13"],
-            "{out}"
+            "stdout:\n{out}\nstderr:\n{}",
+            r.stderr()
         );
     }
     let pid = std::fs::read_to_string(lima.instance_dir("budget").join("ha.pid")).unwrap();

@@ -106,6 +106,18 @@ pub(super) struct Shared {
 /// A directory opened while its listing was live: a snapshot of the
 /// listing, read at offsets of our own (the index of the next entry; `.`
 /// and `..` come first).
+/// A local readdirplus that met an entry its listing lost: the reply and
+/// the entries from there on (`next` offset, name, entry).
+struct Lost {
+    reply: ReplyDirectoryPlus,
+    dir: u64,
+    rest: Vec<(u64, Vec<u8>, Option<Entry>)>,
+}
+
+/// Entries a [`Lost`] carries at most: more than a reply holds (the rest
+/// comes with the kernel's next read).
+const LOST_REST_MAX: usize = 256;
+
 struct LocalDir {
     dir: u64,
     entries: cache::Names,
@@ -628,48 +640,127 @@ impl Shared {
 
     /// Readdirplus on a [`LocalDir`] handle: each entry still in the
     /// listing is counted as a kernel lookup as it is handed over (like a
-    /// hit); one the listing lost since the snapshot goes without
-    /// attributes (node id 0: no dentry), as do `.` and `..`.
-    fn local_readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
+    /// hit). An entry the listing lost since the snapshot (a host
+    /// invalidation, the host's node budget, a change of ours) must not
+    /// simply go without attributes: node id 0 is also the inode number
+    /// the program reads, and libc's `readdir` skips entries with inode 0,
+    /// so the name would vanish from the listing. From the first such entry
+    /// on, the rest of the reply is returned for [`Self::local_readdirplus_rest`].
+    fn local_readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) -> Option<Lost> {
         let dirs = lock(&self.local_dirs);
         let Some(d) = dirs.get(&fh) else {
-            return reply.error(Errno::EBADF);
+            reply.error(Errno::EBADF);
+            return None;
         };
-        for (next, name, e) in Self::local_entries(d, offset) {
-            let handed = e.filter(|e| lock(&self.cache).hand_to_kernel(d.dir, name, e.attr.id));
-            let (attr, generation) = match (handed, e) {
-                (Some(e), _) => {
-                    self.handed(d.dir, name, e);
-                    (self.file_attr(&e.attr), e.generation)
-                }
-                (None, e) => {
-                    let mut attr = negative_attr();
-                    attr.ino = INodeNo(if e.is_none() {
-                        placeholder_ino(d.dir, name)
-                    } else {
-                        0
+        let mut entries = Self::local_entries(d, offset);
+        while let Some((next, name, e)) = entries.next() {
+            if let Some(e) = e {
+                if !lock(&self.cache).hand_to_kernel(d.dir, name, e.attr.id) {
+                    let first = (next, name.to_vec(), Some(e.clone()));
+                    let rest = entries
+                        .take(LOST_REST_MAX)
+                        .map(|(next, name, e)| (next, name.to_vec(), e.cloned()));
+                    return Some(Lost {
+                        reply,
+                        dir: d.dir,
+                        rest: std::iter::once(first).chain(rest).collect(),
                     });
-                    attr.kind = e.map_or(FileType::Directory, |e| file_type(e.attr.mode));
-                    (attr, 0)
                 }
-            };
-            let full = reply.add(
-                attr.ino,
-                next,
-                OsStr::from_bytes(name),
-                &TTL,
-                &attr,
-                Generation(generation),
-            );
-            if full {
-                if let Some(e) = handed {
-                    self.with_cache(|c, out| c.kernel_forget(e.attr.id, 1, out));
-                }
+            }
+            if self.add_listed(&mut reply, d.dir, next, name, e) {
                 break;
             }
         }
+        drop(entries);
         drop(dirs);
         reply.ok();
+        None
+    }
+
+    /// The rest of a local readdirplus from an entry the listing lost: each
+    /// such name is looked up on the host (an answer goes to the kernel
+    /// like any lookup's; a name gone there is left out, as a host readdir
+    /// would).
+    async fn local_readdirplus_rest(self: Arc<Self>, lost: Lost) {
+        let Lost {
+            mut reply,
+            dir,
+            rest,
+        } = lost;
+        for (next, name, e) in rest {
+            let e = match e {
+                Some(e) if !lock(&self.cache).hand_to_kernel(dir, &name, e.attr.id) => {
+                    let req = FsRequest::Lookup {
+                        parent: dir,
+                        name: name.clone(),
+                    };
+                    match self.client.call(req).await {
+                        FsReply::Entry(e) => {
+                            self.with_cache(|c, _| c.entry_to_kernel(e.attr.id));
+                            Some(e)
+                        }
+                        r => {
+                            tracing::debug!(
+                                "share: readdir: {} left out ({})",
+                                String::from_utf8_lossy(&name),
+                                reply_name(&r)
+                            );
+                            continue;
+                        }
+                    }
+                }
+                e => e,
+            };
+            if self.add_listed(&mut reply, dir, next, &name, e.as_ref()) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// Adds an entry of a listing to a readdirplus reply: `e`, already
+    /// counted as a kernel lookup, with its attributes; `.` and `..` (no
+    /// entry) with a placeholder inode, never cached by the kernel. True
+    /// if the reply is full (and the lookup given back).
+    fn add_listed(
+        &self,
+        reply: &mut ReplyDirectoryPlus,
+        dir: u64,
+        next: u64,
+        name: &[u8],
+        e: Option<&Entry>,
+    ) -> bool {
+        let (attr, generation) = match e {
+            Some(e) => {
+                self.handed(dir, name, e);
+                (self.file_attr(&e.attr), e.generation)
+            }
+            None => {
+                let mut attr = negative_attr();
+                attr.ino = INodeNo(placeholder_ino(dir, name));
+                attr.kind = FileType::Directory;
+                (attr, 0)
+            }
+        };
+        let full = reply.add(
+            attr.ino,
+            next,
+            OsStr::from_bytes(name),
+            &TTL,
+            &attr,
+            Generation(generation),
+        );
+        if full {
+            if let Some(e) = e {
+                self.with_cache(|c, out| c.kernel_forget(e.attr.id, 1, out));
+            }
+        }
+        full
     }
 
     /// Readdir (no attributes) on a [`LocalDir`] handle.
@@ -1448,7 +1539,10 @@ impl Filesystem for ShareFs {
     ) {
         let dir = ino.0;
         if fh.0 >= LOCAL_FH {
-            return self.shared.local_readdirplus(fh.0, offset, reply);
+            if let Some(lost) = self.shared.local_readdirplus(fh.0, offset, reply) {
+                self.run(move |s| s.local_readdirplus_rest(lost));
+            }
+            return;
         }
         self.run(move |s| async move {
             let mut reply = reply;
