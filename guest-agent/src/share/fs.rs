@@ -61,6 +61,14 @@ struct DirBuf {
     last: bool,
 }
 
+impl DirBuf {
+    /// Whether what is buffered answers a read from `offset` (entries from
+    /// there, or the end, known from a short batch).
+    fn covers(&self, offset: u64, plus: bool) -> bool {
+        self.offset == offset && (!self.entries.is_empty() || self.last) && (self.plus || !plus)
+    }
+}
+
 /// File handles and `(node, lock owner)` pairs that sent a lock request.
 #[derive(Default)]
 struct LockUse {
@@ -782,6 +790,119 @@ impl Shared {
         reply.ok();
     }
 
+    /// A readdir that what is buffered for handle `fh` answers is answered
+    /// here, on the session thread (under TCG a hop to a runtime worker is
+    /// a good part of a request's cost); otherwise the reply comes back.
+    fn readdir_buffered(
+        &self,
+        fh: u64,
+        dir: u64,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) -> Option<ReplyDirectory> {
+        let Some(buf) = self.dir(fh) else {
+            return Some(reply);
+        };
+        let Ok(mut buf) = buf.try_lock() else {
+            return Some(reply);
+        };
+        if !buf.covers(offset, false) {
+            return Some(reply);
+        }
+        self.readdir_from(&mut buf, dir, reply);
+        None
+    }
+
+    /// [`Self::readdir_buffered`] with attributes.
+    fn readdirplus_buffered(
+        &self,
+        fh: u64,
+        dir: u64,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) -> Option<ReplyDirectoryPlus> {
+        let Some(buf) = self.dir(fh) else {
+            return Some(reply);
+        };
+        let Ok(mut buf) = buf.try_lock() else {
+            return Some(reply);
+        };
+        if !buf.covers(offset, true) {
+            return Some(reply);
+        }
+        self.readdirplus_from(&mut buf, dir, reply);
+        None
+    }
+
+    /// Answers a readdir from `buf`, filled from its offset.
+    fn readdir_from(&self, buf: &mut DirBuf, dir: u64, mut reply: ReplyDirectory) {
+        while let Some(e) = buf.entries.front() {
+            let ino = e
+                .entry
+                .as_ref()
+                .map_or_else(|| placeholder_ino(dir, &e.name), |x| x.attr.id);
+            if reply.add(
+                INodeNo(ino),
+                e.next_offset,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+            if let Some(e) = buf.entries.pop_front() {
+                buf.offset = e.next_offset;
+                // Fetched with attributes, handed over without: the
+                // kernel holds no reference, so give the host's back.
+                if let Some(entry) = e.entry {
+                    self.with_cache(|c, out| c.drop_buffered(entry.attr.id, out));
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    /// Answers a readdirplus from `buf`, filled from its offset.
+    fn readdirplus_from(&self, buf: &mut DirBuf, dir: u64, mut reply: ReplyDirectoryPlus) {
+        while let Some(e) = buf.entries.front() {
+            let (attr, generation) = match &e.entry {
+                // Counted as a lookup by the host and by the kernel.
+                Some(entry) => (self.file_attr(&entry.attr), entry.generation),
+                // Node id 0 tells the kernel "no entry to cache"; `.`
+                // and `..` are never cached, so they may show an inode.
+                None => {
+                    let ino = if e.name == b"." || e.name == b".." {
+                        placeholder_ino(dir, &e.name)
+                    } else {
+                        0
+                    };
+                    let mut attr = negative_attr();
+                    attr.ino = INodeNo(ino);
+                    attr.kind = file_type(e.kind);
+                    (attr, 0)
+                }
+            };
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(
+                attr.ino,
+                e.next_offset,
+                name,
+                &TTL,
+                &attr,
+                Generation(generation),
+            ) {
+                break;
+            }
+            if let Some(e) = buf.entries.pop_front() {
+                buf.offset = e.next_offset;
+                if let Some(entry) = e.entry {
+                    lock(&self.cache).buffered_to_kernel(entry.attr.id);
+                    self.handed(dir, &e.name, &entry);
+                }
+            }
+        }
+        reply.ok();
+    }
+
     /// The answer to a write of node `id`.
     fn reply_written(&self, id: u64, reply: ReplyWrite, r: FsReply) {
         match r {
@@ -844,9 +965,7 @@ impl Shared {
     /// Makes `buf` start at `offset` with entries of the wanted kind,
     /// asking the host unless what is buffered already fits.
     async fn fill(&self, buf: &mut DirBuf, dir: u64, offset: u64, plus: bool) -> Result<(), Errno> {
-        // What is buffered goes on from `offset` (or nothing does: the
-        // end, known from a short batch, costs no round trip).
-        if buf.offset == offset && (!buf.entries.is_empty() || buf.last) && (buf.plus || !plus) {
+        if buf.covers(offset, plus) {
             return Ok(());
         }
         self.discard(buf);
@@ -1494,39 +1613,18 @@ impl Filesystem for ShareFs {
         if fh.0 >= LOCAL_FH {
             return self.shared.local_readdir(fh.0, offset, reply);
         }
-        self.run(move |s| async move {
-            let mut reply = reply;
-            let Some(buf) = s.dir(fh.0) else {
-                return reply.error(Errno::EBADF);
-            };
-            let mut buf = buf.lock().await;
-            if let Err(e) = s.fill(&mut buf, dir, offset, false).await {
-                return reply.error(e);
-            }
-            while let Some(e) = buf.entries.front() {
-                let ino = e
-                    .entry
-                    .as_ref()
-                    .map_or_else(|| placeholder_ino(dir, &e.name), |x| x.attr.id);
-                if reply.add(
-                    INodeNo(ino),
-                    e.next_offset,
-                    file_type(e.kind),
-                    OsStr::from_bytes(&e.name),
-                ) {
-                    break;
+        if let Some(reply) = self.shared.readdir_buffered(fh.0, dir, offset, reply) {
+            self.run(move |s| async move {
+                let Some(buf) = s.dir(fh.0) else {
+                    return reply.error(Errno::EBADF);
+                };
+                let mut buf = buf.lock().await;
+                if let Err(e) = s.fill(&mut buf, dir, offset, false).await {
+                    return reply.error(e);
                 }
-                if let Some(e) = buf.entries.pop_front() {
-                    buf.offset = e.next_offset;
-                    // Fetched with attributes, handed over without: the
-                    // kernel holds no reference, so give the host's back.
-                    if let Some(entry) = e.entry {
-                        s.with_cache(|c, out| c.drop_buffered(entry.attr.id, out));
-                    }
-                }
-            }
-            reply.ok();
-        });
+                s.readdir_from(&mut buf, dir, reply);
+            });
+        }
     }
 
     fn readdirplus(
@@ -1544,54 +1642,18 @@ impl Filesystem for ShareFs {
             }
             return;
         }
-        self.run(move |s| async move {
-            let mut reply = reply;
-            let Some(buf) = s.dir(fh.0) else {
-                return reply.error(Errno::EBADF);
-            };
-            let mut buf = buf.lock().await;
-            if let Err(e) = s.fill(&mut buf, dir, offset, true).await {
-                return reply.error(e);
-            }
-            while let Some(e) = buf.entries.front() {
-                let (attr, generation) = match &e.entry {
-                    // Counted as a lookup by the host and by the kernel.
-                    Some(entry) => (s.file_attr(&entry.attr), entry.generation),
-                    // Node id 0 tells the kernel "no entry to cache"; `.`
-                    // and `..` are never cached, so they may show an inode.
-                    None => {
-                        let ino = if e.name == b"." || e.name == b".." {
-                            placeholder_ino(dir, &e.name)
-                        } else {
-                            0
-                        };
-                        let mut attr = negative_attr();
-                        attr.ino = INodeNo(ino);
-                        attr.kind = file_type(e.kind);
-                        (attr, 0)
-                    }
+        if let Some(reply) = self.shared.readdirplus_buffered(fh.0, dir, offset, reply) {
+            self.run(move |s| async move {
+                let Some(buf) = s.dir(fh.0) else {
+                    return reply.error(Errno::EBADF);
                 };
-                let name = OsStr::from_bytes(&e.name);
-                if reply.add(
-                    attr.ino,
-                    e.next_offset,
-                    name,
-                    &TTL,
-                    &attr,
-                    Generation(generation),
-                ) {
-                    break;
+                let mut buf = buf.lock().await;
+                if let Err(e) = s.fill(&mut buf, dir, offset, true).await {
+                    return reply.error(e);
                 }
-                if let Some(e) = buf.entries.pop_front() {
-                    buf.offset = e.next_offset;
-                    if let Some(entry) = e.entry {
-                        lock(&s.cache).buffered_to_kernel(entry.attr.id);
-                        s.handed(dir, &e.name, &entry);
-                    }
-                }
-            }
-            reply.ok();
-        });
+                s.readdirplus_from(&mut buf, dir, reply);
+            });
+        }
     }
 
     fn releasedir(
