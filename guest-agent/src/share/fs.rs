@@ -3,7 +3,7 @@
 //! callback (or, for reads, a tokio task), so the session threads never
 //! wait for the host (see the module docs of [`super`] for the caching and
 //! threading rationale).
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
@@ -69,13 +69,6 @@ impl DirBuf {
     }
 }
 
-/// File handles and `(node, lock owner)` pairs that sent a lock request.
-#[derive(Default)]
-struct LockUse {
-    fhs: HashSet<u64>,
-    owners: HashSet<(u64, u64)>,
-}
-
 /// State the session threads, the reply callbacks and the tasks share.
 pub(super) struct Shared {
     client: Arc<Client>,
@@ -85,9 +78,6 @@ pub(super) struct Shared {
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirBuf>>>>,
     /// Directory listings and node reference counts (see [`cache`]).
     pub(super) cache: Mutex<Cache>,
-    /// Where POSIX locks were ever asked for, so a flush that cannot have
-    /// a lock to drop is answered here (see [`ShareFs::flush`]).
-    locks: Mutex<LockUse>,
     /// Set once the FUSE handshake is done.
     pub(super) notifier: OnceLock<Notifier>,
     /// Directories to read through the mount once listed ([`super::prime`]).
@@ -170,7 +160,6 @@ impl ShareFs {
             snapshots: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             cache: Mutex::new(Cache::default()),
-            locks: Mutex::new(LockUse::default()),
             notifier: OnceLock::new(),
             primer: Mutex::new(None),
             primer_tids: Default::default(),
@@ -217,21 +206,13 @@ impl ShareFs {
         if gone.is_empty() {
             return;
         }
-        let (mut snapshots, mut locks, mut dir_names, mut fresh) = (
-            lock(&s.snapshots),
-            lock(&s.locks),
-            lock(&s.dir_names),
-            lock(&s.fresh),
-        );
+        let (mut snapshots, mut dir_names, mut fresh) =
+            (lock(&s.snapshots), lock(&s.dir_names), lock(&s.fresh));
         for &id in &gone {
             snapshots.remove(&id);
             dir_names.remove(&id);
             // Its id may come back for another inode.
             fresh.invalidated(id);
-        }
-        if !locks.owners.is_empty() {
-            let gone: HashSet<u64> = gone.into_iter().collect();
-            locks.owners.retain(|(node, _)| !gone.contains(node));
         }
     }
 
@@ -373,14 +354,6 @@ impl Shared {
             }
         }
         keep
-    }
-
-    /// A lock request goes to the host through `fh` for `owner`: from now
-    /// on their flushes go there too.
-    fn lock_used(&self, ino: INodeNo, fh: FileHandle, owner: LockOwner) {
-        let mut l = lock(&self.locks);
-        l.fhs.insert(fh.0);
-        l.owners.insert((ino.0, owner.0));
     }
 
     fn wrote(&self, id: u64) {
@@ -1500,31 +1473,23 @@ impl Filesystem for ShareFs {
     }
 
     /// Every `close(2)` sends one, and the process waits for the answer.
-    /// The host's flush is `close(dup(fd))`, which on a local host
+    /// The host's flush would be `close(dup(fd))`, which on a local host
     /// filesystem has nothing to do: our writes are already in the host's
     /// page cache (each `write(2)` waits for the host), and the host's
-    /// locks live on separate OFD descriptors. So it is answered here,
-    /// unless POSIX locks were ever asked for through this handle or by
-    /// this lock owner on this file: then the host gets it, as before, so
-    /// that whatever it does for locks at flush keeps happening.
+    /// POSIX locks live on lock-owner OFD descriptors that only a release
+    /// closes. So the first one is answered "not implemented", and the
+    /// kernel never sends another: a close costs no round trip at all, not
+    /// even one to us (it still writes back dirty mmap pages before it
+    /// would have sent the flush).
     fn flush(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        lock_owner: LockOwner,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let locked = {
-            let l = lock(&self.shared.locks);
-            l.fhs.contains(&fh.0) || l.owners.contains(&(ino.0, lock_owner.0))
-        };
-        if !locked {
-            return reply.ok();
-        }
-        self.call(FsRequest::Flush { fh: fh.0 }, reply, |s, reply, r| {
-            s.reply_empty(reply, r)
-        });
+        reply.error(Errno::ENOSYS);
     }
 
     /// Answered at once: the kernel does not make `close(2)` wait for a
@@ -1541,7 +1506,6 @@ impl Filesystem for ShareFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.shared.locks).fhs.remove(&fh.0);
         self.shared.client.send(FsRequest::Release { fh: fh.0 });
         reply.ok();
     }
@@ -1700,7 +1664,7 @@ impl Filesystem for ShareFs {
     fn getlk(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
@@ -1709,7 +1673,6 @@ impl Filesystem for ShareFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        self.shared.lock_used(ino, fh, lock_owner);
         let req = FsRequest::Getlk {
             fh: fh.0,
             owner: lock_owner.0,
@@ -1730,7 +1693,7 @@ impl Filesystem for ShareFs {
     fn setlk(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
@@ -1740,7 +1703,6 @@ impl Filesystem for ShareFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        self.shared.lock_used(ino, fh, lock_owner);
         let req = FsRequest::Setlk {
             fh: fh.0,
             owner: lock_owner.0,

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! fuser reads `/dev/fuse` on two threads, each on its own cloned fd.
-//! Answers the agent knows (listed names, local readdirs, flushes) are given
+//! Answers the agent knows (listed names, local readdirs) are given
 //! right there; everything else becomes a request whose reply object goes
 //! with a callback into the client's table, so the thread goes straight back
 //! to the device and any number of requests (readahead, async reads,
@@ -55,9 +55,10 @@
 //! kernel looks names up one by one: fetched once with attributes
 //! (readdirplus), they answer later lookups there, positive and negative,
 //! without a round trip; host invalidations and our own changes keep them
-//! current. Closing a file costs no round trip either: `FLUSH` is answered
-//! here unless POSIX locks were used through the handle or its owner, and
-//! `RELEASE` goes to the host without anybody waiting for it.
+//! current. Closing a file costs no round trip either: the first `FLUSH` is
+//! refused as not implemented, so the kernel sends no more (see
+//! [`fs::ShareFs`]'s `flush`), and `RELEASE` goes to the host without
+//! anybody waiting for it.
 //!
 //! Files appear owned by the share's `uid`/`gid`; the kernel checks
 //! permissions against the reported modes (`default_permissions`); chown is

@@ -1161,7 +1161,8 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
             assert!(mnt.join("e").is_dir());
             let k0 = host.kinds();
             // The first miss goes to the host alone, the second also
-            // starts fetching the directory.
+            // starts fetching the directory (unless listing the root
+            // already fetched it ahead: then none do).
             for i in 0..2 {
                 assert!(mnt.join(format!("d/f{i}")).exists());
             }
@@ -1169,7 +1170,7 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
         }
     })
     .await;
-    assert_eq!(cold.get("Lookup"), Some(&2), "{cold:?}");
+    assert!(cold.get("Lookup").copied().unwrap_or(0) <= 2, "{cold:?}");
     until_listed(mnt.join("d"), {
         let host = host.clone();
         move || host.count("Lookup")
@@ -1195,7 +1196,7 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
         }
     })
     .await;
-    // Before listings: one Lookup each (140). Now: two, and the fetch.
+    // Before listings: one Lookup each (140). Now: two at most, and the fetch.
     println!("2 cold lookups in one directory: {cold:?}, 140 more: {warm:?}");
     assert_eq!(total(&warm), 0, "{warm:?}");
 
@@ -1378,7 +1379,8 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
     })
     .await;
 
-    // A lock taken through a handle: its flush goes to the host.
+    // A handle that took a lock: its close costs no flush either (the
+    // host's locks go with the release, which does reach it).
     let (mnt, host) = (m.mount.clone(), m.host.clone());
     blocking(move || {
         let f = OpenOptions::new()
@@ -1393,14 +1395,19 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
             l_len: 0,
             l_pid: 0,
         };
-        let flushes = host.count("Flush");
         // SAFETY: a valid fd and flock struct. The stand-in has no locks
         // (ENOSYS): the request is what counts.
         unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETLK, &lk) };
         drop(f);
-        assert_eq!(host.count("Flush"), flushes + 1);
     })
     .await;
+    eventually("the locked handle released", {
+        let host = m.host.clone();
+        move || host.t.lock().unwrap().files.is_empty()
+    })
+    .await;
+    assert_eq!(m.host.count("Flush"), 0);
+    assert!(m.host.count("Setlk") >= 1);
     m.server.abort();
     let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
     let _ = std::fs::remove_dir_all(&m.root);
