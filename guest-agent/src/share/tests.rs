@@ -1381,7 +1381,7 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
 
     // A handle that took a lock: its close costs no flush either (the
     // host's locks go with the release, which does reach it).
-    let (mnt, host) = (m.mount.clone(), m.host.clone());
+    let mnt = m.mount.clone();
     blocking(move || {
         let f = OpenOptions::new()
             .read(true)
