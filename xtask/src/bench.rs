@@ -12,7 +12,10 @@ use crate::{cmd, image};
 
 pub fn run(args: &[String]) -> Result<()> {
     build::run(Profile::Release)?;
-    image::assemble(&build::agent_path())?;
+    let default = image::assemble(&build::agent_path())?;
+    // The shares bench boots `builtin:debian` (for git): it must carry the
+    // agent just built too, not whichever one its last assembly had.
+    crate::debian::assemble(&default)?;
     cmd::run(
         cmd::cargo()
             .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Release))
