@@ -763,47 +763,28 @@ impl Shared {
         reply.ok();
     }
 
-    /// A readdir that what is buffered for handle `fh` answers is answered
-    /// here, on the session thread (under TCG a hop to a runtime worker is
-    /// a good part of a request's cost); otherwise the reply comes back.
-    fn readdir_buffered(
+    /// A read of handle `fh` from `offset` that what is buffered covers is
+    /// answered (by `answer`) here, on the session thread: under TCG a hop
+    /// to a runtime worker is a good part of a request's cost. Otherwise
+    /// the reply comes back, for a task that may ask the host.
+    fn answer_buffered<R>(
         &self,
         fh: u64,
-        dir: u64,
         offset: u64,
-        reply: ReplyDirectory,
-    ) -> Option<ReplyDirectory> {
+        plus: bool,
+        reply: R,
+        answer: impl FnOnce(&mut DirBuf, R),
+    ) -> Option<R> {
         let Some(buf) = self.dir(fh) else {
             return Some(reply);
         };
         let Ok(mut buf) = buf.try_lock() else {
             return Some(reply);
         };
-        if !buf.covers(offset, false) {
+        if !buf.covers(offset, plus) {
             return Some(reply);
         }
-        self.readdir_from(&mut buf, dir, reply);
-        None
-    }
-
-    /// [`Self::readdir_buffered`] with attributes.
-    fn readdirplus_buffered(
-        &self,
-        fh: u64,
-        dir: u64,
-        offset: u64,
-        reply: ReplyDirectoryPlus,
-    ) -> Option<ReplyDirectoryPlus> {
-        let Some(buf) = self.dir(fh) else {
-            return Some(reply);
-        };
-        let Ok(mut buf) = buf.try_lock() else {
-            return Some(reply);
-        };
-        if !buf.covers(offset, true) {
-            return Some(reply);
-        }
-        self.readdirplus_from(&mut buf, dir, reply);
+        answer(&mut buf, reply);
         None
     }
 
@@ -1577,7 +1558,9 @@ impl Filesystem for ShareFs {
         if fh.0 >= LOCAL_FH {
             return self.shared.local_readdir(fh.0, offset, reply);
         }
-        if let Some(reply) = self.shared.readdir_buffered(fh.0, dir, offset, reply) {
+        let s = &self.shared;
+        let rest = s.answer_buffered(fh.0, offset, false, reply, |b, r| s.readdir_from(b, dir, r));
+        if let Some(reply) = rest {
             self.run(move |s| async move {
                 let Some(buf) = s.dir(fh.0) else {
                     return reply.error(Errno::EBADF);
@@ -1606,7 +1589,11 @@ impl Filesystem for ShareFs {
             }
             return;
         }
-        if let Some(reply) = self.shared.readdirplus_buffered(fh.0, dir, offset, reply) {
+        let s = &self.shared;
+        let rest = s.answer_buffered(fh.0, offset, true, reply, |b, r| {
+            s.readdirplus_from(b, dir, r)
+        });
+        if let Some(reply) = rest {
             self.run(move |s| async move {
                 let Some(buf) = s.dir(fh.0) else {
                     return reply.error(Errno::EBADF);

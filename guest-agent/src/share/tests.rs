@@ -599,6 +599,36 @@ async fn mount_stand_in(writable: bool) -> Mounted {
     }
 }
 
+/// `d` with `n` files `f0`.. on the host, looked up twice through the
+/// mount (the second miss fetches it) and listed.
+async fn listed_dir(m: &Mounted, n: usize) {
+    std::fs::create_dir(m.root.join("d")).unwrap();
+    for i in 0..n {
+        std::fs::write(m.root.join(format!("d/f{i}")), format!("{i}")).unwrap();
+    }
+    blocking({
+        let d = m.mount.join("d");
+        move || {
+            for i in 0..2 {
+                assert!(d.join(format!("f{i}")).exists());
+            }
+        }
+    })
+    .await;
+    until_listed(m.mount.join("d"), {
+        let host = m.host.clone();
+        move || host.count("Lookup")
+    })
+    .await;
+}
+
+/// Stops the stand-in and waits for the agent to unmount.
+async fn finish(m: Mounted) {
+    m.server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
+    let _ = std::fs::remove_dir_all(&m.root);
+}
+
 pub(super) fn is_mounted(p: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
@@ -945,9 +975,7 @@ async fn read_only_share_refuses_writes() {
         assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     })
     .await;
-    m.server.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
-    let _ = std::fs::remove_dir_all(&m.root);
+    finish(m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -986,9 +1014,7 @@ async fn share_throughput() {
     let host = m.host.clone();
     let requests = move || Some(host.requests.load(Ordering::Relaxed));
     blocking(move || measure(&root, &mnt, requests)).await;
-    m.server.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
-    let _ = std::fs::remove_dir_all(&m.root);
+    finish(m).await;
 }
 
 /// Prints write, cold read, cached read and stat figures for `mnt`; the
@@ -1137,9 +1163,7 @@ async fn subdirectories_are_fetched_and_primed_ahead_of_lookups() {
         "lookups reached the agent after fetching ahead"
     );
     assert_eq!(total(&since(&k0, &m.host.kinds())), 0);
-    m.server.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
-    let _ = std::fs::remove_dir_all(&m.root);
+    finish(m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1280,9 +1304,7 @@ async fn lookups_in_a_directory_are_answered_from_its_listing() {
     let mnt = m.mount.clone();
     blocking(move || assert!(mnt.join("e/f50").exists())).await;
 
-    m.server.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
-    let _ = std::fs::remove_dir_all(&m.root);
+    finish(m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1291,28 +1313,11 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
     // The stand-in sends no invalidations: whatever the guest sees after
     // its own changes comes from the kernel or from our listing.
     let m = mount_stand_in(true).await;
-    std::fs::create_dir(m.root.join("d")).unwrap();
-    for i in 0..10 {
-        std::fs::write(m.root.join(format!("d/f{i}")), format!("{i}")).unwrap();
-    }
-    let (mnt, host, root) = (m.mount.clone(), m.host.clone(), m.root.clone());
-    blocking({
-        let d = mnt.join("d");
-        move || {
-            for i in 0..10 {
-                assert!(d.join(format!("f{i}")).exists());
-            }
-        }
-    })
-    .await;
     // Until the listing lands, lookups go to the host, and changes made
     // while the fetch runs leave their names unknown in it (a loaded CI
     // machine got there).
-    until_listed(mnt.join("d"), {
-        let host = host.clone();
-        move || host.count("Lookup")
-    })
-    .await;
+    listed_dir(&m, 10).await;
+    let (mnt, host, root) = (m.mount.clone(), m.host.clone(), m.root.clone());
     blocking(move || {
         let d = mnt.join("d");
         assert_eq!(stat_errno(&d.join("nope")), Some(libc::ENOENT));
@@ -1408,9 +1413,7 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
     .await;
     assert_eq!(m.host.count("Flush"), 0);
     assert!(m.host.count("Setlk") >= 1);
-    m.server.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
-    let _ = std::fs::remove_dir_all(&m.root);
+    finish(m).await;
 }
 
 /// A directory read from its listing while the host invalidates names in
@@ -1422,25 +1425,8 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
 #[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
 async fn a_listing_read_while_names_are_invalidated_lists_them_all() {
     let m = mount_stand_in(true).await;
-    std::fs::create_dir(m.root.join("d")).unwrap();
-    for i in 0..10 {
-        std::fs::write(m.root.join(format!("d/f{i}")), "x").unwrap();
-    }
+    listed_dir(&m, 10).await;
     let (mnt, host) = (m.mount.clone(), m.host.clone());
-    blocking({
-        let d = mnt.join("d");
-        move || {
-            for i in 0..2 {
-                assert!(d.join(format!("f{i}")).exists());
-            }
-        }
-    })
-    .await;
-    until_listed(mnt.join("d"), {
-        let host = host.clone();
-        move || host.count("Lookup")
-    })
-    .await;
     // Opened now: read from the listing as it is.
     let dir = blocking({
         let d = mnt.join("d");
@@ -1492,7 +1478,5 @@ async fn a_listing_read_while_names_are_invalidated_lists_them_all() {
         assert!(!mnt.join("d/f9").exists());
     })
     .await;
-    m.server.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(10), m.agent).await;
-    let _ = std::fs::remove_dir_all(&m.root);
+    finish(m).await;
 }
