@@ -666,13 +666,14 @@ impl Shared {
     /// The rest of a local readdirplus from an entry the listing lost: each
     /// such name is looked up on the host (an answer goes to the kernel
     /// like any lookup's; a name gone there is left out, as a host readdir
-    /// would).
+    /// would; another error ends the reply there).
     async fn local_readdirplus_rest(self: Arc<Self>, lost: Lost) {
         let Lost {
             mut reply,
             dir,
             rest,
         } = lost;
+        let mut added = 0;
         for (next, name, e) in rest {
             let e = match e {
                 Some(e) if !lock(&self.cache).hand_to_kernel(dir, &name, e.attr.id) => {
@@ -685,14 +686,18 @@ impl Shared {
                             self.with_cache(|c, _| c.entry_to_kernel(e.attr.id));
                             Some(e)
                         }
-                        r => {
-                            tracing::debug!(
-                                "share: readdir: {} left out ({})",
-                                String::from_utf8_lossy(&name),
-                                reply_name(&r)
-                            );
-                            continue;
+                        FsReply::Err(libc::ENOENT) => continue,
+                        // Never a silent gap: the entries so far go, and
+                        // the kernel's next read starts at this name; if it
+                        // is the first, the read fails.
+                        r if added == 0 => {
+                            let e = match r {
+                                FsReply::Err(n) => errno(n),
+                                other => self.unexpected("a lookup", &other),
+                            };
+                            return reply.error(e);
                         }
+                        _ => break,
                     }
                 }
                 e => e,
@@ -700,6 +705,7 @@ impl Shared {
             if self.add_listed(&mut reply, dir, next, &name, e.as_ref()) {
                 break;
             }
+            added += 1;
         }
         reply.ok();
     }
