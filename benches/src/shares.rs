@@ -27,7 +27,12 @@ const DIRS: usize = 100;
 const FILES: usize = 100;
 const CREATES: usize = 1000;
 const NAME: &str = "bench";
-const DROP_CACHES: &str = "sync; echo 3 > /proc/sys/vm/drop_caches";
+/// Drops the guest's caches, then lets the forgets that follow settle: the
+/// kernel hands vsockfs tens of thousands of them at once, which its agent
+/// and the host work through for a moment (9p and virtiofs have nobody in
+/// the guest to do that). Run before each mount's cold figure, so no mount
+/// is measured while the drop is still being dealt with.
+const DROP_CACHES: &str = "sync; echo 3 > /proc/sys/vm/drop_caches; sleep 2";
 
 pub struct Opts {
     pub quick: bool,
@@ -380,13 +385,14 @@ fn measure(
         .collect::<anyhow::Result<_>>()?;
     row(format!("`lstat` {n} files, warm (median of {reps})"), cells);
 
-    // Dropping the guest's caches before each cold row makes it cold for
-    // every mount type alike, and lets vsockfs release the host fds of the
-    // nodes the kernel forgets (one per cached inode; see benchmarks.md).
-    vm.sh(DROP_CACHES)?;
+    // Dropping the guest's caches before each mount's cold run makes it
+    // cold for every mount type alike, and lets vsockfs release the host
+    // fds of the nodes the kernel forgets (one per cached inode; see
+    // benchmarks.md).
     let cells = KINDS
         .iter()
         .map(|k| {
+            vm.sh(DROP_CACHES)?;
             vm.time(&["ls", "-lR", &format!("/mnt/{k}/ls")])
                 .map(Cell::Time)
         })
@@ -433,10 +439,12 @@ fn measure(
                 "--porcelain",
             ])
         };
-        vm.sh(DROP_CACHES)?;
         let cells = KINDS
             .iter()
-            .map(|k| status(k).map(Cell::Time))
+            .map(|k| {
+                vm.sh(DROP_CACHES)?;
+                status(k).map(Cell::Time)
+            })
             .collect::<anyhow::Result<_>>()?;
         row(
             format!("`git status`, {n}-file repo committed on the host, cold"),
