@@ -104,10 +104,17 @@ pub(super) struct Shared {
 /// A directory opened while its listing was live: a snapshot of the
 /// listing, read at offsets of our own (the index of the next entry; `.`
 /// and `..` come first).
-/// A local readdirplus that met an entry its listing lost: the reply and
-/// the entries from there on (`next` offset, name, entry).
+struct LocalDir {
+    dir: u64,
+    entries: cache::Names,
+}
+
+/// A local readdirplus that met an entry its listing lost: the reply, how
+/// many entries it holds already, and the entries from there on (`next`
+/// offset, name, entry).
 struct Lost {
     reply: ReplyDirectoryPlus,
+    added: usize,
     dir: u64,
     rest: Vec<(u64, Vec<u8>, Option<Entry>)>,
 }
@@ -115,11 +122,6 @@ struct Lost {
 /// Entries a [`Lost`] carries at most: more than a reply holds (the rest
 /// comes with the kernel's next read).
 const LOST_REST_MAX: usize = 256;
-
-struct LocalDir {
-    dir: u64,
-    entries: cache::Names,
-}
 
 /// The state of a [`ShareFs::call_both`]: the reply that came first, and
 /// what the second one completes.
@@ -639,6 +641,7 @@ impl Shared {
             return None;
         };
         let mut entries = Self::local_entries(d, offset);
+        let mut added = 0;
         while let Some((next, name, e)) = entries.next() {
             if let Some(e) = e {
                 if !lock(&self.cache).hand_to_kernel(d.dir, name, e.attr.id) {
@@ -648,6 +651,7 @@ impl Shared {
                         .map(|(next, name, e)| (next, name.to_vec(), e.cloned()));
                     return Some(Lost {
                         reply,
+                        added,
                         dir: d.dir,
                         rest: std::iter::once(first).chain(rest).collect(),
                     });
@@ -656,6 +660,7 @@ impl Shared {
             if self.add_listed(&mut reply, d.dir, next, name, e) {
                 break;
             }
+            added += 1;
         }
         drop(entries);
         drop(dirs);
@@ -670,10 +675,10 @@ impl Shared {
     async fn local_readdirplus_rest(self: Arc<Self>, lost: Lost) {
         let Lost {
             mut reply,
+            mut added,
             dir,
             rest,
         } = lost;
-        let mut added = 0;
         for (next, name, e) in rest {
             let e = match e {
                 Some(e) if !lock(&self.cache).hand_to_kernel(dir, &name, e.attr.id) => {
