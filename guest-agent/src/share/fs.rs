@@ -69,6 +69,35 @@ impl DirBuf {
     }
 }
 
+/// The two kinds of directory read [`ShareFs::read_dir`] answers from a
+/// [`DirBuf`].
+trait DirReply: Send + 'static {
+    /// With attributes (readdirplus).
+    const PLUS: bool;
+    fn fail(self, e: Errno);
+    fn answer(self, s: &Shared, buf: &mut DirBuf, dir: u64);
+}
+
+impl DirReply for ReplyDirectory {
+    const PLUS: bool = false;
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+    fn answer(self, s: &Shared, buf: &mut DirBuf, dir: u64) {
+        s.readdir_from(buf, dir, self)
+    }
+}
+
+impl DirReply for ReplyDirectoryPlus {
+    const PLUS: bool = true;
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+    fn answer(self, s: &Shared, buf: &mut DirBuf, dir: u64) {
+        s.readdirplus_from(buf, dir, self)
+    }
+}
+
 /// State the session threads, the reply callbacks and the tasks share.
 pub(super) struct Shared {
     client: Arc<Client>,
@@ -189,6 +218,28 @@ impl ShareFs {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.rt.spawn(f(self.shared.clone()));
+    }
+
+    /// A readdir(plus) of host-read handle `fh`: if what is buffered
+    /// covers `offset`, the reply is given here, on the session thread
+    /// (under TCG a hop to a runtime worker is a good part of a request's
+    /// cost); otherwise a task fills the buffer from the host first.
+    fn read_dir<R: DirReply>(&self, fh: u64, dir: u64, offset: u64, reply: R) {
+        let Some(buf) = self.shared.dir(fh) else {
+            return reply.fail(Errno::EBADF);
+        };
+        if let Ok(mut b) = buf.try_lock() {
+            if b.covers(offset, R::PLUS) {
+                return reply.answer(&self.shared, &mut b, dir);
+            }
+        }
+        self.run(move |s| async move {
+            let mut buf = buf.lock().await;
+            if let Err(e) = s.fill(&mut buf, dir, offset, R::PLUS).await {
+                return reply.fail(e);
+            }
+            reply.answer(&s, &mut buf, dir);
+        });
     }
 
     /// The kernel's forgets: what we kept for nodes the kernel no longer
@@ -772,31 +823,6 @@ impl Shared {
         }
         drop(dirs);
         reply.ok();
-    }
-
-    /// A read of handle `fh` from `offset` that what is buffered covers is
-    /// answered (by `answer`) here, on the session thread: under TCG a hop
-    /// to a runtime worker is a good part of a request's cost. Otherwise
-    /// the reply comes back, for a task that may ask the host.
-    fn answer_buffered<R>(
-        &self,
-        fh: u64,
-        offset: u64,
-        plus: bool,
-        reply: R,
-        answer: impl FnOnce(&mut DirBuf, R),
-    ) -> Option<R> {
-        let Some(buf) = self.dir(fh) else {
-            return Some(reply);
-        };
-        let Ok(mut buf) = buf.try_lock() else {
-            return Some(reply);
-        };
-        if !buf.covers(offset, plus) {
-            return Some(reply);
-        }
-        answer(&mut buf, reply);
-        None
     }
 
     /// Answers a readdir from `buf`, filled from its offset.
@@ -1569,20 +1595,7 @@ impl Filesystem for ShareFs {
         if fh.0 >= LOCAL_FH {
             return self.shared.local_readdir(fh.0, offset, reply);
         }
-        let s = &self.shared;
-        let rest = s.answer_buffered(fh.0, offset, false, reply, |b, r| s.readdir_from(b, dir, r));
-        if let Some(reply) = rest {
-            self.run(move |s| async move {
-                let Some(buf) = s.dir(fh.0) else {
-                    return reply.error(Errno::EBADF);
-                };
-                let mut buf = buf.lock().await;
-                if let Err(e) = s.fill(&mut buf, dir, offset, false).await {
-                    return reply.error(e);
-                }
-                s.readdir_from(&mut buf, dir, reply);
-            });
-        }
+        self.read_dir(fh.0, dir, offset, reply);
     }
 
     fn readdirplus(
@@ -1600,22 +1613,7 @@ impl Filesystem for ShareFs {
             }
             return;
         }
-        let s = &self.shared;
-        let rest = s.answer_buffered(fh.0, offset, true, reply, |b, r| {
-            s.readdirplus_from(b, dir, r)
-        });
-        if let Some(reply) = rest {
-            self.run(move |s| async move {
-                let Some(buf) = s.dir(fh.0) else {
-                    return reply.error(Errno::EBADF);
-                };
-                let mut buf = buf.lock().await;
-                if let Err(e) = s.fill(&mut buf, dir, offset, true).await {
-                    return reply.error(e);
-                }
-                s.readdirplus_from(&mut buf, dir, reply);
-            });
-        }
+        self.read_dir(fh.0, dir, offset, reply);
     }
 
     fn releasedir(
