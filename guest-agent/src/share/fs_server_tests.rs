@@ -12,7 +12,8 @@ use lima_proto::{read_frame_async, write_frame_async};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::tests::{
-    blocking, eventually, exercise, kind_of, since, unique_dir, until_listed, wait_for, GID, UID,
+    blocking, eventually, exercise, kind_of, lock_whole, since, unique_dir, until_listed, wait_for,
+    GID, UID,
 };
 
 /// Requests the guest sent, by kind (`Lookup`, `Getattr`, ...).
@@ -213,20 +214,6 @@ async fn with_the_real_fs_server() {
     assert!(!blocking(move || super::tests::is_mounted(&mnt)).await);
     m.server.abort();
     let _ = std::fs::remove_dir_all(&m.root);
-}
-
-/// A non-waiting `fcntl` lock (`cmd`: `F_SETLK` or `F_OFD_SETLK`) of
-/// kind `l_type` over all of `f`; whether it was granted.
-fn lock_whole(f: &std::fs::File, cmd: libc::c_int, l_type: libc::c_int) -> bool {
-    let l = libc::flock {
-        l_type: l_type as i16,
-        l_whence: libc::SEEK_SET as i16,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    // SAFETY: a valid fd and flock struct.
-    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), cmd, &l) == 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -656,6 +656,20 @@ pub(super) async fn until_listed(
     .await;
 }
 
+/// A non-waiting `fcntl` lock (`cmd`: `F_SETLK` or `F_OFD_SETLK`) of
+/// kind `l_type` over all of `f`; whether it was granted.
+pub(super) fn lock_whole(f: &std::fs::File, cmd: libc::c_int, l_type: libc::c_int) -> bool {
+    let l = libc::flock {
+        l_type: l_type as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: a valid fd and flock struct.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), cmd, &l) == 0 }
+}
+
 /// Runs blocking file operations off the runtime's workers, which serve them.
 pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
@@ -1393,16 +1407,8 @@ async fn guest_changes_keep_the_listing_right_and_creates_are_cheap() {
             .write(true)
             .open(mnt.join("d/f0"))
             .unwrap();
-        let lk = libc::flock {
-            l_type: libc::F_WRLCK as i16,
-            l_whence: libc::SEEK_SET as i16,
-            l_start: 0,
-            l_len: 0,
-            l_pid: 0,
-        };
-        // SAFETY: a valid fd and flock struct. The stand-in has no locks
-        // (ENOSYS): the request is what counts.
-        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETLK, &lk) };
+        // The stand-in has no locks (ENOSYS): the request is what counts.
+        let _ = lock_whole(&f, libc::F_SETLK, libc::F_WRLCK);
         drop(f);
     })
     .await;
