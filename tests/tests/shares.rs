@@ -451,8 +451,8 @@ fn a_tree_larger_than_the_node_budget() {
         let r = lima.shell("budget", &["sh", "-ec", script]);
         let out = r.stdout();
         assert_eq!(
-            out.split_whitespace().collect::<Vec<_>>(),
-            ["500", "500", "7/13"],
+            (r.code(), out.split_whitespace().collect::<Vec<_>>()),
+            (0, vec!["500", "500", "7/13"]),
             "stdout:\n{out}\nstderr:\n{}",
             r.stderr()
         );
