@@ -136,6 +136,9 @@ pub(super) struct Shared {
 struct LocalDir {
     dir: u64,
     entries: cache::Names,
+    /// Opened by a priming thread, which only wants the kernel to get what
+    /// the listing still holds.
+    primer: bool,
 }
 
 /// A local readdirplus that met an entry its listing lost: the reply, how
@@ -680,6 +683,9 @@ impl Shared {
     /// the program reads, and libc's `readdir` skips entries with inode 0,
     /// so the name would vanish from the listing. From the first such entry
     /// on, the rest of the reply is returned for [`Self::local_readdirplus_rest`].
+    /// A priming thread's read just leaves such entries out: it only hands
+    /// the kernel dentries, and asking the host would cost a round trip
+    /// for a name nobody asked for.
     fn local_readdirplus(
         &self,
         fh: u64,
@@ -696,6 +702,9 @@ impl Shared {
         while let Some((next, name, e)) = entries.next() {
             if let Some(e) = e {
                 if !lock(&self.cache).hand_to_kernel(d.dir, name, e.attr.id) {
+                    if d.primer {
+                        continue;
+                    }
                     let first = (next, name.to_vec(), Some(e.clone()));
                     let rest = entries
                         .take(LOST_REST_MAX)
@@ -1555,6 +1564,7 @@ impl Filesystem for ShareFs {
                 let d = LocalDir {
                     dir: ino.0,
                     entries,
+                    primer,
                 };
                 lock(&s.local_dirs).insert(fh, d);
                 // No FOPEN_CACHE_DIR: the kernel must not keep our offsets
