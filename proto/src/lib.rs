@@ -9,6 +9,11 @@
 pub mod ebpf;
 
 #[cfg(feature = "std")]
+pub mod errors;
+#[cfg(feature = "std")]
+pub mod sync;
+
+#[cfg(feature = "std")]
 pub mod fs;
 #[cfg(feature = "tokio")]
 pub mod relay;
