@@ -44,8 +44,6 @@ pub struct PortsFile {
     pub forwards: Vec<ForwardInfo>,
 }
 
-pub const PORTS_FILE: &str = "ports.json";
-
 struct HostListener {
     /// Guest listeners that map to this host address (e.g. 0.0.0.0:80 and [::]:80).
     sources: Arc<Mutex<BTreeSet<GuestPort>>>,
@@ -69,7 +67,7 @@ pub async fn run(
     unix_paths: Arc<Mutex<Vec<PathBuf>>>,
 ) {
     let events = dir.join(crate::instance::HA_EVENTS);
-    let ports_file = dir.join(PORTS_FILE);
+    let ports_file = dir.join(crate::instance::PORTS_FILE);
     let mut unix_sockets = Vec::new();
     for rule in &rules {
         if let Some((guest, host)) = &rule.sockets {

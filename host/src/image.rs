@@ -1,4 +1,6 @@
-//! Finding the kernel and initramfs an instance boots.
+//! Finding what an instance boots, as one of two kinds ([`BootImage`]): a
+//! kernel the VMM loads directly (our images, Lima's `kernel:`/`initrd:`),
+//! or a bootable disk that firmware starts (distro cloud images).
 //!
 //! `builtin:NAME` names an image built by `cargo xtask image` (a directory with
 //! `vmlinuz`, `initrd.img`, `image.json`, and for `builtin:debian` a
@@ -32,9 +34,43 @@ pub enum ImageError {
     },
 }
 
-/// What the VM driver boots.
+/// What an instance boots.
 #[derive(Debug, Clone)]
-pub struct BootImage {
+pub enum BootImage {
+    /// Direct kernel boot.
+    Kernel(KernelBoot),
+    /// Firmware boot from a disk.
+    Disk(DiskBoot),
+}
+
+/// A disk image's on-disk format, as QEMU names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// A bootable disk (the guest's root, written by the guest) and an optional
+/// read-only seed volume beside it, such as a cloud-init NoCloud image.
+#[derive(Debug, Clone)]
+pub struct DiskBoot {
+    pub disk: PathBuf,
+    pub format: DiskFormat,
+    pub seed: Option<PathBuf>,
+}
+
+/// A kernel, its initramfs, and what our images add.
+#[derive(Debug, Clone)]
+pub struct KernelBoot {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     /// Appended to the runner's own kernel command line.
@@ -97,12 +133,12 @@ fn local(location: &str) -> Result<PathBuf, ImageError> {
 }
 
 /// Opens a built image directory.
-pub fn open_builtin(name: &str) -> Result<BootImage, ImageError> {
+pub fn open_builtin(name: &str) -> Result<KernelBoot, ImageError> {
     open_builtin_in(name, &search_dirs())
 }
 
 /// [`open_builtin`] over the given search directories.
-fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<BootImage, ImageError> {
+fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<KernelBoot, ImageError> {
     for dir in dirs {
         let d = dir.join(name);
         let manifest = d.join("image.json");
@@ -125,7 +161,7 @@ fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<BootImage, ImageError
                 return Err(ImageError::MissingFile(f.clone()));
             }
         }
-        return Ok(BootImage {
+        return Ok(KernelBoot {
             kernel: kernel.canonicalize().unwrap_or(kernel),
             initrd: Some(initrd.canonicalize().unwrap_or(initrd)),
             extra_cmdline: String::new(),
@@ -143,12 +179,14 @@ fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<BootImage, ImageError
     })
 }
 
-/// Resolves an `images[]` entry to files on this host.
+/// Resolves an `images[]` entry to files on this host. Disk images are
+/// refused for now: their kind exists ([`DiskBoot`]) and drivers boot it,
+/// but nothing yet prepares the instance's own disk and seed from one.
 pub fn resolve(image: &Image) -> Result<BootImage, ImageError> {
     let mut boot = if let Some(name) = image.location.strip_prefix("builtin:") {
         open_builtin(name)?
     } else if let Some(k) = image.kernel.as_ref().filter(|k| !k.location.is_empty()) {
-        BootImage {
+        KernelBoot {
             kernel: local(&k.location)?,
             initrd: image
                 .initrd
@@ -167,7 +205,7 @@ pub fn resolve(image: &Image) -> Result<BootImage, ImageError> {
     if let Some(cmdline) = image.kernel.as_ref().and_then(|k| k.cmdline.clone()) {
         boot.extra_cmdline = cmdline;
     }
-    Ok(boot)
+    Ok(BootImage::Kernel(boot))
 }
 
 #[cfg(test)]

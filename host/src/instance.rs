@@ -14,7 +14,13 @@
 //!   vhost-vsock.sock vsock.sock transport.json   the vsock channel
 //!   ports.json           forwarded ports and the guest's watcher mode
 //!   sock/                host ends of forwarded guest Unix sockets
+//!   fs-shm               shared memory that vsockfs shares move data through
+//!   fs-N.sock            QEMU's end of the Nth vsockfs share's serial port
+//!   virtiofsd-TAG.sock virtiofsd-TAG.log   a virtiofs share's daemon
 //! ```
+//!
+//! This module names the files; the features that use them import it, never
+//! the other way round.
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -34,9 +40,11 @@ pub const VHOST_VSOCK_SOCK: &str = "vhost-vsock.sock";
 pub const VSOCK_SOCK: &str = "vsock.sock";
 pub const VSOCK_HELPER_LOG: &str = "vhost-device-vsock.log";
 pub const TRANSPORT: &str = "transport.json";
-/// Backing file of the ivshmem device that `vsockfs` shares move bulk data
-/// through (see `shares_vsockfs`).
+/// Backing file of the shared-memory device that `vsockfs` shares move bulk
+/// data through (see `shares::vsockfs`).
 pub const FS_SHM: &str = "fs-shm";
+/// Forwarded ports, for `limactl list` (written by the forwarder).
+pub const PORTS_FILE: &str = "ports.json";
 
 /// Files that only exist while the instance runs.
 pub const RUNTIME_FILES: &[&str] = &[
@@ -47,7 +55,7 @@ pub const RUNTIME_FILES: &[&str] = &[
     VHOST_VSOCK_SOCK,
     VSOCK_SOCK,
     TRANSPORT,
-    crate::forwarder::PORTS_FILE,
+    PORTS_FILE,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +173,19 @@ impl Instance {
         self.dir.join(file)
     }
 
+    /// QEMU's end of the `nth` vsockfs share's serial port.
+    pub fn share_port_socket(&self, nth: u64) -> PathBuf {
+        self.dir.join(format!("fs-{nth}.sock"))
+    }
+
+    /// The socket and log of a virtiofs share's `virtiofsd`.
+    pub fn virtiofsd_files(&self, tag: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("virtiofsd-{tag}.sock")),
+            self.dir.join(format!("virtiofsd-{tag}.log")),
+        )
+    }
+
     pub fn yaml(&self) -> Result<LimaYaml, InstanceError> {
         Ok(LimaYaml::load(&self.path(LIMA_YAML))?)
     }
@@ -227,7 +248,25 @@ impl Instance {
         for f in RUNTIME_FILES {
             let _ = std::fs::remove_file(self.path(f));
         }
-        crate::shares_vsockfs::remove_port_sockets(&self.dir);
+        self.remove_share_port_sockets();
+    }
+
+    /// Removes every `fs-N.sock` a VM of this instance may have left.
+    pub fn remove_share_port_sockets(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let numbered = name
+                .strip_prefix("fs-")
+                .and_then(|n| n.strip_suffix(".sock"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if numbered {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 

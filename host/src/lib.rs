@@ -1,9 +1,11 @@
 //! The host side of lima-rs: instance store, `lima.yaml`, VM drivers, the
 //! per-instance host agent and the command-line front ends.
+pub mod bringup;
 pub mod client;
 pub mod config;
 pub mod driver;
 pub mod events;
+pub mod exec;
 pub mod forwarder;
 pub mod hostagent;
 pub mod image;
@@ -11,12 +13,14 @@ pub mod instance;
 pub mod lifecycle;
 pub mod mounts;
 pub mod oneshot;
+pub mod plan;
 pub mod portfwd;
+pub mod programs;
 pub mod shares;
-mod shares_vsockfs;
 pub mod shell;
 pub mod sys;
 pub mod template;
+pub mod units;
 pub mod vsock;
 
 /// Logs to stderr at `level`, or as `LIMA_LOG` (an `EnvFilter`) says.

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{human_size, LimaYaml};
+use crate::config::LimaYaml;
 use crate::events::{self, Event};
 use crate::instance::{self, Instance, InstanceError, Status};
 use crate::template;
+use crate::units::human_size;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -383,7 +384,7 @@ pub fn info(inst: &Instance) -> InstanceInfo {
     }
     let mut forwards = None;
     if running {
-        if let Some(p) = std::fs::read(inst.path(crate::forwarder::PORTS_FILE))
+        if let Some(p) = std::fs::read(inst.path(instance::PORTS_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<crate::forwarder::PortsFile>(&b).ok())
         {

@@ -171,7 +171,7 @@ pub fn resolve(
         let p9 = m.nine_p.clone().unwrap_or_default();
         let writable = m.writable.unwrap_or(false);
         let msize = match &p9.msize {
-            Some(s) => crate::config::parse_size(s).map_err(|e| (field("9p.msize"), e))?,
+            Some(s) => crate::units::parse_size(s).map_err(|e| (field("9p.msize"), e))?,
             None => 128 << 10,
         };
         out.push(Mount {

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::driver::{self, Launch};
+use lima_proto::errors::error_chain;
+use tokio::signal::unix::SignalKind;
+
+use crate::bringup::{self, BringUpError, Options, Phase, Shutdown, Stop};
 use crate::instance::{self, Instance};
 use crate::shell::{self, ExecOptions, ShellError};
 
@@ -310,7 +313,7 @@ async fn boot_and_run(
     home: &Path,
     timings: &Arc<Timings>,
 ) -> Result<i32, RunError> {
-    let failed = |e: &dyn std::error::Error| RunError::Failed(crate::hostagent::error_chain(e));
+    let failed = |e: &dyn std::error::Error| RunError::Failed(error_chain(e));
     let inst = Instance::new(home, "run").map_err(|e| failed(&e))?;
     std::fs::create_dir(&inst.dir).map_err(|e| failed(&e))?;
     std::fs::write(
@@ -318,95 +321,61 @@ async fn boot_and_run(
         lima_yaml(opts, image, ports)?,
     )
     .map_err(|e| failed(&e))?;
+    // The checks bring-up repeats, so that their errors come before a VM.
     let config = inst.config().map_err(|e| failed(&e))?;
-    let boot = crate::image::resolve(&config.image).map_err(|e| failed(&e))?;
-    let driver = driver::for_vm_type(&config.vm_type).map_err(|e| failed(&e))?;
+    crate::image::resolve(&config.image).map_err(|e| failed(&e))?;
     timings.mark("prepared");
 
-    let mut vm = driver
-        .start(Launch {
-            instance: &inst,
-            config: &config,
-            image: &boot,
-        })
-        .await
-        .map_err(|e| failed(&e))?;
-    timings.mark("qemu-spawned");
-    let serial = inst.path(instance::SERIAL_LOG);
-    // The kernel's first words on the serial port (its setup code probes EDD
-    // before anything else) mark the end of firmware and image loading.
-    let console_watch = {
-        let (serial, timings) = (serial.clone(), timings.clone());
-        tokio::spawn(async move {
-            loop {
-                if std::fs::metadata(&serial)
-                    .map(|m| m.len() > 0)
-                    .unwrap_or(false)
-                {
-                    timings.mark("kernel-started");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+    let observe: bringup::Observer = {
+        let timings = timings.clone();
+        Arc::new(move |phase| match phase {
+            Phase::Spawned { .. } => timings.mark("qemu-spawned"),
+            Phase::KernelStarted => timings.mark("kernel-started"),
+            Phase::AgentReady(_) => timings.mark("agent-ready"),
+            Phase::SharesMounted => timings.mark("shares-mounted"),
+            Phase::Stopping => {}
         })
     };
-    let spec = vm.transport();
-    let transport = spec.open();
-    let hybrid = matches!(spec, crate::vsock::TransportSpec::Hybrid { .. });
-
-    let ready = tokio::select! {
-        r = tokio::time::timeout(opts.boot_timeout, crate::hostagent::wait_ready(transport.as_ref(), hybrid.then_some(serial.as_path()))) => r.ok(),
-        why = vm.wait() => {
-            console_watch.abort();
+    let mut stop = Stop::on_signals(&[SignalKind::interrupt()]).map_err(|e| failed(&e))?;
+    let options = Options {
+        ready_timeout: Some(opts.boot_timeout),
+        shutdown: Shutdown::Quick(Duration::from_secs(2)),
+        watch_console: true,
+        observe,
+    };
+    let serial = inst.path(instance::SERIAL_LOG);
+    let mut up = match bringup::bring_up(&inst, &mut stop, options).await {
+        Ok(up) => up,
+        Err(BringUpError::VmEnded(why)) => {
             return Err(RunError::Failed(format!(
                 "the VM stopped before the guest agent answered ({why}); last lines of its console:\n{}",
                 serial_tail(&serial, 15)
-            )));
+            )))
         }
-        _ = tokio::signal::ctrl_c() => {
-            console_watch.abort();
-            vm.terminate(Duration::from_secs(2)).await;
-            return Err(RunError::Interrupted);
+        Err(BringUpError::NoAnswer(after)) => {
+            return Err(RunError::Failed(format!(
+                "the guest agent did not answer within {after:?}; the VM was stopped. Last lines of its console:\n{}\n(raise the limit with --boot-timeout)",
+                serial_tail(&serial, 15)
+            )))
         }
+        Err(BringUpError::Stopped) => return Err(RunError::Interrupted),
+        Err(BringUpError::Shares(e)) => {
+            return Err(RunError::Failed(format!(
+                "cannot share {}: {e}",
+                opts.workdir.display()
+            )))
+        }
+        Err(BringUpError::PortForwards { index, msg }) => {
+            return Err(RunError::Usage(format!("port rule {index}: {msg}")))
+        }
+        Err(e @ BringUpError::Prepare(_)) => return Err(RunError::Failed(e.to_string())),
     };
-    console_watch.abort();
-    if ready.is_none() {
-        vm.terminate(Duration::from_secs(2)).await;
-        return Err(RunError::Failed(format!(
-            "the guest agent did not answer within {:?}; the VM was stopped. Last lines of its console:\n{}\n(raise the limit with --boot-timeout)",
-            opts.boot_timeout,
-            serial_tail(&serial, 15)
-        )));
-    }
-    timings.mark("agent-ready");
 
-    let devices = crate::shares_vsockfs::ShareDevices::of(&inst);
-    let mounted = tokio::select! {
-        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &devices) => r,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
-    };
-    if let Err(e) = mounted {
-        vm.terminate(Duration::from_secs(2)).await;
-        return Err(RunError::Failed(format!(
-            "cannot share {}: {e}",
-            opts.workdir.display()
-        )));
-    }
-    timings.mark("shares-mounted");
-
-    let rules = crate::portfwd::resolve(&config.port_forwards, &inst.dir)
-        .map_err(|(i, m)| RunError::Usage(format!("port rule {i}: {m}")))?;
-    let unix_paths = Arc::new(Mutex::new(Vec::new()));
-    let forwarding = tokio::spawn(crate::forwarder::run(
-        Arc::from(spec.open()),
-        rules,
-        inst.dir.clone(),
-        unix_paths,
-    ));
-
+    // lima-run is a terminal program: the command gets our terminal (a
+    // PTY when we have one) and our signals, as with `limactl shell`.
     let started = timings.clone();
     let outcome = shell::exec(
-        transport.as_ref(),
+        up.transport(),
         ExecOptions {
             argv: opts.argv.clone(),
             env: opts.env.clone(),
@@ -417,15 +386,14 @@ async fn boot_and_run(
     )
     .await;
     timings.mark("command-done");
-    forwarding.abort();
     if let Err(ShellError::Lost) = &outcome {
         // Say why: usually the VM itself went away.
-        let gone = tokio::time::timeout(Duration::from_millis(500), vm.wait()).await;
-        vm.terminate(Duration::from_secs(2)).await;
-        let how = match gone {
-            Ok(why) => format!("the VM stopped ({why})"),
-            Err(_) => "the VM was still running".to_string(),
+        let gone = up.ended_within(Duration::from_millis(500)).await;
+        let how = match &gone {
+            Some(why) => format!("the VM stopped ({why})"),
+            None => "the VM was still running".to_string(),
         };
+        up.close(gone.is_some()).await;
         return Err(RunError::Failed(format!(
             "lost the connection to the guest agent before the command finished; {how}. Last lines of its console:\n{}",
             serial_tail(&serial, 25)
@@ -433,7 +401,7 @@ async fn boot_and_run(
     }
     // Share writes are synchronous (no writeback cache) and the root is an
     // in-memory layer, so there is nothing to flush: stop the VM at once.
-    vm.terminate(Duration::from_secs(2)).await;
+    up.close(false).await;
     timings.mark("vm-gone");
     match outcome {
         Ok(code) => Ok(code),

@@ -1,18 +1,16 @@
-//! `limactl shell` / `lima`: runs a command in the guest over one exec
-//! stream, with stdin, stdout and stderr streamed and the exit code returned.
+//! `limactl shell` / `lima`: the terminal layer over [`crate::exec`]. The
+//! command gets our stdin, stdout and stderr and its exit code becomes ours.
 //! A pseudo-terminal is used when stdin and stdout are both terminals; then the
-//! local terminal is in raw mode and window-size changes follow.
-use std::io::{IsTerminal, Write};
+//! local terminal is in raw mode and window-size changes follow; without one,
+//! our signals are forwarded to the command.
+use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
-use lima_proto::{
-    read_frame_async, write_frame_async, ExecInput, ExecOutput, ExecRequest, Purpose, WinSize,
-    IO_CHUNK,
-};
-use tokio::io::AsyncReadExt;
+use lima_proto::{ExecInput, ExecRequest, WinSize};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::client::{self, ClientError};
+use crate::client::ClientError;
+use crate::exec::{self, ExecError};
 use crate::vsock::Transport;
 
 pub struct ExecOptions {
@@ -34,6 +32,16 @@ pub enum ShellError {
     Failed(String),
     #[error("lost the connection to the guest agent before the command finished")]
     Lost,
+}
+
+impl From<ExecError> for ShellError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Client(c) => ShellError::Client(c),
+            ExecError::Failed(why) => ShellError::Failed(why),
+            ExecError::Lost | ExecError::StdoutClosed => ShellError::Lost,
+        }
+    }
 }
 
 /// Puts the terminal in raw mode until dropped.
@@ -89,8 +97,6 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, S
     let tty = opts
         .tty
         .unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
-    let (stream, _) = client::connect(transport, Purpose::Exec).await?;
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let pty = if tty {
         Some(window_size().unwrap_or(WinSize { rows: 24, cols: 80 }))
     } else {
@@ -108,51 +114,17 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, S
         cwd: opts.cwd,
         pty,
     };
-    write_frame_async(&mut wr, &req)
-        .await
-        .map_err(ClientError::from)?;
-    match read_frame_async::<_, ExecOutput>(&mut rd)
-        .await
-        .map_err(ClientError::from)?
-    {
-        Some(ExecOutput::Started { .. }) => {
-            if let Some(f) = opts.on_started {
-                f();
-            }
-        }
-        Some(ExecOutput::Failed(reason)) => return Err(ShellError::Failed(reason)),
-        Some(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
-        None => return Err(ShellError::Lost),
+    let session = exec::start(transport, &req).await?;
+    if let Some(f) = opts.on_started {
+        f();
     }
     let raw = if tty { RawMode::enter() } else { None };
 
-    // Local stdin, signals and window changes → guest.
-    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<ExecInput>(8);
-    let stdin_tx = in_tx.clone();
-    tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; IO_CHUNK];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = stdin_tx.send(ExecInput::StdinEof).await;
-                    return;
-                }
-                Ok(n) => {
-                    if stdin_tx
-                        .send(ExecInput::Stdin(buf[..n].to_vec()))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    // Signals and window changes → guest.
+    let (tx, events) = tokio::sync::mpsc::channel::<ExecInput>(8);
     if tty {
-        let tx = in_tx.clone();
         if let Ok(mut winch) = signal(SignalKind::window_change()) {
+            let tx = tx.clone();
             tokio::spawn(async move {
                 while winch.recv().await.is_some() {
                     if let Some(ws) = window_size() {
@@ -171,7 +143,7 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, S
             (SignalKind::hangup(), libc::SIGHUP),
             (SignalKind::quit(), libc::SIGQUIT),
         ] {
-            let tx = in_tx.clone();
+            let tx = tx.clone();
             if let Ok(mut s) = signal(kind) {
                 tokio::spawn(async move {
                     while s.recv().await.is_some() {
@@ -183,36 +155,20 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, S
             }
         }
     }
-    drop(in_tx);
-    let sender = tokio::spawn(async move {
-        while let Some(msg) = in_rx.recv().await {
-            if write_frame_async(&mut wr, &msg).await.is_err() {
-                return;
-            }
-        }
-    });
-
-    // Guest → local stdout/stderr.
-    let result = loop {
-        match read_frame_async::<_, ExecOutput>(&mut rd).await {
-            Ok(Some(ExecOutput::Stdout(data))) => {
-                let mut out = std::io::stdout().lock();
-                if out.write_all(&data).and_then(|_| out.flush()).is_err() {
-                    // Our stdout is gone (e.g. `| head`): stop like a shell would.
-                    break Ok(141);
-                }
-            }
-            Ok(Some(ExecOutput::Stderr(data))) => {
-                let mut err = std::io::stderr().lock();
-                let _ = err.write_all(&data).and_then(|_| err.flush());
-            }
-            Ok(Some(ExecOutput::Exit(status))) => break Ok(status.shell_code()),
-            Ok(Some(ExecOutput::Failed(reason))) => break Err(ShellError::Failed(reason)),
-            Ok(Some(ExecOutput::Started { .. })) => {}
-            Ok(None) | Err(_) => break Err(ShellError::Lost),
-        }
-    };
-    sender.abort();
+    drop(tx);
+    let result = session
+        .finish(exec::Io {
+            stdin: Box::new(tokio::io::stdin()),
+            stdout: &mut std::io::stdout(),
+            stderr: &mut std::io::stderr(),
+            events: Some(events),
+        })
+        .await;
     drop(raw);
-    result
+    match result {
+        Ok(status) => Ok(status.shell_code()),
+        // Our stdout is gone (e.g. `| head`): stop like a shell would.
+        Err(ExecError::StdoutClosed) => Ok(141),
+        Err(e) => Err(e.into()),
+    }
 }

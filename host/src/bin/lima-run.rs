@@ -34,7 +34,7 @@ struct Cli {
     #[arg(long)]
     read_only: bool,
     /// Give up if the guest has not answered after this long (e.g. 90s, 5m)
-    #[arg(long, default_value = "5m", value_parser = lima_host::config::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = lima_host::units::parse_duration)]
     boot_timeout: Duration,
     /// Print how long each phase took, on stderr
     #[arg(long)]

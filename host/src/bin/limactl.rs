@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(long = "mount-only", value_name = "DIR[:w]")]
         mount_only: Vec<String>,
         /// How long to wait for the guest agent (e.g. 10m, 90s)
-        #[arg(long, default_value = "10m", value_parser = lima_host::config::parse_duration)]
+        #[arg(long, default_value = "10m", value_parser = lima_host::units::parse_duration)]
         timeout: Duration,
         /// An existing instance, or a template: `template:NAME`, NAME, or a .yaml path
         target: Option<String>,
@@ -347,7 +347,7 @@ fn is_env_name(k: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lima_host::config::parse_duration;
+    use lima_host::units::parse_duration;
 
     #[test]
     fn durations() {

@@ -32,8 +32,10 @@ pub fn cache_dir() -> PathBuf {
         .join(".cache/lima-rs")
 }
 
-/// Returns the accelerator to use and how it was decided.
-pub fn choose(qemu: &Path, kernel: &Path) -> Result<(String, String), String> {
+/// Returns the accelerator to use and how it was decided. The probe boots
+/// `kernel`; a VM without one (a disk image) probes with our default
+/// image's kernel, and trusts the device only when there is none.
+pub fn choose(qemu: &Path, kernel: Option<&Path>) -> Result<(String, String), String> {
     if let Ok(v) = std::env::var(OVERRIDE_ENV) {
         return match v.as_str() {
             "kvm" | "hvf" | "tcg" => Ok((v.clone(), format!("{OVERRIDE_ENV}={v}"))),
@@ -56,6 +58,22 @@ pub fn choose(qemu: &Path, kernel: &Path) -> Result<(String, String), String> {
             return Ok((c.accel, "cached probe".into()));
         }
     }
+    let fallback;
+    let kernel = match kernel {
+        Some(k) => k,
+        None => match crate::image::open_builtin("default") {
+            Ok(image) => {
+                fallback = image.kernel;
+                &fallback
+            }
+            Err(_) => {
+                return Ok((
+                    native.to_string(),
+                    format!("{native} not probed: no kernel to probe with"),
+                ))
+            }
+        },
+    };
     let works = probe(qemu, kernel, native);
     let accel = if works {
         native.to_string()

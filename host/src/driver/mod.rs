@@ -1,15 +1,19 @@
-//! VM drivers behind one small trait. The host agent holds a `dyn Driver` and
+//! VM drivers behind one small trait. The bring-up holds a `dyn Driver` and
 //! a `dyn RunningVm` and never asks which one it got; QEMU is the driver on
 //! Linux and macOS, Virtualization.framework will join as `vz`.
+//!
+//! A driver gets a [`VmPlan`] (which devices exist is decided there, from
+//! what [`Driver::caps`] says it can offer) and turns it into its own
+//! arguments or API calls; [`select::for_vm_type`] picks one by `vmType`.
 pub mod accel;
 pub mod qemu;
+pub mod select;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::config::InstanceConfig;
-use crate::image::BootImage;
 use crate::instance::Instance;
+use crate::plan::{Caps, VmPlan};
 use crate::vsock::TransportSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,15 +32,17 @@ pub enum DriverError {
 
 /// What a driver needs to launch an instance.
 pub struct Launch<'a> {
+    /// Where the driver keeps its own files (sockets, pid, logs).
     pub instance: &'a Instance,
-    pub config: &'a InstanceConfig,
-    pub image: &'a BootImage,
+    pub plan: &'a VmPlan,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 pub trait Driver {
     fn name(&self) -> &'static str;
+    /// The optional devices this driver can give a VM.
+    fn caps(&self) -> Caps;
     /// Launches the VM; returns once its process runs (not once it booted).
     fn start<'a>(
         &'a self,
@@ -54,26 +60,4 @@ pub trait RunningVm {
     /// Asks the hypervisor to stop the VM (QMP `quit` for QEMU), then kills it
     /// if it is still there after `grace`.
     fn terminate(&mut self, grace: std::time::Duration) -> BoxFuture<'_, ()>;
-}
-
-/// The driver for a `vmType`.
-pub fn for_vm_type(vm_type: &str) -> Result<Box<dyn Driver>, DriverError> {
-    match vm_type {
-        "qemu" => Ok(Box::new(qemu::Qemu::find()?)),
-        other => Err(DriverError::Failed(format!(
-            "vmType `{other}` is not available on this host"
-        ))),
-    }
-}
-
-/// Looks a program up on PATH and in `~/.cargo/bin` (where `cargo xtask setup`
-/// installs our helpers).
-pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
-    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(std::path::PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }

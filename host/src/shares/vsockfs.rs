@@ -5,94 +5,43 @@
 //! the stream to an `fs-server` for the mount's folder. The server runs until
 //! the VM goes away.
 //!
-//! On q35 the VM also has an ivshmem device backed by the instance's
-//! `fs-shm` file; each share gets [`SHM_PER_SHARE`] of it, mapped here and
+//! The VM's plan may give the shares a shared-memory device (on q35: ivshmem
+//! backed by the instance's `fs-shm`); each share gets
+//! [`SHM_PER_SHARE`](crate::plan::SHM_PER_SHARE) of it, mapped here and
 //! announced in `ShareSetup`, and the guest moves read and write data
 //! through it (see `lima_fs_server::Shm`).
 //!
-//! The VM also has a virtio-serial port per share (the first
-//! [`PORTS_MAX`]), whose QEMU end listens on `fs-N.sock` in the instance
-//! directory. We connect to it before the setup, which names the port; the
-//! guest then answers `ReadyOnPort` and the server runs on the port
-//! instead of the vsock stream: under TCG a round trip there costs less
-//! than half as much (see docs/decisions.md). If the guest cannot open it,
-//! it answers `Ready` and the vsock stream carries the share as before.
-use std::path::{Path, PathBuf};
-
+//! The plan may also give each share (the first
+//! [`PORTS_MAX`](crate::plan::PORTS_MAX)) a virtio-serial port whose host end
+//! listens on `fs-N.sock` in the instance directory. We connect to it before
+//! the setup, which names the port; the guest then answers `ReadyOnPort` and
+//! the server runs on the port instead of the vsock stream: under TCG a round
+//! trip there costs less than half as much (see docs/decisions.md). If the
+//! guest cannot open it, it answers `Ready` and the vsock stream carries the
+//! share as before. `LIMA_VSOCKFS_PORTS=off` keeps shares on vsock (to
+//! compare the two).
+use lima_proto::errors::error_chain;
 use lima_proto::fs::{ShareSetup, ShareStatus, ShmRegion};
 use lima_proto::{read_frame_async, write_frame_async, Purpose};
 
 use crate::client;
 use crate::mounts::Mount;
+use crate::plan::VsockfsDevices;
 use crate::vsock::Transport;
-
-/// Shared memory per share: 32 slots of 1 MiB, twice the readahead window.
-pub const SHM_PER_SHARE: u64 = 32 << 20;
-/// Shares that get shared memory; later ones carry their data over vsock.
-pub const SHM_SHARES_MAX: u64 = 8;
-/// Shares that get a virtio-serial port (one device holds 31).
-pub const PORTS_MAX: u64 = 30;
-
-/// The port of the `nth` vsockfs share, as the guest sees its name.
-pub fn port_name(nth: u64) -> String {
-    format!("lima.fs.{nth}")
-}
-
-/// The Unix socket QEMU listens on for the `nth` share's port.
-pub fn port_socket(instance_dir: &Path, nth: u64) -> PathBuf {
-    instance_dir.join(format!("fs-{nth}.sock"))
-}
-
-/// Removes the ports' sockets a VM of `instance_dir` may have left.
-pub fn remove_port_sockets(instance_dir: &Path) {
-    for n in 0..PORTS_MAX {
-        let _ = std::fs::remove_file(port_socket(instance_dir, n));
-    }
-}
-
-/// What the VM was given for vsockfs shares besides vsock.
-#[derive(Debug, Default, Clone)]
-pub struct ShareDevices {
-    /// Backing file of the VM's ivshmem device.
-    pub shm: Option<PathBuf>,
-    /// Directory of the ports' sockets ([`port_socket`]).
-    pub ports: Option<PathBuf>,
-}
-
-impl ShareDevices {
-    /// What the VM of `inst` has, judged by the files its launch left.
-    pub fn of(inst: &crate::instance::Instance) -> ShareDevices {
-        let shm = inst.path(crate::instance::FS_SHM);
-        let dir = inst.path("");
-        // LIMA_VSOCKFS_PORTS=off keeps shares on vsock (to compare the two).
-        let ports_off = std::env::var("LIMA_VSOCKFS_PORTS").is_ok_and(|v| v == "off");
-        ShareDevices {
-            shm: shm.exists().then_some(shm),
-            ports: port_socket(&dir, 0)
-                .exists()
-                .then_some(dir)
-                .filter(|_| !ports_off),
-        }
-    }
-}
 
 /// Mounts `m`, the `nth` vsockfs share (counting from 0), with what
 /// `devices` the VM has.
 pub async fn mount(
     m: &Mount,
     transport: &dyn Transport,
-    devices: &ShareDevices,
+    devices: &VsockfsDevices,
     nth: u64,
 ) -> Result<(), String> {
-    let shm = devices.shm.as_deref();
     let name = format!("mounts[{}] ({})", m.index, m.location.display());
     let server =
         lima_fs_server::Server::new(&m.location, m.writable).map_err(|e| format!("{name}: {e}"))?;
-    let region = shm.filter(|_| nth < SHM_SHARES_MAX).and_then(|file| {
-        let region = ShmRegion {
-            offset: nth * SHM_PER_SHARE,
-            len: SHM_PER_SHARE,
-        };
+    let region = devices.region(nth).and_then(|(file, offset, len)| {
+        let region = ShmRegion { offset, len };
         match lima_fs_server::Shm::map(file, region.offset, region.len) {
             Ok(mapped) => {
                 server.attach_shm(mapped);
@@ -106,10 +55,11 @@ pub async fn mount(
     });
     // Connected before the guest is told of it: its reads end while
     // nobody is at our end.
+    let ports_off = std::env::var("LIMA_VSOCKFS_PORTS").is_ok_and(|v| v == "off");
     let mut port = None;
-    if let Some(dir) = devices.ports.as_deref().filter(|_| nth < PORTS_MAX) {
-        let path = port_socket(dir, nth);
-        match tokio::net::UnixStream::connect(&path).await {
+    let given = devices.port(nth).filter(|_| !ports_off);
+    if let Some(path) = given.map(|p| &p.socket) {
+        match tokio::net::UnixStream::connect(path).await {
             Ok(s) => port = Some(s),
             Err(e) => tracing::warn!(
                 "{name}: cannot connect {} ({e}); the share goes over vsock",
@@ -119,7 +69,7 @@ pub async fn mount(
     }
     let (mut stream, _) = client::connect(transport, Purpose::Share)
         .await
-        .map_err(|e| format!("{name}: {}", crate::hostagent::error_chain(&e)))?;
+        .map_err(|e| format!("{name}: {}", error_chain(&e)))?;
     let setup = ShareSetup {
         tag: m.tag.clone(),
         mount_point: m.mount_point.clone(),
@@ -127,7 +77,7 @@ pub async fn mount(
         uid: 0,
         gid: 0,
         shm: region,
-        port: port.as_ref().map(|_| port_name(nth)),
+        port: given.filter(|_| port.is_some()).map(|p| p.name.clone()),
     };
     write_frame_async(&mut stream, &setup)
         .await
@@ -153,10 +103,9 @@ pub async fn mount(
         "mounted {} on {} (vsockfs, over {})",
         m.location.display(),
         m.mount_point,
-        if port.is_some() {
-            port_name(nth)
-        } else {
-            "vsock".to_string()
+        match given.filter(|_| port.is_some()) {
+            Some(p) => p.name.as_str(),
+            None => "vsock",
         }
     );
     let tag = m.tag.clone();

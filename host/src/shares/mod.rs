@@ -1,19 +1,23 @@
 //! Setting up an instance's shared folders once the guest agent answers:
 //! 9p and virtiofs are devices QEMU (or virtiofsd) already provides, so the
 //! guest only has to mount them; `vsockfs` opens a Share stream per mount
-//! and serves it with `fs-server`.
+//! and serves it with `fs-server` (`vsockfs.rs`).
+mod vsockfs;
+
+use lima_proto::errors::error_chain;
 use lima_proto::{ControlReply, ControlRequest};
 
 use crate::client;
 use crate::mounts::{Mount, MountType};
+use crate::plan::VsockfsDevices;
 use crate::vsock::Transport;
 
-/// Mounts everything; the error names the mount that failed. `shm` is the
-/// backing file of the VM's ivshmem device, if it has one.
+/// Mounts everything; the error names the mount that failed. `devices` are
+/// what the VM's plan gave vsockfs shares.
 pub async fn mount_all(
     mounts: &[Mount],
     transport: &dyn Transport,
-    devices: &crate::shares_vsockfs::ShareDevices,
+    devices: &VsockfsDevices,
 ) -> Result<(), String> {
     let mut vsockfs = 0;
     for m in mounts {
@@ -27,7 +31,7 @@ pub async fn mount_all(
             ),
             MountType::Virtiofs => ("virtiofs", String::new()),
             MountType::Vsockfs => {
-                crate::shares_vsockfs::mount(m, transport, devices, vsockfs).await?;
+                vsockfs::mount(m, transport, devices, vsockfs).await?;
                 vsockfs += 1;
                 continue;
             }
@@ -55,13 +59,7 @@ pub async fn mount_all(
                 ))
             }
             Ok(other) => return Err(format!("mounts[{}]: unexpected reply {other:?}", m.index)),
-            Err(e) => {
-                return Err(format!(
-                    "mounts[{}]: {}",
-                    m.index,
-                    crate::hostagent::error_chain(&e)
-                ))
-            }
+            Err(e) => return Err(format!("mounts[{}]: {}", m.index, error_chain(&e))),
         }
     }
     Ok(())

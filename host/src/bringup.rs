@@ -1,0 +1,391 @@
+//! One bring-up for every VM: the long-lived host agent (`hostagent.rs`)
+//! and the one-shot `lima-run` (`oneshot.rs`) both call [`bring_up`].
+//!
+//! ```text
+//! lima.yaml ─▶ resolve image ─▶ plan devices ─▶ driver.start ─▶ wait for the agent
+//!                                                    │            (or the VM's end, a stop
+//!                                                    │             request, a deadline)
+//!                                                    ▼
+//!                              Up ◀─ start forwarding ◀─ mount shares
+//! ```
+//!
+//! The callers differ only in what they observe ([`Phase`], for events or
+//! timings), how long they wait, and how they stop ([`Shutdown`]); every
+//! failure after the VM started stops it before returning.
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lima_proto::errors::error_chain;
+use lima_proto::AgentInfo;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client;
+use crate::driver::{select, Launch, RunningVm};
+use crate::instance::Instance;
+use crate::plan::{self, VmPlan};
+use crate::vsock::{Transport, TransportSpec};
+
+/// How long the guest agent gets to power the VM off before QMP `quit`.
+const GUEST_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long QEMU gets after QMP `quit` on a clean shutdown.
+const QMP_GRACE: Duration = Duration::from_secs(5);
+/// What the guest agent prints on the console once it listens on vsock.
+const READY_MARKER: &[u8] = b"agent ready on vsock port";
+
+/// Steps a caller may want to report.
+pub enum Phase<'a> {
+    /// The VM's process runs.
+    Spawned {
+        accel: &'a str,
+        transport: &'a TransportSpec,
+    },
+    /// The guest printed its first console output (only with
+    /// [`Options::watch_console`]).
+    KernelStarted,
+    AgentReady(&'a AgentInfo),
+    SharesMounted,
+    /// A shutdown of a running VM begins.
+    Stopping,
+}
+
+/// How a VM is stopped.
+#[derive(Debug, Clone, Copy)]
+pub enum Shutdown {
+    /// Guest power-off through the agent, then the hypervisor, then kill:
+    /// a guest that writes a disk must get to sync it.
+    Clean,
+    /// The hypervisor at once, then kill after the grace: for throw-away
+    /// guests with nothing to keep.
+    Quick(Duration),
+}
+
+pub type Observer = Arc<dyn Fn(Phase<'_>) + Send + Sync>;
+
+pub struct Options {
+    /// Give up if the guest agent has not answered by then.
+    pub ready_timeout: Option<Duration>,
+    pub shutdown: Shutdown,
+    pub watch_console: bool,
+    pub observe: Observer,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BringUpError {
+    /// Nothing ran: the image, the driver or its helpers failed.
+    #[error("{0}")]
+    Prepare(String),
+    /// `portForwards[index]` cannot be used here.
+    #[error("portForwards[{index}]: {msg}")]
+    PortForwards { index: usize, msg: String },
+    /// The VM ended before the guest agent answered; how it ended.
+    #[error("the VM stopped before the guest agent answered ({0})")]
+    VmEnded(String),
+    /// The guest agent did not answer in time; the VM was stopped.
+    #[error("the guest agent did not answer within {0:?}")]
+    NoAnswer(Duration),
+    /// A stop was requested before the VM was up; it was stopped.
+    #[error("stopped before the guest agent answered")]
+    Stopped,
+    /// A share could not be mounted; the VM was stopped.
+    #[error("{0}")]
+    Shares(String),
+}
+
+/// A stop request (signals, Ctrl-C) that can be awaited again and again.
+pub struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    /// Requested when one of `kinds` arrives.
+    pub fn on_signals(kinds: &[SignalKind]) -> std::io::Result<Stop> {
+        let (tx, rx) = watch::channel(false);
+        let tx = Arc::new(tx);
+        for kind in kinds {
+            let mut s = signal(*kind)?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    let _ = tx.send(true);
+                }
+            });
+        }
+        Ok(Stop(rx))
+    }
+
+    /// Resolves once a stop was requested; never if none can come.
+    pub async fn requested(&mut self) {
+        if self.0.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A VM whose guest agent answered, shares mounted, forwarding running.
+pub struct Up {
+    vm: Box<dyn RunningVm>,
+    transport: Box<dyn Transport>,
+    pub plan: VmPlan,
+    pub info: AgentInfo,
+    forwarding: JoinHandle<()>,
+    unix_paths: Arc<Mutex<Vec<std::path::PathBuf>>>,
+    shutdown: Shutdown,
+    observe: Observer,
+}
+
+/// How [`Up::run`] ended.
+pub enum Ending {
+    VmEnded(String),
+    StopRequested,
+}
+
+/// Boots the instance's VM and brings it to [`Up`].
+pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result<Up, BringUpError> {
+    let prepare = |e: &dyn std::error::Error| BringUpError::Prepare(error_chain(e));
+    let config = inst.config().map_err(|e| prepare(&e))?;
+    let image = crate::image::resolve(&config.image).map_err(|e| prepare(&e))?;
+    let rules = crate::portfwd::resolve(&config.port_forwards, &inst.dir)
+        .map_err(|(index, msg)| BringUpError::PortForwards { index, msg })?;
+    let driver = select::for_vm_type(&config.vm_type).map_err(|e| prepare(&e))?;
+    let mut plan = plan::plan(inst, &config, &image, driver.caps());
+    prepare_files(inst, &mut plan);
+    let mut vm = driver
+        .start(Launch {
+            instance: inst,
+            plan: &plan,
+        })
+        .await
+        .map_err(|e| prepare(&e))?;
+    let spec = vm.transport();
+    (opts.observe)(Phase::Spawned {
+        accel: vm.accel(),
+        transport: &spec,
+    });
+    let transport = spec.open();
+    let hybrid = matches!(spec, TransportSpec::Hybrid { .. });
+
+    // Wait for the guest agent, the VM's end, a stop request or the deadline.
+    let info = {
+        let ready = wait_ready(
+            transport.as_ref(),
+            hybrid.then_some(plan.serial_log.as_path()),
+        );
+        tokio::pin!(ready);
+        let deadline = async {
+            match opts.ready_timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut console_seen = !opts.watch_console;
+        loop {
+            tokio::select! {
+                info = &mut ready => break info,
+                // The kernel's first words on the serial port (its setup code
+                // probes EDD before anything else) mark the end of firmware and
+                // image loading.
+                _ = tokio::time::sleep(Duration::from_millis(2)), if !console_seen => {
+                    if std::fs::metadata(&plan.serial_log).is_ok_and(|m| m.len() > 0) {
+                        console_seen = true;
+                        (opts.observe)(Phase::KernelStarted);
+                    }
+                }
+                why = vm.wait() => return Err(BringUpError::VmEnded(why)),
+                _ = stop.requested() => {
+                    stop_vm(vm.as_mut(), None, opts.shutdown, &opts.observe).await;
+                    return Err(BringUpError::Stopped);
+                }
+                _ = &mut deadline => {
+                    stop_vm(vm.as_mut(), None, opts.shutdown, &opts.observe).await;
+                    return Err(BringUpError::NoAnswer(opts.ready_timeout.unwrap_or_default()));
+                }
+            }
+        }
+    };
+    (opts.observe)(Phase::AgentReady(&info));
+
+    let mounted = tokio::select! {
+        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &plan.vsockfs) => r.map_err(BringUpError::Shares),
+        _ = stop.requested() => Err(BringUpError::Stopped),
+    };
+    if let Err(e) = mounted {
+        stop_vm(
+            vm.as_mut(),
+            Some(transport.as_ref()),
+            opts.shutdown,
+            &opts.observe,
+        )
+        .await;
+        return Err(e);
+    }
+    (opts.observe)(Phase::SharesMounted);
+
+    let unix_paths = Arc::new(Mutex::new(Vec::new()));
+    let forwarding = tokio::spawn(crate::forwarder::run(
+        Arc::from(spec.open()),
+        rules,
+        inst.dir.clone(),
+        unix_paths.clone(),
+    ));
+    Ok(Up {
+        vm,
+        transport,
+        plan,
+        info,
+        forwarding,
+        unix_paths,
+        shutdown: opts.shutdown,
+        observe: opts.observe,
+    })
+}
+
+/// Creates what the plan's devices are backed by; a device whose file
+/// cannot be made is left out, with a warning.
+fn prepare_files(inst: &Instance, plan: &mut VmPlan) {
+    inst.remove_share_port_sockets();
+    let _ = std::fs::remove_file(inst.path(crate::instance::FS_SHM));
+    if let Some(shm) = &plan.vsockfs.shm {
+        let made = std::fs::File::create(&shm.path).and_then(|f| f.set_len(shm.size));
+        if let Err(e) = made {
+            tracing::warn!(
+                "{}: {e}; shares will carry their data over vsock",
+                shm.path.display()
+            );
+            plan.vsockfs.shm = None;
+        }
+    }
+}
+
+impl Up {
+    pub fn transport(&self) -> &dyn Transport {
+        self.transport.as_ref()
+    }
+
+    pub fn accel(&self) -> &str {
+        self.vm.accel()
+    }
+
+    /// Runs until the VM ends or a stop is requested.
+    pub async fn run(&mut self, stop: &mut Stop) -> Ending {
+        tokio::select! {
+            why = self.vm.wait() => Ending::VmEnded(why),
+            _ = stop.requested() => Ending::StopRequested,
+        }
+    }
+
+    /// How the VM ended, if it does within `d`.
+    pub async fn ended_within(&mut self, d: Duration) -> Option<String> {
+        tokio::time::timeout(d, self.vm.wait()).await.ok()
+    }
+
+    /// Stops forwarding and the VM (unless it already `ended`), and
+    /// removes the host ends of forwarded Unix sockets.
+    pub async fn close(mut self, ended: bool) {
+        self.forwarding.abort();
+        if !ended {
+            stop_vm(
+                self.vm.as_mut(),
+                Some(self.transport.as_ref()),
+                self.shutdown,
+                &self.observe,
+            )
+            .await;
+        }
+        for p in lima_proto::sync::lock(&self.unix_paths).iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Stops a VM as `how` says; `agent` is the guest agent when it answered.
+async fn stop_vm(
+    vm: &mut dyn RunningVm,
+    agent: Option<&dyn Transport>,
+    how: Shutdown,
+    observe: &Observer,
+) {
+    observe(Phase::Stopping);
+    let grace = match how {
+        Shutdown::Quick(grace) => grace,
+        Shutdown::Clean => {
+            if let Some(agent) = agent {
+                if power_off(vm, agent).await {
+                    return;
+                }
+            }
+            QMP_GRACE
+        }
+    };
+    vm.terminate(grace).await;
+}
+
+/// Asks the guest agent to power the VM off; true once it is off.
+async fn power_off(vm: &mut dyn RunningVm, agent: &dyn Transport) -> bool {
+    let asked = tokio::time::timeout(
+        Duration::from_secs(5),
+        client::control(agent, lima_proto::ControlRequest::Shutdown),
+    )
+    .await;
+    match asked {
+        Ok(Ok(_)) => {
+            if tokio::time::timeout(GUEST_SHUTDOWN_GRACE, vm.wait())
+                .await
+                .is_ok()
+            {
+                tracing::info!("guest powered off");
+                return true;
+            }
+            tracing::warn!("guest did not power off within {GUEST_SHUTDOWN_GRACE:?}");
+        }
+        Ok(Err(e)) => tracing::warn!("guest agent shutdown request failed: {e}"),
+        Err(_) => tracing::warn!("guest agent did not answer the shutdown request"),
+    }
+    false
+}
+
+/// Waits until the guest console shows the agent listening. Connecting
+/// earlier is not harmless with `vhost-device-vsock`: a connection made
+/// while the guest's vsock device is still coming up occasionally hangs,
+/// and from then on every later connection hangs too (seen here a few times
+/// in a hundred boots, more often the faster the guest boots).
+async fn wait_for_console_marker(serial: &std::path::Path) {
+    let mut seen = 0usize;
+    loop {
+        if let Ok(text) = std::fs::read(serial) {
+            // Only the new part, plus enough overlap for a split marker.
+            let from = seen.saturating_sub(READY_MARKER.len());
+            if text
+                .get(from..)
+                .is_some_and(|t| t.windows(READY_MARKER.len()).any(|w| w == READY_MARKER))
+            {
+                return;
+            }
+            seen = text.len();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for the agent's console line when `serial` is given (our images
+/// print it), then polls the guest agent until it answers a ping.
+async fn wait_ready(transport: &dyn Transport, serial: Option<&std::path::Path>) -> AgentInfo {
+    if let Some(serial) = serial {
+        wait_for_console_marker(serial).await;
+    }
+    // Each attempt gets longer after one times out: on a starved host (many
+    // emulated VMs on few cores) one hello+ping can take seconds, and a fixed
+    // limit would abandon every attempt just before its answer.
+    let mut limit = Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout(limit, client::ping(transport)).await {
+            Ok(Ok(info)) => return info,
+            Ok(Err(e)) => tracing::trace!("guest agent not ready: {e}"),
+            Err(_) => {
+                tracing::debug!("guest agent ping timed out after {limit:?}");
+                limit = (limit * 2).min(Duration::from_secs(60));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

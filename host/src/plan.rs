@@ -1,0 +1,383 @@
+//! The machine an instance runs on, described once for every driver.
+//!
+//! [`plan`] turns the checked `lima.yaml`, the resolved boot image and what
+//! the driver can offer ([`Caps`]) into a [`VmPlan`]: CPUs, memory, how it
+//! boots, its disks, its shared folders, the shared memory and serial ports
+//! that `vsockfs` shares use, and the console log. A driver only turns the
+//! plan into its own arguments (QEMU) or API calls (Virtualization.framework);
+//! which devices exist is decided here, so every driver gets the same machine.
+//!
+//! ```text
+//! lima.yaml ─ config ─┐
+//! images[]  ─ image  ─┼─ plan() ─ VmPlan ─ driver (qemu: args; vz: API)
+//! driver.caps() ──────┘                 └─ shares (which port / region each vsockfs mount uses)
+//! ```
+use std::path::{Path, PathBuf};
+
+use crate::config::InstanceConfig;
+use crate::image::{BootImage, DiskFormat};
+use crate::instance::{self, Instance};
+use crate::mounts::MountType;
+
+/// Shared memory per vsockfs share: 32 slots of 1 MiB, twice the readahead
+/// window.
+pub const SHM_PER_SHARE: u64 = 32 << 20;
+/// Shares that get shared memory; later ones carry their data in frames.
+pub const SHM_SHARES_MAX: u64 = 8;
+/// Shares that get a serial port of their own (one virtio-serial device
+/// holds 31 ports).
+pub const PORTS_MAX: u64 = 30;
+
+/// What a driver can give a VM besides the basics (disks, 9p/virtiofs,
+/// vsock, a console).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// A shared-memory device the host maps too (QEMU's ivshmem, PCI only).
+    pub shared_memory: bool,
+    /// Named serial ports with a Unix socket on the host (virtio-serial).
+    pub serial_ports: bool,
+}
+
+/// Everything a driver needs to build the VM.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    /// The instance's name (the VM's name is `lima-NAME`).
+    pub name: String,
+    pub cpus: u32,
+    /// Bytes.
+    pub memory: u64,
+    pub boot: Boot,
+    /// In order: the guest sees the first as `/dev/vda`.
+    pub disks: Vec<Disk>,
+    /// 9p and virtiofs shares, which are VM devices.
+    pub shares: Vec<Share>,
+    /// What `vsockfs` shares use besides vsock.
+    pub vsockfs: VsockfsDevices,
+    /// Where the guest's serial console goes.
+    pub serial_log: PathBuf,
+}
+
+/// How the VM starts.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// The VMM loads the kernel. `cmdline` holds the guest's parameters;
+    /// the driver adds its console and machine-specific ones.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: Vec<String>,
+    },
+    /// Firmware boots the first disk.
+    Firmware,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskMedia {
+    Disk,
+    /// Read-only optical media (a cloud-init seed).
+    Cdrom,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Unique among the VM's devices.
+    pub id: String,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub read_only: bool,
+    pub media: DiskMedia,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Share {
+    NineP {
+        tag: String,
+        path: PathBuf,
+        security_model: String,
+        read_only: bool,
+    },
+    /// Served by a `virtiofsd` that the driver starts (QEMU) or by the
+    /// hypervisor itself (vz).
+    Virtiofs {
+        tag: String,
+        path: PathBuf,
+        read_only: bool,
+        socket: PathBuf,
+        log: PathBuf,
+    },
+}
+
+/// The devices of `vsockfs` shares. The nth share uses region n of the
+/// shared memory (if n < [`SHM_SHARES_MAX`]) and port n (if there is one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VsockfsDevices {
+    pub shm: Option<SharedMemory>,
+    pub ports: Vec<SerialPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMemory {
+    pub id: String,
+    /// Backing file, created before the driver starts.
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialPort {
+    /// The name the guest sees (`/dev/virtio-ports/NAME`).
+    pub name: String,
+    /// The host's end: the VMM listens here.
+    pub socket: PathBuf,
+}
+
+impl VmPlan {
+    /// A kernel that shows whether the native accelerator runs guests (the
+    /// accelerator probe boots it), if the plan has one.
+    pub fn probe_kernel(&self) -> Option<&Path> {
+        match &self.boot {
+            Boot::Kernel { kernel, .. } => Some(kernel),
+            Boot::Firmware => None,
+        }
+    }
+
+    /// Whether any device needs guest RAM shared with a host process.
+    pub fn has_virtiofs(&self) -> bool {
+        self.shares
+            .iter()
+            .any(|s| matches!(s, Share::Virtiofs { .. }))
+    }
+}
+
+impl VsockfsDevices {
+    /// The shared-memory region (offset, length) of the `nth` share.
+    pub fn region(&self, nth: u64) -> Option<(&Path, u64, u64)> {
+        let shm = self.shm.as_ref()?;
+        let offset = nth.checked_mul(SHM_PER_SHARE)?;
+        (nth < SHM_SHARES_MAX && offset + SHM_PER_SHARE <= shm.size).then_some((
+            shm.path.as_path(),
+            offset,
+            SHM_PER_SHARE,
+        ))
+    }
+
+    /// The serial port of the `nth` share.
+    pub fn port(&self, nth: u64) -> Option<&SerialPort> {
+        self.ports.get(usize::try_from(nth).ok()?)
+    }
+}
+
+/// The `nth` vsockfs share's port name, as the guest sees it.
+pub fn port_name(nth: u64) -> String {
+    format!("lima.fs.{nth}")
+}
+
+/// Describes the VM of `inst`.
+pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps) -> VmPlan {
+    let mut disks = Vec::new();
+    let boot = match image {
+        BootImage::Kernel(k) => {
+            let hostname = format!("lima-{}", inst.name.replace(['.', '_'], "-"));
+            let mut cmdline = vec!["panic=-1".to_string(), format!("lima.hostname={hostname}")];
+            cmdline.extend(k.extra_cmdline.split_whitespace().map(String::from));
+            if let Some(rootfs) = &k.rootfs {
+                // The image's root filesystem, read-only (the guest puts a
+                // memory overlay on top); the agent switches into it.
+                disks.push(Disk {
+                    id: "root".into(),
+                    path: rootfs.clone(),
+                    format: DiskFormat::Raw,
+                    read_only: true,
+                    media: DiskMedia::Disk,
+                });
+                cmdline.push("lima.root=/dev/vda".into());
+            }
+            Boot::Kernel {
+                kernel: k.kernel.clone(),
+                initrd: k.initrd.clone(),
+                cmdline,
+            }
+        }
+        BootImage::Disk(d) => {
+            disks.push(Disk {
+                id: "root".into(),
+                path: d.disk.clone(),
+                format: d.format,
+                read_only: false,
+                media: DiskMedia::Disk,
+            });
+            if let Some(seed) = &d.seed {
+                disks.push(Disk {
+                    id: "seed".into(),
+                    path: seed.clone(),
+                    format: DiskFormat::Raw,
+                    read_only: true,
+                    media: DiskMedia::Cdrom,
+                });
+            }
+            Boot::Firmware
+        }
+    };
+    let mut shares = Vec::new();
+    let mut vsockfs = 0u64;
+    for m in &cfg.mounts {
+        match m.kind {
+            MountType::NineP => shares.push(Share::NineP {
+                tag: m.tag.clone(),
+                path: m.location.clone(),
+                security_model: m.security_model.clone(),
+                read_only: !m.writable,
+            }),
+            MountType::Virtiofs => {
+                let (socket, log) = inst.virtiofsd_files(&m.tag);
+                shares.push(Share::Virtiofs {
+                    tag: m.tag.clone(),
+                    path: m.location.clone(),
+                    read_only: !m.writable,
+                    socket,
+                    log,
+                });
+            }
+            MountType::Vsockfs => vsockfs += 1,
+        }
+    }
+    let shm = (caps.shared_memory && vsockfs > 0).then(|| SharedMemory {
+        id: "fsshm".into(),
+        path: inst.path(instance::FS_SHM),
+        size: SHM_PER_SHARE * vsockfs.min(SHM_SHARES_MAX),
+    });
+    let ports = if caps.serial_ports {
+        (0..vsockfs.min(PORTS_MAX))
+            .map(|n| SerialPort {
+                name: port_name(n),
+                socket: inst.share_port_socket(n),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    VmPlan {
+        name: inst.name.clone(),
+        cpus: cfg.cpus,
+        memory: cfg.memory,
+        boot,
+        disks,
+        shares,
+        vsockfs: VsockfsDevices { shm, ports },
+        serial_log: inst.path(instance::SERIAL_LOG),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{DiskBoot, KernelBoot};
+
+    fn config(yaml: &str) -> InstanceConfig {
+        crate::config::LimaYaml::parse(yaml, "t.yaml")
+            .unwrap()
+            .resolve("t.yaml")
+            .unwrap()
+    }
+
+    fn kernel(rootfs: Option<&str>) -> BootImage {
+        BootImage::Kernel(KernelBoot {
+            kernel: "/img/vmlinux".into(),
+            initrd: Some("/img/initrd.img".into()),
+            extra_cmdline: "quiet  loglevel=3".into(),
+            kernel_release: None,
+            rootfs: rootfs.map(PathBuf::from),
+        })
+    }
+
+    const ALL: Caps = Caps {
+        shared_memory: true,
+        serial_ports: true,
+    };
+
+    #[test]
+    fn a_kernel_image_with_a_root_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path(), "my.vm").unwrap();
+        let cfg = config("images: [{location: builtin:default}]\ncpus: 2\nmemory: 1GiB\n");
+        let p = plan(&inst, &cfg, &kernel(Some("/img/rootfs.ext4")), ALL);
+        assert_eq!((p.cpus, p.memory), (2, 1 << 30));
+        let Boot::Kernel {
+            cmdline, initrd, ..
+        } = &p.boot
+        else {
+            panic!("{:?}", p.boot)
+        };
+        assert_eq!(initrd.as_deref(), Some(Path::new("/img/initrd.img")));
+        assert_eq!(
+            cmdline.join(" "),
+            "panic=-1 lima.hostname=lima-my-vm quiet loglevel=3 lima.root=/dev/vda"
+        );
+        assert_eq!(p.disks.len(), 1);
+        assert!(p.disks[0].read_only);
+        assert_eq!(p.probe_kernel(), Some(Path::new("/img/vmlinux")));
+        assert_eq!(p.vsockfs, VsockfsDevices::default());
+        assert_eq!(p.serial_log, inst.path(instance::SERIAL_LOG));
+    }
+
+    #[test]
+    fn a_disk_image_boots_from_firmware_with_its_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path(), "d").unwrap();
+        let cfg = config("images: [{location: builtin:default}]\n");
+        let image = BootImage::Disk(DiskBoot {
+            disk: "/i/disk.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            seed: Some("/i/cidata.iso".into()),
+        });
+        let p = plan(&inst, &cfg, &image, ALL);
+        assert!(matches!(p.boot, Boot::Firmware));
+        assert!(p.probe_kernel().is_none());
+        assert_eq!(p.disks.len(), 2);
+        assert_eq!(
+            (p.disks[0].format, p.disks[0].read_only, p.disks[0].media),
+            (DiskFormat::Qcow2, false, DiskMedia::Disk)
+        );
+        assert_eq!(
+            (p.disks[1].read_only, p.disks[1].media),
+            (true, DiskMedia::Cdrom)
+        );
+    }
+
+    #[test]
+    fn shares_get_devices_as_the_driver_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().display().to_string();
+        let inst = Instance::new(dir.path(), "s").unwrap();
+        let mut yaml = "images: [{location: builtin:default}]\nmounts:\n".to_string();
+        for (n, kind) in ["vsockfs", "9p", "virtiofs", "vsockfs"].iter().enumerate() {
+            yaml.push_str(&format!(
+                "- {{location: {folder}, mountPoint: /mnt/{n}, mountType: {kind}}}\n"
+            ));
+        }
+        let cfg = config(&yaml);
+        let p = plan(&inst, &cfg, &kernel(None), ALL);
+        assert_eq!(p.shares.len(), 2);
+        assert!(p.has_virtiofs());
+        let shm = p.vsockfs.shm.as_ref().unwrap();
+        assert_eq!(shm.size, 2 * SHM_PER_SHARE);
+        assert_eq!(shm.path, inst.path(instance::FS_SHM));
+        assert_eq!(p.vsockfs.ports.len(), 2);
+        assert_eq!(p.vsockfs.port(1).unwrap().name, "lima.fs.1");
+        assert_eq!(p.vsockfs.port(1).unwrap().socket, inst.share_port_socket(1));
+        assert!(p.vsockfs.port(2).is_none());
+        assert_eq!(p.vsockfs.region(1).unwrap().1, SHM_PER_SHARE);
+        assert!(p.vsockfs.region(2).is_none());
+
+        let p = plan(
+            &inst,
+            &cfg,
+            &kernel(None),
+            Caps {
+                shared_memory: false,
+                serial_ports: false,
+            },
+        );
+        assert!(p.vsockfs.shm.is_none() && p.vsockfs.ports.is_empty());
+    }
+}
