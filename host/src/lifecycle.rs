@@ -84,8 +84,8 @@ pub fn apply_mount_flags(
     }
     let path = inst.path(instance::LIMA_YAML);
     let text = std::fs::read_to_string(&path).map_err(io("read lima.yaml"))?;
-    let mut doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| crate::config::ConfigError::Parse {
+    let mut doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| crate::config::ConfigError::Parse {
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;
@@ -95,8 +95,8 @@ pub fn apply_mount_flags(
             path: path.display().to_string(),
             msg: "not a YAML mapping".into(),
         })?;
-    let key = serde_yaml::Value::from("mounts");
-    let mut mounts: Vec<serde_yaml::Value> = if only.is_empty() {
+    let key = serde_yaml_ng::Value::from("mounts");
+    let mut mounts: Vec<serde_yaml_ng::Value> = if only.is_empty() {
         map.get(&key)
             .and_then(|v| v.as_sequence().cloned())
             .unwrap_or_default()
@@ -120,13 +120,13 @@ pub fn apply_mount_flags(
             }
             .into());
         }
-        mounts.push(serde_yaml::to_value(&m).map_err(|e| LifecycleError::Io {
+        mounts.push(serde_yaml_ng::to_value(&m).map_err(|e| LifecycleError::Io {
             what: "encode a mount".into(),
             source: std::io::Error::other(e),
         })?);
     }
-    map.insert(key, serde_yaml::Value::Sequence(mounts));
-    let out = serde_yaml::to_string(&doc).map_err(|e| LifecycleError::Io {
+    map.insert(key, serde_yaml_ng::Value::Sequence(mounts));
+    let out = serde_yaml_ng::to_string(&doc).map_err(|e| LifecycleError::Io {
         what: "encode lima.yaml".into(),
         source: std::io::Error::other(e),
     })?;

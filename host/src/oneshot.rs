@@ -188,7 +188,7 @@ pub fn parse_port(flag: &str) -> Result<PortFlag, String> {
 
 /// The instance's lima.yaml: the default template's settings with ours on top.
 fn lima_yaml(opts: &RunOptions, image: &str, ports: &[PortFlag]) -> Result<String, RunError> {
-    use serde_yaml::{Mapping, Value};
+    use serde_yaml_ng::{Mapping, Value};
     let mut m = Mapping::new();
     let v = |s: &str| Value::from(s);
     m.insert(v("vmType"), v("qemu"));
@@ -231,7 +231,7 @@ fn lima_yaml(opts: &RunOptions, image: &str, ports: &[PortFlag]) -> Result<Strin
     ignore.insert(v("ignore"), Value::from(true));
     rules.push(Value::Mapping(ignore));
     m.insert(v("portForwards"), Value::Sequence(rules));
-    serde_yaml::to_string(&Value::Mapping(m)).map_err(|e| RunError::Failed(e.to_string()))
+    serde_yaml_ng::to_string(&Value::Mapping(m)).map_err(|e| RunError::Failed(e.to_string()))
 }
 
 /// A host port that is taken fails now, before a VM boots for nothing.

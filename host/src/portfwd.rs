@@ -237,7 +237,7 @@ mod tests {
     use super::*;
 
     fn rules(yaml: &str) -> Vec<Rule> {
-        let parsed: Vec<PortForwardYaml> = serde_yaml::from_str(yaml).unwrap();
+        let parsed: Vec<PortForwardYaml> = serde_yaml_ng::from_str(yaml).unwrap();
         resolve(&parsed, Path::new("/inst")).unwrap()
     }
 
@@ -353,7 +353,7 @@ mod tests {
             ),
             ("- guestSocket: rel.sock\n  hostSocket: x\n", "absolute"),
         ] {
-            let parsed: Vec<PortForwardYaml> = serde_yaml::from_str(bad).unwrap();
+            let parsed: Vec<PortForwardYaml> = serde_yaml_ng::from_str(bad).unwrap();
             let err = resolve(&parsed, Path::new("/i")).unwrap_err();
             assert_eq!(err.0, 0);
             assert!(err.1.contains(needle), "{bad}: {}", err.1);
