@@ -30,11 +30,12 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use lima_proto::fs::{
     Attr, DirEntry, Entry, FsReply, FsRequest, FsToGuest, Lock, SetTime, Statfs, Time, MAX_IO,
 };
+use lima_proto::sync::lock;
 
 use crate::nodes::{Node, NodeHooks, Nodes};
 use crate::sys::{self, Errno, SysResult};
@@ -136,10 +137,6 @@ struct NoHooks;
 impl NodeHooks for NoHooks {
     fn added(&self, _: &Node) {}
     fn removed(&self, _: &Node) {}
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Accepts one path component and nothing else.

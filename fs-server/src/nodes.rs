@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lima_proto::fs::ROOT_ID;
+use lima_proto::sync::lock;
 
 pub(crate) struct Node {
     pub id: u64,
@@ -61,11 +62,11 @@ impl Node {
 
     /// Records that the node was reached as `name` in `parent`.
     pub fn set_place(&self, parent: u64, name: &[u8]) {
-        *self.place.lock().unwrap_or_else(|e| e.into_inner()) = Some((parent, name.to_vec()));
+        *lock(&self.place) = Some((parent, name.to_vec()));
     }
 
     pub fn place(&self) -> Option<(u64, Vec<u8>)> {
-        self.place.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.place).clone()
     }
 
     fn touch(&self) {
@@ -154,7 +155,7 @@ impl Nodes {
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock leaves the maps consistent enough
         // (each operation is a few inserts/removes); keep serving.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.table)
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Node>> {

@@ -56,10 +56,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lima_proto::fs::FsToGuest;
+use lima_proto::sync::lock;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -249,11 +250,11 @@ impl Watches {
     }
 
     fn map(&self) -> MutexGuard<'_, Map> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.map)
     }
 
     fn own(&self) -> MutexGuard<'_, Own> {
-        self.own.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.own)
     }
 
     /// Call before a syscall that changes entries; then
@@ -285,7 +286,7 @@ impl Watches {
                 own = self
                     .ended
                     .wait_timeout(own, left)
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
         }
