@@ -86,13 +86,13 @@ struct LockOwner {
 
 pub(crate) struct Fs {
     writable: bool,
-    pub(crate) nodes: Nodes,
+    pub(crate) nodes: Arc<Nodes>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     locks: Mutex<HashMap<(u64, u64), LockOwner>>,
     /// `/proc/self/fd`, to reopen `O_PATH` fds.
     proc_fd: OwnedFd,
-    pub(crate) watches: Option<Watches>,
+    pub(crate) watches: Option<Arc<Watches>>,
     /// The process umask: permission bits the host kernel removes from what
     /// we create, which we add back when the guest asked for them.
     umask: u32,
@@ -284,12 +284,12 @@ impl Fs {
     ) -> Fs {
         let fs = Fs {
             writable,
-            nodes: Nodes::new(root_fd, root_st),
+            nodes: Arc::new(Nodes::new(root_fd, root_st)),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             locks: Mutex::new(HashMap::new()),
             proc_fd,
-            watches,
+            watches: watches.map(Arc::new),
             umask: sys::process_umask(),
             node_budget: AtomicUsize::new(0),
             shm: std::sync::OnceLock::new(),
@@ -303,7 +303,7 @@ impl Fs {
 
     fn hooks(&self) -> &dyn NodeHooks {
         match &self.watches {
-            Some(w) => w,
+            Some(w) => &**w,
             None => &NoHooks,
         }
     }

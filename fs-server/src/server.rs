@@ -130,7 +130,9 @@ impl Server {
         let (mut rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel::<FsToGuest>(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(wr, rx));
-        let watcher = tokio::spawn(watch::run(self.fs.clone(), tx.clone()));
+        let watcher = self.fs.watches.clone().map(|watches| {
+            tokio::spawn(watch::run(watches, self.fs.nodes.clone(), tx.clone()))
+        });
         let sem = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let closing = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
@@ -218,8 +220,10 @@ impl Server {
 
         closing.store(true, Ordering::Relaxed);
         while tasks.join_next().await.is_some() {}
-        watcher.abort();
-        let _ = watcher.await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+            let _ = watcher.await;
+        }
         drop(tx);
         let written = writer.await.map_err(std::io::Error::other)?;
         result.and(written)

@@ -65,8 +65,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
-use crate::fs::Fs;
-use crate::nodes::{Node, NodeHooks};
+use crate::nodes::{Node, NodeHooks, Nodes};
 use crate::sys;
 
 /// Upper bound of inotify watches per share (the kernel's per-user default
@@ -374,12 +373,9 @@ enum Key {
     Entry(u64, Vec<u8>),
 }
 
-impl Fs {
-    /// Turns a batch of events into invalidations, each sent once.
-    fn translate(&self, events: Vec<Event>) -> Vec<FsToGuest> {
-        let Some(watches) = self.watches.as_ref() else {
-            return Vec::new();
-        };
+impl Watches {
+    /// Turns a batch of events into invalidations of `nodes`, each sent once.
+    fn translate(&self, nodes: &Nodes, events: Vec<Event>) -> Vec<FsToGuest> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         let (mut out_first, mut overflowed) = (Vec::new(), false);
@@ -403,16 +399,16 @@ impl Fs {
                     overflowed = true;
                     out_first.push(FsToGuest::Overflow);
                 }
-                for id in self.nodes.ids() {
+                for id in nodes.ids() {
                     push(Key::Node(id));
                 }
                 continue;
             }
-            let Some(dir) = watches.node_for(ev.wd) else {
+            let Some(dir) = self.node_for(ev.wd) else {
                 continue;
             };
             if ev.mask & libc::IN_IGNORED != 0 {
-                watches.watch_gone(ev.wd);
+                self.watch_gone(ev.wd);
                 continue;
             }
             if ev.name.is_empty() {
@@ -427,7 +423,7 @@ impl Fs {
                 push(Key::Node(dir));
             }
             if ev.mask & (libc::IN_MODIFY | libc::IN_ATTRIB | libc::IN_MOVED_TO) != 0 {
-                if let Some(child) = self.child_id(dir, &ev.name) {
+                if let Some(child) = child_id(nodes, dir, &ev.name) {
                     push(Key::Node(child));
                 }
             }
@@ -435,39 +431,33 @@ impl Fs {
         out_first.extend(out);
         out_first
     }
-
-    fn child_id(&self, dir: u64, name: &[u8]) -> Option<u64> {
-        let dir = self.nodes.get(dir)?;
-        let name = std::ffi::CString::new(name).ok()?;
-        let st = sys::stat_at(dir.fd.as_fd(), &name).ok()?;
-        self.nodes.id_of(st.st_dev, st.st_ino)
-    }
 }
 
-/// Lends the inotify fd to tokio's reactor; the `Arc<Fs>` keeps it open.
-struct Registered(Arc<Fs>);
+/// The node of entry `name` in directory `dir`, if the table holds it.
+fn child_id(nodes: &Nodes, dir: u64, name: &[u8]) -> Option<u64> {
+    let dir = nodes.get(dir)?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let st = sys::stat_at(dir.fd.as_fd(), &name).ok()?;
+    nodes.id_of(st.st_dev, st.st_ino)
+}
+
+/// Lends the inotify fd to tokio's reactor; the `Arc<Watches>` keeps it open.
+struct Registered(Arc<Watches>);
 
 impl AsRawFd for Registered {
     fn as_raw_fd(&self) -> RawFd {
-        self.0
-            .watches
-            .as_ref()
-            .expect("only registered with watches")
-            .inotify
-            .as_raw_fd()
+        self.0.inotify.as_raw_fd()
     }
 }
 
-/// Reads inotify events until the receiver goes away; runs beside `serve`.
-pub(crate) async fn run(fs: Arc<Fs>, tx: mpsc::Sender<FsToGuest>) {
-    if fs.watches.is_none() {
-        return;
-    }
-    // SAFETY: `Registered` holds an `Arc<Fs>`, whose `Watches` own the
-    // inotify fd and never replace or close it while the Fs lives; so the fd
-    // stays open and the same for the whole life of the AsyncFd.
+/// Reads inotify events and sends the invalidations of `nodes` they mean
+/// until the receiver goes away; runs beside `serve`.
+pub(crate) async fn run(watches: Arc<Watches>, nodes: Arc<Nodes>, tx: mpsc::Sender<FsToGuest>) {
+    // SAFETY: `Registered` holds an `Arc<Watches>`, which owns the inotify
+    // fd and never replaces or closes it while it lives; so the fd stays
+    // open and the same for the whole life of the AsyncFd.
     let registered =
-        unsafe { AsyncFd::register_with_interest(Registered(fs.clone()), Interest::READABLE) };
+        unsafe { AsyncFd::register_with_interest(Registered(watches.clone()), Interest::READABLE) };
     let afd = match registered {
         Ok(a) => a,
         Err(e) => {
@@ -475,16 +465,15 @@ pub(crate) async fn run(fs: Arc<Fs>, tx: mpsc::Sender<FsToGuest>) {
             return;
         }
     };
-    let watches = || fs.watches.as_ref().expect("checked above");
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let Ok(mut guard) = afd.readable().await else {
             return;
         };
-        let round = watches().own().begin_round();
+        let round = watches.own().begin_round();
         let mut events = Vec::new();
         loop {
-            let inotify = watches().inotify.as_fd();
+            let inotify = watches.inotify.as_fd();
             match sys::read(inotify, &mut buf) {
                 Ok(n) => parse_events(&buf[..n], &mut events),
                 Err(libc::EAGAIN) => {
@@ -502,11 +491,10 @@ pub(crate) async fn run(fs: Arc<Fs>, tx: mpsc::Sender<FsToGuest>) {
             }
         }
         // Changes begun from here on cannot have caused what was read.
-        let upto = watches().own().next;
-        let fs2 = fs.clone();
+        let upto = watches.own().next;
+        let (watches2, nodes2) = (watches.clone(), nodes.clone());
         let translated = tokio::task::spawn_blocking(move || {
-            let watches = fs2.watches.as_ref().expect("checked above");
-            fs2.translate(watches.drop_own(events, round, upto))
+            watches2.translate(&nodes2, watches2.drop_own(events, round, upto))
         });
         let Ok(msgs) = translated.await else {
             return;
@@ -621,8 +609,11 @@ mod tests {
     #[test]
     fn an_overflow_tells_the_guest_first_then_invalidates_every_node() {
         let dir = tempfile::tempdir().unwrap();
-        let server = crate::Server::new(dir.path(), true).unwrap();
-        let out = server.fs().translate(vec![Event {
+        let path = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        let root = sys::open_path(&path, libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let st = sys::fstat(root.as_fd()).unwrap();
+        let nodes = Nodes::new(root, &st);
+        let out = Watches::new().unwrap().translate(&nodes, vec![Event {
             wd: -1,
             mask: libc::IN_Q_OVERFLOW,
             name: Vec::new(),
