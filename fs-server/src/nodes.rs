@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use lima_proto::fs::ROOT_ID;
 use lima_proto::sync::lock;
 
+use crate::sys;
+
 pub(crate) struct Node {
     pub id: u64,
     /// `O_PATH | O_NOFOLLOW` fd on the inode (on the link itself for symlinks).
@@ -48,13 +50,13 @@ pub(crate) struct Node {
 static TICK: AtomicU64 = AtomicU64::new(0);
 
 impl Node {
-    pub fn new(id: u64, fd: OwnedFd, st: &libc::stat) -> Node {
+    pub fn new(id: u64, fd: OwnedFd, st: &sys::Stat) -> Node {
         Node {
             id,
             fd,
             dev: st.st_dev,
             ino: st.st_ino,
-            kind: st.st_mode & libc::S_IFMT,
+            kind: st.st_mode & sys::S_IFMT,
             last_used: AtomicU64::new(TICK.fetch_add(1, Ordering::Relaxed)),
             place: Mutex::new(None),
         }
@@ -75,11 +77,11 @@ impl Node {
     }
 
     pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
+        self.kind == sys::S_IFDIR
     }
 
     pub fn is_symlink(&self) -> bool {
-        self.kind == libc::S_IFLNK
+        self.kind == sys::S_IFLNK
     }
 }
 
@@ -131,7 +133,7 @@ pub(crate) trait NodeHooks {
 }
 
 impl Nodes {
-    pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Nodes {
+    pub fn new(root_fd: OwnedFd, st: &sys::Stat) -> Nodes {
         let root = Node::new(ROOT_ID, root_fd, st);
         let mut table = Table {
             by_id: HashMap::new(),
@@ -198,7 +200,7 @@ impl Nodes {
     /// Adds one reference to the node for `st`'s inode, creating it around
     /// `fd` if it is new (otherwise `fd` is closed: the existing node's fd
     /// names the same inode).
-    pub fn intern(&self, fd: OwnedFd, st: &libc::stat, hooks: &dyn NodeHooks) -> Arc<Node> {
+    pub fn intern(&self, fd: OwnedFd, st: &sys::Stat, hooks: &dyn NodeHooks) -> Arc<Node> {
         let mut t = self.lock();
         if let Some(&id) = t.by_ino.get(&(st.st_dev, st.st_ino)) {
             let slot = t.by_id.get_mut(&id).expect("by_ino and by_id agree");
@@ -255,9 +257,9 @@ mod tests {
         }
     }
 
-    fn open(path: &str) -> (OwnedFd, libc::stat) {
+    fn open(path: &str) -> (OwnedFd, sys::Stat) {
         let c = std::ffi::CString::new(path).unwrap();
-        let fd = crate::sys::open_path(&c, libc::O_PATH).unwrap();
+        let fd = crate::sys::open_path(&c, crate::sys::O_PATH).unwrap();
         let st = crate::sys::fstat(std::os::fd::AsFd::as_fd(&fd)).unwrap();
         (fd, st)
     }

@@ -72,20 +72,19 @@ use crate::sys;
 /// is often 8192 or more, shared with other programs).
 pub const MAX_WATCHES: usize = 4096;
 
-const MASK: u32 = libc::IN_CREATE
-    | libc::IN_DELETE
-    | libc::IN_MOVED_FROM
-    | libc::IN_MOVED_TO
-    | libc::IN_MODIFY
-    | libc::IN_ATTRIB
-    | libc::IN_DELETE_SELF
-    | libc::IN_MOVE_SELF
-    | libc::IN_ONLYDIR
-    | libc::IN_EXCL_UNLINK;
+const MASK: u32 = sys::IN_CREATE
+    | sys::IN_DELETE
+    | sys::IN_MOVED_FROM
+    | sys::IN_MOVED_TO
+    | sys::IN_MODIFY
+    | sys::IN_ATTRIB
+    | sys::IN_DELETE_SELF
+    | sys::IN_MOVE_SELF
+    | sys::IN_ONLYDIR
+    | sys::IN_EXCL_UNLINK;
 
 /// Entry events: the ones a change of our own may have dropped.
-const ENTRY_EVENTS: u32 =
-    libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
+const ENTRY_EVENTS: u32 = sys::IN_CREATE | sys::IN_DELETE | sys::IN_MOVED_FROM | sys::IN_MOVED_TO;
 
 /// Longest an expected event is waited for, and longest a batch of events
 /// waits for the changes still running to record theirs (normally the next
@@ -163,7 +162,7 @@ impl Own {
     /// Whether `ev` is one of ours; if so its record is used up.
     fn take(&mut self, ev: &Event, now: Instant) -> bool {
         let kind = ev.mask & ENTRY_EVENTS;
-        if kind == 0 || ev.name.is_empty() || ev.mask & libc::IN_Q_OVERFLOW != 0 {
+        if kind == 0 || ev.name.is_empty() || ev.mask & sys::IN_Q_OVERFLOW != 0 {
             return false;
         }
         let key = Expect {
@@ -306,7 +305,7 @@ impl Watches {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     pub fn count(&self) -> usize {
         self.map().by_node.len()
     }
@@ -391,7 +390,7 @@ impl Watches {
             }
         };
         for ev in events {
-            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+            if ev.mask & sys::IN_Q_OVERFLOW != 0 {
                 // Lost events: every cached thing may be stale; the guest's
                 // listings first (a directory's InvalidateNode alone keeps
                 // its listing, since entry changes come by name).
@@ -407,7 +406,7 @@ impl Watches {
             let Some(dir) = self.node_for(ev.wd) else {
                 continue;
             };
-            if ev.mask & libc::IN_IGNORED != 0 {
+            if ev.mask & sys::IN_IGNORED != 0 {
                 self.watch_gone(ev.wd);
                 continue;
             }
@@ -415,14 +414,13 @@ impl Watches {
                 push(Key::Node(dir));
                 continue;
             }
-            if ev.mask
-                & (libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO)
+            if ev.mask & (sys::IN_CREATE | sys::IN_DELETE | sys::IN_MOVED_FROM | sys::IN_MOVED_TO)
                 != 0
             {
                 push(Key::Entry(dir, ev.name.clone()));
                 push(Key::Node(dir));
             }
-            if ev.mask & (libc::IN_MODIFY | libc::IN_ATTRIB | libc::IN_MOVED_TO) != 0 {
+            if ev.mask & (sys::IN_MODIFY | sys::IN_ATTRIB | sys::IN_MOVED_TO) != 0 {
                 if let Some(child) = child_id(nodes, dir, &ev.name) {
                     push(Key::Node(child));
                 }
@@ -533,30 +531,30 @@ mod tests {
         let mut own = Own::default();
         let round = own.begin_round();
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_CREATE, "f")], now);
+        own.end(id, vec![expect(1, sys::IN_CREATE, "f")], now);
         // Another name, type or watch, and a write to the same name: host edits.
-        assert!(!own.take(&ev(1, libc::IN_CREATE, "g"), now));
-        assert!(!own.take(&ev(1, libc::IN_DELETE, "f"), now));
-        assert!(!own.take(&ev(2, libc::IN_CREATE, "f"), now));
-        assert!(!own.take(&ev(1, libc::IN_MODIFY, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_CREATE, "g"), now));
+        assert!(!own.take(&ev(1, sys::IN_DELETE, "f"), now));
+        assert!(!own.take(&ev(2, sys::IN_CREATE, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_MODIFY, "f"), now));
         // Ours (mkdir sets IN_ISDIR too), once.
-        assert!(own.take(&ev(1, libc::IN_CREATE | libc::IN_ISDIR, "f"), now));
-        assert!(!own.take(&ev(1, libc::IN_CREATE, "f"), now));
+        assert!(own.take(&ev(1, sys::IN_CREATE | sys::IN_ISDIR, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_CREATE, "f"), now));
         own.end_round(round, now);
         assert!(own.expected.is_empty());
 
         // Two changes expecting the same event drop two, not more.
         let (a, b) = (own.begin(), own.begin());
-        own.end(a, vec![expect(1, libc::IN_DELETE, "f")], now);
-        own.end(b, vec![expect(1, libc::IN_DELETE, "f")], now);
-        assert!(own.take(&ev(1, libc::IN_DELETE, "f"), now));
-        assert!(own.take(&ev(1, libc::IN_DELETE, "f"), now));
-        assert!(!own.take(&ev(1, libc::IN_DELETE, "f"), now));
+        own.end(a, vec![expect(1, sys::IN_DELETE, "f")], now);
+        own.end(b, vec![expect(1, sys::IN_DELETE, "f")], now);
+        assert!(own.take(&ev(1, sys::IN_DELETE, "f"), now));
+        assert!(own.take(&ev(1, sys::IN_DELETE, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_DELETE, "f"), now));
 
         // A failed change (no events) expects nothing.
         let id = own.begin();
         own.end(id, Vec::new(), now);
-        assert!(!own.take(&ev(1, libc::IN_DELETE, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_DELETE, "f"), now));
     }
 
     #[test]
@@ -566,22 +564,22 @@ mod tests {
         // Recorded before a read began: its event was in that read; left
         // over, it is dropped at the end of that round.
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_MOVED_FROM, "a")], now);
+        own.end(id, vec![expect(1, sys::IN_MOVED_FROM, "a")], now);
         let round = own.begin_round();
         // Recorded while that read runs: its event may be in the next one.
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_MOVED_TO, "b")], now);
+        own.end(id, vec![expect(1, sys::IN_MOVED_TO, "b")], now);
         own.end_round(round, now);
-        assert!(!own.take(&ev(1, libc::IN_MOVED_FROM, "a"), now));
-        assert!(own.take(&ev(1, libc::IN_MOVED_TO, "b"), now));
+        assert!(!own.take(&ev(1, sys::IN_MOVED_FROM, "a"), now));
+        assert!(own.take(&ev(1, sys::IN_MOVED_TO, "b"), now));
 
         // However many rounds, not past EXPECT_FOR.
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_CREATE, "c")], now);
+        own.end(id, vec![expect(1, sys::IN_CREATE, "c")], now);
         let later = now + EXPECT_FOR + Duration::from_millis(1);
-        assert!(!own.take(&ev(1, libc::IN_CREATE, "c"), later));
+        assert!(!own.take(&ev(1, sys::IN_CREATE, "c"), later));
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_CREATE, "d")], now);
+        own.end(id, vec![expect(1, sys::IN_CREATE, "d")], now);
         own.end_round(own.round, later);
         assert!(own.expected.is_empty());
     }
@@ -601,23 +599,26 @@ mod tests {
         let slow = own.begin();
         let upto = own.next;
         own.abandon(upto);
-        own.end(slow, vec![expect(1, libc::IN_CREATE, "f")], now);
+        own.end(slow, vec![expect(1, sys::IN_CREATE, "f")], now);
         assert!(own.settled(upto));
-        assert!(!own.take(&ev(1, libc::IN_CREATE, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_CREATE, "f"), now));
     }
 
     #[test]
     fn an_overflow_tells_the_guest_first_then_invalidates_every_node() {
         let dir = tempfile::tempdir().unwrap();
         let path = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
-        let root = sys::open_path(&path, libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let root = sys::open_path(&path, sys::O_PATH | libc::O_DIRECTORY).unwrap();
         let st = sys::fstat(root.as_fd()).unwrap();
         let nodes = Nodes::new(root, &st);
-        let out = Watches::new().unwrap().translate(&nodes, vec![Event {
-            wd: -1,
-            mask: libc::IN_Q_OVERFLOW,
-            name: Vec::new(),
-        }]);
+        let out = Watches::new().unwrap().translate(
+            &nodes,
+            vec![Event {
+                wd: -1,
+                mask: sys::IN_Q_OVERFLOW,
+                name: Vec::new(),
+            }],
+        );
         assert_eq!(out.first(), Some(&FsToGuest::Overflow));
         assert!(out.contains(&FsToGuest::InvalidateNode {
             id: lima_proto::fs::ROOT_ID
@@ -629,8 +630,8 @@ mod tests {
     fn parses_events_and_stops_at_garbage() {
         let mut buf = Vec::new();
         for (wd, mask, name) in [
-            (1i32, libc::IN_CREATE, &b"abc"[..]),
-            (2, libc::IN_ATTRIB, b""),
+            (1i32, sys::IN_CREATE, &b"abc"[..]),
+            (2, sys::IN_ATTRIB, b""),
         ] {
             let padded = if name.is_empty() { 0 } else { 16 };
             buf.extend_from_slice(&wd.to_ne_bytes());
@@ -647,7 +648,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(
             (out[0].wd, out[0].mask, &out[0].name[..]),
-            (1, libc::IN_CREATE, &b"abc"[..])
+            (1, sys::IN_CREATE, &b"abc"[..])
         );
         assert_eq!((out[1].wd, out[1].name.len()), (2, 0));
         // A length running past the buffer is clamped.
