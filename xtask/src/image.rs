@@ -36,9 +36,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::build::{self, Profile};
+use crate::cache::{default_dir, images_dir, inputs_hash};
+use crate::fsutil::{copy, mib, remove_dir_if_present, set_mode, symlink, write};
 use crate::{cmd, cpio, setup};
 
 /// Bump whenever the recipe below changes what ends up in the image, so the
@@ -105,16 +106,6 @@ pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
         Which::Debian | Which::All => crate::debian::assemble(&default),
         Which::DebianClassic => crate::debian::assemble_classic(),
     }
-}
-
-/// `target/images`.
-pub(crate) fn images_dir() -> PathBuf {
-    cmd::target_dir().join("images")
-}
-
-/// The directory the other tasks and the tests use: `target/images/default`.
-pub fn default_dir() -> PathBuf {
-    images_dir().join("default")
 }
 
 /// Assembles the default image around `agent`, or finds it in the cache.
@@ -392,18 +383,6 @@ fn download(deb: &IndexedDeb, dir: &Path) -> Result<Deb> {
         path.display()
     );
     Ok(Deb { path, sha256 })
-}
-
-/// The cache key: SHA-256 over labelled inputs (each input contributes its
-/// own bytes or, for big files, their SHA-256).
-pub(crate) fn inputs_hash(inputs: &[(&str, &[u8])]) -> String {
-    let mut hasher = Sha256::new();
-    for (label, bytes) in inputs {
-        hasher.update(label.as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    }
-    hex::encode(hasher.finalize())
 }
 
 /// SHA-256 of a file, by `sha256sum`: xtask is a debug build, and sha2
@@ -826,44 +805,6 @@ fn point_default_at(images: &Path, hash: &str) -> Result<()> {
     fs::rename(&new, &link).with_context(|| format!("cannot replace {}", link.display()))
 }
 
-fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
-    let bytes = fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
-    write(to, &bytes, mode)
-}
-
-pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    set_mode(path, mode)
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot chmod {}", path.display()))
-}
-
-pub(crate) fn symlink(target: &str, link: &Path) -> Result<()> {
-    if let Some(parent) = link.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::os::unix::fs::symlink(target, link)
-        .with_context(|| format!("cannot link {} -> {target}", link.display()))
-}
-
-pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot remove {}", dir.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
 fn file_name(path: &Path) -> String {
     path.file_name()
         .unwrap_or_default()
@@ -878,10 +819,6 @@ fn join_or_none(names: &[String]) -> String {
     } else {
         sorted.into_iter().cloned().collect::<Vec<_>>().join(" ")
     }
-}
-
-pub(crate) fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 #[cfg(test)]
@@ -950,14 +887,6 @@ mod tests {
                 sha256: Some("3d3fdb".into()),
             }]
         );
-    }
-
-    #[test]
-    fn inputs_hash_separates_inputs() {
-        let a = inputs_hash(&[("x", b"ab"), ("y", b"c")]);
-        let b = inputs_hash(&[("x", b"a"), ("y", b"bc")]);
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 64);
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub fn kernel_to_boot(dir: &Path) -> Result<&'static str> {
         .with_context(|| format!("cannot read {}/vmlinuz", dir.display()))?;
     match extract(&bzimage) {
         Ok(elf) => {
-            crate::image::write(&dir.join("vmlinux"), &elf, 0o644)?;
+            crate::fsutil::write(&dir.join("vmlinux"), &elf, 0o644)?;
             Ok("vmlinux")
         }
         Err(e) => {
