@@ -36,6 +36,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use object::elf::{FileHeader64, EM_X86_64, PT_INTERP};
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::LittleEndian;
 
 use crate::build::{self, Profile};
 use crate::cache::{default_dir, images_dir, inputs_hash};
@@ -402,39 +405,25 @@ fn sha256_file(path: &Path) -> Result<String> {
 /// The agent runs as `/init` with no libc and no loader in the initramfs, so
 /// it must be a static x86-64 ELF. Catches pointing `--agent` at a glibc build.
 fn check_static_x86_64(elf: &[u8]) -> Result<()> {
-    const PT_INTERP: u32 = 3;
-    const EM_X86_64: u16 = 62;
-    let u16_at = |off: usize| {
-        elf.get(off..off + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |off: usize| {
-        elf.get(off..off + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-    };
-    let u64_at = |off: usize| {
-        elf.get(off..off + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-    };
     ensure!(
         elf.starts_with(b"\x7fELF\x02\x01"),
         "is not a little-endian 64-bit ELF file"
     );
-    ensure!(u16_at(0x12) == Some(EM_X86_64), "is not an x86-64 binary");
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
-        bail!("has a truncated ELF header");
-    };
-    for i in 0..usize::from(phnum) {
-        let off = usize::try_from(phoff)? + i * usize::from(phentsize);
-        let p_type = u32_at(off).context("has a truncated program header table")?;
-        ensure!(
-            p_type != PT_INTERP,
-            "is dynamically linked (it names an ELF interpreter); the initramfs has no libc, \
-             so build it for {}",
-            setup::MUSL_TARGET
-        );
-    }
+    let header = FileHeader64::<LittleEndian>::parse(elf).context("has a truncated ELF header")?;
+    let endian = header.endian().context("has a truncated ELF header")?;
+    ensure!(
+        header.e_machine(endian) == EM_X86_64,
+        "is not an x86-64 binary"
+    );
+    let segments = header
+        .program_headers(endian, elf)
+        .context("has a truncated program header table")?;
+    ensure!(
+        segments.iter().all(|s| s.p_type(endian) != PT_INTERP),
+        "is dynamically linked (it names an ELF interpreter); the initramfs has no libc, \
+         so build it for {}",
+        setup::MUSL_TARGET
+    );
     Ok(())
 }
 
@@ -902,7 +891,7 @@ mod tests {
     fn a_static_elf_header_is_accepted() {
         // A 64-byte ELF header with no program headers.
         let mut elf = vec![0u8; 64];
-        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
         elf[0x12] = 62;
         check_static_x86_64(&elf).unwrap();
     }
