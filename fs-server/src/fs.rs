@@ -30,11 +30,12 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use lima_proto::fs::{
     Attr, DirEntry, Entry, FsReply, FsRequest, FsToGuest, Lock, SetTime, Statfs, Time, MAX_IO,
 };
+use lima_proto::sync::lock;
 
 use crate::nodes::{Node, NodeHooks, Nodes};
 use crate::sys::{self, Errno, SysResult};
@@ -85,13 +86,13 @@ struct LockOwner {
 
 pub(crate) struct Fs {
     writable: bool,
-    pub(crate) nodes: Nodes,
+    pub(crate) nodes: Arc<Nodes>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     locks: Mutex<HashMap<(u64, u64), LockOwner>>,
     /// `/proc/self/fd`, to reopen `O_PATH` fds.
     proc_fd: OwnedFd,
-    pub(crate) watches: Option<Watches>,
+    pub(crate) watches: Option<Arc<Watches>>,
     /// The process umask: permission bits the host kernel removes from what
     /// we create, which we add back when the guest asked for them.
     umask: u32,
@@ -138,10 +139,6 @@ impl NodeHooks for NoHooks {
     fn removed(&self, _: &Node) {}
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Accepts one path component and nothing else.
 pub(crate) fn check_name(name: &[u8]) -> SysResult<CString> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
@@ -160,7 +157,7 @@ fn time(secs: i64, nanos: i64) -> Time {
     }
 }
 
-pub(crate) fn attr(id: u64, st: &libc::stat) -> Attr {
+pub(crate) fn attr(id: u64, st: &sys::Stat) -> Attr {
     Attr {
         id,
         size: st.st_size as u64,
@@ -195,13 +192,13 @@ fn timespec(t: Option<SetTime>) -> SysResult<libc::timespec> {
 
 fn dtype_to_kind(t: u8) -> u32 {
     match t {
-        libc::DT_DIR => libc::S_IFDIR,
-        libc::DT_REG => libc::S_IFREG,
-        libc::DT_LNK => libc::S_IFLNK,
-        libc::DT_CHR => libc::S_IFCHR,
-        libc::DT_BLK => libc::S_IFBLK,
-        libc::DT_FIFO => libc::S_IFIFO,
-        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_DIR => sys::S_IFDIR,
+        libc::DT_REG => sys::S_IFREG,
+        libc::DT_LNK => sys::S_IFLNK,
+        libc::DT_CHR => sys::S_IFCHR,
+        libc::DT_BLK => sys::S_IFBLK,
+        libc::DT_FIFO => sys::S_IFIFO,
+        libc::DT_SOCK => sys::S_IFSOCK,
         _ => 0,
     }
 }
@@ -209,7 +206,7 @@ fn dtype_to_kind(t: u8) -> u32 {
 /// `fcntl` lock from a protocol lock (`end` inclusive; i64::MAX or more = to EOF).
 fn to_flock(l: &Lock) -> SysResult<libc::flock> {
     let typ = match l.typ {
-        libc::F_RDLCK | libc::F_WRLCK | libc::F_UNLCK => l.typ as libc::c_short,
+        sys::F_RDLCK | sys::F_WRLCK | sys::F_UNLCK => l.typ as libc::c_short,
         _ => return Err(EINVAL),
     };
     let start = i64::try_from(l.start).map_err(|_| EINVAL)?;
@@ -280,19 +277,19 @@ fn from_flock(f: &libc::flock) -> Lock {
 impl Fs {
     pub fn new(
         root_fd: OwnedFd,
-        root_st: &libc::stat,
+        root_st: &sys::Stat,
         writable: bool,
         proc_fd: OwnedFd,
         watches: Option<Watches>,
     ) -> Fs {
         let fs = Fs {
             writable,
-            nodes: Nodes::new(root_fd, root_st),
+            nodes: Arc::new(Nodes::new(root_fd, root_st)),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             locks: Mutex::new(HashMap::new()),
             proc_fd,
-            watches,
+            watches: watches.map(Arc::new),
             umask: sys::process_umask(),
             node_budget: AtomicUsize::new(0),
             shm: std::sync::OnceLock::new(),
@@ -306,7 +303,7 @@ impl Fs {
 
     fn hooks(&self) -> &dyn NodeHooks {
         match &self.watches {
-            Some(w) => w,
+            Some(w) => &**w,
             None => &NoHooks,
         }
     }
@@ -380,17 +377,17 @@ impl Fs {
     /// Opens a node's inode for I/O (never a symlink, never a special file).
     fn reopen(&self, node: &Node, flags: i32) -> SysResult<OwnedFd> {
         match node.kind {
-            libc::S_IFREG | libc::S_IFDIR => {
+            sys::S_IFREG | sys::S_IFDIR => {
                 sys::reopen(self.proc_fd.as_fd(), node.fd.as_fd(), flags)
             }
-            libc::S_IFLNK => Err(libc::ELOOP),
+            sys::S_IFLNK => Err(libc::ELOOP),
             _ => Err(libc::EPERM),
         }
     }
 
     /// Looks `name` up beneath `parent` and takes one reference on its node.
     fn lookup_at(&self, parent: &Node, name: &CStr) -> SysResult<Entry> {
-        let fd = sys::open_beneath(parent.fd.as_fd(), name, libc::O_PATH, 0)?;
+        let fd = sys::open_beneath(parent.fd.as_fd(), name, sys::O_PATH, 0)?;
         self.entry_for_fd(fd, parent, name)
     }
 
@@ -575,8 +572,8 @@ impl Fs {
         }
         if let Some(size) = size {
             match node.kind {
-                libc::S_IFDIR => return Err(libc::EISDIR),
-                libc::S_IFREG => {}
+                sys::S_IFDIR => return Err(libc::EISDIR),
+                sys::S_IFREG => {}
                 _ => return Err(EINVAL),
             }
             match &file {
@@ -613,11 +610,11 @@ impl Fs {
         let name = check_name(name)?;
         let parent = self.node(parent)?;
         let wanted = mode & !umask & 0o7777;
-        self.own(&[(parent.id, libc::IN_CREATE, name.as_c_str())], || {
+        self.own(&[(parent.id, sys::IN_CREATE, name.as_c_str())], || {
             sys::mkdir_at(parent.fd.as_fd(), &name, wanted)
         })?;
         let parent_attr = Self::parent_attr(&parent);
-        let fd = sys::open_beneath(parent.fd.as_fd(), &name, libc::O_PATH, 0)?;
+        let fd = sys::open_beneath(parent.fd.as_fd(), &name, sys::O_PATH, 0)?;
         // Best effort: the directory exists whatever chmod says.
         let _ = self.fix_mode(&fd, wanted, false);
         let entry = self.entry_for_fd(fd, &parent, &name)?;
@@ -631,7 +628,7 @@ impl Fs {
         self.check_writable()?;
         let name = check_name(name)?;
         let parent = self.node(parent)?;
-        self.own(&[(parent.id, libc::IN_DELETE, name.as_c_str())], || {
+        self.own(&[(parent.id, sys::IN_DELETE, name.as_c_str())], || {
             sys::unlink_at(parent.fd.as_fd(), &name, dir)
         })
         .map(|()| FsReply::Ok)
@@ -649,7 +646,7 @@ impl Fs {
         // The target is stored as given and never resolved by us.
         let target = CString::new(target).map_err(|_| EINVAL)?;
         let parent = self.node(parent)?;
-        self.own(&[(parent.id, libc::IN_CREATE, name.as_c_str())], || {
+        self.own(&[(parent.id, sys::IN_CREATE, name.as_c_str())], || {
             sys::symlink_at(&target, parent.fd.as_fd(), &name)
         })?;
         let parent_attr = Self::parent_attr(&parent);
@@ -669,7 +666,7 @@ impl Fs {
         flags: u32,
     ) -> SysResult<FsReply> {
         self.check_writable()?;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+        if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0 {
             return Err(EINVAL); // RENAME_WHITEOUT is for overlayfs, not guests
         }
         let name = check_name(name)?;
@@ -687,7 +684,7 @@ impl Fs {
         };
         // Renaming a name onto a hard link of the same inode does nothing
         // and causes no event: nothing to expect then.
-        let same = |a: &libc::stat, b: &libc::stat| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
+        let same = |a: &sys::Stat, b: &sys::Stat| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
         let no_op = match (
             sys::stat_at(parent.fd.as_fd(), &name),
             sys::stat_at(new_parent.fd.as_fd(), &new_name),
@@ -700,13 +697,13 @@ impl Fs {
         }
         let (from, to) = (parent.id, new_parent.id);
         let mut events = vec![
-            (from, libc::IN_MOVED_FROM, name.as_c_str()),
-            (to, libc::IN_MOVED_TO, new_name.as_c_str()),
+            (from, sys::IN_MOVED_FROM, name.as_c_str()),
+            (to, sys::IN_MOVED_TO, new_name.as_c_str()),
         ];
-        if flags & libc::RENAME_EXCHANGE != 0 {
+        if flags & sys::RENAME_EXCHANGE != 0 {
             // Both ways: the kernel reports the second move too.
-            events.push((to, libc::IN_MOVED_FROM, new_name.as_c_str()));
-            events.push((from, libc::IN_MOVED_TO, name.as_c_str()));
+            events.push((to, sys::IN_MOVED_FROM, new_name.as_c_str()));
+            events.push((from, sys::IN_MOVED_TO, name.as_c_str()));
         }
         self.own(&events, rename).map(|()| FsReply::Ok)
     }
@@ -720,7 +717,7 @@ impl Fs {
         }
         let new_parent = self.node(new_parent)?;
         self.own(
-            &[(new_parent.id, libc::IN_CREATE, new_name.as_c_str())],
+            &[(new_parent.id, sys::IN_CREATE, new_name.as_c_str())],
             || {
                 sys::link_fd(
                     self.proc_fd.as_fd(),
@@ -778,7 +775,7 @@ impl Fs {
         let parent = self.node(parent)?;
         let wanted = mode & !umask & 0o7777;
         // O_EXCL first, so we know whether we made the file (and may fix its mode).
-        let made = self.own(&[(parent.id, libc::IN_CREATE, name.as_c_str())], || {
+        let made = self.own(&[(parent.id, sys::IN_CREATE, name.as_c_str())], || {
             sys::open_beneath(
                 parent.fd.as_fd(),
                 &name,
@@ -798,13 +795,13 @@ impl Fs {
         };
         let parent_attr = Self::parent_attr(&parent);
         let st = sys::fstat(fd.as_fd())?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if st.st_mode & sys::S_IFMT != sys::S_IFREG {
             return Err(libc::EPERM); // an existing FIFO or device: never opened for the guest
         }
         if created {
             let _ = self.fix_mode(&fd, wanted, true);
         }
-        let path_fd = sys::reopen(self.proc_fd.as_fd(), fd.as_fd(), libc::O_PATH)?;
+        let path_fd = sys::reopen(self.proc_fd.as_fd(), fd.as_fd(), sys::O_PATH)?;
         let entry = self.entry_for_fd(path_fd, &parent, &name)?;
         let node = self.node(entry.attr.id)?;
         let fh = self.add_handle(Handle::File(Arc::new(FileHandle { node, fd })))?;
@@ -937,13 +934,13 @@ impl Fs {
                     None
                 };
                 if let Some(en) = &entry {
-                    kind = en.attr.mode & libc::S_IFMT;
+                    kind = en.attr.mode & sys::S_IFMT;
                 } else if kind == 0 && !dot {
                     if let Ok(st) = CString::new(e.name)
                         .map_err(|_| EINVAL)
                         .and_then(|n| sys::stat_at(d.node.fd.as_fd(), &n))
                     {
-                        kind = st.st_mode & libc::S_IFMT;
+                        kind = st.st_mode & sys::S_IFMT;
                     }
                 }
                 let _ = e.ino; // host inode numbers are not shown to the guest
@@ -1017,10 +1014,10 @@ impl Fs {
     fn getlk(&self, fh: u64, owner: u64, l: &Lock) -> SysResult<FsReply> {
         let mut f = to_flock(l)?;
         let fd = self.lock_fd(fh, owner)?;
-        sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut f)?;
-        if i32::from(f.l_type) == libc::F_UNLCK {
+        sys::ofd_lock(fd.as_fd(), sys::F_OFD_GETLK, &mut f)?;
+        if i32::from(f.l_type) == sys::F_UNLCK {
             return Ok(FsReply::Lock(Lock {
-                typ: libc::F_UNLCK,
+                typ: sys::F_UNLCK,
                 pid: 0,
                 ..*l
             }));
@@ -1032,16 +1029,16 @@ impl Fs {
     /// when the guest asked to wait.
     fn setlk(&self, fh: u64, owner: u64, l: &Lock) -> SysResult<FsReply> {
         let mut f = to_flock(l)?;
-        if l.typ == libc::F_UNLCK {
+        if l.typ == sys::F_UNLCK {
             // Nothing to release if this owner never locked here.
             let node = self.file(fh)?.node.id;
             let Some(fd) = lock(&self.locks).get(&(node, owner)).map(|o| o.fd.clone()) else {
                 return Ok(FsReply::Ok);
             };
-            return sys::ofd_lock(fd.as_fd(), libc::F_OFD_SETLK, &mut f).map(|()| FsReply::Ok);
+            return sys::ofd_lock(fd.as_fd(), sys::F_OFD_SETLK, &mut f).map(|()| FsReply::Ok);
         }
         let fd = self.lock_fd(fh, owner)?;
-        sys::ofd_lock(fd.as_fd(), libc::F_OFD_SETLK, &mut f).map(|()| FsReply::Ok)
+        sys::ofd_lock(fd.as_fd(), sys::F_OFD_SETLK, &mut f).map(|()| FsReply::Ok)
     }
 
     /// `flock` on the handle's own open file description; never blocks.
@@ -1054,7 +1051,7 @@ impl Fs {
         sys::flock(f.fd.as_fd(), base | libc::LOCK_NB).map(|()| FsReply::Ok)
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     pub fn open_handles(&self) -> usize {
         lock(&self.handles).len()
     }
@@ -1064,7 +1061,7 @@ impl Fs {
 /// wait for the lock) rather than a final answer.
 pub(crate) fn waits(req: &FsRequest) -> bool {
     match req {
-        FsRequest::Setlk { wait, lock, .. } => *wait && lock.typ != libc::F_UNLCK,
+        FsRequest::Setlk { wait, lock, .. } => *wait && lock.typ != sys::F_UNLCK,
         FsRequest::Flock { op, .. } => op & libc::LOCK_NB == 0 && op & libc::LOCK_UN == 0,
         _ => false,
     }
@@ -1102,7 +1099,7 @@ mod tests {
         let l = Lock {
             start: 10,
             end: 19,
-            typ: libc::F_WRLCK,
+            typ: sys::F_WRLCK,
             pid: 7,
         };
         let f = to_flock(&l).unwrap();
@@ -1111,7 +1108,7 @@ mod tests {
         let eof = Lock {
             start: 5,
             end: u64::MAX,
-            typ: libc::F_RDLCK,
+            typ: sys::F_RDLCK,
             pid: 0,
         };
         let f = to_flock(&eof).unwrap();
@@ -1120,14 +1117,14 @@ mod tests {
         assert!(to_flock(&Lock {
             start: 5,
             end: 4,
-            typ: libc::F_RDLCK,
+            typ: sys::F_RDLCK,
             pid: 0
         })
         .is_err());
         assert!(to_flock(&Lock {
             start: u64::MAX,
             end: u64::MAX,
-            typ: libc::F_RDLCK,
+            typ: sys::F_RDLCK,
             pid: 0
         })
         .is_err());

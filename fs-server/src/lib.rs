@@ -27,9 +27,9 @@
 //! * **Raw syscalls in one place** (`sys`), each with its `SAFETY` note, so
 //!   the rest of the crate is safe code on owned fds.
 //!
-//! Linux hosts only for now (openat2, inotify, OFD locks); macOS hosts need
-//! their own `sys` when the vz driver arrives.
-#![cfg(target_os = "linux")]
+//! Linux hosts only for now (openat2, inotify, OFD locks): the crate builds
+//! for macOS, where `sys/macos.rs` answers ENOSYS and [`Server::new`] refuses
+//! with [`FsError::Unsupported`] until the macOS port.
 
 mod fs;
 mod nodes;
@@ -38,7 +38,8 @@ mod shm;
 mod sys;
 mod watch;
 
-#[cfg(test)]
+// Serves real directories: needs the Linux calls.
+#[cfg(all(test, target_os = "linux"))]
 mod tests;
 
 pub use fs::{MAX_HANDLES, READDIRPLUS_MAX, READDIR_MAX};

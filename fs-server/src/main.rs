@@ -49,7 +49,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-#[cfg(target_os = "linux")]
 fn run(args: Args) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt;
 
@@ -86,9 +85,4 @@ fn run(args: Args) -> anyhow::Result<()> {
             });
         }
     })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("lima-fs-server runs on Linux hosts only for now")
 }

@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lima_proto::fs::ROOT_ID;
+use lima_proto::sync::lock;
+
+use crate::sys;
 
 pub(crate) struct Node {
     pub id: u64,
@@ -47,13 +50,13 @@ pub(crate) struct Node {
 static TICK: AtomicU64 = AtomicU64::new(0);
 
 impl Node {
-    pub fn new(id: u64, fd: OwnedFd, st: &libc::stat) -> Node {
+    pub fn new(id: u64, fd: OwnedFd, st: &sys::Stat) -> Node {
         Node {
             id,
             fd,
             dev: st.st_dev,
             ino: st.st_ino,
-            kind: st.st_mode & libc::S_IFMT,
+            kind: st.st_mode & sys::S_IFMT,
             last_used: AtomicU64::new(TICK.fetch_add(1, Ordering::Relaxed)),
             place: Mutex::new(None),
         }
@@ -61,11 +64,11 @@ impl Node {
 
     /// Records that the node was reached as `name` in `parent`.
     pub fn set_place(&self, parent: u64, name: &[u8]) {
-        *self.place.lock().unwrap_or_else(|e| e.into_inner()) = Some((parent, name.to_vec()));
+        *lock(&self.place) = Some((parent, name.to_vec()));
     }
 
     pub fn place(&self) -> Option<(u64, Vec<u8>)> {
-        self.place.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.place).clone()
     }
 
     fn touch(&self) {
@@ -74,11 +77,11 @@ impl Node {
     }
 
     pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
+        self.kind == sys::S_IFDIR
     }
 
     pub fn is_symlink(&self) -> bool {
-        self.kind == libc::S_IFLNK
+        self.kind == sys::S_IFLNK
     }
 }
 
@@ -130,7 +133,7 @@ pub(crate) trait NodeHooks {
 }
 
 impl Nodes {
-    pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Nodes {
+    pub fn new(root_fd: OwnedFd, st: &sys::Stat) -> Nodes {
         let root = Node::new(ROOT_ID, root_fd, st);
         let mut table = Table {
             by_id: HashMap::new(),
@@ -154,7 +157,7 @@ impl Nodes {
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock leaves the maps consistent enough
         // (each operation is a few inserts/removes); keep serving.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.table)
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Node>> {
@@ -197,7 +200,7 @@ impl Nodes {
     /// Adds one reference to the node for `st`'s inode, creating it around
     /// `fd` if it is new (otherwise `fd` is closed: the existing node's fd
     /// names the same inode).
-    pub fn intern(&self, fd: OwnedFd, st: &libc::stat, hooks: &dyn NodeHooks) -> Arc<Node> {
+    pub fn intern(&self, fd: OwnedFd, st: &sys::Stat, hooks: &dyn NodeHooks) -> Arc<Node> {
         let mut t = self.lock();
         if let Some(&id) = t.by_ino.get(&(st.st_dev, st.st_ino)) {
             let slot = t.by_id.get_mut(&id).expect("by_ino and by_id agree");
@@ -254,9 +257,9 @@ mod tests {
         }
     }
 
-    fn open(path: &str) -> (OwnedFd, libc::stat) {
+    fn open(path: &str) -> (OwnedFd, sys::Stat) {
         let c = std::ffi::CString::new(path).unwrap();
-        let fd = crate::sys::open_path(&c, libc::O_PATH).unwrap();
+        let fd = crate::sys::open_path(&c, crate::sys::O_PATH).unwrap();
         let st = crate::sys::fstat(std::os::fd::AsFd::as_fd(&fd)).unwrap();
         (fd, st)
     }

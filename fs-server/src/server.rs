@@ -57,6 +57,8 @@ pub enum FsError {
     },
     #[error("cannot open /proc/self/fd (is /proc mounted?)")]
     Proc(#[source] std::io::Error),
+    #[error("shared folder {0}: serving shares is not supported on {os} hosts yet", os = std::env::consts::OS)]
+    Unsupported(PathBuf),
 }
 
 /// Serves one host directory to one guest connection.
@@ -73,6 +75,9 @@ impl Server {
     /// path itself are the host's choice and are followed). With
     /// `writable == false` every mutating request answers EROFS.
     pub fn new(root: &Path, writable: bool) -> Result<Server, FsError> {
+        if !sys::SUPPORTED {
+            return Err(FsError::Unsupported(root.to_owned()));
+        }
         static RLIMIT: Once = Once::new();
         RLIMIT.call_once(|| match sys::raise_nofile_limit() {
             Ok(n) => tracing::debug!(nofile = n, "fd limit"),
@@ -96,9 +101,9 @@ impl Server {
             path: root.to_owned(),
             source: std::io::ErrorKind::InvalidInput.into(),
         })?;
-        let root_fd = sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY).map_err(open_err)?;
+        let root_fd = sys::open_path(&c, sys::O_PATH | libc::O_DIRECTORY).map_err(open_err)?;
         let st = sys::fstat(std::os::fd::AsFd::as_fd(&root_fd)).map_err(open_err)?;
-        let proc_fd = sys::open_path(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)
+        let proc_fd = sys::open_path(c"/proc/self/fd", sys::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| FsError::Proc(errno_to_io(e)))?;
         let watches = match Watches::new() {
             Ok(w) => Some(w),
@@ -130,7 +135,10 @@ impl Server {
         let (mut rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel::<FsToGuest>(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(wr, rx));
-        let watcher = tokio::spawn(watch::run(self.fs.clone(), tx.clone()));
+        let watcher =
+            self.fs.watches.clone().map(|watches| {
+                tokio::spawn(watch::run(watches, self.fs.nodes.clone(), tx.clone()))
+            });
         let sem = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let closing = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
@@ -218,8 +226,10 @@ impl Server {
 
         closing.store(true, Ordering::Relaxed);
         while tasks.join_next().await.is_some() {}
-        watcher.abort();
-        let _ = watcher.await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+            let _ = watcher.await;
+        }
         drop(tx);
         let written = writer.await.map_err(std::io::Error::other)?;
         result.and(written)
@@ -330,7 +340,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     })
 }
 
-#[cfg(test)]
+// For the protocol tests (`tests.rs`).
+#[cfg(all(test, target_os = "linux"))]
 impl Server {
     pub(crate) fn fs(&self) -> Arc<Fs> {
         self.fs.clone()

@@ -56,36 +56,35 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lima_proto::fs::FsToGuest;
+use lima_proto::sync::lock;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
-use crate::fs::Fs;
-use crate::nodes::{Node, NodeHooks};
+use crate::nodes::{Node, NodeHooks, Nodes};
 use crate::sys;
 
 /// Upper bound of inotify watches per share (the kernel's per-user default
 /// is often 8192 or more, shared with other programs).
 pub const MAX_WATCHES: usize = 4096;
 
-const MASK: u32 = libc::IN_CREATE
-    | libc::IN_DELETE
-    | libc::IN_MOVED_FROM
-    | libc::IN_MOVED_TO
-    | libc::IN_MODIFY
-    | libc::IN_ATTRIB
-    | libc::IN_DELETE_SELF
-    | libc::IN_MOVE_SELF
-    | libc::IN_ONLYDIR
-    | libc::IN_EXCL_UNLINK;
+const MASK: u32 = sys::IN_CREATE
+    | sys::IN_DELETE
+    | sys::IN_MOVED_FROM
+    | sys::IN_MOVED_TO
+    | sys::IN_MODIFY
+    | sys::IN_ATTRIB
+    | sys::IN_DELETE_SELF
+    | sys::IN_MOVE_SELF
+    | sys::IN_ONLYDIR
+    | sys::IN_EXCL_UNLINK;
 
 /// Entry events: the ones a change of our own may have dropped.
-const ENTRY_EVENTS: u32 =
-    libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
+const ENTRY_EVENTS: u32 = sys::IN_CREATE | sys::IN_DELETE | sys::IN_MOVED_FROM | sys::IN_MOVED_TO;
 
 /// Longest an expected event is waited for, and longest a batch of events
 /// waits for the changes still running to record theirs (normally the next
@@ -163,7 +162,7 @@ impl Own {
     /// Whether `ev` is one of ours; if so its record is used up.
     fn take(&mut self, ev: &Event, now: Instant) -> bool {
         let kind = ev.mask & ENTRY_EVENTS;
-        if kind == 0 || ev.name.is_empty() || ev.mask & libc::IN_Q_OVERFLOW != 0 {
+        if kind == 0 || ev.name.is_empty() || ev.mask & sys::IN_Q_OVERFLOW != 0 {
             return false;
         }
         let key = Expect {
@@ -249,11 +248,11 @@ impl Watches {
     }
 
     fn map(&self) -> MutexGuard<'_, Map> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.map)
     }
 
     fn own(&self) -> MutexGuard<'_, Own> {
-        self.own.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.own)
     }
 
     /// Call before a syscall that changes entries; then
@@ -285,7 +284,7 @@ impl Watches {
                 own = self
                     .ended
                     .wait_timeout(own, left)
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
         }
@@ -306,7 +305,7 @@ impl Watches {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     pub fn count(&self) -> usize {
         self.map().by_node.len()
     }
@@ -373,12 +372,9 @@ enum Key {
     Entry(u64, Vec<u8>),
 }
 
-impl Fs {
-    /// Turns a batch of events into invalidations, each sent once.
-    fn translate(&self, events: Vec<Event>) -> Vec<FsToGuest> {
-        let Some(watches) = self.watches.as_ref() else {
-            return Vec::new();
-        };
+impl Watches {
+    /// Turns a batch of events into invalidations of `nodes`, each sent once.
+    fn translate(&self, nodes: &Nodes, events: Vec<Event>) -> Vec<FsToGuest> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         let (mut out_first, mut overflowed) = (Vec::new(), false);
@@ -394,7 +390,7 @@ impl Fs {
             }
         };
         for ev in events {
-            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+            if ev.mask & sys::IN_Q_OVERFLOW != 0 {
                 // Lost events: every cached thing may be stale; the guest's
                 // listings first (a directory's InvalidateNode alone keeps
                 // its listing, since entry changes come by name).
@@ -402,31 +398,30 @@ impl Fs {
                     overflowed = true;
                     out_first.push(FsToGuest::Overflow);
                 }
-                for id in self.nodes.ids() {
+                for id in nodes.ids() {
                     push(Key::Node(id));
                 }
                 continue;
             }
-            let Some(dir) = watches.node_for(ev.wd) else {
+            let Some(dir) = self.node_for(ev.wd) else {
                 continue;
             };
-            if ev.mask & libc::IN_IGNORED != 0 {
-                watches.watch_gone(ev.wd);
+            if ev.mask & sys::IN_IGNORED != 0 {
+                self.watch_gone(ev.wd);
                 continue;
             }
             if ev.name.is_empty() {
                 push(Key::Node(dir));
                 continue;
             }
-            if ev.mask
-                & (libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO)
+            if ev.mask & (sys::IN_CREATE | sys::IN_DELETE | sys::IN_MOVED_FROM | sys::IN_MOVED_TO)
                 != 0
             {
                 push(Key::Entry(dir, ev.name.clone()));
                 push(Key::Node(dir));
             }
-            if ev.mask & (libc::IN_MODIFY | libc::IN_ATTRIB | libc::IN_MOVED_TO) != 0 {
-                if let Some(child) = self.child_id(dir, &ev.name) {
+            if ev.mask & (sys::IN_MODIFY | sys::IN_ATTRIB | sys::IN_MOVED_TO) != 0 {
+                if let Some(child) = child_id(nodes, dir, &ev.name) {
                     push(Key::Node(child));
                 }
             }
@@ -434,39 +429,33 @@ impl Fs {
         out_first.extend(out);
         out_first
     }
-
-    fn child_id(&self, dir: u64, name: &[u8]) -> Option<u64> {
-        let dir = self.nodes.get(dir)?;
-        let name = std::ffi::CString::new(name).ok()?;
-        let st = sys::stat_at(dir.fd.as_fd(), &name).ok()?;
-        self.nodes.id_of(st.st_dev, st.st_ino)
-    }
 }
 
-/// Lends the inotify fd to tokio's reactor; the `Arc<Fs>` keeps it open.
-struct Registered(Arc<Fs>);
+/// The node of entry `name` in directory `dir`, if the table holds it.
+fn child_id(nodes: &Nodes, dir: u64, name: &[u8]) -> Option<u64> {
+    let dir = nodes.get(dir)?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let st = sys::stat_at(dir.fd.as_fd(), &name).ok()?;
+    nodes.id_of(st.st_dev, st.st_ino)
+}
+
+/// Lends the inotify fd to tokio's reactor; the `Arc<Watches>` keeps it open.
+struct Registered(Arc<Watches>);
 
 impl AsRawFd for Registered {
     fn as_raw_fd(&self) -> RawFd {
-        self.0
-            .watches
-            .as_ref()
-            .expect("only registered with watches")
-            .inotify
-            .as_raw_fd()
+        self.0.inotify.as_raw_fd()
     }
 }
 
-/// Reads inotify events until the receiver goes away; runs beside `serve`.
-pub(crate) async fn run(fs: Arc<Fs>, tx: mpsc::Sender<FsToGuest>) {
-    if fs.watches.is_none() {
-        return;
-    }
-    // SAFETY: `Registered` holds an `Arc<Fs>`, whose `Watches` own the
-    // inotify fd and never replace or close it while the Fs lives; so the fd
-    // stays open and the same for the whole life of the AsyncFd.
+/// Reads inotify events and sends the invalidations of `nodes` they mean
+/// until the receiver goes away; runs beside `serve`.
+pub(crate) async fn run(watches: Arc<Watches>, nodes: Arc<Nodes>, tx: mpsc::Sender<FsToGuest>) {
+    // SAFETY: `Registered` holds an `Arc<Watches>`, which owns the inotify
+    // fd and never replaces or closes it while it lives; so the fd stays
+    // open and the same for the whole life of the AsyncFd.
     let registered =
-        unsafe { AsyncFd::register_with_interest(Registered(fs.clone()), Interest::READABLE) };
+        unsafe { AsyncFd::register_with_interest(Registered(watches.clone()), Interest::READABLE) };
     let afd = match registered {
         Ok(a) => a,
         Err(e) => {
@@ -474,16 +463,15 @@ pub(crate) async fn run(fs: Arc<Fs>, tx: mpsc::Sender<FsToGuest>) {
             return;
         }
     };
-    let watches = || fs.watches.as_ref().expect("checked above");
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let Ok(mut guard) = afd.readable().await else {
             return;
         };
-        let round = watches().own().begin_round();
+        let round = watches.own().begin_round();
         let mut events = Vec::new();
         loop {
-            let inotify = watches().inotify.as_fd();
+            let inotify = watches.inotify.as_fd();
             match sys::read(inotify, &mut buf) {
                 Ok(n) => parse_events(&buf[..n], &mut events),
                 Err(libc::EAGAIN) => {
@@ -501,11 +489,10 @@ pub(crate) async fn run(fs: Arc<Fs>, tx: mpsc::Sender<FsToGuest>) {
             }
         }
         // Changes begun from here on cannot have caused what was read.
-        let upto = watches().own().next;
-        let fs2 = fs.clone();
+        let upto = watches.own().next;
+        let (watches2, nodes2) = (watches.clone(), nodes.clone());
         let translated = tokio::task::spawn_blocking(move || {
-            let watches = fs2.watches.as_ref().expect("checked above");
-            fs2.translate(watches.drop_own(events, round, upto))
+            watches2.translate(&nodes2, watches2.drop_own(events, round, upto))
         });
         let Ok(msgs) = translated.await else {
             return;
@@ -544,30 +531,30 @@ mod tests {
         let mut own = Own::default();
         let round = own.begin_round();
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_CREATE, "f")], now);
+        own.end(id, vec![expect(1, sys::IN_CREATE, "f")], now);
         // Another name, type or watch, and a write to the same name: host edits.
-        assert!(!own.take(&ev(1, libc::IN_CREATE, "g"), now));
-        assert!(!own.take(&ev(1, libc::IN_DELETE, "f"), now));
-        assert!(!own.take(&ev(2, libc::IN_CREATE, "f"), now));
-        assert!(!own.take(&ev(1, libc::IN_MODIFY, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_CREATE, "g"), now));
+        assert!(!own.take(&ev(1, sys::IN_DELETE, "f"), now));
+        assert!(!own.take(&ev(2, sys::IN_CREATE, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_MODIFY, "f"), now));
         // Ours (mkdir sets IN_ISDIR too), once.
-        assert!(own.take(&ev(1, libc::IN_CREATE | libc::IN_ISDIR, "f"), now));
-        assert!(!own.take(&ev(1, libc::IN_CREATE, "f"), now));
+        assert!(own.take(&ev(1, sys::IN_CREATE | sys::IN_ISDIR, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_CREATE, "f"), now));
         own.end_round(round, now);
         assert!(own.expected.is_empty());
 
         // Two changes expecting the same event drop two, not more.
         let (a, b) = (own.begin(), own.begin());
-        own.end(a, vec![expect(1, libc::IN_DELETE, "f")], now);
-        own.end(b, vec![expect(1, libc::IN_DELETE, "f")], now);
-        assert!(own.take(&ev(1, libc::IN_DELETE, "f"), now));
-        assert!(own.take(&ev(1, libc::IN_DELETE, "f"), now));
-        assert!(!own.take(&ev(1, libc::IN_DELETE, "f"), now));
+        own.end(a, vec![expect(1, sys::IN_DELETE, "f")], now);
+        own.end(b, vec![expect(1, sys::IN_DELETE, "f")], now);
+        assert!(own.take(&ev(1, sys::IN_DELETE, "f"), now));
+        assert!(own.take(&ev(1, sys::IN_DELETE, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_DELETE, "f"), now));
 
         // A failed change (no events) expects nothing.
         let id = own.begin();
         own.end(id, Vec::new(), now);
-        assert!(!own.take(&ev(1, libc::IN_DELETE, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_DELETE, "f"), now));
     }
 
     #[test]
@@ -577,22 +564,22 @@ mod tests {
         // Recorded before a read began: its event was in that read; left
         // over, it is dropped at the end of that round.
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_MOVED_FROM, "a")], now);
+        own.end(id, vec![expect(1, sys::IN_MOVED_FROM, "a")], now);
         let round = own.begin_round();
         // Recorded while that read runs: its event may be in the next one.
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_MOVED_TO, "b")], now);
+        own.end(id, vec![expect(1, sys::IN_MOVED_TO, "b")], now);
         own.end_round(round, now);
-        assert!(!own.take(&ev(1, libc::IN_MOVED_FROM, "a"), now));
-        assert!(own.take(&ev(1, libc::IN_MOVED_TO, "b"), now));
+        assert!(!own.take(&ev(1, sys::IN_MOVED_FROM, "a"), now));
+        assert!(own.take(&ev(1, sys::IN_MOVED_TO, "b"), now));
 
         // However many rounds, not past EXPECT_FOR.
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_CREATE, "c")], now);
+        own.end(id, vec![expect(1, sys::IN_CREATE, "c")], now);
         let later = now + EXPECT_FOR + Duration::from_millis(1);
-        assert!(!own.take(&ev(1, libc::IN_CREATE, "c"), later));
+        assert!(!own.take(&ev(1, sys::IN_CREATE, "c"), later));
         let id = own.begin();
-        own.end(id, vec![expect(1, libc::IN_CREATE, "d")], now);
+        own.end(id, vec![expect(1, sys::IN_CREATE, "d")], now);
         own.end_round(own.round, later);
         assert!(own.expected.is_empty());
     }
@@ -612,20 +599,26 @@ mod tests {
         let slow = own.begin();
         let upto = own.next;
         own.abandon(upto);
-        own.end(slow, vec![expect(1, libc::IN_CREATE, "f")], now);
+        own.end(slow, vec![expect(1, sys::IN_CREATE, "f")], now);
         assert!(own.settled(upto));
-        assert!(!own.take(&ev(1, libc::IN_CREATE, "f"), now));
+        assert!(!own.take(&ev(1, sys::IN_CREATE, "f"), now));
     }
 
     #[test]
     fn an_overflow_tells_the_guest_first_then_invalidates_every_node() {
         let dir = tempfile::tempdir().unwrap();
-        let server = crate::Server::new(dir.path(), true).unwrap();
-        let out = server.fs().translate(vec![Event {
-            wd: -1,
-            mask: libc::IN_Q_OVERFLOW,
-            name: Vec::new(),
-        }]);
+        let path = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        let root = sys::open_path(&path, sys::O_PATH | libc::O_DIRECTORY).unwrap();
+        let st = sys::fstat(root.as_fd()).unwrap();
+        let nodes = Nodes::new(root, &st);
+        let out = Watches::new().unwrap().translate(
+            &nodes,
+            vec![Event {
+                wd: -1,
+                mask: sys::IN_Q_OVERFLOW,
+                name: Vec::new(),
+            }],
+        );
         assert_eq!(out.first(), Some(&FsToGuest::Overflow));
         assert!(out.contains(&FsToGuest::InvalidateNode {
             id: lima_proto::fs::ROOT_ID
@@ -637,8 +630,8 @@ mod tests {
     fn parses_events_and_stops_at_garbage() {
         let mut buf = Vec::new();
         for (wd, mask, name) in [
-            (1i32, libc::IN_CREATE, &b"abc"[..]),
-            (2, libc::IN_ATTRIB, b""),
+            (1i32, sys::IN_CREATE, &b"abc"[..]),
+            (2, sys::IN_ATTRIB, b""),
         ] {
             let padded = if name.is_empty() { 0 } else { 16 };
             buf.extend_from_slice(&wd.to_ne_bytes());
@@ -655,7 +648,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(
             (out[0].wd, out[0].mask, &out[0].name[..]),
-            (1, libc::IN_CREATE, &b"abc"[..])
+            (1, sys::IN_CREATE, &b"abc"[..])
         );
         assert_eq!((out[1].wd, out[1].name.len()), (2, 0));
         // A length running past the buffer is clamped.

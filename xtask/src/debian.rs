@@ -30,8 +30,9 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::cache::{images_dir, inputs_hash};
 use crate::cmd;
-use crate::image::{self, inputs_hash, mib, remove_dir_if_present, symlink, write};
+use crate::fsutil::{mib, remove_dir_if_present, symlink, write};
 
 /// Bump whenever the recipe changes what ends up in `rootfs.ext4`.
 const ROOTFS_RECIPE_VERSION: &str = "2";
@@ -105,14 +106,14 @@ fn classic_recipe() -> Recipe {
 
 /// `target/images/debian-classic`.
 pub fn classic_dir() -> PathBuf {
-    image::images_dir().join("debian-classic")
+    images_dir().join("debian-classic")
 }
 
 /// `cargo xtask image debian-classic`: the Debian rootfs with systemd and a
 /// kernel package, plus that kernel and Debian's initramfs, for the `run`
 /// benchmark's classic boot (not an image `limactl` boots: no image.json).
 pub fn assemble_classic() -> Result<PathBuf> {
-    let images = image::images_dir();
+    let images = images_dir();
     let file = rootfs(&images.join("cache"), &classic_recipe())?;
     let entry = file.parent().context("rootfs has no parent")?;
     let name = entry
@@ -127,14 +128,14 @@ pub fn assemble_classic() -> Result<PathBuf> {
 
 /// `target/images/debian`.
 pub fn dir() -> PathBuf {
-    image::images_dir().join("debian")
+    images_dir().join("debian")
 }
 
 /// Assembles the Debian image around the default image in `default_dir`
 /// (its kernel and initramfs), or finds it in the cache.
 pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
     let started = Instant::now();
-    let images = image::images_dir();
+    let images = images_dir();
     let cache = images.join("cache");
     let base = default_dir
         .canonicalize()
@@ -242,7 +243,7 @@ fn rootfs(cache: &Path, recipe: &Recipe) -> Result<PathBuf> {
 
     // Build in a scratch directory of our own and move the result into the
     // cache only when complete, so an interrupted build is never a hit.
-    let scratch = image::images_dir()
+    let scratch = images_dir()
         .join("tmp")
         .join(std::process::id().to_string());
     unmount_under(&scratch);
@@ -250,7 +251,7 @@ fn rootfs(cache: &Path, recipe: &Recipe) -> Result<PathBuf> {
     let tree = scratch.join("root");
     // Package files, kept so a change of the package list downloads only
     // what is new (debootstrap checks them against the index).
-    let debs = image::images_dir().join("download/debootstrap");
+    let debs = images_dir().join("download/debootstrap");
     fs::create_dir_all(&debs).with_context(|| format!("cannot create {}", debs.display()))?;
     let out = scratch.join("out");
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;

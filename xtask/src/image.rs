@@ -36,9 +36,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
+use object::elf::{FileHeader64, EM_X86_64, PT_INTERP};
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::LittleEndian;
 
 use crate::build::{self, Profile};
+use crate::cache::{default_dir, images_dir, inputs_hash};
+use crate::fsutil::{copy, mib, remove_dir_if_present, set_mode, symlink, write};
 use crate::{cmd, cpio, setup};
 
 /// Bump whenever the recipe below changes what ends up in the image, so the
@@ -105,16 +109,6 @@ pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
         Which::Debian | Which::All => crate::debian::assemble(&default),
         Which::DebianClassic => crate::debian::assemble_classic(),
     }
-}
-
-/// `target/images`.
-pub(crate) fn images_dir() -> PathBuf {
-    cmd::target_dir().join("images")
-}
-
-/// The directory the other tasks and the tests use: `target/images/default`.
-pub fn default_dir() -> PathBuf {
-    images_dir().join("default")
 }
 
 /// Assembles the default image around `agent`, or finds it in the cache.
@@ -394,18 +388,6 @@ fn download(deb: &IndexedDeb, dir: &Path) -> Result<Deb> {
     Ok(Deb { path, sha256 })
 }
 
-/// The cache key: SHA-256 over labelled inputs (each input contributes its
-/// own bytes or, for big files, their SHA-256).
-pub(crate) fn inputs_hash(inputs: &[(&str, &[u8])]) -> String {
-    let mut hasher = Sha256::new();
-    for (label, bytes) in inputs {
-        hasher.update(label.as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    }
-    hex::encode(hasher.finalize())
-}
-
 /// SHA-256 of a file, by `sha256sum`: xtask is a debug build, and sha2
 /// compiled without optimisation hashes the 70 MB kernel package at about
 /// 8 MB/s (10 s on every run); coreutils takes half a second.
@@ -423,39 +405,25 @@ fn sha256_file(path: &Path) -> Result<String> {
 /// The agent runs as `/init` with no libc and no loader in the initramfs, so
 /// it must be a static x86-64 ELF. Catches pointing `--agent` at a glibc build.
 fn check_static_x86_64(elf: &[u8]) -> Result<()> {
-    const PT_INTERP: u32 = 3;
-    const EM_X86_64: u16 = 62;
-    let u16_at = |off: usize| {
-        elf.get(off..off + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |off: usize| {
-        elf.get(off..off + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-    };
-    let u64_at = |off: usize| {
-        elf.get(off..off + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-    };
     ensure!(
         elf.starts_with(b"\x7fELF\x02\x01"),
         "is not a little-endian 64-bit ELF file"
     );
-    ensure!(u16_at(0x12) == Some(EM_X86_64), "is not an x86-64 binary");
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
-        bail!("has a truncated ELF header");
-    };
-    for i in 0..usize::from(phnum) {
-        let off = usize::try_from(phoff)? + i * usize::from(phentsize);
-        let p_type = u32_at(off).context("has a truncated program header table")?;
-        ensure!(
-            p_type != PT_INTERP,
-            "is dynamically linked (it names an ELF interpreter); the initramfs has no libc, \
-             so build it for {}",
-            setup::MUSL_TARGET
-        );
-    }
+    let header = FileHeader64::<LittleEndian>::parse(elf).context("has a truncated ELF header")?;
+    let endian = header.endian().context("has a truncated ELF header")?;
+    ensure!(
+        header.e_machine(endian) == EM_X86_64,
+        "is not an x86-64 binary"
+    );
+    let segments = header
+        .program_headers(endian, elf)
+        .context("has a truncated program header table")?;
+    ensure!(
+        segments.iter().all(|s| s.p_type(endian) != PT_INTERP),
+        "is dynamically linked (it names an ELF interpreter); the initramfs has no libc, \
+         so build it for {}",
+        setup::MUSL_TARGET
+    );
     Ok(())
 }
 
@@ -826,44 +794,6 @@ fn point_default_at(images: &Path, hash: &str) -> Result<()> {
     fs::rename(&new, &link).with_context(|| format!("cannot replace {}", link.display()))
 }
 
-fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
-    let bytes = fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
-    write(to, &bytes, mode)
-}
-
-pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    set_mode(path, mode)
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot chmod {}", path.display()))
-}
-
-pub(crate) fn symlink(target: &str, link: &Path) -> Result<()> {
-    if let Some(parent) = link.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::os::unix::fs::symlink(target, link)
-        .with_context(|| format!("cannot link {} -> {target}", link.display()))
-}
-
-pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot remove {}", dir.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
 fn file_name(path: &Path) -> String {
     path.file_name()
         .unwrap_or_default()
@@ -878,10 +808,6 @@ fn join_or_none(names: &[String]) -> String {
     } else {
         sorted.into_iter().cloned().collect::<Vec<_>>().join(" ")
     }
-}
-
-pub(crate) fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 #[cfg(test)]
@@ -953,14 +879,6 @@ mod tests {
     }
 
     #[test]
-    fn inputs_hash_separates_inputs() {
-        let a = inputs_hash(&[("x", b"ab"), ("y", b"c")]);
-        let b = inputs_hash(&[("x", b"a"), ("y", b"bc")]);
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 64);
-    }
-
-    #[test]
     fn a_dynamically_linked_agent_is_refused() {
         // This test binary is linked against glibc, so it names an interpreter.
         let me = fs::read(std::env::current_exe().unwrap()).unwrap();
@@ -973,7 +891,7 @@ mod tests {
     fn a_static_elf_header_is_accepted() {
         // A 64-byte ELF header with no program headers.
         let mut elf = vec![0u8; 64];
-        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
         elf[0x12] = 62;
         check_static_x86_64(&elf).unwrap();
     }

@@ -18,9 +18,11 @@
 
 mod bench;
 mod build;
+mod cache;
 mod cmd;
 mod cpio;
 mod debian;
+mod fsutil;
 mod image;
 mod pvh;
 mod run;

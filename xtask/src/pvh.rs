@@ -11,6 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use object::elf::FileHeader64;
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::LittleEndian;
 
 /// The xz stream magic, as the bzImage embeds it.
 const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
@@ -49,50 +52,29 @@ pub fn extract(bzimage: &[u8]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], off: usize) -> Option<usize> {
-    usize::try_from(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?)).ok()
-}
-
 /// Whether a 64-bit little-endian ELF has a `Xen` note of type PHYS32_ENTRY
-/// in one of its PT_NOTE segments.
+/// in one of its PT_NOTE segments. `object` reads `elf` in place, so it must
+/// be aligned like a heap buffer (callers pass a whole file in a `Vec`).
 pub fn has_pvh_entry(elf: &[u8]) -> Result<bool> {
-    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
-        bail!("not a 64-bit little-endian ELF");
-    }
-    let bad = || anyhow::anyhow!("truncated ELF header");
-    let phoff = u64_at(elf, 0x20).ok_or_else(bad)?;
-    let phentsize = usize::from(u16_at(elf, 0x36).ok_or_else(bad)?);
-    let phnum = usize::from(u16_at(elf, 0x38).ok_or_else(bad)?);
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        const PT_NOTE: u32 = 4;
-        if u32_at(elf, ph) != Some(PT_NOTE) {
+    let not_elf = "not a 64-bit little-endian ELF";
+    let header = FileHeader64::<LittleEndian>::parse(elf).context(not_elf)?;
+    let endian = header.endian().context(not_elf)?;
+    let segments = header
+        .program_headers(endian, elf)
+        .context("truncated program header")?;
+    for segment in segments {
+        let Some(mut notes) = segment
+            .notes(endian, elf)
+            .context("note segment out of range")?
+        else {
             continue;
-        }
-        let (Some(off), Some(size)) = (u64_at(elf, ph + 0x08), u64_at(elf, ph + 0x20)) else {
-            bail!("truncated program header");
         };
-        let notes = elf
-            .get(off..off + size)
-            .context("note segment out of range")?;
-        let mut p = 0;
-        while p + 12 <= notes.len() {
-            let namesz = u32_at(notes, p).unwrap_or(0) as usize;
-            let descsz = u32_at(notes, p + 4).unwrap_or(0) as usize;
-            let kind = u32_at(notes, p + 8).unwrap_or(0);
-            let name = notes.get(p + 12..p + 12 + namesz).unwrap_or_default();
-            if name.strip_suffix(b"\0").unwrap_or(name) == b"Xen" && kind == PHYS32_ENTRY {
+        // A malformed note ends the walk of its segment: what follows it
+        // cannot be found.
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == b"Xen" && note.n_type(endian) == PHYS32_ENTRY {
                 return Ok(true);
             }
-            p += 12 + namesz.div_ceil(4) * 4 + descsz.div_ceil(4) * 4;
         }
     }
     Ok(false)
@@ -105,7 +87,7 @@ pub fn kernel_to_boot(dir: &Path) -> Result<&'static str> {
         .with_context(|| format!("cannot read {}/vmlinuz", dir.display()))?;
     match extract(&bzimage) {
         Ok(elf) => {
-            crate::image::write(&dir.join("vmlinux"), &elf, 0o644)?;
+            crate::fsutil::write(&dir.join("vmlinux"), &elf, 0o644)?;
             Ok("vmlinux")
         }
         Err(e) => {
@@ -125,6 +107,7 @@ mod tests {
         e[..4].copy_from_slice(b"\x7fELF");
         e[4] = 2;
         e[5] = 1;
+        e[6] = 1; // EV_CURRENT
         e[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
         e[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         e[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());

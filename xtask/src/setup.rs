@@ -31,6 +31,10 @@ const APT_PACKAGES: &[&str] = &[
 /// The static guest agent is built for this target.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The host crates must build for macOS hosts too (the vz driver's); `cargo
+/// xtask test` checks them for this target.
+pub const MACOS_TARGET: &str = "aarch64-apple-darwin";
+
 pub fn run() -> Result<()> {
     apt_packages()?;
     rust_toolchains()?;
@@ -131,28 +135,37 @@ fn rust_toolchains() -> Result<()> {
 
     // The default toolchain builds the agent; nightly gets musl too so the
     // agent can be built with it when experimenting (harmless otherwise).
-    for toolchain in [None, Some("nightly")] {
-        let mut list = Command::new("rustup");
-        list.args(["target", "list", "--installed"]);
-        let mut add = Command::new("rustup");
-        add.args(["target", "add", MUSL_TARGET]);
-        if let Some(t) = toolchain {
-            list.args(["--toolchain", t]);
-            add.args(["--toolchain", t]);
-        }
-        let what = format!(
-            "rust target {MUSL_TARGET} ({})",
-            toolchain.unwrap_or("default")
-        );
-        let installed = cmd::probe(&mut list).unwrap_or_default();
-        if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
-            ok(&what);
-        } else {
-            doing(&what);
-            cmd::run(&mut add)?;
-        }
+    // The host crates are also checked for macOS hosts (`cargo xtask test`).
+    for (target, toolchain) in [
+        (MUSL_TARGET, None),
+        (MUSL_TARGET, Some("nightly")),
+        (MACOS_TARGET, None),
+    ] {
+        rust_target(target, toolchain)?;
     }
     Ok(())
+}
+
+/// `rustup target add TARGET` for `toolchain` (the default one if `None`),
+/// unless it is installed already.
+fn rust_target(target: &str, toolchain: Option<&str>) -> Result<()> {
+    let mut list = Command::new("rustup");
+    list.args(["target", "list", "--installed"]);
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", target]);
+    if let Some(t) = toolchain {
+        list.args(["--toolchain", t]);
+        add.args(["--toolchain", t]);
+    }
+    let what = format!("rust target {target} ({})", toolchain.unwrap_or("default"));
+    let installed = cmd::probe(&mut list).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == target) {
+        ok(&what);
+        Ok(())
+    } else {
+        doing(&what);
+        cmd::run(&mut add)
+    }
 }
 
 /// Directories besides `PATH` where `cargo install` may have put a tool.

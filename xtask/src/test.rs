@@ -8,10 +8,14 @@
 use anyhow::Result;
 
 use crate::build::{self, Profile};
-use crate::{cmd, image};
+use crate::{cmd, image, setup};
+
+/// The crates that run on the host, which must build for macOS hosts too.
+const HOST_CRATES: &[&str] = &["lima-host", "lima-fs-server"];
 
 pub fn run(args: &[String]) -> Result<()> {
     build::run(Profile::Debug)?;
+    check_macos()?;
     let default = image::assemble(&build::agent_path())?;
     // Cached after the first run (debootstrap takes minutes once).
     crate::debian::assemble(&default)?;
@@ -25,6 +29,17 @@ pub fn run(args: &[String]) -> Result<()> {
         fuse_tests()?;
     }
     Ok(())
+}
+
+/// `cargo check` of the host crates for macOS (setup installs the target):
+/// nothing runs there yet, but what builds stays building.
+fn check_macos() -> Result<()> {
+    let mut check = cmd::cargo();
+    check.arg("check");
+    for krate in HOST_CRATES {
+        check.args(["-p", krate]);
+    }
+    cmd::run(check.args(["--target", setup::MACOS_TARGET]))
 }
 
 /// The guest agent's FUSE tests mount real FUSE file systems on this

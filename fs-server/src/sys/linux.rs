@@ -1,42 +1,65 @@
-//! Every raw syscall the server makes, in one place (Linux only).
-//!
-//! Why raw `libc`: the server needs calls `std` does not offer (`openat2`,
-//! `renameat2`, OFD locks, `getdents64`, inotify) and it needs them relative to
-//! directory fds, never by path. Each wrapper takes and returns owning types
-//! (`OwnedFd`) or borrowed fds, and reports failure as a plain errno (`i32`),
-//! which is what the protocol sends back to the guest.
-//!
-//! Names passed in are `&CStr`: the caller has already checked that they are
-//! single path components (see `crate::fs::check_name`).
+//! The calls the server is built on, as Linux has them: `openat2`
+//! (`RESOLVE_BENEATH`), `renameat2`, `getdents64`, inotify, `O_PATH` fds
+//! (stat'ed with `AT_EMPTY_PATH`, reopened through `/proc/self/fd`), OFD
+//! locks, `fdatasync`.
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// An errno value; what `FsReply::Err` carries.
-pub type Errno = i32;
-pub type SysResult<T> = Result<T, Errno>;
+use super::posix::{check, check_fd, errno};
+use super::types::{RawDirent, Stat, StatVfs, SysResult};
 
-fn errno() -> Errno {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
+/// Whether this host can serve shares at all (the availability probe
+/// `Server::new` asks first).
+pub const SUPPORTED: bool = true;
 
-/// Turns a `-1`-on-error return value into `Err(errno)`.
-fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
-    if ret < 0 {
-        Err(errno())
-    } else {
-        Ok(ret)
+#[cfg(test)]
+pub use libc::IN_ISDIR;
+pub use libc::{
+    F_OFD_GETLK, F_OFD_SETLK, F_RDLCK, F_UNLCK, F_WRLCK, IN_ATTRIB, IN_CREATE, IN_DELETE,
+    IN_DELETE_SELF, IN_EXCL_UNLINK, IN_IGNORED, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO,
+    IN_MOVE_SELF, IN_ONLYDIR, IN_Q_OVERFLOW, O_PATH, RENAME_EXCHANGE, RENAME_NOREPLACE, S_IFBLK,
+    S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+};
+
+#[expect(
+    clippy::unnecessary_cast,
+    reason = "libc's field types differ between Linux architectures; on each some casts are no-ops"
+)]
+fn stat_of(st: &libc::stat) -> Stat {
+    Stat {
+        st_dev: st.st_dev as u64,
+        st_ino: st.st_ino as u64,
+        st_mode: st.st_mode as u32,
+        st_nlink: st.st_nlink as u64,
+        st_size: st.st_size as i64,
+        st_blocks: st.st_blocks as i64,
+        st_rdev: st.st_rdev as u64,
+        st_blksize: st.st_blksize as i64,
+        st_atime: st.st_atime as i64,
+        st_atime_nsec: st.st_atime_nsec as i64,
+        st_mtime: st.st_mtime as i64,
+        st_mtime_nsec: st.st_mtime_nsec as i64,
+        st_ctime: st.st_ctime as i64,
+        st_ctime_nsec: st.st_ctime_nsec as i64,
     }
 }
 
-fn check_fd(ret: libc::c_long) -> SysResult<OwnedFd> {
-    if ret < 0 {
-        return Err(errno());
+#[expect(
+    clippy::unnecessary_cast,
+    reason = "libc's field types differ between Linux architectures; on each some casts are no-ops"
+)]
+fn statvfs_of(st: &libc::statvfs) -> StatVfs {
+    StatVfs {
+        f_bsize: st.f_bsize as u64,
+        f_frsize: st.f_frsize as u64,
+        f_blocks: st.f_blocks as u64,
+        f_bfree: st.f_bfree as u64,
+        f_bavail: st.f_bavail as u64,
+        f_files: st.f_files as u64,
+        f_ffree: st.f_ffree as u64,
+        f_namemax: st.f_namemax as u64,
     }
-    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
 }
 
 /// `struct open_how` from `linux/openat2.h` (libc's is `#[non_exhaustive]`).
@@ -93,13 +116,6 @@ pub fn open_beneath(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> 
     check_fd(ret.into())
 }
 
-/// Opens a path the server itself chose (the share root, `/proc/self/fd`).
-pub fn open_path(path: &CStr, flags: i32) -> SysResult<OwnedFd> {
-    // SAFETY: `path` is NUL-terminated and outlives the call.
-    let ret = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
-    check_fd(ret.into())
-}
-
 /// Reopens the file behind `fd` (often an `O_PATH` fd) with new `flags`,
 /// through `/proc/self/fd/N`: the magic link jumps straight to the inode, no
 /// path is walked. `proc_fd` is an fd on `/proc/self/fd`. Never call this on
@@ -116,7 +132,7 @@ fn fd_name(fd: BorrowedFd<'_>) -> std::ffi::CString {
     std::ffi::CString::new(fd.as_raw_fd().to_string()).expect("digits contain no NUL")
 }
 
-pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: the empty string is NUL-terminated; `st` is large enough and is
     // fully written by the kernel when the call succeeds.
@@ -129,11 +145,11 @@ pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
         )
     })?;
     // SAFETY: the call succeeded, so the kernel initialised `st`.
-    Ok(unsafe { st.assume_init() })
+    Ok(stat_of(&unsafe { st.assume_init() }))
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: the entry itself, never a link's target.
-pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `name` is NUL-terminated; `st` is written by the kernel on success.
     check(unsafe {
@@ -145,31 +161,15 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
         )
     })?;
     // SAFETY: the call succeeded, so the kernel initialised `st`.
-    Ok(unsafe { st.assume_init() })
+    Ok(stat_of(&unsafe { st.assume_init() }))
 }
 
-pub fn fstatvfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> SysResult<StatVfs> {
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: `st` is written by the call on success; fstatvfs accepts O_PATH fds.
     check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: the call succeeded.
-    Ok(unsafe { st.assume_init() })
-}
-
-pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
-    // SAFETY: `name` is NUL-terminated. mkdirat never follows a trailing symlink.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) }).map(drop)
-}
-
-pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> SysResult<()> {
-    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
-}
-
-pub fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
-    // SAFETY: both strings are NUL-terminated. The target is stored, not resolved.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(statvfs_of(&unsafe { st.assume_init() }))
 }
 
 /// Reads the target of a symlink held as an `O_PATH | O_NOFOLLOW` fd.
@@ -249,23 +249,6 @@ pub fn chmod_fd_path(proc_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, mode: u32) -> 
         .map(drop)
 }
 
-pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
-    // SAFETY: plain syscall on a borrowed fd.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
-}
-
-pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
-    let size = i64::try_from(size).map_err(|_| libc::EFBIG)?;
-    // SAFETY: plain syscall on a borrowed fd.
-    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
-}
-
-/// Sets times on an open file (`futimens`).
-pub fn futimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
-    // SAFETY: `times` points at two timespecs, as the call requires.
-    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
-}
-
 /// Sets times on the inode behind an `O_PATH` fd, symlinks included
 /// (`utimensat(fd, "", AT_EMPTY_PATH)`), falling back to `/proc/self/fd/N`
 /// on kernels that refuse the empty path.
@@ -295,28 +278,6 @@ pub fn utimens_fd(
     }
 }
 
-pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
-    let offset = i64::try_from(offset).map_err(|_| libc::EINVAL)?;
-    // SAFETY: `buf` is writable for `buf.len()` bytes.
-    let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) };
-    if n < 0 {
-        Err(errno())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> SysResult<usize> {
-    let offset = i64::try_from(offset).map_err(|_| libc::EFBIG)?;
-    // SAFETY: `buf` is readable for `buf.len()` bytes.
-    let n = unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset) };
-    if n < 0 {
-        Err(errno())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     // SAFETY: plain syscalls on a borrowed fd.
     check(unsafe {
@@ -327,36 +288,6 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
         }
     })
     .map(drop)
-}
-
-/// `close(dup(fd))`: gives the underlying filesystem its flush-on-close
-/// without closing our descriptor (FUSE flush semantics, as virtiofsd).
-pub fn flush(fd: BorrowedFd<'_>) -> SysResult<()> {
-    let dup = fd
-        .try_clone_to_owned()
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-    // SAFETY: we own `dup` and close it exactly once here.
-    check(unsafe { libc::close(dup.into_raw_fd()) }).map(drop)
-}
-
-pub fn lseek_set(fd: BorrowedFd<'_>, offset: u64) -> SysResult<()> {
-    let offset = i64::try_from(offset).map_err(|_| libc::EINVAL)?;
-    // SAFETY: plain syscall on a borrowed fd.
-    let ret = unsafe { libc::lseek(fd.as_raw_fd(), offset, libc::SEEK_SET) };
-    if ret < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
-}
-
-/// One entry of a `getdents64` buffer.
-pub struct RawDirent<'a> {
-    pub ino: u64,
-    /// The cookie to seek to for the entry after this one.
-    pub off: u64,
-    pub typ: u8,
-    pub name: &'a [u8],
 }
 
 /// Fills `buf` with `linux_dirent64` records from the directory's current
@@ -417,11 +348,6 @@ pub fn ofd_lock(fd: BorrowedFd<'_>, cmd: i32, lock: &mut libc::flock) -> SysResu
     check(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lock as *mut libc::flock) }).map(drop)
 }
 
-pub fn flock(fd: BorrowedFd<'_>, op: i32) -> SysResult<()> {
-    // SAFETY: plain syscall on a borrowed fd.
-    check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
-}
-
 /// A non-blocking inotify instance.
 pub fn inotify_init() -> SysResult<OwnedFd> {
     // SAFETY: no pointers involved.
@@ -442,43 +368,6 @@ pub fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) {
     unsafe { libc::inotify_rm_watch(inotify.as_raw_fd(), wd) };
 }
 
-pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
-    // SAFETY: `buf` is writable for `buf.len()` bytes.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(errno())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn nofile_rlimit() -> SysResult<libc::rlimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit to fill.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    Ok(lim)
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every node the guest
-/// has looked up holds an fd.
-pub fn raise_nofile_limit() -> SysResult<u64> {
-    let mut lim = nofile_rlimit()?;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit.
-        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    }
-    Ok(lim.rlim_cur)
-}
-
-/// The soft `RLIMIT_NOFILE`.
-pub fn nofile_limit() -> SysResult<u64> {
-    Ok(nofile_rlimit()?.rlim_cur)
-}
-
 /// The process umask, read without changing it (`/proc/self/status`), or 022.
 pub fn process_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
@@ -491,36 +380,10 @@ pub fn process_umask() -> u32 {
         .unwrap_or(0o022)
 }
 
-/// Maps `len` bytes of `fd` from `offset`, shared and read-write.
-pub fn map_shared(fd: BorrowedFd<'_>, offset: u64, len: usize) -> SysResult<*mut u8> {
-    let offset = i64::try_from(offset).map_err(|_| libc::EINVAL)?;
-    // SAFETY: a fresh mapping at an address of the kernel's choosing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            offset,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        Err(errno())
-    } else {
-        Ok(p.cast())
-    }
-}
-
-/// Undoes [`map_shared`].
-pub fn unmap(p: *mut u8, len: usize) {
-    // SAFETY: `p`/`len` came from `map_shared` and nothing uses them after.
-    unsafe { libc::munmap(p.cast(), len) };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::open_path;
     use std::os::fd::AsFd;
 
     /// Both paths of `open_beneath` refuse to follow a symlink and open
