@@ -9,7 +9,7 @@ use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -23,6 +23,7 @@ use lima_proto::fs::{
     Attr, DirEntry, Entry, FsReply, FsRequest, Lock, SetTime, Time, MAX_IO, READDIRPLUS_MAX,
     READDIR_MAX,
 };
+use lima_proto::sync::lock;
 use tokio::runtime::Handle;
 
 use super::cache::{self, Answer, Cache};
@@ -165,10 +166,6 @@ struct Pair<R, H> {
 /// Handles of [`LocalDir`]s are numbered from here; those of directories
 /// read from the host (with `ReaddirAt`, no host handle) count up from 1.
 const LOCAL_FH: u64 = 1 << 63;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn errno(n: i32) -> Errno {
     Errno::from_i32(n)
