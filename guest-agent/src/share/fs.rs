@@ -477,7 +477,7 @@ impl Shared {
                 self.with_cache(|c, out| c.invalidate_entry(parent, name, out));
                 reply.error(errno(n))
             }
-            other => reply.error(self.unexpected("an entry request", &other)),
+            other => reply.error(error_of("an entry request", &other)),
         }
     }
 
@@ -753,11 +753,7 @@ impl Shared {
                         // the kernel's next read starts at this name; if it
                         // is the first, the read fails.
                         r if added == 0 => {
-                            let e = match r {
-                                FsReply::Err(n) => errno(n),
-                                other => self.unexpected("a lookup", &other),
-                            };
-                            return reply.error(e);
+                            return reply.error(error_of("a lookup", &r));
                         }
                         _ => break,
                     }
@@ -908,14 +904,8 @@ impl Shared {
                 self.with_cache(|c, out| c.invalidate_node(id, out));
                 reply.written(n);
             }
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(self.unexpected("write", &other)),
+            r => reply.error(error_of("write", &r)),
         }
-    }
-
-    fn unexpected(&self, op: &str, r: &FsReply) -> Errno {
-        tracing::warn!("share: unexpected answer to {op}: {}", reply_name(r));
-        Errno::EIO
     }
 
     fn reply_entry(&self, reply: ReplyEntry, r: FsReply) {
@@ -923,24 +913,21 @@ impl Shared {
             FsReply::Entry(e) => {
                 reply.entry(&TTL, &self.file_attr(&e.attr), Generation(e.generation))
             }
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(self.unexpected("an entry request", &other)),
+            r => reply.error(error_of("an entry request", &r)),
         }
     }
 
     fn reply_attr(&self, reply: ReplyAttr, r: FsReply) {
         match r {
             FsReply::Attr(a) => reply.attr(&TTL, &self.file_attr(&a)),
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(self.unexpected("getattr/setattr", &other)),
+            r => reply.error(error_of("getattr/setattr", &r)),
         }
     }
 
     fn reply_empty(&self, reply: ReplyEmpty, r: FsReply) {
         match r {
             FsReply::Ok => reply.ok(),
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(self.unexpected("a request", &other)),
+            r => reply.error(error_of("a request", &r)),
         }
     }
 
@@ -994,8 +981,7 @@ impl Shared {
                 };
                 Ok(())
             }
-            FsReply::Err(n) => Err(errno(n)),
-            other => Err(self.unexpected("readdir", &other)),
+            r => Err(error_of("readdir", &r)),
         }
     }
 }
@@ -1152,10 +1138,9 @@ impl Filesystem for ShareFs {
         self.call(
             FsRequest::Readlink { id: ino.0 },
             reply,
-            |s, reply, r| match r {
+            |_, reply, r| match r {
                 FsReply::Link(target) => reply.data(&target),
-                FsReply::Err(n) => reply.error(errno(n)),
-                other => reply.error(s.unexpected("readlink", &other)),
+                r => reply.error(error_of("readlink", &r)),
             },
         );
     }
@@ -1371,8 +1356,7 @@ impl Filesystem for ShareFs {
                     };
                     reply.opened(FileHandle(fh), flags);
                 }
-                FsReply::Err(n) => reply.error(errno(n)),
-                other => reply.error(s.unexpected("open", &other)),
+                r => reply.error(error_of("open", &r)),
             },
         );
     }
@@ -1420,7 +1404,7 @@ impl Filesystem for ShareFs {
             }
             other => {
                 s.changed(sent, None);
-                reply.error(s.unexpected("create", &other))
+                reply.error(error_of("create", &other))
             }
         });
     }
@@ -1444,10 +1428,9 @@ impl Filesystem for ShareFs {
                 size,
                 at: slot.at(),
             };
-            return self.call_apart(req, reply, move |s, reply, r| match r {
+            return self.call_apart(req, reply, move |_, reply, r| match r {
                 FsReply::Placed(n) => reply.data(&slot.copy_out(n)),
-                FsReply::Err(n) => reply.error(errno(n)),
-                other => reply.error(s.unexpected("read", &other)),
+                r => reply.error(error_of("read", &r)),
             });
         }
         let req = FsRequest::Read {
@@ -1455,10 +1438,9 @@ impl Filesystem for ShareFs {
             offset,
             size,
         };
-        self.call_apart(req, reply, |s, reply, r| match r {
+        self.call_apart(req, reply, |_, reply, r| match r {
             FsReply::Data(data) => reply.data(&data),
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(s.unexpected("read", &other)),
+            r => reply.error(error_of("read", &r)),
         });
     }
 
@@ -1655,12 +1637,11 @@ impl Filesystem for ShareFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.call(FsRequest::Statfs, reply, |s, reply, r| match r {
+        self.call(FsRequest::Statfs, reply, |_, reply, r| match r {
             FsReply::Statfs(f) => reply.statfs(
                 f.blocks, f.bfree, f.bavail, f.files, f.ffree, f.bsize, f.namelen, f.frsize,
             ),
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(s.unexpected("statfs", &other)),
+            r => reply.error(error_of("statfs", &r)),
         });
     }
 
@@ -1686,10 +1667,9 @@ impl Filesystem for ShareFs {
                 pid,
             },
         };
-        self.call(req, reply, |s, reply, r| match r {
+        self.call(req, reply, |_, reply, r| match r {
             FsReply::Lock(l) => reply.locked(l.start, l.end, l.typ, l.pid),
-            FsReply::Err(n) => reply.error(errno(n)),
-            other => reply.error(s.unexpected("getlk", &other)),
+            r => reply.error(error_of("getlk", &r)),
         });
     }
 
@@ -1783,6 +1763,19 @@ impl Filesystem for ShareFs {
         reply: ReplyLseek,
     ) {
         reply.error(Errno::ENOSYS);
+    }
+}
+
+/// The error to give the kernel for a reply that is not the answer `op`
+/// expects: the host's own errno, or `EIO` (logged) for a reply of another
+/// kind. The tail of every callback's match on the host's reply.
+fn error_of(op: &str, r: &FsReply) -> Errno {
+    match r {
+        FsReply::Err(n) => errno(*n),
+        other => {
+            tracing::warn!("share: unexpected answer to {op}: {}", reply_name(other));
+            Errno::EIO
+        }
     }
 }
 
