@@ -16,9 +16,9 @@
 //! `cargo run -p lima-guest-agent --example watch -- --dump` prints the dump
 //! and its timing and exits (no root needed). Exits 1 at once if the watcher
 //! is unavailable, with the reason.
-#[path = "../src/sockdiag.rs"]
+#[path = "../src/ports/sockdiag.rs"]
 mod sockdiag;
-#[path = "../src/watcher.rs"]
+#[path = "../src/ports/watcher.rs"]
 #[allow(
     dead_code,
     reason = "the agent uses more of the module than this example"
