@@ -2,11 +2,24 @@
 //! eBPF socket events checked against sock_diag dumps, for the host's
 //! forwards.
 //!
-//! - `watcher.rs`: loads the eBPF programs and hands their socket events
-//!   to subscribers;
-//! - `table.rs`: the port table, a sock_diag dump after each batch of
-//!   events (or on a timer without eBPF), and what was added or removed;
-//! - `sockdiag.rs`: the dump itself.
+//! ```text
+//!  guest-ebpf programs ─ring buffer─▶ ebpf.rs ─EventSource─▶ watcher.rs ─WatchEvent─▶ table.rs
+//!                                                                                      │ dump
+//!  kernel NETLINK_SOCK_DIAG ◀──────────────────────────────────────────────── sockdiag.rs
+//! ```
+//!
+//! - `events.rs`: what the programs report, and [`EventSource`](events::EventSource),
+//!   the seam between the privileged loader and the rest (tests use a fake);
+//! - `ebpf.rs`: the loader (aya: load, attach, open the maps), and why it failed;
+//! - `watcher.rs`: the reader task: status, loss detection, fan-out;
+//! - `table.rs`: the port table: when to dump, events checked against the
+//!   dump, what was added or removed;
+//! - `sockdiag.rs`: the dump itself (the truth).
+//!
+//! Imports run one way (table → watcher → ebpf → events, table → sockdiag),
+//! and nothing here imports the rest of the agent.
+mod ebpf;
+mod events;
 mod sockdiag;
 mod table;
 mod watcher;

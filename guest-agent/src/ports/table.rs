@@ -21,7 +21,8 @@ use std::time::Duration;
 use lima_proto::{GuestPort, PortProto, WatchMode};
 use tokio::sync::{broadcast, watch};
 
-use super::watcher::{SocketEventKind, WatchEvent, Watcher};
+use super::events::SocketEventKind;
+use super::watcher::{WatchEvent, Watcher};
 
 pub type PortSet = Arc<BTreeSet<GuestPort>>;
 
