@@ -122,7 +122,7 @@ impl MissingHooks {
 
     /// The text of [`WatcherStatus::Partial`].
     pub(super) fn text(&self) -> String {
-        let reason = shorten(&error_chain(&self.reason));
+        let reason = shorten(&error_chain_once(&self.reason));
         if self.no_binds {
             format!("tcp only: {reason}")
         } else {
@@ -131,8 +131,11 @@ impl MissingHooks {
     }
 }
 
-/// `a: b: c` from an error and its sources.
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+/// `a: b: c` from an error and its sources, each text once. Not
+/// [`lima_proto::errors::error_chain`], which joins every cause: aya's
+/// errors may end their message with their source's, and this text becomes
+/// the watcher's status that the host shows.
+pub(super) fn error_chain_once(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -263,7 +266,7 @@ pub(super) fn attach() -> Result<Attached<RingSource>, WatchError> {
             tracing::info!(
                 "no kretprobe on {} ({}); new listeners are found by re-checking",
                 LISTENED.1,
-                error_chain(&e)
+                error_chain_once(&e)
             );
             false
         }
@@ -504,7 +507,7 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
     let logger = match aya_log::EbpfLogger::init(ebpf) {
         Ok(logger) => logger,
         Err(e) => {
-            tracing::warn!("eBPF log forwarding unavailable: {}", error_chain(&e));
+            tracing::warn!("eBPF log forwarding unavailable: {}", error_chain_once(&e));
             return;
         }
     };

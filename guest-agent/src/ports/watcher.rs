@@ -37,7 +37,7 @@ use std::fmt;
 use lima_proto::ebpf::SockEvent;
 use tokio::sync::broadcast;
 
-use super::ebpf::{self, error_chain, shorten, Attached, WatchError};
+use super::ebpf::{self, error_chain_once, shorten, Attached, WatchError};
 use super::events::{describe, EventSource, SocketEventKind};
 
 /// How many events a slow subscriber may lag behind before it misses some
@@ -131,7 +131,7 @@ where
             }
         }
         Err(e) => {
-            let reason = error_chain(&e);
+            let reason = error_chain_once(&e);
             let short = shorten(&reason);
             if short.len() < reason.len() {
                 tracing::debug!("socket watcher unavailable, in full: {reason}");
