@@ -120,7 +120,7 @@ impl MissingHooks {
         }
     }
 
-    /// The text of [`WatcherStatus::Partial`].
+    /// The text of [`WatcherStatus::Partial`](super::watcher::WatcherStatus::Partial).
     pub(super) fn text(&self) -> String {
         let reason = shorten(&error_chain_once(&self.reason));
         if self.no_binds {

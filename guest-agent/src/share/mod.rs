@@ -34,7 +34,7 @@
 //! # Caching
 //!
 //! The kernel caches entries, negative entries, attributes, symlink targets,
-//! directory listings and file pages for [`fs::state::TTL`] (an hour) and keeps
+//! directory listings and file pages for `TTL` (an hour, `fs/state.rs`) and keeps
 //! pages across opens (`FOPEN_KEEP_CACHE`): a warm tree is served without a
 //! round trip. Coherence with the host comes from the host's invalidations
 //! (`InvalidateNode` drops a node's attributes and pages, `InvalidateEntry` a
