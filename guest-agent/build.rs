@@ -1,5 +1,5 @@
 //! Builds `guest-ebpf` (target `bpfel-unknown-none`) and leaves the object at
-//! `$OUT_DIR/lima-guest-ebpf`, where `src/watcher.rs` embeds it with
+//! `$OUT_DIR/lima-guest-ebpf`, where `src/ports/ebpf.rs` embeds it with
 //! `aya::include_bytes_aligned!`.
 //!
 //! The eBPF crate is not a workspace member: it needs a nightly toolchain with

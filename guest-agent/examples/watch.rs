@@ -16,9 +16,13 @@
 //! `cargo run -p lima-guest-agent --example watch -- --dump` prints the dump
 //! and its timing and exits (no root needed). Exits 1 at once if the watcher
 //! is unavailable, with the reason.
-#[path = "../src/sockdiag.rs"]
+#[path = "../src/ports/ebpf.rs"]
+mod ebpf;
+#[path = "../src/ports/events.rs"]
+mod events;
+#[path = "../src/ports/sockdiag.rs"]
 mod sockdiag;
-#[path = "../src/watcher.rs"]
+#[path = "../src/ports/watcher.rs"]
 #[allow(
     dead_code,
     reason = "the agent uses more of the module than this example"
@@ -74,7 +78,7 @@ async fn main() {
         for event in batch {
             match event {
                 Ok(watcher::WatchEvent::Socket { kind, event }) => {
-                    tracing::info!("{kind:?}: {}", watcher::describe(&event))
+                    tracing::info!("{kind:?}: {}", events::describe(&event))
                 }
                 Ok(watcher::WatchEvent::Lost) => tracing::warn!("events lost"),
                 Err(e) => tracing::warn!("subscriber: {e}"),

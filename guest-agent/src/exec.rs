@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lima_proto::sync::lock;
 use lima_proto::{
     read_frame_async, write_frame_async, ExecInput, ExecOutput, ExecRequest, ExitStatus, WinSize,
     IO_CHUNK,
@@ -64,7 +65,7 @@ impl Reaper {
     /// The reaper owns the exit status: the caller may take the child's
     /// pipes, and drops the `Child` without waiting on it.
     fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();
         state.waiting.insert(child.id() as i32, tx);

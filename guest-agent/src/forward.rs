@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lima_proto::sync::lock;
 use lima_proto::{
     read_frame_async, write_frame_async, Datagram, ForwardReply, ForwardRequest, GuestEvent,
     GuestPort, HostEvent, PortProto, Subscribe,
@@ -24,13 +25,10 @@ pub struct AllowedSockets(Arc<Mutex<BTreeSet<String>>>);
 
 impl AllowedSockets {
     fn set(&self, paths: Vec<String>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = paths.into_iter().collect();
+        *lock(&self.0) = paths.into_iter().collect();
     }
     fn contains(&self, path: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(path)
+        lock(&self.0).contains(path)
     }
 }
 

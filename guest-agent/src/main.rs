@@ -13,10 +13,8 @@ mod ports;
 mod root;
 mod server;
 mod share;
-mod sockdiag;
 mod sys;
 mod tools;
-mod watcher;
 
 use std::sync::Arc;
 
@@ -81,7 +79,7 @@ async fn run(pid1: bool) -> anyhow::Result<()> {
         init::late_setup(&params).await;
     }
     let reaper = Arc::new(exec::Reaper::start()?);
-    let watcher = watcher::start().await;
+    let watcher = ports::start_watcher().await;
     tracing::info!("socket watcher: {}", watcher.status);
     let info = lima_proto::AgentInfo {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -44,7 +44,7 @@
 //!   invalidations read behind it; so a removal, or a new directory's empty
 //!   listing, is believed only if no host report that may be newer came in
 //!   since the request was sent ([`Cache::stamp`]).
-//! * A listing lives at most [`TTL`](super::fs::TTL), the time the kernel
+//! * A listing lives at most `TTL` (`fs/state.rs`), the time the kernel
 //!   is told it may trust an entry, and negative answers carry the
 //!   listing's remaining lifetime, so nothing is believed longer than the
 //!   kernel would believe it (directories the host cannot watch, beyond its

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lima_proto::encode_frame;
 use lima_proto::fs::{FsReply, FsRequest, FsToHost};
+use lima_proto::sync::lock;
 use tokio::sync::oneshot;
 
 /// What a request's reply goes to.
@@ -39,10 +40,6 @@ impl Waiter {
 }
 
 type Waiters = HashMap<u64, Waiter>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The write side of the stream, shared by every thread that sends.
 ///

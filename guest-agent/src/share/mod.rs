@@ -34,7 +34,7 @@
 //! # Caching
 //!
 //! The kernel caches entries, negative entries, attributes, symlink targets,
-//! directory listings and file pages for [`fs::TTL`] (an hour) and keeps
+//! directory listings and file pages for `TTL` (an hour, `fs/state.rs`) and keeps
 //! pages across opens (`FOPEN_KEEP_CACHE`): a warm tree is served without a
 //! round trip. Coherence with the host comes from the host's invalidations
 //! (`InvalidateNode` drops a node's attributes and pages, `InvalidateEntry` a
@@ -69,7 +69,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{Config, INodeNo, Notifier, Session, SessionACL};
+use lima_proto::errors::error_chain;
 use lima_proto::fs::{FsToGuest, ShareSetup, ShareStatus, MAX_IO};
+use lima_proto::sync::lock;
 use lima_proto::{read_frame, read_frame_async, write_frame_async, FrameError};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -155,12 +157,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
         Err(e) => {
             // Nothing went through the mount yet: give up on it.
             tracing::warn!("share {tag}: cannot take over the stream: {e}");
-            running
-                .shared
-                .primer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            lock(&running.shared.primer).take();
             return Err(anyhow::Error::new(e).context("taking over the share stream"));
         }
     };
@@ -183,12 +180,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
     };
     client.close();
     // Ends the priming thread, which holds the mount's root open.
-    running
-        .shared
-        .primer
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    lock(&running.shared.primer).take();
     drop(running.mount);
     tracing::info!("share {tag}: stream closed, {} detached", setup.mount_point);
     result
@@ -294,7 +286,7 @@ async fn start(setup: &ShareSetup, client: Arc<Client>) -> Result<Running, Strin
         .lock()
         .unwrap()
         .insert(setup.mount_point.clone(), shared.clone());
-    *shared.primer.lock().unwrap_or_else(|e| e.into_inner()) =
+    *lock(&shared.primer) =
         prime::spawn(&setup.mount_point, &setup.tag, shared.primer_tids.clone());
     Ok(Running {
         mount,
@@ -427,16 +419,4 @@ fn spawn_invalidator(notifier: Notifier, tag: &str) -> std::sync::mpsc::Sender<I
         );
     }
     tx
-}
-
-/// `e: cause: cause…` (the host shows the reason as one line).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use lima_proto::sync::lock;
+
 /// Priming threads per share: directories fetched ahead arrive many at a
 /// time, and each read waits on FUSE round trips.
 pub(super) const THREADS: usize = 4;
@@ -67,7 +69,7 @@ pub(super) fn spawn(mount_point: &str, tag: &str, tids: Tids) -> Option<Sender<P
 
 fn run(mount_point: &Path, rx: &Mutex<Receiver<PathBuf>>) {
     loop {
-        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let next = lock(rx).recv();
         let Ok(path) = next else { return };
         if let Err(e) = read_dir(&mount_point.join(&path)) {
             tracing::debug!("share: priming {}: {e}", path.display());

@@ -13,6 +13,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use lima_proto::fs::{ShmRegion, MAX_IO};
+use lima_proto::sync::lock;
 
 /// The whole device, mapped once per agent and never unmapped.
 struct Device {
@@ -150,7 +151,7 @@ impl Shm {
 
     /// A free slot, if there is one.
     pub(super) fn take(self: &Arc<Self>) -> Option<Slot> {
-        let index = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        let index = lock(&self.free).pop()?;
         Some(Slot {
             shm: self.clone(),
             index,
@@ -195,11 +196,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.shm
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(self.index);
+        lock(&self.shm.free).push(self.index);
     }
 }
 

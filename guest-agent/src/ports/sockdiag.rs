@@ -11,9 +11,11 @@
 //! ```
 //!
 //! - **Hand-rolled, on purpose.** Four fixed requests and one reply format
-//!   (`linux/inet_diag.h`, stable UAPI) do not justify a netlink crate. The
-//!   bytes are built and parsed with explicit offsets, so the only unsafe
-//!   code is the three syscalls, wrapped in [`DiagSocket`].
+//!   (`linux/inet_diag.h`, stable UAPI) do not justify a netlink crate
+//!   (`netlink-packet-sock-diag` was measured slower per dump, several times
+//!   so on musl: `docs/decisions.md`). The bytes are built and parsed with
+//!   explicit offsets, so the only unsafe code is the three syscalls,
+//!   wrapped in [`DiagSocket`].
 //! - **What "listening" means.** TCP sockets in LISTEN (the kernel filters by
 //!   the state mask), and UDP sockets with a local port and no remote port
 //!   (bound, not connected). An unbound UDP socket that sent a datagram has a

@@ -1,6 +1,6 @@
 //! The port table: which sockets listen in the guest right now.
 //!
-//! The truth is a NETLINK_SOCK_DIAG dump ([`crate::sockdiag::dump`]); what
+//! The truth is a NETLINK_SOCK_DIAG dump ([`super::sockdiag::dump`]); what
 //! changes is *when* we dump. In [`WatchMode::Ebpf`] every eBPF socket event
 //! triggers a dump at once (events arriving together share one dump), with
 //! one exception: a TCP LISTEN state change fires before the kernel has
@@ -21,7 +21,8 @@ use std::time::Duration;
 use lima_proto::{GuestPort, PortProto, WatchMode};
 use tokio::sync::{broadcast, watch};
 
-use crate::watcher::{SocketEventKind, WatchEvent, Watcher};
+use super::events::SocketEventKind;
+use super::watcher::{WatchEvent, Watcher};
 
 pub type PortSet = Arc<BTreeSet<GuestPort>>;
 
@@ -38,7 +39,7 @@ const RETRY_DELAYS_MS: [u64; 5] = [1, 4, 16, 64, 256];
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
 fn dump() -> BTreeSet<GuestPort> {
-    match crate::sockdiag::dump() {
+    match super::sockdiag::dump() {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("sock_diag dump failed: {e}");
@@ -88,7 +89,7 @@ impl Scope {
             .into_iter()
             .filter(|p| self.covers(*p))
             .collect();
-        match crate::sockdiag::dump_protocols(&protocols) {
+        match super::sockdiag::dump_protocols(&protocols) {
             Ok(fresh) => current
                 .iter()
                 .filter(|p| !self.covers(p.proto))
@@ -133,7 +134,7 @@ impl PortTable {
         let status = watcher.status.to_string();
         // Some hooks missing (e.g. no UDP): events cover only part, so a
         // 1 s poll backs them up.
-        let partial = matches!(watcher.status, crate::watcher::WatcherStatus::Partial(_));
+        let partial = matches!(watcher.status, super::watcher::WatcherStatus::Partial(_));
         tokio::spawn(run(
             events,
             mode_rx,

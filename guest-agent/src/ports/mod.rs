@@ -1,0 +1,28 @@
+//! The port watcher: which sockets listen in the guest, kept current from
+//! eBPF socket events checked against sock_diag dumps, for the host's
+//! forwards.
+//!
+//! ```text
+//!  guest-ebpf programs ─ring buffer─▶ ebpf.rs ─EventSource─▶ watcher.rs ─WatchEvent─▶ table.rs
+//!                                                                                      │ dump
+//!  kernel NETLINK_SOCK_DIAG ◀──────────────────────────────────────────────── sockdiag.rs
+//! ```
+//!
+//! - `events.rs`: what the programs report, and [`EventSource`](events::EventSource),
+//!   the seam between the privileged loader and the rest (tests use a fake);
+//! - `ebpf.rs`: the loader (aya: load, attach, open the maps), and why it failed;
+//! - `watcher.rs`: the reader task: status, loss detection, fan-out;
+//! - `table.rs`: the port table: when to dump, events checked against the
+//!   dump, what was added or removed;
+//! - `sockdiag.rs`: the dump itself (the truth).
+//!
+//! Imports run one way (table → watcher → ebpf → events, table → sockdiag),
+//! and nothing here imports the rest of the agent.
+mod ebpf;
+mod events;
+mod sockdiag;
+mod table;
+mod watcher;
+
+pub use table::{diff, PortTable};
+pub use watcher::start as start_watcher;
