@@ -97,10 +97,12 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
     let mut up = match bringup::bring_up(inst, &mut stop, options).await {
         Ok(up) => up,
         Err(BringUpError::Stopped) => return Ok(()),
-        Err(BringUpError::VmEnded(why)) => return Err(HostAgentError::Failed(format!(
+        Err(BringUpError::VmEnded(why)) => {
+            return Err(HostAgentError::Failed(format!(
             "the VM stopped before the guest agent answered ({why}); see the serial console log {}",
             inst.path(instance::SERIAL_LOG).display()
-        ))),
+        )))
+        }
         Err(e) => return Err(HostAgentError::Failed(e.to_string())),
     };
     let boot_ms = started.elapsed().as_millis() as u64;

@@ -16,6 +16,7 @@
 //! - **No BTF needed.** The programs read their contexts at fixed offsets
 //!   (the tracepoint record, stable since 4.16; `struct bpf_sock`, UAPI), so
 //!   kernels without `/sys/kernel/btf/vmlinux` work too.
+use lima_proto::errors::error_chain;
 use std::io;
 
 use aya::{
@@ -122,33 +123,13 @@ impl MissingHooks {
 
     /// The text of [`WatcherStatus::Partial`](super::watcher::WatcherStatus::Partial).
     pub(super) fn text(&self) -> String {
-        let reason = shorten(&error_chain_once(&self.reason));
+        let reason = shorten(&error_chain(&self.reason));
         if self.no_binds {
             format!("tcp only: {reason}")
         } else {
             format!("no {}: {reason}", self.hooks.join(", "))
         }
     }
-}
-
-/// `a: b: c` from an error and its sources, each text once. Not
-/// [`lima_proto::errors::error_chain`], which joins every cause: aya's
-/// errors may end their message with their source's, and this text becomes
-/// the watcher's status that the host shows.
-pub(super) fn error_chain_once(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        // Some errors (aya's among them) repeat their source in their own
-        // message; say each thing once.
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Longest reason a status carries. A verifier rejection brings the whole
@@ -266,7 +247,7 @@ pub(super) fn attach() -> Result<Attached<RingSource>, WatchError> {
             tracing::info!(
                 "no kretprobe on {} ({}); new listeners are found by re-checking",
                 LISTENED.1,
-                error_chain_once(&e)
+                error_chain(&e)
             );
             false
         }
@@ -507,7 +488,7 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
     let logger = match aya_log::EbpfLogger::init(ebpf) {
         Ok(logger) => logger,
         Err(e) => {
-            tracing::warn!("eBPF log forwarding unavailable: {}", error_chain_once(&e));
+            tracing::warn!("eBPF log forwarding unavailable: {}", error_chain(&e));
             return;
         }
     };

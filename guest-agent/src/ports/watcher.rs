@@ -37,8 +37,9 @@ use std::fmt;
 use lima_proto::ebpf::SockEvent;
 use tokio::sync::broadcast;
 
-use super::ebpf::{self, error_chain_once, shorten, Attached, WatchError};
+use super::ebpf::{self, shorten, Attached, WatchError};
 use super::events::{describe, EventSource, SocketEventKind};
+use lima_proto::errors::error_chain;
 
 /// How many events a slow subscriber may lag behind before it misses some
 /// (it then gets `RecvError::Lagged` and should re-dump sock_diag).
@@ -131,7 +132,7 @@ where
             }
         }
         Err(e) => {
-            let reason = error_chain_once(&e);
+            let reason = error_chain(&e);
             let short = shorten(&reason);
             if short.len() < reason.len() {
                 tracing::debug!("socket watcher unavailable, in full: {reason}");
