@@ -1,7 +1,7 @@
 //! eBPF side of the guest agent's port watcher.
 //!
 //! Five programs, all pushing [`SockEvent`]s into the `EVENTS` ring buffer
-//! that the agent reads (`guest-agent/src/watcher.rs`):
+//! that the agent reads (`guest-agent/src/ports/ebpf.rs`):
 //!
 //! - `inet_sock_set_state`, on the `sock:inet_sock_set_state` tracepoint. The
 //!   kernel fires it on every TCP (and SCTP/MPTCP) socket state change; we
