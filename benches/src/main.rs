@@ -62,6 +62,9 @@ struct Args {
     /// Fewer repetitions and smaller transfers (shares suite)
     #[arg(long)]
     quick: bool,
+    /// Mount types to measure, vsockfs first (shares suite)
+    #[arg(long, default_value = "vsockfs,9p,virtiofs", value_delimiter = ',')]
+    kinds: Vec<String>,
     /// `lima-run -- true` runs (run suite)
     #[arg(long, default_value_t = 10)]
     runs: usize,
@@ -139,10 +142,24 @@ fn main() -> anyhow::Result<()> {
     match args.suite.as_str() {
         "foundation" => foundation(&args),
         "ports" => ports(&args),
-        "shares" => shares::shares(&shares::Opts {
-            quick: args.quick,
-            mib: args.mib,
-        }),
+        "shares" => {
+            if args.kinds.first().map(String::as_str) != Some("vsockfs")
+                || args
+                    .kinds
+                    .iter()
+                    .any(|k| !shares::KINDS.contains(&k.as_str()))
+            {
+                bail!(
+                    "--kinds {}: give vsockfs first, then any of 9p, virtiofs",
+                    args.kinds.join(",")
+                );
+            }
+            shares::shares(&shares::Opts {
+                quick: args.quick,
+                mib: args.mib,
+                kinds: args.kinds.clone(),
+            })
+        }
         "run" => oneshot::run(&oneshot::Opts {
             runs: args.runs,
             classic_runs: args.classic_runs,

@@ -22,7 +22,8 @@ use anyhow::{bail, Context};
 
 use crate::{bin_dir, run, Stats};
 
-const KINDS: [&str; 3] = ["vsockfs", "9p", "virtiofs"];
+/// Every mount type, ours first; `--kinds` picks some of them.
+pub const KINDS: [&str; 3] = ["vsockfs", "9p", "virtiofs"];
 const DIRS: usize = 100;
 const FILES: usize = 100;
 const CREATES: usize = 1000;
@@ -37,6 +38,8 @@ const DROP_CACHES: &str = "sync; echo 3 > /proc/sys/vm/drop_caches; sleep 2";
 pub struct Opts {
     pub quick: bool,
     pub mib: usize,
+    /// Mount types to measure, `vsockfs` first (checked by the caller).
+    pub kinds: Vec<String>,
 }
 
 /// One table cell per mount type.
@@ -268,6 +271,8 @@ pub fn shares(opts: &Opts) -> anyhow::Result<()> {
     } else {
         opts.mib
     };
+    let kinds: Vec<&str> = opts.kinds.iter().map(String::as_str).collect();
+    let kinds = kinds.as_slice();
     let git_image = lima_host::image::open_builtin("debian").is_ok();
     let image = if git_image { "debian" } else { "default" };
     let load_start = load_average();
@@ -276,7 +281,7 @@ pub fn shares(opts: &Opts) -> anyhow::Result<()> {
         .prefix("lima-bs")
         .tempdir_in("/tmp")?;
     let t = Instant::now();
-    for kind in KINDS {
+    for kind in kinds {
         let root = host.path().join(kind);
         make_tree(&root.join("tree"))?;
         make_tree(&root.join("ls"))?;
@@ -303,7 +308,7 @@ pub fn shares(opts: &Opts) -> anyhow::Result<()> {
     };
     let mut yaml =
         format!("images:\n- location: builtin:{image}\ncpus: 2\nmemory: 2GiB\nmounts:\n");
-    for kind in KINDS {
+    for kind in kinds {
         yaml += &format!(
             "- location: {}\n  mountPoint: /mnt/{kind}\n  writable: true\n  mountType: {kind}\n",
             host.path().join(kind).display()
@@ -313,21 +318,38 @@ pub fn shares(opts: &Opts) -> anyhow::Result<()> {
     std::fs::write(&yaml_path, yaml)?;
     let yaml_path = yaml_path.to_string_lossy().into_owned();
     run(vm.cmd().args(["start", "--timeout", "10m", &yaml_path]))?;
-    let result = measure(&vm, host.path(), git_image, reps, io_reps, edits, mib);
+    let result = measure(
+        &vm,
+        host.path(),
+        kinds,
+        git_image,
+        reps,
+        io_reps,
+        edits,
+        mib,
+    );
     let _ = run(vm.cmd().args(["delete", "--force", NAME]));
     let rows = result?;
 
-    println!("| figure | vsockfs (ours) | 9p | virtiofs | vsockfs vs 9p | vsockfs vs virtiofs |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    let others = &kinds[1..];
+    let mut head = format!("| figure | {} (ours) |", kinds[0]);
+    for k in others {
+        head += &format!(" {k} |");
+    }
+    for k in others {
+        head += &format!(" {} vs {k} |", kinds[0]);
+    }
+    println!("{head}");
+    println!("|{}", " --- |".repeat(1 + kinds.len() + others.len()));
     for (name, cells) in &rows {
-        println!(
-            "| {name} | {} | {} | {} | {} | {} |",
-            cells[0].show(),
-            cells[1].show(),
-            cells[2].show(),
-            cells[0].speedup(&cells[1]),
-            cells[0].speedup(&cells[2]),
-        );
+        let mut line = format!("| {name} |");
+        for c in cells {
+            line += &format!(" {} |", c.show());
+        }
+        for c in &cells[1..] {
+            line += &format!(" {} |", cells[0].speedup(c));
+        }
+        println!("{line}");
     }
     println!();
     println!(
@@ -339,9 +361,14 @@ pub fn shares(opts: &Opts) -> anyhow::Result<()> {
 
 type Row = (String, Vec<Cell>);
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn measure(
     vm: &Vm,
     host: &Path,
+    kinds: &[&str],
     git_image: bool,
     reps: usize,
     io_reps: usize,
@@ -358,7 +385,7 @@ fn measure(
         rows.push((name, cells));
     };
     // The path lists for stat-files, made on the host, kept in guest /tmp.
-    for kind in KINDS {
+    for kind in kinds {
         let mut list = String::new();
         for i in 0..DIRS {
             for j in 0..FILES {
@@ -371,7 +398,7 @@ fn measure(
     eprintln!("{}", mounts.trim_end());
 
     // Each tree is touched for the first time by its cold row.
-    let cells = KINDS
+    let cells = kinds
         .iter()
         .map(|k| vm.stat_files(&format!("/tmp/list-{k}"), n).map(Cell::Time))
         .collect::<anyhow::Result<_>>()?;
@@ -379,7 +406,7 @@ fn measure(
         format!("`lstat` {n} files, cold (first after mount)"),
         cells,
     );
-    let cells = KINDS
+    let cells = kinds
         .iter()
         .map(|k| median_of(reps, |_| vm.stat_files(&format!("/tmp/list-{k}"), n)).map(Cell::Time))
         .collect::<anyhow::Result<_>>()?;
@@ -389,7 +416,7 @@ fn measure(
     // cold for every mount type alike, and lets vsockfs release the host
     // fds of the nodes the kernel forgets (one per cached inode; see
     // benchmarks.md).
-    let cells = KINDS
+    let cells = kinds
         .iter()
         .map(|k| {
             vm.sh(DROP_CACHES)?;
@@ -398,7 +425,7 @@ fn measure(
         })
         .collect::<anyhow::Result<_>>()?;
     row(format!("`ls -lR` {n} files, cold"), cells);
-    let cells = KINDS
+    let cells = kinds
         .iter()
         .map(|k| {
             median_of(reps, |_| vm.time(&["ls", "-lR", &format!("/mnt/{k}/ls")])).map(Cell::Time)
@@ -409,7 +436,7 @@ fn measure(
         cells,
     );
 
-    let cells = KINDS
+    let cells = kinds
         .iter()
         .map(|k| {
             median_of(reps, |r| {
@@ -439,7 +466,7 @@ fn measure(
                 "--porcelain",
             ])
         };
-        let cells = KINDS
+        let cells = kinds
             .iter()
             .map(|k| {
                 vm.sh(DROP_CACHES)?;
@@ -450,12 +477,12 @@ fn measure(
             format!("`git status`, {n}-file repo committed on the host, cold"),
             cells,
         );
-        let cells = KINDS
+        let cells = kinds
             .iter()
             .map(|k| median_of(reps, |_| status(k)).map(Cell::Time))
             .collect::<anyhow::Result<_>>()?;
         row(format!("`git status`, warm (median of {reps})"), cells);
-        for k in KINDS {
+        for k in kinds {
             let dirty = vm.sh(&format!(
                 "git -c safe.directory='*' -C /mnt/{k}/repo status --porcelain | wc -l"
             ))?;
@@ -474,7 +501,7 @@ fn measure(
 
     let mut writes = Vec::new();
     let mut reads = Vec::new();
-    for k in KINDS {
+    for k in kinds {
         let f = format!("/mnt/{k}/big");
         let (mut w, mut r) = (Vec::new(), Vec::new());
         for _ in 0..io_reps {
@@ -503,7 +530,7 @@ fn measure(
         ("stat", "host edit → guest `stat` sees it"),
         ("read", "host edit → guest read sees it"),
     ] {
-        let cells = KINDS
+        let cells = kinds
             .iter()
             .map(|k| {
                 edit_latency(

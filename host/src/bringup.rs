@@ -241,10 +241,14 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
 }
 
 /// Creates what the plan's devices are backed by; a device whose file
-/// cannot be made is left out, with a warning.
+/// cannot be made is left out, with a warning. `LIMA_VSOCKFS_SHM=off`
+/// leaves the shared memory out (to compare shares with and without it).
 fn prepare_files(inst: &Instance, plan: &mut VmPlan) {
     inst.remove_share_port_sockets();
     let _ = std::fs::remove_file(inst.path(crate::instance::FS_SHM));
+    if std::env::var("LIMA_VSOCKFS_SHM").is_ok_and(|v| v == "off") {
+        plan.vsockfs.shm = None;
+    }
     if let Some(shm) = &plan.vsockfs.shm {
         let made = std::fs::File::create(&shm.path).and_then(|f| f.set_len(shm.size));
         if let Err(e) = made {
