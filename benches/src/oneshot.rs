@@ -118,31 +118,41 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
             phases.entry(k).or_default().push(v);
         }
     }
-    let classic_dir = lima_host::image::search_dirs()
-        .into_iter()
-        .map(|d| d.join("debian-classic"))
-        .find(|d| d.join("rootfs.ext4").exists())
-        .context("the classic image is missing: run `cargo xtask image debian-classic`")?;
     let mut classic = Vec::new();
-    for i in 0..opts.classic_runs {
-        eprintln!("classic boot {}/{}", i + 1, opts.classic_runs);
-        classic.push(classic_boot(&classic_dir, 2)?);
+    if opts.classic_runs > 0 {
+        let classic_dir = lima_host::image::search_dirs()
+            .into_iter()
+            .map(|d| d.join("debian-classic"))
+            .find(|d| d.join("rootfs.ext4").exists())
+            .context("the classic image is missing: run `cargo xtask image debian-classic`")?;
+        for i in 0..opts.classic_runs {
+            eprintln!("classic boot {}/{}", i + 1, opts.classic_runs);
+            classic.push(classic_boot(&classic_dir, 2)?);
+        }
     }
     let walls = Stats::new(walls);
-    let classic = Stats::new(classic);
     println!("| figure | ours (median) | baseline (median) | baseline is |");
     println!("| --- | --- | --- | --- |");
-    println!(
-        "| `lima-run -- true` wall (n={}) | {} | {} (n={}) | same kernel, Debian rootfs with systemd, boot to `login:` on the serial console |",
-        opts.runs,
-        ms(walls.median()),
-        ms(classic.median()),
-        opts.classic_runs
-    );
-    println!(
-        "| ratio | {:.1}× shorter | | |",
-        classic.median().as_secs_f64() / walls.median().as_secs_f64()
-    );
+    if classic.is_empty() {
+        println!(
+            "| `lima-run -- true` wall (n={}) | {} | – | (`--classic-runs 0`) |",
+            opts.runs,
+            ms(walls.median()),
+        );
+    } else {
+        let classic = Stats::new(classic);
+        println!(
+            "| `lima-run -- true` wall (n={}) | {} | {} (n={}) | same kernel, Debian rootfs with systemd, boot to `login:` on the serial console |",
+            opts.runs,
+            ms(walls.median()),
+            ms(classic.median()),
+            opts.classic_runs
+        );
+        println!(
+            "| ratio | {:.1}× shorter | | |",
+            classic.median().as_secs_f64() / walls.median().as_secs_f64()
+        );
+    }
     println!();
     println!("| phase (lima-run) | ends at (median) | phase length | share of total |");
     println!("| --- | --- | --- | --- |");
