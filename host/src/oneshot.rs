@@ -17,8 +17,9 @@ use lima_proto::errors::error_chain;
 use tokio::signal::unix::SignalKind;
 
 use crate::bringup::{self, BringUpError, Options, Phase, Shutdown, Stop};
+use crate::exec::ExecError;
 use crate::instance::{self, Instance};
-use crate::shell::{self, ExecOptions, ShellError};
+use crate::shell::{self, ExecOptions};
 
 /// What `lima-run` was asked to do.
 #[derive(Debug, Clone)]
@@ -386,7 +387,7 @@ async fn boot_and_run(
     )
     .await;
     timings.mark("command-done");
-    if let Err(ShellError::Lost) = &outcome {
+    if let Err(ExecError::Lost) = &outcome {
         // Say why: usually the VM itself went away.
         let gone = up.ended_within(Duration::from_millis(500)).await;
         let how = match &gone {
@@ -405,7 +406,7 @@ async fn boot_and_run(
     timings.mark("vm-gone");
     match outcome {
         Ok(code) => Ok(code),
-        Err(ShellError::Failed(reason)) => {
+        Err(ExecError::Failed(reason)) => {
             eprintln!("lima-run: {reason}");
             Ok(127)
         }

@@ -9,7 +9,6 @@ use std::os::fd::AsFd;
 use lima_proto::{ExecInput, ExecRequest, WinSize};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::client::ClientError;
 use crate::exec::{self, ExecError};
 use crate::vsock::Transport;
 
@@ -22,26 +21,6 @@ pub struct ExecOptions {
     pub tty: Option<bool>,
     /// Called once the guest has started the command (`lima-run --timings`).
     pub on_started: Option<Box<dyn FnOnce() + Send>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ShellError {
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error("{0}")]
-    Failed(String),
-    #[error("lost the connection to the guest agent before the command finished")]
-    Lost,
-}
-
-impl From<ExecError> for ShellError {
-    fn from(e: ExecError) -> Self {
-        match e {
-            ExecError::Client(c) => ShellError::Client(c),
-            ExecError::Failed(why) => ShellError::Failed(why),
-            ExecError::Lost | ExecError::StdoutClosed => ShellError::Lost,
-        }
-    }
 }
 
 /// Puts the terminal in raw mode until dropped.
@@ -92,8 +71,9 @@ fn window_size() -> Option<WinSize> {
     })
 }
 
-/// Runs the command; returns its exit code in the shell convention.
-pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, ShellError> {
+/// Runs the command; returns its exit code in the shell convention
+/// (`ExecError::StdoutClosed` becomes 141, as a shell's SIGPIPE would).
+pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, ExecError> {
     let tty = opts
         .tty
         .unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
@@ -169,6 +149,6 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, S
         Ok(status) => Ok(status.shell_code()),
         // Our stdout is gone (e.g. `| head`): stop like a shell would.
         Err(ExecError::StdoutClosed) => Ok(141),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }

@@ -313,7 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )) {
                 Ok(code) => code,
                 // Like a shell: 127 when the command cannot be started.
-                Err(shell::ShellError::Failed(reason)) => {
+                Err(lima_host::exec::ExecError::Failed(reason)) => {
                     eprintln!("limactl: error: {reason}");
                     127
                 }
