@@ -245,6 +245,42 @@ impl LimaYaml {
     }
 }
 
+impl InstanceConfig {
+    /// Checks CPUs and memory against this host, before anything is made:
+    /// QEMU would otherwise fail (or thrash) only after the instance exists.
+    pub fn check_host(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, msg: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            msg,
+        };
+        if let Some(total) = crate::sys::total_memory() {
+            if self.memory > total {
+                return Err(invalid(
+                    "memory",
+                    format!(
+                        "{} is more than this host has ({}); give at most {}",
+                        human_size(self.memory),
+                        human_size(total),
+                        human_size(total)
+                    ),
+                ));
+            }
+        }
+        let cpus = host_cpus();
+        if self.cpus > cpus {
+            return Err(invalid(
+                "cpus",
+                format!(
+                    "{} is more than this host has ({cpus}); give at most {cpus}",
+                    self.cpus
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The checked configuration the host agent runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceConfig {
@@ -327,6 +363,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(y.unused_fields(), vec!["containerd", "provision"]);
+    }
+
+    #[test]
+    fn cpus_and_memory_beyond_the_host_name_the_field_and_the_host() {
+        let cfg = |extra: &str| {
+            LimaYaml::parse(&format!("images: [{{location: x}}]\n{extra}"), "t.yaml")
+                .unwrap()
+                .resolve("t.yaml")
+                .unwrap()
+        };
+        cfg("cpus: 1\nmemory: 256MiB\n")
+            .check_host("t.yaml")
+            .unwrap();
+        let e = cfg("memory: 900TiB\n")
+            .check_host("t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.yaml: memory: 900TiB is more than this host has ("),
+            "{e}"
+        );
+        let e = cfg("cpus: 10000\n")
+            .check_host("t.yaml")
+            .unwrap_err()
+            .to_string();
+        let host = std::thread::available_parallelism().unwrap().get();
+        assert!(
+            e.contains(&format!("cpus: 10000 is more than this host has ({host})")),
+            "{e}"
+        );
     }
 
     #[test]

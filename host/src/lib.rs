@@ -15,6 +15,7 @@ pub mod mounts;
 pub mod oneshot;
 pub mod plan;
 pub mod portfwd;
+pub mod privacy;
 pub mod programs;
 pub mod shares;
 pub mod shell;

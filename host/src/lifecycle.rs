@@ -66,8 +66,10 @@ pub fn create(
     // Validate before anything lands on disk.
     let yaml = LimaYaml::parse(&t.text, &t.origin)?;
     let cfg = yaml.resolve(&t.origin)?;
+    cfg.check_host(&t.origin)?;
     crate::image::resolve(&cfg.image)?;
-    std::fs::create_dir_all(&inst.dir).map_err(io(format!("create {}", inst.dir.display())))?;
+    crate::privacy::create_private_dir(&inst.dir)
+        .map_err(io(format!("create {}", inst.dir.display())))?;
     std::fs::write(inst.path(instance::LIMA_YAML), &t.text).map_err(io("write lima.yaml"))?;
     Ok((inst, true))
 }
@@ -153,7 +155,13 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     }
     let origin = inst.path(instance::LIMA_YAML).display().to_string();
     let cfg = yaml.resolve(&origin)?;
+    cfg.check_host(&origin)?;
     crate::image::resolve(&cfg.image)?;
+    for m in &cfg.mounts {
+        if let Some(w) = crate::mounts::exposure_warning(m) {
+            eprintln!("warning: {origin}: {w}");
+        }
+    }
     // Shared folders must exist on the host now.
     crate::mounts::resolve(
         yaml.mounts.as_deref().unwrap_or(&[]),

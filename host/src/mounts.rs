@@ -82,6 +82,26 @@ pub struct Mount {
     pub tag: String,
 }
 
+/// A warning for a writable share of `/` or of the whole home folder: the
+/// guest (and whatever runs in it) could then change any of the user's files.
+pub fn exposure_warning(m: &Mount) -> Option<String> {
+    if !m.writable {
+        return None;
+    }
+    let what = if m.location == Path::new("/") {
+        "the whole host file system"
+    } else if m.location == home() {
+        "your whole home folder"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "mounts[{}] shares {what} ({}) writable with the guest; share a project folder instead, or add `writable: false`",
+        m.index,
+        m.location.display()
+    ))
+}
+
 fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
@@ -217,6 +237,32 @@ pub fn from_flag(flag: &str) -> MountYaml {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writable_shares_of_root_or_home_are_warned_about() {
+        let m = |loc: &str, writable: bool| Mount {
+            index: 3,
+            location: PathBuf::from(loc),
+            mount_point: loc.into(),
+            writable,
+            kind: MountType::Vsockfs,
+            msize: 0,
+            cache_9p: String::new(),
+            security_model: String::new(),
+            tag: "t".into(),
+        };
+        let w = exposure_warning(&m("/", true)).unwrap();
+        assert!(
+            w.contains("mounts[3]") && w.contains("whole host file system"),
+            "{w}"
+        );
+        assert!(exposure_warning(&m("/", false)).is_none());
+        let home = home().display().to_string();
+        assert!(exposure_warning(&m(&home, true))
+            .unwrap()
+            .contains("home folder"));
+        assert!(exposure_warning(&m("/srv/project", true)).is_none());
+    }
 
     fn parse(yaml: &str) -> Vec<MountYaml> {
         serde_yaml_ng::from_str(yaml).unwrap()

@@ -9,6 +9,7 @@
 //! happen (`--timings`).
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,11 +124,9 @@ fn scratch_dir() -> std::io::Result<Scratch> {
     let pid = std::process::id();
     for n in 0..1000u32 {
         let d = base.join(format!("lima-run-{pid}-{n}"));
-        match std::fs::create_dir(&d) {
-            Ok(()) => {
-                std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-                return Ok(Scratch(d));
-            }
+        // 0700 from the start, whatever the umask.
+        match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+            Ok(()) => return Ok(Scratch(d)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
@@ -316,7 +315,10 @@ async fn boot_and_run(
 ) -> Result<i32, RunError> {
     let failed = |e: &dyn std::error::Error| RunError::Failed(error_chain(e));
     let inst = Instance::new(home, "run").map_err(|e| failed(&e))?;
-    std::fs::create_dir(&inst.dir).map_err(|e| failed(&e))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&inst.dir)
+        .map_err(|e| failed(&e))?;
     std::fs::write(
         inst.path(instance::LIMA_YAML),
         lima_yaml(opts, image, ports)?,
@@ -324,6 +326,12 @@ async fn boot_and_run(
     .map_err(|e| failed(&e))?;
     // The checks bring-up repeats, so that their errors come before a VM.
     let config = inst.config().map_err(|e| failed(&e))?;
+    config.check_host("lima-run").map_err(|e| match e {
+        crate::config::ConfigError::Invalid { field, msg, .. } => {
+            RunError::Usage(format!("--{field}: {msg}"))
+        }
+        other => failed(&other),
+    })?;
     crate::image::resolve(&config.image).map_err(|e| failed(&e))?;
     timings.mark("prepared");
 

@@ -203,3 +203,64 @@ fn guest_that_never_answers() {
         "{serial}"
     );
 }
+
+/// CPUs and memory beyond the host's are refused before anything is made,
+/// naming the field and the host's figure; a LIMA_HOME open to other users
+/// is warned about with the fix.
+#[test]
+fn host_limits_are_checked_before_anything_is_made() {
+    let lima = Lima::new();
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    for (name, extra, needle) in [
+        (
+            "huge",
+            "memory: 900TiB\n",
+            "memory: 900TiB is more than this host has (".to_string(),
+        ),
+        (
+            "wide",
+            "cpus: 10000\n",
+            format!("cpus: 10000 is more than this host has ({host_cpus})"),
+        ),
+    ] {
+        let yaml = lima.home.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &yaml,
+            format!("images: [{{location: builtin:default}}]\n{extra}"),
+        )
+        .unwrap();
+        lima.limactl(&["start", yaml.to_str().unwrap()])
+            .fails_with(&needle);
+        assert!(!lima.instance_dir(name).exists(), "{name} was created");
+    }
+    assert_eq!(
+        lima.limactl(&["list", "--format", "json"]).ok().stdout(),
+        ""
+    );
+
+    // lima-run says which flag, exits 125 and leaves no scratch directory.
+    let dir = tempfile::tempdir().unwrap();
+    let r = lima.run(
+        &mut lima.lima_run(dir.path(), &["--memory", "900TiB", "--", "true"]),
+        None,
+    );
+    assert_eq!(r.code(), 125, "{}", r.stderr());
+    assert!(
+        r.stderr()
+            .contains("--memory: 900TiB is more than this host has"),
+        "{}",
+        r.stderr()
+    );
+    assert!(lima.leftovers().is_empty(), "{:?}", lima.leftovers());
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(lima.home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = lima.limactl(&["start", "template:nosuch"]);
+    std::fs::set_permissions(lima.home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(
+        r.stderr().contains("is open to other users (mode 755)")
+            && r.stderr().contains("chmod 700"),
+        "{}",
+        r.stderr()
+    );
+}

@@ -61,6 +61,8 @@ fn env_pairs(flags: &[String]) -> Result<Vec<(String, String)>, String> {
 }
 
 fn main() -> ExitCode {
+    // Everything we (and QEMU and the helpers we start) create is private.
+    lima_host::privacy::restrict_umask();
     let cli = Cli::parse();
     lima_host::init_logging(match cli.verbose {
         0 => "warn",

@@ -98,6 +98,8 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // Everything we (and QEMU and the helpers we start) create is private.
+    lima_host::privacy::restrict_umask();
     let cli = Cli::parse();
     if let Cmd::Hostagent { .. } = cli.cmd {
         // The host agent logs to ha.stderr.log; one step more verbose.
@@ -108,7 +110,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("limactl: error: {}", chain(&e));
+            eprintln!(
+                "limactl: error: {}",
+                lima_proto::errors::error_chain(e.as_ref())
+            );
             ExitCode::from(1)
         }
     }
@@ -130,7 +135,10 @@ fn each_instance(
         match r {
             Ok(()) => eprintln!("{done} `{n}`"),
             Err(e) => {
-                eprintln!("limactl: error: {}", chain(&e));
+                eprintln!(
+                    "limactl: error: {}",
+                    lima_proto::errors::error_chain(e.as_ref())
+                );
                 failed = true;
             }
         }
@@ -140,13 +148,6 @@ fn each_instance(
     } else {
         ExitCode::SUCCESS
     }
-}
-
-fn chain(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -159,8 +160,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             target,
         } => {
-            std::fs::create_dir_all(&home)
+            lima_host::privacy::create_private_dir(&home)
                 .with_context(|| format!("cannot create LIMA_HOME {}", home.display()))?;
+            if let Some(w) = lima_host::privacy::home_warning(&home) {
+                eprintln!("limactl: warning: {w}");
+            }
             let (inst, created) = match (&name, &target) {
                 (None, Some(t)) if instance::Instance::open(&home, t).is_ok() => {
                     (instance::Instance::open(&home, t)?, false)
