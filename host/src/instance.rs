@@ -195,18 +195,41 @@ impl Instance {
         Ok(self.yaml()?.resolve(&path.display().to_string())?)
     }
 
-    /// Running while a host agent holds `ha.lock`.
+    /// Running while a host agent holds `ha.lock`; Broken when its
+    /// configuration is invalid or its last start failed ([`Self::errors`]).
     pub fn status(&self) -> Status {
         if !self.exists() {
             return Status::Broken;
         }
         if self.host_agent_running() {
             Status::Running
-        } else if self.config().is_ok() {
+        } else if self.errors().is_empty() {
             Status::Stopped
         } else {
             Status::Broken
         }
+    }
+
+    /// Why a stopped instance is Broken: its configuration's error, or the
+    /// reason its last start failed (cleared by the next start).
+    pub fn errors(&self) -> Vec<String> {
+        if let Err(e) = self.config() {
+            return vec![lima_proto::errors::error_chain(&e)];
+        }
+        crate::events::read_all(&self.path(HA_EVENTS))
+            .into_iter()
+            .filter_map(|r| match r.event {
+                crate::events::Event::Failed { reason } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether the last start got as far as launching the VM.
+    pub fn vm_was_launched(&self) -> bool {
+        crate::events::read_all(&self.path(HA_EVENTS))
+            .iter()
+            .any(|r| matches!(r.event, crate::events::Event::Booting { .. }))
     }
 
     pub fn host_agent_running(&self) -> bool {

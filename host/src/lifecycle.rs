@@ -365,6 +365,9 @@ pub struct InstanceInfo {
     /// Forwarded guest ports (and ones that could not be forwarded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwards: Option<Vec<crate::forwarder::ForwardInfo>>,
+    /// Why the instance is Broken (as Lima's `errors`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 pub fn info(inst: &Instance) -> InstanceInfo {
@@ -403,6 +406,11 @@ pub fn info(inst: &Instance) -> InstanceInfo {
         }
     }
     InstanceInfo {
+        errors: if status == Status::Broken {
+            inst.errors()
+        } else {
+            Vec::new()
+        },
         forwards,
         name: inst.name.clone(),
         status,

@@ -264,3 +264,46 @@ fn host_limits_are_checked_before_anything_is_made() {
         r.stderr()
     );
 }
+
+/// A new instance whose VM never ran is removed; one whose VM ran and then
+/// failed stays, listed as Broken with the reason, until a start succeeds.
+#[test]
+fn failed_starts_clean_up_or_leave_a_broken_instance() {
+    let lima = Lima::new();
+    let yaml = lima.template("early.yaml", "");
+    lima.run(
+        lima.cmd("limactl")
+            .env("LIMA_QEMU_MACHINE", "nope")
+            .args(["start", &yaml]),
+        None,
+    )
+    .fails_with("LIMA_QEMU_MACHINE=nope");
+    assert!(!lima.instance_dir("early").exists());
+
+    // No init and `panic=-1`: the kernel panics and QEMU exits at once.
+    let yaml = lima.home.path().join("late.yaml");
+    std::fs::write(
+        &yaml,
+        "images:\n- location: builtin:default\n  kernel:\n    cmdline: rdinit=/no/such/init panic=-1\ncpus: 1\nmemory: 512MiB\n",
+    )
+    .unwrap();
+    lima.limactl(&["start", "--timeout", "5m", yaml.to_str().unwrap()])
+        .fails_with("the VM stopped before the guest agent answered");
+    let info = lima.info("late");
+    assert_eq!(info["status"], "Broken", "{info}");
+    assert!(
+        info["errors"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("the VM stopped before the guest agent answered"),
+        "{info}"
+    );
+    let list = lima.limactl(&["list"]).ok();
+    assert!(list.stdout().contains("Broken"), "{}", list.stdout());
+    assert!(
+        list.stderr().contains("instance `late` is broken"),
+        "{}",
+        list.stderr()
+    );
+    assert!(lima.our_processes().is_empty());
+}

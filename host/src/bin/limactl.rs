@@ -201,12 +201,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ev = match lifecycle::start(&inst, timeout) {
                 Ok(ev) => ev,
                 Err(e) => {
-                    // A new instance that could not even be launched is not kept.
+                    // A new instance whose VM never ran is not kept; one
+                    // that failed later stays, listed as Broken with why.
                     let launched = matches!(
                         e,
                         lifecycle::LifecycleError::StartFailed { .. }
                             | lifecycle::LifecycleError::Timeout { .. }
-                    );
+                    ) && inst.vm_was_launched();
                     if created && !launched {
                         let _ = std::fs::remove_dir_all(&inst.dir);
                     }
@@ -265,6 +266,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!("No instances found. Run `limactl start` to create one.");
                 } else {
                     print!("{}", lifecycle::table(&rows));
+                }
+                for r in rows.iter().filter(|r| !r.errors.is_empty()) {
+                    eprintln!(
+                        "limactl: warning: instance `{}` is broken: {}",
+                        r.name,
+                        r.errors.join("; ")
+                    );
                 }
             } else {
                 anyhow::bail!("unknown --format `{format}`; use table or json");
