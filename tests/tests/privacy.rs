@@ -96,8 +96,15 @@ fn nothing_of_a_running_instance_is_open_to_other_users() {
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
     assert_eq!(&first, b"TOP-SECRET\n");
 
+    // Every directory in LIMA_HOME is ours (the instance, the scratch
+    // directory); the files beside them are the test's own (priv.yaml).
     let mut entries = Vec::new();
-    walk(lima.home.path(), &mut entries);
+    for e in std::fs::read_dir(lima.home.path()).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            entries.push(('d', e.path()));
+            walk(&e.path(), &mut entries);
+        }
+    }
     let scratch: Vec<_> = entries
         .iter()
         .filter(|(k, p)| {
@@ -142,7 +149,13 @@ fn nothing_of_a_running_instance_is_open_to_other_users() {
         let home = lima.home.path();
         let saved = std::fs::metadata(home).unwrap().permissions();
         std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o711)).unwrap();
-        let probe = std::process::Command::new("python3")
+        // A system interpreter: one under root's home (pyenv) is not
+        // reachable by `nobody`.
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("python3");
+        let probe = std::process::Command::new(python)
             .arg("-c")
             .arg(PROBE)
             .args(entries.iter().map(|(k, p)| format!("{k}:{}", p.display())))
