@@ -3,6 +3,7 @@
 pub mod bringup;
 pub mod client;
 pub mod config;
+pub mod download;
 pub mod driver;
 pub mod events;
 pub mod exec;

@@ -22,16 +22,6 @@ struct Cached {
     accel: String,
 }
 
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("lima-rs");
-    }
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into())
-        .join(".cache/lima-rs")
-}
-
 /// Returns the accelerator to use and how it was decided. The probe boots
 /// `kernel`; a VM without one (a disk image) probes with our default
 /// image's kernel, and trusts the device only when there is none.
@@ -49,7 +39,7 @@ pub fn choose(qemu: &Path, kernel: Option<&Path>) -> Result<(String, String), St
         return Ok(("tcg".into(), format!("{native} unavailable")));
     }
     let boot_id = crate::sys::boot_id().unwrap_or_default();
-    let cache = cache_dir().join("accel-probe.json");
+    let cache = crate::download::cache_dir().join("accel-probe.json");
     if let Some(c) = std::fs::read(&cache)
         .ok()
         .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
@@ -80,7 +70,7 @@ pub fn choose(qemu: &Path, kernel: Option<&Path>) -> Result<(String, String), St
     } else {
         "tcg".to_string()
     };
-    let _ = std::fs::create_dir_all(cache_dir());
+    let _ = crate::privacy::create_private_dir(&crate::download::cache_dir());
     let _ = std::fs::write(
         &cache,
         serde_json::to_vec(&Cached {

@@ -93,3 +93,8 @@ pub async fn vsock_connect(cid: u32, port: u32) -> std::io::Result<crate::vsock:
     std_stream.set_nonblocking(true)?;
     Ok(Box::new(tokio::net::UnixStream::from_std(std_stream)?))
 }
+
+/// The HTTP client for image downloads (rustls).
+pub fn http_agent() -> ureq::Agent {
+    ureq::agent()
+}

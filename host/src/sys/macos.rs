@@ -37,3 +37,16 @@ pub async fn vsock_connect(_cid: u32, _port: u32) -> std::io::Result<crate::vsoc
         "AF_VSOCK does not exist on macOS hosts",
     ))
 }
+
+/// The HTTP client for image downloads (the system's TLS).
+pub fn http_agent() -> ureq::Agent {
+    use ureq::tls::{TlsConfig, TlsProvider};
+    ureq::Agent::config_builder()
+        .tls_config(
+            TlsConfig::builder()
+                .provider(TlsProvider::NativeTls)
+                .build(),
+        )
+        .build()
+        .into()
+}
