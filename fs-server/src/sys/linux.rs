@@ -368,6 +368,23 @@ pub fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) {
     unsafe { libc::inotify_rm_watch(inotify.as_raw_fd(), wd) };
 }
 
+/// Makes this (forked, not yet exec'd) child die with the thread that
+/// started it: a share server never outlives its host agent. Call from
+/// `pre_exec`: one async-signal-safe syscall.
+pub fn die_with_parent() -> SysResult<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// The process umask, read without changing it (`/proc/self/status`), or 022.
 pub fn process_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
