@@ -44,8 +44,6 @@ const ALWAYS: &[libc::c_long] = &[
     libc::SYS_close,
     libc::SYS_read,
     libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_lseek,
@@ -73,11 +71,9 @@ const ALWAYS: &[libc::c_long] = &[
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_shutdown,
-    // tokio: its poller and wakers.
-    libc::SYS_epoll_create1,
+    // tokio's poller (made, with its wakers, before the filter).
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
-    libc::SYS_eventfd2,
     // Threads and memory.
     libc::SYS_clone3,
     libc::SYS_futex,
@@ -129,7 +125,6 @@ fn conditional() -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, BackendError> 
         libc::F_GETFD,
         libc::F_SETFD,
         libc::F_GETFL,
-        libc::F_SETFL,
         libc::F_DUPFD_CLOEXEC,
         libc::F_OFD_GETLK,
         libc::F_OFD_SETLK,

@@ -145,7 +145,7 @@ pub async fn mount(
         tracing::warn!("{name}: {w}");
     }
     tracing::info!(
-        "mounted {} on {} (vsockfs, over {over}; file server pid {}, {})",
+        "mounted {} on {} (vsockfs, over {over}), served by lima-fs-server pid {} ({})",
         m.location.display(),
         m.mount_point,
         running.child.id().unwrap_or(0),
