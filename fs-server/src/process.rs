@@ -6,8 +6,8 @@
 //! host agent                                   lima-fs-server (child)
 //! ──────────                                   ──────────────────────
 //! share setup with the guest (ShareSetup/Status)
-//! spawn(Spawn{stream, shm, ..}) ── fork ──▶   pre_exec: PR_SET_PDEATHSIG(SIGKILL),
-//!   argv: --root DIR [--read-only]            the named fds lose FD_CLOEXEC
+//! spawn(Spawn{stream, shm, ..}) ── fork ──▶   pre_exec: PR_SET_PDEATHSIG(SIGKILL), every
+//!   argv: --root DIR [--read-only]            fd but stdio and the named ones CLOEXEC
 //!         --stream-fd N [--shm-fd M           exec: open the root, map the shm,
 //!         --shm-offset O --shm-len L]               build the runtime
 //!         --confine MODE                      confine (crate::confine)
@@ -124,11 +124,14 @@ pub async fn spawn(s: Spawn<'_>) -> Result<Running, SpawnError> {
         .stdout(std::process::Stdio::piped())
         .stderr(log);
     // SAFETY: between fork and exec only async-signal-safe calls run
-    // (prctl, fcntl), on fd numbers taken before the fork; `inherit` is
-    // only read.
+    // (prctl, close_range, fcntl), on fd numbers taken before the fork;
+    // `inherit` is only read.
     unsafe {
         cmd.pre_exec(move || {
             sys::die_with_parent().map_err(std::io::Error::from_raw_os_error)?;
+            // Nothing but stdio and the named fds, even what the host
+            // agent inherited without O_CLOEXEC.
+            sys::cloexec_above_stdio();
             for fd in &inherit {
                 sys::clear_cloexec(*fd).map_err(std::io::Error::from_raw_os_error)?;
             }
