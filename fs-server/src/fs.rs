@@ -85,7 +85,7 @@ struct LockOwner {
 }
 
 pub(crate) struct Fs {
-    writable: bool,
+    pub(crate) writable: bool,
     pub(crate) nodes: Arc<Nodes>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,

@@ -27,15 +27,23 @@
 //! * **Raw syscalls in one place** (`sys`), each with its `SAFETY` note, so
 //!   the rest of the crate is safe code on owned fds.
 //!
+//! * **A process per share, confined.** The host agent starts this crate's
+//!   binary for each share ([`process`]), which opens the folder, then
+//!   gives up everything else before the first request: Landlock to the
+//!   folder, a seccomp allowlist, no new privileges ([`confine`]).
+//!
 //! Linux hosts only for now (openat2, inotify, OFD locks): the crate builds
 //! for macOS, where `sys/macos.rs` answers ENOSYS and [`Server::new`] refuses
 //! with [`FsError::Unsupported`] until the macOS port.
 
+pub mod confine;
 mod fs;
 mod nodes;
+pub mod process;
 mod server;
 mod shm;
 mod sys;
+pub mod test_hook;
 mod watch;
 
 // Serves real directories: needs the Linux calls.

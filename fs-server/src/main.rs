@@ -1,27 +1,55 @@
-//! `lima-fs-server --root DIR [--read-only] --listen PATH`: serves the share
-//! protocol (no hello/setup exchange, straight to requests) to every
-//! connection on a Unix socket. For fuzzing, benchmarks and poking at the
-//! server without a VM; the host agent links the library instead.
+//! `lima-fs-server`: serves one shared folder with the share protocol.
+//!
+//! * `--stream-fd N` (how the host agent runs it, one process per share;
+//!   see `lima_fs_server::process`): serves the connected stream it
+//!   inherited, confined to the folder (`lima_fs_server::confine`), and
+//!   exits when the guest closes it.
+//! * `--listen PATH`: serves every connection on a Unix socket, straight to
+//!   requests (no hello/setup exchange). For fuzzing, benchmarks and poking
+//!   at the server without a VM; not confined (each connection opens the
+//!   folder again).
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use lima_fs_server::confine::Mode;
+use lima_fs_server::{process, Server, Shm};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Serve a directory with the lima-rs share protocol on a Unix socket"
+    about = "Serve a directory with the lima-rs share protocol",
+    group = clap::ArgGroup::new("channel").required(true).args(["listen", "stream_fd"]),
 )]
 struct Args {
     /// Directory to share.
     #[arg(long)]
     root: PathBuf,
-    /// Answer every mutating request with EROFS.
+    /// Answer every mutating request with EROFS (and, confined, hold no
+    /// right to change the folder).
     #[arg(long)]
     read_only: bool,
     /// Unix socket to listen on (a stale socket file is replaced).
     #[arg(long)]
-    listen: PathBuf,
+    listen: Option<PathBuf>,
+    /// Serve this inherited, connected stream socket.
+    #[arg(long, value_name = "FD")]
+    stream_fd: Option<i32>,
+    /// Inherited shared-memory file whose region carries bulk data.
+    #[arg(long, value_name = "FD", requires_all = ["shm_offset", "shm_len"], requires = "stream_fd")]
+    shm_fd: Option<i32>,
+    #[arg(long, value_name = "BYTES")]
+    shm_offset: Option<u64>,
+    #[arg(long, value_name = "BYTES")]
+    shm_len: Option<u64>,
+    /// With --stream-fd: off, warn (serve with what the kernel offers) or
+    /// require (refuse without full Landlock and seccomp).
+    #[arg(long, default_value = "warn")]
+    confine: Mode,
+    /// Tests only: take test requests on this inherited socket.
+    #[arg(long, value_name = "FD", hide = true, requires = "stream_fd")]
+    test_hook_fd: Option<i32>,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -39,8 +67,13 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(args) {
+    let result = match args.stream_fd {
+        Some(fd) => serve_fd(&args, fd),
+        None => listen(&args),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lima-fs-server: {e:#}");
@@ -49,28 +82,99 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// A tokio stream on an inherited socket fd. Before confinement: making
+/// it non-blocking is an `ioctl`, which the seccomp filter refuses.
+fn register(fd: OwnedFd) -> anyhow::Result<tokio::net::UnixStream> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true)?;
+    Ok(tokio::net::UnixStream::from_std(std)?)
+}
+
+/// One share on one inherited stream, confined.
+fn serve_fd(args: &Args, fd: i32) -> anyhow::Result<()> {
+    let stream = process::inherited_fd(fd).context("--stream-fd")?;
+    let hook = args
+        .test_hook_fd
+        .map(process::inherited_fd)
+        .transpose()
+        .context("--test-hook-fd")?;
+    let server = Server::new(&args.root, !args.read_only)?;
+    if let (Some(fd), Some(offset), Some(len)) = (args.shm_fd, args.shm_offset, args.shm_len) {
+        let file = std::fs::File::from(process::inherited_fd(fd).context("--shm-fd")?);
+        let shm = Shm::map_file(&file, offset, len).context("mapping the shared memory")?;
+        server.attach_shm(shm);
+    }
+    // Everything that opens, maps or creates happens before confinement:
+    // the runtime's poller, its signal pipe, the streams' registrations.
+    // One thread: the runtime starts its blocking pool's threads later,
+    // from the confined thread, so they inherit every restriction.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let (stream, hook) = {
+        let _in = rt.enter();
+        (register(stream)?, hook.map(register).transpose()?)
+    };
+
+    let confinement = server
+        .confine(args.confine)
+        .context("confining the file server")?;
+    if let Some(w) = confinement.warning() {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        root = %args.root.display(),
+        read_only = args.read_only,
+        confinement = %confinement.to_line(),
+        "serving"
+    );
+    process::report_ready(&confinement).context("reporting ready")?;
+
+    rt.block_on(async move {
+        if let Some(hook) = hook {
+            tokio::spawn(lima_fs_server::test_hook::serve(hook));
+        }
+        match server.serve(stream).await {
+            // The guest went away while we still had something to say.
+            Err(e) if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+            {
+                tracing::debug!("the guest closed the share: {e}");
+                Ok(())
+            }
+            other => other,
+        }
+    })
+    .context("serving the share")
+}
+
+fn listen(args: &Args) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt;
 
+    let listen = args.listen.clone().context("--listen or --stream-fd")?;
+    let (root, writable) = (args.root.clone(), !args.read_only);
     // Fail early, with the path, if the root is unusable.
-    lima_fs_server::Server::new(&args.root, !args.read_only)?;
-    if let Ok(m) = std::fs::symlink_metadata(&args.listen) {
+    Server::new(&root, writable)?;
+    if let Ok(m) = std::fs::symlink_metadata(&listen) {
         anyhow::ensure!(
             m.file_type().is_socket(),
             "{} exists and is not a socket",
-            args.listen.display()
+            listen.display()
         );
-        std::fs::remove_file(&args.listen)
-            .with_context(|| format!("removing stale {}", args.listen.display()))?;
+        std::fs::remove_file(&listen)
+            .with_context(|| format!("removing stale {}", listen.display()))?;
     }
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let listener = tokio::net::UnixListener::bind(&args.listen)
-            .with_context(|| format!("listening on {}", args.listen.display()))?;
-        tracing::info!(root = %args.root.display(), listen = %args.listen.display(), read_only = args.read_only, "serving");
+        let listener = tokio::net::UnixListener::bind(&listen)
+            .with_context(|| format!("listening on {}", listen.display()))?;
+        tracing::info!(root = %root.display(), listen = %listen.display(), read_only = !writable, "serving");
         loop {
             let (stream, _) = listener.accept().await.context("accepting a connection")?;
-            let server = match lima_fs_server::Server::new(&args.root, !args.read_only) {
+            let server = match Server::new(&root, writable) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot serve connection");

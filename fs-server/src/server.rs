@@ -124,6 +124,18 @@ impl Server {
         let _ = self.fs.shm.set(shm);
     }
 
+    /// Confines this whole process to serving this share (see
+    /// [`confine`](crate::confine)): call it after [`Self::attach_shm`],
+    /// while the process has one thread, before the first request. For a
+    /// process that serves this one share and nothing else.
+    pub fn confine(
+        &self,
+        mode: crate::confine::Mode,
+    ) -> Result<crate::confine::Confinement, crate::confine::ConfineError> {
+        let root = self.fs.nodes.root();
+        crate::confine::apply(std::os::fd::AsFd::as_fd(&root.fd), self.fs.writable, mode)
+    }
+
     /// Answers requests from `stream` until the guest closes it (then
     /// `Ok(())`, after in-flight requests finished) or sends something that
     /// is not a frame (`InvalidData`). Open files and nodes are dropped with

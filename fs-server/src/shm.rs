@@ -37,14 +37,20 @@ impl Shm {
             .read(true)
             .write(true)
             .open(file)?;
+        Self::map_file(&f, offset, len).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", file.display()))
+        })
+    }
+
+    /// Maps `len` bytes of the open `file` (read-write) from `offset`; the
+    /// file may be closed afterwards. How a share server maps the region
+    /// it was handed as an fd.
+    pub fn map_file(f: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Shm> {
         let size = f.metadata()?.len();
         if offset.checked_add(len).is_none_or(|end| end > size) || len == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: {len} bytes at {offset} do not fit its {size} bytes",
-                    file.display()
-                ),
+                format!("{len} bytes at {offset} do not fit its {size} bytes"),
             ));
         }
         let len = usize::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;

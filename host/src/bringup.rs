@@ -7,6 +7,8 @@
 //!                                                    │             request, a deadline)
 //!                                                    ▼
 //!                              Up ◀─ start forwarding ◀─ mount shares
+//!                                                        (a confined lima-fs-server
+//!                                                         process per vsockfs share)
 //! ```
 //!
 //! The callers differ only in what they observe ([`Phase`], for events or
@@ -31,6 +33,8 @@ use crate::vsock::{Transport, TransportSpec};
 const GUEST_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// How long QEMU gets after QMP `quit` on a clean shutdown.
 const QMP_GRACE: Duration = Duration::from_secs(5);
+/// How long share servers get to end by themselves after the VM did.
+const SERVER_GRACE: Duration = Duration::from_secs(2);
 /// What the guest agent prints on the console once it listens on vsock.
 const READY_MARKER: &[u8] = b"agent ready on vsock port";
 
@@ -128,6 +132,7 @@ pub struct Up {
     pub plan: VmPlan,
     pub info: AgentInfo,
     forwarding: JoinHandle<()>,
+    servers: crate::shares::Served,
     unix_paths: Arc<Mutex<Vec<std::path::PathBuf>>>,
     shutdown: Shutdown,
     observe: Observer,
@@ -147,6 +152,8 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     let rules = crate::portfwd::resolve(&config.port_forwards, &inst.dir)
         .map_err(|(index, msg)| BringUpError::PortForwards { index, msg })?;
     let driver = select::for_vm_type(&config.vm_type).map_err(|e| prepare(&e))?;
+    let servers = crate::shares::FileServers::prepare(&config.mounts, inst)
+        .map_err(BringUpError::Prepare)?;
     let mut plan = plan::plan(inst, &config, &image, driver.caps());
     prepare_files(inst, &mut plan);
     let mut vm = driver
@@ -206,19 +213,22 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     (opts.observe)(Phase::AgentReady(&info));
 
     let mounted = tokio::select! {
-        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &plan.vsockfs) => r.map_err(BringUpError::Shares),
+        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &plan.vsockfs, &servers) => r.map_err(BringUpError::Shares),
         _ = stop.requested() => Err(BringUpError::Stopped),
     };
-    if let Err(e) = mounted {
-        stop_vm(
-            vm.as_mut(),
-            Some(transport.as_ref()),
-            opts.shutdown,
-            &opts.observe,
-        )
-        .await;
-        return Err(e);
-    }
+    let servers = match mounted {
+        Ok(served) => served,
+        Err(e) => {
+            stop_vm(
+                vm.as_mut(),
+                Some(transport.as_ref()),
+                opts.shutdown,
+                &opts.observe,
+            )
+            .await;
+            return Err(e);
+        }
+    };
     (opts.observe)(Phase::SharesMounted);
 
     let unix_paths = Arc::new(Mutex::new(Vec::new()));
@@ -234,6 +244,7 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         plan,
         info,
         forwarding,
+        servers,
         unix_paths,
         shutdown: opts.shutdown,
         observe: opts.observe,
@@ -283,8 +294,8 @@ impl Up {
         tokio::time::timeout(d, self.vm.wait()).await.ok()
     }
 
-    /// Stops forwarding and the VM (unless it already `ended`), and
-    /// removes the host ends of forwarded Unix sockets.
+    /// Stops forwarding and the VM (unless it already `ended`), then the
+    /// share servers, and removes the host ends of forwarded Unix sockets.
     pub async fn close(mut self, ended: bool) {
         self.forwarding.abort();
         if !ended {
@@ -296,6 +307,7 @@ impl Up {
             )
             .await;
         }
+        self.servers.stop(SERVER_GRACE).await;
         for p in lima_proto::sync::lock(&self.unix_paths).iter() {
             let _ = std::fs::remove_file(p);
         }

@@ -198,7 +198,7 @@ mod tests {
 
     /// An agent that echoes stdin to stdout, says "e" on stderr, and exits
     /// with the number of stdin bytes it got.
-    async fn agent(stream: tokio::io::DuplexStream, start: Option<&str>) {
+    async fn agent(stream: tokio::net::UnixStream, start: Option<&str>) {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let _: Hello = read_frame_async(&mut rd).await.unwrap().unwrap();
         let info = lima_proto::AgentInfo {
@@ -245,8 +245,8 @@ mod tests {
             .unwrap();
     }
 
-    fn transport() -> (Scripted, tokio::io::DuplexStream) {
-        let (ours, theirs) = tokio::io::duplex(1 << 16);
+    fn transport() -> (Scripted, tokio::net::UnixStream) {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         (Scripted(Mutex::new(Some(Box::new(ours)))), theirs)
     }
 

@@ -16,6 +16,7 @@
 //!   sock/                host ends of forwarded guest Unix sockets
 //!   fs-shm               shared memory that vsockfs shares move data through
 //!   fs-N.sock            QEMU's end of the Nth vsockfs share's serial port
+//!   fs-N.log             the Nth vsockfs share's file server (lima-fs-server)
 //!   virtiofsd-TAG.sock virtiofsd-TAG.log   a virtiofs share's daemon
 //! ```
 //!
@@ -176,6 +177,11 @@ impl Instance {
     /// QEMU's end of the `nth` vsockfs share's serial port.
     pub fn share_port_socket(&self, nth: u64) -> PathBuf {
         self.dir.join(format!("fs-{nth}.sock"))
+    }
+
+    /// The log (stderr) of the `nth` vsockfs share's file server.
+    pub fn share_server_log(&self, nth: u64) -> PathBuf {
+        self.dir.join(format!("fs-{nth}.log"))
     }
 
     /// The socket and log of a virtiofs share's `virtiofsd`.

@@ -7,15 +7,17 @@
 //!   bridge). A connection sends `CONNECT <port>\n` and gets `OK <hostport>\n`.
 //! * [`Kernel`]: the host kernel's `AF_VSOCK` with `/dev/vhost-vsock`.
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// A connected byte stream to a guest port.
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+/// A connected byte stream to a guest port. Always a socket of ours, so it
+/// can be handed to another process (a share's file server) by its fd.
+pub trait Stream: AsyncRead + AsyncWrite + AsFd + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + AsFd + Send + Unpin> Stream for T {}
 pub type BoxStream = Box<dyn Stream>;
 
 pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send + 'a>>;

@@ -242,6 +242,21 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
     );
     assert_eq!(r.code(), 125);
     assert!(r.stderr().contains("no-such-image"), "{}", r.stderr());
+    // A share server that cannot be started as asked: refused before booting.
+    let r = lima.run(
+        lima.lima_run(dir.path(), &["--", "true"])
+            .env("LIMA_FS_CONFINE", "strict"),
+        None,
+    );
+    assert_eq!(r.code(), 125);
+    assert!(r.stderr().contains("LIMA_FS_CONFINE=strict"), "{}", r.stderr());
+    let r = lima.run(
+        lima.lima_run(dir.path(), &["--", "true"])
+            .env("LIMA_FS_SERVER", dir.path().join("no-such-server")),
+        None,
+    );
+    assert_eq!(r.code(), 125);
+    assert!(r.stderr().contains("no-such-server"), "{}", r.stderr());
     assert_clean(&lima);
 
     // A guest whose initramfs is garbage: the kernel panics, the VM stops.

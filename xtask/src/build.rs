@@ -39,7 +39,9 @@ impl Profile {
 pub fn run(profile: Profile) -> Result<()> {
     setup::run()?;
     let mut host = cmd::cargo();
-    host.args(["build", "-p", "lima-host"]);
+    // The host agent runs lima-fs-server (one process per share) from
+    // beside itself.
+    host.args(["build", "-p", "lima-host", "-p", "lima-fs-server"]);
     if profile == Profile::Release {
         host.arg("--release");
     }
@@ -55,7 +57,8 @@ pub fn run(profile: Profile) -> Result<()> {
     Ok(())
 }
 
-/// Where the host binaries (`limactl`, `lima`, `lima-run`) end up.
+/// Where the host binaries (`limactl`, `lima`, `lima-run`, `lima-fs-server`)
+/// end up.
 pub fn host_bin_dir(profile: Profile) -> PathBuf {
     cmd::target_dir().join(profile.dir_name())
 }

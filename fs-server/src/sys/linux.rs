@@ -368,6 +368,40 @@ pub fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) {
     unsafe { libc::inotify_rm_watch(inotify.as_raw_fd(), wd) };
 }
 
+/// Makes this (forked, not yet exec'd) child die with the thread that
+/// started it: a share server never outlives its host agent. Call from
+/// `pre_exec`: one async-signal-safe syscall.
+pub fn die_with_parent() -> SysResult<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// Marks every fd from 3 up close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`, Linux 5.11): a child then inherits only what it
+/// is handed afterwards, not whatever its parent inherited. Older kernels
+/// refuse, and leave the rest to `O_CLOEXEC`. For `pre_exec`: one syscall.
+pub fn cloexec_above_stdio() {
+    // SAFETY: close_range takes integers only; it changes fd flags, not
+    // memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+}
+
 /// The process umask, read without changing it (`/proc/self/status`), or 022.
 pub fn process_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")

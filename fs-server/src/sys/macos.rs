@@ -142,6 +142,14 @@ pub fn inotify_watch(_inotify: BorrowedFd<'_>, _fd: BorrowedFd<'_>, _mask: u32) 
 
 pub fn inotify_unwatch(_inotify: BorrowedFd<'_>, _wd: i32) {}
 
+/// macOS has no `close_range`: children inherit what lacks `O_CLOEXEC`.
+pub fn cloexec_above_stdio() {}
+
+/// macOS has no parent-death signal; the host agent stops its children.
+pub fn die_with_parent() -> SysResult<()> {
+    Ok(())
+}
+
 /// Not read on macOS yet: the usual default.
 pub fn process_umask() -> u32 {
     0o022

@@ -179,3 +179,17 @@ pub fn unmap(p: *mut u8, len: usize) {
     // SAFETY: `p`/`len` came from `map_shared` and nothing uses them after.
     unsafe { libc::munmap(p.cast(), len) };
 }
+
+/// Lets `fd` survive `exec` (clears `FD_CLOEXEC`): how a child is handed
+/// the fds it is named on its command line. Async-signal-safe, for
+/// `pre_exec`.
+pub fn clear_cloexec(fd: RawFd) -> SysResult<()> {
+    // SAFETY: fcntl(F_SETFD) on an fd number; a closed one gives EBADF.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+/// Whether `fd` is open in this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: fcntl(F_GETFD) only reads the fd's flags.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}

@@ -2,14 +2,17 @@
 //!
 //! The host agent opens the stream (hello with purpose Share), sends
 //! `ShareSetup`, and once the guest answers `Ready` (it mounted FUSE) hands
-//! the stream to an `fs-server` for the mount's folder. The server runs until
-//! the VM goes away.
+//! the stream to a process of its own: `lima-fs-server` for the mount's
+//! folder (`lima_fs_server::process`), which confines itself to that folder
+//! before it reads a request and logs to `fs-N.log`. It serves until the
+//! VM goes away, and dies with us.
 //!
 //! The VM's plan may give the shares a shared-memory device (on q35: ivshmem
 //! backed by the instance's `fs-shm`); each share gets
-//! [`SHM_PER_SHARE`](crate::plan::SHM_PER_SHARE) of it, mapped here and
-//! announced in `ShareSetup`, and the guest moves read and write data
-//! through it (see `lima_fs_server::Shm`).
+//! [`SHM_PER_SHARE`](crate::plan::SHM_PER_SHARE) of it, announced in
+//! `ShareSetup` and handed to the server as an open file, which maps it;
+//! the guest moves read and write data through it (see
+//! `lima_fs_server::Shm`).
 //!
 //! The plan may also give each share (the first
 //! [`PORTS_MAX`](crate::plan::PORTS_MAX)) a virtio-serial port whose host end
@@ -20,39 +23,44 @@
 //! guest cannot open it, it answers `Ready` and the vsock stream carries the
 //! share as before. `LIMA_VSOCKFS_PORTS=off` keeps shares on vsock (to
 //! compare the two).
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use lima_fs_server::process::{self, ShmFd, Spawn};
 use lima_proto::errors::error_chain;
 use lima_proto::fs::{ShareSetup, ShareStatus, ShmRegion};
 use lima_proto::{read_frame_async, write_frame_async, Purpose};
+use tokio::task::JoinHandle;
 
+use super::FileServers;
 use crate::client;
 use crate::mounts::Mount;
 use crate::plan::VsockfsDevices;
 use crate::vsock::Transport;
 
 /// Mounts `m`, the `nth` vsockfs share (counting from 0), with what
-/// `devices` the VM has.
+/// `devices` the VM has; returns the task that waits for its server.
 pub async fn mount(
     m: &Mount,
     transport: &dyn Transport,
     devices: &VsockfsDevices,
     nth: u64,
-) -> Result<(), String> {
+    servers: &FileServers,
+) -> Result<JoinHandle<()>, String> {
     let name = format!("mounts[{}] ({})", m.index, m.location.display());
-    let server =
-        lima_fs_server::Server::new(&m.location, m.writable).map_err(|e| format!("{name}: {e}"))?;
-    let region = devices.region(nth).and_then(|(file, offset, len)| {
-        let region = ShmRegion { offset, len };
-        match lima_fs_server::Shm::map(file, region.offset, region.len) {
-            Ok(mapped) => {
-                server.attach_shm(mapped);
-                Some(region)
-            }
+    let program = servers
+        .program
+        .as_deref()
+        .ok_or_else(|| format!("{name}: no file server program"))?;
+    let shm = devices
+        .region(nth)
+        .and_then(|(file, offset, len)| match shm_file(file, offset, len) {
+            Ok(f) => Some((f, ShmRegion { offset, len })),
             Err(e) => {
                 tracing::warn!("{name}: no shared memory ({e}); data goes over vsock");
                 None
             }
-        }
-    });
+        });
     // Connected before the guest is told of it: its reads end while
     // nobody is at our end.
     let ports_off = std::env::var("LIMA_VSOCKFS_PORTS").is_ok_and(|v| v == "off");
@@ -76,7 +84,7 @@ pub async fn mount(
         writable: m.writable,
         uid: 0,
         gid: 0,
-        shm: region,
+        shm: shm.as_ref().map(|(_, region)| *region),
         port: given.filter(|_| port.is_some()).map(|p| p.name.clone()),
     };
     write_frame_async(&mut stream, &setup)
@@ -99,27 +107,82 @@ pub async fn mount(
         }
         Err(e) => return Err(format!("{name}: {e}")),
     };
+    let over = match given.filter(|_| port.is_some()) {
+        Some(p) => p.name.clone(),
+        None => "vsock".to_string(),
+    };
+    // The server takes the channel; ours closes (and leaves our poller).
+    let channel: std::io::Result<OwnedFd> = match port {
+        Some(port) => {
+            drop(stream);
+            port.into_std().map(OwnedFd::from)
+        }
+        None => {
+            let fd = stream.as_fd().try_clone_to_owned();
+            drop(stream);
+            fd
+        }
+    };
+    let channel = channel.map_err(|e| format!("{name}: {e}"))?;
+    let log = servers.log(nth);
+    let running = process::spawn(Spawn {
+        program,
+        root: &m.location,
+        writable: m.writable,
+        stream: channel,
+        shm: shm.map(|(file, region)| ShmFd {
+            file,
+            offset: region.offset,
+            len: region.len,
+        }),
+        log: &log,
+        confine: servers.confine,
+        test_hook: None,
+    })
+    .await
+    .map_err(|e| format!("{name}: {}", error_chain(&e)))?;
+    if let Some(w) = running.confinement.warning() {
+        tracing::warn!("{name}: {w}");
+    }
     tracing::info!(
-        "mounted {} on {} (vsockfs, over {})",
+        "mounted {} on {} (vsockfs, over {over}), served by lima-fs-server pid {} ({})",
         m.location.display(),
         m.mount_point,
-        match given.filter(|_| port.is_some()) {
-            Some(p) => p.name.as_str(),
-            None => "vsock",
-        }
+        running.child.id().unwrap_or(0),
+        running.confinement.to_line(),
     );
-    let tag = m.tag.clone();
-    tokio::spawn(async move {
-        let served = match port {
-            Some(port) => {
-                drop(stream);
-                server.serve(port).await
-            }
-            None => server.serve(stream).await,
-        };
-        if let Err(e) = served {
-            tracing::warn!("share {tag} ended: {e}");
-        }
-    });
-    Ok(())
+    Ok(tokio::spawn(watch(running.child, name, log)))
+}
+
+/// The shared-memory file, open for the server, if the region fits in it.
+fn shm_file(file: &std::path::Path, offset: u64, len: u64) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let size = f.metadata()?.len();
+    if offset.checked_add(len).is_none_or(|end| end > size) || len == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{}: {len} bytes at {offset} do not fit its {size} bytes",
+                file.display()
+            ),
+        ));
+    }
+    Ok(f)
+}
+
+/// Waits for a share's server to end: at the VM's end it exits by itself
+/// (the guest closed the stream); anything else is logged with its reason.
+async fn watch(mut child: tokio::process::Child, name: String, log: PathBuf) {
+    match child.wait().await {
+        Ok(st) if st.success() => tracing::debug!("{name}: file server ended"),
+        Ok(st) => tracing::warn!(
+            "{name}: file server stopped ({st}): {} (see {})",
+            process::log_tail(&log, 3),
+            log.display()
+        ),
+        Err(e) => tracing::warn!("{name}: cannot wait for the file server: {e}"),
+    }
 }

@@ -1,0 +1,213 @@
+//! One process per share: how the host agent starts `lima-fs-server` for a
+//! share, and what the two sides agree on. Both ends are here so the
+//! contract (arguments, inherited fds, the ready line) lives in one file.
+//!
+//! ```text
+//! host agent                                   lima-fs-server (child)
+//! ──────────                                   ──────────────────────
+//! share setup with the guest (ShareSetup/Status)
+//! spawn(Spawn{stream, shm, ..}) ── fork ──▶   pre_exec: PR_SET_PDEATHSIG(SIGKILL), every
+//!   argv: --root DIR [--read-only]            fd but stdio and the named ones CLOEXEC
+//!         --stream-fd N [--shm-fd M           exec: open the root, map the shm,
+//!         --shm-offset O --shm-len L]               build the runtime
+//!         --confine MODE                      confine (crate::confine)
+//!   stderr → fs-N.log in the instance dir     stdout: "ready landlock=full:7 seccomp=on"
+//! ◀── reads the ready line ─────────────────  serves the stream until the guest closes it
+//! warns if confinement is partial
+//! waits for the exit, logs a failure
+//! ```
+//!
+//! The stream is the already-connected channel (the share's virtio-serial
+//! port or its vsock stream) and the shm region an open file; the child
+//! opens nothing of the host agent's by path. A child that cannot serve
+//! (root gone, confinement required but missing) exits before the ready
+//! line, and [`spawn`] returns its log's last lines.
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+
+use crate::confine::{Confinement, Mode};
+use crate::sys;
+
+/// What the child prints on stdout once confined, before serving.
+const READY: &str = "ready ";
+
+/// How long a child gets to open, confine and report.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// A share's region of the shared-memory file, handed over open.
+pub struct ShmFd {
+    pub file: std::fs::File,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// What a share server is started with.
+pub struct Spawn<'a> {
+    /// The `lima-fs-server` binary.
+    pub program: &'a Path,
+    /// The shared folder.
+    pub root: &'a Path,
+    pub writable: bool,
+    /// The connected channel to the guest's FUSE client (a stream socket).
+    pub stream: OwnedFd,
+    pub shm: Option<ShmFd>,
+    /// Where the child's stderr goes (created, or truncated).
+    pub log: &'a Path,
+    pub confine: Mode,
+    /// Tests only: a socket on which the child takes test requests (see
+    /// `lima-fs-server --test-hook-fd`). The host agent passes `None`.
+    pub test_hook: Option<OwnedFd>,
+}
+
+/// A share server that is serving.
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub confinement: Confinement,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create the file server's log {path}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {program}")]
+    Start {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the file server stopped before serving ({status}): {log_tail}")]
+    Failed { status: String, log_tail: String },
+    #[error("the file server did not report ready within {READY_WITHIN:?} (see {log})")]
+    Silent { log: PathBuf },
+}
+
+/// Starts the server for one share and waits until it serves, confined
+/// as `s.confine` says. The child dies with the calling thread
+/// (`PR_SET_PDEATHSIG` follows the thread, not the process), so call this
+/// from a thread that lives as long as the share.
+pub async fn spawn(s: Spawn<'_>) -> Result<Running, SpawnError> {
+    let log = std::fs::File::create(s.log).map_err(|source| SpawnError::Log {
+        path: s.log.to_owned(),
+        source,
+    })?;
+    let mut cmd = std::process::Command::new(s.program);
+    cmd.arg("--root").arg(s.root);
+    if !s.writable {
+        cmd.arg("--read-only");
+    }
+    let mut inherit = vec![s.stream.as_raw_fd()];
+    cmd.arg("--stream-fd").arg(s.stream.as_raw_fd().to_string());
+    if let Some(shm) = &s.shm {
+        inherit.push(shm.file.as_raw_fd());
+        cmd.arg("--shm-fd")
+            .arg(shm.file.as_raw_fd().to_string())
+            .arg("--shm-offset")
+            .arg(shm.offset.to_string())
+            .arg("--shm-len")
+            .arg(shm.len.to_string());
+    }
+    if let Some(hook) = &s.test_hook {
+        inherit.push(hook.as_raw_fd());
+        cmd.arg("--test-hook-fd").arg(hook.as_raw_fd().to_string());
+    }
+    cmd.arg("--confine").arg(s.confine.as_str());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    // SAFETY: between fork and exec only async-signal-safe calls run
+    // (prctl, close_range, fcntl), on fd numbers taken before the fork;
+    // `inherit` is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::die_with_parent().map_err(std::io::Error::from_raw_os_error)?;
+            // Nothing but stdio and the named fds, even what the host
+            // agent inherited without O_CLOEXEC.
+            sys::cloexec_above_stdio();
+            for fd in &inherit {
+                sys::clear_cloexec(*fd).map_err(std::io::Error::from_raw_os_error)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SpawnError::Start {
+            program: s.program.to_owned(),
+            source,
+        })?;
+    // Our copies: the child holds the channel now.
+    drop(s.stream);
+    drop(s.shm);
+    drop(s.test_hook);
+
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        READY_WITHIN,
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await;
+    if let Some(confinement) = line
+        .trim_end()
+        .strip_prefix(READY)
+        .and_then(Confinement::parse_line)
+    {
+        return Ok(Running { child, confinement });
+    }
+    if read.is_err() {
+        return Err(SpawnError::Silent {
+            log: s.log.to_owned(),
+        });
+    }
+    let status = match child.wait().await {
+        Ok(st) => st.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(SpawnError::Failed {
+        status,
+        log_tail: log_tail(s.log, 3),
+    })
+}
+
+/// The last `n` non-empty lines of a log, joined with " / ".
+pub fn log_tail(log: &Path, n: usize) -> String {
+    let mut text = String::new();
+    let _ = std::fs::File::open(log).and_then(|mut f| f.read_to_string(&mut text));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
+/// The child's side: reports on stdout that it is confined and about to
+/// serve (the line [`spawn`] waits for).
+pub fn report_ready(c: &Confinement) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{READY}{}", c.to_line())?;
+    out.flush()
+}
+
+/// The child's side: takes ownership of fd `n`, which [`spawn`] named on
+/// the command line. Refuses stdio and fds that are not open.
+pub fn inherited_fd(n: RawFd) -> std::io::Result<OwnedFd> {
+    if n <= 2 || !sys::fd_is_open(n) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("fd {n} was not handed to this process"),
+        ));
+    }
+    // SAFETY: the parent opened `n` for this process alone and named it on
+    // our command line; it is open (checked above), and nothing else in
+    // this process took it, since this is called once per argument at
+    // start-up.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
