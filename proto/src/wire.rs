@@ -306,9 +306,11 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
 /// allocates a byte or text string of the claimed length before reading it.
 /// Without a limit a 27-byte frame claiming an exabyte-long byte string
 /// made the decoder allocate first and abort the process (found by
-/// `fs-server/fuzz`); with one fixed limit of 1 GiB, a 6-byte frame still
-/// made it allocate up to 1 GiB before failing (found reading the fuzz
-/// target's allocations; `a_tiny_frame_cannot_claim_a_large_allocation`).
+/// the file server's fuzz target); with one fixed limit of 1 GiB, a frame
+/// of a few bytes still made it allocate up to 1 GiB before failing (the
+/// `frames` fuzz target, which caps single allocations at 256 MB, found a
+/// 29-byte `HelloReply` claiming 785 MB within seconds;
+/// `a_tiny_frame_cannot_claim_a_large_allocation`).
 ///
 /// A frame that decodes claims at most 8 bytes per body byte: the
 /// densest encodings are varints of 1 byte claiming a `u64`'s 8, and no
