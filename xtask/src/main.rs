@@ -15,6 +15,7 @@
 //! cargo xtask run              start instance `default` and run `uname -a` in it
 //! cargo xtask bench [ARGS]     cargo run --release -p lima-benches -- ARGS
 //! cargo xtask fuzz [TARGET] [--time 10m]  the fuzz targets in fuzz/, for as long as asked
+//! cargo xtask fuzz --ci        all of them within 5 minutes, as `test` runs them
 //! ```
 
 mod bench;
@@ -92,6 +93,10 @@ enum Task {
         /// 0 runs one target until Ctrl-C.
         #[arg(long, default_value = "10m", value_parser = fuzz::parse_time)]
         time: std::time::Duration,
+        /// Run what `cargo xtask test` runs instead: every target, 5
+        /// minutes in all, building included.
+        #[arg(long, conflicts_with_all = ["target", "time", "args"])]
+        ci: bool,
         /// Extra arguments for libFuzzer (after `--`), e.g. `-fork=2`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -111,9 +116,12 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Run => run::run(),
         Task::Bench { args } => bench::run(&args).map(|()| ExitCode::SUCCESS),
-        Task::Fuzz { target, time, args } => {
-            fuzz_task(target, time, &args).map(|()| ExitCode::SUCCESS)
-        }
+        Task::Fuzz {
+            target,
+            time,
+            ci,
+            args,
+        } => fuzz_task(target, time, ci, &args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -129,8 +137,13 @@ fn main() -> ExitCode {
 fn fuzz_task(
     target: Option<fuzz::Target>,
     time: std::time::Duration,
+    ci: bool,
     args: &[String],
 ) -> anyhow::Result<()> {
+    if ci {
+        setup::run()?;
+        return fuzz::ci();
+    }
     let time = (!time.is_zero()).then_some(time);
     let targets = match target {
         Some(t) => vec![t],
@@ -176,14 +189,22 @@ mod tests {
 
     #[test]
     fn fuzz_takes_a_target_a_time_and_libfuzzer_arguments() {
-        let Task::Fuzz { target, time, args } = parse(&["fuzz"]) else {
+        let Task::Fuzz {
+            target,
+            time,
+            ci,
+            args,
+        } = parse(&["fuzz"])
+        else {
             panic!()
         };
+        assert!(!ci);
         assert_eq!(target, None);
         assert_eq!(time, std::time::Duration::from_secs(600));
         assert!(args.is_empty());
-        let Task::Fuzz { target, time, args } =
-            parse(&["fuzz", "port-event", "--time", "8h", "--", "-fork=2"])
+        let Task::Fuzz {
+            target, time, args, ..
+        } = parse(&["fuzz", "port-event", "--time", "8h", "--", "-fork=2"])
         else {
             panic!()
         };
@@ -195,6 +216,12 @@ mod tests {
         };
         assert!(time.is_zero());
         assert!(Cli::try_parse_from(["xtask", "fuzz", "nothing"]).is_err());
+        let Task::Fuzz { ci, .. } = parse(&["fuzz", "--ci"]) else {
+            panic!()
+        };
+        assert!(ci);
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--ci", "frames"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--ci", "--time", "1m"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "fuzz", "--time", "1d"]).is_err());
     }
 
