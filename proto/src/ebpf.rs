@@ -11,6 +11,14 @@
 //! | [`KIND_LISTENED`] | kretprobe on `inet_csk_listen_start` | a TCP `listen()` succeeded: the listener is in the socket tables now | none |
 //!
 //! Fields a hook does not set are zero.
+//!
+//! With `std`, [`SockEvent::from_bytes`], [`SocketEventKind`], [`local_addr`]
+//! and [`describe`] read the records on the agent's side (`ebpf/decode.rs`).
+
+#[cfg(feature = "std")]
+mod decode;
+#[cfg(feature = "std")]
+pub use decode::{describe, local_addr, SocketEventKind, SOCK_EVENT_SIZE};
 
 /// TCP state numbers as the kernel's `include/net/tcp_states.h` has them.
 pub mod tcp_state {

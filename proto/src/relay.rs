@@ -8,7 +8,8 @@
 //! Both ends of a forwarded connection run [`relay`] with their local socket.
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-const CHUNK: usize = 64 << 10;
+/// Largest chunk either side sends; a longer one ends the relay with an error.
+pub const CHUNK: usize = 64 << 10;
 
 /// Read buffer on the framed side: a length prefix and the start of its
 /// chunk usually come in one read instead of two, which matters when every

@@ -301,20 +301,40 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     Ok(buf)
 }
 
-/// Upper bound of what decoding one frame may claim (bincode counts each
-/// sequence as `len × size_of::<T>()` before allocating it). Without a limit
-/// a 27-byte frame claiming an exabyte-long byte string made the decoder
-/// allocate first and abort the process (found by `fs-server/fuzz`). A
-/// frame is at most [`MAX_FRAME`] bytes on the wire; its in-memory form can
-/// be larger (a directory entry is a few bytes encoded and ~200 in memory),
-/// hence the margin.
-const DECODE_LIMIT: usize = 64 * MAX_FRAME;
+/// What decoding one frame may claim, per byte of its body. bincode counts
+/// ("claims") the in-memory size of every value before decoding it, and
+/// allocates a byte or text string of the claimed length before reading it.
+/// Without a limit a 27-byte frame claiming an exabyte-long byte string
+/// made the decoder allocate first and abort the process (found by
+/// the file server's fuzz target); with one fixed limit of 1 GiB, a frame
+/// of a few bytes still made it allocate up to 1 GiB before failing (the
+/// `frames` fuzz target, which caps single allocations at 256 MB, found a
+/// 29-byte `HelloReply` claiming 785 MB within seconds;
+/// `a_tiny_frame_cannot_claim_a_large_allocation`).
+///
+/// A frame that decodes claims at most 8 bytes per body byte: the
+/// densest encodings are varints of 1 byte claiming a `u64`'s 8, and no
+/// message holds a `u128`. Twice that leaves room.
+const CLAIM_PER_BYTE: usize = 16;
 
 /// Decodes one frame body (without the length prefix).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (value, used) =
-        bincode::serde::decode_from_slice(body, config().with_limit::<DECODE_LIMIT>())
-            .map_err(FrameError::Decode)?;
+    // bincode takes its limit as a const generic: pick the smallest of a
+    // few body size classes (16 times apart), so what a frame may claim is
+    // 16 times its class: at most 16 KiB, or 256 times the body.
+    const K: usize = 1 << 10;
+    match body.len() {
+        n if n <= K => decode_limited::<T, { CLAIM_PER_BYTE * K }>(body),
+        n if n <= 16 * K => decode_limited::<T, { CLAIM_PER_BYTE * 16 * K }>(body),
+        n if n <= 256 * K => decode_limited::<T, { CLAIM_PER_BYTE * 256 * K }>(body),
+        n if n <= 4096 * K => decode_limited::<T, { CLAIM_PER_BYTE * 4096 * K }>(body),
+        _ => decode_limited::<T, { CLAIM_PER_BYTE * MAX_FRAME }>(body),
+    }
+}
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(body: &[u8]) -> Result<T, FrameError> {
+    let (value, used) = bincode::serde::decode_from_slice(body, config().with_limit::<LIMIT>())
+        .map_err(FrameError::Decode)?;
     if used != body.len() {
         return Err(FrameError::Decode(
             bincode::error::DecodeError::OtherString(format!(
@@ -521,6 +541,116 @@ mod tests {
             read_frame::<_, ControlRequest>(&mut &garbage[..]),
             Err(FrameError::Decode(_))
         ));
+    }
+
+    /// The largest single allocation made on the calling thread, for tests
+    /// that bound what decoding allocates.
+    mod alloc_probe {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Probe;
+
+        thread_local! {
+            // `const` and `Cell<usize>`: no destructor and no allocation, so
+            // the allocator itself may touch it.
+            static LARGEST: Cell<usize> = const { Cell::new(0) };
+        }
+
+        fn note(size: usize) {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+        }
+
+        /// The largest allocation since the last call, then starts over.
+        pub fn take() -> usize {
+            LARGEST.with(|l| l.replace(0))
+        }
+
+        // SAFETY: every method forwards to `System` with the caller's
+        // arguments unchanged; noting the size touches no allocation.
+        unsafe impl GlobalAlloc for Probe {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: as for `alloc`.
+                unsafe { System.alloc_zeroed(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System` through this allocator.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                note(new_size);
+                // SAFETY: as for `dealloc`, and the caller upholds `realloc`'s contract.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+    }
+
+    #[global_allocator]
+    static PROBE: alloc_probe::Probe = alloc_probe::Probe;
+
+    /// A frame of `body`.
+    fn frame_of(body: &[u8]) -> Vec<u8> {
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    #[test]
+    fn a_tiny_frame_cannot_claim_a_large_allocation() {
+        // bincode varints: 252 announces a little-endian u32.
+        let claim_512_mib = [252, 0, 0, 0, 0x20];
+        // ExecOutput::Stdout (variant 1) with a 512 MiB byte string, and
+        // HelloReply { version: 2, result: Ok (0) } whose agent_version claims
+        // 512 MiB of text: 6 and 7 bytes. Bincode allocates a string before
+        // reading it, and a fixed 1 GiB limit let both through.
+        let stdout = frame_of(&[[1].as_slice(), &claim_512_mib].concat());
+        let hello = frame_of(&[[2, 0].as_slice(), &claim_512_mib].concat());
+        alloc_probe::take();
+        let r = read_frame::<_, ExecOutput>(&mut &stdout[..]);
+        let largest = alloc_probe::take();
+        assert!(matches!(r, Err(FrameError::Decode(_))), "{r:?}");
+        assert!(
+            largest < 1 << 20,
+            "a 6-byte body made the decoder allocate {largest} bytes"
+        );
+        let r = read_frame::<_, HelloReply>(&mut &hello[..]);
+        let largest = alloc_probe::take();
+        assert!(matches!(r, Err(FrameError::Decode(_))), "{r:?}");
+        assert!(
+            largest < 1 << 20,
+            "a 7-byte body made the decoder allocate {largest} bytes"
+        );
+    }
+
+    #[test]
+    fn the_densest_frames_still_decode() {
+        // A zero u64 is one byte that claims 8, the most any value claims
+        // per byte; lengths land on both sides of each size class.
+        for n in [
+            0,
+            1,
+            1021,
+            1022,
+            (16 << 10) - 3,
+            (16 << 10) - 2,
+            (256 << 10) - 5,
+            (256 << 10) - 4,
+            (4 << 20) - 5,
+            (4 << 20) - 4,
+        ] {
+            let frame = encode_frame(&vec![0u64; n]).unwrap();
+            let back: Vec<u64> = read_frame(&mut &frame[..]).unwrap().unwrap();
+            assert_eq!(back.len(), n);
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! cargo xtask test [-- ARGS]   cargo test --workspace with LIMA_BIN_DIR set
 //! cargo xtask run              start instance `default` and run `uname -a` in it
 //! cargo xtask bench [ARGS]     cargo run --release -p lima-benches -- ARGS
+//! cargo xtask fuzz [TARGET] [--time 10m]  the fuzz targets in fuzz/, for as long as asked
+//! cargo xtask fuzz --ci        all of them within 5 minutes, as `test` runs them
 //! ```
 
 mod bench;
@@ -23,6 +25,7 @@ mod cmd;
 mod cpio;
 mod debian;
 mod fsutil;
+mod fuzz;
 mod image;
 mod pvh;
 mod run;
@@ -44,7 +47,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build needs (apt packages, nightly, rust targets,
-    /// bpf-linker, vhost-device-vsock); skips whatever is present.
+    /// bpf-linker, vhost-device-vsock, cargo-fuzz); skips whatever is present.
     Setup,
     /// Set up, then build the host binaries and the static guest agent.
     Build {
@@ -79,6 +82,25 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz the decoders a guest (or a user's file) can feed, with
+    /// cargo-fuzz on nightly: one target or all, one after another.
+    /// Corpora, seeds and crash inputs live in target/fuzz/.
+    Fuzz {
+        /// The target; all of them if omitted.
+        #[arg(value_enum)]
+        target: Option<fuzz::Target>,
+        /// How long each target runs: seconds, or with s, m or h (`8h`);
+        /// 0 runs one target until Ctrl-C.
+        #[arg(long, default_value = "10m", value_parser = fuzz::parse_time)]
+        time: std::time::Duration,
+        /// Run what `cargo xtask test` runs instead: every target, 5
+        /// minutes in all, building included.
+        #[arg(long, conflicts_with_all = ["target", "time", "args"])]
+        ci: bool,
+        /// Extra arguments for libFuzzer (after `--`), e.g. `-fork=2`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +116,12 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Run => run::run(),
         Task::Bench { args } => bench::run(&args).map(|()| ExitCode::SUCCESS),
+        Task::Fuzz {
+            target,
+            time,
+            ci,
+            args,
+        } => fuzz_task(target, time, ci, &args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -103,6 +131,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--time 0` means no limit.
+fn fuzz_task(
+    target: Option<fuzz::Target>,
+    time: std::time::Duration,
+    ci: bool,
+    args: &[String],
+) -> anyhow::Result<()> {
+    if ci {
+        setup::run()?;
+        return fuzz::ci();
+    }
+    let time = (!time.is_zero()).then_some(time);
+    let targets = match target {
+        Some(t) => vec![t],
+        None if time.is_none() => {
+            anyhow::bail!("`--time 0` runs until Ctrl-C: name one target")
+        }
+        None => fuzz::Target::ALL.to_vec(),
+    };
+    fuzz::run(&targets, time, args)
 }
 
 #[cfg(test)]
@@ -135,6 +185,44 @@ mod tests {
             panic!()
         };
         assert_eq!(args, ["--quick"]);
+    }
+
+    #[test]
+    fn fuzz_takes_a_target_a_time_and_libfuzzer_arguments() {
+        let Task::Fuzz {
+            target,
+            time,
+            ci,
+            args,
+        } = parse(&["fuzz"])
+        else {
+            panic!()
+        };
+        assert!(!ci);
+        assert_eq!(target, None);
+        assert_eq!(time, std::time::Duration::from_secs(600));
+        assert!(args.is_empty());
+        let Task::Fuzz {
+            target, time, args, ..
+        } = parse(&["fuzz", "port-event", "--time", "8h", "--", "-fork=2"])
+        else {
+            panic!()
+        };
+        assert_eq!(target, Some(fuzz::Target::PortEvent));
+        assert_eq!(time, std::time::Duration::from_secs(8 * 3600));
+        assert_eq!(args, ["-fork=2"]);
+        let Task::Fuzz { time, .. } = parse(&["fuzz", "frames", "--time", "0"]) else {
+            panic!()
+        };
+        assert!(time.is_zero());
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "nothing"]).is_err());
+        let Task::Fuzz { ci, .. } = parse(&["fuzz", "--ci"]) else {
+            panic!()
+        };
+        assert!(ci);
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--ci", "frames"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--ci", "--time", "1m"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--time", "1d"]).is_err());
     }
 
     #[test]

@@ -42,8 +42,15 @@ pub fn run() -> Result<()> {
     cargo_tool("vhost-device-vsock")?;
     // The `virtiofs` mount type (and the shared-folder benchmark baseline).
     cargo_tool("virtiofsd")?;
+    // `cargo xtask fuzz` and the fuzz step of `cargo xtask test`. It builds
+    // with the default toolchain; the fuzz targets build with nightly.
+    cargo_tool_at("cargo-fuzz", CARGO_FUZZ_VERSION)?;
     Ok(())
 }
+
+/// The cargo-fuzz release `setup` installs (`--locked`: the versions it
+/// was released with, so a newer dependency cannot break the install).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn ok(what: &str) {
     eprintln!("setup: ok       {what}");
@@ -180,6 +187,17 @@ fn cargo_tool(name: &str) -> Result<()> {
     }
     doing(name);
     cmd::run(Command::new("cargo").args(["install", name]))
+}
+
+/// [`cargo_tool`] at one `version`, installed `--locked`. A tool that is
+/// there already is kept, whatever its version.
+fn cargo_tool_at(name: &str, version: &str) -> Result<()> {
+    if let Some(path) = cmd::find_program(name, &cargo_bin()) {
+        ok(&format!("{name} ({})", path.display()));
+        return Ok(());
+    }
+    doing(&format!("{name} {version}"));
+    cmd::run(Command::new("cargo").args(["install", "--locked", "--version", version, name]))
 }
 
 /// bpf-linker must be built against the nightly toolchain's LLVM (the one

@@ -4,11 +4,13 @@
 //! built first; `LIMA_BIN_DIR` tells the tests where the host binaries are
 //! (cargo does not put other packages' binaries into a test's environment).
 //! Kept as one function so switching to nextest later is a one-line change.
+//! A full run (no extra arguments) ends with every fuzz target for a
+//! bounded time (`fuzz::ci`).
 
 use anyhow::Result;
 
 use crate::build::{self, Profile};
-use crate::{cmd, image, setup};
+use crate::{cmd, fuzz, image, setup};
 
 /// The crates that run on the host, which must build for macOS hosts too.
 const HOST_CRATES: &[&str] = &["lima-host", "lima-fs-server"];
@@ -27,6 +29,8 @@ pub fn run(args: &[String]) -> Result<()> {
     )?;
     if args.is_empty() {
         fuse_tests()?;
+        // Bounded to 5 minutes in all, building included (`fuzz::CI_BUDGET`).
+        fuzz::ci()?;
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use aya::{
 use lima_proto::ebpf::{SockEvent, DROPPED_INDEX};
 use tokio::io::{unix::AsyncFd, Interest};
 
-use super::events::{event_from_bytes, EventSource};
+use super::events::EventSource;
 
 /// Why the eBPF watcher (or one of its hooks) could not start. Each variant
 /// names the step.
@@ -397,7 +397,7 @@ impl EventSource for RingSource {
             let mut guard = self.ring.readable_mut().await?;
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
-                match event_from_bytes(&item) {
+                match SockEvent::from_bytes(&item) {
                     Some(event) => out.push(event),
                     None => {
                         tracing::warn!("eBPF ring buffer: ignored a {}-byte record", item.len())

@@ -1,4 +1,5 @@
-//! Arbitrary bytes → the frame decoder → (if they decode) a real `Server`
+//! The share protocol, as a guest speaks it to the host's file server:
+//! arbitrary bytes → the frame decoder → (if they decode) a real `Server`
 //! over a fresh temporary share, then a check that nothing outside the share
 //! changed.
 //!
@@ -21,7 +22,12 @@ use tokio::io::AsyncWriteExt;
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(8).enable_all().build().unwrap()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(8)
+            .enable_all()
+            .build()
+            .unwrap()
     })
 }
 
@@ -44,16 +50,30 @@ fn layout() -> tempfile::TempDir {
 
 fn check_outside_untouched(tmp: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
-    let mut top: Vec<_> = std::fs::read_dir(tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut top: Vec<_> = std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     top.sort();
-    assert_eq!(top, ["outside", "share"], "something appeared beside the share");
+    assert_eq!(
+        top,
+        ["outside", "share"],
+        "something appeared beside the share"
+    );
     let outside = tmp.join("outside");
-    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["secret"], "outside/ changed");
     let meta = std::fs::symlink_metadata(outside.join("secret")).unwrap();
     assert_eq!(meta.nlink(), 1, "outside/secret was hard-linked");
     assert_eq!(meta.mode() & 0o7777, 0o644, "outside/secret was chmodded");
-    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), SECRET, "outside/secret was written");
+    assert_eq!(
+        std::fs::read(outside.join("secret")).unwrap(),
+        SECRET,
+        "outside/secret was written"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -75,7 +95,9 @@ fuzz_target!(|data: &[u8]| {
         let served = tokio::spawn(server.serve(theirs));
         let (mut rd, mut wr) = tokio::io::split(ours);
         // Drain replies so the server never blocks on a full pipe.
-        let reader = tokio::spawn(async move { while let Ok(Some(_)) = read_frame_async::<_, FsToGuest>(&mut rd).await {} });
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(_)) = read_frame_async::<_, FsToGuest>(&mut rd).await {}
+        });
         for f in &frames {
             if wr.write_all(&encode_frame(f).unwrap()).await.is_err() {
                 break;
@@ -84,7 +106,9 @@ fuzz_target!(|data: &[u8]| {
         // Whatever did not decode goes to the server's own decoder.
         let _ = wr.write_all(&tail).await;
         let _ = wr.shutdown().await;
-        let result = tokio::time::timeout(Duration::from_secs(20), served).await.expect("serve returns after EOF");
+        let result = tokio::time::timeout(Duration::from_secs(20), served)
+            .await
+            .expect("serve returns after EOF");
         let _ = result.expect("serve does not panic");
         let _ = reader.await;
     });
