@@ -156,6 +156,12 @@ async fn the_kernel_refuses_a_path_outside_the_share() {
         "{:?}",
         s.running.confinement
     );
+    // As the kernel sees the process: no new privileges, a seccomp filter.
+    let pid = s.running.child.id().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for line in ["NoNewPrivs:\t1", "Seccomp:\t2"] {
+        assert!(status.contains(line), "no {line:?} in\n{status}");
+    }
     assert_eq!(s.hook(&format!("open {secret}")).await.unwrap(), EACCES);
     assert_eq!(s.hook("open /etc/passwd").await.unwrap(), EACCES);
     assert_eq!(
