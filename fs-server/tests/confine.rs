@@ -165,9 +165,12 @@ async fn the_kernel_refuses_a_path_outside_the_share() {
     assert_eq!(s.hook(&format!("open {secret}")).await.unwrap(), EACCES);
     assert_eq!(s.hook("open /etc/passwd").await.unwrap(), EACCES);
     assert_eq!(
-        s.hook(&format!("create {}", d.secret.with_file_name("new").display()))
-            .await
-            .unwrap(),
+        s.hook(&format!(
+            "create {}",
+            d.secret.with_file_name("new").display()
+        ))
+        .await
+        .unwrap(),
         EACCES
     );
     // What is inside stays reachable.
@@ -370,7 +373,10 @@ async fn a_confined_server_serves_every_kind_of_request() {
         }
         other => panic!("readdir: {other:?}"),
     }
-    assert!(matches!(s.call(FsRequest::Statfs).await, FsReply::Statfs(_)));
+    assert!(matches!(
+        s.call(FsRequest::Statfs).await,
+        FsReply::Statfs(_)
+    ));
     assert_eq!(
         s.call(FsRequest::Unlink {
             parent: ROOT_ID,
