@@ -137,10 +137,11 @@ fn serve_fd(args: &Args, fd: i32) -> anyhow::Result<()> {
         }
         match server.serve(stream).await {
             // The guest went away while we still had something to say.
-            Err(e) if matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ) =>
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
             {
                 tracing::debug!("the guest closed the share: {e}");
                 Ok(())

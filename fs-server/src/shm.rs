@@ -37,9 +37,8 @@ impl Shm {
             .read(true)
             .write(true)
             .open(file)?;
-        Self::map_file(&f, offset, len).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("{}: {e}", file.display()))
-        })
+        Self::map_file(&f, offset, len)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))
     }
 
     /// Maps `len` bytes of the open `file` (read-write) from `offset`; the

@@ -156,12 +156,21 @@ async fn the_kernel_refuses_a_path_outside_the_share() {
         "{:?}",
         s.running.confinement
     );
+    // As the kernel sees the process: no new privileges, a seccomp filter.
+    let pid = s.running.child.id().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for line in ["NoNewPrivs:\t1", "Seccomp:\t2"] {
+        assert!(status.contains(line), "no {line:?} in\n{status}");
+    }
     assert_eq!(s.hook(&format!("open {secret}")).await.unwrap(), EACCES);
     assert_eq!(s.hook("open /etc/passwd").await.unwrap(), EACCES);
     assert_eq!(
-        s.hook(&format!("create {}", d.secret.with_file_name("new").display()))
-            .await
-            .unwrap(),
+        s.hook(&format!(
+            "create {}",
+            d.secret.with_file_name("new").display()
+        ))
+        .await
+        .unwrap(),
         EACCES
     );
     // What is inside stays reachable.
@@ -364,7 +373,10 @@ async fn a_confined_server_serves_every_kind_of_request() {
         }
         other => panic!("readdir: {other:?}"),
     }
-    assert!(matches!(s.call(FsRequest::Statfs).await, FsReply::Statfs(_)));
+    assert!(matches!(
+        s.call(FsRequest::Statfs).await,
+        FsReply::Statfs(_)
+    ));
     assert_eq!(
         s.call(FsRequest::Unlink {
             parent: ROOT_ID,

@@ -152,8 +152,8 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     let rules = crate::portfwd::resolve(&config.port_forwards, &inst.dir)
         .map_err(|(index, msg)| BringUpError::PortForwards { index, msg })?;
     let driver = select::for_vm_type(&config.vm_type).map_err(|e| prepare(&e))?;
-    let servers = crate::shares::FileServers::prepare(&config.mounts, inst)
-        .map_err(BringUpError::Prepare)?;
+    let servers =
+        crate::shares::FileServers::prepare(&config.mounts, inst).map_err(BringUpError::Prepare)?;
     let mut plan = plan::plan(inst, &config, &image, driver.caps());
     prepare_files(inst, &mut plan);
     let mut vm = driver

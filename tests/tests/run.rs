@@ -249,7 +249,11 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
         None,
     );
     assert_eq!(r.code(), 125);
-    assert!(r.stderr().contains("LIMA_FS_CONFINE=strict"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("LIMA_FS_CONFINE=strict"),
+        "{}",
+        r.stderr()
+    );
     let r = lima.run(
         lima.lima_run(dir.path(), &["--", "true"])
             .env("LIMA_FS_SERVER", dir.path().join("no-such-server")),

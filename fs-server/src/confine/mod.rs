@@ -210,7 +210,10 @@ pub enum ConfineError {
     Seccomp(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{MODE_ENV}=require, but {0}")]
     Required(String),
-    #[error("confining the file server is not supported on {} hosts", std::env::consts::OS)]
+    #[error(
+        "confining the file server is not supported on {} hosts",
+        std::env::consts::OS
+    )]
     Unsupported,
 }
 
@@ -294,7 +297,10 @@ mod tests {
         assert_eq!("require".parse::<Mode>().unwrap(), Mode::Require);
         assert_eq!("off".parse::<Mode>().unwrap(), Mode::Off);
         let e = "strict".parse::<Mode>().unwrap_err().to_string();
-        assert!(e.contains("LIMA_FS_CONFINE=strict") && e.contains("require"), "{e}");
+        assert!(
+            e.contains("LIMA_FS_CONFINE=strict") && e.contains("require"),
+            "{e}"
+        );
         for c in [
             Confinement::NONE,
             Confinement {
@@ -330,7 +336,10 @@ mod tests {
             seccomp: true,
         };
         let w = none.warning().unwrap();
-        assert!(w.contains("no Landlock") && w.contains("LIMA_FS_CONFINE=require"), "{w}");
+        assert!(
+            w.contains("no Landlock") && w.contains("LIMA_FS_CONFINE=require"),
+            "{w}"
+        );
         let partial = Confinement {
             landlock: Landlock::Partial { abi: 1 },
             seccomp: true,

@@ -134,7 +134,10 @@ fn conditional() -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, BackendError> 
     }
     Ok(vec![
         // Threads only (glibc falls back to clone where clone3 is missing).
-        (libc::SYS_clone, vec![one(vec![arg(0, MaskedEq(thread), thread)?])?]),
+        (
+            libc::SYS_clone,
+            vec![one(vec![arg(0, MaskedEq(thread), thread)?])?],
+        ),
         (libc::SYS_mmap, vec![one(vec![no_exec(2)?])?]),
         (libc::SYS_mprotect, vec![one(vec![no_exec(2)?])?]),
         (libc::SYS_fcntl, fcntl),
@@ -204,7 +207,12 @@ extern "C" fn refused(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
     // `void *_call_addr`, then `int _syscall`.
     // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO
     // handler; byte 24 lies within it (it is 128 bytes long).
-    let nr = unsafe { info.cast::<u8>().add(24).cast::<libc::c_int>().read_unaligned() };
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(24)
+            .cast::<libc::c_int>()
+            .read_unaligned()
+    };
     let mut buf = [0u8; 96];
     let msg = message(nr, &mut buf);
     // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is valid

@@ -52,15 +52,16 @@ pub async fn mount(
         .program
         .as_deref()
         .ok_or_else(|| format!("{name}: no file server program"))?;
-    let shm = devices
-        .region(nth)
-        .and_then(|(file, offset, len)| match shm_file(file, offset, len) {
-            Ok(f) => Some((f, ShmRegion { offset, len })),
-            Err(e) => {
-                tracing::warn!("{name}: no shared memory ({e}); data goes over vsock");
-                None
-            }
-        });
+    let shm =
+        devices
+            .region(nth)
+            .and_then(|(file, offset, len)| match shm_file(file, offset, len) {
+                Ok(f) => Some((f, ShmRegion { offset, len })),
+                Err(e) => {
+                    tracing::warn!("{name}: no shared memory ({e}); data goes over vsock");
+                    None
+                }
+            });
     // Connected before the guest is told of it: its reads end while
     // nobody is at our end.
     let ports_off = std::env::var("LIMA_VSOCKFS_PORTS").is_ok_and(|v| v == "off");
