@@ -248,6 +248,16 @@ impl Drop for Lima {
                 .stdin(Stdio::null())
                 .output();
         }
+        // Whatever is left (a lima-run a failed test did not stop) goes
+        // too: its children die with it.
+        for p in self.our_processes() {
+            if let Some(pid) = p.split(':').next().and_then(|n| n.parse().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
