@@ -150,12 +150,14 @@ fn per_target_time(built: Duration, targets: usize) -> Duration {
     share.saturating_sub(CI_STARTUP).max(CI_MIN_PER_TARGET)
 }
 
+/// Fails with every failure, so the last line of the log names each
+/// target and its input.
 fn finish(failures: Vec<anyhow::Error>) -> Result<()> {
-    match failures.len() {
-        0 => Ok(()),
-        1 => Err(failures.into_iter().next().expect("one failure")),
-        n => bail!("{n} fuzz targets failed (each is named above)"),
+    if failures.is_empty() {
+        return Ok(());
     }
+    let all: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
+    bail!("{}", all.join("; "))
 }
 
 /// Where everything lives: `target/fuzz`.
@@ -205,23 +207,49 @@ fn build() -> Result<()> {
     )
 }
 
+/// Where one target's inputs go: its corpus (read and written), its seeds
+/// (read only) and what it saves on a failure.
+struct Dirs {
+    corpus: PathBuf,
+    seeds: PathBuf,
+    artifacts: PathBuf,
+}
+
+impl Dirs {
+    fn under(work: &Path, target: Target) -> Dirs {
+        let name = target.name();
+        Dirs {
+            corpus: work.join("corpus").join(name),
+            seeds: work.join("seeds").join(name),
+            artifacts: work.join("artifacts").join(name),
+        }
+    }
+}
+
 /// Fuzzes one target; fails naming it and the inputs it saved.
 fn fuzz(target: Target, time: Option<Duration>, extra: &[String]) -> Result<()> {
-    let name = target.name();
-    let corpus = work_dir().join("corpus").join(name);
-    let seeds_dir = work_dir().join("seeds").join(name);
-    let artifacts = work_dir().join("artifacts").join(name);
-    for dir in [&corpus, &artifacts] {
+    let dirs = Dirs::under(&work_dir(), target);
+    seeds::write(target, &dirs.seeds)?;
+    run_target(&binary(target), target, &dirs, time, extra)
+}
+
+/// Runs the libFuzzer binary `program` of `target`.
+fn run_target(
+    program: &Path,
+    target: Target,
+    dirs: &Dirs,
+    time: Option<Duration>,
+    extra: &[String],
+) -> Result<()> {
+    for dir in [&dirs.corpus, &dirs.artifacts] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    seeds::write(target, &seeds_dir)?;
-    let before = listing(&artifacts)?;
-
-    let mut run = Command::new(binary(target));
+    let before = listing(&dirs.artifacts)?;
+    let mut run = Command::new(program);
     run.current_dir(cmd::root())
-        .arg(&corpus)
-        .arg(&seeds_dir)
-        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .arg(&dirs.corpus)
+        .arg(&dirs.seeds)
+        .arg(format!("-artifact_prefix={}/", dirs.artifacts.display()))
         .arg(format!("-timeout={}", target.input_timeout()))
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
         .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
@@ -240,21 +268,21 @@ fn fuzz(target: Target, time: Option<Duration>, extra: &[String]) -> Result<()> 
     if status.success() {
         return Ok(());
     }
-    let saved: Vec<PathBuf> = listing(&artifacts)?
+    let name = target.name();
+    let saved: Vec<String> = listing(&dirs.artifacts)?
         .into_iter()
         .filter(|p| !before.contains(p))
+        .map(|p| p.display().to_string())
         .collect();
-    if saved.is_empty() {
+    let Some(first) = saved.first() else {
         bail!("fuzz target `{name}` failed ({status}) and saved no input");
-    }
-    let inputs: Vec<String> = saved.iter().map(|p| p.display().to_string()).collect();
+    };
     // libFuzzer names each input after what it did: crash-, timeout-,
     // oom-, leak-.
     bail!(
-        "fuzz target `{name}` failed ({status}); input saved at {}; replay with `{} {}`",
-        inputs.join(", "),
-        binary(target).display(),
-        inputs[0]
+        "fuzz target `{name}` failed ({status}); input saved at {}; replay with `{} {first}`",
+        saved.join(", "),
+        program.display(),
     )
 }
 
@@ -332,6 +360,76 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A stand-in for a libFuzzer binary: a shell script that saves an
+    /// input under `-artifact_prefix` (if `save`) and exits with `code`.
+    fn fake_fuzzer(dir: &Path, save: bool, code: i32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let script = dir.join(format!("fuzzer-{save}-{code}"));
+        let save = if save {
+            r#"echo input > "${prefix}crash-0123""#
+        } else {
+            ""
+        };
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -artifact_prefix=*) \
+                 prefix=\"${{a#-artifact_prefix=}}\";; esac; done\n{save}\nexit {code}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    #[test]
+    fn a_failure_names_the_target_and_the_saved_input() {
+        let work = std::env::temp_dir().join(format!("xtask-fuzz-test-{}", std::process::id()));
+        std::fs::create_dir_all(&work).unwrap();
+        let dirs = Dirs::under(&work, Target::Relay);
+        let run = |script: PathBuf| {
+            // A process another test forks while a script is being written
+            // holds it open for writing until it execs: ETXTBSY, once.
+            for _ in 0..50 {
+                let result = run_target(&script, Target::Relay, &dirs, None, &[]);
+                let busy = result.as_ref().is_err_and(|e| {
+                    e.root_cause()
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        == Some(nix::errno::Errno::ETXTBSY as i32)
+                });
+                if !busy {
+                    return result;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("{} stayed busy", script.display())
+        };
+
+        run(fake_fuzzer(&work, false, 0)).unwrap();
+
+        let e = run(fake_fuzzer(&work, true, 77)).unwrap_err().to_string();
+        let input = dirs.artifacts.join("crash-0123");
+        assert!(input.is_file());
+        assert!(e.contains("fuzz target `relay` failed"), "{e}");
+        assert!(
+            e.contains(&format!("input saved at {}", input.display())),
+            "{e}"
+        );
+        assert!(e.contains("replay with `"), "{e}");
+
+        // An input saved by an earlier run is not this run's.
+        let e = run(fake_fuzzer(&work, false, 1)).unwrap_err().to_string();
+        assert!(
+            e.contains("`relay` failed") && e.contains("saved no input"),
+            "{e}"
+        );
+
+        let e = finish(vec![anyhow::anyhow!("one"), anyhow::anyhow!("two")]).unwrap_err();
+        assert_eq!(e.to_string(), "one; two");
+        std::fs::remove_dir_all(&work).unwrap();
     }
 
     #[test]
