@@ -148,7 +148,7 @@ pub enum Ending {
 pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result<Up, BringUpError> {
     let prepare = |e: &dyn std::error::Error| BringUpError::Prepare(error_chain(e));
     let config = inst.config().map_err(|e| prepare(&e))?;
-    let image = crate::image::resolve(&config.image).map_err(|e| prepare(&e))?;
+    let image = crate::image::resolve(&config.image, inst).map_err(|e| prepare(&e))?;
     let rules = crate::portfwd::resolve(&config.port_forwards, &inst.dir)
         .map_err(|(index, msg)| BringUpError::PortForwards { index, msg })?;
     let driver = select::for_vm_type(&config.vm_type).map_err(|e| prepare(&e))?;

@@ -49,7 +49,7 @@ pub struct LimaYaml {
     pub mount_types_unsupported: Option<Value>,
     pub mount_type: Option<String>,
     pub mount_inotify: Option<bool>,
-    pub ssh: Option<Value>,
+    pub ssh: Option<SshYaml>,
     pub ca_certs: Option<Value>,
     pub upgrade_packages: Option<bool>,
     pub containerd: Option<Value>,
@@ -70,7 +70,7 @@ pub struct LimaYaml {
     pub nested_virtualization: Option<bool>,
     pub tpm: Option<bool>,
     pub user: Option<Value>,
-    pub firmware: Option<Value>,
+    pub firmware: Option<FirmwareYaml>,
     pub audio: Option<Value>,
     pub video: Option<Value>,
     pub cpu_type: Option<Value>,
@@ -98,6 +98,40 @@ pub struct Kernel {
     pub arch: Option<String>,
     pub digest: Option<String>,
     pub cmdline: Option<String>,
+}
+
+/// `ssh:` (Lima's fields; `overVsock` and X11 are accepted, not used).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SshYaml {
+    /// Host port for the guest's sshd; 0 or unset picks a free one.
+    pub local_port: Option<u16>,
+    #[serde(rename = "loadDotSSHPubKeys")]
+    pub load_dot_ssh_pub_keys: Option<bool>,
+    pub forward_agent: Option<bool>,
+    #[serde(rename = "forwardX11")]
+    pub forward_x11: Option<bool>,
+    #[serde(rename = "forwardX11Trusted")]
+    pub forward_x11_trusted: Option<bool>,
+    pub over_vsock: Option<bool>,
+}
+
+/// `firmware:` (`images` is accepted, not used).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FirmwareYaml {
+    #[serde(rename = "legacyBIOS")]
+    pub legacy_bios: Option<bool>,
+    pub images: Option<Value>,
+}
+
+/// The checked `ssh:` settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SshConfig {
+    /// 0: a free port at each start.
+    pub local_port: u16,
+    pub load_dot_ssh_pub_keys: bool,
+    pub forward_agent: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -138,10 +172,9 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 13] = [
             ("base", self.base.is_some()),
             ("additionalDisks", self.additional_disks.is_some()),
-            ("ssh", self.ssh.is_some()),
             ("caCerts", self.ca_certs.is_some()),
             ("containerd", self.containerd.is_some()),
             ("provision", self.provision.is_some()),
@@ -151,7 +184,6 @@ impl LimaYaml {
             ("dns", self.dns.is_some()),
             ("hostResolver", self.host_resolver.is_some()),
             ("user", self.user.is_some()),
-            ("firmware", self.firmware.is_some()),
             ("audio", self.audio.is_some()),
             ("video", self.video.is_some()),
         ];
@@ -230,7 +262,27 @@ impl LimaYaml {
             false,
         )
         .map_err(|(f, m)| invalid(&f, m))?;
+        let ssh = self.ssh.clone().unwrap_or_default();
+        let ssh = SshConfig {
+            local_port: ssh.local_port.unwrap_or(0),
+            load_dot_ssh_pub_keys: ssh.load_dot_ssh_pub_keys.unwrap_or(false),
+            forward_agent: ssh.forward_agent.unwrap_or(false),
+        };
+        let legacy_bios = self
+            .firmware
+            .as_ref()
+            .and_then(|f| f.legacy_bios)
+            .unwrap_or(false);
+        if legacy_bios && arch != "x86_64" {
+            return Err(invalid(
+                "firmware.legacyBIOS",
+                format!("BIOS exists only on x86_64, not {arch}; remove it"),
+            ));
+        }
         Ok(InstanceConfig {
+            legacy_bios,
+            ssh,
+            timezone: self.timezone.clone().filter(|t| !t.is_empty()),
             mounts,
             port_forwards,
             vm_type,
@@ -299,6 +351,11 @@ pub struct InstanceConfig {
     pub port_forwards: Vec<crate::portfwd::PortForwardYaml>,
     /// Checked mounts (host folders are checked again at start).
     pub mounts: Vec<crate::mounts::Mount>,
+    /// `firmware.legacyBIOS`: BIOS instead of UEFI for disk images.
+    pub legacy_bios: bool,
+    pub ssh: SshConfig,
+    /// `timezone:`, when set.
+    pub timezone: Option<String>,
 }
 
 pub fn host_arch() -> &'static str {

@@ -78,6 +78,16 @@ impl Expected {
         })
     }
 
+    /// The algorithm's name as digests write it (`sha256`, `sha512`).
+    pub fn algo_name(&self) -> &'static str {
+        self.name()
+    }
+
+    /// The expected digest in lower-case hex.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
     fn name(&self) -> &'static str {
         match self.algo {
             Algo::Sha256 => "sha256",
@@ -206,7 +216,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), DownloadError> {
     })
 }
 
-fn hash_file(path: &Path, e: &Expected) -> Result<String, DownloadError> {
+pub fn hash_file(path: &Path, e: &Expected) -> Result<String, DownloadError> {
     let io = |source| DownloadError::Io {
         what: "read",
         path: path.to_path_buf(),

@@ -8,11 +8,14 @@
 //! then next to the binaries (`<bindir>/../images`, which is `target/images`
 //! in a checkout, and `<bindir>/../share/lima-rs/images` when installed).
 //! Lima's `images[].kernel` / `images[].initrd` with local paths work too.
+//! Any other location is a distro disk image, which boots from the
+//! instance's own disk (`disk.rs`).
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::config::Image;
+use crate::instance::{self, Instance};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -20,12 +23,16 @@ pub enum ImageError {
     NotFound { name: String, looked: String },
     #[error("image file {0} does not exist")]
     MissingFile(PathBuf),
-    #[error("image {location}: disk images are not supported yet; use `builtin:default`, or give `kernel:` and `initrd:` locations")]
-    DiskImage { location: String },
+    #[error("image {location}: the instance has no disk made from it yet ({disk} is missing); `limactl start` makes it")]
+    NoInstanceDisk { location: String, disk: PathBuf },
     #[error(
         "{0}: remote image locations are not supported yet; download it and give a local path"
     )]
     Remote(String),
+    #[error(
+        "image {location} is a disk image; this command boots built-in images and kernels only"
+    )]
+    NotKernel { location: String },
     #[error("cannot read {path}")]
     Manifest {
         path: PathBuf,
@@ -179,10 +186,29 @@ fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<KernelBoot, ImageErro
     })
 }
 
-/// Resolves an `images[]` entry to files on this host. Disk images are
-/// refused for now: their kind exists ([`DiskBoot`]) and drivers boot it,
-/// but nothing yet prepares the instance's own disk and seed from one.
-pub fn resolve(image: &Image) -> Result<BootImage, ImageError> {
+/// Resolves an `images[]` entry to files on this host. A disk image boots
+/// from the instance's own disk (made by [`crate::disk::prepare`]) with the
+/// instance's cloud-init seed beside it.
+pub fn resolve(image: &Image, inst: &Instance) -> Result<BootImage, ImageError> {
+    if crate::disk::is_disk_image(image) {
+        let disk = inst.path(instance::DIFFDISK);
+        if !disk.exists() {
+            return Err(ImageError::NoInstanceDisk {
+                location: image.location.clone(),
+                disk,
+            });
+        }
+        return Ok(BootImage::Disk(DiskBoot {
+            disk,
+            format: DiskFormat::Qcow2,
+            seed: Some(inst.path(instance::CIDATA)),
+        }));
+    }
+    resolve_kernel(image).map(BootImage::Kernel)
+}
+
+/// Resolves a kernel image (built-in, or Lima's `kernel:`/`initrd:`).
+pub fn resolve_kernel(image: &Image) -> Result<KernelBoot, ImageError> {
     let mut boot = if let Some(name) = image.location.strip_prefix("builtin:") {
         open_builtin(name)?
     } else if let Some(k) = image.kernel.as_ref().filter(|k| !k.location.is_empty()) {
@@ -198,14 +224,14 @@ pub fn resolve(image: &Image) -> Result<BootImage, ImageError> {
             rootfs: None,
         }
     } else {
-        return Err(ImageError::DiskImage {
+        return Err(ImageError::NotKernel {
             location: image.location.clone(),
         });
     };
     if let Some(cmdline) = image.kernel.as_ref().and_then(|k| k.cmdline.clone()) {
         boot.extra_cmdline = cmdline;
     }
-    Ok(BootImage::Kernel(boot))
+    Ok(boot)
 }
 
 #[cfg(test)]

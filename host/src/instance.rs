@@ -18,6 +18,10 @@
 //!   fs-N.sock            QEMU's end of the Nth vsockfs share's serial port
 //!   fs-N.log             the Nth vsockfs share's file server (lima-fs-server)
 //!   virtiofsd-TAG.sock virtiofsd-TAG.log   a virtiofs share's daemon
+//!   basedisk diffdisk    a distro image and the overlay the guest writes
+//!   cidata.img           the cloud-init seed (made at every start)
+//!   efi-vars.fd          the UEFI variable store
+//!   ssh.config           `ssh -F` this to reach the guest's sshd
 //! ```
 //!
 //! This module names the files; the features that use them import it, never
@@ -44,6 +48,16 @@ pub const TRANSPORT: &str = "transport.json";
 /// Backing file of the shared-memory device that `vsockfs` shares move bulk
 /// data through (see `shares::vsockfs`).
 pub const FS_SHM: &str = "fs-shm";
+/// A distro image's instance disk: the image as fetched (a hard link into
+/// the download cache, or a copy), and the qcow2 overlay the guest writes.
+pub const BASEDISK: &str = "basedisk";
+pub const DIFFDISK: &str = "diffdisk";
+/// The cloud-init NoCloud seed volume, made anew at every start.
+pub const CIDATA: &str = "cidata.img";
+/// The UEFI variable store (a copy of the firmware's template).
+pub const EFI_VARS: &str = "efi-vars.fd";
+/// An OpenSSH client configuration for reaching the guest's sshd.
+pub const SSH_CONFIG: &str = "ssh.config";
 /// Forwarded ports, for `limactl list` (written by the forwarder).
 pub const PORTS_FILE: &str = "ports.json";
 

@@ -3,6 +3,7 @@
 pub mod bringup;
 pub mod client;
 pub mod config;
+pub mod disk;
 pub mod download;
 pub mod driver;
 pub mod events;
@@ -20,6 +21,7 @@ pub mod privacy;
 pub mod programs;
 pub mod shares;
 pub mod shell;
+pub mod ssh;
 pub mod sys;
 pub mod template;
 pub mod units;

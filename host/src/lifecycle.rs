@@ -23,6 +23,8 @@ pub enum LifecycleError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
     #[error("instance `{name}` is running; stop it first or use --force")]
     Running { name: String },
     #[error("instance `{name}` failed to start: {reason}\n  host agent log: {log}\n  serial console: {serial}")]
@@ -67,11 +69,21 @@ pub fn create(
     let yaml = LimaYaml::parse(&t.text, &t.origin)?;
     let cfg = yaml.resolve(&t.origin)?;
     cfg.check_host(&t.origin)?;
-    crate::image::resolve(&cfg.image)?;
+    check_image(&cfg.image)?;
     crate::privacy::create_private_dir(&inst.dir)
         .map_err(io(format!("create {}", inst.dir.display())))?;
     std::fs::write(inst.path(instance::LIMA_YAML), &t.text).map_err(io("write lima.yaml"))?;
     Ok((inst, true))
+}
+
+/// Checks an image without fetching it or making anything.
+fn check_image(image: &crate::config::Image) -> Result<(), LifecycleError> {
+    if crate::disk::is_disk_image(image) {
+        crate::disk::check(image)?;
+    } else {
+        crate::image::resolve_kernel(image)?;
+    }
+    Ok(())
 }
 
 /// Applies `--mount DIR[:w]` (append) and `--mount-only` (replace) to the
@@ -156,7 +168,17 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     let origin = inst.path(instance::LIMA_YAML).display().to_string();
     let cfg = yaml.resolve(&origin)?;
     cfg.check_host(&origin)?;
-    crate::image::resolve(&cfg.image)?;
+    check_image(&cfg.image)?;
+    if crate::disk::is_disk_image(&cfg.image) {
+        let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if let crate::disk::Prepared::Made {
+            warning: Some(w), ..
+        } = crate::disk::prepare(inst, &cfg.image, cfg.disk, progress)?
+        {
+            eprintln!("warning: {w}");
+        }
+    }
+    crate::image::resolve(&cfg.image, inst)?;
     for m in &cfg.mounts {
         if let Some(w) = crate::mounts::exposure_warning(m) {
             eprintln!("warning: {origin}: {w}");

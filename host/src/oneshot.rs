@@ -332,7 +332,7 @@ async fn boot_and_run(
         }
         other => failed(&other),
     })?;
-    crate::image::resolve(&config.image).map_err(|e| failed(&e))?;
+    crate::image::resolve_kernel(&config.image).map_err(|e| failed(&e))?;
     timings.mark("prepared");
 
     let observe: bringup::Observer = {

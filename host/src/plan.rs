@@ -55,6 +55,9 @@ pub struct VmPlan {
     pub vsockfs: VsockfsDevices,
     /// Where the guest's serial console goes.
     pub serial_log: PathBuf,
+    /// The host port (on 127.0.0.1) forwarded to the guest's sshd, for
+    /// disk images.
+    pub ssh_port: Option<u16>,
 }
 
 /// How the VM starts.
@@ -67,15 +70,10 @@ pub enum Boot {
         initrd: Option<PathBuf>,
         cmdline: Vec<String>,
     },
-    /// Firmware boots the first disk.
-    Firmware,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskMedia {
-    Disk,
-    /// Read-only optical media (a cloud-init seed).
-    Cdrom,
+    /// Firmware boots the first disk: UEFI with its variable store in
+    /// `vars` (the driver fills it from its firmware's template), or the
+    /// PC BIOS (`firmware.legacyBIOS`).
+    Firmware { legacy_bios: bool, vars: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +83,6 @@ pub struct Disk {
     pub path: PathBuf,
     pub format: DiskFormat,
     pub read_only: bool,
-    pub media: DiskMedia,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +134,7 @@ impl VmPlan {
     pub fn probe_kernel(&self) -> Option<&Path> {
         match &self.boot {
             Boot::Kernel { kernel, .. } => Some(kernel),
-            Boot::Firmware => None,
+            Boot::Firmware { .. } => None,
         }
     }
 
@@ -188,7 +185,6 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
                     path: rootfs.clone(),
                     format: DiskFormat::Raw,
                     read_only: true,
-                    media: DiskMedia::Disk,
                 });
                 cmdline.push("lima.root=/dev/vda".into());
             }
@@ -204,18 +200,21 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
                 path: d.disk.clone(),
                 format: d.format,
                 read_only: false,
-                media: DiskMedia::Disk,
             });
             if let Some(seed) = &d.seed {
+                // A small vfat volume labelled CIDATA, which cloud-init's
+                // NoCloud source finds on any block device.
                 disks.push(Disk {
                     id: "seed".into(),
                     path: seed.clone(),
                     format: DiskFormat::Raw,
                     read_only: true,
-                    media: DiskMedia::Cdrom,
                 });
             }
-            Boot::Firmware
+            Boot::Firmware {
+                legacy_bios: cfg.legacy_bios,
+                vars: inst.path(instance::EFI_VARS),
+            }
         }
     };
     let mut shares = Vec::new();
@@ -265,6 +264,7 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
         shares,
         vsockfs: VsockfsDevices { shm, ports },
         serial_log: inst.path(instance::SERIAL_LOG),
+        ssh_port: None,
     }
 }
 
@@ -331,17 +331,28 @@ mod tests {
             seed: Some("/i/cidata.iso".into()),
         });
         let p = plan(&inst, &cfg, &image, ALL);
-        assert!(matches!(p.boot, Boot::Firmware));
+        assert!(
+            matches!(&p.boot, Boot::Firmware { legacy_bios: false, vars } if *vars == inst.path(instance::EFI_VARS))
+        );
         assert!(p.probe_kernel().is_none());
         assert_eq!(p.disks.len(), 2);
         assert_eq!(
-            (p.disks[0].format, p.disks[0].read_only, p.disks[0].media),
-            (DiskFormat::Qcow2, false, DiskMedia::Disk)
+            (p.disks[0].format, p.disks[0].read_only),
+            (DiskFormat::Qcow2, false)
         );
         assert_eq!(
-            (p.disks[1].read_only, p.disks[1].media),
-            (true, DiskMedia::Cdrom)
+            (p.disks[1].format, p.disks[1].read_only),
+            (DiskFormat::Raw, true)
         );
+        let cfg = config("images: [{location: builtin:default}]\nfirmware: {legacyBIOS: true}\n");
+        let p = plan(&inst, &cfg, &image, ALL);
+        assert!(matches!(
+            p.boot,
+            Boot::Firmware {
+                legacy_bios: true,
+                ..
+            }
+        ));
     }
 
     #[test]

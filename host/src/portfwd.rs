@@ -112,10 +112,22 @@ fn range(
     }
 }
 
-/// Checks rules and appends the fallback. `dir` is the instance directory
-/// (relative `hostSocket` paths live in `dir/sock/`).
+/// Checks rules, puts Lima's rule for the guest's sshd first (port 22 is
+/// reached through `ssh.localPort`, never forwarded as itself) and appends
+/// the fallback. `dir` is the instance directory (relative `hostSocket`
+/// paths live in `dir/sock/`).
 pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usize, String)> {
-    let mut out = Vec::new();
+    let mut out = vec![Rule {
+        index: None,
+        guest_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        guest_ip_must_be_zero: false,
+        guest_ports: (22, 22),
+        host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        host_ports: (22, 22),
+        proto: ProtoMatch::Tcp,
+        ignore: true,
+        sockets: None,
+    }];
     for (i, r) in rules.iter().enumerate() {
         let e = |m: String| (i, m);
         let must_zero = r.guest_ip_must_be_zero.unwrap_or(false);
@@ -330,10 +342,23 @@ mod tests {
     }
 
     #[test]
+    fn the_guests_sshd_is_never_forwarded_as_itself() {
+        let r = rules("[]");
+        assert!(matches!(
+            decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 22)),
+            Decision::Ignore { .. }
+        ));
+        assert_eq!(
+            host_of(decide(&r, &gp(PortProto::Tcp, "127.0.0.1", 2222))).as_deref(),
+            Some("127.0.0.1:2222")
+        );
+    }
+
+    #[test]
     fn sockets_and_validation() {
         let r = rules("- guestSocket: /run/docker.sock\n  hostSocket: docker.sock\n");
         assert_eq!(
-            r[0].sockets,
+            r[1].sockets,
             Some((
                 "/run/docker.sock".into(),
                 PathBuf::from("/inst/sock/docker.sock")

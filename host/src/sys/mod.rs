@@ -26,3 +26,10 @@ pub fn tsc_khz() -> Option<u64> {
 pub fn tsc_khz() -> Option<u64> {
     None
 }
+
+/// Bytes free for an unprivileged user on the file system holding `path`.
+pub fn free_space(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}

@@ -2,8 +2,9 @@
 //! [`Inputs`], so the whole argument list is unit-tested without QEMU.
 use std::path::{Path, PathBuf};
 
+use super::firmware::Firmware;
 use crate::driver::DriverError;
-use crate::plan::{Boot, DiskMedia, Share, VmPlan};
+use crate::plan::{Boot, Share, VmPlan};
 
 /// The QEMU machine type. `q35` (PCI, firmware) is the default; `microvm`
 /// (virtio-mmio, qboot, no PCI) is chosen with `LIMA_QEMU_MACHINE=microvm`.
@@ -83,6 +84,8 @@ pub struct Inputs<'a> {
     pub hostfwd: &'a [String],
     /// The host's TSC rate, when [`Machine::needs_tsc_khz`].
     pub tsc_khz: Option<u64>,
+    /// UEFI for a firmware boot (none: kernel boot, or QEMU's BIOS).
+    pub firmware: Option<&'a Firmware>,
 }
 
 /// QEMU option values escape a comma by doubling it.
@@ -101,13 +104,25 @@ pub fn build(i: &Inputs) -> Vec<String> {
     push(&["-machine", &m.arg(i.accel)]);
     push(&["-cpu", if i.accel == "tcg" { "max" } else { "host" }]);
     push(&["-smp", &plan.cpus.to_string(), "-m", &format!("{mem_mib}M")]);
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    // Our images never reboot; a distro guest may (an update, cloud-init),
+    // and its VM should come back rather than end.
+    if matches!(plan.boot, Boot::Kernel { .. }) {
+        push(&["-no-reboot"]);
+    }
+    match i.firmware {
+        Some(Firmware::Pflash { code, vars }) => push(&[
+            "-drive",
+            &format!(
+                "if=pflash,unit=0,format=raw,readonly=on,file={}",
+                escape(code)
+            ),
+            "-drive",
+            &format!("if=pflash,unit=1,format=raw,file={}", escape(vars)),
+        ]),
+        Some(Firmware::Rom(rom)) => push(&["-bios", &rom.display().to_string()]),
+        None => {}
+    }
     if let Boot::Kernel {
         kernel,
         initrd,
@@ -125,14 +140,11 @@ pub fn build(i: &Inputs) -> Vec<String> {
     }
     for d in &plan.disks {
         let ro = if d.read_only { ",readonly=on" } else { "" };
-        let (media, device) = match d.media {
-            DiskMedia::Disk => ("", m.device("virtio-blk")),
-            DiskMedia::Cdrom => (",media=cdrom", "ide-cd".to_string()),
-        };
+        let device = m.device("virtio-blk");
         push(&[
             "-drive",
             &format!(
-                "file={},if=none,id={},format={}{media}{ro}",
+                "file={},if=none,id={},format={}{ro}",
                 escape(&d.path),
                 d.id,
                 d.format.as_str()
@@ -152,6 +164,9 @@ pub fn build(i: &Inputs) -> Vec<String> {
     ]);
     push(&["-pidfile", &i.pidfile.display().to_string()]);
     let mut netdev = "user,id=net0".to_string();
+    if let Some(port) = plan.ssh_port {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:22"));
+    }
     for f in i.hostfwd {
         netdev.push_str(&format!(",hostfwd={f}"));
     }
@@ -280,6 +295,7 @@ mod tests {
             shares: vec![],
             vsockfs: VsockfsDevices::default(),
             serial_log: "/h/dev/serial.log".into(),
+            ssh_port: None,
         }
     }
 
@@ -293,6 +309,7 @@ mod tests {
             pidfile: Path::new("/h/dev/qemu.pid"),
             hostfwd: &[],
             tsc_khz: Some(2_000_000),
+            firmware: None,
         })
     }
 
@@ -319,7 +336,6 @@ mod tests {
             path: "/img/a,b/rootfs.ext4".into(),
             format: DiskFormat::Raw,
             read_only: true,
-            media: DiskMedia::Disk,
         };
         let p = plan(kernel_boot(), vec![disk]);
         let vsock = VsockDevice::Kernel { cid: 7 };
@@ -341,40 +357,64 @@ mod tests {
     }
 
     #[test]
-    fn a_firmware_boot_has_no_kernel_and_a_seed_on_cdrom() {
+    fn a_firmware_boot_has_uefi_flash_a_seed_disk_and_ssh() {
         let disks = vec![
             Disk {
                 id: "root".into(),
                 path: "/i/disk".into(),
                 format: DiskFormat::Qcow2,
                 read_only: false,
-                media: DiskMedia::Disk,
             },
             Disk {
                 id: "seed".into(),
-                path: "/i/cidata.iso".into(),
+                path: "/i/cidata.img".into(),
                 format: DiskFormat::Raw,
                 read_only: true,
-                media: DiskMedia::Cdrom,
             },
         ];
-        let p = plan(Boot::Firmware, disks);
-        let a = args(
-            &p,
-            Machine::Q35,
-            &VsockDevice::VhostUser {
-                socket: "/h/v.sock".into(),
+        let mut p = plan(
+            Boot::Firmware {
+                legacy_bios: false,
+                vars: "/i/efi-vars.fd".into(),
             },
+            disks,
         );
-        assert!(!a.iter().any(|x| x == "-kernel" || x == "-append"));
+        p.ssh_port = Some(60022);
+        let fw = Firmware::Pflash {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/i/efi-vars.fd".into(),
+        };
+        let vsock = VsockDevice::VhostUser {
+            socket: "/h/v.sock".into(),
+        };
+        let a = build(&Inputs {
+            plan: &p,
+            machine: Machine::Q35,
+            accel: "tcg",
+            vsock: &vsock,
+            qmp: Path::new("/h/dev/qmp.sock"),
+            pidfile: Path::new("/h/dev/qemu.pid"),
+            hostfwd: &[],
+            tsc_khz: None,
+            firmware: Some(&fw),
+        });
+        assert!(!a
+            .iter()
+            .any(|x| x == "-kernel" || x == "-append" || x == "-no-reboot"));
         assert_eq!(
             after(&a, "-drive"),
             [
+                "if=pflash,unit=0,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "if=pflash,unit=1,format=raw,file=/i/efi-vars.fd",
                 "file=/i/disk,if=none,id=root,format=qcow2",
-                "file=/i/cidata.iso,if=none,id=seed,format=raw,media=cdrom,readonly=on"
+                "file=/i/cidata.img,if=none,id=seed,format=raw,readonly=on"
             ]
         );
-        assert!(after(&a, "-device").contains(&"ide-cd,drive=seed".to_string()));
+        assert!(after(&a, "-device").contains(&"virtio-blk-pci,drive=seed".to_string()));
+        assert_eq!(
+            after(&a, "-netdev"),
+            ["user,id=net0,hostfwd=tcp:127.0.0.1:60022-:22"]
+        );
         assert!(after(&a, "-object")
             .contains(&"memory-backend-memfd,id=mem0,size=1024M,share=on".to_string()));
     }

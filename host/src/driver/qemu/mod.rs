@@ -5,6 +5,7 @@
 //! kernel's vhost-vsock or a `vhost-device-vsock` helper (vhost-user), which
 //! needs guest RAM in a shared memfd.
 mod args;
+mod firmware;
 mod helpers;
 mod process;
 mod qmp;
@@ -17,7 +18,7 @@ use tokio::process::Child;
 use self::args::{Inputs, Machine, VsockDevice};
 use super::{accel, BoxFuture, Driver, DriverError, Launch, RunningVm};
 use crate::instance;
-use crate::plan::{Caps, Share};
+use crate::plan::{Boot, Caps, Share};
 use crate::programs::find_program;
 use crate::vsock::TransportSpec;
 
@@ -124,9 +125,26 @@ impl Driver for Qemu {
             } else {
                 None
             };
+            let firmware = match &plan.boot {
+                Boot::Firmware {
+                    legacy_bios: false,
+                    vars,
+                } => Some(firmware::prepare(
+                    &self.binary,
+                    std::env::consts::ARCH,
+                    vars,
+                )?),
+                _ => None,
+            };
+            // Firmware boots need PCI (microvm has no UEFI or disk boot).
+            let machine = match plan.boot {
+                Boot::Firmware { .. } => Machine::Q35,
+                Boot::Kernel { .. } => self.machine,
+            };
             let argv = args::build(&Inputs {
                 plan,
-                machine: self.machine,
+                machine,
+                firmware: firmware.as_ref(),
                 accel: &accel,
                 vsock: &vsock,
                 qmp: &inst.path(instance::QMP_SOCK),
