@@ -100,6 +100,24 @@ async fn run(pid1: bool) -> anyhow::Result<()> {
     // The host asked us to stop.
     if pid1 {
         init::stop_everything_and_power_off().await;
+    } else {
+        ask_init_to_power_off();
     }
     Ok(())
+}
+
+/// As a service on a distro image: the guest's own init stops its services,
+/// syncs and unmounts the disks, then powers off.
+fn ask_init_to_power_off() {
+    for (program, args) in [
+        ("systemctl", &["poweroff", "--no-block"][..]),
+        ("poweroff", &[][..]),
+    ] {
+        match std::process::Command::new(program).args(args).status() {
+            Ok(st) if st.success() => return,
+            Ok(st) => tracing::warn!("{program} {args:?}: {st}"),
+            Err(e) => tracing::warn!("{program}: {e}"),
+        }
+    }
+    tracing::error!("could not ask the guest's init to power off");
 }

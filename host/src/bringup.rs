@@ -29,8 +29,11 @@ use crate::instance::Instance;
 use crate::plan::{self, VmPlan};
 use crate::vsock::{Transport, TransportSpec};
 
-/// How long the guest agent gets to power the VM off before QMP `quit`.
+/// How long our own image gets to power the VM off before QMP `quit`.
 const GUEST_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long a distro guest gets to power off (its init stops every service;
+/// under TCG that takes tens of seconds) before it is forced.
+pub const DISTRO_SHUTDOWN_GRACE: Duration = Duration::from_secs(150);
 /// How long QEMU gets after QMP `quit` on a clean shutdown.
 const QMP_GRACE: Duration = Duration::from_secs(5);
 /// How long share servers get to end by themselves after the VM did.
@@ -52,6 +55,9 @@ pub enum Phase<'a> {
     SharesMounted,
     /// A shutdown of a running VM begins.
     Stopping,
+    /// The guest did not power off by itself and was stopped by force;
+    /// why.
+    Forced(&'a str),
 }
 
 /// How a VM is stopped.
@@ -163,6 +169,8 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         })
         .await
         .map_err(|e| prepare(&e))?;
+    let grace = shutdown_grace(&plan);
+    let acpi = matches!(plan.boot, plan::Boot::Firmware { .. });
     let spec = vm.transport();
     (opts.observe)(Phase::Spawned {
         accel: vm.accel(),
@@ -200,11 +208,11 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
                 }
                 why = vm.wait() => return Err(BringUpError::VmEnded(why)),
                 _ = stop.requested() => {
-                    stop_vm(vm.as_mut(), None, opts.shutdown, &opts.observe).await;
+                    stop_vm(vm.as_mut(), None, opts.shutdown, grace, acpi, &opts.observe).await;
                     return Err(BringUpError::Stopped);
                 }
                 _ = &mut deadline => {
-                    stop_vm(vm.as_mut(), None, opts.shutdown, &opts.observe).await;
+                    stop_vm(vm.as_mut(), None, opts.shutdown, grace, acpi, &opts.observe).await;
                     return Err(BringUpError::NoAnswer(opts.ready_timeout.unwrap_or_default()));
                 }
             }
@@ -223,6 +231,8 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
                 vm.as_mut(),
                 Some(transport.as_ref()),
                 opts.shutdown,
+                grace,
+                acpi,
                 &opts.observe,
             )
             .await;
@@ -299,10 +309,13 @@ impl Up {
     pub async fn close(mut self, ended: bool) {
         self.forwarding.abort();
         if !ended {
+            let acpi = matches!(self.plan.boot, plan::Boot::Firmware { .. });
             stop_vm(
                 self.vm.as_mut(),
                 Some(self.transport.as_ref()),
                 self.shutdown,
+                shutdown_grace(&self.plan),
+                acpi,
                 &self.observe,
             )
             .await;
@@ -314,50 +327,71 @@ impl Up {
     }
 }
 
+/// How long the guest of `plan` gets to power off by itself.
+fn shutdown_grace(plan: &VmPlan) -> Duration {
+    match plan.boot {
+        plan::Boot::Kernel { .. } => GUEST_SHUTDOWN_GRACE,
+        plan::Boot::Firmware { .. } => DISTRO_SHUTDOWN_GRACE,
+    }
+}
+
 /// Stops a VM as `how` says; `agent` is the guest agent when it answered.
+/// A clean stop asks the guest agent to power off (on a distro image it
+/// asks the guest's init), else presses the ACPI power button of a distro
+/// guest, and waits `grace` before forcing.
 async fn stop_vm(
     vm: &mut dyn RunningVm,
     agent: Option<&dyn Transport>,
     how: Shutdown,
+    grace: Duration,
+    acpi: bool,
     observe: &Observer,
 ) {
     observe(Phase::Stopping);
-    let grace = match how {
+    let quit_grace = match how {
         Shutdown::Quick(grace) => grace,
         Shutdown::Clean => {
-            if let Some(agent) = agent {
-                if power_off(vm, agent).await {
-                    return;
+            let asked = match agent {
+                Some(agent) => ask_agent(agent).await,
+                None => Err("the guest agent never answered".to_string()),
+            };
+            let asked = match asked {
+                Err(why) if acpi => {
+                    tracing::info!("{why}; pressing the ACPI power button");
+                    vm.powerdown().await
                 }
-            }
+                other => other,
+            };
+            let why = match asked {
+                Ok(()) => match tokio::time::timeout(grace, vm.wait()).await {
+                    Ok(_) => {
+                        tracing::info!("guest powered off");
+                        return;
+                    }
+                    Err(_) => format!("the guest did not power off within {grace:?}"),
+                },
+                Err(why) => why,
+            };
+            tracing::warn!("{why}; stopping the VM by force");
+            observe(Phase::Forced(&why));
             QMP_GRACE
         }
     };
-    vm.terminate(grace).await;
+    vm.terminate(quit_grace).await;
 }
 
-/// Asks the guest agent to power the VM off; true once it is off.
-async fn power_off(vm: &mut dyn RunningVm, agent: &dyn Transport) -> bool {
-    let asked = tokio::time::timeout(
+/// Asks the guest agent to power the VM off.
+async fn ask_agent(agent: &dyn Transport) -> Result<(), String> {
+    match tokio::time::timeout(
         Duration::from_secs(5),
         client::control(agent, lima_proto::ControlRequest::Shutdown),
     )
-    .await;
-    match asked {
-        Ok(Ok(_)) => {
-            if tokio::time::timeout(GUEST_SHUTDOWN_GRACE, vm.wait())
-                .await
-                .is_ok()
-            {
-                tracing::info!("guest powered off");
-                return true;
-            }
-            tracing::warn!("guest did not power off within {GUEST_SHUTDOWN_GRACE:?}");
-        }
-        Ok(Err(e)) => tracing::warn!("guest agent shutdown request failed: {e}"),
-        Err(_) => tracing::warn!("guest agent did not answer the shutdown request"),
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("the guest agent's shutdown request failed: {e}")),
+        Err(_) => Err("the guest agent did not answer the shutdown request".to_string()),
     }
-    false
 }
 
 /// Waits until the guest console shows the agent listening. Connecting

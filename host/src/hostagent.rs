@@ -80,6 +80,12 @@ fn observer(inst: &Instance) -> bringup::Observer {
             );
         }
         Phase::Stopping => emit(&events, Event::Stopping),
+        Phase::Forced(why) => emit(
+            &events,
+            Event::Warning {
+                message: format!("forced stop: {why}"),
+            },
+        ),
         Phase::KernelStarted | Phase::AgentReady(_) | Phase::SharesMounted => {}
     })
 }

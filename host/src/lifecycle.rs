@@ -311,18 +311,33 @@ pub fn stop(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
     let ha = inst.read_pid(instance::HA_PID);
     if !force {
         if let Some(pid) = ha {
+            let events_path = inst.path(instance::HA_EVENTS);
+            let seen = events::read_all(&events_path).len();
+            // The host agent's own grace for the guest, and time to spare.
+            let wait = match inst.config() {
+                Ok(c) if crate::disk::is_disk_image(&c.image) => {
+                    crate::bringup::DISTRO_SHUTDOWN_GRACE + Duration::from_secs(30)
+                }
+                _ => Duration::from_secs(60),
+            };
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
             let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(60) {
+            while t.elapsed() < wait {
                 if !inst.host_agent_running() {
+                    for rec in events::read_all(&events_path).iter().skip(seen) {
+                        if let Event::Warning { message } = &rec.event {
+                            eprintln!("warning: `{}`: {message}", inst.name);
+                        }
+                    }
                     return Ok(());
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             eprintln!(
-                "warning: `{}` did not stop within 60s; killing it",
-                inst.name
+                "warning: `{}` did not stop within {}s; killing it (a forced stop: the guest's disk may need a file system check)",
+                inst.name,
+                wait.as_secs()
             );
         }
     }

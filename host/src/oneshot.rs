@@ -342,7 +342,7 @@ async fn boot_and_run(
             Phase::KernelStarted => timings.mark("kernel-started"),
             Phase::AgentReady(_) => timings.mark("agent-ready"),
             Phase::SharesMounted => timings.mark("shares-mounted"),
-            Phase::Stopping => {}
+            Phase::Stopping | Phase::Forced(_) => {}
         })
     };
     let mut stop = Stop::on_signals(&[SignalKind::interrupt()]).map_err(|e| failed(&e))?;

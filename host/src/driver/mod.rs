@@ -57,6 +57,9 @@ pub trait RunningVm {
     fn accel(&self) -> &str;
     /// Resolves when the VM process has exited, with a description of how.
     fn wait(&mut self) -> BoxFuture<'_, String>;
+    /// Asks the guest's firmware/OS to power off (the ACPI power button);
+    /// returns once asked, not once off.
+    fn powerdown(&mut self) -> BoxFuture<'_, Result<(), String>>;
     /// Asks the hypervisor to stop the VM (QMP `quit` for QEMU), then kills it
     /// if it is still there after `grace`.
     fn terminate(&mut self, grace: std::time::Duration) -> BoxFuture<'_, ()>;

@@ -216,6 +216,14 @@ impl RunningVm for QemuVm {
         })
     }
 
+    fn powerdown(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            qmp::powerdown(&self.qmp)
+                .await
+                .map_err(|e| format!("QMP system_powerdown: {e}"))
+        })
+    }
+
     fn terminate(&mut self, grace: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Err(e) = qmp::quit(&self.qmp).await {
