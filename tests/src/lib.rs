@@ -10,8 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod http;
+
 pub struct Lima {
     pub home: tempfile::TempDir,
+    /// `XDG_CACHE_HOME` of every command: downloads land here, not in the
+    /// user's cache.
+    pub cache: tempfile::TempDir,
     pub bin_dir: PathBuf,
 }
 
@@ -94,12 +99,21 @@ impl Lima {
             .prefix("lima-t")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        Lima { home, bin_dir }
+        let cache = tempfile::Builder::new()
+            .prefix("lima-c")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        Lima {
+            home,
+            cache,
+            bin_dir,
+        }
     }
 
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new(self.bin_dir.join(program));
         c.env("LIMA_HOME", self.home.path());
+        c.env("XDG_CACHE_HOME", self.cache.path());
         c.env_remove("LIMA_INSTANCE");
         c
     }

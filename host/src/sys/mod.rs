@@ -30,6 +30,9 @@ pub fn tsc_khz() -> Option<u64> {
 /// Bytes free for an unprivileged user on the file system holding `path`.
 pub fn free_space(path: &std::path::Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
-    #[allow(clippy::unnecessary_cast, reason = "the field types differ by platform")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "the field types differ by platform"
+    )]
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
