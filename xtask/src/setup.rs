@@ -45,6 +45,41 @@ pub fn run() -> Result<()> {
     // `cargo xtask fuzz` and the fuzz step of `cargo xtask test`. It builds
     // with the default toolchain; the fuzz targets build with nightly.
     cargo_tool_at("cargo-fuzz", CARGO_FUZZ_VERSION)?;
+    system_wide(&["vhost-device-vsock", "virtiofsd"])?;
+    Ok(())
+}
+
+/// As root, puts the helpers `cargo install` put in root's own
+/// `~/.cargo/bin` into `/usr/local/bin` too, so that ordinary users (who
+/// run `limactl`, and the end-to-end tests that run it as one) find them.
+fn system_wide(names: &[&str]) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let dest_dir = Path::new("/usr/local/bin");
+    for name in names {
+        let Some(src) = cmd::find_program(name, &cargo_bin()) else {
+            continue;
+        };
+        let dest = dest_dir.join(name);
+        if src == dest {
+            continue;
+        }
+        let same = std::fs::read(&src).ok() == std::fs::read(&dest).ok();
+        if same {
+            ok(&format!("{name} ({})", dest.display()));
+            continue;
+        }
+        doing(&format!("{name} → {}", dest.display()));
+        let tmp = dest_dir.join(format!(".{name}.tmp"));
+        std::fs::copy(&src, &tmp)
+            .and_then(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            })
+            .and_then(|()| std::fs::rename(&tmp, &dest))
+            .with_context(|| format!("cannot install {}", dest.display()))?;
+    }
     Ok(())
 }
 
