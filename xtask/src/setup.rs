@@ -16,9 +16,12 @@ use crate::cmd;
 
 /// Debian packages: QEMU for the VMs, kmod (`depmod`, `modinfo`) and
 /// busybox-static for the image recipe, e2fsprogs and debootstrap for disk
-/// images, libseccomp/libcap-ng for building virtiofsd.
+/// images, libseccomp/libcap-ng for building virtiofsd, ovmf (UEFI) to boot
+/// distro images, and the ssh client their tests log in with.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "ovmf",
+    "openssh-client",
     "kmod",
     "busybox-static",
     "e2fsprogs",
