@@ -2,12 +2,14 @@
 //! per-instance host agent and the command-line front ends.
 pub mod bringup;
 pub mod client;
+pub mod cloudinit;
 pub mod config;
 pub mod download;
 pub mod driver;
 pub mod events;
 pub mod exec;
 pub mod forwarder;
+pub mod guest_user;
 pub mod hostagent;
 pub mod image;
 pub mod instance;
@@ -20,6 +22,7 @@ pub mod privacy;
 pub mod programs;
 pub mod shares;
 pub mod shell;
+pub mod ssh_identity;
 pub mod sys;
 pub mod template;
 pub mod units;
