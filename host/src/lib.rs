@@ -2,6 +2,7 @@
 //! per-instance host agent and the command-line front ends.
 pub mod bringup;
 pub mod client;
+pub mod cloudinit;
 pub mod config;
 pub mod disk;
 pub mod download;
@@ -9,6 +10,7 @@ pub mod driver;
 pub mod events;
 pub mod exec;
 pub mod forwarder;
+pub mod guest_user;
 pub mod hostagent;
 pub mod image;
 pub mod instance;
@@ -22,6 +24,7 @@ pub mod programs;
 pub mod shares;
 pub mod shell;
 pub mod ssh;
+pub mod ssh_identity;
 pub mod sys;
 pub mod template;
 pub mod units;
