@@ -162,6 +162,10 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         crate::shares::FileServers::prepare(&config.mounts, inst).map_err(BringUpError::Prepare)?;
     let mut plan = plan::plan(inst, &config, &image, driver.caps());
     prepare_files(inst, &mut plan);
+    if let crate::image::BootImage::Disk(_) = image {
+        let made = crate::distro::prepare(inst, &config).map_err(BringUpError::Prepare)?;
+        plan.ssh_port = Some(made.ssh_port);
+    }
     let mut vm = driver
         .start(Launch {
             instance: inst,

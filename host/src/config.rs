@@ -21,6 +21,9 @@ pub enum ConfigError {
     },
     #[error("{path}: {msg}")]
     Parse { path: String, msg: String },
+    /// A message that names the file and field itself.
+    #[error("{0}")]
+    Named(String),
     #[error("{path}: {field}: {msg}")]
     Invalid {
         path: String,
@@ -172,7 +175,7 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 13] = [
+        let checks: [(&'static str, bool); 11] = [
             ("base", self.base.is_some()),
             ("additionalDisks", self.additional_disks.is_some()),
             ("caCerts", self.ca_certs.is_some()),
@@ -181,9 +184,7 @@ impl LimaYaml {
             ("probes", self.probes.is_some()),
             ("copyToHost", self.copy_to_host.is_some()),
             ("networks", self.networks.is_some()),
-            ("dns", self.dns.is_some()),
             ("hostResolver", self.host_resolver.is_some()),
-            ("user", self.user.is_some()),
             ("audio", self.audio.is_some()),
             ("video", self.video.is_some()),
         ];
@@ -279,7 +280,20 @@ impl LimaYaml {
                 format!("BIOS exists only on x86_64, not {arch}; remove it"),
             ));
         }
+        let user = self
+            .user
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| crate::guest_user::UserYaml::from_value(v, origin))
+            .transpose()
+            .map_err(|e| ConfigError::Named(e.to_string()))?;
+        let dns = match &self.dns {
+            Some(v) => crate::cloudinit::dns_from_value(v, origin).map_err(ConfigError::Named)?,
+            None => Vec::new(),
+        };
         Ok(InstanceConfig {
+            user,
+            dns,
             legacy_bios,
             ssh,
             timezone: self.timezone.clone().filter(|t| !t.is_empty()),
@@ -356,6 +370,10 @@ pub struct InstanceConfig {
     pub ssh: SshConfig,
     /// `timezone:`, when set.
     pub timezone: Option<String>,
+    /// `user:` overrides of the guest user (`guest_user.rs` has the rules).
+    pub user: Option<crate::guest_user::UserYaml>,
+    /// `dns:` servers for the guest (empty: the VM network's own).
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 pub fn host_arch() -> &'static str {
@@ -402,6 +420,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("images[0]") && err.contains("kernal"), "{err}");
+    }
+
+    #[test]
+    fn ssh_firmware_user_and_dns_are_read_with_limas_names() {
+        let c = LimaYaml::parse(
+            "images: [{location: x}]\nssh: {localPort: 60022, loadDotSSHPubKeys: true, forwardAgent: true}\nfirmware: {legacyBIOS: true}\nuser: {name: ada}\ndns: [1.1.1.1]\n",
+            "t.yaml",
+        )
+        .unwrap()
+        .resolve("t.yaml")
+        .unwrap();
+        assert_eq!(
+            c.ssh,
+            SshConfig {
+                local_port: 60022,
+                load_dot_ssh_pub_keys: true,
+                forward_agent: true
+            }
+        );
+        assert!(c.legacy_bios);
+        assert_eq!(c.user.unwrap().name.as_deref(), Some("ada"));
+        assert_eq!(c.dns, vec!["1.1.1.1".parse::<std::net::IpAddr>().unwrap()]);
+        for (text, needle) in [
+            ("ssh: {loadDotSshPubKeys: true}\n", "loadDotSshPubKeys"),
+            ("ssh: {localPort: 70000}\n", "ssh.localPort"),
+            ("dns: [one]\n", "dns[0]"),
+        ] {
+            let e = LimaYaml::parse(&format!("images: [{{location: x}}]\n{text}"), "t.yaml")
+                .and_then(|y| y.resolve("t.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.yaml: ") && e.contains(needle), "{e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod client;
 pub mod cloudinit;
 pub mod config;
 pub mod disk;
+pub mod distro;
 pub mod download;
 pub mod driver;
 pub mod events;

@@ -58,6 +58,8 @@ pub struct VmPlan {
     /// The host port (on 127.0.0.1) forwarded to the guest's sshd, for
     /// disk images.
     pub ssh_port: Option<u16>,
+    /// The network card's MAC address.
+    pub mac: String,
 }
 
 /// How the VM starts.
@@ -265,6 +267,7 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
         vsockfs: VsockfsDevices { shm, ports },
         serial_log: inst.path(instance::SERIAL_LOG),
         ssh_port: None,
+        mac: crate::distro::mac_address(inst),
     }
 }
 

@@ -50,41 +50,6 @@ pub enum SshKeyError {
     Generate(#[source] ssh_key::Error),
 }
 
-/// `ssh:` in `lima.yaml`, every field optional (Lima's names).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SshYaml {
-    /// The host port forwarded to the guest's sshd; 0 or none picks one.
-    pub local_port: Option<u16>,
-    /// Also authorise `~/.ssh/*.pub` (default false).
-    #[serde(rename = "loadDotSSHPubKeys")]
-    pub load_dot_ssh_pub_keys: Option<bool>,
-    pub forward_agent: Option<bool>,
-    #[serde(rename = "forwardX11")]
-    pub forward_x11: Option<bool>,
-    #[serde(rename = "forwardX11Trusted")]
-    pub forward_x11_trusted: Option<bool>,
-}
-
-impl SshYaml {
-    /// Reads the raw `ssh:` value of `lima.yaml`; `origin` names the file
-    /// in errors. `null` is all defaults.
-    pub fn from_value(value: &serde_yaml_ng::Value, origin: &str) -> Result<SshYaml, String> {
-        if value.is_null() {
-            return Ok(SshYaml::default());
-        }
-        serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." || path.is_empty() {
-                format!("{origin}: field `ssh`: {inner}")
-            } else {
-                format!("{origin}: field `ssh.{path}`: {inner}")
-            }
-        })
-    }
-}
-
 /// The key pair every instance of a `LIMA_HOME` authorises.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPair {
@@ -415,34 +380,6 @@ mod tests {
             e.contains("not an OpenSSH private key") && e.contains("move it away"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn ssh_yaml_reads_limas_fields_and_names_a_wrong_one() {
-        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(
-            "localPort: 60022\nloadDotSSHPubKeys: true\nforwardAgent: null\nforwardX11: false",
-        )
-        .unwrap();
-        let s = SshYaml::from_value(&v, "lima.yaml").unwrap();
-        assert_eq!(s.local_port, Some(60022));
-        assert_eq!(s.load_dot_ssh_pub_keys, Some(true));
-        assert_eq!(s.forward_agent, None);
-        assert_eq!(s.forward_x11, Some(false));
-        assert_eq!(
-            SshYaml::from_value(&serde_yaml_ng::Value::Null, "f").unwrap(),
-            SshYaml::default()
-        );
-        for (text, needle) in [
-            (
-                "loadDotSshPubKeys: true",
-                "unknown field `loadDotSshPubKeys`",
-            ),
-            ("localPort: 70000", "field `ssh.localPort`"),
-        ] {
-            let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
-            let e = SshYaml::from_value(&v, "/x/lima.yaml").unwrap_err();
-            assert!(e.starts_with("/x/lima.yaml: ") && e.contains(needle), "{e}");
-        }
     }
 
     #[test]

@@ -175,8 +175,8 @@ pub fn build(i: &Inputs) -> Vec<String> {
         &netdev,
         "-device",
         &match m {
-            Machine::Q35 => "virtio-net-pci,netdev=net0,romfile=".to_string(),
-            Machine::Microvm => "virtio-net-device,netdev=net0".to_string(),
+            Machine::Q35 => format!("virtio-net-pci,netdev=net0,mac={},romfile=", plan.mac),
+            Machine::Microvm => format!("virtio-net-device,netdev=net0,mac={}", plan.mac),
         },
     ]);
     push(&["-device", &m.device("virtio-rng")]);
@@ -296,6 +296,7 @@ mod tests {
             vsockfs: VsockfsDevices::default(),
             serial_log: "/h/dev/serial.log".into(),
             ssh_port: None,
+            mac: "52:55:55:00:00:01".into(),
         }
     }
 
