@@ -113,7 +113,8 @@ fn range(
 }
 
 /// Checks rules, puts Lima's rule for the guest's sshd first (port 22 is
-/// reached through `ssh.localPort`, never forwarded as itself) and appends
+/// reached through `ssh.localPort`, never forwarded as itself) and one for
+/// the DHCP client (UDP 68), and appends
 /// the fallback. `dir` is the instance directory (relative `hostSocket`
 /// paths live in `dir/sock/`).
 pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usize, String)> {
@@ -128,6 +129,14 @@ pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usiz
         ignore: true,
         sockets: None,
     }];
+    // A distro guest's DHCP client listens on UDP 68 on every address; it
+    // is not a service, and forwarding it would take the host's own port.
+    out.push(Rule {
+        guest_ports: (68, 68),
+        host_ports: (68, 68),
+        proto: ProtoMatch::Udp,
+        ..out[0].clone()
+    });
     for (i, r) in rules.iter().enumerate() {
         let e = |m: String| (i, m);
         let must_zero = r.guest_ip_must_be_zero.unwrap_or(false);
@@ -348,6 +357,10 @@ mod tests {
             decide(&r, &gp(PortProto::Tcp, "0.0.0.0", 22)),
             Decision::Ignore { .. }
         ));
+        assert!(matches!(
+            decide(&r, &gp(PortProto::Udp, "0.0.0.0", 68)),
+            Decision::Ignore { .. }
+        ));
         assert_eq!(
             host_of(decide(&r, &gp(PortProto::Tcp, "127.0.0.1", 2222))).as_deref(),
             Some("127.0.0.1:2222")
@@ -358,7 +371,7 @@ mod tests {
     fn sockets_and_validation() {
         let r = rules("- guestSocket: /run/docker.sock\n  hostSocket: docker.sock\n");
         assert_eq!(
-            r[1].sockets,
+            r[2].sockets,
             Some((
                 "/run/docker.sock".into(),
                 PathBuf::from("/inst/sock/docker.sock")
