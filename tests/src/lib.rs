@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 pub mod http;
 
 pub struct Lima {
+    /// Commands run as this ordinary user (`Lima::as_ordinary_user`), not
+    /// as the test's own.
+    pub user: Option<TestUser>,
     pub home: tempfile::TempDir,
     /// `XDG_CACHE_HOME` of every command: downloads land here, not in the
     /// user's cache.
@@ -104,6 +107,7 @@ impl Lima {
             .tempdir_in("/tmp")
             .expect("tempdir");
         Lima {
+            user: None,
             home,
             cache,
             bin_dir,
@@ -111,7 +115,7 @@ impl Lima {
     }
 
     pub fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(self.bin_dir.join(program));
+        let mut c = self.command(&self.bin_dir.join(program));
         c.env("LIMA_HOME", self.home.path());
         c.env("XDG_CACHE_HOME", self.cache.path());
         c.env_remove("LIMA_INSTANCE");
@@ -234,6 +238,99 @@ impl Lima {
                         eprintln!("{l}");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// An ordinary (non-root) host user that tests run `limactl` as.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+/// The user the fixture creates (once per machine) for
+/// [`Lima::as_ordinary_user`].
+pub const TEST_USER: &str = "lima-e2e";
+
+impl TestUser {
+    /// [`TEST_USER`], made with `useradd` if it does not exist. Needs root.
+    pub fn ensure() -> TestUser {
+        let lookup = || nix::unistd::User::from_name(TEST_USER).ok().flatten();
+        if lookup().is_none() {
+            let out = Command::new("useradd")
+                .args(["--create-home", "--shell", "/bin/bash", TEST_USER])
+                .output()
+                .expect("useradd");
+            // Another test may have made it meanwhile.
+            assert!(
+                out.status.success() || lookup().is_some(),
+                "useradd {TEST_USER}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let u = lookup().expect("the test user exists");
+        TestUser {
+            name: u.name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            home: u.dir,
+        }
+    }
+}
+
+impl Lima {
+    /// A fixture whose commands run as an ordinary user, as our users run
+    /// `limactl`. When the tests themselves run as an ordinary user, that
+    /// is them; as root, it is [`TEST_USER`], made on first use.
+    pub fn as_ordinary_user() -> Self {
+        let mut lima = Lima::new();
+        if !nix::unistd::geteuid().is_root() {
+            return lima;
+        }
+        let user = TestUser::ensure();
+        for d in [lima.home.path(), lima.cache.path()] {
+            std::os::unix::fs::chown(d, Some(user.uid), Some(user.gid)).expect("chown");
+        }
+        lima.user = Some(user);
+        lima
+    }
+
+    /// A folder the fixture's user owns (a share's host side).
+    pub fn user_dir(&self, name: &str) -> PathBuf {
+        let d = self.home.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        if let Some(u) = &self.user {
+            std::os::unix::fs::chown(&d, Some(u.uid), Some(u.gid)).unwrap();
+        }
+        d
+    }
+
+    /// `program` run as the fixture's user (with that user's `HOME`).
+    pub fn command(&self, program: &Path) -> Command {
+        match &self.user {
+            None => Command::new(program),
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={}", u.uid))
+                    .arg(format!("--regid={}", u.gid))
+                    .arg("--init-groups")
+                    .arg("--")
+                    .arg(program);
+                c.env("HOME", &u.home)
+                    .env("USER", &u.name)
+                    .env("LOGNAME", &u.name)
+                    .env(
+                        "PATH",
+                        "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+                    )
+                    .env_remove("CARGO_HOME")
+                    .env_remove("RUSTUP_HOME")
+                    .env_remove("XDG_RUNTIME_DIR");
+                c
             }
         }
     }

@@ -117,3 +117,170 @@ fn bad_downloads_fail_clearly_and_leave_nothing() {
         "the cache folder is private"
     );
 }
+
+/// The image `cargo xtask image debian-cloud` built (`$LIMA_TEST_CLOUD_IMAGE`
+/// names another).
+fn debian_cloud_image(lima: &Lima) -> PathBuf {
+    let p = std::env::var_os("LIMA_TEST_CLOUD_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lima.bin_dir.join("../images/debian-cloud/disk.qcow2"));
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask image debian-cloud`",
+        p.display()
+    );
+    p
+}
+
+/// `limactl shell NAME -- sh -c SCRIPT`, stdout trimmed.
+fn sh(lima: &Lima, name: &str, script: &str) -> String {
+    lima.shell(name, &["sh", "-c", script])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string()
+}
+
+/// One Debian 12 cloud image VM, started by an ordinary host user from a
+/// `lima.yaml` whose image comes from a local HTTP server with its sha512,
+/// carries every happy-path check.
+#[test]
+fn debian_cloud_image_end_to_end() {
+    let lima = Lima::as_ordinary_user();
+    let image = debian_cloud_image(&lima);
+    let server = Server::start();
+    let url = server.route("/debian-12.qcow2", Reply::File(image.clone()));
+    let vsockfs_dir = lima.user_dir("vsockfs-share");
+    let ninep_dir = lima.user_dir("9p-share");
+    std::fs::write(vsockfs_dir.join("from-host"), "hello guest\n").unwrap();
+    let yaml = lima.home.path().join("debian.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "images:\n- location: {url}\n  arch: x86_64\n  digest: {}\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\nmounts:\n- location: {}\n  writable: true\n- location: {}\n  mountType: 9p\n  writable: true\n",
+            sha512_of(&image),
+            vsockfs_dir.display(),
+            ninep_dir.display()
+        ),
+    )
+    .unwrap();
+    let name = "debian";
+    lima.limactl(&["start", "--name", name, "--timeout", "10m", yaml.to_str().unwrap()])
+        .ok();
+    assert_eq!(server.hits("/debian-12.qcow2"), 1);
+
+    // cloud-init ran to the end, from our NoCloud seed.
+    lima.shell(name, &["cloud-init", "status", "--wait"]).ok();
+    let result = sh(&lima, name, "cat /run/cloud-init/result.json");
+    assert!(result.contains("DataSourceNoCloud"), "{result}");
+    assert!(result.contains("\"errors\": []"), "{result}");
+
+    // The guest user: the host user's name and UID, Lima 2's home with
+    // Lima 1's path as a link, passwordless sudo, our hostname.
+    let (user, uid) = match &lima.user {
+        Some(u) => (u.name.clone(), u.uid),
+        None => (
+            std::env::var("USER").unwrap(),
+            nix::unistd::getuid().as_raw(),
+        ),
+    };
+    let home = format!("/home/{user}.guest");
+    let passwd = sh(&lima, name, &format!("getent passwd {user}"));
+    let fields: Vec<&str> = passwd.split(':').collect();
+    assert_eq!(
+        (fields[2], fields[5]),
+        (uid.to_string().as_str(), home.as_str()),
+        "{passwd}"
+    );
+    assert_eq!(
+        sh(&lima, name, &format!("readlink /home/{user}.linux")),
+        format!("{user}.guest")
+    );
+    assert_eq!(sh(&lima, name, "hostname"), "lima-debian");
+
+    // SSH with the generated config, as the guest user, with sudo.
+    let ssh_config = lima.instance_dir(name).join("ssh.config");
+    let mut ssh = lima.command(Path::new("/usr/bin/ssh"));
+    ssh.arg("-F")
+        .arg(&ssh_config)
+        .arg(format!("lima-{name}"))
+        .arg("id -un; id -u; sudo -n id -u; pwd");
+    let r = lima.run(&mut ssh, None).ok();
+    assert_eq!(
+        r.stdout().lines().collect::<Vec<_>>(),
+        [user.as_str(), &uid.to_string(), "0", home.as_str()]
+    );
+
+    // Shares: vsockfs and 9p, both ways.
+    let vsockfs_guest = vsockfs_dir.display().to_string();
+    let ninep_guest = ninep_dir.display().to_string();
+    assert_eq!(
+        sh(&lima, name, &format!("cat {vsockfs_guest}/from-host")),
+        "hello guest"
+    );
+    sh(
+        &lima,
+        name,
+        &format!("echo via-vsockfs > {vsockfs_guest}/from-guest && echo via-9p > {ninep_guest}/from-guest"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(vsockfs_dir.join("from-guest")).unwrap(),
+        "via-vsockfs\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ninep_dir.join("from-guest")).unwrap(),
+        "via-9p\n"
+    );
+
+    // A guest listener appears on the host.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let _server = lima.spawn_shell(
+        name,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ],
+    );
+    lima.wait_until(
+        "the guest's web server on the host",
+        std::time::Duration::from_secs(120),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(|mut s| {
+                    use std::io::{Read, Write};
+                    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+                    let mut b = [0u8; 12];
+                    s.read_exact(&mut b).is_ok() && b.starts_with(b"HTTP/1.0 200")
+                })
+                .unwrap_or(false)
+        },
+    );
+    drop(_server);
+
+    // What the guest writes survives stop and start, on a file system that
+    // needed no recovery; the second start downloads nothing.
+    sh(
+        &lima,
+        name,
+        &format!("echo kept > {home}/kept && sudo -n sh -c 'echo kept > /var/lib/kept'"),
+    );
+    let r = lima.limactl(&["stop", name]).ok();
+    assert!(!r.stderr().contains("forced"), "{}", r.stderr());
+    lima.limactl(&["start", name, "--timeout", "10m"]).ok();
+    assert_eq!(sh(&lima, name, &format!("cat {home}/kept /var/lib/kept")), "kept\nkept");
+    let kernel_log = sh(&lima, name, "sudo -n dmesg");
+    assert!(kernel_log.contains("EXT4-fs (vda"), "{kernel_log}");
+    assert!(
+        !kernel_log.contains("recovery complete") && !kernel_log.contains("orphan"),
+        "{kernel_log}"
+    );
+    assert_eq!(server.total(), 1, "the second start downloaded nothing");
+    lima.limactl(&["stop", name]).ok();
+}
