@@ -16,9 +16,16 @@ use crate::cmd;
 
 /// Debian packages: QEMU for the VMs, kmod (`depmod`, `modinfo`) and
 /// busybox-static for the image recipe, e2fsprogs and debootstrap for disk
-/// images, libseccomp/libcap-ng for building virtiofsd.
+/// images, libseccomp/libcap-ng for building virtiofsd. The cloud image
+/// needs fdisk (`sfdisk`), dosfstools and mtools for its partitions,
+/// qemu-utils (`qemu-img`) for the qcow2, and ovmf to boot it.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "qemu-utils",
+    "ovmf",
+    "fdisk",
+    "dosfstools",
+    "mtools",
     "kmod",
     "busybox-static",
     "e2fsprogs",
