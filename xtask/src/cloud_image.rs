@@ -49,7 +49,7 @@ use crate::debian::{check_forbidden, mirror, point_at, tree_usage, unmount_under
 use crate::fsutil::{mib, remove_dir_if_present, write};
 
 /// Bump whenever the recipe changes what ends up in the disk.
-const RECIPE_VERSION: &str = "1";
+const RECIPE_VERSION: &str = "2";
 
 /// On top of debootstrap's minbase. The network path is ifupdown with
 /// isc-dhcp-client: cloud-init's first choice of renderer (`eni`) on Debian,
@@ -401,7 +401,9 @@ pub fn assemble() -> Result<PathBuf> {
     unmount_under(&scratch);
     remove_dir_if_present(&scratch)?;
     let out = scratch.join("out");
-    fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for dir in [&out, &cache] {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     // The tree's permissions go into the filesystems as they are; do not
     // let a strict umask of whoever runs this leak into the guest.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
@@ -622,12 +624,16 @@ impl Recipe<'_> {
             ("etc/default/locale", "LANG=C.UTF-8\n".into()),
             (
                 // Last in the directory, so it wins over a list debconf
-                // may write into 90_dpkg.cfg.
-                "etc/cloud/cloud.cfg.d/99_nocloud.cfg",
+                // may write into 90_dpkg.cfg. User data can override the
+                // second setting, not the first.
+                "etc/cloud/cloud.cfg.d/99_lima-rs.cfg",
                 "# lima-rs: only the NoCloud seed (a CIDATA disk, or ds=nocloud on the\n\
                  # kernel command line), else None. Probing for cloud metadata\n\
                  # services would cost every boot its timeouts.\n\
-                 datasource_list: [ NoCloud, None ]\n"
+                 datasource_list: [ NoCloud, None ]\n\
+                 # The hostname from the seed goes into /etc/hosts, so that sudo\n\
+                 # and others can resolve it.\n\
+                 manage_etc_hosts: true\n"
                     .into(),
             ),
             (
@@ -780,12 +786,10 @@ impl Recipe<'_> {
             loader_entry(release, &self.ids).as_bytes(),
             0o644,
         )?;
-        let mut image_arg = OsString::from("-i");
-        image_arg.push(image.as_os_str());
         let mtools = |program: &Path| {
             let mut c = Command::new(program);
             // mtools refuses a FAT it thinks odd unless told not to check.
-            c.env("MTOOLS_SKIP_CHECK", "1").arg(&image_arg);
+            c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(image);
             c
         };
         cmd::run(mtools(&self.tools.mmd).args([
