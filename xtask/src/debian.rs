@@ -38,7 +38,7 @@ use crate::fsutil::{mib, remove_dir_if_present, symlink, write};
 const ROOTFS_RECIPE_VERSION: &str = "2";
 /// Bump when the image directory's layout changes (not the rootfs).
 const IMAGE_LAYOUT_VERSION: &str = "2";
-const SUITE: &str = "bookworm";
+pub(crate) const SUITE: &str = "bookworm";
 const FALLBACK_MIRROR: &str = "http://deb.debian.org/debian";
 /// On top of minbase (which already has apt, dpkg, bash, coreutils).
 /// `kmod` gives the kernel a `/sbin/modprobe` to load modules on demand
@@ -324,7 +324,7 @@ fn rootfs(cache: &Path, recipe: &Recipe) -> Result<PathBuf> {
 
 /// `LIMA_DEBIAN_MIRROR`, else the host apt's mirror for [`SUITE`], else
 /// deb.debian.org.
-fn mirror() -> String {
+pub(crate) fn mirror() -> String {
     if let Some(m) = std::env::var("LIMA_DEBIAN_MIRROR")
         .ok()
         .filter(|m| !m.is_empty())
@@ -409,7 +409,6 @@ fn is_http(uri: &str) -> bool {
     uri.starts_with("http://") || uri.starts_with("https://")
 }
 
-/// Fails if a package that would take over boot got in through a dependency.
 /// `/boot/vmlinuz-*` and `/boot/initrd.img-*` of the tree, as `vmlinuz`
 /// and `initrd.img` in `out`.
 fn copy_boot_files(tree: &Path, out: &Path) -> Result<()> {
@@ -431,7 +430,9 @@ fn copy_boot_files(tree: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check_forbidden(tree: &Path, forbidden: &[&str]) -> Result<()> {
+/// Fails if a package in `forbidden` got in through a dependency, or if
+/// the tree has suspiciously few packages.
+pub(crate) fn check_forbidden(tree: &Path, forbidden: &[&str]) -> Result<()> {
     let status = fs::read_to_string(tree.join("var/lib/dpkg/status"))
         .context("debootstrap left no var/lib/dpkg/status")?;
     let installed: Vec<&str> = status
@@ -595,7 +596,7 @@ fn sizing(bytes: u64, inodes: u64) -> u64 {
 }
 
 /// Apparent bytes and number of entries under `tree`.
-fn tree_usage(tree: &Path) -> Result<(u64, u64)> {
+pub(crate) fn tree_usage(tree: &Path) -> Result<(u64, u64)> {
     let (mut bytes, mut count) = (0, 0);
     let mut dirs = vec![tree.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -614,7 +615,7 @@ fn tree_usage(tree: &Path) -> Result<(u64, u64)> {
 }
 
 /// Lazily unmounts everything mounted at or below `dir`, deepest first.
-fn unmount_under(dir: &Path) {
+pub(crate) fn unmount_under(dir: &Path) {
     let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
         return;
     };
@@ -645,7 +646,7 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Points `target/images/NAME` at `cache/<hash>` in one rename.
-fn point_at(images: &Path, name: &str, hash: &str) -> Result<()> {
+pub(crate) fn point_at(images: &Path, name: &str, hash: &str) -> Result<()> {
     let link = images.join(name);
     let new = images.join(format!("{name}.new-{}", std::process::id()));
     let _ = fs::remove_file(&new);

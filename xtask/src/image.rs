@@ -86,12 +86,20 @@ pub enum Which {
     /// The `run` benchmark's baseline: a Debian rootfs with systemd and
     /// Debian's kernel and initramfs (target/images/debian-classic).
     DebianClassic,
+    /// A Debian 12 cloud image: one qcow2 disk booted by UEFI, with
+    /// systemd, cloud-init and sshd (target/images/debian-cloud). Prints
+    /// the disk's path last on stdout.
+    DebianCloud,
 }
 
 /// `cargo xtask image [WHICH]`: build (or, with `--agent`, take the given
 /// agent and only set up), then assemble the image(s). Returns the directory
-/// of the last one made.
+/// of the last one made (for `debian-cloud`, its disk: it needs no agent).
 pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
+    if which == Which::DebianCloud {
+        setup::run()?;
+        return crate::cloud_image::assemble();
+    }
     let agent = match agent {
         Some(agent) => {
             setup::run()?;
@@ -108,6 +116,7 @@ pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
         // The Debian image reuses the default image's kernel and initramfs.
         Which::Debian | Which::All => crate::debian::assemble(&default),
         Which::DebianClassic => crate::debian::assemble_classic(),
+        Which::DebianCloud => unreachable!("handled above"),
     }
 }
 
@@ -391,7 +400,7 @@ fn download(deb: &IndexedDeb, dir: &Path) -> Result<Deb> {
 /// SHA-256 of a file, by `sha256sum`: xtask is a debug build, and sha2
 /// compiled without optimisation hashes the 70 MB kernel package at about
 /// 8 MB/s (10 s on every run); coreutils takes half a second.
-fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let out = cmd::query_text(Command::new("sha256sum").arg("--binary").arg(path))?;
     let digest = out.split_whitespace().next().unwrap_or_default();
     ensure!(

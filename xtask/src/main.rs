@@ -11,6 +11,7 @@
 //! cargo xtask build [--release]  host binaries + static guest agent
 //! cargo xtask image            target/images/default/{vmlinuz,initrd.img,image.json}
 //! cargo xtask image debian     target/images/debian/ (the above + rootfs.ext4)
+//! cargo xtask image debian-cloud  target/images/debian-cloud/disk.qcow2 (UEFI, cloud-init)
 //! cargo xtask test [-- ARGS]   cargo test --workspace with LIMA_BIN_DIR set
 //! cargo xtask run              start instance `default` and run `uname -a` in it
 //! cargo xtask bench [ARGS]     cargo run --release -p lima-benches -- ARGS
@@ -21,6 +22,7 @@
 mod bench;
 mod build;
 mod cache;
+mod cloud_image;
 mod cmd;
 mod cpio;
 mod debian;
@@ -58,7 +60,8 @@ enum Task {
     },
     /// Build, then assemble the default guest image (kernel + initramfs)
     /// into target/images/default, or with `debian` (or `all`) also the
-    /// Debian root filesystem image into target/images/debian.
+    /// Debian root filesystem image into target/images/debian. `debian-cloud`
+    /// makes a Debian cloud image (qcow2) instead and prints its path.
     Image {
         /// Which image to make.
         #[arg(value_enum, default_value = "default")]
@@ -110,9 +113,13 @@ fn main() -> ExitCode {
         Task::Build { release } => {
             build::run(build::Profile::from_release(release)).map(|()| ExitCode::SUCCESS)
         }
-        Task::Image { agent, which } => {
-            image::run(agent.as_deref(), which).map(|_| ExitCode::SUCCESS)
-        }
+        Task::Image { agent, which } => image::run(agent.as_deref(), which).map(|made| {
+            // Tests read the disk's path from the last line of stdout.
+            if which == image::Which::DebianCloud {
+                println!("{}", made.display());
+            }
+            ExitCode::SUCCESS
+        }),
         Task::Test { args } => test::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Run => run::run(),
         Task::Bench { args } => bench::run(&args).map(|()| ExitCode::SUCCESS),
@@ -235,6 +242,10 @@ mod tests {
             panic!()
         };
         assert_eq!(which, image::Which::All);
+        let Task::Image { which, .. } = parse(&["image", "debian-cloud"]) else {
+            panic!()
+        };
+        assert_eq!(which, image::Which::DebianCloud);
         assert!(Cli::try_parse_from(["xtask", "image", "ubuntu"]).is_err());
     }
 

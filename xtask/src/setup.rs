@@ -16,12 +16,18 @@ use crate::cmd;
 
 /// Debian packages: QEMU for the VMs, kmod (`depmod`, `modinfo`) and
 /// busybox-static for the image recipe, e2fsprogs and debootstrap for disk
-/// images, libseccomp/libcap-ng for building virtiofsd, ovmf (UEFI) to boot
-/// distro images, and the ssh client their tests log in with.
+/// images, libseccomp/libcap-ng for building virtiofsd. The cloud image
+/// needs fdisk (`sfdisk`), dosfstools and mtools for its partitions,
+/// qemu-utils (`qemu-img`) for the qcow2 (and instance disks), and ovmf to
+/// boot it; its tests log in with the ssh client.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "qemu-utils",
     "ovmf",
     "openssh-client",
+    "fdisk",
+    "dosfstools",
+    "mtools",
     "kmod",
     "busybox-static",
     "e2fsprogs",
