@@ -2,8 +2,9 @@
 //! instance disk, cloud-init, the guest user and SSH.
 //!
 //! `bad_downloads_fail_clearly_and_leave_nothing` needs no VM. The Debian
-//! test needs the image from `cargo xtask image debian-cloud`, served from
-//! a local HTTP server (no test reaches the internet).
+//! test is in the slow tier (`cargo xtask test --slow`): it needs the image
+//! from `cargo xtask image debian-cloud`, served from a local HTTP server
+//! (no test reaches the internet).
 use std::path::{Path, PathBuf};
 
 use lima_tests::http::{Reply, Server};
@@ -145,6 +146,7 @@ fn sh(lima: &Lima, name: &str, script: &str) -> String {
 /// `lima.yaml` whose image comes from a local HTTP server with its sha512,
 /// carries every happy-path check.
 #[test]
+#[ignore = "slow: cargo xtask test --slow (a Debian cloud image boots twice, minutes under TCG)"]
 fn debian_cloud_image_end_to_end() {
     let lima = Lima::as_ordinary_user();
     let image = debian_cloud_image(&lima);
@@ -165,8 +167,15 @@ fn debian_cloud_image_end_to_end() {
     )
     .unwrap();
     let name = "debian";
-    lima.limactl(&["start", "--name", name, "--timeout", "10m", yaml.to_str().unwrap()])
-        .ok();
+    lima.limactl(&[
+        "start",
+        "--name",
+        name,
+        "--timeout",
+        "10m",
+        yaml.to_str().unwrap(),
+    ])
+    .ok();
     assert_eq!(server.hits("/debian-12.qcow2"), 1);
 
     // cloud-init ran to the end, from our NoCloud seed.
@@ -274,7 +283,10 @@ fn debian_cloud_image_end_to_end() {
     let r = lima.limactl(&["stop", name]).ok();
     assert!(!r.stderr().contains("forced"), "{}", r.stderr());
     lima.limactl(&["start", name, "--timeout", "10m"]).ok();
-    assert_eq!(sh(&lima, name, &format!("cat {home}/kept /var/lib/kept")), "kept\nkept");
+    assert_eq!(
+        sh(&lima, name, &format!("cat {home}/kept /var/lib/kept")),
+        "kept\nkept"
+    );
     let kernel_log = sh(&lima, name, "sudo -n dmesg");
     assert!(kernel_log.contains("EXT4-fs (vda"), "{kernel_log}");
     assert!(

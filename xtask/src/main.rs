@@ -73,6 +73,9 @@ enum Task {
     },
     /// Build, make the image, then `cargo test --workspace`.
     Test {
+        /// Run the slow tier (distro images) instead of the default one
+        #[arg(long)]
+        slow: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -120,7 +123,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }),
-        Task::Test { args } => test::run(&args).map(|()| ExitCode::SUCCESS),
+        Task::Test { slow, args } => test::run(&args, slow).map(|()| ExitCode::SUCCESS),
         Task::Run => run::run(),
         Task::Bench { args } => bench::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Fuzz {
@@ -180,10 +183,15 @@ mod tests {
 
     #[test]
     fn test_and_bench_forward_their_arguments() {
-        let Task::Test { args } = parse(&["test", "--", "--nocapture", "vm"]) else {
+        let Task::Test { args, slow } = parse(&["test", "--", "--nocapture", "vm"]) else {
             panic!()
         };
         assert_eq!(args, ["--nocapture", "vm"]);
+        assert!(!slow);
+        let Task::Test { slow, .. } = parse(&["test", "--slow"]) else {
+            panic!()
+        };
+        assert!(slow);
         let Task::Bench { args } = parse(&["bench", "--quick", "ports"]) else {
             panic!()
         };

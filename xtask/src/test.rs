@@ -6,6 +6,12 @@
 //! Kept as one function so switching to nextest later is a one-line change.
 //! A full run (no extra arguments) ends with every fuzz target for a
 //! bounded time (`fuzz::ci`).
+//!
+//! `--slow` runs the slow tier instead: the end-to-end tests marked
+//! `#[ignore = "slow: …"]` in `tests/` (distro cloud images, minutes each
+//! under TCG), after building what they need (`cargo xtask image
+//! debian-cloud`, cached). CI runs the default tier; an issue is resolved
+//! when both pass (docs/testing.md).
 
 use anyhow::Result;
 
@@ -15,7 +21,10 @@ use crate::{cmd, fuzz, image, setup};
 /// The crates that run on the host, which must build for macOS hosts too.
 const HOST_CRATES: &[&str] = &["lima-host", "lima-fs-server"];
 
-pub fn run(args: &[String]) -> Result<()> {
+pub fn run(args: &[String], slow: bool) -> Result<()> {
+    if slow {
+        return run_slow(args);
+    }
     build::run(Profile::Debug)?;
     check_macos()?;
     let default = image::assemble(&build::agent_path())?;
@@ -33,6 +42,20 @@ pub fn run(args: &[String]) -> Result<()> {
         fuzz::ci()?;
     }
     Ok(())
+}
+
+/// The slow tier: every `#[ignore]`d end-to-end test of `lima-tests`.
+fn run_slow(args: &[String]) -> Result<()> {
+    build::run(Profile::Debug)?;
+    image::assemble(&build::agent_path())?;
+    let cloud = crate::cloud_image::assemble()?;
+    cmd::run(
+        cmd::cargo()
+            .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Debug))
+            .env("LIMA_TEST_CLOUD_IMAGE", &cloud)
+            .args(["test", "-p", "lima-tests", "--", "--ignored"])
+            .args(args),
+    )
 }
 
 /// `cargo check` of the host crates for macOS (setup installs the target):
