@@ -18,6 +18,9 @@
 //! * `run`: `lima-run -- true` wall time and each phase's share, beside the
 //!   same kernel booting a Debian rootfs with systemd to a login prompt
 //!   (`oneshot.rs`).
+//! * `cloud`: `limactl start` of a Debian 12 cloud image to ready, each boot
+//!   phase from the console, beside plain QEMU booting the same qcow2 to a
+//!   login prompt; and a second start (`cloud.rs`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
+mod cloud;
 mod oneshot;
 mod shares;
 
@@ -164,7 +168,8 @@ fn main() -> anyhow::Result<()> {
             runs: args.runs,
             classic_runs: args.classic_runs,
         }),
-        other => bail!("unknown suite `{other}` (known: foundation, ports, shares, run)"),
+        "cloud" => cloud::run(),
+        other => bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud)"),
     }
 }
 

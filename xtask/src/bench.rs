@@ -16,8 +16,12 @@ pub fn run(args: &[String]) -> Result<()> {
     // The shares bench boots `builtin:debian` (for git): it must carry the
     // agent just built too, not whichever one its last assembly had.
     crate::debian::assemble(&default)?;
+    let mut runner = cmd::cargo();
+    if args.iter().any(|a| a == "cloud") {
+        runner.env("LIMA_BENCH_CLOUD_IMAGE", crate::cloud_image::assemble()?);
+    }
     cmd::run(
-        cmd::cargo()
+        runner
             .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Release))
             .args(["run", "--release", "-p", "lima-benches", "--"])
             .args(args),
