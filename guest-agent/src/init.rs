@@ -1,8 +1,8 @@
 //! What the agent does when it is the guest's init (PID 1) in our own image:
 //! mount the pseudo filesystems, load the kernel modules the agent needs, set
 //! up networking, switch into a disk root filesystem when asked to
-//! (`lima.root=`, see `root.rs`), and at the end stop every process and power
-//! the VM off.
+//! (`lima.root=`, see `root.rs`), make the guest user (`lima.user=`, see
+//! `users.rs`), and at the end stop every process and power the VM off.
 //!
 //! Every step logs and carries on when it fails: a guest with a missing mount
 //! is still better than a kernel panic, and the host sees the log on the
@@ -20,6 +20,8 @@ pub struct KernelParams {
     /// A block device holding the root filesystem to switch into
     /// (`lima.root=/dev/vda`); the initramfs stays `/` without it.
     pub root: Option<String>,
+    /// The guest user to make: `lima.user=NAME:UID:GID:HOME:SHELL`.
+    pub user: Option<String>,
 }
 
 impl KernelParams {
@@ -39,6 +41,8 @@ impl KernelParams {
                     .extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
             } else if let Some(v) = word.strip_prefix("lima.root=") {
                 p.root = Some(v.to_string()).filter(|v| !v.is_empty());
+            } else if let Some(v) = word.strip_prefix("lima.user=") {
+                p.user = Some(v.to_string()).filter(|v| !v.is_empty());
             }
         }
         p
@@ -133,6 +137,14 @@ pub async fn late_setup(params: &KernelParams) {
             }
         }
     }
+    // In the root the guest ends up with.
+    if let Some(user) = &params.user {
+        match crate::users::NewUser::parse(user).and_then(|u| crate::users::create(&u).map(|()| u))
+        {
+            Ok(u) => tracing::info!("guest user {} (uid {}, home {})", u.name, u.uid, u.home),
+            Err(e) => tracing::error!("guest user: {e}"),
+        }
+    }
 }
 
 /// Mounts a VM-provided filesystem (9p, virtiofs) at `target`; the error
@@ -216,5 +228,15 @@ mod tests {
         // The kernel's own root= is not ours.
         assert!(KernelParams::parse("root=/dev/sda").root.is_none());
         assert!(KernelParams::parse("lima.root=").root.is_none());
+    }
+
+    #[test]
+    fn the_guest_user_from_the_command_line() {
+        let p = KernelParams::parse("lima.user=me:1000:1000:/home/me.guest:/bin/bash quiet");
+        assert_eq!(
+            p.user.as_deref(),
+            Some("me:1000:1000:/home/me.guest:/bin/bash")
+        );
+        assert!(KernelParams::parse("lima.user=").user.is_none());
     }
 }

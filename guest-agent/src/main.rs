@@ -15,6 +15,7 @@ mod server;
 mod share;
 mod sys;
 mod tools;
+mod users;
 
 use std::sync::Arc;
 

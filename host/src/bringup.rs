@@ -213,7 +213,7 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     (opts.observe)(Phase::AgentReady(&info));
 
     let mounted = tokio::select! {
-        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &plan.vsockfs, &servers) => r.map_err(BringUpError::Shares),
+        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &plan.vsockfs, &servers, (config.user.uid, config.user.gid)) => r.map_err(BringUpError::Shares),
         _ = stop.requested() => Err(BringUpError::Stopped),
     };
     let servers = match mounted {

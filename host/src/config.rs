@@ -138,7 +138,7 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 14] = [
             ("base", self.base.is_some()),
             ("additionalDisks", self.additional_disks.is_some()),
             ("ssh", self.ssh.is_some()),
@@ -150,7 +150,6 @@ impl LimaYaml {
             ("networks", self.networks.is_some()),
             ("dns", self.dns.is_some()),
             ("hostResolver", self.host_resolver.is_some()),
-            ("user", self.user.is_some()),
             ("firmware", self.firmware.is_some()),
             ("audio", self.audio.is_some()),
             ("video", self.video.is_some()),
@@ -230,7 +229,9 @@ impl LimaYaml {
             false,
         )
         .map_err(|(f, m)| invalid(&f, m))?;
+        let user = GuestUser::stand_in(self.user.as_ref()).map_err(|(f, m)| invalid(&f, m))?;
         Ok(InstanceConfig {
+            user,
             mounts,
             port_forwards,
             vm_type,
@@ -299,6 +300,128 @@ pub struct InstanceConfig {
     pub port_forwards: Vec<crate::portfwd::PortForwardYaml>,
     /// Checked mounts (host folders are checked again at start).
     pub mounts: Vec<crate::mounts::Mount>,
+    /// Who commands run as in the guest.
+    pub user: GuestUser,
+}
+
+// ---------------------------------------------------------------------------
+// STAND-IN for `GuestUser::resolve` (being written on another branch): the
+// guest user's rule, kept in this one place so the lead can replace it.
+// Rule: `lima` (uid 1000, Lima's fallback) when the host user is root or
+// has a name Linux would not take, else the host user's name and uid;
+// home `/home/NAME.guest`, shell `/bin/bash`; `user:` in lima.yaml
+// overrides each field.
+// ---------------------------------------------------------------------------
+
+/// The guest user: whom `limactl shell`, `lima` and `lima-run` run as, who
+/// owns the files of shares in the guest, and whom our own images make at
+/// boot (`lima.user=` on the kernel command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestUser {
+    pub name: String,
+    pub uid: u32,
+    /// Its primary group (same number as the uid, as `useradd` does when free).
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+/// `user:` as Lima spells it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UserYaml {
+    name: Option<String>,
+    comment: Option<String>,
+    home: Option<String>,
+    shell: Option<String>,
+    uid: Option<u32>,
+    passwordless_sudo: Option<bool>,
+}
+
+/// The guest user's name: the host user's, `lima` for root (stand-in).
+pub fn guest_user_name(host_uid: u32, host_name: Option<&str>) -> String {
+    match host_name {
+        Some(n) if host_uid != 0 && valid_user_name(n) => n.to_string(),
+        _ => "lima".to_string(),
+    }
+}
+
+/// Lima's rule for names it passes on: what `useradd` takes, and not `admin`.
+fn valid_user_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && n != "admin"
+}
+
+impl GuestUser {
+    /// The rule above, from this host's user and `user:` (stand-in).
+    pub fn stand_in(yaml: Option<&Value>) -> Result<Self, (String, String)> {
+        let uid = nix::unistd::geteuid().as_raw();
+        let host_name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .or_else(|| std::env::var("USER").ok());
+        Self::from_host(uid, host_name.as_deref(), yaml)
+    }
+
+    fn from_host(
+        host_uid: u32,
+        host_name: Option<&str>,
+        yaml: Option<&Value>,
+    ) -> Result<Self, (String, String)> {
+        let y: UserYaml = match yaml {
+            None | Some(Value::Null) => UserYaml::default(),
+            Some(v) => serde_yaml_ng::from_value(v.clone())
+                .map_err(|e| ("user".to_string(), e.to_string()))?,
+        };
+        // `comment` and `passwordlessSudo` are for cloud images (no sudo in ours).
+        let _ = (&y.comment, &y.passwordless_sudo);
+        let name = match y.name {
+            Some(n) if valid_user_name(&n) => n,
+            Some(n) => {
+                return Err((
+                    "user.name".into(),
+                    format!("`{n}` is not a valid Linux user name (use a-z, 0-9, `_` and `-`, starting with a letter or `_`)"),
+                ))
+            }
+            None => guest_user_name(host_uid, host_name),
+        };
+        let uid = match y.uid {
+            Some(0) => return Err(("user.uid".into(), "0 is root's; choose another".into())),
+            Some(u) => u,
+            None if host_uid == 0 => 1000,
+            None => host_uid,
+        };
+        let home = y.home.unwrap_or_else(|| format!("/home/{name}.guest"));
+        let shell = y.shell.unwrap_or_else(|| "/bin/bash".into());
+        for (field, path) in [("user.home", &home), ("user.shell", &shell)] {
+            if !path.starts_with('/') || path.contains(|c: char| c == ':' || c.is_whitespace()) {
+                return Err((
+                    field.into(),
+                    format!("`{path}` must be an absolute guest path without `:` or spaces"),
+                ));
+            }
+        }
+        Ok(GuestUser {
+            name,
+            uid,
+            gid: uid,
+            home,
+            shell,
+        })
+    }
+
+    /// The kernel parameter that makes this user in our own images.
+    pub fn kernel_param(&self) -> String {
+        format!(
+            "lima.user={}:{}:{}:{}:{}",
+            self.name, self.uid, self.gid, self.home, self.shell
+        )
+    }
 }
 
 pub fn host_arch() -> &'static str {
@@ -332,6 +455,76 @@ mod tests {
         assert_eq!(c.memory, 2 << 30);
         assert_eq!(c.disk, 100 << 30);
         assert!(y.unused_fields().is_empty());
+    }
+
+    #[test]
+    fn the_guest_user_follows_the_host_user_and_lima_yaml() {
+        let yaml = |t: &str| serde_yaml_ng::from_str::<Value>(t).unwrap();
+        let u = GuestUser::from_host(1234, Some("alice"), None).unwrap();
+        assert_eq!(
+            u,
+            GuestUser {
+                name: "alice".into(),
+                uid: 1234,
+                gid: 1234,
+                home: "/home/alice.guest".into(),
+                shell: "/bin/bash".into(),
+            }
+        );
+        // Root on the host, or a name Linux would refuse: `lima`, uid 1000.
+        let root = GuestUser::from_host(0, Some("root"), None).unwrap();
+        assert_eq!((root.name.as_str(), root.uid), ("lima", 1000));
+        let odd = GuestUser::from_host(501, Some("Bob Smith"), None).unwrap();
+        assert_eq!((odd.name.as_str(), odd.uid), ("lima", 501));
+        // `user:` overrides each field.
+        let y = yaml(
+            "name: tester
+uid: 4242
+home: /home/tester
+shell: /bin/sh
+",
+        );
+        let u = GuestUser::from_host(0, Some("root"), Some(&y)).unwrap();
+        assert_eq!(u.name, "tester");
+        assert_eq!((u.uid, u.gid), (4242, 4242));
+        assert_eq!(u.home, "/home/tester");
+        assert_eq!(
+            u.kernel_param(),
+            "lima.user=tester:4242:4242:/home/tester:/bin/sh"
+        );
+        for (bad, field) in [
+            (
+                "name: Root
+",
+                "user.name",
+            ),
+            (
+                "uid: 0
+", "user.uid",
+            ),
+            (
+                "home: relative
+",
+                "user.home",
+            ),
+            (
+                "home: /a b
+",
+                "user.home",
+            ),
+            (
+                "shell: /bin/x:y
+",
+                "user.shell",
+            ),
+            (
+                "nmae: x
+", "user",
+            ),
+        ] {
+            let e = GuestUser::from_host(1000, Some("alice"), Some(&yaml(bad))).unwrap_err();
+            assert_eq!(e.0, field, "{bad}: {}", e.1);
+        }
     }
 
     #[test]

@@ -389,6 +389,10 @@ async fn boot_and_run(
             argv: opts.argv.clone(),
             env: opts.env.clone(),
             cwd: Some(opts.workdir.display().to_string()),
+            // Shared at the same path: it is there, or the share failed.
+            cwd_fallback: false,
+            user: Some(config.user.name.clone()),
+            login: true,
             tty: None,
             on_started: Some(Box::new(move || started.mark("command-started"))),
         },

@@ -178,7 +178,12 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
     let boot = match image {
         BootImage::Kernel(k) => {
             let hostname = format!("lima-{}", inst.name.replace(['.', '_'], "-"));
-            let mut cmdline = vec!["panic=-1".to_string(), format!("lima.hostname={hostname}")];
+            // The agent (init) makes the guest user at boot.
+            let mut cmdline = vec![
+                "panic=-1".to_string(),
+                format!("lima.hostname={hostname}"),
+                cfg.user.kernel_param(),
+            ];
             cmdline.extend(k.extra_cmdline.split_whitespace().map(String::from));
             if let Some(rootfs) = &k.rootfs {
                 // The image's root filesystem, read-only (the guest puts a
@@ -311,7 +316,10 @@ mod tests {
         assert_eq!(initrd.as_deref(), Some(Path::new("/img/initrd.img")));
         assert_eq!(
             cmdline.join(" "),
-            "panic=-1 lima.hostname=lima-my-vm quiet loglevel=3 lima.root=/dev/vda"
+            format!(
+                "panic=-1 lima.hostname=lima-my-vm {} quiet loglevel=3 lima.root=/dev/vda",
+                cfg.user.kernel_param()
+            )
         );
         assert_eq!(p.disks.len(), 1);
         assert!(p.disks[0].read_only);
