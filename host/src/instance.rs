@@ -13,6 +13,7 @@
 //!   qemu.pid qmp.sock qemu.stderr.log
 //!   vhost-vsock.sock vsock.sock transport.json   the vsock channel
 //!   ports.json           forwarded ports and the guest's watcher mode
+//!   datadisk             qcow2 that keeps /var and /home of our own images
 //!   sock/                host ends of forwarded guest Unix sockets
 //!   fs-shm               shared memory that vsockfs shares move data through
 //!   fs-N.sock            QEMU's end of the Nth vsockfs share's serial port
@@ -44,6 +45,8 @@ pub const TRANSPORT: &str = "transport.json";
 /// Backing file of the shared-memory device that `vsockfs` shares move bulk
 /// data through (see `shares::vsockfs`).
 pub const FS_SHM: &str = "fs-shm";
+/// The data disk of our own images (qcow2, `/var` and `/home` in the guest).
+pub const DATA_DISK: &str = "datadisk";
 /// Forwarded ports, for `limactl list` (written by the forwarder).
 pub const PORTS_FILE: &str = "ports.json";
 

@@ -351,6 +351,7 @@ async fn boot_and_run(
         shutdown: Shutdown::Quick(Duration::from_secs(2)),
         watch_console: true,
         observe,
+        data_disk: false,
     };
     let serial = inst.path(instance::SERIAL_LOG);
     let mut up = match bringup::bring_up(&inst, &mut stop, options).await {

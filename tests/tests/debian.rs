@@ -2,8 +2,8 @@
 //! still PID 1 (no systemd, no cloud-init), switched into the image's
 //! read-only ext4 root under a tmpfs overlay; commands run as the guest
 //! user through bash as a login shell; python3, gcc, git and apt work,
-//! writes do not survive a restart, and shares and port forwarding still
-//! work after the switch.
+//! `/var` and `/home` survive a restart on the data disk while other writes
+//! do not, and shares and port forwarding still work after the switch.
 //! Needs `cargo xtask image debian`.
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -187,8 +187,16 @@ fn debian_userland_on_an_overlay_root() {
         .find(|f| f.get(1) == Some(&"/"))
         .map(|f| f[2].to_string());
     assert_eq!(root_type.as_deref(), Some("overlay"), "{mounts}");
-    sh(&lima, "deb", "echo t > /tmp/t && echo h > ~/kept");
-    assert_eq!(sh(&lima, "deb", "cat /tmp/t ~/kept"), "t\nh\n");
+    sh(
+        &lima,
+        "deb",
+        "echo t > /tmp/t && echo h > ~/kept && echo v > /var/tmp/kept",
+    );
+    assert_eq!(sh(&lima, "deb", "cat /tmp/t"), "t\n");
+    // `/var` and `/home` are the data disk's.
+    for m in [" /var ext4 ", " /home ext4 "] {
+        assert!(mounts.contains(m), "no {m:?} in {mounts}");
+    }
     sh(&lima, "deb", "test -f /lib/modules/$(uname -r)/modules.dep");
 
     // A vsockfs share, both ways.
@@ -246,7 +254,8 @@ fn debian_userland_on_an_overlay_root() {
     );
     drop(_server);
 
-    // Writes live in memory: a restart starts from the image again.
+    // Writes live in memory, but for /var and /home: a restart starts from
+    // the image again with the data disk's /var and /home.
     lima.limactl(&["stop", "deb"]).ok();
     let t = Instant::now();
     lima.limactl(&["start", "deb", "--timeout", "5m"]).ok();
@@ -255,11 +264,13 @@ fn debian_userland_on_an_overlay_root() {
         t.elapsed().as_secs_f64()
     );
     assert_eq!(
-        lima.shell("deb", &["sh", "-c", "test -e /tmp/t || test -e ~/kept"])
-            .code(),
+        lima.shell("deb", &["sh", "-c", "test -e /tmp/t"]).code(),
         1,
-        "a write survived the restart"
+        "a write to /tmp survived the restart"
     );
+    assert_eq!(sh(&lima, "deb", "cat ~/kept /var/tmp/kept"), "h\nv\n");
+    // Debian's own /var came along (seeded on the first boot).
+    sh(&lima, "deb", "test -f /var/lib/dpkg/status");
     assert_eq!(sh(&lima, "deb", "python3 -c 'print(6*7)'"), "42\n");
 }
 

@@ -1,7 +1,8 @@
 //! Issue 19: commands run as the guest user through its login shell, in the
 //! host's current folder when a mount holds it; our own images make that
-//! user at boot.
+//! user at boot and keep `/var` and `/home` on the instance's data disk.
 use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
 
 use lima_tests::Lima;
 
@@ -141,4 +142,67 @@ fn commands_run_as_the_guest_user_through_its_login_shell() {
         .fails_with("user `ghost` does not exist in the guest");
     assert_eq!(r.code(), 127);
     std::fs::write(&inst_yaml, text).unwrap();
+}
+
+#[test]
+fn home_and_var_survive_a_restart_on_the_data_disk() {
+    let lima = Lima::new();
+    let yaml = lima.template("keep.yaml", "disk: 8GiB\n");
+    lima.limactl(&["start", "--timeout", "5m", &yaml]).ok();
+    let disk = lima.instance_dir("keep").join("datadisk");
+    assert!(disk.is_file(), "no data disk in the instance directory");
+    // qcow2, sparse: far smaller than its 8 GiB.
+    assert_eq!(&std::fs::read(&disk).unwrap()[..4], b"QFI\xfb");
+    assert!(std::fs::metadata(&disk).unwrap().len() < 1 << 30);
+    let mounts = sh(&lima, "keep", "cat /proc/mounts");
+    for m in [" /mnt/lima-data ext4 ", " /var ext4 ", " /home ext4 "] {
+        assert!(mounts.contains(m), "no {m:?} in\n{mounts}");
+    }
+    sh(
+        &lima,
+        "keep",
+        "echo in-home > ~/kept; mkdir -p ~/dir/deeper; echo deep > ~/dir/deeper/f; \
+         echo in-var > /var/tmp/kept; echo gone > /tmp/gone",
+    );
+
+    lima.limactl(&["stop", "keep"]).ok();
+    let serial = std::fs::read_to_string(lima.instance_dir("keep").join("serial.log")).unwrap();
+    assert!(
+        serial.contains("data disk: unmounted cleanly"),
+        "the data disk was not unmounted at power-off:\n{serial}"
+    );
+
+    lima.limactl(&["start", "keep", "--timeout", "5m"]).ok();
+    assert_eq!(
+        sh(
+            &lima,
+            "keep",
+            "cat ~/kept ~/dir/deeper/f /var/tmp/kept; stat -c %a ~; test -e /tmp/gone || echo tmp-is-new"
+        ),
+        "in-home\ndeep\nin-var\n700\ntmp-is-new\n"
+    );
+    let serial = std::fs::read_to_string(lima.instance_dir("keep").join("serial.log")).unwrap();
+    assert!(
+        serial.contains("is ext4, cleanly unmounted") && !serial.contains("replays its journal"),
+        "the second boot did not find a clean file system:\n{serial}"
+    );
+
+    // The disk goes with its instance; another instance has one of its own.
+    lima.limactl(&["delete", "--force", "keep"]).ok();
+    assert!(!disk.exists());
+    let other = lima.template("other.yaml", "disk: 8GiB\n");
+    lima.limactl(&["start", "--timeout", "5m", &other]).ok();
+    assert_eq!(
+        sh(
+            &lima,
+            "other",
+            "test -e ~/kept || test -e /var/tmp/kept || echo nothing-shared"
+        ),
+        "nothing-shared\n"
+    );
+    assert!(lima.instance_dir("other").join("datadisk").is_file());
+    lima.limactl(&["delete", "--force", "other"]).ok();
+    lima.wait_until("processes gone", Duration::from_secs(10), || {
+        lima.our_processes().is_empty()
+    });
 }

@@ -129,6 +129,11 @@ pub fn build(i: &Inputs) -> Vec<String> {
             DiskMedia::Disk => ("", m.device("virtio-blk")),
             DiskMedia::Cdrom => (",media=cdrom", "ide-cd".to_string()),
         };
+        let serial = d
+            .serial
+            .as_ref()
+            .map(|s| format!(",serial={s}"))
+            .unwrap_or_default();
         push(&[
             "-drive",
             &format!(
@@ -138,7 +143,7 @@ pub fn build(i: &Inputs) -> Vec<String> {
                 d.format.as_str()
             ),
             "-device",
-            &format!("{device},drive={}", d.id),
+            &format!("{device},drive={}{serial}", d.id),
         ]);
     }
     push(&[
@@ -280,6 +285,7 @@ mod tests {
             shares: vec![],
             vsockfs: VsockfsDevices::default(),
             serial_log: "/h/dev/serial.log".into(),
+            data_disk_size: None,
         }
     }
 
@@ -320,15 +326,29 @@ mod tests {
             format: DiskFormat::Raw,
             read_only: true,
             media: DiskMedia::Disk,
+            serial: None,
         };
-        let p = plan(kernel_boot(), vec![disk]);
+        let data = Disk {
+            id: "data".into(),
+            path: "/h/dev/datadisk".into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+            media: DiskMedia::Disk,
+            serial: Some("lima-data".into()),
+        };
+        let p = plan(kernel_boot(), vec![disk, data]);
         let vsock = VsockDevice::Kernel { cid: 7 };
         let a = args(&p, Machine::Q35, &vsock);
         assert_eq!(
             after(&a, "-drive"),
-            ["file=/img/a,,b/rootfs.ext4,if=none,id=root,format=raw,readonly=on"]
+            [
+                "file=/img/a,,b/rootfs.ext4,if=none,id=root,format=raw,readonly=on",
+                "file=/h/dev/datadisk,if=none,id=data,format=qcow2"
+            ]
         );
         assert!(after(&a, "-device").contains(&"virtio-blk-pci,drive=root".to_string()));
+        assert!(after(&a, "-device")
+            .contains(&"virtio-blk-pci,drive=data,serial=lima-data".to_string()));
         let a = args(&p, Machine::Microvm, &vsock);
         assert!(after(&a, "-device").contains(&"virtio-blk-device,drive=root".to_string()));
         assert_eq!(
@@ -349,6 +369,7 @@ mod tests {
                 format: DiskFormat::Qcow2,
                 read_only: false,
                 media: DiskMedia::Disk,
+                serial: None,
             },
             Disk {
                 id: "seed".into(),
@@ -356,6 +377,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 read_only: true,
                 media: DiskMedia::Cdrom,
+                serial: None,
             },
         ];
         let p = plan(Boot::Firmware, disks);
