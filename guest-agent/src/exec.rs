@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +25,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::users;
 
 /// Nice value of the agent's own threads when it is PID 1. They serve the
 /// shares' requests and prime the kernel's dentries for the programs that
@@ -116,115 +119,215 @@ enum Stdio3 {
     },
 }
 
-fn build_command(req: &ExecRequest) -> Command {
-    let mut cmd = match req.argv.split_first() {
-        Some((program, args)) => {
+/// Who runs the command, where, and what the host should be told first.
+struct Prepared {
+    cmd: Command,
+    account: users::Account,
+    /// The account's groups, primary first (for `setgroups`).
+    groups: Vec<libc::gid_t>,
+    cwd: std::ffi::CString,
+    /// Said on the command's stderr before its output (a cwd fallback).
+    note: Option<String>,
+}
+
+/// Resolves the user and the working directory and builds the command.
+fn prepare(req: &ExecRequest) -> std::io::Result<Prepared> {
+    let account = users::lookup(req.user.as_deref())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+    let groups = users::groups_of(&account);
+    let home = if Path::new(&account.home).is_dir() {
+        account.home.clone()
+    } else {
+        "/".to_string()
+    };
+    let (cwd, note) = match &req.cwd {
+        None => (home, None),
+        Some(c) if Path::new(c).is_dir() => (c.clone(), None),
+        Some(c) if req.cwd_fallback => (
+            home.clone(),
+            Some(format!(
+                "lima-guest-agent: {c} does not exist in the guest; starting in {home}\n"
+            )),
+        ),
+        Some(c) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("working directory {c} does not exist in the guest"),
+            ))
+        }
+    };
+    let cwd = std::ffi::CString::new(cwd)
+        .map_err(|_| std::io::Error::other("the working directory holds a NUL byte"))?;
+    Ok(Prepared {
+        cmd: build_command(req, &account),
+        account,
+        groups,
+        cwd,
+        note,
+    })
+}
+
+/// The program and its arguments. Through a login shell, the argv is
+/// handed to `exec "$@"` as positional parameters, so it reaches the
+/// program exactly as given (nothing is quoted or parsed again).
+fn build_command(req: &ExecRequest, account: &users::Account) -> Command {
+    let shell = account.usable_shell();
+    let shell_name = Path::new(&shell)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sh".into());
+    let mut cmd = match (req.argv.split_first(), req.login) {
+        (Some((program, args)), false) => {
             let mut c = Command::new(program);
             c.args(args);
             c
         }
-        None => {
-            // No command: the user's login shell.
-            let shell = login_shell();
+        (Some(_), true) => {
             let mut c = Command::new(&shell);
-            c.arg("-l");
+            c.args(["-l", "-c", "exec \"$@\"", &shell_name]);
+            c.args(&req.argv);
             c
         }
+        // The shell itself; as a login shell its argv[0] starts with `-`.
+        (None, true) => {
+            let mut c = Command::new(&shell);
+            c.arg0(format!("-{shell_name}"));
+            c
+        }
+        (None, false) => Command::new(&shell),
     };
     cmd.env_clear();
     cmd.env("PATH", DEFAULT_PATH)
-        .env("HOME", "/root")
-        .env("USER", "root")
-        .env("LOGNAME", "root");
+        .env("HOME", &account.home)
+        .env("USER", &account.name)
+        .env("LOGNAME", &account.name)
+        .env("SHELL", &shell);
     if req.pty.is_some() {
         cmd.env("TERM", "xterm-256color");
     }
     for (k, v) in &req.env {
         cmd.env(k, v);
     }
-    cmd.current_dir(req.cwd.as_deref().unwrap_or("/root"));
     cmd
 }
 
-/// root's shell from /etc/passwd, else /bin/sh.
-fn login_shell() -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| {
-            p.lines()
-                .find(|l| l.starts_with("root:"))
-                .and_then(|l| l.rsplit(':').next())
-                .map(str::to_string)
-        })
-        .filter(|s| std::path::Path::new(s).exists())
-        .unwrap_or_else(|| "/bin/sh".into())
-}
-
-fn spawn(
-    reaper: &Reaper,
-    req: &ExecRequest,
-) -> std::io::Result<(u32, oneshot::Receiver<ExitStatus>, Stdio3)> {
-    if let Some(cwd) = &req.cwd {
-        if !std::path::Path::new(cwd).is_dir() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("working directory {cwd} does not exist in the guest"),
-            ));
+/// In the child, before `execve`: the account's groups, group and user
+/// (raw syscalls: the child of a threaded process may only make
+/// async-signal-safe calls, and these apply to its one thread, which is
+/// the whole process), then the working directory as that user, the
+/// default priority and a session of its own.
+///
+/// # Safety
+/// Only async-signal-safe calls: it runs between `fork` and `execve`.
+unsafe fn enter(
+    account: &users::Account,
+    groups: &[libc::gid_t],
+    cwd: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    let check = |rc: libc::c_long| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let (uid, gid) = (account.uid as libc::c_long, account.gid as libc::c_long);
+    // SAFETY: setgroups reads `groups.len()` gids from the live slice;
+    // setresgid/setresuid take plain integers.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            groups.len() as libc::c_long,
+            groups.as_ptr(),
+        ))?;
+        check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+    }
+    // SAFETY: `cwd` is a valid C string for the duration of the call.
+    if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: plain syscalls with integer arguments.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
-    let mut cmd = build_command(req);
+    Ok(())
+}
+
+/// A started command, and what to tell the host before its output.
+struct Spawned {
+    pid: u32,
+    exit: oneshot::Receiver<ExitStatus>,
+    stdio: Stdio3,
+    note: Option<String>,
+}
+
+fn spawn(reaper: &Reaper, req: &ExecRequest) -> std::io::Result<Spawned> {
+    let Prepared {
+        mut cmd,
+        account,
+        groups,
+        cwd,
+        note,
+    } = prepare(req)?;
+    let cmd_ref = &mut cmd;
     match req.pty {
         None => {
-            cmd.stdin(Stdio::piped())
+            cmd_ref
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
-            // SAFETY: setpriority and setsid are async-signal-safe; the
-            // command leaves the agent's priority and gets a process group of
-            // its own so signals reach its whole job.
+            // SAFETY: `enter` makes only async-signal-safe calls; the
+            // command becomes the user, leaves the agent's priority and
+            // gets a process group of its own so signals reach its job.
             unsafe {
-                cmd.pre_exec(|| {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, 0);
-                    nix::unistd::setsid().map_err(std::io::Error::from)?;
-                    Ok(())
-                });
+                cmd_ref.pre_exec(move || enter(&account, &groups, &cwd));
             }
-            let (mut child, rx) = reaper.spawn(&mut cmd)?;
+            let (mut child, exit) = reaper.spawn(cmd_ref)?;
             let stdin = OwnedFd::from(child.stdin.take().expect("piped"));
             let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
             let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
-            Ok((
-                child.id(),
-                rx,
-                Stdio3::Pipes {
+            Ok(Spawned {
+                pid: child.id(),
+                exit,
+                stdio: Stdio3::Pipes {
                     stdin,
                     stdout,
                     stderr,
                 },
-            ))
+                note,
+            })
         }
         Some(size) => {
             let pty =
                 nix::pty::openpty(Some(&winsize(size)), None).map_err(std::io::Error::from)?;
             let slave = pty.slave;
-            cmd.stdin(Stdio::from(slave.try_clone()?))
+            cmd_ref
+                .stdin(Stdio::from(slave.try_clone()?))
                 .stdout(Stdio::from(slave.try_clone()?))
                 .stderr(Stdio::from(slave));
-            // SAFETY: setpriority, setsid and ioctl(TIOCSCTTY) are
-            // async-signal-safe; they give the command the default priority
-            // and a session whose controlling terminal is the pty.
+            // SAFETY: as above, plus ioctl(TIOCSCTTY), async-signal-safe:
+            // the pty becomes the new session's controlling terminal.
             unsafe {
-                cmd.pre_exec(|| {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, 0);
-                    nix::unistd::setsid().map_err(std::io::Error::from)?;
+                cmd_ref.pre_exec(move || {
+                    enter(&account, &groups, &cwd)?;
                     if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
                 });
             }
-            let (child, rx) = reaper.spawn(&mut cmd)?;
+            let (child, exit) = reaper.spawn(cmd_ref)?;
             drop(cmd); // closes our copies of the slave side
-            Ok((child.id(), rx, Stdio3::Pty { master: pty.master }))
+            Ok(Spawned {
+                pid: child.id(),
+                exit,
+                stdio: Stdio3::Pty { master: pty.master },
+                note,
+            })
         }
     }
 }
@@ -349,23 +452,39 @@ where
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(format!("spawn task: {e}"))))
     };
-    let (pid, exit_rx, stdio) = match spawned {
+    let Spawned {
+        pid,
+        exit: exit_rx,
+        stdio,
+        note,
+    } = match spawned {
         Ok(x) => x,
         Err(e) => {
-            let what = req.argv.first().cloned().unwrap_or_default();
+            let what = req
+                .argv
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "a shell".into());
+            let who = req.user.as_deref().unwrap_or("root");
             write_frame_async(
                 &mut wr,
-                &ExecOutput::Failed(format!("cannot run {what:?}: {e}")),
+                &ExecOutput::Failed(format!("cannot run {what:?} as {who}: {e}")),
             )
             .await?;
             wr.shutdown().await.ok();
             return Ok(());
         }
     };
-    tracing::debug!(pid, argv = ?req.argv, "exec started");
+    tracing::debug!(pid, argv = ?req.argv, user = ?req.user, "exec started");
     let pgid = Pid::from_raw(pid as i32);
     let (out_tx, mut out_rx) = mpsc::channel::<ExecOutput>(16);
     out_tx.send(ExecOutput::Started { pid }).await.ok();
+    if let Some(note) = note {
+        out_tx
+            .send(ExecOutput::Stderr(note.into_bytes()))
+            .await
+            .ok();
+    }
     let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
 
     // stdin side and the fds that outlive the spawn
@@ -481,4 +600,136 @@ where
     writer.await??;
     tracing::debug!(pid, ?status, "exec finished");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(argv: &[&str], cwd: Option<&str>, cwd_fallback: bool, login: bool) -> ExecRequest {
+        ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![("A".into(), "b".into())],
+            cwd: cwd.map(str::to_string),
+            cwd_fallback,
+            user: None,
+            login,
+            pty: None,
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn account(shell: &str) -> users::Account {
+        users::Account {
+            name: "me".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/me".into(),
+            shell: shell.into(),
+        }
+    }
+
+    #[test]
+    fn a_login_shell_gets_the_argv_as_positional_parameters() {
+        let a = account("/bin/sh");
+        let cmd = build_command(
+            &req(&["printf", "%s|", "a b", "$HOME"], None, false, true),
+            &a,
+        );
+        assert_eq!(cmd.get_program(), "/bin/sh");
+        assert_eq!(
+            args(&cmd),
+            [
+                "-l",
+                "-c",
+                "exec \"$@\"",
+                "sh",
+                "printf",
+                "%s|",
+                "a b",
+                "$HOME"
+            ]
+        );
+        let env: Vec<(String, String)> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.into(), v?.to_str()?.into())))
+            .collect();
+        for want in [
+            ("HOME", "/home/me"),
+            ("USER", "me"),
+            ("LOGNAME", "me"),
+            ("SHELL", "/bin/sh"),
+            ("A", "b"),
+        ] {
+            assert!(
+                env.contains(&(want.0.into(), want.1.into())),
+                "{want:?} not in {env:?}"
+            );
+        }
+        // Without a command, the shell itself, named as a login shell.
+        let cmd = build_command(&req(&[], None, false, true), &a);
+        assert_eq!(cmd.get_program(), "/bin/sh");
+        assert!(args(&cmd).is_empty());
+        // Not a login: the program itself.
+        let cmd = build_command(&req(&["true"], None, false, false), &a);
+        assert_eq!(cmd.get_program(), "true");
+        // A shell the guest lacks: /bin/sh.
+        let cmd = build_command(&req(&[], None, false, true), &account("/no/such/zsh"));
+        assert_eq!(cmd.get_program(), users::FALLBACK_SHELL);
+    }
+
+    #[test]
+    fn a_missing_cwd_falls_back_to_home_only_when_asked() {
+        // Root: this machine's /etc/passwd (or the built-in root) has /root.
+        let p = prepare(&req(&["true"], None, false, false)).unwrap();
+        let home = p.account.home.clone();
+        assert_eq!(
+            p.cwd.to_str().unwrap(),
+            if Path::new(&home).is_dir() {
+                home.as_str()
+            } else {
+                "/"
+            }
+        );
+        assert!(p.note.is_none());
+        let p = prepare(&req(&["true"], Some("/no/such/dir"), true, false)).unwrap();
+        assert_eq!(
+            p.cwd.to_str().unwrap(),
+            if Path::new(&home).is_dir() {
+                home.as_str()
+            } else {
+                "/"
+            }
+        );
+        let note = p.note.unwrap();
+        assert!(
+            note.contains("/no/such/dir does not exist in the guest"),
+            "{note}"
+        );
+        let e = prepare(&req(&["true"], Some("/no/such/dir"), false, false))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("working directory /no/such/dir"),
+            "{e}"
+        );
+        let p = prepare(&req(&["true"], Some("/"), false, false)).unwrap();
+        assert_eq!(p.cwd.to_str().unwrap(), "/");
+    }
+
+    #[test]
+    fn a_missing_user_is_named() {
+        let mut r = req(&["true"], None, false, true);
+        r.user = Some("no-such-user-here".into());
+        let e = prepare(&r).err().unwrap().to_string();
+        assert!(
+            e.contains("user `no-such-user-here` does not exist in the guest"),
+            "{e}"
+        );
+    }
 }

@@ -1,8 +1,10 @@
 //! What the agent does when it is the guest's init (PID 1) in our own image:
 //! mount the pseudo filesystems, load the kernel modules the agent needs, set
 //! up networking, switch into a disk root filesystem when asked to
-//! (`lima.root=`, see `root.rs`), and at the end stop every process and power
-//! the VM off.
+//! (`lima.root=`, see `root.rs`), keep `/var` and `/home` on the instance's
+//! data disk (`lima.data=`, see `datadisk.rs`), make the guest user
+//! (`lima.user=`, see `users.rs`), and at the end stop every process, unmount
+//! the data disk and power the VM off.
 //!
 //! Every step logs and carries on when it fails: a guest with a missing mount
 //! is still better than a kernel panic, and the host sees the log on the
@@ -20,6 +22,11 @@ pub struct KernelParams {
     /// A block device holding the root filesystem to switch into
     /// (`lima.root=/dev/vda`); the initramfs stays `/` without it.
     pub root: Option<String>,
+    /// The serial of the data disk that holds `/var` and `/home`
+    /// (`lima.data=lima-data`).
+    pub data: Option<String>,
+    /// The guest user to make: `lima.user=NAME:UID:GID:HOME:SHELL`.
+    pub user: Option<String>,
 }
 
 impl KernelParams {
@@ -39,6 +46,10 @@ impl KernelParams {
                     .extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
             } else if let Some(v) = word.strip_prefix("lima.root=") {
                 p.root = Some(v.to_string()).filter(|v| !v.is_empty());
+            } else if let Some(v) = word.strip_prefix("lima.data=") {
+                p.data = Some(v.to_string()).filter(|v| !v.is_empty());
+            } else if let Some(v) = word.strip_prefix("lima.user=") {
+                p.user = Some(v.to_string()).filter(|v| !v.is_empty());
             }
         }
         p
@@ -101,6 +112,9 @@ pub async fn late_setup(params: &KernelParams) {
     if params.root.is_some() {
         wanted.extend(crate::root::MODULES.iter().map(|s| s.to_string()));
     }
+    if params.data.is_some() {
+        wanted.extend(crate::datadisk::MODULES.iter().map(|s| s.to_string()));
+    }
     match modules::ModuleTree::open_running() {
         Ok(tree) => {
             for name in &wanted {
@@ -124,13 +138,35 @@ pub async fn late_setup(params: &KernelParams) {
         let _ = sys::run_quiet("ip", &["addr", "add", "10.0.2.15/24", "dev", "eth0"]);
         let _ = sys::run_quiet("ip", &["route", "add", "default", "via", "10.0.2.2"]);
     }
-    // Last, so the steps above still use the initramfs's tools and modules.
+    // Found and formatted while the initramfs (and its mke2fs) is `/`.
+    let data = params.data.as_deref().and_then(|serial| {
+        crate::datadisk::find(serial)
+            .and_then(|dev| crate::datadisk::format_if_blank(&dev).map(|()| dev))
+            .map_err(|e| tracing::error!("data disk: {e}; /var and /home stay in memory"))
+            .ok()
+    });
+    // Then the switch, so the steps above still use the initramfs's tools
+    // and modules.
     if let Some(device) = &params.root {
         match crate::root::switch(device) {
             Ok(()) => crate::root::write_boot_files(params.hostname.as_deref()),
             Err(e) => {
                 tracing::error!("root: cannot switch to {device}: {e}; staying in the initramfs")
             }
+        }
+    }
+    // Mounted in the root the guest ends up with.
+    if let Some(dev) = data {
+        if let Err(e) = crate::datadisk::mount_kept(&dev) {
+            tracing::error!("data disk: {e}; /var and /home stay in memory");
+        }
+    }
+    // Last: its home lives in /home.
+    if let Some(user) = &params.user {
+        match crate::users::NewUser::parse(user).and_then(|u| crate::users::create(&u).map(|()| u))
+        {
+            Ok(u) => tracing::info!("guest user {} (uid {}, home {})", u.name, u.uid, u.home),
+            Err(e) => tracing::error!("guest user: {e}"),
         }
     }
 }
@@ -182,6 +218,7 @@ pub async fn stop_everything_and_power_off() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
+    crate::datadisk::unmount_all();
     power_off();
 }
 
@@ -216,5 +253,19 @@ mod tests {
         // The kernel's own root= is not ours.
         assert!(KernelParams::parse("root=/dev/sda").root.is_none());
         assert!(KernelParams::parse("lima.root=").root.is_none());
+    }
+
+    #[test]
+    fn data_disk_and_user_from_the_command_line() {
+        let p = KernelParams::parse(
+            "lima.data=lima-data lima.user=me:1000:1000:/home/me.guest:/bin/bash quiet",
+        );
+        assert_eq!(p.data.as_deref(), Some("lima-data"));
+        assert_eq!(
+            p.user.as_deref(),
+            Some("me:1000:1000:/home/me.guest:/bin/bash")
+        );
+        let p = KernelParams::parse("lima.data= lima.user=");
+        assert!(p.data.is_none() && p.user.is_none());
     }
 }

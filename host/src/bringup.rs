@@ -79,6 +79,9 @@ pub struct Options {
     pub shutdown: Shutdown,
     pub watch_console: bool,
     pub observe: Observer,
+    /// Give our own images the instance's data disk (`/var` and `/home`
+    /// that survive a restart); `lima-run`'s throw-away VMs go without.
+    pub data_disk: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +164,10 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     let servers =
         crate::shares::FileServers::prepare(&config.mounts, inst).map_err(BringUpError::Prepare)?;
     let mut plan = plan::plan(inst, &config, &image, driver.caps());
+    if opts.data_disk {
+        plan::add_data_disk(&mut plan, inst, &config);
+        create_data_disk(&plan).map_err(BringUpError::Prepare)?;
+    }
     prepare_files(inst, &mut plan);
     if let crate::image::BootImage::Disk(_) = image {
         let made = crate::distro::prepare(inst, &config).map_err(BringUpError::Prepare)?;
@@ -225,7 +232,7 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     (opts.observe)(Phase::AgentReady(&info));
 
     let mounted = tokio::select! {
-        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &plan.vsockfs, &servers) => r.map_err(BringUpError::Shares),
+        r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &plan.vsockfs, &servers, (config.user.uid, config.user.gid())) => r.map_err(BringUpError::Shares),
         _ = stop.requested() => Err(BringUpError::Stopped),
     };
     let servers = match mounted {
@@ -263,6 +270,45 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         shutdown: opts.shutdown,
         observe: opts.observe,
     })
+}
+
+/// Creates the data disk on the first start (a sparse qcow2 of the
+/// `disk:` size; the guest formats it). A disk that exists is kept as it
+/// is: it holds the guest's `/var` and `/home`.
+fn create_data_disk(plan: &VmPlan) -> Result<(), String> {
+    let (Some(size), Some(disk)) = (
+        plan.data_disk_size,
+        plan.disks.iter().find(|d| d.id == "data"),
+    ) else {
+        return Ok(());
+    };
+    if disk.path.exists() {
+        return Ok(());
+    }
+    let qemu_img = crate::programs::find_program("qemu-img").ok_or_else(|| {
+        "qemu-img not found on PATH; it makes the instance's data disk (install qemu-utils)"
+            .to_string()
+    })?;
+    let out = std::process::Command::new(&qemu_img)
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk.path)
+        .arg(size.to_string())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", qemu_img.display()))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&disk.path);
+        return Err(format!(
+            "cannot create the data disk {}: qemu-img: {}",
+            disk.path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    tracing::info!(
+        "created the data disk {} ({})",
+        disk.path.display(),
+        crate::units::human_size(size)
+    );
+    Ok(())
 }
 
 /// Creates what the plan's devices are backed by; a device whose file

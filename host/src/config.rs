@@ -280,7 +280,7 @@ impl LimaYaml {
                 format!("BIOS exists only on x86_64, not {arch}; remove it"),
             ));
         }
-        let user = self
+        let user_yaml = self
             .user
             .as_ref()
             .filter(|v| !v.is_null())
@@ -291,8 +291,12 @@ impl LimaYaml {
             Some(v) => crate::cloudinit::dns_from_value(v, origin).map_err(ConfigError::Named)?,
             None => Vec::new(),
         };
+        // The instance name only matters to `{{.Name}}` in `user.home`;
+        // `Instance::config` resolves again with it.
+        let user = resolve_user(user_yaml.as_ref(), "")?;
         Ok(InstanceConfig {
             user,
+            user_yaml,
             dns,
             legacy_bios,
             ssh,
@@ -370,10 +374,24 @@ pub struct InstanceConfig {
     pub ssh: SshConfig,
     /// `timezone:`, when set.
     pub timezone: Option<String>,
-    /// `user:` overrides of the guest user (`guest_user.rs` has the rules).
-    pub user: Option<crate::guest_user::UserYaml>,
+    /// Who commands run as in the guest, and whom cloud-init (distro
+    /// images) or our agent (our images) makes there.
+    pub user: crate::guest_user::GuestUser,
+    /// `user:` overrides as written (`guest_user.rs` has the rules).
+    pub user_yaml: Option<crate::guest_user::UserYaml>,
     /// `dns:` servers for the guest (empty: the VM network's own).
     pub dns: Vec<std::net::IpAddr>,
+}
+
+/// The guest user for this host user and `user:`.
+pub fn resolve_user(
+    yaml: Option<&crate::guest_user::UserYaml>,
+    instance: &str,
+) -> Result<crate::guest_user::GuestUser, ConfigError> {
+    let host =
+        crate::guest_user::HostUser::current().map_err(|e| ConfigError::Named(e.to_string()))?;
+    crate::guest_user::GuestUser::resolve(&host, yaml, instance)
+        .map_err(|e| ConfigError::Named(e.to_string()))
 }
 
 pub fn host_arch() -> &'static str {
@@ -440,7 +458,8 @@ mod tests {
             }
         );
         assert!(c.legacy_bios);
-        assert_eq!(c.user.unwrap().name.as_deref(), Some("ada"));
+        assert_eq!(c.user_yaml.unwrap().name.as_deref(), Some("ada"));
+        assert_eq!(c.user.name, "ada");
         assert_eq!(c.dns, vec!["1.1.1.1".parse::<std::net::IpAddr>().unwrap()]);
         for (text, needle) in [
             ("ssh: {loadDotSshPubKeys: true}\n", "loadDotSshPubKeys"),

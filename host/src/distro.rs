@@ -13,7 +13,7 @@ use sha2::Digest as _;
 
 use crate::cloudinit::{self, SeedInputs};
 use crate::config::InstanceConfig;
-use crate::guest_user::{GuestUser, HostUser};
+use crate::guest_user::GuestUser;
 use crate::instance::{self, Instance};
 
 /// What the start made, for the device plan.
@@ -21,12 +21,6 @@ use crate::instance::{self, Instance};
 pub struct Prepared {
     pub ssh_port: u16,
     pub user: GuestUser,
-}
-
-/// Resolves the guest user of `cfg` for this host user.
-pub fn guest_user(inst: &Instance, cfg: &InstanceConfig) -> Result<GuestUser, String> {
-    let host = HostUser::current().map_err(|e| e.to_string())?;
-    GuestUser::resolve(&host, cfg.user.as_ref(), &inst.name).map_err(|e| e.to_string())
 }
 
 /// The MAC address of the instance's network card: fixed per instance
@@ -39,7 +33,7 @@ pub fn mac_address(inst: &Instance) -> String {
 
 /// Makes the seed and `ssh.config` for this start.
 pub fn prepare(inst: &Instance, cfg: &InstanceConfig) -> Result<Prepared, String> {
-    let user = guest_user(inst, cfg)?;
+    let user = cfg.user.clone();
     let home = inst
         .dir
         .parent()

@@ -255,6 +255,9 @@ mod tests {
             argv: vec!["cat".into()],
             env: vec![],
             cwd: None,
+            cwd_fallback: false,
+            user: None,
+            login: false,
             pty: None,
         }
     }

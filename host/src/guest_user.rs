@@ -192,6 +192,27 @@ impl GuestUser {
         })
     }
 
+    /// Its primary group: the same number as the UID, which `useradd`
+    /// (cloud-init's, and our own images' agent) gives a new user's group
+    /// when it is free.
+    pub fn gid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The kernel parameter with which our own images' agent (PID 1) makes
+    /// this user at boot: `lima.user=NAME:UID:GID:HOME:SHELL` (`resolve`
+    /// refuses `:` in every field).
+    pub fn kernel_param(&self) -> String {
+        format!(
+            "lima.user={}:{}:{}:{}:{}",
+            self.name,
+            self.uid,
+            self.gid(),
+            self.home,
+            self.shell
+        )
+    }
+
     /// Lima 1's home, `/home/NAME.linux`, which the guest keeps as a symlink
     /// to the home when the home is the default one (`None` otherwise).
     pub fn legacy_home_link(&self) -> Option<String> {

@@ -99,6 +99,7 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         shutdown: Shutdown::Clean,
         watch_console: false,
         observe: observer(inst),
+        data_disk: true,
     };
     let mut up = match bringup::bring_up(inst, &mut stop, options).await {
         Ok(up) => up,

@@ -13,6 +13,7 @@
 //!   qemu.pid qmp.sock qemu.stderr.log
 //!   vhost-vsock.sock vsock.sock transport.json   the vsock channel
 //!   ports.json           forwarded ports and the guest's watcher mode
+//!   datadisk             qcow2 that keeps /var and /home of our own images
 //!   sock/                host ends of forwarded guest Unix sockets
 //!   fs-shm               shared memory that vsockfs shares move data through
 //!   fs-N.sock            QEMU's end of the Nth vsockfs share's serial port
@@ -58,6 +59,8 @@ pub const CIDATA: &str = "cidata.img";
 pub const EFI_VARS: &str = "efi-vars.fd";
 /// An OpenSSH client configuration for reaching the guest's sshd.
 pub const SSH_CONFIG: &str = "ssh.config";
+/// The data disk of our own images (qcow2, `/var` and `/home` in the guest).
+pub const DATA_DISK: &str = "datadisk";
 /// Forwarded ports, for `limactl list` (written by the forwarder).
 pub const PORTS_FILE: &str = "ports.json";
 
@@ -212,7 +215,10 @@ impl Instance {
 
     pub fn config(&self) -> Result<InstanceConfig, InstanceError> {
         let path = self.path(LIMA_YAML);
-        Ok(self.yaml()?.resolve(&path.display().to_string())?)
+        let mut cfg = self.yaml()?.resolve(&path.display().to_string())?;
+        // `{{.Name}}` in `user.home` names this instance.
+        cfg.user = crate::config::resolve_user(cfg.user_yaml.as_ref(), &self.name)?;
+        Ok(cfg)
     }
 
     /// Running while a host agent holds `ha.lock`; Broken when its

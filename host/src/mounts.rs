@@ -215,6 +215,34 @@ pub fn resolve(
     Ok(out)
 }
 
+/// Where host folder `host` is in the guest: below the mount whose
+/// location holds it (the deepest one when mounts nest), translated to that
+/// mount's mount point. `None` when no mount holds it. `host` is an absolute
+/// path as `getcwd` gives it (symlinks resolved); a location is tried as
+/// written and with its symlinks resolved.
+pub fn guest_path(mounts: &[Mount], host: &Path) -> Option<String> {
+    mounts
+        .iter()
+        .filter_map(|m| {
+            let resolved = std::fs::canonicalize(&m.location).ok();
+            [Some(m.location.clone()), resolved]
+                .into_iter()
+                .flatten()
+                .find_map(|loc| {
+                    let rest = host.strip_prefix(&loc).ok()?;
+                    Some((loc.components().count(), m, rest.to_path_buf()))
+                })
+        })
+        .max_by_key(|(depth, _, _)| *depth)
+        .map(|(_, m, rest)| {
+            if rest.as_os_str().is_empty() {
+                m.mount_point.clone()
+            } else {
+                Path::new(&m.mount_point).join(rest).display().to_string()
+            }
+        })
+}
+
 /// `--mount DIR[:w]` → a mount entry.
 pub fn from_flag(flag: &str) -> MountYaml {
     let (dir, writable) = match flag.strip_suffix(":w") {
@@ -315,6 +343,54 @@ mod tests {
         assert_eq!(err.0, "mounts[0].mountType");
         let err = resolve(&parse("- location: relative\n"), None, false).unwrap_err();
         assert!(err.1.contains("absolute"));
+    }
+
+    #[test]
+    fn host_folders_map_to_guest_paths_through_the_deepest_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("proj/sub")).unwrap();
+        let m = resolve(
+            &parse(&format!(
+                "- location: {d}\n  mountPoint: /mnt/all\n- location: {d}/proj\n"
+            )),
+            None,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            guest_path(&m, &dir.path().join("proj/sub")).as_deref(),
+            Some(format!("{d}/proj/sub").as_str())
+        );
+        assert_eq!(guest_path(&m, dir.path()).as_deref(), Some("/mnt/all"));
+        assert_eq!(
+            guest_path(&m, &dir.path().join("other")).as_deref(),
+            Some("/mnt/all/other")
+        );
+        assert_eq!(guest_path(&m, Path::new("/")), None);
+        // A sibling whose name only starts the same is not inside.
+        let sibling = PathBuf::from(format!("{d}x"));
+        assert_eq!(guest_path(&m, &sibling), None);
+        // A location reached through a symlink still matches the real path.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path().join("proj"), &link).unwrap();
+        let m = resolve(
+            &parse(&format!(
+                "- location: {}\n  mountPoint: /w\n",
+                link.display()
+            )),
+            None,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            guest_path(
+                &m,
+                &std::fs::canonicalize(dir.path().join("proj/sub")).unwrap()
+            )
+            .as_deref(),
+            Some("/w/sub")
+        );
     }
 
     #[test]

@@ -351,6 +351,7 @@ async fn boot_and_run(
         shutdown: Shutdown::Quick(Duration::from_secs(2)),
         watch_console: true,
         observe,
+        data_disk: false,
     };
     let serial = inst.path(instance::SERIAL_LOG);
     let mut up = match bringup::bring_up(&inst, &mut stop, options).await {
@@ -389,6 +390,10 @@ async fn boot_and_run(
             argv: opts.argv.clone(),
             env: opts.env.clone(),
             cwd: Some(opts.workdir.display().to_string()),
+            // Shared at the same path: it is there, or the share failed.
+            cwd_fallback: false,
+            user: Some(config.user.name.clone()),
+            login: true,
             tty: None,
             on_started: Some(Box::new(move || started.mark("command-started"))),
         },

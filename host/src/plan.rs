@@ -60,6 +60,9 @@ pub struct VmPlan {
     pub ssh_port: Option<u16>,
     /// The network card's MAC address.
     pub mac: String,
+    /// The size (bytes) of the data disk to create if its file is missing
+    /// (see [`add_data_disk`]).
+    pub data_disk_size: Option<u64>,
 }
 
 /// How the VM starts.
@@ -85,6 +88,8 @@ pub struct Disk {
     pub path: PathBuf,
     pub format: DiskFormat,
     pub read_only: bool,
+    /// The serial the guest sees (`/sys/block/vdX/serial`), if any.
+    pub serial: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,13 +176,40 @@ pub fn port_name(nth: u64) -> String {
     format!("lima.fs.{nth}")
 }
 
+/// The serial of the data disk, by which our agent finds it.
+pub const DATA_DISK_SERIAL: &str = "lima-data";
+
+/// Adds the instance's data disk (`/var` and `/home` that survive a
+/// restart) to a plan whose kernel runs our agent as init; other images
+/// keep their own disk. The file is made by the bring-up
+/// ([`VmPlan::data_disk`] says its size), formatted by the guest.
+pub fn add_data_disk(plan: &mut VmPlan, inst: &Instance, cfg: &InstanceConfig) {
+    let Boot::Kernel { cmdline, .. } = &mut plan.boot else {
+        return;
+    };
+    cmdline.push(format!("lima.data={DATA_DISK_SERIAL}"));
+    plan.disks.push(Disk {
+        id: "data".into(),
+        path: inst.path(instance::DATA_DISK),
+        format: DiskFormat::Qcow2,
+        read_only: false,
+        serial: Some(DATA_DISK_SERIAL.into()),
+    });
+    plan.data_disk_size = Some(cfg.disk);
+}
+
 /// Describes the VM of `inst`.
 pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps) -> VmPlan {
     let mut disks = Vec::new();
     let boot = match image {
         BootImage::Kernel(k) => {
             let hostname = format!("lima-{}", inst.name.replace(['.', '_'], "-"));
-            let mut cmdline = vec!["panic=-1".to_string(), format!("lima.hostname={hostname}")];
+            // The agent (init) makes the guest user at boot.
+            let mut cmdline = vec![
+                "panic=-1".to_string(),
+                format!("lima.hostname={hostname}"),
+                cfg.user.kernel_param(),
+            ];
             cmdline.extend(k.extra_cmdline.split_whitespace().map(String::from));
             if let Some(rootfs) = &k.rootfs {
                 // The image's root filesystem, read-only (the guest puts a
@@ -187,6 +219,7 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
                     path: rootfs.clone(),
                     format: DiskFormat::Raw,
                     read_only: true,
+                    serial: None,
                 });
                 cmdline.push("lima.root=/dev/vda".into());
             }
@@ -202,6 +235,7 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
                 path: d.disk.clone(),
                 format: d.format,
                 read_only: false,
+                serial: None,
             });
             if let Some(seed) = &d.seed {
                 // A small vfat volume labelled CIDATA, which cloud-init's
@@ -211,6 +245,7 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
                     path: seed.clone(),
                     format: DiskFormat::Raw,
                     read_only: true,
+                    serial: None,
                 });
             }
             Boot::Firmware {
@@ -268,6 +303,7 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
         serial_log: inst.path(instance::SERIAL_LOG),
         ssh_port: None,
         mac: crate::distro::mac_address(inst),
+        data_disk_size: None,
     }
 }
 
@@ -314,13 +350,50 @@ mod tests {
         assert_eq!(initrd.as_deref(), Some(Path::new("/img/initrd.img")));
         assert_eq!(
             cmdline.join(" "),
-            "panic=-1 lima.hostname=lima-my-vm quiet loglevel=3 lima.root=/dev/vda"
+            format!(
+                "panic=-1 lima.hostname=lima-my-vm {} quiet loglevel=3 lima.root=/dev/vda",
+                cfg.user.kernel_param()
+            )
         );
         assert_eq!(p.disks.len(), 1);
         assert!(p.disks[0].read_only);
         assert_eq!(p.probe_kernel(), Some(Path::new("/img/vmlinux")));
         assert_eq!(p.vsockfs, VsockfsDevices::default());
         assert_eq!(p.serial_log, inst.path(instance::SERIAL_LOG));
+    }
+
+    #[test]
+    fn a_data_disk_goes_to_kernel_images_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path(), "d").unwrap();
+        let cfg = config(
+            "images: [{location: builtin:default}]\ndisk: 20GiB\nuser: {name: tester, uid: 4242}\n",
+        );
+        let mut p = plan(&inst, &cfg, &kernel(Some("/img/rootfs.ext4")), ALL);
+        add_data_disk(&mut p, &inst, &cfg);
+        let Boot::Kernel { cmdline, .. } = &p.boot else {
+            panic!("{:?}", p.boot)
+        };
+        assert!(cmdline.contains(&"lima.data=lima-data".to_string()));
+        assert!(cmdline
+            .contains(&"lima.user=tester:4242:4242:/home/tester.guest:/bin/bash".to_string()));
+        // After the root filesystem, which stays /dev/vda.
+        assert_eq!(p.disks.len(), 2);
+        let data = &p.disks[1];
+        assert_eq!(data.path, inst.path(instance::DATA_DISK));
+        assert_eq!((data.format, data.read_only), (DiskFormat::Qcow2, false));
+        assert_eq!(data.serial.as_deref(), Some(DATA_DISK_SERIAL));
+        assert_eq!(p.data_disk_size, Some(20 << 30));
+
+        let image = BootImage::Disk(DiskBoot {
+            disk: "/i/disk.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            seed: None,
+        });
+        let mut p = plan(&inst, &cfg, &image, ALL);
+        add_data_disk(&mut p, &inst, &cfg);
+        assert_eq!(p.disks.len(), 1);
+        assert_eq!(p.data_disk_size, None);
     }
 
     #[test]

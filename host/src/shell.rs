@@ -16,7 +16,14 @@ pub struct ExecOptions {
     /// Empty: the guest user's login shell.
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `None`: the user's home.
     pub cwd: Option<String>,
+    /// A `cwd` the guest lacks means the home (with a note), not an error.
+    pub cwd_fallback: bool,
+    /// The guest user to run as (`None`: root).
+    pub user: Option<String>,
+    /// Through the user's login shell.
+    pub login: bool,
     /// None: decide from whether stdin and stdout are terminals.
     pub tty: Option<bool>,
     /// Called once the guest has started the command (`lima-run --timings`).
@@ -92,6 +99,9 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, E
         argv: opts.argv,
         env,
         cwd: opts.cwd,
+        cwd_fallback: opts.cwd_fallback,
+        user: opts.user,
+        login: opts.login,
         pty,
     };
     let session = exec::start(transport, &req).await?;

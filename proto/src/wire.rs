@@ -15,7 +15,8 @@
 //!   | <-- ControlReply -------------------   |   Pong | ShuttingDown
 //!
 //!  purpose = Exec:
-//!   | -- ExecRequest{argv, env, cwd, pty} ->  |
+//!   | -- ExecRequest{argv, env, cwd, user, ->  |
+//!   |      login, pty}                        |
 //!   | <-- ExecOutput::Started{pid} --------   |   (or Failed(reason), then close)
 //!   | -- ExecInput::{Stdin, StdinEof,      ->  |
 //!   |      Signal, Resize}*                   |
@@ -37,8 +38,9 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the types below or to the share
-/// protocol's (`fs`); 2: entry-making replies carry the parent's attributes.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// protocol's (`fs`); 2: entry-making replies carry the parent's attributes;
+/// 3: `ExecRequest` names the user, the login shell and the cwd fallback.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// First bytes of every hello, so a stray peer is told apart from an old one.
 pub const MAGIC: [u8; 4] = *b"LRS\0";
 /// The vsock port the guest agent listens on.
@@ -223,12 +225,25 @@ pub struct WinSize {
     pub cols: u16,
 }
 
+/// A command to run. The argv reaches the program exactly as given, also
+/// through a login shell (which runs it with `exec "$@"`, never re-quoted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
+    /// Empty: the user's shell itself (a login shell when `login`).
     pub argv: Vec<String>,
     /// Added to (and overriding) the agent's base environment.
     pub env: Vec<(String, String)>,
+    /// The working directory; `None` is the user's home.
     pub cwd: Option<String>,
+    /// What a `cwd` missing in the guest means: start in the user's home
+    /// and say so on stderr (`true`: the host's current folder, which the
+    /// guest may not have), or fail (`false`: an explicit `--workdir`).
+    pub cwd_fallback: bool,
+    /// Run as this user of the guest's `/etc/passwd` (its groups, home
+    /// and shell); `None` runs as root.
+    pub user: Option<String>,
+    /// Through the user's shell as a login shell, so its profile is read.
+    pub login: bool,
     /// Run on a new pseudo-terminal of this size; stdout carries its output and
     /// stderr stays empty.
     pub pty: Option<WinSize>,
@@ -484,6 +499,9 @@ mod tests {
             argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
             env: vec![("A".into(), "b=c".into())],
             cwd: Some("/tmp".into()),
+            cwd_fallback: true,
+            user: Some("lima".into()),
+            login: true,
             pty: Some(WinSize { rows: 24, cols: 80 }),
         });
         for input in [

@@ -1,8 +1,10 @@
 //! `builtin:debian`: a Debian userland on the fast boot path. The agent is
 //! still PID 1 (no systemd, no cloud-init), switched into the image's
-//! read-only ext4 root under a tmpfs overlay; python3, gcc, git and apt
-//! work, writes do not survive a restart, and shares and port forwarding
-//! still work after the switch. Needs `cargo xtask image debian`.
+//! read-only ext4 root under a tmpfs overlay; commands run as the guest
+//! user through bash as a login shell; python3, gcc, git and apt work,
+//! `/var` and `/home` survive a restart on the data disk while other writes
+//! do not, and shares and port forwarding still work after the switch.
+//! Needs `cargo xtask image debian`.
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -24,6 +26,28 @@ fn template(lima: &Lima, file: &str, extra: &str) -> String {
     )
     .unwrap();
     p.to_string_lossy().into_owned()
+}
+
+/// The guest user's name when `lima.yaml` has no `user:`: ours, or `lima`
+/// when we are root (the tests run as root on our build machines).
+fn default_guest_user() -> String {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return "lima".into();
+    }
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "lima".into())
+}
+
+/// Opens a host folder to the guest user, who is another user than the
+/// host's when the tests run as root: 9p and virtiofs show host owners and
+/// modes as they are (vsockfs shows the guest user as the owner).
+fn open_to_all(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
 fn free_port() -> u16 {
@@ -51,6 +75,8 @@ fn debian_userland_on_an_overlay_root() {
     let share = tempfile::tempdir().unwrap();
     std::fs::write(share.path().join("from-host"), "host side\n").unwrap();
     let (nine_p, virtiofs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    open_to_all(nine_p.path());
+    open_to_all(virtiofs.path());
     let guest_port = 18301;
     let host_port = free_port();
     let yaml = template(
@@ -93,11 +119,25 @@ fn debian_userland_on_an_overlay_root() {
         1,
         "an init system or cloud-init is installed"
     );
-    let path = sh(&lima, "deb", "echo $PATH; echo $HOME");
+    // The guest user, made at boot, through bash as a login shell (Debian's
+    // /etc/profile sets a user's PATH).
+    let user = default_guest_user();
     assert_eq!(
-        path,
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root\n"
+        sh(&lima, "deb", "id -un; echo $HOME; echo $SHELL; pwd"),
+        format!("{user}\n/home/{user}.guest\n/bin/bash\n/home/{user}.guest\n")
     );
+    let r = lima
+        .run(
+            lima.cmd("limactl").args(["shell", "deb"]),
+            Some(b"echo $0; shopt -q login_shell && echo login; echo $PATH\n"),
+        )
+        .ok();
+    assert_eq!(
+        r.stdout(),
+        "-bash\nlogin\n/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games\n"
+    );
+    // Debian's skeleton dotfiles came with the new home.
+    sh(&lima, "deb", "test -f ~/.bashrc && test -f ~/.profile");
 
     // The userland.
     assert_eq!(sh(&lima, "deb", "python3 -c 'print(6*7)'"), "42\n");
@@ -136,7 +176,8 @@ fn debian_userland_on_an_overlay_root() {
     // apt would resolve its mirror through this.
     assert!(sh(&lima, "deb", "cat /etc/resolv.conf").contains("nameserver 10.0.2.3"));
 
-    // `/` is the overlay, writable, and the kernel modules are reachable.
+    // `/` is the overlay, writable (where the user may write), and the
+    // kernel modules are reachable.
     let mounts = sh(&lima, "deb", "cat /proc/mounts");
     // The last mount on `/` is the one processes see.
     let root_type = mounts
@@ -149,9 +190,13 @@ fn debian_userland_on_an_overlay_root() {
     sh(
         &lima,
         "deb",
-        "echo written > /etc/lima-test-marker && echo t > /tmp/t && echo u > /usr/lib/u",
+        "echo t > /tmp/t && echo h > ~/kept && echo v > /var/tmp/kept",
     );
-    assert_eq!(sh(&lima, "deb", "cat /etc/lima-test-marker"), "written\n");
+    assert_eq!(sh(&lima, "deb", "cat /tmp/t"), "t\n");
+    // `/var` and `/home` are the data disk's.
+    for m in [" /var ext4 ", " /home ext4 "] {
+        assert!(mounts.contains(m), "no {m:?} in {mounts}");
+    }
     sh(&lima, "deb", "test -f /lib/modules/$(uname -r)/modules.dep");
 
     // A vsockfs share, both ways.
@@ -209,7 +254,8 @@ fn debian_userland_on_an_overlay_root() {
     );
     drop(_server);
 
-    // Writes live in memory: a restart starts from the image again.
+    // Writes live in memory, but for /var and /home: a restart starts from
+    // the image again with the data disk's /var and /home.
     lima.limactl(&["stop", "deb"]).ok();
     let t = Instant::now();
     lima.limactl(&["start", "deb", "--timeout", "5m"]).ok();
@@ -218,18 +264,13 @@ fn debian_userland_on_an_overlay_root() {
         t.elapsed().as_secs_f64()
     );
     assert_eq!(
-        lima.shell(
-            "deb",
-            &[
-                "sh",
-                "-c",
-                "test -e /etc/lima-test-marker || test -e /usr/lib/u"
-            ]
-        )
-        .code(),
+        lima.shell("deb", &["sh", "-c", "test -e /tmp/t"]).code(),
         1,
-        "a write survived the restart"
+        "a write to /tmp survived the restart"
     );
+    assert_eq!(sh(&lima, "deb", "cat ~/kept /var/tmp/kept"), "h\nv\n");
+    // Debian's own /var came along (seeded on the first boot).
+    sh(&lima, "deb", "test -f /var/lib/dpkg/status");
     assert_eq!(sh(&lima, "deb", "python3 -c 'print(6*7)'"), "42\n");
 }
 

@@ -9,9 +9,11 @@
 //! FUSE, virtiofs, 9p, BTF for the eBPF port watcher) as modules, so the
 //! initramfs carries those modules, listed in `images/default/modules.txt`,
 //! with their dependencies and a `modules.dep`. Busybox-static gives a shell
-//! and the usual tools for debugging and for `lima shell`.
+//! and the usual tools for debugging and for `lima shell`; Debian's `mke2fs`
+//! (with its libraries and loader, `mke2fs.rs`) formats an instance's data
+//! disk.
 //!
-//! The result is cached by a hash of every input (the two .debs, the agent
+//! The result is cached by a hash of every input (the .debs, the agent
 //! binary, modules.txt and [`RECIPE_VERSION`]) in
 //! `target/images/cache/<hash>/`, and `target/images/default` is a symlink to
 //! the current entry, so a rebuild with the same inputs does no work.
@@ -23,6 +25,7 @@
 //! /usr/bin/lima-guest-agent    static musl binary
 //! /bin/busybox, /bin/<applet>  -> busybox
 //! /sbin/modprobe               -> /bin/busybox (the kernel's request_module helper)
+//! /sbin/mke2fs, /etc/mke2fs.conf, /lib/x86_64-linux-gnu/*, /lib64/ld-linux-x86-64.so.2
 //! /lib/modules/<release>/      kernel/..., modules.dep (depmod), modules.builtin, ...
 //! /dev/console                 char 5:1, so the kernel can give /init a console
 //! /etc/{passwd,group,hostname,resolv.conf,os-release}
@@ -47,7 +50,7 @@ use crate::{cmd, cpio, setup};
 
 /// Bump whenever the recipe below changes what ends up in the image, so the
 /// cache does not hand out an image built by the old recipe.
-const RECIPE_VERSION: &str = "2";
+const RECIPE_VERSION: &str = "3";
 
 /// Debian's metapackage that always depends on the current kernel.
 const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
@@ -61,6 +64,7 @@ const SKELETON_DIRS: &[(&str, u32)] = &[
     ("etc", 0o755),
     ("home", 0o755),
     ("lib", 0o755),
+    ("lib64", 0o755),
     ("mnt", 0o755),
     ("proc", 0o555),
     ("root", 0o700),
@@ -72,6 +76,8 @@ const SKELETON_DIRS: &[(&str, u32)] = &[
     ("usr/bin", 0o755),
     ("usr/sbin", 0o755),
     ("var", 0o755),
+    // Kept across restarts on the data disk, writable by every user (FHS).
+    ("var/tmp", 0o1777),
 ];
 
 /// Which images `cargo xtask image` makes.
@@ -131,6 +137,11 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     let packages = resolve_packages(&downloads)?;
     let kernel_deb = download(&packages.kernel, &downloads)?;
     let busybox_deb = download(&packages.busybox, &downloads)?;
+    let e2fs_debs = packages
+        .e2fsprogs
+        .iter()
+        .map(|d| download(d, &downloads))
+        .collect::<Result<Vec<_>>>()?;
     let modules_txt_path = cmd::root().join("images/default/modules.txt");
     let modules_txt = fs::read_to_string(&modules_txt_path)
         .with_context(|| format!("cannot read {}", modules_txt_path.display()))?;
@@ -143,10 +154,13 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     check_static_x86_64(&agent_bytes)
         .with_context(|| format!("guest agent {}", agent.display()))?;
 
+    let e2fs_sums: Vec<String> = e2fs_debs.iter().map(|d| d.sha256.clone()).collect();
+    let e2fs_sums = e2fs_sums.join(" ");
     let hash = inputs_hash(&[
         ("recipe", RECIPE_VERSION.as_bytes()),
         ("kernel.deb", kernel_deb.sha256.as_bytes()),
         ("busybox.deb", busybox_deb.sha256.as_bytes()),
+        ("e2fsprogs.debs", e2fs_sums.as_bytes()),
         ("agent", sha256_file(agent)?.as_bytes()),
         ("modules.txt", modules_txt.as_bytes()),
     ]);
@@ -186,6 +200,9 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
         let kernel = recipe.kernel(&kernel_deb.path)?;
         let modules = recipe.modules(&kernel, &parse_modules_txt(&modules_txt))?;
         recipe.busybox(&busybox_deb.path)?;
+        let e2fs_paths: Vec<PathBuf> = e2fs_debs.iter().map(|d| d.path.clone()).collect();
+        let libs = crate::mke2fs::stage(&e2fs_paths, recipe.work, recipe.tree)?;
+        eprintln!("image: mke2fs with {}", libs.join(" "));
         recipe.agent(&agent_bytes)?;
         recipe.skeleton(&kernel)?;
         let initrd_size = recipe.initrd()?;
@@ -243,6 +260,8 @@ struct Resolution {
     index_stamp: String,
     kernel: IndexedDeb,
     busybox: IndexedDeb,
+    /// mke2fs and its libraries ([`crate::mke2fs::PACKAGES`]).
+    e2fsprogs: Vec<IndexedDeb>,
 }
 
 /// One package file: the name `apt-get download` gives it and its checksum.
@@ -275,12 +294,11 @@ fn resolve_packages(downloads: &Path) -> Result<Resolution> {
     let kernel = kernel_package(&depends).with_context(|| {
         format!("`apt-cache depends {KERNEL_METAPACKAGE}` names no linux-image-* package")
     })?;
-    let uris = cmd::query_text(Command::new("apt-get").args([
-        "download",
-        "--print-uris",
-        &kernel,
-        BUSYBOX_PACKAGE,
-    ]))?;
+    let uris = cmd::query_text(
+        Command::new("apt-get")
+            .args(["download", "--print-uris", &kernel, BUSYBOX_PACKAGE])
+            .args(crate::mke2fs::PACKAGES),
+    )?;
     let debs = parse_print_uris(&uris);
     let find = |package: &str| {
         debs.iter()
@@ -294,6 +312,10 @@ fn resolve_packages(downloads: &Path) -> Result<Resolution> {
         index_stamp: stamp,
         kernel: find(&kernel)?,
         busybox: find(BUSYBOX_PACKAGE)?,
+        e2fsprogs: crate::mke2fs::PACKAGES
+            .iter()
+            .map(|p| find(p))
+            .collect::<Result<_>>()?,
     };
     write(
         &memo,

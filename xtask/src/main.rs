@@ -29,6 +29,7 @@ mod debian;
 mod fsutil;
 mod fuzz;
 mod image;
+mod mke2fs;
 mod pvh;
 mod run;
 mod setup;

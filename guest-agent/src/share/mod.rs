@@ -90,6 +90,7 @@ mod shm;
 mod tests;
 
 use client::Client;
+pub(crate) use mount::unescape;
 
 /// How long the kernel may take to send FUSE_INIT after the mount.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

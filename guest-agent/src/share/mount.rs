@@ -167,8 +167,9 @@ fn mount_device(mountinfo: &str, target: &Path) -> Option<(u32, u32)> {
         })
 }
 
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
+/// `/proc/mounts` and mountinfo write space, tab, newline and backslash
+/// as `\ooo`; this undoes it.
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -50,3 +50,21 @@ pub fn run_quiet(program: &str, args: &[&str]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Runs a helper program; an error names it and carries its stderr.
+pub fn run_checked(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

@@ -310,6 +310,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let inst = instance::Instance::open(&home, &name)?;
             let transport = lifecycle::transport(&inst)?;
+            let cfg = inst.config()?;
+            // As Lima: `--workdir` (which must exist), else the host's
+            // current folder when a mount holds it (the home if the guest
+            // lacks it), else the home.
+            let (cwd, cwd_fallback) = match workdir {
+                Some(w) => (Some(w), false),
+                None => (
+                    std::env::current_dir()
+                        .ok()
+                        .and_then(|d| lima_host::mounts::guest_path(&cfg.mounts, &d)),
+                    true,
+                ),
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -318,7 +331,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shell::ExecOptions {
                     argv,
                     env,
-                    cwd: workdir,
+                    cwd,
+                    cwd_fallback,
+                    user: Some(cfg.user.name.clone()),
+                    login: true,
                     tty,
                     on_started: None,
                 },

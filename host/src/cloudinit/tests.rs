@@ -314,7 +314,11 @@ fn the_scripts_are_valid_sh() {
 #[test]
 fn the_unit_runs_the_installed_agent_without_waiting_for_the_network() {
     for line in [
-        "After=local-fs.target",
+        "DefaultDependencies=no",
+        "After=local-fs.target systemd-udev-trigger.service systemd-journald.socket",
+        "Before=shutdown.target",
+        "KillMode=process",
+        "StandardError=journal+console",
         "Type=simple",
         "ExecStart=/usr/local/bin/lima-guest-agent",
         "Restart=always",

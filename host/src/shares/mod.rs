@@ -69,12 +69,15 @@ impl Served {
 }
 
 /// Mounts everything; the error names the mount that failed. `devices` are
-/// what the VM's plan gave vsockfs shares.
+/// what the VM's plan gave vsockfs shares; `owner` (uid, gid) is the guest
+/// user, who owns the files of vsockfs shares in the guest (as the host
+/// user owns them on the host).
 pub async fn mount_all(
     mounts: &[Mount],
     transport: &dyn Transport,
     devices: &VsockfsDevices,
     servers: &FileServers,
+    owner: (u32, u32),
 ) -> Result<Served, String> {
     let mut served = Served::default();
     let mut vsockfs = 0;
@@ -91,7 +94,7 @@ pub async fn mount_all(
             MountType::Vsockfs => {
                 served
                     .0
-                    .push(vsockfs::mount(m, transport, devices, vsockfs, servers).await?);
+                    .push(vsockfs::mount(m, transport, devices, vsockfs, servers, owner).await?);
                 vsockfs += 1;
                 continue;
             }

@@ -46,6 +46,7 @@ pub async fn mount(
     devices: &VsockfsDevices,
     nth: u64,
     servers: &FileServers,
+    (uid, gid): (u32, u32),
 ) -> Result<JoinHandle<()>, String> {
     let name = format!("mounts[{}] ({})", m.index, m.location.display());
     let program = servers
@@ -83,8 +84,8 @@ pub async fn mount(
         tag: m.tag.clone(),
         mount_point: m.mount_point.clone(),
         writable: m.writable,
-        uid: 0,
-        gid: 0,
+        uid,
+        gid,
         shm: shm.as_ref().map(|(_, region)| *region),
         port: given.filter(|_| port.is_some()).map(|p| p.name.clone()),
     };

@@ -141,6 +141,11 @@ pub fn build(i: &Inputs) -> Vec<String> {
     for d in &plan.disks {
         let ro = if d.read_only { ",readonly=on" } else { "" };
         let device = m.device("virtio-blk");
+        let serial = d
+            .serial
+            .as_ref()
+            .map(|s| format!(",serial={s}"))
+            .unwrap_or_default();
         push(&[
             "-drive",
             &format!(
@@ -150,7 +155,7 @@ pub fn build(i: &Inputs) -> Vec<String> {
                 d.format.as_str()
             ),
             "-device",
-            &format!("{device},drive={}", d.id),
+            &format!("{device},drive={}{serial}", d.id),
         ]);
     }
     push(&[
@@ -297,6 +302,7 @@ mod tests {
             serial_log: "/h/dev/serial.log".into(),
             ssh_port: None,
             mac: "52:55:55:00:00:01".into(),
+            data_disk_size: None,
         }
     }
 
@@ -337,15 +343,28 @@ mod tests {
             path: "/img/a,b/rootfs.ext4".into(),
             format: DiskFormat::Raw,
             read_only: true,
+            serial: None,
         };
-        let p = plan(kernel_boot(), vec![disk]);
+        let data = Disk {
+            id: "data".into(),
+            path: "/h/dev/datadisk".into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+            serial: Some("lima-data".into()),
+        };
+        let p = plan(kernel_boot(), vec![disk, data]);
         let vsock = VsockDevice::Kernel { cid: 7 };
         let a = args(&p, Machine::Q35, &vsock);
         assert_eq!(
             after(&a, "-drive"),
-            ["file=/img/a,,b/rootfs.ext4,if=none,id=root,format=raw,readonly=on"]
+            [
+                "file=/img/a,,b/rootfs.ext4,if=none,id=root,format=raw,readonly=on",
+                "file=/h/dev/datadisk,if=none,id=data,format=qcow2"
+            ]
         );
         assert!(after(&a, "-device").contains(&"virtio-blk-pci,drive=root".to_string()));
+        assert!(after(&a, "-device")
+            .contains(&"virtio-blk-pci,drive=data,serial=lima-data".to_string()));
         let a = args(&p, Machine::Microvm, &vsock);
         assert!(after(&a, "-device").contains(&"virtio-blk-device,drive=root".to_string()));
         assert_eq!(
@@ -365,12 +384,14 @@ mod tests {
                 path: "/i/disk".into(),
                 format: DiskFormat::Qcow2,
                 read_only: false,
+                serial: None,
             },
             Disk {
                 id: "seed".into(),
                 path: "/i/cidata.img".into(),
                 format: DiskFormat::Raw,
                 read_only: true,
+                serial: None,
             },
         ];
         let mut p = plan(
