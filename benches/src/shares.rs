@@ -33,7 +33,7 @@ const NAME: &str = "bench";
 /// and the host work through for a moment (9p and virtiofs have nobody in
 /// the guest to do that). Run before each mount's cold figure, so no mount
 /// is measured while the drop is still being dealt with.
-const DROP_CACHES: &str = "sync; echo 3 > /proc/sys/vm/drop_caches; sleep 2";
+const DROP_CACHES: &str = "sync; sudo -n sh -c 'echo 3 > /proc/sys/vm/drop_caches'; sleep 2";
 
 pub struct Opts {
     pub quick: bool,
@@ -294,6 +294,13 @@ pub fn shares(opts: &Opts) -> anyhow::Result<()> {
             git(&repo, &["commit", "-q", "-m", "tree"])?;
         }
     }
+    // Commands run as the guest user, not root: 9p and virtiofs pass the
+    // host's owners and modes through, so the trees must be writable by
+    // that user (vsockfs shows them as the guest user's own).
+    run(Command::new("chmod")
+        .arg("-R")
+        .arg("a+rwX")
+        .arg(host.path()))?;
     eprintln!(
         "host trees ready in {:.1} s under {} (image builtin:{image})",
         t.elapsed().as_secs_f64(),
@@ -396,6 +403,11 @@ fn measure(
     }
     let mounts = vm.sh("grep -E ' /mnt/(vsockfs|9p|virtiofs) ' /proc/mounts")?;
     eprintln!("{}", mounts.trim_end());
+    if git_image {
+        // 9p and virtiofs show the host's owners as they are; the guest
+        // user's git must accept repositories another user owns.
+        vm.sh("git config --global --add safe.directory '*'")?;
+    }
 
     // Each tree is touched for the first time by its cold row.
     let cells = kinds

@@ -218,6 +218,14 @@ pub fn create(u: &NewUser) -> Result<(), String> {
         copy_skel(Path::new("/etc/skel"), home, u.uid, u.gid);
         chown(home, u.uid, u.gid)?;
     }
+    // Passwordless sudo, as Lima's guest user has, where the image has sudo.
+    let sudoers = Path::new("/etc/sudoers.d");
+    if sudoers.is_dir() {
+        let path = sudoers.join("90-lima-user");
+        std::fs::write(&path, format!("{} ALL=(ALL) NOPASSWD:ALL\n", u.name))
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     if let Some(stem) = u.home.strip_suffix(".guest") {
         let link = format!("{stem}.linux");
         if std::fs::symlink_metadata(&link).is_err() {

@@ -206,6 +206,16 @@ fn debian_cloud_image_end_to_end() {
         format!("{user}.guest")
     );
     assert_eq!(sh(&lima, name, "hostname"), "lima-debian");
+    // `limactl shell` runs as that user, through its login shell, in its
+    // home (the test's folder is not shared).
+    assert_eq!(
+        sh(
+            &lima,
+            name,
+            "id -un; id -u; pwd; echo $0; shopt -q login_shell && echo login"
+        ),
+        format!("{user}\n{uid}\n{home}\nbash\nlogin")
+    );
 
     // SSH with the generated config, as the guest user, with sudo.
     let ssh_config = lima.instance_dir(name).join("ssh.config");

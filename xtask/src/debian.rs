@@ -54,6 +54,8 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "kmod",
     "netbase",
+    // The guest user's passwordless sudo (the agent writes its sudoers line).
+    "sudo",
 ];
 /// Must never be in the image: the agent is init.
 const FORBIDDEN: &[&str] = &["systemd-sysv", "systemd", "cloud-init", "linux-image-amd64"];
