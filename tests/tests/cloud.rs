@@ -206,16 +206,19 @@ fn debian_cloud_image_end_to_end() {
         format!("{user}.guest")
     );
     assert_eq!(sh(&lima, name, "hostname"), "lima-debian");
-    // `limactl shell` runs as that user, through its login shell, in its
-    // home (the test's folder is not shared).
+    // `limactl shell` runs as that user, in its home (the test's folder is
+    // not shared); with no command, its login shell reads stdin.
     assert_eq!(
-        sh(
-            &lima,
-            name,
-            "id -un; id -u; pwd; echo $0; shopt -q login_shell && echo login"
-        ),
-        format!("{user}\n{uid}\n{home}\nbash\nlogin")
+        sh(&lima, name, "id -un; id -u; pwd"),
+        format!("{user}\n{uid}\n{home}")
     );
+    let r = lima
+        .run(
+            lima.cmd("limactl").args(["shell", name]),
+            Some(b"echo $0; shopt -q login_shell && echo login\n"),
+        )
+        .ok();
+    assert_eq!(r.stdout().trim(), "-bash\nlogin");
 
     // SSH with the generated config, as the guest user, with sudo.
     let ssh_config = lima.instance_dir(name).join("ssh.config");
