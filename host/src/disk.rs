@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! images[].location ─ fetch (download.rs, or a local file) ─ basedisk ◀─ diffdisk (qcow2, disk: bytes)
+//!                     (a URL's cached file is hard-linked; a local file is copied)
 //! ```
 use std::path::{Path, PathBuf};
 
@@ -168,8 +169,12 @@ pub fn prepare(
     let format = sniff(&source)?.ok_or_else(|| DiskError::NotADiskImage(source.clone()))?;
     let qemu_img = crate::programs::find_program("qemu-img").ok_or(DiskError::NoQemuImg)?;
     let base = inst.path(instance::BASEDISK);
-    let made =
-        link_or_copy(&source, &base).and_then(|()| overlay(&qemu_img, &base, format, &diff, size));
+    // A hard link shares the file's permissions: only our private cache's
+    // files are linked; a user's own image (maybe readable by others) is
+    // copied, so nothing in the instance is open to other users.
+    let from_cache = source.starts_with(crate::download::cache_dir());
+    let made = link_or_copy(&source, &base, from_cache)
+        .and_then(|()| overlay(&qemu_img, &base, format, &diff, size));
     match made {
         Ok(size) => Ok(Prepared::Made {
             size,
@@ -183,9 +188,9 @@ pub fn prepare(
     }
 }
 
-fn link_or_copy(from: &Path, to: &Path) -> Result<(), DiskError> {
+fn link_or_copy(from: &Path, to: &Path, link: bool) -> Result<(), DiskError> {
     let _ = std::fs::remove_file(to);
-    if std::fs::hard_link(from, to).is_ok() {
+    if link && std::fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
     let tmp = to.with_extension("tmp");

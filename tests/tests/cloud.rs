@@ -178,6 +178,24 @@ fn debian_cloud_image_end_to_end() {
     .ok();
     assert_eq!(server.hits("/debian-12.qcow2"), 1);
 
+    // Nothing the start made is open to other users: the instance (disks,
+    // seed, ssh.config, firmware variables), the key pair, the cache.
+    use std::os::unix::fs::PermissionsExt;
+    for f in files_under(lima.home.path())
+        .into_iter()
+        .chain(files_under(lima.cache.path()))
+    {
+        let meta = std::fs::symlink_metadata(&f).unwrap();
+        if meta.file_type().is_symlink() || f.ends_with(".yaml") || f.contains("-share/") {
+            continue;
+        }
+        assert_eq!(
+            meta.permissions().mode() & 0o077,
+            0,
+            "{f} is open to others"
+        );
+    }
+
     // cloud-init ran to the end, from our NoCloud seed.
     lima.shell(name, &["cloud-init", "status", "--wait"]).ok();
     let result = sh(&lima, name, "cat /run/cloud-init/result.json");
