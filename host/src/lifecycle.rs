@@ -405,6 +405,20 @@ pub struct InstanceInfo {
     /// Why the instance is Broken (as Lima's `errors`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The host port of the guest's sshd, while a distro instance runs
+    /// (Lima's field names).
+    #[serde(rename = "sshLocalPort", skip_serializing_if = "Option::is_none")]
+    pub ssh_local_port: Option<u16>,
+    #[serde(rename = "sshConfigFile", skip_serializing_if = "Option::is_none")]
+    pub ssh_config_file: Option<String>,
+}
+
+/// The `Port` line of the instance's `ssh.config`.
+fn ssh_port(inst: &Instance) -> Option<u16> {
+    let text = std::fs::read_to_string(inst.path(instance::SSH_CONFIG)).ok()?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Port "))
+        .and_then(|p| p.trim().parse().ok())
 }
 
 pub fn info(inst: &Instance) -> InstanceInfo {
@@ -442,7 +456,11 @@ pub fn info(inst: &Instance) -> InstanceInfo {
             forwards = Some(p.forwards);
         }
     }
+    let ssh_local_port = if running { ssh_port(inst) } else { None };
     InstanceInfo {
+        ssh_config_file: ssh_local_port
+            .map(|_| inst.path(instance::SSH_CONFIG).display().to_string()),
+        ssh_local_port,
         errors: if status == Status::Broken {
             inst.errors()
         } else {

@@ -240,6 +240,12 @@ fn debian_cloud_image_end_to_end() {
 
     // SSH with the generated config, as the guest user, with sudo.
     let ssh_config = lima.instance_dir(name).join("ssh.config");
+    let info = lima.info(name);
+    assert_eq!(info["sshConfigFile"], ssh_config.display().to_string());
+    assert!(
+        info["sshLocalPort"].as_u64().is_some_and(|p| p > 0),
+        "{info}"
+    );
     let mut ssh = lima.command(Path::new("/usr/bin/ssh"));
     ssh.arg("-F")
         .arg(&ssh_config)
