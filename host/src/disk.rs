@@ -193,14 +193,7 @@ fn link_or_copy(from: &Path, to: &Path, link: bool) -> Result<(), DiskError> {
     if link && std::fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
-    let tmp = to.with_extension("tmp");
-    let copied = std::fs::copy(from, &tmp)
-        .map_err(io("copy the image to", &tmp))
-        .and_then(|_| std::fs::rename(&tmp, to).map_err(io("rename into place", to)));
-    if copied.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    copied
+    crate::privacy::copy_private(from, to).map_err(io("copy the image to", to))
 }
 
 /// Creates `diff` on `base` (named relative to it, so the instance
@@ -338,6 +331,7 @@ mod tests {
 
     #[test]
     fn the_overlay_is_made_once_grown_and_backed_relatively() {
+        use std::os::unix::fs::PermissionsExt;
         let Some(qemu_img) = crate::programs::find_program("qemu-img") else {
             eprintln!("skipped: no qemu-img");
             return;
@@ -353,6 +347,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
         let img = image(src.to_str().unwrap(), None);
         let made = prepare(&inst, &img, 64 << 20, false).unwrap();
         assert!(
@@ -371,6 +366,10 @@ mod tests {
             .unwrap();
         let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         assert_eq!(info["backing-filename"], "basedisk");
+        // A local image is copied, private, whatever its own mode.
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&src), 0o644);
+        assert_eq!(mode(&inst.path(instance::BASEDISK)), 0o600);
         // A second start keeps the disk the guest wrote.
         assert_eq!(
             prepare(&inst, &img, 1 << 30, false).unwrap(),

@@ -41,6 +41,30 @@ pub fn home_warning(home: &Path) -> Option<String> {
     })
 }
 
+/// Copies `from` to a new file `to` (replacing it) that only its owner can
+/// read: unlike `std::fs::copy`, the source's permissions are not taken
+/// over. Written to a temporary name first and renamed into place.
+pub fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = to.with_extension("tmp-copy");
+    let _ = std::fs::remove_file(&tmp);
+    let copied = (|| {
+        let mut src = std::fs::File::open(from)?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::copy(&mut src, &mut dst)?;
+        dst.sync_all()?;
+        std::fs::rename(&tmp, to)
+    })();
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    copied
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

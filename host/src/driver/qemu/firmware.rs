@@ -75,17 +75,13 @@ pub fn prepare(qemu: &Path, arch: &str, vars: &Path) -> Result<Firmware, DriverE
             continue;
         }
         if !vars.exists() {
-            let tmp = vars.with_extension("tmp");
-            std::fs::copy(&template, &tmp)
-                .and_then(|_| std::fs::rename(&tmp, vars))
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(&tmp);
-                    DriverError::Failed(format!(
-                        "cannot copy the UEFI variable store {} to {}: {e}",
-                        template.display(),
-                        vars.display()
-                    ))
-                })?;
+            crate::privacy::copy_private(&template, vars).map_err(|e| {
+                DriverError::Failed(format!(
+                    "cannot copy the UEFI variable store {} to {}: {e}",
+                    template.display(),
+                    vars.display()
+                ))
+            })?;
         }
         return Ok(Firmware::Pflash {
             code,
@@ -138,6 +134,12 @@ mod tests {
             }
         );
         assert_eq!(std::fs::read(&vars).unwrap(), b"template");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&vars).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "the template's own mode is not taken over"
+        );
         // The guest's variables survive the next start.
         std::fs::write(&vars, b"written by the guest").unwrap();
         prepare(&qemu, "x86_64", &vars).unwrap();
