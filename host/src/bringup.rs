@@ -191,11 +191,21 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     let hybrid = matches!(spec, TransportSpec::Hybrid { .. });
 
     // Wait for the guest agent, the VM's end, a stop request or the deadline.
+    // In a distro guest the agent starts before cloud-init made the guest
+    // user; the instance is ready for commands once that user exists.
+    let user = matches!(plan.boot, plan::Boot::Firmware { .. }).then(|| config.user.name.clone());
     let info = {
-        let ready = wait_ready(
-            transport.as_ref(),
-            hybrid.then_some(plan.serial_log.as_path()),
-        );
+        let ready = async {
+            let info = wait_ready(
+                transport.as_ref(),
+                hybrid.then_some(plan.serial_log.as_path()),
+            )
+            .await;
+            if let Some(user) = &user {
+                wait_for_user(transport.as_ref(), user).await;
+            }
+            info
+        };
         tokio::pin!(ready);
         let deadline = async {
             match opts.ready_timeout {
@@ -441,6 +451,27 @@ async fn ask_agent(agent: &dyn Transport) -> Result<(), String> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("the guest agent's shutdown request failed: {e}")),
         Err(_) => Err("the guest agent did not answer the shutdown request".to_string()),
+    }
+}
+
+/// Waits until the guest knows `user` (cloud-init's users module made it).
+async fn wait_for_user(transport: &dyn Transport, user: &str) {
+    let req = lima_proto::ExecRequest {
+        argv: vec!["id".into(), "-u".into(), user.into()],
+        env: Vec::new(),
+        cwd: Some("/".into()),
+        cwd_fallback: true,
+        user: None,
+        login: false,
+        pty: None,
+    };
+    loop {
+        match crate::exec::capture(transport, &req, Vec::new()).await {
+            Ok(c) if c.status == lima_proto::ExitStatus::Code(0) => return,
+            Ok(_) => tracing::debug!("guest user {user} not there yet"),
+            Err(e) => tracing::debug!("cannot ask the guest for {user}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
