@@ -115,14 +115,7 @@ pub fn fetch(image: &Image, progress: bool) -> Result<PathBuf, DiskError> {
             progress,
         )?);
     }
-    let p = loc.strip_prefix("file://").unwrap_or(loc);
-    let p = match p.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(rest),
-        None => PathBuf::from(p),
-    };
+    let p = crate::image::local_path(loc);
     if !p.is_file() {
         return Err(DiskError::Missing(p));
     }

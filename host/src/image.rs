@@ -121,18 +121,23 @@ pub fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-fn local(location: &str) -> Result<PathBuf, ImageError> {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        return Err(ImageError::Remote(location.to_string()));
-    }
+/// The file a local location names: `file://` dropped, `~/` the home.
+pub fn local_path(location: &str) -> PathBuf {
     let p = location.strip_prefix("file://").unwrap_or(location);
-    let p = match p.strip_prefix("~/") {
+    match p.strip_prefix("~/") {
         Some(rest) => std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_default()
             .join(rest),
         None => PathBuf::from(p),
-    };
+    }
+}
+
+fn local(location: &str) -> Result<PathBuf, ImageError> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Err(ImageError::Remote(location.to_string()));
+    }
+    let p = local_path(location);
     if !p.exists() {
         return Err(ImageError::MissingFile(p));
     }
