@@ -50,16 +50,6 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Whether `image` is a disk that firmware boots (not one of our built-in
-/// images, not a kernel the VMM loads).
-pub fn is_disk_image(image: &Image) -> bool {
-    !image.location.starts_with("builtin:")
-        && image
-            .kernel
-            .as_ref()
-            .is_none_or(|k| k.location.trim().is_empty())
-}
-
 /// Checks what can be checked before anything is fetched: the digest's
 /// form and, for a local file, that it exists.
 pub fn check(image: &Image) -> Result<(), DiskError> {
@@ -273,15 +263,21 @@ mod tests {
 
     #[test]
     fn disk_images_are_told_from_builtin_and_kernel_images() {
-        assert!(is_disk_image(&image("https://x/debian.qcow2", None)));
-        assert!(is_disk_image(&image("/tmp/x.img", None)));
-        assert!(!is_disk_image(&image("builtin:default", None)));
+        assert!(crate::image::is_disk_image(&image(
+            "https://x/debian.qcow2",
+            None
+        )));
+        assert!(crate::image::is_disk_image(&image("/tmp/x.img", None)));
+        assert!(!crate::image::is_disk_image(&image(
+            "builtin:default",
+            None
+        )));
         let mut k = image("/tmp/x.img", None);
         k.kernel = Some(crate::config::Kernel {
             location: "/boot/vmlinuz".into(),
             ..Default::default()
         });
-        assert!(!is_disk_image(&k));
+        assert!(!crate::image::is_disk_image(&k));
     }
 
     #[test]

@@ -191,11 +191,21 @@ fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<KernelBoot, ImageErro
     })
 }
 
+/// Whether `image` is a disk that firmware boots (not one of our built-in
+/// images, not a kernel the VMM loads).
+pub fn is_disk_image(image: &Image) -> bool {
+    !image.location.starts_with("builtin:")
+        && image
+            .kernel
+            .as_ref()
+            .is_none_or(|k| k.location.trim().is_empty())
+}
+
 /// Resolves an `images[]` entry to files on this host. A disk image boots
-/// from the instance's own disk (made by [`crate::disk::prepare`]) with the
+/// from the instance's own disk (made by `disk::prepare`) with the
 /// instance's cloud-init seed beside it.
 pub fn resolve(image: &Image, inst: &Instance) -> Result<BootImage, ImageError> {
-    if crate::disk::is_disk_image(image) {
+    if is_disk_image(image) {
         let disk = inst.path(instance::DIFFDISK);
         if !disk.exists() {
             return Err(ImageError::NoInstanceDisk {

@@ -78,7 +78,7 @@ pub fn create(
 
 /// Checks an image without fetching it or making anything.
 fn check_image(image: &crate::config::Image) -> Result<(), LifecycleError> {
-    if crate::disk::is_disk_image(image) {
+    if crate::image::is_disk_image(image) {
         crate::disk::check(image)?;
     } else {
         crate::image::resolve_kernel(image)?;
@@ -169,7 +169,7 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     let cfg = yaml.resolve(&origin)?;
     cfg.check_host(&origin)?;
     check_image(&cfg.image)?;
-    if crate::disk::is_disk_image(&cfg.image) {
+    if crate::image::is_disk_image(&cfg.image) {
         let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
         if let crate::disk::Prepared::Made {
             warning: Some(w), ..
@@ -315,7 +315,7 @@ pub fn stop(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
             let seen = events::read_all(&events_path).len();
             // The host agent's own grace for the guest, and time to spare.
             let wait = match inst.config() {
-                Ok(c) if crate::disk::is_disk_image(&c.image) => {
+                Ok(c) if crate::image::is_disk_image(&c.image) => {
                     crate::bringup::DISTRO_SHUTDOWN_GRACE + Duration::from_secs(30)
                 }
                 _ => Duration::from_secs(60),
