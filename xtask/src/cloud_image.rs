@@ -525,7 +525,7 @@ impl Recipe<'_> {
         cmd::run(convert.arg(&raw).arg(&disk))?;
         fs::remove_file(&raw).with_context(|| format!("cannot remove {}", raw.display()))?;
         let qcow2_secs = t.elapsed().as_secs_f64();
-        let sha256 = crate::image::sha256_file(&disk)?;
+        let sha256 = crate::cache::sha256_file(&disk)?;
 
         let manifest = serde_json::json!({
             "name": "debian-cloud",

@@ -44,7 +44,7 @@ use object::read::elf::{FileHeader, ProgramHeader};
 use object::LittleEndian;
 
 use crate::build::{self, Profile};
-use crate::cache::{default_dir, images_dir, inputs_hash};
+use crate::cache::{default_dir, images_dir, inputs_hash, sha256_file};
 use crate::fsutil::{copy, mib, remove_dir_if_present, set_mode, symlink, write};
 use crate::{cmd, cpio, setup};
 
@@ -417,20 +417,6 @@ fn download(deb: &IndexedDeb, dir: &Path) -> Result<Deb> {
         path.display()
     );
     Ok(Deb { path, sha256 })
-}
-
-/// SHA-256 of a file, by `sha256sum`: xtask is a debug build, and sha2
-/// compiled without optimisation hashes the 70 MB kernel package at about
-/// 8 MB/s (10 s on every run); coreutils takes half a second.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    let out = cmd::query_text(Command::new("sha256sum").arg("--binary").arg(path))?;
-    let digest = out.split_whitespace().next().unwrap_or_default();
-    ensure!(
-        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
-        "unexpected `sha256sum` output for {}: {out:?}",
-        path.display()
-    );
-    Ok(digest.to_ascii_lowercase())
 }
 
 /// The agent runs as `/init` with no libc and no loader in the initramfs, so
