@@ -139,6 +139,8 @@ fn lima_start(
     until: &str,
 ) -> anyhow::Result<(Timeline, Duration, Instant)> {
     let serial = home.join("cloud/serial.log");
+    // The last boot's console must not count for this one.
+    let _ = std::fs::remove_file(&serial);
     let t0 = Instant::now();
     let child = Command::new(limactl)
         .env("LIMA_HOME", home)
