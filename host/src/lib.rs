@@ -1,5 +1,6 @@
 //! The host side of lima-rs: instance store, `lima.yaml`, VM drivers, the
 //! per-instance host agent and the command-line front ends.
+pub mod base;
 pub mod bringup;
 pub mod client;
 pub mod cloudinit;

@@ -20,6 +20,8 @@ pub enum LifecycleError {
     #[error(transparent)]
     Template(#[from] template::TemplateError),
     #[error(transparent)]
+    Base(#[from] crate::base::BaseError),
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
@@ -65,14 +67,37 @@ pub fn create(
         return Ok((inst, false));
     }
     let t = template::locate(template_locator)?;
+    create_from(inst, &t)
+}
+
+/// [`create`] from a template already located (a remote one is fetched
+/// once). `base:` is merged in here: the instance's `lima.yaml` is the
+/// whole result, as Lima embeds bases when it creates an instance.
+pub fn create_from_template(
+    home: &Path,
+    name: &str,
+    t: &template::Template,
+) -> Result<(Instance, bool), LifecycleError> {
+    let inst = Instance::new(home, name)?;
+    if inst.exists() {
+        return Ok((inst, false));
+    }
+    create_from(inst, t)
+}
+
+fn create_from(
+    inst: Instance,
+    t: &template::Template,
+) -> Result<(Instance, bool), LifecycleError> {
+    let text = crate::base::embed(t)?;
     // Validate before anything lands on disk.
-    let yaml = LimaYaml::parse(&t.text, &t.origin)?;
+    let yaml = LimaYaml::parse(&text, &t.origin)?;
     let cfg = yaml.resolve(&t.origin)?;
     cfg.check_host(&t.origin)?;
     check_image(&cfg.image)?;
     crate::privacy::create_private_dir(&inst.dir)
         .map_err(io(format!("create {}", inst.dir.display())))?;
-    std::fs::write(inst.path(instance::LIMA_YAML), &t.text).map_err(io("write lima.yaml"))?;
+    std::fs::write(inst.path(instance::LIMA_YAML), &text).map_err(io("write lima.yaml"))?;
     Ok((inst, true))
 }
 

@@ -171,12 +171,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 _ => {
                     let locator = target.clone().unwrap_or_else(|| "template:default".into());
-                    let inst_name = match &name {
-                        Some(n) => n.clone(),
-                        None if target.is_none() => "default".into(),
-                        None => template::locate(&locator)?.suggested_name,
-                    };
-                    lifecycle::create(&home, &inst_name, &locator)?
+                    match &name {
+                        Some(n) => lifecycle::create(&home, n, &locator)?,
+                        None if target.is_none() => lifecycle::create(&home, "default", &locator)?,
+                        None => {
+                            // Located once: a remote template is fetched once.
+                            let t = template::locate(&locator)?;
+                            lifecycle::create_from_template(&home, &t.suggested_name.clone(), &t)?
+                        }
+                    }
                 }
             };
             if !created && inst.host_agent_running() {
