@@ -114,7 +114,10 @@ fn locators(base: &Value, origin: &str) -> Result<Vec<String>, BaseError> {
                         "base[{i}] has a digest; digests of base templates are not supported (Lima neither), remove it"
                     )));
                 }
-                if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), Some("url" | "digest"))) {
+                if let Some(k) = m
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), Some("url" | "digest")))
+                {
                     return Err(shape(format!(
                         "base[{i}]: unknown field `{}`; a base is a locator or {{url: LOCATOR}}",
                         k.as_str().unwrap_or("?")

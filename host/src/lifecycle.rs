@@ -85,10 +85,7 @@ pub fn create_from_template(
     create_from(inst, t)
 }
 
-fn create_from(
-    inst: Instance,
-    t: &template::Template,
-) -> Result<(Instance, bool), LifecycleError> {
+fn create_from(inst: Instance, t: &template::Template) -> Result<(Instance, bool), LifecycleError> {
     let text = crate::base::embed(t)?;
     // Validate before anything lands on disk.
     let yaml = LimaYaml::parse(&text, &t.origin)?;

@@ -105,9 +105,8 @@ impl Relative {
     /// `locator` made absolute when it is a relative file path; other
     /// locators (names, `template:`, URLs, absolute paths) as they are.
     pub fn join(&self, locator: &str) -> String {
-        let is_path = locator.ends_with(".yaml")
-            || locator.ends_with(".yml")
-            || locator.contains('/');
+        let is_path =
+            locator.ends_with(".yaml") || locator.ends_with(".yml") || locator.contains('/');
         if !is_path
             || locator.contains("://")
             || locator.starts_with("template:")
@@ -239,8 +238,13 @@ pub fn locate(locator: &str) -> Result<Template, TemplateError> {
             relative_to: Relative::Dir(cwd()),
         });
     }
+    let scheme_name = locator
+        .strip_prefix("template://")
+        .or_else(|| locator.strip_prefix("template:"));
     let file = locator.strip_prefix("file://").unwrap_or(locator);
-    if file.ends_with(".yaml") || file.ends_with(".yml") || file.contains('/') {
+    if scheme_name.is_none()
+        && (file.ends_with(".yaml") || file.ends_with(".yml") || file.contains('/'))
+    {
         let path = Path::new(file);
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         return Ok(Template {
@@ -250,10 +254,8 @@ pub fn locate(locator: &str) -> Result<Template, TemplateError> {
             relative_to: Relative::Dir(cwd().join(dir)),
         });
     }
-    let name = locator
-        .strip_prefix("template://")
-        .or_else(|| locator.strip_prefix("template:"))
-        .unwrap_or(locator);
+    let name = scheme_name.unwrap_or(locator);
+    let name = name.strip_suffix(".yaml").unwrap_or(name);
     for dir in search_path() {
         let path = dir.join(format!("{name}.yaml"));
         if path.exists() {
@@ -285,25 +287,4 @@ pub fn locate(locator: &str) -> Result<Template, TemplateError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builtin_and_file_templates() {
-        let t = locate("template:default").unwrap();
-        assert_eq!(t.suggested_name, "default");
-        assert!(t.text.contains("builtin:default"));
-        assert_eq!(locate("default").unwrap().origin, "template:default");
-        let err = locate("template:nosuch").unwrap_err().to_string();
-        assert!(err.contains("nosuch") && err.contains("default"), "{err}");
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("mine.yaml");
-        std::fs::write(&p, "cpus: 1\n").unwrap();
-        let t = locate(p.to_str().unwrap()).unwrap();
-        assert_eq!(t.suggested_name, "mine");
-        assert!(locate("/no/such/file.yaml")
-            .unwrap_err()
-            .to_string()
-            .contains("/no/such/file.yaml"));
-    }
-}
+mod tests;

@@ -165,7 +165,10 @@ fn a_base_twice_and_bad_shapes_are_errors() {
     let s = Store::new(&[
         ("twice.yaml", "base: [b.yaml, b.yaml]\n"),
         ("b.yaml", "cpus: 1\n"),
-        ("digest.yaml", "base: [{url: b.yaml, digest: 'sha256:00'}]\n"),
+        (
+            "digest.yaml",
+            "base: [{url: b.yaml, digest: 'sha256:00'}]\n",
+        ),
         ("number.yaml", "base: [7]\n"),
         ("field.yaml", "base: [{uri: b.yaml}]\n"),
     ]);
@@ -185,7 +188,10 @@ fn a_missing_base_names_it_and_the_template() {
     let s = Store::new(&[("child.yaml", "base: [nosuch.yaml]\ncpus: 1\n")]);
     let err = s.embed("child.yaml").unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("child.yaml") && msg.contains("nosuch.yaml"), "{msg}");
+    assert!(
+        msg.contains("child.yaml") && msg.contains("nosuch.yaml"),
+        "{msg}"
+    );
     assert!(matches!(err, BaseError::Load { .. }));
 }
 
