@@ -262,21 +262,24 @@ pub fn locate(locator: &str) -> Result<Template, TemplateError> {
             return Ok(Template {
                 origin: path.display().to_string(),
                 text: read(&path)?,
-                suggested_name: name.into(),
-                relative_to: Relative::Dir(dir),
+                suggested_name: name_from_locator(name),
+                relative_to: Relative::Dir(path.parent().map_or(dir.clone(), Path::to_path_buf)),
             });
         }
     }
+    // Lima's own templates name their images' part `_images/NAME`, which
+    // is what our template NAME holds.
+    let plain = name.strip_prefix("_images/").unwrap_or(name);
     let target = ALIASES
         .iter()
-        .find(|(alias, _)| *alias == name)
-        .map_or(name, |(_, t)| *t);
+        .find(|(alias, _)| *alias == plain)
+        .map_or(plain, |(_, t)| *t);
     if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == target) {
         return Ok(Template {
             origin: format!("template:{target}"),
             text: text.to_string(),
             // Lima names the instance after the name the user typed.
-            suggested_name: name.into(),
+            suggested_name: name_from_locator(name),
             relative_to: Relative::Dir(cwd()),
         });
     }

@@ -57,3 +57,52 @@ fn remote_template_errors_are_clear() {
     lima.limactl(&["start", &looped]).fails_with("loop");
     assert!(lima.our_processes().is_empty());
 }
+
+/// `base: template:debian-12` with the template's own image (the local
+/// Debian 12 cloud image from `cargo xtask image debian-cloud`) in front:
+/// the merged instance boots it, and its `lima.yaml` is the merge.
+#[test]
+#[ignore = "slow: cargo xtask test --slow (a Debian cloud image boots, about a minute under TCG)"]
+fn a_template_based_on_debian_12_boots_the_local_debian_image() {
+    use sha2::Digest;
+    let lima = Lima::as_ordinary_user();
+    let image = std::env::var_os("LIMA_TEST_CLOUD_IMAGE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| lima.bin_dir.join("../images/debian-cloud/disk.qcow2"));
+    assert!(
+        image.exists(),
+        "{} missing: run `cargo xtask image debian-cloud`",
+        image.display()
+    );
+    let digest = format!(
+        "sha512:{}",
+        hex::encode(sha2::Sha512::digest(std::fs::read(&image).unwrap()))
+    );
+    let server = Server::start();
+    let url = server.route("/local-debian-12.qcow2", Reply::File(image));
+    let yaml = lima.home.path().join("based.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "base: template:debian-12\nimages:\n- location: {url}\n  arch: x86_64\n  digest: {digest}\ncpus: 2\nmemory: 1GiB\ndisk: 8GiB\n"
+        ),
+    )
+    .unwrap();
+    lima.limactl(&["start", "--timeout", "10m", yaml.to_str().unwrap()])
+        .ok();
+    assert_eq!(server.hits("/local-debian-12.qcow2"), 1);
+    let os = lima
+        .shell("based", &["cat", "/etc/os-release"])
+        .ok()
+        .stdout();
+    assert!(os.contains("VERSION_ID=\"12\""), "{os}");
+    let merged = std::fs::read_to_string(lima.instance_dir("based").join("lima.yaml")).unwrap();
+    let ours = merged.find(&url).expect("our image in lima.yaml");
+    let upstream = merged
+        .find("debian-12-genericcloud-amd64")
+        .expect("debian-12's images follow");
+    assert!(ours < upstream, "{merged}");
+    assert!(merged.contains("mountTypesUnsupported"), "{merged}");
+    assert!(!merged.contains("base:"), "{merged}");
+    lima.limactl(&["stop", "based"]).ok();
+}

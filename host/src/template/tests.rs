@@ -53,6 +53,10 @@ fn both_template_schemes_and_limas_aliases_find_the_shipped_templates() {
         assert_eq!(t.suggested_name, alias);
     }
     assert!(names().contains(&"debian".to_string()));
+    // As Lima's templates write their bases.
+    let t = locate("template:_images/debian-12").unwrap();
+    assert_eq!(t.origin, "template:debian-12");
+    assert_eq!(t.suggested_name, "debian-12");
 }
 
 /// Templates whose upstream publishes no pinned image with a checksum;
