@@ -23,6 +23,9 @@
 //!
 //! Lists nested inside list entries are not merged (the entry is kept
 //! whole), which is where Lima's generic list rule has no meaning either.
+//! Relative `file:` paths of `provision:` and `probes:` entries are made
+//! absolute against the template that names them, as Lima does, since the
+//! merged `lima.yaml` lives in the instance's folder.
 //!
 //! The merge works on untyped YAML before [`crate::config::LimaYaml`]
 //! parses the result, so an unknown field still fails with its file named.
@@ -65,8 +68,9 @@ pub fn embed_with(
     t: &Template,
     load: &mut dyn FnMut(&str) -> Result<Template, TemplateError>,
 ) -> Result<String, BaseError> {
-    let doc = parse(&t.text, &t.origin)?;
-    if !has_base(&doc) {
+    let mut doc = parse(&t.text, &t.origin)?;
+    let moved = absolute_files(&mut doc, t);
+    if !has_base(&doc) && !moved {
         return Ok(t.text.clone());
     }
     let mut stack = vec![t.origin.clone()];
@@ -175,12 +179,40 @@ fn embed_value(
         stack.push(bt.origin.clone());
         // Strict parsing here names the base file for an unknown field.
         crate::config::LimaYaml::parse(&bt.text, &bt.origin)?;
-        let bdoc = parse(&bt.text, &bt.origin)?;
+        let mut bdoc = parse(&bt.text, &bt.origin)?;
+        absolute_files(&mut bdoc, &bt);
         let bdoc = embed_value(bdoc, &bt, load, stack, seen)?;
         stack.pop();
         doc = merge_top(doc, bdoc);
     }
     Ok(doc)
+}
+
+/// Makes the relative `file:` of `provision:` and `probes:` entries (a
+/// string or `{url: ...}`) relative to the template's own place, as Lima
+/// does, since the merged result lives in the instance's folder. Returns
+/// whether anything changed.
+fn absolute_files(doc: &mut Value, t: &Template) -> bool {
+    let mut changed = false;
+    for list in ["provision", "probes"] {
+        let Some(Value::Sequence(entries)) = doc.get_mut(list) else {
+            continue;
+        };
+        for e in entries {
+            let slot = match e.get_mut("file") {
+                Some(Value::Mapping(m)) => m.get_mut("url"),
+                other => other,
+            };
+            if let Some(Value::String(f)) = slot {
+                let abs = t.relative_to.join_file(f);
+                if abs != *f {
+                    *f = abs;
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
 }
 
 /// Merges `base` under `child` at the top level of a template.

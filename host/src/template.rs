@@ -115,6 +115,23 @@ impl Relative {
         {
             return locator.to_string();
         }
+        self.join_any(locator)
+    }
+
+    /// `locator` made absolute when it is any relative path (a `file:` of
+    /// `provision:` or `probes:`, where `setup.sh` is a path too).
+    pub fn join_file(&self, locator: &str) -> String {
+        if locator.contains("://")
+            || locator.starts_with("template:")
+            || locator.starts_with('/')
+            || locator.starts_with('~')
+        {
+            return locator.to_string();
+        }
+        self.join_any(locator)
+    }
+
+    fn join_any(&self, locator: &str) -> String {
         match self {
             Relative::Dir(d) => d.join(locator).display().to_string(),
             Relative::Url(u) => match u.rfind('/') {

@@ -275,3 +275,42 @@ fn a_shipped_template_as_base_from_a_file_resolves() {
     );
     assert!(yaml.base.is_none());
 }
+
+#[test]
+fn relative_script_files_follow_the_template_that_names_them() {
+    let s = Store::new(&[
+        (
+            "child.yaml",
+            "base: sub/base.yaml\nprovision: [{mode: system, file: mine.sh}, {file: /abs.sh}]\n",
+        ),
+        (
+            "sub/base.yaml",
+            "provision: [{file: {url: setup.sh}}]\nprobes: [{file: https://h/p.sh}]\n",
+        ),
+    ]);
+    let mut t = s.template("sub/base.yaml");
+    t.relative_to = Relative::Dir("/t/sub".into());
+    let mut doc = parse(&t.text, &t.origin).unwrap();
+    assert!(absolute_files(&mut doc, &t));
+    assert_eq!(doc["provision"], y("[{file: {url: /t/sub/setup.sh}}]"));
+    assert_eq!(doc["probes"], y("[{file: 'https://h/p.sh'}]"));
+    let got = s.embed("child.yaml").unwrap();
+    // The Store loads every template relative to /t, so the base's own
+    // file lands there; the child's is relative to its folder.
+    assert_eq!(
+        got["provision"],
+        y("[{file: {url: /t/setup.sh}}, {mode: system, file: /t/mine.sh}, {file: /abs.sh}]")
+    );
+}
+
+#[test]
+fn a_template_without_base_but_with_a_relative_script_is_rewritten() {
+    let t = Template {
+        origin: "t.yaml".into(),
+        text: "# note\nprovision: [{file: a.sh}]\n".into(),
+        suggested_name: "t".into(),
+        relative_to: Relative::Dir("/src".into()),
+    };
+    let out: Value = serde_yaml_ng::from_str(&embed(&t).unwrap()).unwrap();
+    assert_eq!(out, y("provision: [{file: /src/a.sh}]"));
+}
