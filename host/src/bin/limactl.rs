@@ -36,7 +36,7 @@ enum Cmd {
         /// How long to wait for the guest agent (e.g. 10m, 90s)
         #[arg(long, default_value = "10m", value_parser = lima_host::units::parse_duration)]
         timeout: Duration,
-        /// An existing instance, or a template: `template:NAME`, NAME, or a .yaml path
+        /// An existing instance, or a template: `template:NAME` (debian-12, fedora, ...), NAME, a .yaml path, or an http(s) URL
         target: Option<String>,
     },
     /// Stop instances
