@@ -34,7 +34,7 @@ pub enum LifecycleError {
         log: String,
         serial: String,
         /// The last lines of the log that shows why (see [`LogTail`]).
-        tail: LogTail,
+        tail: Box<LogTail>,
     },
     #[error("the guest agent of `{name}` did not answer within {timeout:?}; the instance was stopped.\n  serial console: {serial}\n  host agent log: {log}{tail}")]
     Timeout {
@@ -42,7 +42,7 @@ pub enum LifecycleError {
         timeout: Duration,
         serial: String,
         log: String,
-        tail: LogTail,
+        tail: Box<LogTail>,
     },
     #[error("instance `{name}` has no sshd: built-in images are reached with `limactl shell {name}`; a distro image (e.g. `template:debian-12`) runs sshd")]
     NoSsh { name: String },
@@ -363,7 +363,7 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
                 timeout,
                 serial: inst.path(instance::SERIAL_LOG).display().to_string(),
                 log: inst.path(instance::HA_LOG).display().to_string(),
-                tail: LogTail::relevant(inst),
+                tail: Box::new(LogTail::relevant(inst)),
             });
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -384,10 +384,15 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> bool {
 fn start_failed(inst: &Instance, reason: String) -> LifecycleError {
     LifecycleError::StartFailed {
         name: inst.name.clone(),
-        reason,
         log: inst.path(instance::HA_LOG).display().to_string(),
         serial: inst.path(instance::SERIAL_LOG).display().to_string(),
-        tail: LogTail::relevant(inst),
+        tail: {
+            // The host agent's last line is often the reason itself.
+            let mut tail = LogTail::relevant(inst);
+            tail.lines.retain(|l| !l.contains(reason.as_str()));
+            Box::new(tail)
+        },
+        reason,
     }
 }
 
@@ -698,7 +703,7 @@ mod tests {
             reason: "cloud-init failed".into(),
             log: "/x/ha.stderr.log".into(),
             serial: log.display().to_string(),
-            tail,
+            tail: Box::new(tail),
         }
         .to_string();
         assert!(
