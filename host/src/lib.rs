@@ -23,6 +23,7 @@ pub mod plan;
 pub mod portfwd;
 pub mod privacy;
 pub mod programs;
+pub mod progress;
 pub mod shares;
 pub mod shell;
 pub mod ssh;

@@ -29,26 +29,114 @@ pub enum LifecycleError {
     Disk(#[from] crate::disk::DiskError),
     #[error("instance `{name}` is running; stop it first or use --force")]
     Running { name: String },
-    #[error("instance `{name}` failed to start: {reason}\n  host agent log: {log}\n  serial console: {serial}")]
+    #[error("instance `{name}` failed to start: {reason}\n  host agent log: {log}\n  serial console: {serial}{tail}")]
     StartFailed {
         name: String,
         reason: String,
         log: String,
         serial: String,
+        /// The last lines of the log that shows why (see [`LogTail`]).
+        tail: Box<LogTail>,
     },
-    #[error("the guest agent of `{name}` did not answer within {timeout:?}; the instance was stopped.\n  serial console: {serial}\n  host agent log: {log}")]
+    #[error("the guest agent of `{name}` did not answer within {timeout:?}; the instance was stopped.\n  serial console: {serial}\n  host agent log: {log}{tail}")]
     Timeout {
         name: String,
         timeout: Duration,
         serial: String,
         log: String,
+        tail: Box<LogTail>,
     },
+    #[error("instance `{name}` has no sshd: built-in images are reached with `limactl shell {name}`; a distro image (e.g. `template:debian-12`) runs sshd")]
+    NoSsh { name: String },
     #[error("cannot {what}")]
     Io {
         what: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The last lines of a log, shown under a failed start's error; empty
+/// when the log is missing or empty.
+#[derive(Debug, Default)]
+pub struct LogTail {
+    pub file: String,
+    pub lines: Vec<String>,
+}
+
+/// How many lines of a log a failed start shows.
+pub const TAIL_LINES: usize = 10;
+
+impl LogTail {
+    pub fn read(path: &Path, n: usize) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                // A serial console carries escape sequences and carriage
+                // returns; keep what a terminal would show as text.
+                let shown = l.rsplit('\r').find(|p| !p.trim().is_empty()).unwrap_or("");
+                printable(shown).trim_end().to_string()
+            })
+            .filter(|l| !l.is_empty())
+            .collect();
+        let keep = lines.len().saturating_sub(n);
+        lines.drain(..keep);
+        Self {
+            file: path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            lines,
+        }
+    }
+
+    /// The log that says why: the guest's console once the VM ran, else
+    /// the host agent's own.
+    fn relevant(inst: &Instance) -> Self {
+        let serial = Self::read(&inst.path(instance::SERIAL_LOG), TAIL_LINES);
+        if inst.vm_was_launched() && !serial.lines.is_empty() {
+            return serial;
+        }
+        Self::read(&inst.path(instance::HA_LOG), TAIL_LINES)
+    }
+}
+
+/// `line` without terminal escape sequences (`ESC [ ... letter`) and
+/// other control characters but tabs.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters, then one final byte in @..~.
+                for p in chars.by_ref() {
+                    if ('@'..='~').contains(&p) {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl std::fmt::Display for LogTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.lines.is_empty() {
+            return Ok(());
+        }
+        write!(f, "\n  last lines of {}:", self.file)?;
+        for l in &self.lines {
+            write!(f, "\n    | {l}")?;
+        }
+        Ok(())
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
@@ -191,13 +279,19 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     let cfg = yaml.resolve(&origin)?;
     cfg.check_host(&origin)?;
     check_image(&cfg.image)?;
+    let mut phases = crate::progress::Progress::stderr();
     if crate::image::is_disk_image(&cfg.image) {
         let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        if let crate::disk::Prepared::Made {
-            warning: Some(w), ..
-        } = crate::disk::prepare(inst, &cfg.image, cfg.disk, progress)?
+        if !inst.path(instance::DIFFDISK).exists() {
+            phases.phase("disk", &format!("from {}", cfg.image.location));
+        }
+        if let crate::disk::Prepared::Made { size, warning } =
+            crate::disk::prepare(inst, &cfg.image, cfg.disk, progress)?
         {
-            eprintln!("warning: {w}");
+            phases.phase("disk", &format!("ready ({} overlay)", human_size(size)));
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
         }
     }
     crate::image::resolve(&cfg.image, inst)?;
@@ -245,6 +339,7 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     loop {
         let all = events::read_all(&events_path);
         for rec in all.iter().skip(seen) {
+            phases.event(rec);
             match &rec.event {
                 ev @ Event::Running { .. } => {
                     // The child is detached; reap it from a thread if it exits.
@@ -290,6 +385,7 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
                 timeout,
                 serial: inst.path(instance::SERIAL_LOG).display().to_string(),
                 log: inst.path(instance::HA_LOG).display().to_string(),
+                tail: Box::new(LogTail::relevant(inst)),
             });
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -310,9 +406,15 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> bool {
 fn start_failed(inst: &Instance, reason: String) -> LifecycleError {
     LifecycleError::StartFailed {
         name: inst.name.clone(),
-        reason,
         log: inst.path(instance::HA_LOG).display().to_string(),
         serial: inst.path(instance::SERIAL_LOG).display().to_string(),
+        tail: {
+            // The host agent's last line is often the reason itself.
+            let mut tail = LogTail::relevant(inst);
+            tail.lines.retain(|l| !l.contains(reason.as_str()));
+            Box::new(tail)
+        },
+        reason,
     }
 }
 
@@ -441,6 +543,25 @@ fn ssh_port(inst: &Instance) -> Option<u16> {
     text.lines()
         .find_map(|l| l.trim().strip_prefix("Port "))
         .and_then(|p| p.trim().parse().ok())
+}
+
+/// What `limactl show-ssh` prints: the running instance's `ssh.config` in
+/// the asked form.
+pub fn show_ssh(inst: &Instance, format: crate::ssh::ShowFormat) -> Result<String, LifecycleError> {
+    if inst.status() != Status::Running {
+        return Err(InstanceError::NotRunning {
+            name: inst.name.clone(),
+        }
+        .into());
+    }
+    let no_ssh = || LifecycleError::NoSsh {
+        name: inst.name.clone(),
+    };
+    if ssh_port(inst).is_none() {
+        return Err(no_ssh());
+    }
+    let text = std::fs::read_to_string(inst.path(instance::SSH_CONFIG)).map_err(|_| no_ssh())?;
+    crate::ssh::show(&text, format).ok_or_else(no_ssh)
 }
 
 pub fn info(inst: &Instance) -> InstanceInfo {
@@ -581,6 +702,59 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    #[test]
+    fn a_failed_start_shows_the_last_lines_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        let mut text = String::new();
+        for i in 0..30 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        // What a console leaves: colour codes, carriage returns, blank lines.
+        text.push_str("\x1b[0;32m  OK  \x1b[0m] Started ssh.service\r\n\r\n");
+        text.push_str("progress 10%\rprogress 100%\n");
+        std::fs::write(&log, text).unwrap();
+        let tail = LogTail::read(&log, TAIL_LINES);
+        assert_eq!(tail.lines.len(), TAIL_LINES);
+        assert_eq!(tail.lines[0], "line 22");
+        assert_eq!(tail.lines[8], "  OK  ] Started ssh.service");
+        assert_eq!(tail.lines[9], "progress 100%");
+        let err = LifecycleError::StartFailed {
+            name: "d".into(),
+            reason: "cloud-init failed".into(),
+            log: "/x/ha.stderr.log".into(),
+            serial: log.display().to_string(),
+            tail: Box::new(tail),
+        }
+        .to_string();
+        assert!(
+            err.contains("\n  last lines of serial.log:\n    | line 22\n"),
+            "{err}"
+        );
+        assert!(err.ends_with("    | progress 100%"), "{err}");
+        // No log, no section.
+        let none = LogTail::read(&dir.path().join("missing.log"), TAIL_LINES);
+        assert_eq!(none.to_string(), "");
+    }
+
+    #[test]
+    fn show_ssh_needs_a_running_instance_with_sshd() {
+        let home = tempfile::tempdir().unwrap();
+        let inst = Instance::new(home.path(), "stopped").unwrap();
+        std::fs::create_dir_all(&inst.dir).unwrap();
+        std::fs::write(
+            inst.path(instance::LIMA_YAML),
+            "images:\n- location: builtin:default\n",
+        )
+        .unwrap();
+        let err = show_ssh(&inst, crate::ssh::ShowFormat::Cmd).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is not running (start it with `limactl start stopped`)"),
+            "{err}"
+        );
+    }
 
     /// An instance directory whose lima.yaml shares `kept`.
     fn instance(home: &Path, kept: &Path) -> Instance {

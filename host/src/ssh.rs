@@ -78,6 +78,94 @@ pub fn write_client_config(path: &Path, c: &ClientConfig) -> std::io::Result<()>
     std::fs::rename(&tmp, path)
 }
 
+/// What `limactl show-ssh --format` prints (Lima's four forms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowFormat {
+    /// `ssh -o K=V ... lima-NAME`
+    Cmd,
+    /// `-o K=V ...`, without `ssh` and the host
+    Args,
+    /// `K=V`, one a line
+    Options,
+    /// a `Host` block for `~/.ssh/config`
+    Config,
+}
+
+impl std::str::FromStr for ShowFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cmd" => Ok(Self::Cmd),
+            "args" => Ok(Self::Args),
+            "options" => Ok(Self::Options),
+            "config" => Ok(Self::Config),
+            _ => Err(format!(
+                "unknown format `{s}`; use cmd, args, options or config"
+            )),
+        }
+    }
+}
+
+/// The host alias and its options, in file order, from a client config as
+/// [`client_config`] writes it (values keep their ssh_config quoting).
+pub fn parse_client_config(text: &str) -> Option<(String, Vec<(String, String)>)> {
+    let mut host = None;
+    let mut opts = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once(char::is_whitespace)?;
+        let value = value.trim().to_string();
+        if key.eq_ignore_ascii_case("Host") {
+            if host.is_some() {
+                break;
+            }
+            host = Some(value);
+        } else if host.is_some() {
+            opts.push((key.to_string(), value));
+        }
+    }
+    Some((host?, opts))
+}
+
+/// One `K=V` word for a POSIX shell: as it is when it holds nothing the
+/// shell would change, else in single quotes.
+fn shell_word(w: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-+=/.,:@%\"".contains(c);
+    // A double-quoted value without `$`, backquote or backslash means the
+    // same to the shell and to ssh (Lima prints `IdentityFile="..."`).
+    if w.chars().all(plain) {
+        return w.to_string();
+    }
+    format!("'{}'", w.replace('\'', "'\\''"))
+}
+
+/// `limactl show-ssh` output for the client config `text`.
+pub fn show(text: &str, format: ShowFormat) -> Option<String> {
+    let (host, opts) = parse_client_config(text)?;
+    let kv: Vec<String> = opts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let args = || {
+        kv.iter()
+            .map(|o| format!("-o {}", shell_word(o)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Some(match format {
+        ShowFormat::Cmd => format!("ssh {} {}\n", args(), shell_word(&host)),
+        ShowFormat::Args => format!("{}\n", args()),
+        ShowFormat::Options => kv.iter().map(|o| format!("{o}\n")).collect(),
+        ShowFormat::Config => {
+            let mut out = format!("Host {host}\n");
+            for (k, v) in &opts {
+                out.push_str(&format!("  {k} {v}\n"));
+            }
+            out
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +233,79 @@ mod tests {
         let p = host_port(0).unwrap();
         assert!(p > 0);
         std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+    }
+
+    fn sample() -> String {
+        client_config(&ClientConfig {
+            instance: "debian",
+            user: "alice",
+            identity: Path::new("/home/alice/.lima/_config/user"),
+            port: 60022,
+            forward_agent: false,
+        })
+    }
+
+    #[test]
+    fn show_ssh_cmd_and_args() {
+        let cmd = show(&sample(), ShowFormat::Cmd).unwrap();
+        assert!(cmd.starts_with("ssh -o Hostname=127.0.0.1 -o Port=60022 -o User=alice -o IdentityFile=\"/home/alice/.lima/_config/user\" "), "{cmd}");
+        assert!(cmd.ends_with(" -o BatchMode=yes lima-debian\n"), "{cmd}");
+        let args = show(&sample(), ShowFormat::Args).unwrap();
+        assert_eq!(format!("ssh {} lima-debian\n", args.trim_end()), cmd);
+        // The words survive a real shell as ssh options.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' {}", args.trim_end()))
+            .output()
+            .unwrap();
+        let words = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            words.contains("\nIdentityFile=/home/alice/.lima/_config/user\n"),
+            "{words}"
+        );
+    }
+
+    #[test]
+    fn show_ssh_quotes_a_path_with_spaces_for_the_shell() {
+        let text = client_config(&ClientConfig {
+            instance: "d",
+            user: "bob",
+            identity: Path::new("/home/b o/key"),
+            port: 2222,
+            forward_agent: false,
+        });
+        let args = show(&text, ShowFormat::Args).unwrap();
+        assert!(
+            args.contains("-o 'IdentityFile=\"/home/b o/key\"'"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn show_ssh_options_and_config() {
+        let opts = show(&sample(), ShowFormat::Options).unwrap();
+        let lines: Vec<&str> = opts.lines().collect();
+        assert_eq!(
+            &lines[..4],
+            [
+                "Hostname=127.0.0.1",
+                "Port=60022",
+                "User=alice",
+                "IdentityFile=\"/home/alice/.lima/_config/user\""
+            ]
+        );
+        let config = show(&sample(), ShowFormat::Config).unwrap();
+        assert!(
+            config.starts_with("Host lima-debian\n  Hostname 127.0.0.1\n  Port 60022\n"),
+            "{config}"
+        );
+        // The same options as the instance's own file.
+        assert_eq!(parse_client_config(&config), parse_client_config(&sample()));
+        assert_eq!("config".parse(), Ok(ShowFormat::Config));
+        assert!("json"
+            .parse::<ShowFormat>()
+            .unwrap_err()
+            .contains("cmd, args, options or config"));
+        assert_eq!(show("# nothing\n", ShowFormat::Cmd), None);
     }
 }

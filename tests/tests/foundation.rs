@@ -10,9 +10,29 @@ use lima_tests::{sha256_hex, Lima};
 #[test]
 fn instance_lifecycle_and_exec() {
     let lima = Lima::new();
-    lima.start("dev", &[]);
+    let started = lima.start("dev", &[]);
+    // Each phase on a line with its time, the agent's readiness last.
+    let phases: Vec<String> = started
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .map(|l| l.split("] ").nth(1).unwrap_or("").to_string())
+        .collect();
+    assert!(
+        phases[0].starts_with("booting: accelerator ")
+            && phases
+                .last()
+                .unwrap()
+                .starts_with("running: guest agent ready"),
+        "{}",
+        started.stderr()
+    );
     let info = lima.info("dev");
     assert_eq!(info["status"], "Running");
+    // Our image has no sshd: show-ssh says how to get in instead.
+    lima.limactl(&["show-ssh", "dev"]).fails_with(
+        "instance `dev` has no sshd: built-in images are reached with `limactl shell dev`",
+    );
     assert_eq!(info["arch"], "x86_64");
     assert!(info["hostAgentPID"].as_i64().unwrap() > 0);
 

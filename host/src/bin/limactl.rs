@@ -84,6 +84,15 @@ enum Cmd {
         #[arg(required = true)]
         instances: Vec<String>,
     },
+    /// Show the ssh command line of a running distro instance (deprecated in
+    /// Lima: prefer `ssh -F ~/.lima/NAME/ssh.config lima-NAME`)
+    #[command(name = "show-ssh")]
+    ShowSsh {
+        /// cmd, args, options or config
+        #[arg(short, long, default_value = "cmd")]
+        format: lima_host::ssh::ShowFormat,
+        instance: String,
+    },
     /// Run the host agent of an instance (started by `limactl start`)
     #[command(hide = true)]
     Hostagent { instance: String },
@@ -357,6 +366,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(each_instance(&home, instances, "Deleted", |inst| {
                 lifecycle::delete(inst, force)
             }))
+        }
+        Cmd::ShowSsh { format, instance } => {
+            let inst = instance::Instance::open(&home, &instance)?;
+            let text = lifecycle::show_ssh(&inst, format)?;
+            eprintln!(
+                "limactl: warning: `show-ssh` is deprecated; use `ssh -F {} lima-{}`",
+                inst.path(instance::SSH_CONFIG).display(),
+                inst.name
+            );
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Hostagent { instance: name } => {
             let inst = instance::Instance::open(&home, &name)?;
