@@ -66,7 +66,8 @@ pub fn create(
     }
     let t = template::locate(template_locator)?;
     // Validate before anything lands on disk.
-    let yaml = LimaYaml::parse(&t.text, &t.origin)?;
+    let mut yaml = LimaYaml::parse(&t.text, &t.origin)?;
+    crate::tmplvars::expand_for(&mut yaml, name, &inst.dir, &t.origin)?;
     let cfg = yaml.resolve(&t.origin)?;
     cfg.check_host(&t.origin)?;
     check_image(&cfg.image)?;
@@ -145,7 +146,13 @@ pub fn apply_mount_flags(
         source: std::io::Error::other(e),
     })?;
     // Check before writing: a bad flag must not damage the file.
-    let yaml = LimaYaml::parse(&out, &path.display().to_string())?;
+    let mut yaml = LimaYaml::parse(&out, &path.display().to_string())?;
+    crate::tmplvars::expand_for(
+        &mut yaml,
+        &inst.name,
+        &inst.dir,
+        &path.display().to_string(),
+    )?;
     yaml.resolve(&path.display().to_string())?;
     std::fs::write(&path, out).map_err(io("write lima.yaml"))
 }
@@ -168,6 +175,8 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     let origin = inst.path(instance::LIMA_YAML).display().to_string();
     let cfg = yaml.resolve(&origin)?;
     cfg.check_host(&origin)?;
+    // `provision:` and `probes:` are checked now, not after the boot.
+    crate::provision::Provisioning::from_yaml(&yaml, Vec::new(), &origin)?;
     check_image(&cfg.image)?;
     if crate::image::is_disk_image(&cfg.image) {
         let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -205,6 +214,11 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("hostagent").arg(&inst.name);
     cmd.env("LIMA_HOME", inst.dir.parent().unwrap_or(Path::new("/")));
+    // The host agent stops waiting for probes before we give up.
+    let deadline = std::time::SystemTime::now() + timeout;
+    if let Ok(d) = deadline.duration_since(std::time::UNIX_EPOCH) {
+        cmd.env("LIMA_START_DEADLINE_MS", d.as_millis().to_string());
+    }
     cmd.stdin(std::process::Stdio::null());
     cmd.stdout(log.try_clone().map_err(io("open the host agent log"))?)
         .stderr(log);
@@ -233,6 +247,15 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
                     let _ = child.wait();
                     return Err(start_failed(inst, reason.clone()));
                 }
+                // Provision steps and probes, as they happen.
+                Event::StepStarted { step } => {
+                    eprintln!("[{:6.1}s] {step} ...", started.elapsed().as_secs_f64())
+                }
+                Event::StepDone { step, ms } => eprintln!(
+                    "[{:6.1}s] {step} done in {:.1}s",
+                    started.elapsed().as_secs_f64(),
+                    *ms as f64 / 1000.0
+                ),
                 _ => {}
             }
         }
