@@ -205,7 +205,7 @@ pub fn expand_yaml(yaml: &mut LimaYaml, vars: &Vars, origin: &str) -> Result<(),
         };
         for (i, item) in items.iter_mut().enumerate() {
             let Value::Mapping(map) = item else { continue };
-            for key in ["script", "content", "path"] {
+            for key in ["script", "content", "path", "owner", "description", "hint"] {
                 if let Some(Value::String(s)) = map.get_mut(key) {
                     fill(format!("{name}[{i}].{key}"), s, Side::Guest)?;
                 }
