@@ -110,6 +110,9 @@ pub struct Provisioning {
     pub probes: Vec<Probe>,
     /// `env:` and `PARAM_*` for every step and probe.
     pub env: Vec<(String, String)>,
+    /// `env:` alone, for the guest's `/etc/environment` (services and SSH
+    /// logins read it).
+    pub etc_environment: Vec<(String, String)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,12 +291,18 @@ impl Provisioning {
             .flatten()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let etc_environment = env.clone();
         env.extend(params);
-        Ok(Provisioning { steps, probes, env })
+        Ok(Provisioning {
+            steps,
+            probes,
+            env,
+            etc_environment,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty() && self.probes.is_empty()
+        self.steps.is_empty() && self.probes.is_empty() && self.etc_environment.is_empty()
     }
 }
 
@@ -429,6 +438,26 @@ t="$p.lima-new.$$"
 cat > "$t" && chown "$owner" "$t" && chmod "$mode" "$t" && mv -f "$t" "$p" || { rm -f "$t"; exit 1; }
 "#;
 
+/// Replaces our block of `/etc/environment` with its stdin.
+const ENV_WRITER: &str = r#"f=/etc/environment t=/etc/environment.lima-new.$$
+{ if [ -e "$f" ]; then sed '/^#LIMA-START$/,/^#LIMA-END$/d' "$f"; fi; cat; } > "$t" && chmod 644 "$t" && mv -f "$t" "$f" || { rm -f "$t"; exit 1; }
+"#;
+
+/// Our block of `/etc/environment` (pam_env's format: a value with
+/// spaces or quotes in double quotes).
+pub fn etc_environment_block(env: &[(String, String)]) -> String {
+    let mut out = String::from("#LIMA-START\n");
+    for (k, v) in env {
+        if v.chars().any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '#') {
+            out.push_str(&format!("{k}=\"{}\"\n", v.replace('"', "")));
+        } else {
+            out.push_str(&format!("{k}={v}\n"));
+        }
+    }
+    out.push_str("#LIMA-END\n");
+    out
+}
+
 /// The request and input that run `step`.
 pub fn request(step: &Step, user: &str, env: &[(String, String)]) -> (ExecRequest, Vec<u8>) {
     let as_user = step.mode == Mode::User;
@@ -499,6 +528,27 @@ pub async fn run(
     deadline: Option<Instant>,
     report: &(dyn Fn(Progress<'_>) + Send + Sync),
 ) -> Result<(), String> {
+    if !p.etc_environment.is_empty() {
+        let req = ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), ENV_WRITER.into()],
+            env: Vec::new(),
+            cwd: Some("/".into()),
+            cwd_fallback: true,
+            user: None,
+            login: false,
+            pty: None,
+        };
+        let input = etc_environment_block(&p.etc_environment).into_bytes();
+        match run_one(transport, &req, input).await {
+            Ok((ExitStatus::Code(0), _)) => {}
+            Ok((s, out)) => tracing::warn!(
+                "env: could not write /etc/environment ({}): {}",
+                status_text(s),
+                out.trim()
+            ),
+            Err(e) => tracing::warn!("env: could not write /etc/environment: {e}"),
+        }
+    }
     for step in &p.steps {
         let label = step.label();
         report(Progress::Started(&label));
@@ -668,6 +718,18 @@ mod tests {
         let p = Provisioning::from_yaml(&y, vec![], &origin).unwrap();
         assert_eq!(p.steps[0].script, "echo from file\n");
         assert_eq!(p.steps[1].script, "echo from file\n");
+    }
+
+    #[test]
+    fn etc_environment_gets_a_marked_block() {
+        let env = vec![
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "two words".to_string()),
+        ];
+        assert_eq!(
+            etc_environment_block(&env),
+            "#LIMA-START\nA=1\nB=\"two words\"\n#LIMA-END\n"
+        );
     }
 
     #[test]

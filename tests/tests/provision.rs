@@ -110,6 +110,11 @@ message: |
 
     // `env:` reaches `limactl shell` and `lima`; a NAME=VALUE word wins.
     assert_eq!(sh(&lima, "prov", "echo $FROM_ENV"), "env-value\n");
+    // And the guest's /etc/environment, for services and SSH logins.
+    assert_eq!(
+        sh(&lima, "prov", "grep -x FROM_ENV=env-value /etc/environment"),
+        "FROM_ENV=env-value\n"
+    );
     assert_eq!(
         lima.shell("prov", &["FROM_ENV=word", "sh", "-c", "echo $FROM_ENV"])
             .ok()
@@ -157,4 +162,84 @@ probes:
     );
     let list = lima.limactl(&["list", "--json"]).ok().stdout();
     assert!(list.contains("Broken"), "{list}");
+}
+
+/// On a Debian cloud image (`cargo xtask image debian-cloud`, or
+/// `$LIMA_TEST_CLOUD_IMAGE`): the same runner after cloud-init made the
+/// guest user.
+#[test]
+#[ignore = "slow: cargo xtask test --slow (a Debian cloud image boots under TCG, minutes)"]
+fn provision_on_a_debian_cloud_image() {
+    let lima = Lima::new();
+    let image = std::env::var_os("LIMA_TEST_CLOUD_IMAGE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| lima.bin_dir.join("../images/debian-cloud/disk.qcow2"));
+    assert!(
+        image.exists(),
+        "{} missing: run `cargo xtask image debian-cloud`",
+        image.display()
+    );
+    let yaml = lima.home.path().join("cloudprov.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            r#"images:
+- location: {}
+  arch: x86_64
+cpus: 2
+memory: 2GiB
+disk: 8GiB
+param:
+  WHO: cloud
+provision:
+- mode: user
+  script: |
+    #!/bin/bash
+    echo "user $(id -un) $HOME {{{{.Param.WHO}}}}" > ~/user-ran
+- mode: system
+  script: |
+    #!/bin/bash
+    echo "system $(id -u) $PARAM_WHO" > /root/system-ran
+- mode: data
+  path: /etc/lima-test/data.conf
+  content: "who={{{{.Param.WHO}}}}\n"
+  owner: "{{{{.User}}}}"
+  permissions: "600"
+"#,
+            image.display()
+        ),
+    )
+    .unwrap();
+    let r = lima
+        .limactl(&["start", "--timeout", "10m", yaml.to_str().unwrap()])
+        .ok();
+    let err = r.stderr();
+    let done = positions(
+        &err,
+        &[
+            "provision[2] (mode: data) done",
+            "provision[1] (mode: system) done",
+            "provision[0] (mode: user) done",
+            "READY",
+        ],
+    );
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "order:\n{err}");
+    let user = sh(&lima, "cloudprov", "id -un").trim().to_string();
+    let home = sh(&lima, "cloudprov", "echo $HOME").trim().to_string();
+    assert_eq!(
+        sh(&lima, "cloudprov", "sudo cat /root/system-ran"),
+        "system 0 cloud\n"
+    );
+    assert_eq!(
+        sh(&lima, "cloudprov", "cat ~/user-ran"),
+        format!("user {user} {home} cloud\n")
+    );
+    assert_eq!(
+        sh(
+            &lima,
+            "cloudprov",
+            "sudo cat /etc/lima-test/data.conf; sudo stat -c '%U %a' /etc/lima-test/data.conf"
+        ),
+        format!("who=cloud\n{user} 600\n")
+    );
 }
