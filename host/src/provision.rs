@@ -448,7 +448,9 @@ const ENV_WRITER: &str = r#"f=/etc/environment t=/etc/environment.lima-new.$$
 pub fn etc_environment_block(env: &[(String, String)]) -> String {
     let mut out = String::from("#LIMA-START\n");
     for (k, v) in env {
-        if v.chars().any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '#') {
+        if v.chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '#')
+        {
             out.push_str(&format!("{k}=\"{}\"\n", v.replace('"', "")));
         } else {
             out.push_str(&format!("{k}={v}\n"));
