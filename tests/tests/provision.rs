@@ -162,6 +162,29 @@ probes:
     );
     let list = lima.limactl(&["list", "--json"]).ok().stdout();
     assert!(list.contains("Broken"), "{list}");
+
+    // A failing script fails the next start, named with its mode and its
+    // last 20 output lines; the steps after it do not run.
+    std::fs::write(
+        lima.instance_dir("probe").join("lima.yaml"),
+        "images:\n- location: builtin:default\ncpus: 2\nmemory: 1GiB\nprovision:\n- mode: user\n  script: echo never\n- mode: system\n  script: |\n    for i in $(seq 1 30); do echo out $i; done\n    exit 3\n",
+    )
+    .unwrap();
+    let r = lima
+        .limactl(&["start", "--timeout", "2m", "probe"])
+        .fails_with("provision[1] (mode: system) failed (exit code 3); its last output:");
+    let err = r.stderr();
+    assert!(
+        err.contains("  | out 11\n") && err.contains("  | out 30\n"),
+        "{err}"
+    );
+    assert!(!err.contains("  | out 10\n"), "{err}");
+    assert!(!err.contains("provision[0]"), "{err}");
+    lima.wait_until(
+        "the failed instance's VM to go",
+        Duration::from_secs(60),
+        || lima.our_processes().is_empty(),
+    );
 }
 
 /// On a Debian cloud image (`cargo xtask image debian-cloud`, or
