@@ -148,7 +148,6 @@ enum FileYaml {
     Path(String),
     Located {
         location: String,
-        #[allow(dead_code, reason = "local files only; a digest guards downloads")]
         digest: Option<String>,
     },
 }
@@ -327,17 +326,16 @@ fn script(inline: Option<String>, file: Option<&FileYaml>, origin: &str) -> Resu
     }
 }
 
-/// A `file:` on the host: absolute, `~/...`, `file://`, or relative to the
-/// folder of `lima.yaml`. URLs are refused (not fetched yet).
+/// A `file:`: an `http(s)` URL (fetched, its `digest` checked when
+/// given), or a host path: absolute, `~/...`, `file://`, or relative to
+/// the folder of `lima.yaml`.
 fn read_file(f: &FileYaml, origin: &str) -> Result<String, String> {
-    let loc = match f {
-        FileYaml::Path(p) => p.as_str(),
-        FileYaml::Located { location, .. } => location.as_str(),
+    let (loc, digest) = match f {
+        FileYaml::Path(p) => (p.as_str(), None),
+        FileYaml::Located { location, digest } => (location.as_str(), digest.as_deref()),
     };
     if loc.starts_with("http://") || loc.starts_with("https://") {
-        return Err(format!(
-            "`{loc}`: lima-rs does not fetch scripts from URLs yet; download it and give its path"
-        ));
+        return fetch_script(loc, digest);
     }
     let p = loc.strip_prefix("file://").unwrap_or(loc);
     let path = if let Some(rest) = p.strip_prefix("~/") {
@@ -348,6 +346,44 @@ fn read_file(f: &FileYaml, origin: &str) -> Result<String, String> {
         Path::new(origin).parent().unwrap_or(Path::new(".")).join(p)
     };
     std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Largest script we fetch.
+const SCRIPT_LIMIT: u64 = 4 << 20;
+
+/// Fetches a script from `url`, checking `digest` (`sha256:HEX` or
+/// `sha512:HEX`) when given.
+fn fetch_script(url: &str, digest: Option<&str>) -> Result<String, String> {
+    use sha2::Digest;
+    let expected = digest
+        .map(|d| crate::download::Expected::parse(url, d))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut resp = crate::sys::http_agent()
+        .get(url)
+        .call()
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(SCRIPT_LIMIT)
+        .read_to_vec()
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    if let Some(e) = expected {
+        let got = match e.algo_name() {
+            "sha256" => hex::encode(sha2::Sha256::digest(&body)),
+            _ => hex::encode(sha2::Sha512::digest(&body)),
+        };
+        if got != e.hex() {
+            return Err(format!(
+                "{url}: digest mismatch: expected {}:{}, got {}:{got}",
+                e.algo_name(),
+                e.hex(),
+                e.algo_name()
+            ));
+        }
+    }
+    String::from_utf8(body).map_err(|_| format!("{url} is not a text script (not UTF-8)"))
 }
 
 /// A progress report, for `ha.events.jsonl`.
@@ -694,10 +730,6 @@ mod tests {
                 "provision:\n- {file: /no/such/file}",
                 "cannot read /no/such/file",
             ),
-            (
-                "provision:\n- {file: 'https://example.org/x.sh'}",
-                "does not fetch scripts from URLs",
-            ),
             ("probes:\n- {mode: liveness, script: x}", "probes[0].mode"),
             ("probes: {script: x}", "probes: must be a list"),
         ] {
@@ -731,6 +763,52 @@ mod tests {
         assert_eq!(
             etc_environment_block(&env),
             "#LIMA-START\nA=1\nB=\"two words\"\n#LIMA-END\n"
+        );
+    }
+
+    /// Serves `body` once per connection on 127.0.0.1; returns the URL.
+    fn serve(body: &'static str) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/s.sh", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let mut c = c;
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn url_scripts_are_fetched_and_their_digest_checked() {
+        use sha2::Digest;
+        let url = serve("echo fetched\n");
+        let good = format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(b"echo fetched\n"))
+        );
+        let p = parse(&format!(
+            "provision:\n- {{mode: system, file: '{url}'}}\n- {{mode: user, file: {{location: '{url}', digest: '{good}'}}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(p.steps[0].script, "echo fetched\n");
+        assert_eq!(p.steps[1].script, "echo fetched\n");
+        let bad = format!("sha256:{}", "0".repeat(64));
+        let e = parse(&format!(
+            "probes:\n- file: {{location: '{url}', digest: '{bad}'}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("probes[0]: ") && e.contains("digest mismatch"),
+            "{e}"
         );
     }
 
