@@ -290,6 +290,23 @@ impl Provisioning {
             .flatten()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        for (k, v) in &env {
+            let name = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            if !name {
+                return Err(invalid(
+                    format!("env.{k}"),
+                    "a variable name is letters, digits and `_`, not starting with a digit".into(),
+                ));
+            }
+            if v.contains(['\n', '\r', '\0']) {
+                return Err(invalid(
+                    format!("env.{k}"),
+                    "the value must be one line".into(),
+                ));
+            }
+        }
         let etc_environment = env.clone();
         env.extend(params);
         Ok(Provisioning {
@@ -732,6 +749,8 @@ mod tests {
             ),
             ("probes:\n- {mode: liveness, script: x}", "probes[0].mode"),
             ("probes: {script: x}", "probes: must be a list"),
+            ("env: {'A-B': x}", "env.A-B: a variable name"),
+            ("env: {A: \"x\\ny\"}", "env.A: the value must be one line"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
