@@ -175,13 +175,11 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 11] = [
+        let checks: [(&'static str, bool); 9] = [
             ("base", self.base.is_some()),
             ("additionalDisks", self.additional_disks.is_some()),
             ("caCerts", self.ca_certs.is_some()),
             ("containerd", self.containerd.is_some()),
-            ("provision", self.provision.is_some()),
-            ("probes", self.probes.is_some()),
             ("copyToHost", self.copy_to_host.is_some()),
             ("networks", self.networks.is_some()),
             ("hostResolver", self.host_resolver.is_some()),
@@ -489,7 +487,7 @@ mod tests {
             "t.yaml",
         )
         .unwrap();
-        assert_eq!(y.unused_fields(), vec!["containerd", "provision"]);
+        assert_eq!(y.unused_fields(), vec!["containerd"]);
     }
 
     #[test]

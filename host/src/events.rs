@@ -24,6 +24,15 @@ pub enum Event {
     Failed {
         reason: String,
     },
+    /// A provision step or probe (`provision.rs`) began.
+    StepStarted {
+        step: String,
+    },
+    /// A provision step finished, or a probe passed.
+    StepDone {
+        step: String,
+        ms: u64,
+    },
     /// Something the user should know; the instance keeps running.
     Warning {
         message: String,

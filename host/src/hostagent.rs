@@ -90,6 +90,49 @@ fn observer(inst: &Instance) -> bringup::Observer {
     })
 }
 
+/// Runs `provision:` and waits for `probes:`, reporting each as events;
+/// `LIMA_START_DEADLINE_MS` (set by `limactl start`) bounds the probes.
+async fn provision(inst: &Instance, up: &bringup::Up) -> Result<(), String> {
+    let origin = inst.path(instance::LIMA_YAML).display().to_string();
+    let e = |e: &dyn std::error::Error| lima_proto::errors::error_chain(e);
+    let yaml = inst.yaml().map_err(|x| e(&x))?;
+    let cfg = inst.config().map_err(|x| e(&x))?;
+    let vars =
+        crate::tmplvars::vars_for(&yaml, &inst.name, &inst.dir, &origin).map_err(|x| e(&x))?;
+    let p = crate::provision::Provisioning::from_yaml(&yaml, vars.param_env(), &origin)
+        .map_err(|x| e(&x))?;
+    let deadline = std::env::var("LIMA_START_DEADLINE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            // Give up a little before `limactl start` does, so the hint reaches it.
+            let left = std::time::Duration::from_millis(ms)
+                .saturating_sub(now)
+                .saturating_sub(std::time::Duration::from_secs(5));
+            Instant::now() + left
+        });
+    let events = inst.path(instance::HA_EVENTS);
+    let report = move |p: crate::provision::Progress<'_>| match p {
+        crate::provision::Progress::Started(step) => emit(
+            &events,
+            Event::StepStarted {
+                step: step.to_string(),
+            },
+        ),
+        crate::provision::Progress::Done(step, d) => emit(
+            &events,
+            Event::StepDone {
+                step: step.to_string(),
+                ms: d.as_millis() as u64,
+            },
+        ),
+    };
+    crate::provision::run(&p, up.transport(), &cfg.user.name, deadline, &report).await
+}
+
 async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
     let started = Instant::now();
     let mut stop = Stop::on_signals(&[SignalKind::terminate(), SignalKind::interrupt()])
@@ -112,6 +155,18 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         }
         Err(e) => return Err(HostAgentError::Failed(e.to_string())),
     };
+    // Provisioning and probes (`provision.rs`); a failure stops the VM.
+    let provisioned = tokio::select! {
+        r = provision(inst, &up) => r,
+        _ = stop.requested() => {
+            up.close(false).await;
+            return Ok(());
+        }
+    };
+    if let Err(reason) = provisioned {
+        up.close(false).await;
+        return Err(HostAgentError::Failed(reason));
+    }
     let boot_ms = started.elapsed().as_millis() as u64;
     tracing::info!(
         "guest agent ready after {boot_ms} ms: kernel {}, watcher {}",

@@ -209,8 +209,17 @@ impl Instance {
         )
     }
 
+    /// `lima.yaml` with its template variables filled (`tmplvars.rs`).
     pub fn yaml(&self) -> Result<LimaYaml, InstanceError> {
-        Ok(LimaYaml::load(&self.path(LIMA_YAML))?)
+        let path = self.path(LIMA_YAML);
+        let mut yaml = LimaYaml::load(&path)?;
+        crate::tmplvars::expand_for(
+            &mut yaml,
+            &self.name,
+            &self.dir,
+            &path.display().to_string(),
+        )?;
+        Ok(yaml)
     }
 
     pub fn config(&self) -> Result<InstanceConfig, InstanceError> {

@@ -24,12 +24,14 @@ pub mod portfwd;
 pub mod privacy;
 pub mod programs;
 pub mod progress;
+pub mod provision;
 pub mod shares;
 pub mod shell;
 pub mod ssh;
 pub mod ssh_identity;
 pub mod sys;
 pub mod template;
+pub mod tmplvars;
 pub mod units;
 pub mod vsock;
 

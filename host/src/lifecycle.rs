@@ -176,7 +176,8 @@ pub fn create_from_template(
 fn create_from(inst: Instance, t: &template::Template) -> Result<(Instance, bool), LifecycleError> {
     let text = crate::base::embed(t)?;
     // Validate before anything lands on disk.
-    let yaml = LimaYaml::parse(&text, &t.origin)?;
+    let mut yaml = LimaYaml::parse(&text, &t.origin)?;
+    crate::tmplvars::expand_for(&mut yaml, &inst.name, &inst.dir, &t.origin)?;
     let cfg = yaml.resolve(&t.origin)?;
     cfg.check_host(&t.origin)?;
     check_image(&cfg.image)?;
@@ -255,7 +256,13 @@ pub fn apply_mount_flags(
         source: std::io::Error::other(e),
     })?;
     // Check before writing: a bad flag must not damage the file.
-    let yaml = LimaYaml::parse(&out, &path.display().to_string())?;
+    let mut yaml = LimaYaml::parse(&out, &path.display().to_string())?;
+    crate::tmplvars::expand_for(
+        &mut yaml,
+        &inst.name,
+        &inst.dir,
+        &path.display().to_string(),
+    )?;
     yaml.resolve(&path.display().to_string())?;
     std::fs::write(&path, out).map_err(io("write lima.yaml"))
 }
@@ -278,6 +285,8 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     let origin = inst.path(instance::LIMA_YAML).display().to_string();
     let cfg = yaml.resolve(&origin)?;
     cfg.check_host(&origin)?;
+    // `provision:` and `probes:` are checked now, not after the boot.
+    crate::provision::Provisioning::from_yaml(&yaml, Vec::new(), &origin)?;
     check_image(&cfg.image)?;
     let mut phases = crate::progress::Progress::stderr();
     if crate::image::is_disk_image(&cfg.image) {
@@ -321,6 +330,11 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("hostagent").arg(&inst.name);
     cmd.env("LIMA_HOME", inst.dir.parent().unwrap_or(Path::new("/")));
+    // The host agent stops waiting for probes before we give up.
+    let deadline = std::time::SystemTime::now() + timeout;
+    if let Ok(d) = deadline.duration_since(std::time::UNIX_EPOCH) {
+        cmd.env("LIMA_START_DEADLINE_MS", d.as_millis().to_string());
+    }
     cmd.stdin(std::process::Stdio::null());
     cmd.stdout(log.try_clone().map_err(io("open the host agent log"))?)
         .stderr(log);

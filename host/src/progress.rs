@@ -80,6 +80,9 @@ pub fn describe(event: &Event) -> Option<(String, String)> {
             ..
         } => format!("guest agent ready, kernel {kernel_release}, port watcher {watcher}"),
         Event::Warning { message } => message.clone(),
+        // Provision steps and probes, as they happen.
+        Event::StepStarted { step } => format!("{step} ..."),
+        Event::StepDone { step, ms } => format!("{step} done in {:.1}s", *ms as f64 / 1000.0),
         // Any other kind: its fields, as recorded.
         #[allow(unreachable_patterns, reason = "new event kinds print through here")]
         other => return Some(generic(other)),

@@ -234,6 +234,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 eprintln!("READY in {:.1}s (kernel {kernel_release}). Run `limactl shell {}` or `lima` to use it.", boot_ms as f64 / 1000.0, inst.name);
             }
+            // `message:` (its variables filled), after READY as in Lima.
+            if let Some(m) = inst
+                .config()
+                .ok()
+                .map(|c| c.message)
+                .filter(|m| !m.trim().is_empty())
+            {
+                println!(
+                    "Message from the instance `{}`:\n{}",
+                    inst.name,
+                    m.trim_end()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stop { force, instances } => {
@@ -312,17 +325,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // Leading NAME=VALUE words are environment, as in Lima.
             let mut env = Vec::new();
+            let mut words = Vec::new();
             while let Some((k, v)) = argv
                 .first()
                 .and_then(|a| a.split_once('='))
                 .filter(|(k, _)| is_env_name(k))
             {
-                env.push((k.to_string(), v.to_string()));
+                words.push((k.to_string(), v.to_string()));
                 argv.remove(0);
             }
             let inst = instance::Instance::open(&home, &name)?;
             let transport = lifecycle::transport(&inst)?;
             let cfg = inst.config()?;
+            // `env:` of lima.yaml, then the words (which win).
+            env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            env.extend(words);
             // As Lima: `--workdir` (which must exist), else the host's
             // current folder when a mount holds it (the home if the guest
             // lacks it), else the home.
