@@ -130,6 +130,10 @@ async fn provision(inst: &Instance, up: &bringup::Up) -> Result<(), String> {
             },
         ),
     };
+    let distro = matches!(up.plan.boot, crate::plan::Boot::Firmware { .. });
+    if distro && !(p.steps.is_empty() && p.probes.is_empty()) {
+        crate::provision::wait_for_cloud_init(up.transport(), &report).await?;
+    }
     crate::provision::run(&p, up.transport(), &cfg.user.name, deadline, &report).await
 }
 

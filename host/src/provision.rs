@@ -574,6 +574,38 @@ async fn run_one(
     Ok((status, out.text()))
 }
 
+/// Waits for a distro guest's cloud-init to finish (`cloud-init status
+/// --wait`, as root), as a step of its own: provisioning follows it, as in
+/// Lima, where provision scripts run from cloud-init's own stages and may
+/// need what cloud-init set up (packages, users, the network). Exit 2
+/// (finished with recoverable errors, newer cloud-init) counts as done.
+pub async fn wait_for_cloud_init(
+    transport: &dyn Transport,
+    report: &(dyn Fn(Progress<'_>) + Send + Sync),
+) -> Result<(), String> {
+    let label = "cloud-init";
+    report(Progress::Started(label));
+    let t = Instant::now();
+    let req = ExecRequest {
+        argv: vec!["cloud-init".into(), "status".into(), "--wait".into()],
+        env: Vec::new(),
+        cwd: Some("/".into()),
+        cwd_fallback: true,
+        user: None,
+        login: false,
+        pty: None,
+    };
+    let (status, output) = run_one(transport, &req, Vec::new())
+        .await
+        .map_err(|e| format!("{label} could not be asked: {e}"))?;
+    log_output(label, &output);
+    if !matches!(status, ExitStatus::Code(0) | ExitStatus::Code(2)) {
+        return Err(failure(label, &status_text(status), &output));
+    }
+    report(Progress::Done(label, t.elapsed()));
+    Ok(())
+}
+
 /// Runs every step, then waits for every probe (until `deadline`).
 /// The error is the whole message for the user.
 pub async fn run(
