@@ -17,6 +17,7 @@ pub mod hostagent;
 pub mod image;
 pub mod instance;
 pub mod lifecycle;
+pub mod listing;
 pub mod mounts;
 pub mod oneshot;
 pub mod plan;
