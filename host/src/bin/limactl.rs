@@ -93,9 +93,19 @@ enum Cmd {
         format: lima_host::ssh::ShowFormat,
         instance: String,
     },
+    /// Check lima.yaml files without creating anything
+    Validate {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion { shell: clap_complete::Shell },
     /// Run the host agent of an instance (started by `limactl start`)
     #[command(hide = true)]
     Hostagent { instance: String },
+    /// `limactl FOO ARGS` runs `limactl-FOO ARGS` from PATH (a plugin)
+    #[command(external_subcommand)]
+    Plugin(Vec<String>),
 }
 
 fn init_logging(verbose: u8) {
@@ -395,6 +405,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Validate { files } => {
+            let mut failed = false;
+            for f in &files {
+                // As `limactl start` would take it: bases merged, then checked.
+                let checked = (|| -> anyhow::Result<()> {
+                    let t = template::locate(f)?;
+                    let text = lima_host::base::embed(&t)?;
+                    lima_host::config::LimaYaml::parse(&text, &t.origin)?.resolve(&t.origin)?;
+                    Ok(())
+                })();
+                match checked {
+                    Ok(()) => eprintln!("\"{f}\": OK"),
+                    Err(e) => {
+                        eprintln!(
+                            "limactl: error: {}",
+                            lima_proto::errors::error_chain(e.as_ref())
+                        );
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "limactl",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Plugin(args) => run_plugin(&args),
         Cmd::Hostagent { instance: name } => {
             let inst = instance::Instance::open(&home, &name)?;
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -404,6 +452,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `limactl-NAME` from PATH with the rest of the arguments, as
+/// Lima's plugins work; its exit code is ours.
+fn run_plugin(args: &[String]) -> anyhow::Result<ExitCode> {
+    let Some((name, rest)) = args.split_first() else {
+        anyhow::bail!("no command given; see `limactl --help`");
+    };
+    let program = format!("limactl-{name}");
+    let Some(path) = lima_host::programs::find_program(&program) else {
+        anyhow::bail!(
+            "unknown command \"{name}\" for \"limactl\" (no plugin `{program}` on PATH); see `limactl --help`"
+        );
+    };
+    let status = std::process::Command::new(&path)
+        .args(rest)
+        .status()
+        .with_context(|| format!("cannot run {}", path.display()))?;
+    Ok(match status.code() {
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::from(1),
+    })
 }
 
 fn is_env_name(k: &str) -> bool {
