@@ -456,15 +456,7 @@ async fn ask_agent(agent: &dyn Transport) -> Result<(), String> {
 
 /// Waits until the guest knows `user` (cloud-init's users module made it).
 async fn wait_for_user(transport: &dyn Transport, user: &str) {
-    let req = lima_proto::ExecRequest {
-        argv: vec!["id".into(), "-u".into(), user.into()],
-        env: Vec::new(),
-        cwd: Some("/".into()),
-        cwd_fallback: true,
-        user: None,
-        login: false,
-        pty: None,
-    };
+    let req = crate::exec::as_root(vec!["id".into(), "-u".into(), user.into()]);
     loop {
         match crate::exec::capture(transport, &req, Vec::new()).await {
             Ok(c) if c.status == lima_proto::ExitStatus::Code(0) => return,

@@ -194,6 +194,19 @@ impl LimaYaml {
         v
     }
 
+    /// `user:` as written (`null` is none).
+    pub fn user_yaml(
+        &self,
+        origin: &str,
+    ) -> Result<Option<crate::guest_user::UserYaml>, ConfigError> {
+        self.user
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| crate::guest_user::UserYaml::from_value(v, origin))
+            .transpose()
+            .map_err(|e| ConfigError::Named(e.to_string()))
+    }
+
     /// Checks the values and fills defaults.
     pub fn resolve(&self, origin: &str) -> Result<InstanceConfig, ConfigError> {
         let invalid = |field: &str, msg: String| ConfigError::Invalid {
@@ -278,13 +291,7 @@ impl LimaYaml {
                 format!("BIOS exists only on x86_64, not {arch}; remove it"),
             ));
         }
-        let user_yaml = self
-            .user
-            .as_ref()
-            .filter(|v| !v.is_null())
-            .map(|v| crate::guest_user::UserYaml::from_value(v, origin))
-            .transpose()
-            .map_err(|e| ConfigError::Named(e.to_string()))?;
+        let user_yaml = self.user_yaml(origin)?;
         let dns = match &self.dns {
             Some(v) => crate::cloudinit::dns_from_value(v, origin).map_err(ConfigError::Named)?,
             None => Vec::new(),

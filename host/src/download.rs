@@ -234,6 +234,21 @@ pub fn hash_file(path: &Path, e: &Expected) -> Result<String, DownloadError> {
     }
 }
 
+/// A GET of `url` with the project's HTTP agent; the error says why in
+/// words for the user (an HTTP status, or the connection's failure).
+pub fn get(url: &str) -> Result<ureq::http::Response<ureq::Body>, String> {
+    crate::sys::http_agent()
+        .get(url)
+        .call()
+        .map_err(|e| match e {
+            ureq::Error::StatusCode(code) => format!(
+                "the server answered HTTP {code}{}",
+                if code == 404 { " (not found)" } else { "" }
+            ),
+            other => format!("{other}; check the URL and the network"),
+        })
+}
+
 /// Streams `url` into `to`, hashing and checking as it goes.
 fn download(
     url: &str,
@@ -245,16 +260,7 @@ fn download(
         url: url.to_string(),
         why,
     };
-    let mut resp = crate::sys::http_agent()
-        .get(url)
-        .call()
-        .map_err(|e| match e {
-            ureq::Error::StatusCode(code) => http(format!(
-                "the server answered HTTP {code}{}",
-                if code == 404 { " (not found)" } else { "" }
-            )),
-            other => http(other.to_string()),
-        })?;
+    let mut resp = get(url).map_err(http)?;
     let want: Option<u64> = resp
         .headers()
         .get("content-length")

@@ -157,6 +157,20 @@ pub struct Captured {
     pub stderr: Vec<u8>,
 }
 
+/// A request for `argv` as root in `/`, with no terminal and the agent's
+/// own environment: what the host agent runs for itself (checks, setup).
+pub fn as_root(argv: Vec<String>) -> ExecRequest {
+    ExecRequest {
+        argv,
+        env: Vec::new(),
+        cwd: Some("/".into()),
+        cwd_fallback: true,
+        user: None,
+        login: false,
+        pty: None,
+    }
+}
+
 /// Runs a command with `stdin` as its input and collects its output.
 pub async fn capture(
     transport: &dyn Transport,

@@ -376,10 +376,7 @@ fn fetch_script(url: &str, digest: Option<&str>) -> Result<String, String> {
         .map(|d| crate::download::Expected::parse(url, d))
         .transpose()
         .map_err(|e| e.to_string())?;
-    let mut resp = crate::sys::http_agent()
-        .get(url)
-        .call()
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    let mut resp = crate::download::get(url).map_err(|why| format!("cannot fetch {url}: {why}"))?;
     let body = resp
         .body_mut()
         .with_config()
@@ -586,15 +583,7 @@ pub async fn wait_for_cloud_init(
     let label = "cloud-init";
     report(Progress::Started(label));
     let t = Instant::now();
-    let req = ExecRequest {
-        argv: vec!["cloud-init".into(), "status".into(), "--wait".into()],
-        env: Vec::new(),
-        cwd: Some("/".into()),
-        cwd_fallback: true,
-        user: None,
-        login: false,
-        pty: None,
-    };
+    let req = crate::exec::as_root(vec!["cloud-init".into(), "status".into(), "--wait".into()]);
     let (status, output) = run_one(transport, &req, Vec::new())
         .await
         .map_err(|e| format!("{label} could not be asked: {e}"))?;
@@ -616,15 +605,7 @@ pub async fn run(
     report: &(dyn Fn(Progress<'_>) + Send + Sync),
 ) -> Result<(), String> {
     if !p.etc_environment.is_empty() {
-        let req = ExecRequest {
-            argv: vec!["/bin/sh".into(), "-c".into(), ENV_WRITER.into()],
-            env: Vec::new(),
-            cwd: Some("/".into()),
-            cwd_fallback: true,
-            user: None,
-            login: false,
-            pty: None,
-        };
+        let req = crate::exec::as_root(vec!["/bin/sh".into(), "-c".into(), ENV_WRITER.into()]);
         let input = etc_environment_block(&p.etc_environment).into_bytes();
         match run_one(transport, &req, input).await {
             Ok((ExitStatus::Code(0), _)) => {}

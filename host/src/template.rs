@@ -166,16 +166,7 @@ fn fetch(url: &str) -> Result<String, TemplateError> {
         url: url.to_string(),
         why,
     };
-    let mut resp = crate::sys::http_agent()
-        .get(url)
-        .call()
-        .map_err(|e| match e {
-            ureq::Error::StatusCode(code) => fail(format!(
-                "the server answered HTTP {code}{}",
-                if code == 404 { " (not found)" } else { "" }
-            )),
-            other => fail(format!("{other}; check the URL and the network")),
-        })?;
+    let mut resp = crate::download::get(url).map_err(fail)?;
     let mut bytes = Vec::new();
     resp.body_mut()
         .as_reader()

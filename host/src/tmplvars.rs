@@ -135,13 +135,7 @@ pub fn vars_for(
     dir: &Path,
     origin: &str,
 ) -> Result<Vars, ConfigError> {
-    let user_yaml = yaml
-        .user
-        .as_ref()
-        .filter(|v| !v.is_null())
-        .map(|v| crate::guest_user::UserYaml::from_value(v, origin))
-        .transpose()
-        .map_err(|e| ConfigError::Named(e.to_string()))?;
+    let user_yaml = yaml.user_yaml(origin)?;
     let user = crate::config::resolve_user(user_yaml.as_ref(), name)?;
     Ok(Vars {
         name: name.to_string(),
