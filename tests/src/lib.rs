@@ -206,6 +206,20 @@ impl Lima {
         }
     }
 
+    /// The Debian cloud image `cargo xtask image debian-cloud` built
+    /// (`$LIMA_TEST_CLOUD_IMAGE` names another), for the slow tier.
+    pub fn debian_cloud_image(&self) -> PathBuf {
+        let p = std::env::var_os("LIMA_TEST_CLOUD_IMAGE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.bin_dir.join("../images/debian-cloud/disk.qcow2"));
+        assert!(
+            p.exists(),
+            "{} missing: run `cargo xtask image debian-cloud`",
+            p.display()
+        );
+        p
+    }
+
     /// The built default image's directory (`target/images/default`).
     pub fn image_dir(&self) -> PathBuf {
         self.bin_dir.join("../images/default")

@@ -392,25 +392,11 @@ impl Runner<'_> {
     }
 }
 
-/// The image `cargo xtask image debian-cloud` built (or
-/// `$LIMA_TEST_CLOUD_IMAGE`).
-fn debian_cloud_image(lima: &Lima) -> PathBuf {
-    let p = std::env::var_os("LIMA_TEST_CLOUD_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| lima.bin_dir.join("../images/debian-cloud/disk.qcow2"));
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo xtask image debian-cloud`",
-        p.display()
-    );
-    p
-}
-
 #[test]
 #[ignore = "slow: cargo xtask test --slow (the action boots a Debian cloud image, minutes under TCG)"]
 fn the_action_starts_a_vm_that_later_steps_run_in() {
     let lima = Lima::as_ordinary_user();
-    let image = debian_cloud_image(&lima);
+    let image = lima.debian_cloud_image();
     let server = Server::start();
     let url = server.route("/debian-12.qcow2", Reply::File(image));
     let template = lima.home.path().join("debian-action.yaml");

@@ -119,20 +119,6 @@ fn bad_downloads_fail_clearly_and_leave_nothing() {
     );
 }
 
-/// The image `cargo xtask image debian-cloud` built (`$LIMA_TEST_CLOUD_IMAGE`
-/// names another).
-fn debian_cloud_image(lima: &Lima) -> PathBuf {
-    let p = std::env::var_os("LIMA_TEST_CLOUD_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| lima.bin_dir.join("../images/debian-cloud/disk.qcow2"));
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo xtask image debian-cloud`",
-        p.display()
-    );
-    p
-}
-
 /// `limactl shell NAME -- sh -c SCRIPT`, stdout trimmed.
 fn sh(lima: &Lima, name: &str, script: &str) -> String {
     lima.shell(name, &["sh", "-c", script])
@@ -149,7 +135,7 @@ fn sh(lima: &Lima, name: &str, script: &str) -> String {
 #[ignore = "slow: cargo xtask test --slow (a Debian cloud image boots twice, minutes under TCG)"]
 fn debian_cloud_image_end_to_end() {
     let lima = Lima::as_ordinary_user();
-    let image = debian_cloud_image(&lima);
+    let image = lima.debian_cloud_image();
     let server = Server::start();
     let url = server.route("/debian-12.qcow2", Reply::File(image.clone()));
     let vsockfs_dir = lima.user_dir("vsockfs-share");

@@ -194,14 +194,7 @@ probes:
 #[ignore = "slow: cargo xtask test --slow (a Debian cloud image boots under TCG, minutes)"]
 fn provision_on_a_debian_cloud_image() {
     let lima = Lima::new();
-    let image = std::env::var_os("LIMA_TEST_CLOUD_IMAGE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| lima.bin_dir.join("../images/debian-cloud/disk.qcow2"));
-    assert!(
-        image.exists(),
-        "{} missing: run `cargo xtask image debian-cloud`",
-        image.display()
-    );
+    let image = lima.debian_cloud_image();
     let yaml = lima.home.path().join("cloudprov.yaml");
     std::fs::write(
         &yaml,

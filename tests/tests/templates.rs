@@ -66,14 +66,7 @@ fn remote_template_errors_are_clear() {
 fn a_template_based_on_debian_12_boots_the_local_debian_image() {
     use sha2::Digest;
     let lima = Lima::as_ordinary_user();
-    let image = std::env::var_os("LIMA_TEST_CLOUD_IMAGE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| lima.bin_dir.join("../images/debian-cloud/disk.qcow2"));
-    assert!(
-        image.exists(),
-        "{} missing: run `cargo xtask image debian-cloud`",
-        image.display()
-    );
+    let image = lima.debian_cloud_image();
     let digest = format!(
         "sha512:{}",
         hex::encode(sha2::Sha512::digest(std::fs::read(&image).unwrap()))
