@@ -2,6 +2,7 @@
 //! per-instance host agent and the command-line front ends.
 pub mod base;
 pub mod bringup;
+pub mod cli;
 pub mod client;
 pub mod cloudinit;
 pub mod config;
