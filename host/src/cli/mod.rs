@@ -9,6 +9,7 @@ use crate::instance;
 
 mod delete;
 mod each;
+pub mod global;
 mod list;
 pub mod msg;
 mod plugin;
@@ -28,6 +29,12 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Allow (or with =false, forbid) a terminal: prompts, editors, a guest pseudo-terminal
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", require_equals = true, value_name = "BOOL")]
+    tty: Option<bool>,
+    /// Never ask; same as --tty=false
+    #[arg(short = 'y', long, global = true)]
+    yes: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -75,6 +82,10 @@ pub fn main() -> ExitCode {
     // Everything we (and QEMU and the helpers we start) create is private.
     crate::privacy::restrict_umask();
     let cli = Cli::parse();
+    global::set(global::Global {
+        tty: cli.tty,
+        yes: cli.yes,
+    });
     if let Cmd::Hostagent { .. } = cli.cmd {
         // The host agent logs to ha.stderr.log; one step more verbose.
         init_logging(cli.verbose.max(1));

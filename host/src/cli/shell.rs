@@ -13,9 +13,6 @@ pub struct ShellArgs {
     /// Working directory in the guest
     #[arg(long)]
     pub workdir: Option<String>,
-    /// Force (or with =false, forbid) a pseudo-terminal
-    #[arg(long)]
-    pub tty: Option<bool>,
     /// Instance name (also accepted as the first argument)
     #[arg(long, hide = true)]
     pub instance: Option<String>,
@@ -27,7 +24,6 @@ pub struct ShellArgs {
 pub fn run(home: &Path, a: ShellArgs) -> anyhow::Result<ExitCode> {
     let ShellArgs {
         workdir,
-        tty,
         instance: flag_instance,
         args,
     } = a;
@@ -81,7 +77,7 @@ pub fn run(home: &Path, a: ShellArgs) -> anyhow::Result<ExitCode> {
             cwd_fallback,
             user: Some(cfg.user.name.clone()),
             login: true,
-            tty,
+            tty: super::global::tty_flag(),
             on_started: None,
         },
     )) {
