@@ -62,6 +62,23 @@ impl Run {
         );
         self
     }
+    /// stderr with each of limactl's log lines (Lima's text form,
+    /// `time=… level=… msg="…"`) replaced by its message, unquoted (a
+    /// message of several lines gives several lines); other lines as
+    /// they are.
+    pub fn messages(&self) -> String {
+        let mut out = String::new();
+        for line in self.stderr().lines() {
+            out.push_str(&log_message(line).unwrap_or_else(|| line.to_string()));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Fails unless the command failed with `needle` in its stderr (or in
+    /// a log line's message) and printed exactly one error: one
+    /// `level=error` or `level=fatal` log line, or one other line with
+    /// "error" in it.
     #[track_caller]
     pub fn fails_with(self, needle: &str) -> Self {
         assert_ne!(
@@ -71,7 +88,7 @@ impl Run {
             self.stdout()
         );
         assert!(
-            self.stderr().contains(needle),
+            self.stderr().contains(needle) || self.messages().contains(needle),
             "stderr lacks {needle:?}:\n{}",
             self.stderr()
         );
@@ -79,8 +96,11 @@ impl Run {
             self.stderr()
                 .trim()
                 .lines()
-                // Quoted log lines (a failed start's log tail) do not count.
-                .filter(|l| l.contains("error") && !l.trim_start().starts_with("| "))
+                .filter(|l| match log_level(l) {
+                    Some(level) => level == "error" || level == "fatal",
+                    // Quoted log lines (a failed start's log tail) do not count.
+                    None => l.contains("error") && !l.trim_start().starts_with("| "),
+                })
                 .count(),
             1,
             "want one error line:\n{}",
@@ -88,6 +108,56 @@ impl Run {
         );
         self
     }
+}
+
+/// The level of one of limactl's log lines in Lima's text form.
+pub fn log_level(line: &str) -> Option<&str> {
+    if !line.starts_with("time=") {
+        return None;
+    }
+    let rest = &line[line.find(" level=")? + " level=".len()..];
+    Some(rest.split(' ').next().unwrap_or(rest))
+}
+
+/// The message of one of limactl's log lines in Lima's text form,
+/// unquoted as Go's `strconv.Unquote` would.
+pub fn log_message(line: &str) -> Option<String> {
+    log_level(line)?;
+    let Some(at) = line.find(" msg=") else {
+        return Some(String::new());
+    };
+    let value = &line[at + " msg=".len()..];
+    let Some(quoted) = value.strip_prefix('"') else {
+        return Some(value.split(' ').next().unwrap_or("").to_string());
+    };
+    let mut out = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'a' => out.push('\x07'),
+                'b' => out.push('\x08'),
+                'f' => out.push('\x0c'),
+                'v' => out.push('\x0b'),
+                'x' => {
+                    let h: String = chars.by_ref().take(2).collect();
+                    out.push(char::from(u8::from_str_radix(&h, 16).ok()?));
+                }
+                e @ ('u' | 'U') => {
+                    let n = if e == 'u' { 4 } else { 8 };
+                    let h: String = chars.by_ref().take(n).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&h, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 impl Lima {

@@ -35,7 +35,7 @@ pub struct Cli {
     /// Debug mode (log level debug)
     #[arg(long, global = true)]
     debug: bool,
-    /// Set the logging level [trace, debug, info, warn, error] (default info; LIMA_LOG, an EnvFilter, may override it for library logs)
+    /// Set the logging level [trace, debug, info, warn, error] (default info)
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
     /// Set the logging format [text, json]
