@@ -51,6 +51,10 @@ pub fn utc_offset_secs(unix_secs: i64) -> i64 {
     // SAFETY: localtime_r reads `t` and writes only into `tm`, both ours
     // and valid for the call; it is the thread-safe form.
     let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    #[allow(
+        clippy::useless_conversion,
+        reason = "tm_gmtoff is a C long, narrower than i64 on some platforms"
+    )]
     if ok {
         i64::from(tm.tm_gmtoff)
     } else {
