@@ -378,7 +378,9 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
                 return Err(start_failed(inst, reason.clone()));
             }
             let tail = std::fs::read_to_string(inst.path(instance::HA_LOG)).unwrap_or_default();
-            let last = tail.lines().last().unwrap_or("").to_string();
+            let last = tail.lines().last().unwrap_or("");
+            // The host agent logs in Lima's form: its last message.
+            let last = crate::logfmt::message_of(last).unwrap_or_else(|| last.to_string());
             return Err(start_failed(
                 inst,
                 format!("the host agent exited ({st}) {last}"),

@@ -317,6 +317,50 @@ pub fn go_quote(s: &str) -> String {
     out
 }
 
+/// The message of a line in the text form (`time=… level=… msg=…`),
+/// unquoted; `None` for any other line. For reading our own logs back
+/// (the host agent's `ha.stderr.log`).
+pub fn message_of(line: &str) -> Option<String> {
+    if !line.starts_with("time=") || !line.contains(" level=") {
+        return None;
+    }
+    let Some(at) = line.find(" msg=") else {
+        return Some(String::new());
+    };
+    let value = &line[at + " msg=".len()..];
+    let Some(quoted) = value.strip_prefix('"') else {
+        return Some(value.split(' ').next().unwrap_or("").to_string());
+    };
+    let mut out = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'a' => out.push('\x07'),
+                'b' => out.push('\x08'),
+                'f' => out.push('\x0c'),
+                'v' => out.push('\x0b'),
+                e @ ('x' | 'u' | 'U') => {
+                    let n = match e {
+                        'x' => 2,
+                        'u' => 4,
+                        _ => 8,
+                    };
+                    let h: String = chars.by_ref().take(n).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&h, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
 /// A JSON string as Go's `encoding/json` writes it (HTML escaping on).
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
@@ -550,6 +594,15 @@ mod tests {
             "2024-02-29T18:04:56+05:30"
         );
         assert_eq!(rfc3339(-1, 0), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn text_lines_read_back_to_their_message() {
+        for msg in ["READY", "a \"b\"\n\tc \\ \u{1} \u{a0} é", ""] {
+            let line = render(&entry(Level::Fatal, msg, &[]), Format::Text, false);
+            assert_eq!(message_of(line.trim_end()).as_deref(), Some(msg), "{line}");
+        }
+        assert_eq!(message_of("[    0.0s] booting"), None);
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl Run {
     pub fn messages(&self) -> String {
         let mut out = String::new();
         for line in self.stderr().lines() {
-            out.push_str(&log_message(line).unwrap_or_else(|| line.to_string()));
+            out.push_str(&lima_host::logfmt::message_of(line).unwrap_or_else(|| line.to_string()));
             out.push('\n');
         }
         out
@@ -117,47 +117,6 @@ pub fn log_level(line: &str) -> Option<&str> {
     }
     let rest = &line[line.find(" level=")? + " level=".len()..];
     Some(rest.split(' ').next().unwrap_or(rest))
-}
-
-/// The message of one of limactl's log lines in Lima's text form,
-/// unquoted as Go's `strconv.Unquote` would.
-pub fn log_message(line: &str) -> Option<String> {
-    log_level(line)?;
-    let Some(at) = line.find(" msg=") else {
-        return Some(String::new());
-    };
-    let value = &line[at + " msg=".len()..];
-    let Some(quoted) = value.strip_prefix('"') else {
-        return Some(value.split(' ').next().unwrap_or("").to_string());
-    };
-    let mut out = String::new();
-    let mut chars = quoted.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                'r' => out.push('\r'),
-                'a' => out.push('\x07'),
-                'b' => out.push('\x08'),
-                'f' => out.push('\x0c'),
-                'v' => out.push('\x0b'),
-                'x' => {
-                    let h: String = chars.by_ref().take(2).collect();
-                    out.push(char::from(u8::from_str_radix(&h, 16).ok()?));
-                }
-                e @ ('u' | 'U') => {
-                    let n = if e == 'u' { 4 } else { 8 };
-                    let h: String = chars.by_ref().take(n).collect();
-                    out.push(char::from_u32(u32::from_str_radix(&h, 16).ok()?)?);
-                }
-                other => out.push(other),
-            },
-            c => out.push(c),
-        }
-    }
-    None
 }
 
 impl Lima {
