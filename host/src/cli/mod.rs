@@ -26,6 +26,8 @@ mod validate;
     // `limactl version X`, as cobra prints Lima's.
     version = concat!("version ", env!("CARGO_PKG_VERSION")),
     disable_version_flag = true,
+    // A flag given twice: the last wins, as pflag's do (`-y -y`, `--cpus 1 --cpus 2`).
+    args_override_self = true,
     about = "Manage Linux virtual machines (lima-rs)"
 )]
 pub struct Cli {

@@ -9,6 +9,7 @@
 //! | unknown `-x` (in `-fx`) | `unknown shorthand flag: 'x' in -fx` |
 //! | too few / too many arguments | `"limactl CMD" requires at least N arg(s), only received M.` and the rest of Lima's `WrapArgsError` (`See 'limactl CMD --help'.`, the usage line, the command's summary) |
 //! | a bad flag value | `invalid argument "V" for "--flag" flag: REASON` |
+//! | a flag without its value | `flag needs an argument: --flag` (`'f' in -f`) |
 //!
 //! Argument counts follow cobra's validators (`MinimumNArgs`,
 //! `MaximumNArgs`, `ExactArgs`, `RangeArgs`, `NoArgs`), read from the
@@ -92,8 +93,11 @@ fn message(e: &clap::Error, argv: &[OsString]) -> String {
         {
             let flag = flag.split([' ', '=', '[']).next().unwrap_or(flag);
             let value = context_str(e, ContextKind::InvalidValue).unwrap_or_default();
+            if value.is_empty() && e.kind() == ErrorKind::InvalidValue {
+                return needs_argument(flag, &argv);
+            }
             let why = match (e.get(ContextKind::ValidValue), std::error::Error::source(e)) {
-                (Some(ContextValue::Strings(valid)), _) => {
+                (Some(ContextValue::Strings(valid)), _) if !valid.is_empty() => {
                     format!("not one of {}", valid.join(", "))
                 }
                 (_, Some(source)) => source.to_string(),
@@ -102,6 +106,35 @@ fn message(e: &clap::Error, argv: &[OsString]) -> String {
             format!("invalid argument \"{value}\" for \"{flag}\" flag: {why}")
         }
         _ => clap_words(e),
+    }
+}
+
+/// pflag's words for a flag given without its value: `--name` as typed,
+/// or the short letter in the word it came in.
+fn needs_argument(flag: &str, argv: &[String]) -> String {
+    let long = flag.trim_start_matches('-');
+    let typed_long = argv
+        .iter()
+        .any(|w| w.strip_prefix("--").is_some_and(|n| n == long));
+    let mut root = Cli::command();
+    root.build();
+    let short = std::iter::once(&root)
+        .chain(root.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_short());
+    match (typed_long, short) {
+        (false, Some(c)) => {
+            let word = argv
+                .iter()
+                .skip(1)
+                .rev()
+                .find(|w| w.starts_with('-') && !w.starts_with("--") && w.ends_with(c))
+                .cloned()
+                .unwrap_or_else(|| format!("-{c}"));
+            format!("flag needs an argument: '{c}' in {word}")
+        }
+        _ => format!("flag needs an argument: --{long}"),
     }
 }
 
@@ -270,6 +303,31 @@ mod tests {
         assert!(
             w.starts_with("\"limactl show-ssh\" accepts 1 arg(s), received 0."),
             "{w}"
+        );
+    }
+
+    #[test]
+    fn a_flag_without_its_value_in_pflag_words() {
+        assert_eq!(
+            words(&["limactl", "list", "--log-level"]),
+            "flag needs an argument: --log-level"
+        );
+        assert_eq!(
+            words(&["limactl", "show-ssh", "x", "-f"]),
+            "flag needs an argument: 'f' in -f"
+        );
+        assert_eq!(
+            words(&["limactl", "show-ssh", "x", "--format"]),
+            "flag needs an argument: --format"
+        );
+    }
+
+    #[test]
+    fn a_flag_given_twice_is_not_an_error() {
+        assert!(Cli::try_parse_from(["limactl", "-y", "-y", "list"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["limactl", "--log-level=info", "list", "--log-level=debug"])
+                .is_ok()
         );
     }
 
