@@ -19,6 +19,7 @@ pub mod image;
 pub mod instance;
 pub mod lifecycle;
 pub mod listing;
+pub mod logfmt;
 pub mod mounts;
 pub mod oneshot;
 pub mod plan;
@@ -37,7 +38,9 @@ pub mod tmplvars;
 pub mod units;
 pub mod vsock;
 
-/// Logs to stderr at `level`, or as `LIMA_LOG` (an `EnvFilter`) says.
+/// `lima-run`'s logging: `tracing`'s own format on stderr at `level`, or
+/// as `LIMA_LOG` (an `EnvFilter`) says. `limactl` logs in Lima's form
+/// instead: [`logfmt::init`].
 pub fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -277,8 +277,8 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     }
     let yaml = inst.yaml()?;
     for field in yaml.unused_fields() {
-        eprintln!(
-            "warning: {}: `{field}` is accepted but not used by lima-rs yet",
+        tracing::warn!(
+            "{}: `{field}` is accepted but not used by lima-rs yet",
             inst.path(instance::LIMA_YAML).display()
         );
     }
@@ -299,14 +299,14 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
         {
             phases.phase("disk", &format!("ready ({} overlay)", human_size(size)));
             if let Some(w) = warning {
-                eprintln!("warning: {w}");
+                tracing::warn!("{w}");
             }
         }
     }
     crate::image::resolve(&cfg.image, inst)?;
     for m in &cfg.mounts {
         if let Some(w) = crate::mounts::exposure_warning(m) {
-            eprintln!("warning: {origin}: {w}");
+            tracing::warn!("{origin}: {w}");
         }
     }
     // Shared folders must exist on the host now.
@@ -378,7 +378,9 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
                 return Err(start_failed(inst, reason.clone()));
             }
             let tail = std::fs::read_to_string(inst.path(instance::HA_LOG)).unwrap_or_default();
-            let last = tail.lines().last().unwrap_or("").to_string();
+            let last = tail.lines().last().unwrap_or("");
+            // The host agent logs in Lima's form: its last message.
+            let last = crate::logfmt::message_of(last).unwrap_or_else(|| last.to_string());
             return Err(start_failed(
                 inst,
                 format!("the host agent exited ({st}) {last}"),
@@ -465,15 +467,15 @@ pub fn stop(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
                 if !inst.host_agent_running() {
                     for rec in events::read_all(&events_path).iter().skip(seen) {
                         if let Event::Warning { message } = &rec.event {
-                            eprintln!("warning: `{}`: {message}", inst.name);
+                            tracing::warn!("`{}`: {message}", inst.name);
                         }
                     }
                     return Ok(());
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            eprintln!(
-                "warning: `{}` did not stop within {}s; killing it (a forced stop: the guest's disk may need a file system check)",
+            tracing::warn!(
+                "`{}` did not stop within {}s; killing it (a forced stop: the guest's disk may need a file system check)",
                 inst.name,
                 wait.as_secs()
             );

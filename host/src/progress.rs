@@ -1,17 +1,23 @@
-//! The phase lines `limactl start` prints on stderr while an instance comes
-//! up, one a line, for people and for scripts:
+//! The phases `limactl start` reports while an instance comes up.
+//!
+//! On stderr ([`Progress::stderr`]) each is a log line in Lima's form
+//! (`crate::logfmt`), `level=info` (a host agent's warning event
+//! `level=warning`), the message `PHASE: detail`:
 //!
 //! ```text
-//! [   0.0s] disk: from https://.../debian-12.qcow2
-//! [  14.2s] disk: ready (20 GiB overlay)
-//! [  14.3s] booting: accelerator tcg, vsock transport hybrid
-//! [  61.0s] running: kernel 6.1.0-28-amd64, port watcher ebpf
+//! time="2026-12-06T07:10:00Z" level=info msg="disk: from https://.../debian-12.qcow2"
+//! time="2026-12-06T07:10:14Z" level=info msg="disk: ready (20 GiB overlay)"
+//! time="2026-12-06T07:10:14Z" level=info msg="booting: accelerator tcg, vsock transport hybrid"
+//! time="2026-12-06T07:11:01Z" level=info msg="running: guest agent ready, kernel 6.1.0-28-amd64, port watcher ebpf"
 //! ```
 //!
-//! The time is seconds since `limactl start` began; the word before the
-//! colon is the phase (for host agent events, their `event` name in
+//! (on a terminal `INFO[0014] disk: ready (20 GiB overlay)`, the seconds
+//! since `limactl` began). Into any other writer ([`Progress::new`]) each
+//! is a plain timed line, `[  14.2s] disk: ready (20 GiB overlay)`, the
+//! seconds since the `Progress` began. The word before the colon is the
+//! phase (for host agent events, their `event` name in
 //! `ha.events.jsonl`). An event kind this file does not know is still
-//! printed, its fields as `key=value`, so a new kind shows up without a
+//! reported, its fields as `key=value`, so a new kind shows up without a
 //! change here.
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +27,8 @@ use crate::events::{Event, Record};
 pub struct Progress<W: Write> {
     began_ms: u64,
     out: W,
+    /// Report through the log (`tracing`) instead of writing to `out`.
+    log: bool,
 }
 
 fn now_ms() -> u64 {
@@ -31,8 +39,12 @@ fn now_ms() -> u64 {
 }
 
 impl Progress<std::io::Stderr> {
+    /// Phases as log lines on stderr.
     pub fn stderr() -> Self {
-        Self::new(std::io::stderr())
+        Self {
+            log: true,
+            ..Self::new(std::io::stderr())
+        }
     }
 }
 
@@ -41,10 +53,19 @@ impl<W: Write> Progress<W> {
         Self {
             began_ms: now_ms(),
             out,
+            log: false,
         }
     }
 
     fn line(&mut self, at_ms: u64, phase: &str, detail: &str) {
+        if self.log {
+            if phase == "warning" {
+                tracing::warn!("{detail}");
+            } else {
+                tracing::info!("{phase}: {detail}");
+            }
+            return;
+        }
         let secs = at_ms.saturating_sub(self.began_ms) as f64 / 1000.0;
         let _ = writeln!(self.out, "[{secs:>7.1}s] {phase}: {detail}");
     }

@@ -62,6 +62,23 @@ impl Run {
         );
         self
     }
+    /// stderr with each of limactl's log lines (Lima's text form,
+    /// `time=… level=… msg="…"`) replaced by its message, unquoted (a
+    /// message of several lines gives several lines); other lines as
+    /// they are.
+    pub fn messages(&self) -> String {
+        let mut out = String::new();
+        for line in self.stderr().lines() {
+            out.push_str(&lima_host::logfmt::message_of(line).unwrap_or_else(|| line.to_string()));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Fails unless the command failed with `needle` in its stderr (or in
+    /// a log line's message) and printed exactly one error: one
+    /// `level=error` or `level=fatal` log line, or one other line with
+    /// "error" in it.
     #[track_caller]
     pub fn fails_with(self, needle: &str) -> Self {
         assert_ne!(
@@ -71,7 +88,7 @@ impl Run {
             self.stdout()
         );
         assert!(
-            self.stderr().contains(needle),
+            self.stderr().contains(needle) || self.messages().contains(needle),
             "stderr lacks {needle:?}:\n{}",
             self.stderr()
         );
@@ -79,8 +96,11 @@ impl Run {
             self.stderr()
                 .trim()
                 .lines()
-                // Quoted log lines (a failed start's log tail) do not count.
-                .filter(|l| l.contains("error") && !l.trim_start().starts_with("| "))
+                .filter(|l| match log_level(l) {
+                    Some(level) => level == "error" || level == "fatal",
+                    // Quoted log lines (a failed start's log tail) do not count.
+                    None => l.contains("error") && !l.trim_start().starts_with("| "),
+                })
                 .count(),
             1,
             "want one error line:\n{}",
@@ -88,6 +108,15 @@ impl Run {
         );
         self
     }
+}
+
+/// The level of one of limactl's log lines in Lima's text form.
+pub fn log_level(line: &str) -> Option<&str> {
+    if !line.starts_with("time=") {
+        return None;
+    }
+    let rest = &line[line.find(" level=")? + " level=".len()..];
+    Some(rest.split(' ').next().unwrap_or(rest))
 }
 
 impl Lima {

@@ -481,11 +481,11 @@ fn the_action_starts_a_vm_that_later_steps_run_in() {
         ctx.expand(&str_of(&action["outputs"]["instance"]["value"])),
         "ci"
     );
-    // `limactl start` showed its phases, each with a time.
+    // `limactl start` showed its phases, each an info log line.
     for phase in [
-        "] disk: from ",
-        "] booting: ",
-        "] running: guest agent ready",
+        " level=info msg=\"disk: from ",
+        " level=info msg=\"booting: ",
+        " level=info msg=\"running: guest agent ready",
     ] {
         assert!(
             start_stderr.contains(phase),

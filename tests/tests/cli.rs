@@ -16,7 +16,8 @@ fn validate_checks_each_file_and_exits_1_when_one_is_bad() {
     .unwrap();
     let r = lima.limactl(&["validate", good.to_str().unwrap()]).ok();
     assert!(
-        r.stderr().contains(&format!("\"{}\": OK", good.display())),
+        r.messages()
+            .contains(&format!("\"{}\": OK", good.display())),
         "{}",
         r.stderr()
     );
@@ -25,7 +26,7 @@ fn validate_checks_each_file_and_exits_1_when_one_is_bad() {
         .fails_with("memroy");
     assert_eq!(r.code(), 1);
     assert!(
-        r.stderr().contains("good.yaml\": OK"),
+        r.messages().contains("good.yaml\": OK"),
         "the good file is still reported"
     );
     assert!(

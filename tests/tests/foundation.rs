@@ -11,19 +11,24 @@ use lima_tests::{sha256_hex, Lima};
 fn instance_lifecycle_and_exec() {
     let lima = Lima::new();
     let started = lima.start("dev", &[]);
-    // Each phase on a line with its time, the agent's readiness last.
-    let phases: Vec<String> = started
-        .stderr()
-        .lines()
-        .filter(|l| l.starts_with('['))
-        .map(|l| l.split("] ").nth(1).unwrap_or("").to_string())
-        .collect();
+    // Each phase an info log line (`PHASE: detail`), the agent's
+    // readiness after the boot.
+    let log = started.messages();
+    let at = |prefix: &str| log.lines().position(|l| l.starts_with(prefix));
+    let (booting, running) = (
+        at("booting: accelerator "),
+        at("running: guest agent ready"),
+    );
     assert!(
-        phases[0].starts_with("booting: accelerator ")
-            && phases
-                .last()
-                .unwrap()
-                .starts_with("running: guest agent ready"),
+        booting.is_some() && running.is_some() && booting < running,
+        "{}",
+        started.stderr()
+    );
+    assert!(
+        started
+            .stderr()
+            .lines()
+            .any(|l| l.contains(" level=info msg=\"booting: accelerator ")),
         "{}",
         started.stderr()
     );

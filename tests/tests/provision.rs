@@ -59,7 +59,7 @@ message: |
 "#,
     );
     let r = lima.limactl(&["start", "--timeout", "5m", &yaml]).ok();
-    let err = r.stderr();
+    let err = r.messages();
 
     // Each step and the probe on stderr, in Lima's order of modes.
     let done = positions(
@@ -151,7 +151,7 @@ probes:
     let r = lima
         .limactl(&["start", "--timeout", "2m", &yaml])
         .fails_with("probes[0] (a file nobody makes) failed");
-    let err = r.stderr();
+    let err = r.messages();
     assert!(err.contains("provision[0] (mode: system) done"), "{err}");
     assert!(err.contains("  | looking for /nonexistent"), "{err}");
     assert!(err.contains("hint: Create /nonexistent first."), "{err}");
@@ -173,7 +173,7 @@ probes:
     let r = lima
         .limactl(&["start", "--timeout", "2m", "probe"])
         .fails_with("provision[1] (mode: system) failed (exit code 3); its last output:");
-    let err = r.stderr();
+    let err = r.messages();
     assert!(
         err.contains("  | out 11\n") && err.contains("  | out 30\n"),
         "{err}"
@@ -229,7 +229,7 @@ provision:
     let r = lima
         .limactl(&["start", "--timeout", "10m", yaml.to_str().unwrap()])
         .ok();
-    let err = r.stderr();
+    let err = r.messages();
     let done = positions(
         &err,
         &[

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::instance;
+use crate::{instance, logfmt};
 
 mod delete;
 mod each;
@@ -17,18 +17,32 @@ mod shell;
 mod show_ssh;
 mod start;
 mod stop;
+mod usage;
 mod validate;
 
 #[derive(Parser)]
 #[command(
     name = "limactl",
-    version,
+    // `limactl version X`, as cobra prints Lima's.
+    version = concat!("version ", env!("CARGO_PKG_VERSION")),
+    disable_version_flag = true,
+    // A flag given twice: the last wins, as pflag's do (`-y -y`, `--cpus 1 --cpus 2`).
+    args_override_self = true,
     about = "Manage Linux virtual machines (lima-rs)"
 )]
 pub struct Cli {
-    /// More log output (-v debug, -vv trace)
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    /// Print the version (`limactl version X`)
+    #[arg(short = 'v', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+    /// Debug mode (log level debug)
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Set the logging level [trace, debug, info, warn, error] (default info)
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Set the logging format [text, json]
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    log_format: String,
     /// Allow (or with =false, forbid) a terminal: prompts, editors, a guest pseudo-terminal
     #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", require_equals = true, value_name = "BOOL")]
     tty: Option<bool>,
@@ -69,29 +83,46 @@ enum Cmd {
     Plugin(Vec<String>),
 }
 
-fn init_logging(verbose: u8) {
-    crate::init_logging(match verbose {
-        0 => "warn",
-        1 => "debug",
-        _ => "trace",
-    });
+/// The log level and format the global flags ask for, as Lima reads
+/// them: `--debug`, then `--log-level` over it; default info (debug for
+/// the host agent, whose log is `ha.stderr.log`).
+fn log_config(cli: &Cli) -> Result<logfmt::Config, String> {
+    let mut level = if cli.debug || matches!(cli.cmd, Cmd::Hostagent { .. }) {
+        logfmt::Level::Debug
+    } else {
+        logfmt::Level::Info
+    };
+    if let Some(l) = &cli.log_level {
+        level = logfmt::Level::parse(l)?;
+    }
+    Ok(logfmt::Config {
+        level,
+        format: logfmt::Format::parse(&cli.log_format)?,
+        ..logfmt::Config::default()
+    })
 }
 
 /// `limactl`'s `main`.
 pub fn main() -> ExitCode {
     // Everything we (and QEMU and the helpers we start) create is private.
     crate::privacy::restrict_umask();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage::exit(e),
+    };
+    match log_config(&cli) {
+        Ok(c) => logfmt::init(c),
+        Err(e) => {
+            // Lima reports a bad level or format in its default form.
+            logfmt::init(logfmt::Config::default());
+            msg::fatal(e);
+            return ExitCode::from(1);
+        }
+    }
     global::set(global::Global {
         tty: cli.tty,
         yes: cli.yes,
     });
-    if let Cmd::Hostagent { .. } = cli.cmd {
-        // The host agent logs to ha.stderr.log; one step more verbose.
-        init_logging(cli.verbose.max(1));
-    } else {
-        init_logging(cli.verbose);
-    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

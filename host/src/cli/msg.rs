@@ -1,26 +1,36 @@
 //! The messages `limactl` prints for people and scripts on stderr: one
-//! place, so their form (Lima's `level=… msg=…` lines, or JSON) is decided
-//! once. Every command reports through these, never `eprintln!` directly.
-//! (Start's phase lines are `progress.rs`'s own format.)
+//! place, so their form is decided once. They are Lima's log lines
+//! (`time=… level=info msg=…`, the short coloured form on a terminal, or
+//! JSON with `--log-format json`; see `crate::logfmt`) and obey
+//! `--log-level`. Every command reports through these, never `eprintln!`
+//! directly.
+use crate::logfmt::{self, Level};
 
-/// A message about progress (Lima's `level=info`).
+/// A message about progress (`level=info`).
 pub fn info(msg: impl AsRef<str>) {
-    eprintln!("{}", msg.as_ref());
+    logfmt::log(Level::Info, msg.as_ref());
 }
 
-/// Something the user should know that does not stop the command.
+/// Detail for `--debug` (`level=debug`).
+pub fn debug(msg: impl AsRef<str>) {
+    logfmt::log(Level::Debug, msg.as_ref());
+}
+
+/// Something the user should know that does not stop the command
+/// (`level=warning`).
 pub fn warn(msg: impl AsRef<str>) {
-    eprintln!("limactl: warning: {}", msg.as_ref());
+    logfmt::log(Level::Warn, msg.as_ref());
 }
 
-/// An error for one item of a command that goes on with the others.
+/// An error for one item of a command that goes on with the others
+/// (`level=error`).
 pub fn error(msg: impl AsRef<str>) {
-    eprintln!("limactl: error: {}", msg.as_ref());
+    logfmt::log(Level::Error, msg.as_ref());
 }
 
-/// The error that ends the command (Lima's `level=fatal`).
+/// The error that ends the command (`level=fatal`); the caller exits 1.
 pub fn fatal(msg: impl AsRef<str>) {
-    eprintln!("limactl: error: {}", msg.as_ref());
+    logfmt::log(Level::Fatal, msg.as_ref());
 }
 
 /// An error with its causes, as one line.

@@ -36,3 +36,28 @@ pub fn free_space(path: &std::path::Path) -> Option<u64> {
     )]
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
+
+/// The local time zone's offset from UTC, in seconds east, at `unix_secs`
+/// (the C library's reading of `TZ` and `/etc/localtime`); 0 if unknown.
+pub fn utc_offset_secs(unix_secs: i64) -> i64 {
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "time_t is narrower than i64 on some platforms"
+    )]
+    let t = unix_secs as libc::time_t;
+    // SAFETY: `tm` is plain old data (integers and a nullable pointer), so
+    // all zeroes is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r reads `t` and writes only into `tm`, both ours
+    // and valid for the call; it is the thread-safe form.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    #[allow(
+        clippy::useless_conversion,
+        reason = "tm_gmtoff is a C long, narrower than i64 on some platforms"
+    )]
+    if ok {
+        i64::from(tm.tm_gmtoff)
+    } else {
+        0
+    }
+}
