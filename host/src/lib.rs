@@ -13,6 +13,7 @@ pub mod driver;
 pub mod events;
 pub mod exec;
 pub mod forwarder;
+pub mod gotmpl;
 pub mod guest_user;
 pub mod hostagent;
 pub mod image;
@@ -36,6 +37,7 @@ pub mod template;
 pub mod tmplvars;
 pub mod units;
 pub mod vsock;
+pub mod yamlout;
 pub mod yq;
 
 /// Logs to stderr at `level`, or as `LIMA_LOG` (an `EnvFilter`) says.
