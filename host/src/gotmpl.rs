@@ -110,7 +110,41 @@ fn to_gtmpl(v: &Value) -> G {
         }
         Value::String(s) => G::String(s.clone()),
         Value::Array(a) => G::Array(a.iter().map(to_gtmpl).collect()),
-        Value::Object(o) => G::Map(o.iter().map(|(k, v)| (k.clone(), to_gtmpl(v))).collect()),
+        Value::Object(o) => {
+            let mut m: HashMap<String, G> = HashMap::new();
+            for (k, v) in o {
+                let g = to_gtmpl(v);
+                m.entry(go_name(k)).or_insert_with(|| g.clone());
+                m.insert(k.clone(), g);
+            }
+            G::Map(m)
+        }
+    }
+}
+
+/// The Go field name Lima's structs give a JSON key (`cpus` → `CPUs`,
+/// `localPort` → `LocalPort`), so `{{.Config.CPUs}}` works as in Lima; the
+/// JSON key works too.
+fn go_name(key: &str) -> String {
+    const SPECIAL: &[(&str, &str)] = &[
+        ("vmType", "VMType"),
+        ("vmOpts", "VMOpts"),
+        ("cpus", "CPUs"),
+        ("cpuType", "CPUType"),
+        ("os", "OS"),
+        ("ssh", "SSH"),
+        ("uid", "UID"),
+        ("dns", "DNS"),
+        ("caCerts", "CACertificates"),
+        ("legacyBIOS", "LegacyBIOS"),
+    ];
+    if let Some((_, g)) = SPECIAL.iter().find(|(k, _)| *k == key) {
+        return g.to_string();
+    }
+    let mut c = key.chars();
+    match c.next() {
+        Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+        None => String::new(),
     }
 }
 
