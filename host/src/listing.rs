@@ -125,11 +125,6 @@ pub(crate) fn ssh_port(inst: &Instance) -> Option<u16> {
         .and_then(|p| p.trim().parse().ok())
 }
 
-/// Lima's guest hostname: `lima-NAME`, with `.` and `_` made `-`.
-pub fn hostname(name: &str) -> String {
-    format!("lima-{}", name.replace(['.', '_'], "-"))
-}
-
 pub fn info(inst: &Instance, host: &HostFields) -> InstanceInfo {
     let status = inst.status();
     let yaml = inst.yaml().ok();
@@ -176,7 +171,7 @@ pub fn info(inst: &Instance, host: &HostFields) -> InstanceInfo {
         .unwrap_or_default();
     InstanceInfo {
         name: inst.name.clone(),
-        hostname: hostname(&inst.name),
+        hostname: crate::guest_user::guest_hostname(&inst.name),
         status,
         dir: inst.dir.display().to_string(),
         vm_type: cfg.as_ref().map(|c| c.vm_type.clone()).unwrap_or_default(),
@@ -346,8 +341,20 @@ pub fn go_fields(i: &InstanceInfo) -> Vec<(&'static str, Value, bool)> {
 /// `limactl list --list-fields`: the template fields, deprecated ones left
 /// out, sorted.
 pub fn field_names() -> Vec<&'static str> {
-    let dummy = InstanceInfo {
-        name: String::new(),
+    let dummy = blank(String::new());
+    let mut v: Vec<_> = go_fields(&dummy)
+        .into_iter()
+        .filter(|(_, _, deprecated)| !deprecated)
+        .map(|(n, _, _)| n)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// An instance with nothing known but its name.
+fn blank(name: String) -> InstanceInfo {
+    InstanceInfo {
+        name,
         hostname: String::new(),
         status: Status::Stopped,
         dir: String::new(),
@@ -379,14 +386,7 @@ pub fn field_names() -> Vec<&'static str> {
         kernel_release: None,
         watcher: None,
         forwards: None,
-    };
-    let mut v: Vec<_> = go_fields(&dummy)
-        .into_iter()
-        .filter(|(_, _, deprecated)| !deprecated)
-        .map(|(n, _, _)| n)
-        .collect();
-    v.sort_unstable();
-    v
+    }
 }
 
 /// A size as Lima's table prints it (go-units `BytesSize`: binary units,
@@ -531,6 +531,59 @@ mod tests {
             vec!["long".to_string(), "".into(), "yyy".into()],
         ];
         assert_eq!(tabwriter(&rows), "A       BB    x\nlong          yyy\n");
+    }
+
+    #[test]
+    fn columns_hide_by_limas_rules() {
+        let row = |name: &str, arch: &str| InstanceInfo {
+            vm_type: "qemu".into(),
+            arch: arch.into(),
+            dir: format!("/home/u/.lima/{name}"),
+            ..blank(name.into())
+        };
+        let host = crate::config::host_arch();
+        let same = [row("a", host), row("b", host)];
+        let head = |t: String| {
+            t.lines()
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        // Off a terminal: alike columns go, even with --all-fields.
+        for all in [false, true] {
+            assert_eq!(
+                head(table(&same, 0, all, "")),
+                "NAME STATUS SSH CPUS MEMORY DISK DIR"
+            );
+        }
+        // A wide terminal shows everything; a narrow one drops more.
+        assert_eq!(
+            head(table(&same, 200, false, "")),
+            "NAME STATUS SSH VMTYPE ARCH CPUS MEMORY DISK DIR"
+        );
+        assert_eq!(
+            head(table(&same, 95, false, "")),
+            "NAME STATUS SSH ARCH CPUS MEMORY DISK DIR"
+        );
+        assert_eq!(
+            head(table(&same, 60, false, "")),
+            "NAME STATUS SSH CPUS MEMORY DISK"
+        );
+        assert_eq!(
+            head(table(&same, 60, true, "")),
+            "NAME STATUS SSH VMTYPE ARCH CPUS MEMORY DISK DIR"
+        );
+        // Another arch shows ARCH; DIR under HOME starts with `~`.
+        let other = if host == "x86_64" {
+            "aarch64"
+        } else {
+            "x86_64"
+        };
+        let t = table(&[row("a", other)], 0, false, "/home/u");
+        assert_eq!(head(t.clone()), "NAME STATUS SSH ARCH CPUS MEMORY DISK DIR");
+        assert!(t.lines().nth(1).unwrap().ends_with("    ~/.lima/a"), "{t}");
     }
 
     #[test]
