@@ -285,16 +285,21 @@ impl Instance {
             .ok()
     }
 
-    /// Every instance in `home`, sorted by name.
+    /// Every instance in `home`, sorted by name: as Lima counts them, every
+    /// folder not starting with `.` or `_` (`_config` …), so a folder that
+    /// lost its `lima.yaml` is listed (Broken) rather than forgotten.
     pub fn list(home: &Path) -> Vec<Instance> {
         let mut v: Vec<Instance> = std::fs::read_dir(home)
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let inst = Instance::new(home, &name).ok()?;
-                inst.exists().then_some(inst)
+                if name.starts_with(['.', '_']) {
+                    return None;
+                }
+                Instance::new(home, &name).ok()
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -373,5 +378,12 @@ mod tests {
         std::fs::write(inst.path(LIMA_YAML), "bogus: 1\n").unwrap();
         assert_eq!(inst.status(), Status::Broken);
         assert_eq!(Instance::list(home.path()).len(), 1);
+        // A folder without lima.yaml is an instance, Broken; `_config` is not.
+        std::fs::create_dir_all(home.path().join("junk")).unwrap();
+        std::fs::create_dir_all(home.path().join("_config")).unwrap();
+        let all = Instance::list(home.path());
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].name, "junk");
+        assert_eq!(all[0].status(), Status::Broken);
     }
 }

@@ -13,6 +13,7 @@ pub mod driver;
 pub mod events;
 pub mod exec;
 pub mod forwarder;
+pub mod gotmpl;
 pub mod guest_user;
 pub mod hostagent;
 pub mod image;
@@ -37,6 +38,8 @@ pub mod template;
 pub mod tmplvars;
 pub mod units;
 pub mod vsock;
+pub mod yamlout;
+pub mod yq;
 
 /// `lima-run`'s logging: `tracing`'s own format on stderr at `level`, or
 /// as `LIMA_LOG` (an `EnvFilter`) says. `limactl` logs in Lima's form

@@ -57,7 +57,8 @@ impl Drop for RawMode {
     }
 }
 
-fn window_size() -> Option<WinSize> {
+/// The terminal size of stdout, when it is a terminal.
+pub fn window_size() -> Option<WinSize> {
     let mut ws = nix::pty::Winsize {
         ws_row: 0,
         ws_col: 0,

@@ -326,7 +326,7 @@ fn failed_starts_clean_up_or_leave_a_broken_instance() {
     let list = lima.limactl(&["list"]).ok();
     assert!(list.stdout().contains("Broken"), "{}", list.stdout());
     assert!(
-        list.stderr().contains("instance `late` is broken"),
+        list.stderr().contains("instance \"late\" has errors"),
         "{}",
         list.stderr()
     );

@@ -10,7 +10,9 @@ use crate::{instance, logfmt};
 mod delete;
 mod each;
 pub mod global;
+mod info;
 mod list;
+mod listfmt;
 pub mod msg;
 mod plugin;
 mod shell;
@@ -73,6 +75,8 @@ enum Cmd {
     ShowSsh(show_ssh::ShowSshArgs),
     /// Check lima.yaml files without creating anything
     Validate(validate::ValidateArgs),
+    /// Show diagnostic information (JSON)
+    Info(info::InfoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion { shell: clap_complete::Shell },
     /// Run the host agent of an instance (started by `limactl start`)
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Delete(a) => delete::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(a),
+        Cmd::Info(a) => info::run(&home, a),
         Cmd::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
