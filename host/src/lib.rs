@@ -36,6 +36,7 @@ pub mod template;
 pub mod tmplvars;
 pub mod units;
 pub mod vsock;
+pub mod yq;
 
 /// Logs to stderr at `level`, or as `LIMA_LOG` (an `EnvFilter`) says.
 pub fn init_logging(level: &str) {
