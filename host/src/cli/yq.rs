@@ -1,0 +1,52 @@
+//! `limactl yq EXPR [FILE]`: run an expression (jq syntax) on a YAML
+//! document (FILE, or stdin) and print each result as YAML (or JSON with
+//! `-o json`), as Lima's embedded yq does for the common cases.
+use std::io::Read as _;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct YqArgs {
+    /// Output format: yaml or json
+    #[arg(short = 'o', long = "output-format", default_value = "yaml", value_parser = ["yaml", "y", "json", "j"])]
+    pub output: String,
+    /// Print strings without quotes (yq's -r)
+    #[arg(short = 'r', long = "unwrapScalar")]
+    pub raw: bool,
+    /// The expression (jq syntax; see docs/lima-compat.md "Expressions")
+    pub expr: String,
+    /// The YAML file (default: stdin)
+    pub file: Option<String>,
+}
+
+pub fn run(a: YqArgs) -> anyhow::Result<ExitCode> {
+    let text = match a.file.as_deref() {
+        None | Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read stdin")?;
+            s
+        }
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read {f}"))?,
+    };
+    let doc = crate::yq::parse_yaml(&text)?;
+    let json = matches!(a.output.as_str(), "json" | "j");
+    let mut out = String::new();
+    for v in crate::yq::eval(&a.expr, &doc)? {
+        match (&v, a.raw) {
+            (serde_json::Value::String(s), true) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            _ if json => {
+                out.push_str(&serde_json::to_string_pretty(&v)?);
+                out.push('\n');
+            }
+            _ => out.push_str(&crate::yq::to_yaml(&v)?),
+        }
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
