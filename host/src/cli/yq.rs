@@ -31,20 +31,17 @@ pub fn run(a: YqArgs) -> anyhow::Result<ExitCode> {
         }
         Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read {f}"))?,
     };
-    let doc = crate::yq::parse_yaml(&text)?;
+    let doc = crate::yq::parse_yaml_doc(&text)?;
     let json = matches!(a.output.as_str(), "json" | "j");
     let mut out = String::new();
-    for v in crate::yq::eval(&a.expr, &doc)? {
+    for v in crate::yq::eval_yaml(&a.expr, &doc)? {
         match (&v, a.raw) {
-            (serde_json::Value::String(s), true) => {
-                out.push_str(s);
-                out.push('\n');
-            }
-            _ if json => {
-                out.push_str(&serde_json::to_string_pretty(&v)?);
-                out.push('\n');
-            }
-            _ => out.push_str(&crate::yq::to_yaml(&v)?),
+            (serde_yaml_ng::Value::String(s), true) => out.push_str(s),
+            _ if json => out.push_str(&serde_json::to_string_pretty(&v)?),
+            _ => out.push_str(&crate::yq::yaml_text(&v)?),
+        }
+        if !out.ends_with('\n') {
+            out.push('\n');
         }
     }
     print!("{out}");
