@@ -107,6 +107,7 @@ fn run_once(expr: &str, code: &str, input: &str) -> Result<Vec<String>, YqError>
         .map_err(|errs| compile_err(describe_load_errors(errs)))?;
     let filter = Compiler::default()
         .with_funs(funs)
+        .with_global_vars(["$ENV"])
         .compile(modules)
         .map_err(|errs| {
             let reasons: Vec<String> = errs
@@ -123,7 +124,12 @@ fn run_once(expr: &str, code: &str, input: &str) -> Result<Vec<String>, YqError>
     };
     let val = jaq_json::read::parse_single(input.as_bytes())
         .map_err(|e| run_err(format!("cannot read the input: {e}")))?;
-    let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
+    let env: serde_json::Map<String, Value> = std::env::vars()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let env = jaq_json::read::parse_single(Value::Object(env).to_string().as_bytes())
+        .map_err(|e| run_err(format!("cannot read the environment: {e}")))?;
+    let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([env]));
     let mut out = Vec::new();
     for result in filter.id.run((ctx, val)).map(unwrap_valr) {
         let v = result.map_err(|e| run_err(e.to_string()))?;
@@ -558,6 +564,13 @@ mod tests {
     fn an_undefined_filter_is_named() {
         let msg = eval("nosuchfilter(1)", &json!({})).unwrap_err().to_string();
         assert!(msg.contains("undefined filter `nosuchfilter`"), "{msg}");
+    }
+
+    #[test]
+    fn env_is_there_as_in_jq() {
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(eval("$ENV.PATH", &json!(null)).unwrap(), vec![json!(path)]);
+        assert_eq!(eval("env.PATH", &json!(null)).unwrap(), vec![json!(path)]);
     }
 
     #[test]

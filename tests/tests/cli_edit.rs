@@ -303,11 +303,30 @@ fn yq_prints_yaml_or_json() {
         .run(lima.cmd("limactl").args(["yq", ".n + 1"]), Some(b"n: 41\n"))
         .ok();
     assert_eq!(r.stdout(), "42\n");
-    // The file is read, never written.
+    // The file is read, never written, unless with -i.
     assert_eq!(
         std::fs::read_to_string(&f).unwrap(),
         "a:\n  b: [1, 2]\nc: x\n"
     );
+    assert_eq!(yq(&["-i", ".c = \"z\"", file]).ok().stdout(), "");
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        "a:\n  b: [1, 2]\nc: z\n"
+    );
+}
+
+#[test]
+fn list_templates_names_the_built_in_ones() {
+    let lima = Lima::new();
+    for cmd in ["create", "start"] {
+        let out = lima.limactl(&[cmd, "--list-templates"]).ok().stdout();
+        let names: Vec<&str> = out.lines().collect();
+        assert!(
+            names.contains(&"default") && names.contains(&"debian-12"),
+            "{out}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(lima.home.path()).unwrap().count(), 0);
 }
 
 #[test]

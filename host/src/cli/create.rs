@@ -15,6 +15,9 @@ pub struct CreateArgs {
     /// Instance name (default: the template's name, or `default`)
     #[arg(long)]
     pub name: Option<String>,
+    /// List the templates and exit
+    #[arg(long = "list-templates")]
+    pub list_templates: bool,
     #[command(flatten)]
     pub flags: EditFlags,
     /// A new instance NAME (from the default template), a template
@@ -122,7 +125,22 @@ pub fn target(home: &Path, name: Option<&str>, arg: Option<&str>) -> anyhow::Res
     })
 }
 
+/// `--list-templates`: the template names `create`/`start` take (Lima
+/// hides its internal `_…` ones; we have none).
+pub fn list_templates() -> ExitCode {
+    let mut out = String::new();
+    for n in template::names() {
+        out.push_str(&n);
+        out.push('\n');
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
 pub fn run(home: &Path, a: CreateArgs) -> anyhow::Result<ExitCode> {
+    if a.list_templates {
+        return Ok(list_templates());
+    }
     crate::privacy::create_private_dir(home)
         .with_context(|| format!("cannot create LIMA_HOME {}", home.display()))?;
     if let Some(w) = crate::privacy::home_warning(home) {

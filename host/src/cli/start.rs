@@ -18,6 +18,9 @@ pub struct StartArgs {
     /// Instance name (default: the template's name, or `default`)
     #[arg(long)]
     pub name: Option<String>,
+    /// List the templates and exit
+    #[arg(long = "list-templates")]
+    pub list_templates: bool,
     #[command(flatten)]
     pub flags: EditFlags,
     /// How long to wait for the guest agent (e.g. 10m, 90s)
@@ -31,10 +34,14 @@ pub struct StartArgs {
 pub fn run(home: &Path, a: StartArgs) -> anyhow::Result<ExitCode> {
     let StartArgs {
         name,
+        list_templates,
         flags,
         timeout,
         target,
     } = a;
+    if list_templates {
+        return Ok(create::list_templates());
+    }
     crate::privacy::create_private_dir(home)
         .with_context(|| format!("cannot create LIMA_HOME {}", home.display()))?;
     if let Some(w) = crate::privacy::home_warning(home) {

@@ -11,6 +11,9 @@ pub struct YqArgs {
     /// Output format: yaml or json
     #[arg(short = 'o', long = "output-format", default_value = "yaml", value_parser = ["yaml", "y", "json", "j"])]
     pub output: String,
+    /// Write the result back to FILE (comments kept outside the keys that change)
+    #[arg(short = 'i', long = "inplace", requires = "file")]
+    pub inplace: bool,
     /// Print strings without quotes (yq's -r)
     #[arg(short = 'r', long = "unwrapScalar")]
     pub raw: bool,
@@ -31,6 +34,16 @@ pub fn run(a: YqArgs) -> anyhow::Result<ExitCode> {
         }
         Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read {f}"))?,
     };
+    if a.inplace {
+        let f = a.file.as_deref().unwrap_or_default();
+        let out = crate::yq::edit_yaml_keeping_comments(&text, std::slice::from_ref(&a.expr))?;
+        if out != text {
+            let tmp = format!("{f}.tmp");
+            std::fs::write(&tmp, &out).with_context(|| format!("cannot write {tmp}"))?;
+            std::fs::rename(&tmp, f).with_context(|| format!("cannot replace {f}"))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let doc = crate::yq::parse_yaml_doc(&text)?;
     let json = matches!(a.output.as_str(), "json" | "j");
     let mut out = String::new();
