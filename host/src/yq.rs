@@ -683,6 +683,11 @@ mod tests {
         ] {
             assert_eq!(eval(expr, &json!({"n": 1})).unwrap(), vec![want], "{expr}");
         }
+        // A `|` inside a string is not a pipe.
+        assert_eq!(
+            eval(".a.b = \"x|y\" | .c = 1", &json!({})).unwrap(),
+            vec![json!({"a": {"b": "x|y"}, "c": 1})]
+        );
         // What cannot be rewritten fails with a hint.
         let err = eval("if true then .a.b = 1 else . end", &json!({})).unwrap_err();
         assert!(err.to_string().contains("set it first"), "{err}");
