@@ -48,6 +48,12 @@ pub enum LifecycleError {
     },
     #[error("instance `{name}` has no sshd: built-in images are reached with `limactl shell {name}`; a distro image (e.g. `template:debian-12`) runs sshd")]
     NoSsh { name: String },
+    #[error(transparent)]
+    Expr(#[from] crate::yq::YqError),
+    #[error("instance `{name}` already exists ({dir})")]
+    Exists { name: String, dir: String },
+    #[error("Cannot edit a running instance `{name}`; stop it first with `limactl stop {name}`")]
+    EditRunning { name: String },
     #[error("cannot {what}")]
     Io {
         what: String,
@@ -155,12 +161,11 @@ pub fn create(
         return Ok((inst, false));
     }
     let t = template::locate(template_locator)?;
-    create_from(inst, &t)
+    Ok((create_new(home, name, &t, &[])?, true))
 }
 
 /// [`create`] from a template already located (a remote one is fetched
-/// once). `base:` is merged in here: the instance's `lima.yaml` is the
-/// whole result, as Lima embeds bases when it creates an instance.
+/// once).
 pub fn create_from_template(
     home: &Path,
     name: &str,
@@ -170,21 +175,95 @@ pub fn create_from_template(
     if inst.exists() {
         return Ok((inst, false));
     }
-    create_from(inst, t)
+    Ok((create_new(home, name, t, &[])?, true))
 }
 
-fn create_from(inst: Instance, t: &template::Template) -> Result<(Instance, bool), LifecycleError> {
+/// Creates the new instance `name` from a located template, with `exprs`
+/// (edit flags, `--set`) applied, as `limactl create` does. `base:` is
+/// merged in first: the instance's `lima.yaml` is the whole result, as Lima
+/// embeds bases when it creates an instance. The result is checked before
+/// anything lands on disk; an existing instance is refused.
+pub fn create_new(
+    home: &Path,
+    name: &str,
+    t: &template::Template,
+    exprs: &[String],
+) -> Result<Instance, LifecycleError> {
+    let inst = Instance::new(home, name)?;
+    if inst.exists() {
+        return Err(LifecycleError::Exists {
+            name: inst.name.clone(),
+            dir: inst.dir.display().to_string(),
+        });
+    }
     let text = crate::base::embed(t)?;
-    // Validate before anything lands on disk.
-    let mut yaml = LimaYaml::parse(&text, &t.origin)?;
-    crate::tmplvars::expand_for(&mut yaml, &inst.name, &inst.dir, &t.origin)?;
-    let cfg = yaml.resolve(&t.origin)?;
-    cfg.check_host(&t.origin)?;
+    let text = if exprs.is_empty() {
+        text
+    } else {
+        crate::yq::edit_yaml_keeping_comments(&text, exprs)?
+    };
+    let cfg = check_yaml(&inst, &text, &t.origin)?;
     check_image(&cfg.image)?;
     crate::privacy::create_private_dir(&inst.dir)
         .map_err(io(format!("create {}", inst.dir.display())))?;
     std::fs::write(inst.path(instance::LIMA_YAML), &text).map_err(io("write lima.yaml"))?;
-    Ok((inst, true))
+    Ok(inst)
+}
+
+/// Checks `lima.yaml` text for `inst` as `start` will take it: it parses,
+/// its variables fill in, and its values resolve and fit this host.
+/// `origin` names the text in errors.
+pub fn check_yaml(
+    inst: &Instance,
+    text: &str,
+    origin: &str,
+) -> Result<crate::config::InstanceConfig, LifecycleError> {
+    let mut yaml = LimaYaml::parse(text, origin)?;
+    crate::tmplvars::expand_for(&mut yaml, &inst.name, &inst.dir, origin)?;
+    let cfg = yaml.resolve(origin)?;
+    cfg.check_host(origin)?;
+    Ok(cfg)
+}
+
+/// Applies `exprs` to a stopped instance's `lima.yaml`, checks the result
+/// and writes it (comments kept where the change allows). Returns whether
+/// anything changed. A running instance is refused, as in Lima.
+pub fn edit(inst: &Instance, exprs: &[String]) -> Result<bool, LifecycleError> {
+    if inst.host_agent_running() {
+        return Err(LifecycleError::EditRunning {
+            name: inst.name.clone(),
+        });
+    }
+    match edited_yaml(inst, exprs)? {
+        Some(text) => {
+            write_yaml(inst, &text)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The instance's `lima.yaml` with `exprs` applied and checked, or `None`
+/// when they change nothing. Writes nothing.
+pub fn edited_yaml(inst: &Instance, exprs: &[String]) -> Result<Option<String>, LifecycleError> {
+    let path = inst.path(instance::LIMA_YAML);
+    let text = std::fs::read_to_string(&path).map_err(io("read lima.yaml"))?;
+    let out = crate::yq::edit_yaml_keeping_comments(&text, exprs)?;
+    if out == text {
+        return Ok(None);
+    }
+    check_yaml(inst, &out, &path.display().to_string())?;
+    Ok(Some(out))
+}
+
+/// Checks `text` (see [`check_yaml`]) and then replaces the instance's
+/// `lima.yaml` with it in one step (a crash leaves the old file or the new).
+pub fn write_yaml(inst: &Instance, text: &str) -> Result<(), LifecycleError> {
+    let path = inst.path(instance::LIMA_YAML);
+    check_yaml(inst, text, &path.display().to_string())?;
+    let tmp = inst.path("lima.yaml.tmp");
+    std::fs::write(&tmp, text).map_err(io("write lima.yaml"))?;
+    std::fs::rename(&tmp, &path).map_err(io("replace lima.yaml"))
 }
 
 /// Checks an image without fetching it or making anything.
@@ -195,76 +274,6 @@ fn check_image(image: &crate::config::Image) -> Result<(), LifecycleError> {
         crate::image::resolve_kernel(image)?;
     }
     Ok(())
-}
-
-/// Applies `--mount DIR[:w]` (append) and `--mount-only` (replace) to the
-/// instance's `lima.yaml`, as Lima's edit flags do.
-pub fn apply_mount_flags(
-    inst: &Instance,
-    add: &[String],
-    only: &[String],
-) -> Result<(), LifecycleError> {
-    if add.is_empty() && only.is_empty() {
-        return Ok(());
-    }
-    let path = inst.path(instance::LIMA_YAML);
-    let text = std::fs::read_to_string(&path).map_err(io("read lima.yaml"))?;
-    let mut doc: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).map_err(|e| crate::config::ConfigError::Parse {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
-    let map = doc
-        .as_mapping_mut()
-        .ok_or_else(|| crate::config::ConfigError::Parse {
-            path: path.display().to_string(),
-            msg: "not a YAML mapping".into(),
-        })?;
-    let key = serde_yaml_ng::Value::from("mounts");
-    let mut mounts: Vec<serde_yaml_ng::Value> = if only.is_empty() {
-        map.get(&key)
-            .and_then(|v| v.as_sequence().cloned())
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    for flag in only.iter().chain(add) {
-        let m = crate::mounts::from_flag(flag);
-        // A folder that is not there must not reach lima.yaml: the
-        // instance would then fail every later start too.
-        if let Err((_, msg)) = crate::mounts::resolve(std::slice::from_ref(&m), None, true) {
-            return Err(crate::config::ConfigError::Invalid {
-                path: path.display().to_string(),
-                field: if only.contains(flag) {
-                    "--mount-only"
-                } else {
-                    "--mount"
-                }
-                .into(),
-                msg: format!("`{flag}`: {msg}"),
-            }
-            .into());
-        }
-        mounts.push(serde_yaml_ng::to_value(&m).map_err(|e| LifecycleError::Io {
-            what: "encode a mount".into(),
-            source: std::io::Error::other(e),
-        })?);
-    }
-    map.insert(key, serde_yaml_ng::Value::Sequence(mounts));
-    let out = serde_yaml_ng::to_string(&doc).map_err(|e| LifecycleError::Io {
-        what: "encode lima.yaml".into(),
-        source: std::io::Error::other(e),
-    })?;
-    // Check before writing: a bad flag must not damage the file.
-    let mut yaml = LimaYaml::parse(&out, &path.display().to_string())?;
-    crate::tmplvars::expand_for(
-        &mut yaml,
-        &inst.name,
-        &inst.dir,
-        &path.display().to_string(),
-    )?;
-    yaml.resolve(&path.display().to_string())?;
-    std::fs::write(&path, out).map_err(io("write lima.yaml"))
 }
 
 /// Spawns the host agent and waits until the guest agent answers.
@@ -636,40 +645,51 @@ mod tests {
     }
 
     #[test]
-    fn mount_adds_and_mount_only_replaces() {
+    fn edit_applies_expressions_and_keeps_comments() {
         let home = tempfile::tempdir().unwrap();
         let (kept, extra) = (home.path().join("kept"), home.path().join("extra"));
         std::fs::create_dir_all(&kept).unwrap();
         std::fs::create_dir_all(&extra).unwrap();
         let inst = instance(home.path(), &kept);
+        let p = inst.path(instance::LIMA_YAML);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("# mine\ncpus: 1 # one\n{text}")).unwrap();
 
-        let flag = format!("{}:w", extra.display());
-        apply_mount_flags(&inst, std::slice::from_ref(&flag), &[]).unwrap();
+        assert!(edit(&inst, &[".cpus = 2".to_string()]).unwrap());
+        let after = std::fs::read_to_string(&p).unwrap();
+        assert!(after.starts_with("# mine\ncpus: 2 # one\n"), "{after}");
+        assert!(!edit(&inst, &[".cpus = 2".to_string()]).unwrap());
+
+        let add = format!(
+            ".mounts += [{{\"location\": \"{}\", \"writable\": true}}]",
+            extra.display()
+        );
+        assert!(edit(&inst, &[add]).unwrap());
         assert_eq!(
             locations(&inst),
             vec![(kept.clone(), false), (extra.clone(), true)]
         );
-
-        apply_mount_flags(&inst, &[], &[extra.display().to_string()]).unwrap();
-        assert_eq!(locations(&inst), vec![(extra.clone(), false)]);
+        assert_eq!(inst.config().unwrap().cpus, 2);
     }
 
     #[test]
-    fn a_bad_mount_flag_names_the_folder_and_leaves_lima_yaml_alone() {
+    fn a_bad_edit_names_the_problem_and_leaves_lima_yaml_alone() {
         let home = tempfile::tempdir().unwrap();
         let kept = home.path().join("kept");
         std::fs::create_dir_all(&kept).unwrap();
         let inst = instance(home.path(), &kept);
         let before = std::fs::read_to_string(inst.path(instance::LIMA_YAML)).unwrap();
 
-        let missing = home.path().join("no-such-folder");
-        let err = apply_mount_flags(&inst, &[missing.display().to_string()], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("--mount") && err.contains("no-such-folder does not exist"),
-            "{err}"
-        );
+        for (expr, want) in [
+            (".cpus = 0", "cpus"),
+            (".vmType = \"vz\"", "vmType"),
+            (".nosuchkey = 1", "nosuchkey"),
+            (".mounts[0].mountPoint = \"/etc\"", "/etc"),
+            (".cpus = ", "invalid expression"),
+        ] {
+            let err = edit(&inst, &[expr.to_string()]).unwrap_err().to_string();
+            assert!(err.contains(want), "{expr}: {err}");
+        }
         let after = std::fs::read_to_string(inst.path(instance::LIMA_YAML)).unwrap();
         assert_eq!(before, after);
     }

@@ -7,20 +7,25 @@ use clap::{Parser, Subcommand};
 
 use crate::{instance, logfmt};
 
+mod create;
 mod delete;
 mod each;
+mod edit;
+mod editflags;
 pub mod global;
 mod info;
 mod list;
 mod listfmt;
 pub mod msg;
 mod plugin;
+mod restart;
 mod shell;
 mod show_ssh;
 mod start;
 mod stop;
 mod usage;
 mod validate;
+mod yq;
 
 #[derive(Parser)]
 #[command(
@@ -57,8 +62,16 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Create an instance (without starting it)
+    Create(create::CreateArgs),
     /// Create (if needed) and start an instance
     Start(start::StartArgs),
+    /// Edit a stopped instance's lima.yaml (edit flags, or an editor)
+    Edit(edit::EditArgs),
+    /// Stop and start an instance again (edit flags apply in between)
+    Restart(restart::RestartArgs),
+    /// Run an expression (jq syntax) on a YAML document
+    Yq(yq::YqArgs),
     /// Stop instances
     Stop(stop::StopArgs),
     /// List instances
@@ -139,7 +152,11 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let home = instance::lima_home();
     match cli.cmd {
+        Cmd::Create(a) => create::run(&home, a),
         Cmd::Start(a) => start::run(&home, a),
+        Cmd::Edit(a) => edit::run(&home, a),
+        Cmd::Restart(a) => restart::run(&home, a),
+        Cmd::Yq(a) => yq::run(a),
         Cmd::Stop(a) => stop::run(&home, a),
         Cmd::List(a) => list::run(&home, a),
         Cmd::Shell(a) => shell::run(&home, a),

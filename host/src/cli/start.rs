@@ -1,82 +1,95 @@
-//! `limactl start [NAME|TEMPLATE]`: create the instance if needed, then
-//! boot it and wait for the guest agent.
+//! `limactl start [NAME|TEMPLATE|FILE.yaml|URL|-]`: create the instance if
+//! needed (as `limactl create`, edit flags and all), then boot it and wait
+//! for the guest agent. For an existing instance the edit flags change its
+//! `lima.yaml` first, as in Lima.
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use super::create::{self, Target};
+use super::editflags::EditFlags;
 use super::msg;
-use crate::{instance, lifecycle, template};
+use crate::{instance, lifecycle};
 
 #[derive(clap::Args)]
 pub struct StartArgs {
     /// Instance name (default: the template's name, or `default`)
     #[arg(long)]
     pub name: Option<String>,
-    /// Share a host folder (DIR[:w] for writable); adds to the template's mounts
-    #[arg(long = "mount", value_name = "DIR[:w]")]
-    pub mounts: Vec<String>,
-    /// Like --mount, but replaces the template's mounts
-    #[arg(long = "mount-only", value_name = "DIR[:w]")]
-    pub mount_only: Vec<String>,
+    /// List the templates and exit
+    #[arg(long = "list-templates")]
+    pub list_templates: bool,
+    #[command(flatten)]
+    pub flags: EditFlags,
     /// How long to wait for the guest agent (e.g. 10m, 90s)
     #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
     pub timeout: Duration,
-    /// An existing instance, or a template: `template:NAME` (debian-12, fedora, ...), NAME, a .yaml path, or an http(s) URL
+    /// An existing instance, a new instance NAME, a template (`template:NAME`,
+    /// a built-in NAME such as debian-12), a .yaml path, an http(s) URL, or `-` (stdin; needs --name)
     pub target: Option<String>,
 }
 
 pub fn run(home: &Path, a: StartArgs) -> anyhow::Result<ExitCode> {
     let StartArgs {
         name,
-        mounts,
-        mount_only,
+        list_templates,
+        flags,
         timeout,
         target,
     } = a;
+    if list_templates {
+        return Ok(create::list_templates());
+    }
     crate::privacy::create_private_dir(home)
         .with_context(|| format!("cannot create LIMA_HOME {}", home.display()))?;
     if let Some(w) = crate::privacy::home_warning(home) {
         msg::warn(w);
     }
-    let (inst, created) = match (&name, &target) {
-        (None, Some(t)) if instance::Instance::open(home, t).is_ok() => {
-            (instance::Instance::open(home, t)?, false)
-        }
-        _ => {
-            let locator = target.clone().unwrap_or_else(|| "template:default".into());
-            match &name {
-                Some(n) => lifecycle::create(home, n, &locator)?,
-                None if target.is_none() => lifecycle::create(home, "default", &locator)?,
-                None => {
-                    // Located once: a remote template is fetched once.
-                    let t = template::locate(&locator)?;
-                    lifecycle::create_from_template(home, &t.suggested_name.clone(), &t)?
-                }
+    let (inst, created) = match create::target(home, name.as_deref(), target.as_deref())? {
+        Target::Existing(inst) => {
+            msg::info(format!("Using the existing instance \"{}\"", inst.name));
+            if inst.host_agent_running() {
+                msg::info(format!(
+                    "The instance \"{}\" is already running. Run `{}` to open the shell.",
+                    inst.name,
+                    shell_cmd(&inst.name)
+                ));
+                return Ok(ExitCode::SUCCESS);
             }
+            let exprs = flags.expressions(false)?;
+            if !exprs.is_empty() {
+                lifecycle::edit(&inst, &exprs).with_context(|| {
+                    format!(
+                        "failed to apply the edit flags to instance \"{}\"",
+                        inst.name
+                    )
+                })?;
+            }
+            (inst, false)
+        }
+        Target::New { name, template } => {
+            let exprs = flags.expressions(true)?;
+            let inst = lifecycle::create_new(home, &name, &template, &exprs)?;
+            msg::info(format!(
+                "Created instance `{}` in {}",
+                inst.name,
+                inst.dir.display()
+            ));
+            (inst, true)
         }
     };
-    if !created && inst.host_agent_running() {
-        return Err(instance::InstanceError::AlreadyRunning {
-            name: inst.name.clone(),
-        }
-        .into());
-    }
-    if let Err(e) = lifecycle::apply_mount_flags(&inst, &mounts, &mount_only) {
-        if created {
-            let _ = std::fs::remove_dir_all(&inst.dir);
-        }
-        return Err(e.into());
-    }
-    if created {
-        msg::info(format!(
-            "Created instance `{}` in {}",
-            inst.name,
-            inst.dir.display()
-        ));
-    }
     boot(&inst, created, timeout)
+}
+
+/// The command that opens a shell in `name` (Lima's hint).
+pub fn shell_cmd(name: &str) -> String {
+    if name == "default" {
+        "lima".into()
+    } else {
+        format!("limactl shell {name}")
+    }
 }
 
 /// Boots a created instance and waits for its agent, then prints READY
