@@ -87,14 +87,14 @@ fn create_of_an_unknown_name_uses_the_default_template_as_lima_does() {
     let lima = Lima::new();
     let r = lima.limactl(&["create", "foo"]).ok();
     assert!(
-        r.stderr().contains(
+        r.messages().contains(
             "Creating an instance \"foo\" from template://default (Not from template://foo)"
         ),
         "{}",
         r.stderr()
     );
     assert!(
-        r.stderr().contains("This form is deprecated"),
+        r.messages().contains("This form is deprecated"),
         "{}",
         r.stderr()
     );
@@ -118,7 +118,7 @@ fn edit_flags_change_a_stopped_instance_and_keep_comments() {
 
     let r = lima.limactl(&["edit", "a", "--cpus", "1"]).ok();
     assert!(
-        r.stderr().contains("Instance \"a\" configuration edited"),
+        r.messages().contains("Instance \"a\" configuration edited"),
         "{}",
         r.stderr()
     );
@@ -129,7 +129,7 @@ fn edit_flags_change_a_stopped_instance_and_keep_comments() {
 
     // Nothing to change; creation-only flags are skipped with Lima's hint.
     let r = lima.limactl(&["edit", "a", "--cpus", "1"]).ok();
-    assert!(r.stderr().contains("no changes"), "{}", r.stderr());
+    assert!(r.messages().contains("no changes"), "{}", r.stderr());
     let r = lima.limactl(&["edit", "a", "--disk", "20"]).ok();
     assert!(
         r.stderr()
@@ -265,7 +265,7 @@ fn the_editor_edit_is_checked_before_it_is_saved() {
             None,
         )
         .ok();
-    assert!(r.stderr().contains("Aborting"), "{}", r.stderr());
+    assert!(r.messages().contains("Aborting"), "{}", r.stderr());
     assert_eq!(lima_yaml(&lima, "a"), after);
 }
 
@@ -350,7 +350,7 @@ fn restart_applies_edit_flags_to_a_running_vm() {
         .fails_with("Cannot edit a running instance");
     // A second start is not an error (Lima's wording).
     let r = lima.limactl(&["start", "vm"]).ok();
-    assert!(r.stderr().contains("is already running"), "{}", r.stderr());
+    assert!(r.messages().contains("is already running"), "{}", r.stderr());
 
     lima.limactl(&["restart", "vm", "--cpus", "1", "--timeout", "5m"])
         .ok();
