@@ -309,7 +309,15 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
             eprintln!("warning: {origin}: {w}");
         }
     }
-    // Shared folders must exist on the host now.
+    // Shared folders must exist on the host now; missing ones are made,
+    // as Lima does.
+    crate::mounts::create_missing(yaml.mounts.as_deref().unwrap_or(&[])).map_err(
+        |(field, msg)| crate::config::ConfigError::Invalid {
+            path: origin.clone(),
+            field,
+            msg,
+        },
+    )?;
     crate::mounts::resolve(
         yaml.mounts.as_deref().unwrap_or(&[]),
         yaml.mount_type.as_deref(),

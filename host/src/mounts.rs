@@ -118,6 +118,48 @@ pub fn expand_tilde(p: &str) -> PathBuf {
     }
 }
 
+/// Makes the host folders of `mounts` that are missing, as Lima does when
+/// it starts an instance. One right inside the system's temp folder (the
+/// default template's `/tmp/lima`) is shared by every user of the host as
+/// the temp folder is, so it gets the temp folder's mode (1777, sticky);
+/// any other is the user's own (0700). Errors name the field.
+pub fn create_missing(mounts: &[MountYaml]) -> Result<(), (String, String)> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let temp = std::fs::canonicalize(std::env::temp_dir()).ok();
+    for (i, m) in mounts.iter().enumerate() {
+        let location = expand_tilde(&m.location);
+        if !location.is_absolute() || location.exists() {
+            continue;
+        }
+        let fail = |e: std::io::Error| {
+            (
+                format!("mounts[{i}].location"),
+                format!("cannot create {}: {e}", location.display()),
+            )
+        };
+        if let Some(parent) = location.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(fail)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&location) {
+            Ok(()) => {}
+            // Made meanwhile by another start: theirs stands.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(fail(e)),
+        }
+        let shared = temp.is_some()
+            && location.parent().and_then(|p| std::fs::canonicalize(p).ok()) == temp;
+        if shared {
+            std::fs::set_permissions(&location, std::fs::Permissions::from_mode(0o1777))
+                .map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks the mounts; `check_host` also requires each folder to exist (at
 /// start; not when a template is merely parsed).
 pub fn resolve(
@@ -265,6 +307,38 @@ pub fn from_flag(flag: &str) -> MountYaml {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_folders_are_made_private_or_shared_like_the_temp_folder() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b");
+        let shared = std::env::temp_dir().join(format!(
+            "lima-rs-mounts-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir(&shared);
+        let yaml = |p: &Path| MountYaml {
+            location: p.display().to_string(),
+            ..Default::default()
+        };
+        create_missing(&[yaml(&deep), yaml(&shared), yaml(dir.path())]).unwrap();
+        let shared_mode = mode(&shared);
+        std::fs::remove_dir(&shared).unwrap();
+        assert_eq!(mode(&deep), 0o700);
+        assert_eq!(shared_mode, 0o1777);
+        // What exists is left alone.
+        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_missing(&[yaml(&deep)]).unwrap();
+        assert_eq!(mode(&deep), 0o750);
+        // A folder that cannot be made names the mount.
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let (field, msg) = create_missing(&[yaml(&dir.path().join("file/sub"))]).unwrap_err();
+        assert_eq!(field, "mounts[0].location");
+        assert!(msg.contains("cannot create"), "{msg}");
+    }
 
     #[test]
     fn writable_shares_of_root_or_home_are_warned_about() {
