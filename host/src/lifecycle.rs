@@ -309,8 +309,8 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
             eprintln!("warning: {origin}: {w}");
         }
     }
-    // Shared folders must exist on the host now; missing ones are made,
-    // as Lima does.
+    // Shared folders must exist on the host now; a missing one in the temp
+    // folder (the default template's /tmp/lima) is made.
     crate::mounts::create_missing(yaml.mounts.as_deref().unwrap_or(&[])).map_err(
         |(field, msg)| crate::config::ConfigError::Invalid {
             path: origin.clone(),

@@ -118,17 +118,28 @@ pub fn expand_tilde(p: &str) -> PathBuf {
     }
 }
 
-/// Makes the host folders of `mounts` that are missing, as Lima does when
-/// it starts an instance. One right inside the system's temp folder (the
-/// default template's `/tmp/lima`) is shared by every user of the host as
-/// the temp folder is, so it gets the temp folder's mode (1777, sticky);
-/// any other is the user's own (0700). Errors name the field.
+/// Makes the missing host folders of `mounts` that sit right inside the
+/// system's temp folder, such as the default template's
+/// `{{.GlobalTempDir}}/lima`: scratch space that every user of the host
+/// shares as they share the temp folder, so it gets the temp folder's
+/// mode (1777, sticky). Any other missing folder is left for [`resolve`]
+/// to refuse (Lima would make it; a mistyped path would then become an
+/// empty share without a word). Errors name the field.
 pub fn create_missing(mounts: &[MountYaml]) -> Result<(), (String, String)> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let temp = std::fs::canonicalize(std::env::temp_dir()).ok();
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(temp) = std::fs::canonicalize(std::env::temp_dir()) else {
+        return Ok(());
+    };
     for (i, m) in mounts.iter().enumerate() {
         let location = expand_tilde(&m.location);
         if !location.is_absolute() || location.exists() {
+            continue;
+        }
+        let in_temp = location
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .is_some_and(|p| p == temp);
+        if !in_temp {
             continue;
         }
         let fail = |e: std::io::Error| {
@@ -137,24 +148,12 @@ pub fn create_missing(mounts: &[MountYaml]) -> Result<(), (String, String)> {
                 format!("cannot create {}: {e}", location.display()),
             )
         };
-        if let Some(parent) = location.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(fail)?;
-        }
-        match std::fs::DirBuilder::new().mode(0o700).create(&location) {
-            Ok(()) => {}
+        match std::fs::create_dir(&location) {
+            Ok(()) => std::fs::set_permissions(&location, std::fs::Permissions::from_mode(0o1777))
+                .map_err(fail)?,
             // Made meanwhile by another start: theirs stands.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(fail(e)),
-        }
-        let shared = temp.is_some()
-            && location.parent().and_then(|p| std::fs::canonicalize(p).ok()) == temp;
-        if shared {
-            std::fs::set_permissions(&location, std::fs::Permissions::from_mode(0o1777))
-                .map_err(fail)?;
         }
     }
     Ok(())
@@ -309,7 +308,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn missing_folders_are_made_private_or_shared_like_the_temp_folder() {
+    fn missing_folders_in_the_temp_folder_are_made_shared_like_it() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         let dir = tempfile::tempdir().unwrap();
@@ -327,17 +326,13 @@ mod tests {
         create_missing(&[yaml(&deep), yaml(&shared), yaml(dir.path())]).unwrap();
         let shared_mode = mode(&shared);
         std::fs::remove_dir(&shared).unwrap();
-        assert_eq!(mode(&deep), 0o700);
         assert_eq!(shared_mode, 0o1777);
+        // Anywhere else a missing folder stays missing, for `resolve` to refuse.
+        assert!(!deep.exists() && !dir.path().join("a").exists());
         // What exists is left alone.
-        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o750)).unwrap();
-        create_missing(&[yaml(&deep)]).unwrap();
-        assert_eq!(mode(&deep), 0o750);
-        // A folder that cannot be made names the mount.
-        std::fs::write(dir.path().join("file"), "").unwrap();
-        let (field, msg) = create_missing(&[yaml(&dir.path().join("file/sub"))]).unwrap_err();
-        assert_eq!(field, "mounts[0].location");
-        assert!(msg.contains("cannot create"), "{msg}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_missing(&[yaml(dir.path())]).unwrap();
+        assert_eq!(mode(dir.path()), 0o750);
     }
 
     #[test]
