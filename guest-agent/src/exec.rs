@@ -644,7 +644,10 @@ mod tests {
         assert_eq!(cmd.get_program(), "/bin/sh");
         assert_eq!(args(&cmd), ["-l", "-c", "printf '%s|' 'a b' '$HOME'"]);
         // The shell gives the words back as they were.
-        let out = Command::new("/bin/sh").args(&args(&cmd)[1..]).output().unwrap();
+        let out = Command::new("/bin/sh")
+            .args(&args(&cmd)[1..])
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a b|$HOME|");
         let env: Vec<(String, String)> = cmd
             .get_envs()

@@ -436,14 +436,14 @@ mod tests {
         assert_eq!(
             mounts,
             [
-                (crate::mounts::expand_tilde("~").display().to_string(), false),
+                (
+                    crate::mounts::expand_tilde("~").display().to_string(),
+                    false
+                ),
                 ("/tmp/lima".to_string(), true)
             ]
         );
-        assert_eq!(
-            c.mounts[1].location,
-            std::env::temp_dir().join("lima")
-        );
+        assert_eq!(c.mounts[1].location, std::env::temp_dir().join("lima"));
         assert_eq!(c.vm_type, "qemu");
         assert_eq!(c.image.location, "builtin:default");
         assert_eq!(c.memory, 2 << 30);

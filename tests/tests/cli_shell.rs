@@ -129,17 +129,41 @@ fn shell_and_lima_as_limas_on_the_default_template() {
     assert!(!project.join("by-guest").exists());
     // /tmp/lima is shared writable.
     let scratch = format!("/tmp/lima/sh21-{}", std::process::id());
-    in_dir(&lima, &project, "lima", &["sh", "-c", &format!("echo w > {scratch}")]).ok();
+    in_dir(
+        &lima,
+        &project,
+        "lima",
+        &["sh", "-c", &format!("echo w > {scratch}")],
+    )
+    .ok();
     assert_eq!(std::fs::read_to_string(&scratch).unwrap(), "w\n");
     std::fs::remove_file(&scratch).unwrap();
 
     // Flags right after the name; the command's own flags stay its own.
-    let r = in_dir(&lima, &project, "limactl", &["shell", "sh21", "--workdir", "/tmp", "pwd"]).ok();
+    let r = in_dir(
+        &lima,
+        &project,
+        "limactl",
+        &["shell", "sh21", "--workdir", "/tmp", "pwd"],
+    )
+    .ok();
     assert_eq!(r.stdout(), "/tmp\n");
-    let r = in_dir(&lima, &project, "limactl", &["shell", "sh21", "ls", "-d", "/"]).ok();
+    let r = in_dir(
+        &lima,
+        &project,
+        "limactl",
+        &["shell", "sh21", "ls", "-d", "/"],
+    )
+    .ok();
     assert_eq!(r.stdout(), "/\n");
     // Through the login shell as one line: builtins are commands.
-    let r = in_dir(&lima, &project, "limactl", &["shell", "sh21", "command", "-v", "cd"]).ok();
+    let r = in_dir(
+        &lima,
+        &project,
+        "limactl",
+        &["shell", "sh21", "command", "-v", "cd"],
+    )
+    .ok();
     assert_eq!(r.stdout(), "cd\n");
 
     // --shell and LIMA_SHELL: that program, as a login shell, gets the
@@ -172,11 +196,20 @@ fn shell_and_lima_as_limas_on_the_default_template() {
         .args(["uname"]);
     assert_eq!(lima.run(&mut c, None).ok().stdout(), "fake: -l -c uname\n");
     // A shell the guest lacks: the command cannot start.
-    let r = in_dir(&lima, &project, "limactl", &["shell", "sh21", "--shell=/no/such/sh", "true"]);
+    let r = in_dir(
+        &lima,
+        &project,
+        "limactl",
+        &["shell", "sh21", "--shell=/no/such/sh", "true"],
+    );
     assert_eq!(r.code(), 127, "{}", r.stderr());
 
     // --preserve-env passes the host's variables but Lima's blocked ones.
-    let show = ["sh", "-c", "echo ${SH21_PASSED:-unset} ${SSH_SH21:-unset} $HOME"];
+    let show = [
+        "sh",
+        "-c",
+        "echo ${SH21_PASSED:-unset} ${SSH_SH21:-unset} $HOME",
+    ];
     let with_env = |flags: &[&str]| {
         let mut c = lima.cmd("limactl");
         c.current_dir(&project)
@@ -201,9 +234,8 @@ fn shell_and_lima_as_limas_on_the_default_template() {
 
     // A stopped instance: Lima's message, or --start boots it first.
     lima.limactl(&["stop", "sh21"]).ok();
-    lima.limactl(&["shell", "sh21", "true"]).fails_with(
-        "instance \"sh21\" is stopped, run `limactl start sh21` to start the instance",
-    );
+    lima.limactl(&["shell", "sh21", "true"])
+        .fails_with("instance \"sh21\" is stopped, run `limactl start sh21` to start the instance");
     let r = in_dir(
         &lima,
         &project,

@@ -81,9 +81,9 @@ pub fn split(a: ShellArgs) -> anyhow::Result<Request> {
             None => Ok(true),
             Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
             Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-            Some(other) => bail!(
-                "invalid argument \"{other}\" for \"--{flag}\" flag: use true or false"
-            ),
+            Some(other) => {
+                bail!("invalid argument \"{other}\" for \"--{flag}\" flag: use true or false")
+            }
         }
     }
     while let Some(word) = words.peek().cloned() {
@@ -251,7 +251,9 @@ pub fn run(home: &Path, a: ShellArgs) -> anyhow::Result<ExitCode> {
     }
     if !inst.host_agent_running() {
         if !req.start {
-            bail!("instance \"{name}\" is stopped, run `limactl start {name}` to start the instance");
+            bail!(
+                "instance \"{name}\" is stopped, run `limactl start {name}` to start the instance"
+            );
         }
         // As `limactl start NAME`, without its READY line and `message:`
         // (stdout is the command's).
@@ -478,7 +480,9 @@ mod tests {
         assert_eq!(e, "requires instance name as first argument");
         let e = split(args(&["vm", "--workdir"])).unwrap_err().to_string();
         assert!(e.contains("--workdir"), "{e}");
-        let e = split(args(&["vm", "--start=maybe"])).unwrap_err().to_string();
+        let e = split(args(&["vm", "--start=maybe"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"maybe\"") && e.contains("--start"), "{e}");
     }
 
