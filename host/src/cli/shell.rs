@@ -17,6 +17,14 @@ use super::msg;
 use crate::{instance, lifecycle, shell};
 
 #[derive(clap::Args, Debug, Default)]
+#[command(
+    override_usage = "limactl shell [FLAGS] INSTANCE [FLAGS] [--] [COMMAND...]",
+    after_help = "`lima COMMAND...` is `limactl shell $LIMA_INSTANCE COMMAND...` ($LIMA_INSTANCE: `default`).\n\n\
+--preserve-env passes the host's variables except those in $LIMA_SHELLENV_BLOCK\n\
+(comma-separated, `*` at the end matches any suffix; a leading `+` adds to the\n\
+default list instead of replacing it). $LIMA_SHELLENV_ALLOW, when set, passes only\n\
+the variables it names."
+)]
 pub struct ShellArgs {
     /// Shell interpreter in the guest, e.g. /bin/bash (default: the user's login shell)
     #[arg(long, value_name = "PATH")]
