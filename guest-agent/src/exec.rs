@@ -167,9 +167,10 @@ fn prepare(req: &ExecRequest) -> std::io::Result<Prepared> {
     })
 }
 
-/// The program and its arguments. Through a login shell, the argv is
-/// handed to `exec "$@"` as positional parameters, so it reaches the
-/// program exactly as given (nothing is quoted or parsed again).
+/// The program and its arguments. Through a login shell, as Lima runs
+/// commands: `$SHELL -l -c LINE`, where LINE is the argv with each word
+/// quoted for the shell, so the words reach the program exactly as given
+/// while shell builtins (`cd`, `command -v`, `ulimit`) work as commands.
 fn build_command(req: &ExecRequest, account: &users::Account) -> Command {
     let shell = account.usable_shell();
     let shell_name = Path::new(&shell)
@@ -184,8 +185,7 @@ fn build_command(req: &ExecRequest, account: &users::Account) -> Command {
         }
         (Some(_), true) => {
             let mut c = Command::new(&shell);
-            c.args(["-l", "-c", "exec \"$@\"", &shell_name]);
-            c.args(&req.argv);
+            c.args(["-l", "-c", &lima_proto::shellquote::join(&req.argv)]);
             c
         }
         // The shell itself; as a login shell its argv[0] starts with `-`.
@@ -635,26 +635,20 @@ mod tests {
     }
 
     #[test]
-    fn a_login_shell_gets_the_argv_as_positional_parameters() {
+    fn a_login_shell_gets_the_argv_as_one_quoted_line() {
         let a = account("/bin/sh");
         let cmd = build_command(
             &req(&["printf", "%s|", "a b", "$HOME"], None, false, true),
             &a,
         );
         assert_eq!(cmd.get_program(), "/bin/sh");
-        assert_eq!(
-            args(&cmd),
-            [
-                "-l",
-                "-c",
-                "exec \"$@\"",
-                "sh",
-                "printf",
-                "%s|",
-                "a b",
-                "$HOME"
-            ]
-        );
+        assert_eq!(args(&cmd), ["-l", "-c", "printf '%s|' 'a b' '$HOME'"]);
+        // The shell gives the words back as they were.
+        let out = Command::new("/bin/sh")
+            .args(&args(&cmd)[1..])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a b|$HOME|");
         let env: Vec<(String, String)> = cmd
             .get_envs()
             .filter_map(|(k, v)| Some((k.to_str()?.into(), v?.to_str()?.into())))

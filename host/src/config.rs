@@ -419,12 +419,31 @@ mod tests {
 
     #[test]
     fn default_template_parses_and_resolves() {
-        let y = LimaYaml::parse(
+        let mut y = LimaYaml::parse(
             include_str!("../../images/templates/default.yaml"),
             "default.yaml",
         )
         .unwrap();
+        crate::tmplvars::expand_for(&mut y, "default", Path::new("/x/default"), "default.yaml")
+            .unwrap();
         let c = y.resolve("default.yaml").unwrap();
+        // Lima's default mounts: the home read-only, /tmp/lima writable.
+        let mounts: Vec<(String, bool)> = c
+            .mounts
+            .iter()
+            .map(|m| (m.mount_point.clone(), m.writable))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                (
+                    crate::mounts::expand_tilde("~").display().to_string(),
+                    false
+                ),
+                ("/tmp/lima".to_string(), true)
+            ]
+        );
+        assert_eq!(c.mounts[1].location, std::env::temp_dir().join("lima"));
         assert_eq!(c.vm_type, "qemu");
         assert_eq!(c.image.location, "builtin:default");
         assert_eq!(c.memory, 2 << 30);

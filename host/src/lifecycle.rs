@@ -318,7 +318,15 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
             tracing::warn!("{origin}: {w}");
         }
     }
-    // Shared folders must exist on the host now.
+    // Shared folders must exist on the host now; a missing one in the temp
+    // folder (the default template's /tmp/lima) is made.
+    crate::mounts::create_missing(yaml.mounts.as_deref().unwrap_or(&[])).map_err(
+        |(field, msg)| crate::config::ConfigError::Invalid {
+            path: origin.clone(),
+            field,
+            msg,
+        },
+    )?;
     crate::mounts::resolve(
         yaml.mounts.as_deref().unwrap_or(&[]),
         yaml.mount_type.as_deref(),

@@ -118,6 +118,47 @@ pub fn expand_tilde(p: &str) -> PathBuf {
     }
 }
 
+/// Makes the missing host folders of `mounts` that sit right inside the
+/// system's temp folder, such as the default template's
+/// `{{.GlobalTempDir}}/lima`: scratch space that every user of the host
+/// shares as they share the temp folder, so it gets the temp folder's
+/// mode (1777, sticky). Any other missing folder is left for [`resolve`]
+/// to refuse (Lima would make it; a mistyped path would then become an
+/// empty share without a word). Errors name the field.
+pub fn create_missing(mounts: &[MountYaml]) -> Result<(), (String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(temp) = std::fs::canonicalize(std::env::temp_dir()) else {
+        return Ok(());
+    };
+    for (i, m) in mounts.iter().enumerate() {
+        let location = expand_tilde(&m.location);
+        if !location.is_absolute() || location.exists() {
+            continue;
+        }
+        let in_temp = location
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .is_some_and(|p| p == temp);
+        if !in_temp {
+            continue;
+        }
+        let fail = |e: std::io::Error| {
+            (
+                format!("mounts[{i}].location"),
+                format!("cannot create {}: {e}", location.display()),
+            )
+        };
+        match std::fs::create_dir(&location) {
+            Ok(()) => std::fs::set_permissions(&location, std::fs::Permissions::from_mode(0o1777))
+                .map_err(fail)?,
+            // Made meanwhile by another start: theirs stands.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Checks the mounts; `check_host` also requires each folder to exist (at
 /// start; not when a template is merely parsed).
 pub fn resolve(
@@ -265,6 +306,34 @@ pub fn from_flag(flag: &str) -> MountYaml {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_folders_in_the_temp_folder_are_made_shared_like_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b");
+        let shared = std::env::temp_dir().join(format!(
+            "lima-rs-mounts-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir(&shared);
+        let yaml = |p: &Path| MountYaml {
+            location: p.display().to_string(),
+            ..Default::default()
+        };
+        create_missing(&[yaml(&deep), yaml(&shared), yaml(dir.path())]).unwrap();
+        let shared_mode = mode(&shared);
+        std::fs::remove_dir(&shared).unwrap();
+        assert_eq!(shared_mode, 0o1777);
+        // Anywhere else a missing folder stays missing, for `resolve` to refuse.
+        assert!(!deep.exists() && !dir.path().join("a").exists());
+        // What exists is left alone.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_missing(&[yaml(dir.path())]).unwrap();
+        assert_eq!(mode(dir.path()), 0o750);
+    }
 
     #[test]
     fn writable_shares_of_root_or_home_are_warned_about() {

@@ -11,6 +11,8 @@ pub mod ebpf;
 #[cfg(feature = "std")]
 pub mod errors;
 #[cfg(feature = "std")]
+pub mod shellquote;
+#[cfg(feature = "std")]
 pub mod sync;
 
 #[cfg(feature = "std")]

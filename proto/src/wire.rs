@@ -226,7 +226,8 @@ pub struct WinSize {
 }
 
 /// A command to run. The argv reaches the program exactly as given, also
-/// through a login shell (which runs it with `exec "$@"`, never re-quoted).
+/// through a login shell (`$SHELL -l -c LINE`, each word quoted by
+/// [`crate::shellquote`], so shell builtins run as Lima's do).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
     /// Empty: the user's shell itself (a login shell when `login`).

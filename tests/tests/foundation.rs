@@ -149,7 +149,8 @@ fn instance_lifecycle_and_exec() {
         "stray: {:?}",
         lima.our_processes()
     );
-    lima.shell("dev", &["true"]).fails_with("not running");
+    lima.shell("dev", &["true"])
+        .fails_with("instance \"dev\" is stopped, run `limactl start dev` to start the instance");
     let serial = std::fs::read_to_string(lima.instance_dir("dev").join("serial.log")).unwrap();
     assert!(
         serial.contains("Power down"),
@@ -179,7 +180,7 @@ fn instance_lifecycle_and_exec() {
 fn clear_errors_without_a_vm() {
     let lima = Lima::new();
     lima.shell("nosuch", &["true"])
-        .fails_with("instance `nosuch` does not exist");
+        .fails_with("instance \"nosuch\" does not exist, run `limactl create nosuch`");
     lima.limactl(&["stop", "nosuch"])
         .fails_with("does not exist");
     lima.limactl(&["start", "template:nosuch"])
