@@ -17,38 +17,6 @@ pub struct InfoArgs {
     pub yq: String,
 }
 
-/// The variables `limactl shell --preserve-env` never passes on unless
-/// `LIMA_SHELLENV_BLOCK`/`_ALLOW` say otherwise (Lima's default list).
-pub const DEFAULT_SHELLENV_BLOCK: &[&str] = &[
-    "BASH*",
-    "DISPLAY",
-    "DYLD_*",
-    "EUID",
-    "FPATH",
-    "GID",
-    "GROUP",
-    "HOME",
-    "HOSTNAME",
-    "LD_*",
-    "LOGNAME",
-    "OLDPWD",
-    "PATH",
-    "PWD",
-    "SHELL",
-    "SHLVL",
-    "SSH_*",
-    "TERM",
-    "TERMINFO",
-    "TMPDIR",
-    "UID",
-    "USER",
-    "XAUTHORITY",
-    "XDG_*",
-    "ZDOTDIR",
-    "ZSH*",
-    "_*",
-];
-
 pub fn run(home: &Path, a: InfoArgs) -> anyhow::Result<ExitCode> {
     let info = info(home)?;
     let vals = listfmt::apply(Some(&a.yq), vec![info])?;
@@ -82,7 +50,7 @@ pub fn info(home: &Path) -> anyhow::Result<Value> {
         "vmTypesEx": vm_types_ex,
         // Our guest agent is part of our images, not a file per arch.
         "guestAgents": {},
-        "shellEnvBlock": DEFAULT_SHELLENV_BLOCK,
+        "shellEnvBlock": super::shell::DEFAULT_SHELLENV_BLOCK,
         "hostOS": host.host_os,
         "hostArch": host.host_arch,
         "identityFile": host.identity_file,
