@@ -342,15 +342,24 @@ impl InstanceConfig {
                 ));
             }
         }
-        let cpus = host_cpus();
-        if self.cpus > cpus {
+        // More virtual CPUs than the host has is allowed, as QEMU and Lima
+        // allow it (they take turns on the real ones); only past what a
+        // q35 machine can hold is it refused.
+        if self.cpus > MAX_CPUS {
             return Err(invalid(
                 "cpus",
                 format!(
-                    "{} is more than this host has ({cpus}); give at most {cpus}",
+                    "{} is more than a VM can have; give at most {MAX_CPUS}",
                     self.cpus
                 ),
             ));
+        }
+        let cpus = host_cpus();
+        if self.cpus > cpus {
+            tracing::warn!(
+                "{origin}: cpus: {} is more than this host has ({cpus}); the guest's CPUs will take turns on them",
+                self.cpus
+            );
         }
         Ok(())
     }
@@ -402,6 +411,9 @@ pub fn resolve_user(
 pub fn host_arch() -> &'static str {
     std::env::consts::ARCH
 }
+
+/// The most virtual CPUs a q35 machine takes without an IOMMU.
+pub const MAX_CPUS: u32 = 255;
 
 fn host_cpus() -> u32 {
     std::thread::available_parallelism()
@@ -539,11 +551,15 @@ mod tests {
             .check_host("t.yaml")
             .unwrap_err()
             .to_string();
-        let host = std::thread::available_parallelism().unwrap().get();
         assert!(
-            e.contains(&format!("cpus: 10000 is more than this host has ({host})")),
+            e.contains("cpus: 10000 is more than a VM can have; give at most 255"),
             "{e}"
         );
+        // More than the host has is only a warning.
+        let host = std::thread::available_parallelism().unwrap().get() as u32;
+        cfg(&format!("cpus: {}\n", (host + 1).min(MAX_CPUS)))
+            .check_host("t.yaml")
+            .unwrap();
     }
 
     #[test]
