@@ -161,6 +161,22 @@ pub fn expand_for(
     expand_yaml(yaml, &vars, origin)
 }
 
+/// `text` parsed and resolved as instance `name` under `home` would see
+/// it, its template variables filled first: what `validate` and `info`
+/// check without creating anything.
+pub fn resolve_as(
+    text: &str,
+    origin: &str,
+    home: &Path,
+    name: &str,
+) -> Result<(LimaYaml, crate::config::InstanceConfig), ConfigError> {
+    let mut yaml = LimaYaml::parse(text, origin)?;
+    let raw = yaml.clone();
+    expand_for(&mut yaml, name, &home.join(name), origin)?;
+    let cfg = yaml.resolve(origin)?;
+    Ok((raw, cfg))
+}
+
 /// Fills every templated field of `yaml` in place.
 pub fn expand_yaml(yaml: &mut LimaYaml, vars: &Vars, origin: &str) -> Result<(), ConfigError> {
     let fill = |field: String, text: &mut String, side: Side| -> Result<(), ConfigError> {

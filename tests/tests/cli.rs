@@ -33,6 +33,14 @@ fn validate_checks_each_file_and_exits_1_when_one_is_bad() {
         std::fs::read_dir(dir).unwrap().count() == 2,
         "validate creates nothing"
     );
+    // Template variables are filled as for an instance of that name: the
+    // default template's `{{.GlobalTempDir}}/lima` mount is valid.
+    let r = lima.limactl(&["validate", "template:default"]).ok();
+    assert!(
+        r.messages().contains("\"template:default\": OK"),
+        "{}",
+        r.stderr()
+    );
 }
 
 #[test]

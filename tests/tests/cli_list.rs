@@ -199,7 +199,7 @@ fn a_folder_without_lima_yaml_is_listed_broken_with_a_warning() {
     std::fs::create_dir(lima.home.path().join("_config")).unwrap();
     let r = list(&lima, &[]).ok();
     assert_golden("list-table-broken", &norm(&lima, &r.stdout()));
-    let err = norm(&lima, &r.stderr());
+    let err = norm(&lima, &r.messages());
     assert!(
         err.contains("\"$LIMA_HOME\" does not look like a valid Lima directory")
             && err.contains("$LIMA_HOME/junk/lima.yaml"),

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use serde_json::{json, Map, Value};
 
 use super::listfmt;
-use crate::config::LimaYaml;
 use crate::listing::{self, HostFields};
 
 #[derive(clap::Args)]
@@ -28,8 +27,7 @@ pub fn run(home: &Path, a: InfoArgs) -> anyhow::Result<ExitCode> {
 pub fn info(home: &Path) -> anyhow::Result<Value> {
     let host = HostFields::new(home);
     let default = crate::template::locate("template:default")?;
-    let yaml = LimaYaml::parse(&default.text, &default.origin)?;
-    let cfg = yaml.resolve(&default.origin)?;
+    let (yaml, cfg) = crate::tmplvars::resolve_as(&default.text, &default.origin, home, "default")?;
     let templates: Vec<Value> = crate::template::names()
         .into_iter()
         .map(|name| {

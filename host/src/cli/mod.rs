@@ -162,7 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Shell(a) => shell::run(&home, a),
         Cmd::Delete(a) => delete::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
-        Cmd::Validate(a) => validate::run(a),
+        Cmd::Validate(a) => validate::run(&home, a),
         Cmd::Info(a) => info::run(&home, a),
         Cmd::Completion { shell } => {
             use clap::CommandFactory;

@@ -1,5 +1,6 @@
 //! `limactl validate FILE…`: check lima.yaml files as `start` would take
 //! them (bases merged), creating nothing.
+use std::path::Path;
 use std::process::ExitCode;
 
 use super::msg;
@@ -11,13 +12,13 @@ pub struct ValidateArgs {
     pub files: Vec<String>,
 }
 
-pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
+pub fn run(home: &Path, a: ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for f in &a.files {
         let checked = (|| -> anyhow::Result<()> {
             let t = template::locate(f)?;
             let text = crate::base::embed(&t)?;
-            crate::config::LimaYaml::parse(&text, &t.origin)?.resolve(&t.origin)?;
+            crate::tmplvars::resolve_as(&text, &t.origin, home, &t.suggested_name)?;
             Ok(())
         })();
         match checked {
