@@ -32,7 +32,7 @@ fn create_applies_set_param_and_memory_and_does_not_start() {
         ])
         .ok();
     assert!(
-        r.stderr()
+        r.messages()
             .contains("Run `limactl start a` to start the instance."),
         "{}",
         r.stderr()
@@ -132,7 +132,7 @@ fn edit_flags_change_a_stopped_instance_and_keep_comments() {
     assert!(r.messages().contains("no changes"), "{}", r.stderr());
     let r = lima.limactl(&["edit", "a", "--disk", "20"]).ok();
     assert!(
-        r.stderr()
+        r.messages()
             .contains("`--disk` is not applicable to an existing instance"),
         "{}",
         r.stderr()

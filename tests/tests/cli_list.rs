@@ -115,11 +115,15 @@ fn names_in_the_order_given_and_unknown_ones_exit_1_after_the_rest() {
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert_eq!(names(&r), ["foo", "bar"], "the others are still listed");
     assert!(
-        r.stderr().contains("No instance matching nope found."),
+        r.messages().contains("No instance matching nope found."),
         "{}",
         r.stderr()
     );
-    assert!(r.stderr().contains("unmatched instances"), "{}", r.stderr());
+    assert!(
+        r.messages().contains("unmatched instances"),
+        "{}",
+        r.stderr()
+    );
     let r = list(&lima, &["-q", "nope", "foo"]);
     assert_eq!((r.code(), r.stdout().as_str()), (1, "foo\n"));
 }
@@ -178,7 +182,7 @@ fn no_instances_is_a_warning_not_an_error() {
         let r = list(&lima, args).ok();
         assert_eq!(r.stdout(), "");
         assert!(
-            r.stderr()
+            r.messages()
                 .contains("No instance found. Run `limactl create` to create an instance."),
             "{}",
             r.stderr()

@@ -190,3 +190,14 @@ fn version_and_help_print_on_stdout_and_exit_0() {
     let r = lima.limactl(&[]).ok();
     assert!(r.stdout().contains("Usage: limactl"), "{}", r.stdout());
 }
+
+#[test]
+fn tty_and_yes_together_are_refused_as_in_lima() {
+    let lima = Lima::new();
+    let r = lima
+        .limactl(&["--tty=false", "-y", "list"])
+        .fails_with("cannot use both --tty and --yes flags at the same time");
+    assert_eq!(r.code(), 1);
+    lima.limactl(&["-y", "list"]).ok();
+    lima.limactl(&["--tty=false", "list"]).ok();
+}

@@ -71,7 +71,7 @@ fn the_wrapper_passes_its_arguments_and_usage_errors_exit_1() {
     // Before the instance name only our flags are allowed.
     let r = lima.limactl(&["shell", "--foo", "vm", "true"]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert!(r.stderr().contains("--foo"), "{}", r.stderr());
+    assert!(r.messages().contains("--foo"), "{}", r.stderr());
 }
 
 /// A folder under the user's home, removed at the end.

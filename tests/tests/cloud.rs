@@ -95,7 +95,7 @@ fn bad_downloads_fail_clearly_and_leave_nothing() {
             .limactl(&["start", "--name", name, yaml.to_str().unwrap()])
             .fails_with(needle);
         assert!(
-            r.stderr().contains(&url),
+            r.messages().contains(&url),
             "{name}: the error names the URL:\n{}",
             r.stderr()
         );
@@ -304,7 +304,7 @@ fn debian_cloud_image_end_to_end() {
         &format!("echo kept > {home}/kept && sudo -n sh -c 'echo kept > /var/lib/kept'"),
     );
     let r = lima.limactl(&["stop", name]).ok();
-    assert!(!r.stderr().contains("forced"), "{}", r.stderr());
+    assert!(!r.messages().contains("forced"), "{}", r.stderr());
     lima.limactl(&["start", name, "--timeout", "10m"]).ok();
     assert_eq!(
         sh(&lima, name, &format!("cat {home}/kept /var/lib/kept")),

@@ -59,7 +59,7 @@ fn instance_lifecycle_and_exec() {
     let missing = lima.shell("dev", &["no-such-program"]);
     assert_eq!(missing.code(), 127);
     assert!(
-        missing.stderr().contains("no-such-program"),
+        missing.messages().contains("no-such-program"),
         "{}",
         missing.stderr()
     );
@@ -134,7 +134,7 @@ fn instance_lifecycle_and_exec() {
     // error); it keeps running.
     let r = lima.limactl(&["start", "dev"]).ok();
     assert!(
-        r.stderr()
+        r.messages()
             .contains("The instance \"dev\" is already running"),
         "{}",
         r.stderr()
@@ -222,7 +222,7 @@ fn guest_that_never_answers() {
     .unwrap();
     let r = lima.limactl(&["start", "--timeout", "20s", yaml.to_str().unwrap()]);
     let r = r.fails_with("did not answer within 20s");
-    assert!(r.stderr().contains("serial.log"), "{}", r.stderr());
+    assert!(r.messages().contains("serial.log"), "{}", r.stderr());
     assert!(lima.instance_dir("mute").join("serial.log").exists());
     lima.wait_until("processes gone", Duration::from_secs(10), || {
         lima.our_processes().is_empty()
@@ -277,7 +277,7 @@ fn host_limits_are_checked_before_anything_is_made() {
     );
     assert_eq!(r.code(), 125, "{}", r.stderr());
     assert!(
-        r.stderr()
+        r.messages()
             .contains("--memory: 900TiB is more than this host has"),
         "{}",
         r.stderr()
@@ -289,8 +289,8 @@ fn host_limits_are_checked_before_anything_is_made() {
     let r = lima.limactl(&["start", "template:nosuch"]);
     std::fs::set_permissions(lima.home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     assert!(
-        r.stderr().contains("is open to other users (mode 755)")
-            && r.stderr().contains("chmod 700"),
+        r.messages().contains("is open to other users (mode 755)")
+            && r.messages().contains("chmod 700"),
         "{}",
         r.stderr()
     );
@@ -332,7 +332,7 @@ fn failed_starts_clean_up_or_leave_a_broken_instance() {
     let list = lima.limactl(&["list"]).ok();
     assert!(list.stdout().contains("Broken"), "{}", list.stdout());
     assert!(
-        list.stderr().contains("instance \"late\" has errors"),
+        list.messages().contains("instance \"late\" has errors"),
         "{}",
         list.stderr()
     );

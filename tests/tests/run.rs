@@ -55,10 +55,10 @@ fn exit_code_stdin_env_and_shared_folder() {
         r.stdout(),
         format!("stdin: hello\npwd: {dir_s}\nFOO=bar baz\nfrom the host\n")
     );
-    assert!(r.stderr().contains("oops"), "{}", r.stderr());
+    assert!(r.messages().contains("oops"), "{}", r.stderr());
     for phase in lima_host::oneshot::PHASES {
         assert!(
-            r.stderr().contains(&format!("timing {phase} ")),
+            r.messages().contains(&format!("timing {phase} ")),
             "--timings misses {phase}: {}",
             r.stderr()
         );
@@ -232,7 +232,7 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
     );
     assert_eq!(r.code(), 125);
     assert!(
-        r.stderr().contains(&format!("-p {port}:80")) && r.stderr().contains("host port"),
+        r.messages().contains(&format!("-p {port}:80")) && r.messages().contains("host port"),
         "{}",
         r.stderr()
     );
@@ -241,7 +241,7 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
         None,
     );
     assert_eq!(r.code(), 125);
-    assert!(r.stderr().contains("no-such-image"), "{}", r.stderr());
+    assert!(r.messages().contains("no-such-image"), "{}", r.stderr());
     // A share server that cannot be started as asked: refused before booting.
     let r = lima.run(
         lima.lima_run(dir.path(), &["--", "true"])
@@ -250,7 +250,7 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
     );
     assert_eq!(r.code(), 125);
     assert!(
-        r.stderr().contains("LIMA_FS_CONFINE=strict"),
+        r.messages().contains("LIMA_FS_CONFINE=strict"),
         "{}",
         r.stderr()
     );
@@ -260,7 +260,7 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
         None,
     );
     assert_eq!(r.code(), 125);
-    assert!(r.stderr().contains("no-such-server"), "{}", r.stderr());
+    assert!(r.messages().contains("no-such-server"), "{}", r.stderr());
     assert_clean(&lima);
 
     // A guest whose initramfs is garbage: the kernel panics, the VM stops.
@@ -280,7 +280,7 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
     );
     assert_eq!(r.code(), 125, "stderr: {}", r.stderr());
     assert!(
-        r.stderr()
+        r.messages()
             .contains("the VM stopped before the guest agent answered"),
         "{}",
         r.stderr()
@@ -294,7 +294,7 @@ fn bad_input_and_guests_that_never_boot_fail_clearly_and_clean_up() {
     );
     assert_eq!(r.code(), 125, "stderr: {}", r.stderr());
     assert!(
-        r.stderr()
+        r.messages()
             .contains("the guest agent did not answer within 100ms"),
         "{}",
         r.stderr()

@@ -24,7 +24,7 @@ fn a_remote_template_with_a_base_is_fetched_once_merged_and_named_in_errors() {
         Reply::Bytes(b"memory: 512MiB\ncpus: 2\n".to_vec()),
     );
     let r = lima.limactl(&["start", &template]).fails_with("404");
-    assert!(r.stderr().contains(&image), "{}", r.stderr());
+    assert!(r.messages().contains(&image), "{}", r.stderr());
     assert_eq!(server.hits("/t/Remote-Box.yaml"), 1, "fetched once");
     assert_eq!(
         server.hits("/t/common.yaml"),
@@ -40,7 +40,7 @@ fn remote_template_errors_are_clear() {
     let server = Server::start();
     let missing = server.url("/t/missing.yaml");
     let r = lima.limactl(&["start", &missing]).fails_with("404");
-    assert!(r.stderr().contains(&missing), "{}", r.stderr());
+    assert!(r.messages().contains(&missing), "{}", r.stderr());
 
     let bad = server.route(
         "/t/bad.yaml",
@@ -48,7 +48,7 @@ fn remote_template_errors_are_clear() {
     );
     let r = lima.limactl(&["start", &bad]).fails_with("memroy");
     assert!(
-        r.stderr().contains(&bad),
+        r.messages().contains(&bad),
         "the error names the URL: {}",
         r.stderr()
     );

@@ -136,6 +136,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if cli.tty.is_some() && cli.yes {
+        msg::fatal("cannot use both --tty and --yes flags at the same time");
+        return ExitCode::from(1);
+    }
     global::set(global::Global {
         tty: cli.tty,
         yes: cli.yes,
