@@ -171,8 +171,7 @@ impl Handler {
     }
 
     fn checked(h: Handler) -> Result<Self, String> {
-        if h.name.is_empty() || h.name.contains('/') || h.name == "register" || h.name == "status"
-        {
+        if h.name.is_empty() || h.name.contains('/') || h.name == "register" || h.name == "status" {
             return Err(format!("`{}` cannot name a handler", h.name));
         }
         if h.magic.is_empty() {
@@ -325,9 +324,8 @@ pub fn register(
     registry: &dyn Registry,
 ) -> Report {
     let mut report = Report::default();
-    let usable = |h: &&Handler| {
-        !native.contains(&h.arch()) && registry.interpreter_exists(&h.interpreter)
-    };
+    let usable =
+        |h: &&Handler| !native.contains(&h.arch()) && registry.interpreter_exists(&h.interpreter);
     let chosen: Vec<&Handler> = match wanted {
         Wanted::Off => return report,
         Wanted::All => handlers.iter().filter(usable).collect(),
@@ -460,9 +458,14 @@ preserve yes
 
     #[test]
     fn f_is_added_to_a_handler_without_it() {
-        let h = Handler::parse_register_line(":qemu-x:M::\\x7fELF::/usr/bin/qemu-x-static:").unwrap();
-        assert_eq!(h.register_line(), ":qemu-x:M::\\x7fELF::/usr/bin/qemu-x-static:F");
-        let h = Handler::parse_register_line(":qemu-x:M::\\x7fELF::/usr/bin/qemu-x-static").unwrap();
+        let h =
+            Handler::parse_register_line(":qemu-x:M::\\x7fELF::/usr/bin/qemu-x-static:").unwrap();
+        assert_eq!(
+            h.register_line(),
+            ":qemu-x:M::\\x7fELF::/usr/bin/qemu-x-static:F"
+        );
+        let h =
+            Handler::parse_register_line(":qemu-x:M::\\x7fELF::/usr/bin/qemu-x-static").unwrap();
         assert_eq!(h.flags, "");
         assert!(h.register_line().ends_with(":F"));
     }
@@ -470,9 +473,11 @@ preserve yes
     #[test]
     fn other_separators_and_extension_handlers() {
         let h = Handler::parse_register_line("|qemu-x|E||exe||/usr/bin/x|P").unwrap();
-        assert_eq!((h.kind, h.magic.as_str(), h.flags.as_str()), ('E', "exe", "P"));
-        let h =
-            Handler::parse_binfmts("qemu-y", "interpreter /usr/bin/y\nextension yy\n").unwrap();
+        assert_eq!(
+            (h.kind, h.magic.as_str(), h.flags.as_str()),
+            ('E', "exe", "P")
+        );
+        let h = Handler::parse_binfmts("qemu-y", "interpreter /usr/bin/y\nextension yy\n").unwrap();
         assert_eq!((h.kind, h.magic.as_str()), ('E', "yy"));
     }
 
@@ -512,17 +517,38 @@ preserve yes
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::create_dir_all(&binfmts).unwrap();
         let w = |p: PathBuf, t: &str| std::fs::write(p, t).unwrap();
-        w(conf.join("qemu-aarch64.conf"), &format!("# comment\n\n{AARCH64_CONF}\n"));
-        w(conf.join("python3.11.conf"), ":python3.11:M::\\x6f\\x0d::/usr/bin/python3.11:");
+        w(
+            conf.join("qemu-aarch64.conf"),
+            &format!("# comment\n\n{AARCH64_CONF}\n"),
+        );
+        w(
+            conf.join("python3.11.conf"),
+            ":python3.11:M::\\x6f\\x0d::/usr/bin/python3.11:",
+        );
         w(conf.join("qemu-broken.conf"), ":qemu-broken:M:\n");
-        w(binfmts.join("qemu-aarch64"), "interpreter /elsewhere\nmagic \\x7f\n");
-        w(binfmts.join("qemu-arm"), &AARCH64_BINFMTS.replace("aarch64", "arm"));
-        w(binfmts.join("jar"), "interpreter /usr/bin/jexec\nmagic PK\\x03\\x04\n");
+        w(
+            binfmts.join("qemu-aarch64"),
+            "interpreter /elsewhere\nmagic \\x7f\n",
+        );
+        w(
+            binfmts.join("qemu-arm"),
+            &AARCH64_BINFMTS.replace("aarch64", "arm"),
+        );
+        w(
+            binfmts.join("jar"),
+            "interpreter /usr/bin/jexec\nmagic PK\\x03\\x04\n",
+        );
         let (handlers, warnings) = handlers_in(root.path());
         let names: Vec<&str> = handlers.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["qemu-aarch64", "qemu-arm"]);
-        assert_eq!(handlers[0], Handler::parse_register_line(AARCH64_CONF).unwrap());
-        assert_eq!(handlers[1].interpreter, "/usr/libexec/qemu-binfmt/arm-binfmt-P");
+        assert_eq!(
+            handlers[0],
+            Handler::parse_register_line(AARCH64_CONF).unwrap()
+        );
+        assert_eq!(
+            handlers[1].interpreter,
+            "/usr/libexec/qemu-binfmt/arm-binfmt-P"
+        );
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("qemu-broken.conf"), "{warnings:?}");
         // No folders at all: nothing, quietly.
@@ -567,7 +593,10 @@ preserve yes
 
     fn kernel_with_all_emulators() -> FakeKernel {
         FakeKernel {
-            interpreters: debian_handlers().into_iter().map(|h| h.interpreter).collect(),
+            interpreters: debian_handlers()
+                .into_iter()
+                .map(|h| h.interpreter)
+                .collect(),
             ..Default::default()
         }
     }
@@ -575,7 +604,12 @@ preserve yes
     #[test]
     fn registers_every_foreign_emulator_with_f_but_not_the_machines_own() {
         let k = kernel_with_all_emulators();
-        let r = register(&debian_handlers(), &Wanted::All, &native_arches("x86_64"), &k);
+        let r = register(
+            &debian_handlers(),
+            &Wanted::All,
+            &native_arches("x86_64"),
+            &k,
+        );
         assert_eq!(r.registered, ["qemu-aarch64", "qemu-arm"]);
         let lines = k.lines.borrow();
         assert_eq!(lines[0], AARCH64_CONF);
@@ -583,7 +617,12 @@ preserve yes
         assert_eq!(r.to_string(), "registered qemu-aarch64, qemu-arm (flag F)");
         // On an arm64 machine, x86_64 is the foreign one.
         let k = kernel_with_all_emulators();
-        let r = register(&debian_handlers(), &Wanted::All, &native_arches("aarch64"), &k);
+        let r = register(
+            &debian_handlers(),
+            &Wanted::All,
+            &native_arches("aarch64"),
+            &k,
+        );
         assert_eq!(r.registered, ["qemu-arm", "qemu-x86_64"]);
     }
 
@@ -594,7 +633,9 @@ preserve yes
         let r = register(&debian_handlers(), &wanted, &native_arches("x86_64"), &k);
         assert_eq!(r.registered, ["qemu-aarch64"]);
         assert_eq!(r.missing, ["riscv64", "x86_64"]);
-        assert!(r.to_string().contains("no emulator in this image for riscv64, x86_64"));
+        assert!(r
+            .to_string()
+            .contains("no emulator in this image for riscv64, x86_64"));
     }
 
     #[test]
@@ -603,7 +644,12 @@ preserve yes
         k.interpreters
             .insert("/usr/libexec/qemu-binfmt/aarch64-binfmt-P".into());
         k.present.insert("qemu-aarch64".into());
-        let r = register(&debian_handlers(), &Wanted::All, &native_arches("x86_64"), &k);
+        let r = register(
+            &debian_handlers(),
+            &Wanted::All,
+            &native_arches("x86_64"),
+            &k,
+        );
         assert!(r.registered.is_empty());
         assert_eq!(r.already, ["qemu-aarch64"]);
         assert!(k.lines.borrow().is_empty());
@@ -620,9 +666,16 @@ preserve yes
             refuse: true,
             ..kernel_with_all_emulators()
         };
-        let r = register(&debian_handlers(), &Wanted::All, &native_arches("x86_64"), &k);
+        let r = register(
+            &debian_handlers(),
+            &Wanted::All,
+            &native_arches("x86_64"),
+            &k,
+        );
         assert_eq!(r.failed.len(), 2);
         assert!(r.failed[0].starts_with("qemu-aarch64: "), "{:?}", r.failed);
-        assert!(r.to_string().starts_with("no emulators registered; failed: "));
+        assert!(r
+            .to_string()
+            .starts_with("no emulators registered; failed: "));
     }
 }
