@@ -5,6 +5,7 @@
 //! powers the VM off) or as an ordinary service on a distro image. Either way
 //! it listens on vsock port [`lima_proto::AGENT_VSOCK_PORT`], accepts only the
 //! host (CID 2), and serves one purpose per connection (see `lima_proto::wire`).
+mod binfmt;
 mod datadisk;
 mod exec;
 mod forward;

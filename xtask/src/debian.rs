@@ -56,7 +56,14 @@ const PACKAGES: &[&str] = &[
     "netbase",
     // The guest user's passwordless sudo (the agent writes its sudoers line).
     "sudo",
+    // Foreign architectures: the agent registers these emulators in
+    // binfmt_misc (guest-agent/src/binfmt.rs); trimmed to EMULATORS.
+    "qemu-user-static",
 ];
+/// The `qemu-user-static` emulators the image keeps (QEMU's names): arm64
+/// and 32-bit arm, the foreign platforms images are most often built for.
+/// The package's other 30 (360 MiB) go.
+const EMULATORS: &[&str] = &["aarch64", "arm"];
 /// Must never be in the image: the agent is init.
 const FORBIDDEN: &[&str] = &["systemd-sysv", "systemd", "cloud-init", "linux-image-amd64"];
 const ROOTFS_FILE: &str = "rootfs.ext4";
@@ -472,6 +479,7 @@ fn trim(tree: &Path) -> Result<u64> {
         ("usr/share/locale", &[]),
         ("usr/share/lintian", &[]),
     ];
+    freed += trim_emulators(tree)?;
     for (dir, keep) in trims {
         let dir = tree.join(dir);
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -489,6 +497,41 @@ fn trim(tree: &Path) -> Result<u64> {
                 fs::remove_file(&path)
             }
             .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(freed)
+}
+
+/// Removes the `qemu-user-static` emulators not in [`EMULATORS`], with their
+/// binfmt files, so the agent registers only what is there.
+fn trim_emulators(tree: &Path) -> Result<u64> {
+    let mut freed = 0;
+    let Ok(entries) = fs::read_dir(tree.join("usr/bin")) else {
+        return Ok(0);
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(arch) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix("qemu-"))
+            .and_then(|f| f.strip_suffix("-static"))
+        else {
+            continue;
+        };
+        if EMULATORS.contains(&arch) {
+            continue;
+        }
+        for path in [
+            entry.path(),
+            tree.join(format!("usr/lib/binfmt.d/qemu-{arch}.conf")),
+            tree.join(format!("usr/share/binfmts/qemu-{arch}")),
+            tree.join(format!("usr/libexec/qemu-binfmt/{arch}-binfmt-P")),
+        ] {
+            if path.symlink_metadata().is_ok() {
+                freed += du(&path);
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
         }
     }
     Ok(freed)
@@ -702,6 +745,39 @@ mod tests {
         let size = sizing(300 << 20, 20_000);
         assert!(size > 300 + 78 && size < 500, "{size}");
         assert_eq!(sizing(0, 0), 32);
+    }
+
+    #[test]
+    fn only_the_kept_emulators_and_their_binfmt_files_stay() {
+        let tree = std::env::temp_dir().join(format!("xtask-emulators-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tree);
+        let files = |arch: &str| {
+            [
+                format!("usr/bin/qemu-{arch}-static"),
+                format!("usr/lib/binfmt.d/qemu-{arch}.conf"),
+                format!("usr/share/binfmts/qemu-{arch}"),
+            ]
+        };
+        for arch in ["aarch64", "arm", "mips", "riscv64"] {
+            for f in files(arch) {
+                write(&tree.join(f), b"x", 0o644).unwrap();
+            }
+            let link = tree.join(format!("usr/libexec/qemu-binfmt/{arch}-binfmt-P"));
+            fs::create_dir_all(link.parent().unwrap()).unwrap();
+            symlink(&format!("../../bin/qemu-{arch}-static"), &link).unwrap();
+        }
+        write(&tree.join("usr/bin/python3"), b"x", 0o755).unwrap();
+        assert!(trim_emulators(&tree).unwrap() >= 6);
+        for arch in ["aarch64", "arm"] {
+            assert!(files(arch).iter().all(|f| tree.join(f).exists()), "{arch}");
+        }
+        for arch in ["mips", "riscv64"] {
+            assert!(files(arch).iter().all(|f| !tree.join(f).exists()), "{arch}");
+            let link = tree.join(format!("usr/libexec/qemu-binfmt/{arch}-binfmt-P"));
+            assert!(link.symlink_metadata().is_err(), "{arch}");
+        }
+        assert!(tree.join("usr/bin/python3").exists());
+        fs::remove_dir_all(&tree).unwrap();
     }
 
     #[test]

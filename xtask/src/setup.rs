@@ -46,6 +46,7 @@ pub const MACOS_TARGET: &str = "aarch64-apple-darwin";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
+    foreign_arch()?;
     rust_toolchains()?;
     bpf_linker()?;
     cargo_tool("vhost-device-vsock")?;
@@ -136,6 +137,26 @@ fn apt_packages() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The Debian architecture whose packages the foreign-architecture test
+/// fetches (`apt-get download busybox-static:arm64`, tests/tests/binfmt.rs).
+pub const FOREIGN_ARCH: &str = "arm64";
+
+/// Lets apt download (not install) packages of [`FOREIGN_ARCH`]: dpkg
+/// learns the architecture, then `apt-get update` fetches its lists.
+fn foreign_arch() -> Result<()> {
+    let known =
+        cmd::probe(Command::new("dpkg").arg("--print-foreign-architectures")).unwrap_or_default();
+    if known.split_whitespace().any(|a| a == FOREIGN_ARCH) {
+        ok(&format!("dpkg architecture {FOREIGN_ARCH}"));
+        return Ok(());
+    }
+    doing(&format!(
+        "dpkg architecture {FOREIGN_ARCH} and its package lists"
+    ));
+    cmd::run(cmd::privileged("dpkg").args(["--add-architecture", FOREIGN_ARCH]))?;
+    cmd::run(cmd::privileged("apt-get").arg("update"))
 }
 
 /// Whether `apt-get update` has ever run (the lists may be compressed,
