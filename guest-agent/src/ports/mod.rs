@@ -20,6 +20,7 @@
 //! and nothing here imports the rest of the agent.
 mod ebpf;
 mod events;
+pub mod nat;
 mod sockdiag;
 mod table;
 mod watcher;

@@ -1,0 +1,191 @@
+//! Ports published by NAT rules alone: a container engine without a
+//! userland proxy (`dockerd --userland-proxy=false`) makes no listener for
+//! `-p 8080:80`, only a DNAT rule, so eBPF sees nothing. We learn of those
+//! rules from the kernel's nf_tables change notifications and read them
+//! back from the kernel, with no rescan while nothing changes.
+//!
+//! ```text
+//!  kernel nf_tables ─ NFNLGRP_NFTABLES multicast ─▶ notification socket (AsyncFd)
+//!     NEWRULE/DELRULE/DELTABLE/DELCHAIN ...           │ a DNAT rule, or a deletion while
+//!     NEWGEN (end of a transaction)                   │ publications exist: dirty
+//!                                                     ▼ at NEWGEN, if dirty (or on overflow)
+//!  kernel ◀── NFT_MSG_GETRULE dump (socket.rs) ── dump ─▶ rules.rs: DNAT → Publication
+//!                                                     ▼
+//!                               watch: NatState { status, dumps, publications }
+//! ```
+//!
+//! - **Why notifications, and why our own dump.** `docs/decisions.md`
+//!   ("Containers (issue 22)"): iptables-nft (Debian's default `iptables`)
+//!   writes through nf_tables, whose every committed change is multicast;
+//!   the rules are read from the kernel over the same netlink family
+//!   instead of running `iptables-save` (which creates the `nat` table
+//!   when listing it, and would have to be in the image).
+//! - **Not covered:** iptables-legacy (its setsockopt interface notifies
+//!   nobody). Debian 12's `iptables` is iptables-nft unless an admin
+//!   switches the alternative.
+//! - **Counted.** Every dump adds one to [`NatState::dumps`], which the host
+//!   sees, so tests can check that an idle guest makes none.
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use lima_proto::errors::error_chain;
+use lima_proto::GuestPort;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+pub mod rules;
+mod socket;
+
+pub use rules::Publication;
+use rules::{NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_DELTABLE, NFT_MSG_NEWGEN, NFT_MSG_NEWRULE};
+use socket::{messages, nft_type, NfSocket, RECV_BUF};
+
+/// What the NAT watcher knows now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatState {
+    /// "nftables notifications", or why the watcher is off.
+    pub status: String,
+    /// How many rule dumps were made since the agent started.
+    pub dumps: u64,
+    /// Published ports (host side, as the rule matches) and their rule.
+    pub publications: BTreeMap<GuestPort, Publication>,
+}
+
+pub type NatSnapshot = Arc<NatState>;
+
+/// Starts watching; never fails: without nf_tables the state says why and
+/// stays as it is (no task runs).
+pub fn start() -> watch::Receiver<NatSnapshot> {
+    let (tx, rx) = watch::channel(Arc::new(NatState::default()));
+    // SAFETY: the NfSocket owns its fd and moves into the AsyncFd, which
+    // deregisters it before dropping (and so closing) it.
+    match NfSocket::subscribe()
+        .and_then(|s| unsafe { AsyncFd::register(s) }.map_err(io::Error::from))
+    {
+        Ok(socket) => {
+            let mut state = NatState {
+                status: "nftables notifications".into(),
+                ..Default::default()
+            };
+            // Rules made before the agent started (an agent restarted as a
+            // service, a guest that ran iptables at boot).
+            dump_into(&mut state);
+            tx.send_replace(Arc::new(state));
+            tokio::spawn(run(socket, tx));
+        }
+        Err(e) => {
+            let status = format!(
+                "unavailable: cannot subscribe to nf_tables changes ({}; is the nf_tables \
+                 module loaded?)",
+                error_chain(&e)
+            );
+            tracing::info!("NAT watcher {status}");
+            tx.send_replace(Arc::new(NatState {
+                status,
+                ..Default::default()
+            }));
+            // Keep the sender alive, so receivers simply see no change.
+            tokio::spawn(async move { tx.closed().await });
+        }
+    }
+    rx
+}
+
+/// Dumps the rules into `state` and counts the dump.
+fn dump_into(state: &mut NatState) {
+    state.dumps += 1;
+    match NfSocket::dump_rules() {
+        Ok(rules) => state.publications = publications(&rules),
+        Err(e) => tracing::warn!("nf_tables rule dump failed: {e}; keeping the last publications"),
+    }
+}
+
+/// Publications in dumped NEWRULE payloads; the first rule for a port wins
+/// (as in the kernel, where the first matching rule decides).
+pub fn publications(rules: &[Vec<u8>]) -> BTreeMap<GuestPort, Publication> {
+    let mut out = BTreeMap::new();
+    for payload in rules {
+        if let Some(p) = rules::parse(NFT_MSG_NEWRULE, payload).and_then(|m| m.publication) {
+            out.entry(p.port).or_insert(p);
+        }
+    }
+    out
+}
+
+/// Whether a notification can change the publications: a rule that
+/// publishes a port comes or goes (a deleted rule's notification carries
+/// its expressions too), or, while there are publications (`published`),
+/// a chain or table goes (taking its rules along) or a rule we cannot read.
+pub fn relevant(kind: u16, payload: &[u8], published: bool) -> bool {
+    match kind {
+        NFT_MSG_NEWRULE | NFT_MSG_DELRULE => match rules::parse(kind, payload) {
+            Some(m) => m.publication.is_some(),
+            None => published,
+        },
+        NFT_MSG_DELCHAIN | NFT_MSG_DELTABLE => published,
+        _ => false,
+    }
+}
+
+async fn run(socket: AsyncFd<NfSocket>, tx: watch::Sender<NatSnapshot>) {
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut dirty = false;
+    loop {
+        let mut guard = match socket.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("NAT watcher stopped: {e}");
+                return;
+            }
+        };
+        let mut dump_now = false;
+        loop {
+            match socket.get_ref().recv(&mut buf) {
+                Ok(n) => {
+                    let published = !tx.borrow().publications.is_empty();
+                    for m in messages(&buf[..n]) {
+                        let Some(kind) = nft_type(m.kind) else {
+                            continue;
+                        };
+                        if kind == NFT_MSG_NEWGEN {
+                            dump_now |= std::mem::take(&mut dirty);
+                        } else if relevant(kind, &m.payload, published) {
+                            dirty = true;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::debug!("nf_tables notifications overflowed; dumping the rules");
+                    dump_now = true;
+                }
+                Err(e) => {
+                    tracing::error!("NAT watcher stopped: reading nf_tables notifications: {e}");
+                    return;
+                }
+            }
+        }
+        if dump_now {
+            let mut state = tx.borrow().as_ref().clone();
+            dump_into(&mut state);
+            for p in state.publications.values() {
+                if !tx.borrow().publications.contains_key(&p.port) {
+                    tracing::info!(
+                        "NAT rule ({}) publishes {} → {}",
+                        p.rule,
+                        p.port,
+                        p.destination
+                    );
+                }
+            }
+            tx.send_replace(Arc::new(state));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
