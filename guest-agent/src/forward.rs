@@ -2,9 +2,10 @@
 //! host) and Forward streams (one per host connection or UDP peer).
 //!
 //! Security: a Forward request is served only when its target listens right
-//! now (per sock_diag) or, for Unix sockets, when the host named the path in
-//! its `Subscribe` (from `portForwards` rules). Nothing the host sends makes
-//! the agent dial anywhere else.
+//! now (per sock_diag), or a current NAT rule publishes it (then the agent
+//! dials the rule's destination), or, for Unix sockets, when the host named
+//! the path in its `Subscribe` (from `portForwards` rules). Nothing the host
+//! sends makes the agent dial anywhere else.
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use lima_proto::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::ports::{diff, PortTable};
+use crate::ports::{diff, PortTable, Target};
 
 /// Guest Unix sockets the host may reach, as named by its rules.
 #[derive(Clone, Default)]
@@ -48,8 +49,11 @@ where
     let mut log = ForwardLog::new(FORWARDS_FILE);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut changes = table.subscribe();
+    let mut nat = table.nat();
     let mut last = table.current();
     write_frame_async(&mut wr, &GuestEvent::Watcher(table.mode_text())).await?;
+    let report = nat.borrow_and_update().report();
+    write_frame_async(&mut wr, &GuestEvent::Published(report)).await?;
     write_frame_async(
         &mut wr,
         &GuestEvent::Ports {
@@ -67,6 +71,12 @@ where
                 if changed.is_err() {
                     return Ok(());
                 }
+                // NAT ports are told before they appear (or go) as ports,
+                // so the host can name them.
+                if nat.has_changed().unwrap_or(false) {
+                    let report = nat.borrow_and_update().report();
+                    write_frame_async(&mut wr, &GuestEvent::Published(report)).await?;
+                }
                 let now = changes.borrow_and_update().clone();
                 let (added, removed) = diff(&last, &now);
                 last = now;
@@ -82,6 +92,13 @@ where
                     write_frame_async(&mut wr, &GuestEvent::Watcher(t.clone())).await?;
                     text = t;
                 }
+            }
+            changed = nat.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let report = nat.borrow_and_update().report();
+                write_frame_async(&mut wr, &GuestEvent::Published(report)).await?;
             }
             msg = read_frame_async::<_, HostEvent>(&mut rd) => match msg? {
                 Some(HostEvent::ForwardReady { port, host }) => {
@@ -215,6 +232,14 @@ fn dial_addr(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// Where to connect for an allowed target.
+fn dial(target: Target, ip: IpAddr, port: u16) -> SocketAddr {
+    match target {
+        Target::Listener => dial_addr(ip, port),
+        Target::Published(destination) => destination,
+    }
+}
+
 /// Serves one Forward stream.
 pub async fn serve_forward<S>(
     mut stream: S,
@@ -235,15 +260,15 @@ where
                 ip,
                 port,
             };
-            if !table.is_listening(&gp) {
+            let Some(target) = table.target(&gp) else {
                 write_frame_async(
                     &mut stream,
                     &refuse(format!("nothing listens on {gp} in the guest")),
                 )
                 .await?;
                 return Ok(());
-            }
-            match tokio::net::TcpStream::connect(dial_addr(ip, port)).await {
+            };
+            match tokio::net::TcpStream::connect(dial(target, ip, port)).await {
                 Ok(conn) => {
                     let _ = conn.set_nodelay(true);
                     write_frame_async(&mut stream, &ForwardReply::Ok).await?;
@@ -281,15 +306,15 @@ where
                 ip,
                 port,
             };
-            if !table.is_listening(&gp) {
+            let Some(target) = table.target(&gp) else {
                 write_frame_async(
                     &mut stream,
                     &refuse(format!("nothing listens on {gp} in the guest")),
                 )
                 .await?;
                 return Ok(());
-            }
-            let target = dial_addr(ip, port);
+            };
+            let target = dial(target, ip, port);
             let local: SocketAddr = if target.is_ipv4() {
                 "0.0.0.0:0".parse()?
             } else {

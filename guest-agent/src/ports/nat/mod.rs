@@ -54,6 +54,26 @@ pub struct NatState {
 
 pub type NatSnapshot = Arc<NatState>;
 
+impl NatState {
+    /// What the host is told (`GuestEvent::Published`).
+    pub fn report(&self) -> lima_proto::NatReport {
+        lima_proto::NatReport {
+            watcher: self.status.clone(),
+            dumps: self.dumps,
+            publications: self
+                .publications
+                .values()
+                .map(|p| lima_proto::NatPublication {
+                    port: p.port,
+                    destination: p.destination,
+                    rule: p.rule.clone(),
+                    container: None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Starts watching; never fails: without nf_tables the state says why and
 /// stays as it is (no task runs).
 pub fn start() -> watch::Receiver<NatSnapshot> {
