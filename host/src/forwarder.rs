@@ -5,6 +5,12 @@
 //! every accepted host connection (or new UDP peer) opens its own vsock
 //! Forward stream to the guest agent. Listeners close when the guest port
 //! closes. The state is written to `ports.json` for `limactl list`.
+//!
+//! Ports that a NAT rule alone publishes in the guest (a container engine
+//! without a userland proxy) come as listeners too; `GuestEvent::Published`
+//! says which, so a host port that is taken is reported with the container
+//! that publishes it. A host port that could not be bound is tried again
+//! every [`RETRY_BIND`] until it is free (or the guest port goes).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +19,7 @@ use std::time::Duration;
 
 use lima_proto::{
     read_frame_async, write_frame_async, Datagram, ForwardReply, ForwardRequest, GuestEvent,
-    GuestPort, HostEvent, PortProto, Purpose, Subscribe,
+    GuestPort, HostEvent, NatPublication, NatReport, PortProto, Purpose, Subscribe,
 };
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -25,6 +31,10 @@ use crate::vsock::{BoxStream, Transport};
 
 /// How long a UDP peer's session lives without traffic.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
+
+/// How often a host port that was taken is tried again, while it is (a
+/// bind on the host; the guest does nothing for it).
+pub const RETRY_BIND: Duration = Duration::from_secs(1);
 
 /// One line of `ports.json` / `limactl list --format json` `forwards`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,6 +52,17 @@ pub struct PortsFile {
     /// How the guest detects listeners ("ebpf", or the polling fallback).
     pub watcher: String,
     pub forwards: Vec<ForwardInfo>,
+    /// How the guest detects ports published by NAT rules alone, and how
+    /// many times it read the rules (it must not while idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatStatus>,
+}
+
+/// `ports.json` `nat`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NatStatus {
+    pub watcher: String,
+    pub dumps: u64,
 }
 
 struct HostListener {
@@ -56,6 +77,26 @@ struct State {
     /// Guest ports that could not be forwarded, with the reason.
     failed: BTreeMap<GuestPort, ForwardInfo>,
     watcher: String,
+    /// The guest's NAT watcher, and the ports NAT rules publish.
+    nat: Option<NatReport>,
+}
+
+impl State {
+    fn published(&self, p: &GuestPort) -> Option<&NatPublication> {
+        self.nat
+            .as_ref()?
+            .publications
+            .iter()
+            .find(|n| n.port == *p)
+    }
+}
+
+/// "the container web (172.17.0.2:80)", or its address alone.
+fn publisher(n: &NatPublication) -> String {
+    match &n.container {
+        Some(name) => format!("the container {name} ({})", n.destination),
+        None => format!("a container at {} (NAT rule {})", n.destination, n.rule),
+    }
 }
 
 /// Runs forwarding for one instance until the task is dropped. `unix_paths`
@@ -92,6 +133,7 @@ pub async fn run(
         listeners: BTreeMap::new(),
         failed: BTreeMap::new(),
         watcher: String::new(),
+        nat: None,
     };
     loop {
         if let Err(e) = follow(
@@ -132,11 +174,55 @@ async fn follow(
         },
     )
     .await?;
-    while let Some(ev) = read_frame_async::<_, GuestEvent>(&mut rd).await? {
+    // Frames are read by a task of their own (a frame read is not
+    // cancel-safe), so that retrying taken host ports can wait beside it.
+    let (tx, mut frames) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame_async::<_, GuestEvent>(&mut rd).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let _stop_reader = AbortOnDrop(reader);
+    loop {
+        let retry = async {
+            if state.failed.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(RETRY_BIND).await;
+        };
+        let ev = tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(Some(ev))) => ev,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(None)) | None => return Ok(()),
+            },
+            () = retry => {
+                let taken: Vec<GuestPort> = state.failed.keys().copied().collect();
+                for p in taken {
+                    if let Some(host) = add(state, rules, transport, p, events, true) {
+                        tracing::info!("host {host}/{} is free now: forwarding guest {p}", p.proto);
+                        let ready = HostEvent::ForwardReady { port: p, host: host.to_string() };
+                        let _ = write_frame_async(&mut wr, &ready).await;
+                    }
+                }
+                write_ports_file(state, ports_file);
+                continue;
+            }
+        };
         match ev {
             GuestEvent::Watcher(text) => {
                 tracing::info!("guest port watcher: {text}");
                 state.watcher = text;
+            }
+            GuestEvent::Published(report) => {
+                if state.nat.as_ref().map(|n| &n.watcher) != Some(&report.watcher) {
+                    tracing::info!("guest NAT watcher: {}", report.watcher);
+                }
+                state.nat = Some(report);
             }
             GuestEvent::Ports {
                 full,
@@ -162,7 +248,7 @@ async fn follow(
                     remove(state, &p);
                 }
                 for p in added {
-                    if let Some(host) = add(state, rules, transport, p, events) {
+                    if let Some(host) = add(state, rules, transport, p, events, false) {
                         let _ = write_frame_async(
                             &mut wr,
                             &HostEvent::ForwardReady {
@@ -177,7 +263,15 @@ async fn follow(
         }
         write_ports_file(state, ports_file);
     }
-    Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn remove(state: &mut State, p: &GuestPort) {
@@ -198,12 +292,15 @@ fn remove(state: &mut State, p: &GuestPort) {
 }
 
 /// Starts forwarding `p` if a rule says so; returns the host address.
+/// `retry`: `p` failed before and was reported then; a new failure is not
+/// reported again.
 fn add(
     state: &mut State,
     rules: &[Rule],
     transport: &Arc<dyn Transport>,
     p: GuestPort,
     events: &Path,
+    retry: bool,
 ) -> Option<SocketAddr> {
     let (host, rule) = match decide(rules, &p) {
         Decision::Forward { host, rule } => (host, rule),
@@ -221,6 +318,7 @@ fn add(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(p);
+        state.failed.remove(&p);
         return Some(host);
     }
     let sources = Arc::new(Mutex::new(BTreeSet::from([p])));
@@ -232,6 +330,7 @@ fn add(
     };
     match bound {
         Ok(task) => {
+            state.failed.remove(&p);
             tracing::info!("forwarding guest {p} to host {host} ({})", rule.name());
             state.listeners.insert(
                 (p.proto, host),
@@ -244,18 +343,27 @@ fn add(
             Some(host)
         }
         Err(e) => {
-            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+            let mut why = if e.kind() == std::io::ErrorKind::AddrInUse {
                 format!("host port {host}/{} is already in use", p.proto)
             } else {
                 format!("cannot listen on host {host}/{}: {e}", p.proto)
             };
-            warn(
-                events,
-                format!(
-                    "{why}; guest {p} (matched {}) is not forwarded",
-                    rule.name()
-                ),
-            );
+            let guest = match state.published(&p) {
+                Some(n) => format!("guest {p}, published by {},", publisher(n)),
+                None => format!("guest {p}"),
+            };
+            if !retry {
+                warn(
+                    events,
+                    format!(
+                        "{why}; {guest} (matched {}) is not forwarded until the host port is free",
+                        rule.name()
+                    ),
+                );
+            }
+            if let Some(n) = state.published(&p) {
+                why = format!("{why} (published by {})", publisher(n));
+            }
             state.failed.insert(
                 p,
                 ForwardInfo {
@@ -464,6 +572,10 @@ fn write_ports_file(state: &State, path: &Path) {
     let file = PortsFile {
         watcher: state.watcher.clone(),
         forwards,
+        nat: state.nat.as_ref().map(|n| NatStatus {
+            watcher: n.watcher.clone(),
+            dumps: n.dumps,
+        }),
     };
     let tmp = path.with_extension("json.tmp");
     if std::fs::write(&tmp, serde_json::to_vec_pretty(&file).unwrap_or_default()).is_ok() {
