@@ -78,11 +78,12 @@ impl NatState {
 /// stays as it is (no task runs).
 pub fn start() -> watch::Receiver<NatSnapshot> {
     let (tx, rx) = watch::channel(Arc::new(NatState::default()));
-    // SAFETY: the NfSocket owns its fd and moves into the AsyncFd, which
-    // deregisters it before dropping (and so closing) it.
-    match NfSocket::subscribe()
-        .and_then(|s| unsafe { AsyncFd::register(s) }.map_err(io::Error::from))
-    {
+    let registered = NfSocket::subscribe().and_then(|s| {
+        // SAFETY: the NfSocket owns its fd and moves into the AsyncFd, so
+        // the fd stays open exactly as long as it is registered.
+        unsafe { AsyncFd::register(s) }.map_err(io::Error::from)
+    });
+    match registered {
         Ok(socket) => {
             let mut state = NatState {
                 status: "nftables notifications".into(),
