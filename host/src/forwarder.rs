@@ -582,3 +582,91 @@ fn write_ports_file(state: &State, path: &Path) {
         let _ = std::fs::rename(&tmp, path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::read_all;
+
+    fn state_with(nat: Option<NatReport>) -> State {
+        State {
+            listeners: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            watcher: String::new(),
+            nat,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_names_the_publisher_and_is_forwarded_once_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("ha.events.jsonl");
+        let rules = crate::portfwd::resolve(&[], dir.path()).unwrap();
+        // Never dialed: nothing connects in this test.
+        let transport: Arc<dyn Transport> = Arc::new(crate::vsock::Hybrid {
+            path: dir.path().join("none.sock"),
+        });
+        let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = blocker.local_addr().unwrap().port();
+        let p = GuestPort {
+            proto: PortProto::Tcp,
+            ip: "0.0.0.0".parse().unwrap(),
+            port,
+        };
+        let mut state = state_with(Some(NatReport {
+            watcher: "nftables notifications".into(),
+            dumps: 2,
+            publications: vec![NatPublication {
+                port: p,
+                destination: "172.17.0.2:80".parse().unwrap(),
+                rule: "ip nat DOCKER".into(),
+                container: None,
+            }],
+        }));
+
+        assert_eq!(add(&mut state, &rules, &transport, p, &events, false), None);
+        let warnings: Vec<String> = read_all(&events)
+            .into_iter()
+            .filter_map(|r| match r.event {
+                Event::Warning { message } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = &warnings[0];
+        assert!(
+            w.contains(&format!("host port 127.0.0.1:{port}/tcp is already in use"))
+                && w.contains("a container at 172.17.0.2:80 (NAT rule ip nat DOCKER)"),
+            "{w}"
+        );
+        let status = &state.failed[&p].status;
+        assert!(
+            status.contains("already in use") && status.contains("172.17.0.2:80"),
+            "{status}"
+        );
+
+        // Still taken: tried again without a second warning.
+        assert_eq!(add(&mut state, &rules, &transport, p, &events, true), None);
+        assert_eq!(read_all(&events).len(), 1);
+
+        // Freed: forwarded, and no longer listed as failed.
+        drop(blocker);
+        let host = add(&mut state, &rules, &transport, p, &events, true);
+        assert_eq!(host, Some(format!("127.0.0.1:{port}").parse().unwrap()));
+        assert!(state.failed.is_empty());
+        let file = dir.path().join("ports.json");
+        write_ports_file(&state, &file);
+        let written: PortsFile = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(written.forwards.len(), 1);
+        assert_eq!(written.forwards[0].status, "forwarding");
+        assert_eq!(
+            written.nat,
+            Some(NatStatus {
+                watcher: "nftables notifications".into(),
+                dumps: 2
+            })
+        );
+        remove(&mut state, &p);
+        assert!(state.listeners.is_empty());
+    }
+}
