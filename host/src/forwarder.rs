@@ -222,7 +222,8 @@ async fn follow(
                 if state.nat.as_ref().map(|n| &n.watcher) != Some(&report.watcher) {
                     tracing::info!("guest NAT watcher: {}", report.watcher);
                 }
-                state.nat = Some(report);
+                let before = state.nat.replace(report);
+                name_taken(state, before.as_ref(), events);
             }
             GuestEvent::Ports {
                 full,
@@ -262,6 +263,49 @@ async fn follow(
             }
         }
         write_ports_file(state, ports_file);
+    }
+}
+
+/// A taken host port whose container the guest has just named (the engine
+/// lists a container only once it has started, after its NAT rule): the
+/// status and one more warning say which container it is.
+fn name_taken(state: &mut State, before: Option<&NatReport>, events: &Path) {
+    let named_before = |p: &GuestPort| {
+        before.is_some_and(|b| {
+            b.publications
+                .iter()
+                .any(|n| n.port == *p && n.container.is_some())
+        })
+    };
+    let newly: Vec<(GuestPort, NatPublication)> = state
+        .failed
+        .keys()
+        .filter(|p| !named_before(p))
+        .filter_map(|p| {
+            state
+                .published(p)
+                .filter(|n| n.container.is_some())
+                .map(|n| (*p, n.clone()))
+        })
+        .collect();
+    for (p, n) in newly {
+        let Some(info) = state.failed.get_mut(&p) else {
+            continue;
+        };
+        let why = info
+            .status
+            .split(" (published by")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        info.status = format!("{why} (published by {})", publisher(&n));
+        warn(
+            events,
+            format!(
+                "{why}; guest {p} is published by {}, and is forwarded once the host port is free",
+                publisher(&n)
+            ),
+        );
     }
 }
 
@@ -668,5 +712,61 @@ mod tests {
         );
         remove(&mut state, &p);
         assert!(state.listeners.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_name_learned_later_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("ha.events.jsonl");
+        let rules = crate::portfwd::resolve(&[], dir.path()).unwrap();
+        let transport: Arc<dyn Transport> = Arc::new(crate::vsock::Hybrid {
+            path: dir.path().join("none.sock"),
+        });
+        let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = blocker.local_addr().unwrap().port();
+        let p = GuestPort {
+            proto: PortProto::Tcp,
+            ip: "0.0.0.0".parse().unwrap(),
+            port,
+        };
+        let report = |container: Option<&str>| NatReport {
+            watcher: "nftables notifications".into(),
+            dumps: 2,
+            publications: vec![NatPublication {
+                port: p,
+                destination: "172.17.0.2:80".parse().unwrap(),
+                rule: "ip nat DOCKER".into(),
+                container: container.map(str::to_string),
+            }],
+        };
+        let mut state = state_with(Some(report(None)));
+        assert_eq!(add(&mut state, &rules, &transport, p, &events, false), None);
+        let before = state.nat.replace(report(Some("web")));
+        name_taken(&mut state, before.as_ref(), &events);
+        let before = state.nat.replace(report(Some("web")));
+        name_taken(&mut state, before.as_ref(), &events);
+        let warnings: Vec<String> = read_all(&events)
+            .into_iter()
+            .filter_map(|r| match r.event {
+                Event::Warning { message } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[1].starts_with(&format!(
+                "host port 127.0.0.1:{port}/tcp is already in use; "
+            )) && warnings[1].contains("published by the container web (172.17.0.2:80)"),
+            "{}",
+            warnings[1]
+        );
+        assert_eq!(
+            state.failed[&p].status,
+            format!(
+                "host port 127.0.0.1:{port}/tcp is already in use (published by the container \
+                 web (172.17.0.2:80))"
+            )
+        );
+        drop(blocker);
     }
 }

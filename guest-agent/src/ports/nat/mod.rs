@@ -34,6 +34,7 @@ use lima_proto::GuestPort;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+mod engine;
 pub mod rules;
 mod socket;
 
@@ -67,7 +68,7 @@ impl NatState {
                     port: p.port,
                     destination: p.destination,
                     rule: p.rule.clone(),
-                    container: None,
+                    container: p.container.clone(),
                 })
                 .collect(),
         }
@@ -91,8 +92,11 @@ pub fn start() -> watch::Receiver<NatSnapshot> {
             };
             // Rules made before the agent started (an agent restarted as a
             // service, a guest that ran iptables at boot).
-            dump_into(&mut state);
+            state.dumps = 1;
+            state.publications = dump().unwrap_or_default();
             tx.send_replace(Arc::new(state));
+            let tx = Arc::new(tx);
+            name_containers(&tx);
             tokio::spawn(run(socket, tx));
         }
         Err(e) => {
@@ -113,13 +117,51 @@ pub fn start() -> watch::Receiver<NatSnapshot> {
     rx
 }
 
-/// Dumps the rules into `state` and counts the dump.
-fn dump_into(state: &mut NatState) {
-    state.dumps += 1;
+/// The publications in a fresh rule dump; `None` (said in the log) when
+/// the dump failed.
+fn dump() -> Option<BTreeMap<GuestPort, Publication>> {
     match NfSocket::dump_rules() {
-        Ok(rules) => state.publications = publications(&rules),
-        Err(e) => tracing::warn!("nf_tables rule dump failed: {e}; keeping the last publications"),
+        Ok(rules) => Some(publications(&rules)),
+        Err(e) => {
+            tracing::warn!("nf_tables rule dump failed: {e}; keeping the last publications");
+            None
+        }
     }
+}
+
+/// Asks the engine, in the background, for the containers of the
+/// publications that have no name yet (a few tries, only after a change).
+fn name_containers(tx: &Arc<watch::Sender<NatSnapshot>>) {
+    let unnamed = |s: &NatState| s.publications.values().any(|p| p.container.is_none());
+    if !unnamed(&tx.borrow()) {
+        return;
+    }
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        for delay in engine::RETRIES {
+            tokio::time::sleep(delay).await;
+            let Some(names) = engine::names().await else {
+                // No engine socket (or it does not answer): nothing to ask.
+                return;
+            };
+            tx.send_if_modified(|state| {
+                let mut next = state.as_ref().clone();
+                for p in next.publications.values_mut() {
+                    if p.container.is_none() {
+                        p.container = names.get(&p.destination.ip()).cloned();
+                    }
+                }
+                let changed = next != **state;
+                if changed {
+                    *state = Arc::new(next);
+                }
+                changed
+            });
+            if !unnamed(&tx.borrow()) {
+                return;
+            }
+        }
+    });
 }
 
 /// Publications in dumped NEWRULE payloads; the first rule for a port wins
@@ -149,7 +191,7 @@ pub fn relevant(kind: u16, payload: &[u8], published: bool) -> bool {
     }
 }
 
-async fn run(socket: AsyncFd<NfSocket>, tx: watch::Sender<NatSnapshot>) {
+async fn run(socket: AsyncFd<NfSocket>, tx: Arc<watch::Sender<NatSnapshot>>) {
     let mut buf = vec![0u8; RECV_BUF];
     let mut dirty = false;
     loop {
@@ -191,19 +233,32 @@ async fn run(socket: AsyncFd<NfSocket>, tx: watch::Sender<NatSnapshot>) {
             }
         }
         if dump_now {
-            let mut state = tx.borrow().as_ref().clone();
-            dump_into(&mut state);
-            for p in state.publications.values() {
-                if !tx.borrow().publications.contains_key(&p.port) {
-                    tracing::info!(
-                        "NAT rule ({}) publishes {} → {}",
-                        p.rule,
-                        p.port,
-                        p.destination
-                    );
+            let fresh = dump();
+            tx.send_modify(|state| {
+                let mut next = state.as_ref().clone();
+                next.dumps += 1;
+                if let Some(mut fresh) = fresh {
+                    for p in fresh.values_mut() {
+                        // Names already learned stay with their container.
+                        p.container = next
+                            .publications
+                            .values()
+                            .find(|old| old.destination == p.destination)
+                            .and_then(|old| old.container.clone());
+                        if !next.publications.contains_key(&p.port) {
+                            tracing::info!(
+                                "NAT rule ({}) publishes {} → {}",
+                                p.rule,
+                                p.port,
+                                p.destination
+                            );
+                        }
+                    }
+                    next.publications = fresh;
                 }
-            }
-            tx.send_replace(Arc::new(state));
+                *state = Arc::new(next);
+            });
+            name_containers(&tx);
         }
     }
 }

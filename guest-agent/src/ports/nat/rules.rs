@@ -82,6 +82,8 @@ pub struct Publication {
     pub destination: SocketAddr,
     /// `family table chain`, for logs (`ip nat DOCKER`).
     pub rule: String,
+    /// The container at `destination`, once the engine said (`engine.rs`).
+    pub container: Option<String>,
 }
 
 /// Netlink attributes: (type without flags, payload).
@@ -358,6 +360,7 @@ fn finish(m: Matched, ip: IpAddr, port: Option<u16>, rule: String) -> Option<Pub
         },
         destination: SocketAddr::new(ip, port.unwrap_or(host_port)),
         rule,
+        container: None,
     })
 }
 
