@@ -32,8 +32,8 @@ use crate::vsock::{BoxStream, Transport};
 /// How long a UDP peer's session lives without traffic.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
 
-/// How often a host port that was taken is tried again, while it is (a
-/// bind on the host; the guest does nothing for it).
+/// How often a host port that something else holds is tried again, while
+/// it does (a bind on the host; the guest does nothing for it).
 pub const RETRY_BIND: Duration = Duration::from_secs(1);
 
 /// One line of `ports.json` / `limactl list --format json` `forwards`.
@@ -188,8 +188,15 @@ async fn follow(
     });
     let _stop_reader = AbortOnDrop(reader);
     loop {
+        // Only ports taken by something else can become free.
+        let taken: Vec<GuestPort> = state
+            .failed
+            .iter()
+            .filter(|(_, f)| f.status.contains(" is already in use"))
+            .map(|(p, _)| *p)
+            .collect();
         let retry = async {
-            if state.failed.is_empty() {
+            if taken.is_empty() {
                 std::future::pending::<()>().await;
             }
             tokio::time::sleep(RETRY_BIND).await;
@@ -201,7 +208,6 @@ async fn follow(
                 Some(Ok(None)) | None => return Ok(()),
             },
             () = retry => {
-                let taken: Vec<GuestPort> = state.failed.keys().copied().collect();
                 for p in taken {
                     if let Some(host) = add(state, rules, transport, p, events, true) {
                         tracing::info!("host {host}/{} is free now: forwarding guest {p}", p.proto);

@@ -93,7 +93,15 @@ pub fn start() -> watch::Receiver<NatSnapshot> {
             // Rules made before the agent started (an agent restarted as a
             // service, a guest that ran iptables at boot).
             state.dumps = 1;
-            state.publications = dump().unwrap_or_default();
+            // nfnetlink without nf_tables (loaded later, by the first
+            // iptables or nft) fails this dump; its notifications still come.
+            state.publications = match NfSocket::dump_rules() {
+                Ok(rules) => publications(&rules),
+                Err(e) => {
+                    tracing::debug!("no nf_tables rules at start: {e}");
+                    BTreeMap::new()
+                }
+            };
             tx.send_replace(Arc::new(state));
             let tx = Arc::new(tx);
             name_containers(&tx);

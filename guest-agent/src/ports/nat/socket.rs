@@ -32,7 +32,7 @@ pub const NLMSG_HDRLEN: usize = 16;
 /// Room for one read: the kernel fills at most 32 KiB per dump skb, and
 /// a notification skb holds one message.
 pub const RECV_BUF: usize = 64 * 1024;
-const RECV_TIMEOUT_SECS: libc::time_t = 5;
+const RECV_TIMEOUT_SECS: u16 = 5;
 /// A dump the kernel marks as interrupted is repeated this many times at most.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -165,7 +165,7 @@ impl NfSocket {
     pub fn dump_rules() -> io::Result<Vec<Vec<u8>>> {
         let socket = Self::open(0)?;
         let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT_SECS,
+            tv_sec: RECV_TIMEOUT_SECS.into(),
             tv_usec: 0,
         };
         // SAFETY: setsockopt reads a live timeval; the fd is open.
