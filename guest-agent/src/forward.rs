@@ -399,6 +399,97 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The security rule with a NAT publication, against the real kernel
+    /// in a network namespace of the test's own: a port only a DNAT rule
+    /// publishes is dialed at the rule's destination, while the rule
+    /// exists; other ports are refused.
+    #[test]
+    #[ignore = "needs root and iptables: nf_tables in a network namespace (containers issue 22)"]
+    fn a_nat_published_port_is_forwarded_to_its_destination_while_the_rule_exists() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET) needs root");
+        let sh = |line: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", line])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{line}: {st}");
+        };
+        // The "container": an address of this namespace, listening on 80.
+        sh("ip link set lo up && ip addr add 172.17.0.2/32 dev lo");
+        let rule = "-p tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let container = tokio::net::TcpListener::bind("172.17.0.2:80")
+                .await
+                .unwrap();
+            let table = PortTable::start(&crate::ports::Watcher::unavailable("test"));
+            let published = GuestPort {
+                proto: PortProto::Tcp,
+                ip: "0.0.0.0".parse().unwrap(),
+                port: 8080,
+            };
+            let mut set = table.subscribe();
+            sh(&format!("iptables -t nat -A PREROUTING {rule}"));
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                set.wait_for(|s| s.contains(&published)),
+            )
+            .await
+            .expect("the publication joins the port set")
+            .unwrap();
+
+            // Forwarded: bytes reach the container and come back.
+            let ask = |port: u16| {
+                let table = table.clone();
+                async move {
+                    let (mut host, agent) = tokio::io::duplex(1 << 16);
+                    tokio::spawn(serve_forward(agent, table, AllowedSockets::default()));
+                    let ip = "0.0.0.0".parse().unwrap();
+                    write_frame_async(&mut host, &ForwardRequest::Tcp { ip, port })
+                        .await
+                        .unwrap();
+                    let reply: ForwardReply = read_frame_async(&mut host).await.unwrap().unwrap();
+                    (reply, host)
+                }
+            };
+            let (reply, host) = ask(8080).await;
+            assert_eq!(reply, ForwardReply::Ok);
+            let (mut user, relay_end) = tokio::io::duplex(1 << 16);
+            tokio::spawn(lima_proto::relay::relay(relay_end, host));
+            user.write_all(b"ping").await.unwrap();
+            let (mut conn, _) = container.accept().await.unwrap();
+            let mut got = [0u8; 4];
+            conn.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+            conn.write_all(b"pong").await.unwrap();
+            drop(conn);
+            let mut back = Vec::new();
+            user.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"pong");
+
+            // Not published, not listening: refused.
+            let (reply, _) = ask(9999).await;
+            assert!(matches!(reply, ForwardReply::Refused(_)), "{reply:?}");
+
+            // The rule goes: so does the publication, and the forward.
+            sh(&format!("iptables -t nat -D PREROUTING {rule}"));
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                set.wait_for(|s| !s.contains(&published)),
+            )
+            .await
+            .expect("the publication leaves the port set")
+            .unwrap();
+            let (reply, _) = ask(8080).await;
+            assert!(matches!(reply, ForwardReply::Refused(_)), "{reply:?}");
+        });
+    }
+
     #[test]
     fn wildcard_listeners_are_dialed_on_loopback() {
         assert_eq!(

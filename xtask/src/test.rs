@@ -82,8 +82,8 @@ fn nat_tests() -> Result<()> {
     if !(root && tools) {
         eprintln!(
             "xtask test: skipping the guest agent's NAT watcher tests (they need root, iptables \
-             and nftables; run `cargo test -p lima-guest-agent ports::nat -- --ignored` where \
-             they are)"
+             and nftables; run `cargo test -p lima-guest-agent nat -- --ignored` where they \
+             are)"
         );
         return Ok(());
     }
@@ -91,7 +91,8 @@ fn nat_tests() -> Result<()> {
         "test",
         "-p",
         "lima-guest-agent",
-        "ports::nat",
+        // ports::nat::tests and forward::tests::a_nat_published_port_...
+        "nat",
         "--",
         "--ignored",
     ]))

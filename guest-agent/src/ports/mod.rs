@@ -30,3 +30,5 @@ mod watcher;
 
 pub use table::{diff, PortTable, Target};
 pub use watcher::start as start_watcher;
+#[cfg(test)]
+pub use watcher::Watcher;

@@ -4,7 +4,7 @@
 //! they need root (CAP_SYS_ADMIN for the namespace, CAP_NET_ADMIN for
 //! nf_tables) and the `iptables` and `nftables` packages (`cargo xtask
 //! setup` installs both). Run them with
-//! `cargo test -p lima-guest-agent ports::nat -- --ignored`.
+//! `cargo test -p lima-guest-agent nat -- --ignored`.
 use std::process::Command;
 use std::time::Duration;
 
