@@ -65,6 +65,7 @@ where
     .await?;
     log.update(&last.iter().copied().collect::<Vec<_>>(), &[]);
     let mut text = table.mode_text();
+    let mut nat_open = true;
     loop {
         tokio::select! {
             changed = changes.changed() => {
@@ -93,9 +94,11 @@ where
                     text = t;
                 }
             }
-            changed = nat.changed() => {
+            changed = nat.changed(), if nat_open => {
                 if changed.is_err() {
-                    return Ok(());
+                    // The NAT watcher stopped (it said why); listeners go on.
+                    nat_open = false;
+                    continue;
                 }
                 let report = nat.borrow_and_update().report();
                 write_frame_async(&mut wr, &GuestEvent::Published(report)).await?;
