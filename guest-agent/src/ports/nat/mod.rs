@@ -102,6 +102,10 @@ pub fn start() -> watch::Receiver<NatSnapshot> {
                     BTreeMap::new()
                 }
             };
+            tracing::info!(
+                "NAT watcher: nftables notifications ({} ports published now)",
+                state.publications.len()
+            );
             tx.send_replace(Arc::new(state));
             let tx = Arc::new(tx);
             name_containers(&tx);
