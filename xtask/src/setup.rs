@@ -19,7 +19,9 @@ use crate::cmd;
 /// images, libseccomp/libcap-ng for building virtiofsd. The cloud image
 /// needs fdisk (`sfdisk`), dosfstools and mtools for its partitions,
 /// qemu-utils (`qemu-img`) for the qcow2 (and instance disks), and ovmf to
-/// boot it; its tests log in with the ssh client.
+/// boot it; its tests log in with the ssh client. iptables and nftables
+/// make the rules the guest agent's NAT watcher tests read (as a container
+/// engine does), in a network namespace of their own.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-utils",
@@ -35,6 +37,8 @@ const APT_PACKAGES: &[&str] = &[
     "libcap-ng-dev",
     "debootstrap",
     "xz-utils",
+    "iptables",
+    "nftables",
 ];
 
 /// The static guest agent is built for this target.
