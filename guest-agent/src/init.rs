@@ -155,6 +155,7 @@ pub async fn late_setup(params: &KernelParams) {
             }
         }
     }
+    crate::root::write_hosts(params.hostname.as_deref());
     // Mounted in the root the guest ends up with.
     if let Some(dev) = data {
         if let Err(e) = crate::datadisk::mount_kept(&dev) {

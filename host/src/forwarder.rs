@@ -72,20 +72,14 @@ pub async fn run(
     for rule in &rules {
         if let Some((guest, host)) = &rule.sockets {
             unix_sockets.push(guest.clone());
-            match bind_unix(host) {
-                Ok(l) => {
-                    unix_paths
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(host.clone());
-                    tokio::spawn(accept_unix(l, transport.clone(), guest.clone()));
-                    tracing::info!("forwarding guest {guest} to host {}", host.display());
-                }
-                Err(e) => warn(
-                    &events,
-                    format!("cannot listen on {} ({}): {e}", host.display(), rule.name()),
-                ),
-            }
+            tokio::spawn(forward_unix_when_ready(
+                transport.clone(),
+                guest.clone(),
+                host.clone(),
+                rule.name(),
+                events.clone(),
+                unix_paths.clone(),
+            ));
         }
     }
     let mut state = State {
@@ -283,7 +277,63 @@ fn std_udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(s)
 }
 
+/// Makes the host socket of a `guestSocket` rule once the guest socket
+/// accepts a connection, so a client never finds a host socket that leads
+/// nowhere (a container engine's socket appears once the engine answers:
+/// see the guest agent's `services.rs`). The guest is asked again after a
+/// pause that grows to [`UNIX_PROBE_MAX`]; the host socket is mode 0600.
+async fn forward_unix_when_ready(
+    transport: Arc<dyn Transport>,
+    guest: String,
+    host: PathBuf,
+    rule: String,
+    events: PathBuf,
+    unix_paths: Arc<Mutex<Vec<PathBuf>>>,
+) {
+    let mut pause = UNIX_PROBE_START;
+    loop {
+        let probe = open_forward(
+            transport.as_ref(),
+            ForwardRequest::Unix {
+                path: guest.clone(),
+            },
+        )
+        .await;
+        if probe.is_some() {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(UNIX_PROBE_MAX);
+    }
+    match bind_unix(&host) {
+        Ok(l) => {
+            unix_paths
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(host.clone());
+            tracing::info!("forwarding guest {guest} to host {}", host.display());
+            accept_unix(l, transport, guest).await;
+        }
+        Err(e) => warn(
+            &events,
+            format!("cannot listen on {} ({rule}): {e}", host.display()),
+        ),
+    }
+}
+
+const UNIX_PROBE_START: Duration = Duration::from_millis(100);
+const UNIX_PROBE_MAX: Duration = Duration::from_secs(2);
+
+/// Binds `path` (replacing a stale socket) with mode 0600: only its owner
+/// may reach the guest through it.
 fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let l = bind_unix_any_mode(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+fn bind_unix_any_mode(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
