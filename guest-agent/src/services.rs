@@ -361,6 +361,17 @@ fn daemons_for(req: &Request) -> Result<Vec<Daemon>, String> {
 fn prepare(req: &Request) -> Result<(), String> {
     std::fs::create_dir_all(LOG_DIR).map_err(|e| format!("cannot create {LOG_DIR}: {e}"))?;
     std::fs::create_dir_all(STATE_DIR).map_err(|e| format!("cannot create {STATE_DIR}: {e}"))?;
+    // As systemd leaves it: mounts propagate, so the engine's mounts (and
+    // rootlesskit's `--propagation=rslave`) work as on any distribution.
+    if let Err(e) = nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    ) {
+        tracing::warn!("services: cannot make / shared: {e}");
+    }
     match req {
         Request::DockerRootful => {
             std::fs::create_dir_all("/run/lima-docker")
@@ -379,6 +390,10 @@ fn prepare(req: &Request) -> Result<(), String> {
             for file in ["/etc/subuid", "/etc/subgid"] {
                 add_subids(file, &a.name)?;
             }
+            // slirp4netns opens the TUN device as the user; devtmpfs makes
+            // it 0600 and there is no udev here to apply the usual 0666.
+            std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| format!("cannot open /dev/net/tun to users (is the tun module loaded?): {e}"))?;
         }
     }
     Ok(())
