@@ -31,9 +31,11 @@
 //! A daemon that exits is started again after a pause that doubles from
 //! [`BACKOFF_START`] to [`BACKOFF_MAX`] (reset once it ran for
 //! [`BACKOFF_RESET`]). Each daemon logs to `/var/log/lima/NAME.log` on the
-//! data disk; state changes go to the agent's log (the serial console) and
-//! to `/run/lima-guest-agent/services/NAME` (one line: the state).
-use std::collections::HashMap;
+//! data disk; state changes go to the agent's log (the serial console), to
+//! `/run/lima-guest-agent/services/NAME` (one line: the state), and to the
+//! host as `GuestEvent::Service` on the Events stream ([`board`]), which
+//! the host agent records in its events and `limactl list` shows.
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -96,6 +98,65 @@ const ENGINE_MODULES: &[&str] = &[
     "overlay",
     "tun",
 ];
+
+/// Every daemon's current state line, for the Events stream.
+pub struct Board {
+    states: Mutex<BTreeMap<String, String>>,
+    changed: watch::Sender<u64>,
+}
+
+/// The agent's one [`Board`].
+pub fn board() -> &'static Board {
+    static BOARD: std::sync::OnceLock<Board> = std::sync::OnceLock::new();
+    BOARD.get_or_init(|| Board {
+        states: Mutex::new(BTreeMap::new()),
+        changed: watch::channel(0).0,
+    })
+}
+
+impl Board {
+    fn set(&self, name: &str, line: String) {
+        lock(&self.states).insert(name.to_string(), line);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Follows the board: call [`Follower::next`] for what changed.
+    pub fn follow(&self) -> Follower {
+        Follower {
+            rx: self.changed.subscribe(),
+            seen: BTreeMap::new(),
+        }
+    }
+}
+
+/// One reader's view of the [`board`].
+pub struct Follower {
+    rx: watch::Receiver<u64>,
+    seen: BTreeMap<String, String>,
+}
+
+impl Follower {
+    /// The `(daemon, state)` pairs that changed since the last call (all of
+    /// them the first time, possibly none); waits only when nothing did.
+    pub async fn next(&mut self) -> Vec<(String, String)> {
+        loop {
+            self.rx.borrow_and_update();
+            let now = lock(&board().states).clone();
+            let changed: Vec<(String, String)> = now
+                .iter()
+                .filter(|(k, v)| self.seen.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            self.seen = now;
+            if !changed.is_empty() {
+                return changed;
+            }
+            if self.rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
 
 /// What the tool can ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -611,6 +672,7 @@ fn record(name: &str, state: &State) {
         Path::new(STATE_DIR).join(name),
         format!("{}\n", state.line()),
     );
+    board().set(name, state.line());
 }
 
 #[cfg(test)]

@@ -42,6 +42,10 @@ pub struct PortsFile {
     /// How the guest detects listeners ("ebpf", or the polling fallback).
     pub watcher: String,
     pub forwards: Vec<ForwardInfo>,
+    /// Daemons the guest agent supervises (container engines) → their
+    /// state line, as last reported.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, String>,
 }
 
 struct HostListener {
@@ -56,6 +60,8 @@ struct State {
     /// Guest ports that could not be forwarded, with the reason.
     failed: BTreeMap<GuestPort, ForwardInfo>,
     watcher: String,
+    /// Daemons the guest agent supervises → their state line.
+    services: BTreeMap<String, String>,
 }
 
 /// Runs forwarding for one instance until the task is dropped. `unix_paths`
@@ -86,6 +92,7 @@ pub async fn run(
         listeners: BTreeMap::new(),
         failed: BTreeMap::new(),
         watcher: String::new(),
+        services: BTreeMap::new(),
     };
     loop {
         if let Err(e) = follow(
@@ -131,6 +138,17 @@ async fn follow(
             GuestEvent::Watcher(text) => {
                 tracing::info!("guest port watcher: {text}");
                 state.watcher = text;
+            }
+            GuestEvent::Service { name, state: line } => {
+                tracing::info!("guest service {name}: {line}");
+                emit(
+                    events,
+                    Event::Service {
+                        name: name.clone(),
+                        state: line.clone(),
+                    },
+                );
+                state.services.insert(name, line);
             }
             GuestEvent::Ports {
                 full,
@@ -514,6 +532,7 @@ fn write_ports_file(state: &State, path: &Path) {
     let file = PortsFile {
         watcher: state.watcher.clone(),
         forwards,
+        services: state.services.clone(),
     };
     let tmp = path.with_extension("json.tmp");
     if std::fs::write(&tmp, serde_json::to_vec_pretty(&file).unwrap_or_default()).is_ok() {

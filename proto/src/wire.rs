@@ -190,6 +190,10 @@ pub enum GuestEvent {
     },
     /// The watcher's mode changed (or was reported at subscription).
     Watcher(String),
+    /// A daemon the agent supervises (a container engine) changed state,
+    /// or was reported at subscription: `state` is one line such as
+    /// `running (attempt 1)` or `exited (attempt 2): exited with code 1`.
+    Service { name: String, state: String },
 }
 
 /// Host → guest on the Events stream, after `Subscribe`.

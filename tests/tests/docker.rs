@@ -210,6 +210,24 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
     assert_ne!(after, before);
     let state = guest(&lima, "dr", "cat /run/lima-guest-agent/services/dockerd");
     assert_eq!(state, "running (attempt 2)");
+    // The host recorded each change and `limactl list` shows the last.
+    lima.wait_until("limactl list shows the restart", Duration::from_secs(30), || {
+        lima.info("dr")["services"]["dockerd"] == "running (attempt 2)"
+    });
+    assert_eq!(lima.info("dr")["services"]["containerd"], "running (attempt 1)");
+    let events = std::fs::read_to_string(lima.instance_dir("dr").join("ha.events.jsonl")).unwrap();
+    let dockerd: Vec<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "service" && e["name"] == "dockerd")
+        .map(|e| e["state"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let exited = dockerd.iter().position(|s| s.starts_with("exited (attempt 1)"));
+    let again = dockerd.iter().position(|s| s == "running (attempt 2)");
+    assert!(
+        matches!((exited, again), (Some(a), Some(b)) if a < b),
+        "dockerd events: {dockerd:?}"
+    );
 }
 
 /// An engine that cannot start fails `limactl start` with its log lines.
