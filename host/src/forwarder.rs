@@ -71,6 +71,7 @@ pub async fn run(
     rules: Vec<Rule>,
     dir: PathBuf,
     unix_paths: Arc<Mutex<Vec<PathBuf>>>,
+    kick: Arc<tokio::sync::Notify>,
 ) {
     let events = dir.join(crate::instance::HA_EVENTS);
     let ports_file = dir.join(crate::instance::PORTS_FILE);
@@ -85,6 +86,7 @@ pub async fn run(
                 rule.name(),
                 events.clone(),
                 unix_paths.clone(),
+                kick.clone(),
             ));
         }
     }
@@ -307,6 +309,7 @@ async fn forward_unix_when_ready(
     rule: String,
     events: PathBuf,
     unix_paths: Arc<Mutex<Vec<PathBuf>>>,
+    kick: Arc<tokio::sync::Notify>,
 ) {
     let mut pause = UNIX_PROBE_START;
     loop {
@@ -320,7 +323,11 @@ async fn forward_unix_when_ready(
         if probe.is_some() {
             break;
         }
-        tokio::time::sleep(pause).await;
+        // A kick (see [`settle_unix`]) asks again at once.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = kick.notified() => {}
+        }
         pause = (pause * 2).min(UNIX_PROBE_MAX);
     }
     match bind_unix(&host) {
@@ -339,6 +346,41 @@ async fn forward_unix_when_ready(
     }
 }
 
+/// Before the host agent says `running` (after provisioning, which may
+/// have started the engine behind a `guestSocket`): each rule's guest
+/// socket that accepts now gets its host socket before this returns (or
+/// within [`SETTLE_LIMIT`]), so `limactl start && docker ...` works.
+pub async fn settle_unix(
+    transport: &dyn Transport,
+    rules: &[Rule],
+    unix_paths: &Mutex<Vec<PathBuf>>,
+    kick: &tokio::sync::Notify,
+) {
+    let bound = |host: &PathBuf| {
+        unix_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(host)
+    };
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    for (guest, host) in rules.iter().filter_map(|r| r.sockets.as_ref()) {
+        if bound(host) {
+            continue;
+        }
+        let req = ForwardRequest::Unix {
+            path: guest.clone(),
+        };
+        if open_forward(transport, req).await.is_none() {
+            continue;
+        }
+        while !bound(host) && tokio::time::Instant::now() < deadline {
+            kick.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 const UNIX_PROBE_START: Duration = Duration::from_millis(100);
 const UNIX_PROBE_MAX: Duration = Duration::from_secs(2);
 
