@@ -216,8 +216,12 @@ struct Daemon {
 /// A daemon's state, as watchers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    Starting { attempt: u32 },
-    Running { attempt: u32 },
+    Starting {
+        attempt: u32,
+    },
+    Running {
+        attempt: u32,
+    },
     /// Exited (or never answered); `tail` is its last log lines.
     Exited {
         attempt: u32,
@@ -343,8 +347,8 @@ async fn wait_first(name: &str, mut rx: watch::Receiver<State>) -> Result<(), St
             State::Running { .. } => return Ok(()),
             State::Exited { why, tail, .. } => {
                 return Err(format!(
-                    "{name} failed to start: {why}; its last log lines ({LOG_DIR}/{name}.log):\n{tail}"
-                ))
+                "{name} failed to start: {why}; its last log lines ({LOG_DIR}/{name}.log):\n{tail}"
+            ))
             }
             State::Starting { .. } => {}
         }
@@ -454,7 +458,9 @@ fn prepare(req: &Request) -> Result<(), String> {
             // slirp4netns opens the TUN device as the user; devtmpfs makes
             // it 0600 and there is no udev here to apply the usual 0666.
             std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666))
-                .map_err(|e| format!("cannot open /dev/net/tun to users (is the tun module loaded?): {e}"))?;
+                .map_err(|e| {
+                    format!("cannot open /dev/net/tun to users (is the tun module loaded?): {e}")
+                })?;
         }
     }
     Ok(())
@@ -483,10 +489,7 @@ fn add_subids(file: &str, name: &str) -> Result<(), String> {
 }
 
 fn with_subids(text: &str, name: &str) -> String {
-    if text
-        .lines()
-        .any(|l| l.split(':').next() == Some(name))
-    {
+    if text.lines().any(|l| l.split(':').next() == Some(name)) {
         return text.to_string();
     }
     let mut out = text.to_string();

@@ -98,7 +98,12 @@ fn check_engine(lima: &Lima, name: &str, started: Instant) {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{} is {mode:o}", sock.display());
-    let v = docker(lima, name, &["version", "--format", "{{.Server.KernelVersion}}"]).ok();
+    let v = docker(
+        lima,
+        name,
+        &["version", "--format", "{{.Server.KernelVersion}}"],
+    )
+    .ok();
     eprintln!(
         "{name}: start to engine answers on the host: {:.1}s",
         started.elapsed().as_secs_f64()
@@ -107,26 +112,46 @@ fn check_engine(lima: &Lima, name: &str, started: Instant) {
     let info = docker(
         lima,
         name,
-        &["info", "--format", "{{.Name}} {{.Driver}} {{.KernelVersion}}"],
+        &[
+            "info",
+            "--format",
+            "{{.Name}} {{.Driver}} {{.KernelVersion}}",
+        ],
     )
     .ok()
     .stdout();
     let words: Vec<&str> = info.split_whitespace().collect();
-    assert_eq!(words.first().copied(), Some(guest(lima, name, "cat /proc/sys/kernel/hostname").as_str()), "{info}");
+    assert_eq!(
+        words.first().copied(),
+        Some(guest(lima, name, "cat /proc/sys/kernel/hostname").as_str()),
+        "{info}"
+    );
     assert_eq!(words.get(1).copied(), Some("overlay2"), "{info}");
 
     // Built from the host's folder, run in the guest.
     let ctx = lima.home.path().join("ctx");
     busybox_context(lima, &ctx);
-    docker(lima, name, &["build", "-q", "-t", "lima-bb", &ctx.to_string_lossy()]).ok();
-    let r = docker(lima, name, &["run", "--rm", "lima-bb", "/busybox", "echo", "hi"]).ok();
+    docker(
+        lima,
+        name,
+        &["build", "-q", "-t", "lima-bb", &ctx.to_string_lossy()],
+    )
+    .ok();
+    let r = docker(
+        lima,
+        name,
+        &["run", "--rm", "lima-bb", "/busybox", "echo", "hi"],
+    )
+    .ok();
     assert_eq!(r.stdout(), "hi\n");
     // The container is on the engine's bridge network (iptables with
     // nf_tables in the guest).
     let r = docker(
         lima,
         name,
-        &["run", "--rm", "lima-bb", "/busybox", "ip", "-4", "-o", "addr", "show", "eth0"],
+        &[
+            "run", "--rm", "lima-bb", "/busybox", "ip", "-4", "-o", "addr", "show", "eth0",
+        ],
     )
     .ok();
     assert!(r.stdout().contains("inet 172.17."), "{}", r.stdout());
@@ -157,7 +182,14 @@ fn docker_template_runs_a_rootless_engine_the_host_cli_reaches() {
     let lima = Lima::new();
     let started = Instant::now();
     let r = lima
-        .limactl(&["start", "--name", "dk", "--timeout", "10m", "template:docker"])
+        .limactl(&[
+            "start",
+            "--name",
+            "dk",
+            "--timeout",
+            "10m",
+            "template:docker",
+        ])
         .ok();
     // The start message says how to use it.
     let sock = lima.instance_dir("dk").join("sock/docker.sock");
@@ -187,8 +219,15 @@ fn docker_template_runs_a_rootless_engine_the_host_cli_reaches() {
 fn docker_rootful_engine_is_supervised_and_restarted() {
     let lima = Lima::new();
     let started = Instant::now();
-    lima.limactl(&["start", "--name", "dr", "--timeout", "10m", "template:docker-rootful"])
-        .ok();
+    lima.limactl(&[
+        "start",
+        "--name",
+        "dr",
+        "--timeout",
+        "10m",
+        "template:docker-rootful",
+    ])
+    .ok();
     check_engine(&lima, "dr", started);
     let root = docker(&lima, "dr", &["info", "--format", "{{.DockerRootDir}}"])
         .ok()
@@ -211,10 +250,15 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
     let state = guest(&lima, "dr", "cat /run/lima-guest-agent/services/dockerd");
     assert_eq!(state, "running (attempt 2)");
     // The host recorded each change and `limactl list` shows the last.
-    lima.wait_until("limactl list shows the restart", Duration::from_secs(30), || {
-        lima.info("dr")["services"]["dockerd"] == "running (attempt 2)"
-    });
-    assert_eq!(lima.info("dr")["services"]["containerd"], "running (attempt 1)");
+    lima.wait_until(
+        "limactl list shows the restart",
+        Duration::from_secs(30),
+        || lima.info("dr")["services"]["dockerd"] == "running (attempt 2)",
+    );
+    assert_eq!(
+        lima.info("dr")["services"]["containerd"],
+        "running (attempt 1)"
+    );
     let events = std::fs::read_to_string(lima.instance_dir("dr").join("ha.events.jsonl")).unwrap();
     let dockerd: Vec<String> = events
         .lines()
@@ -222,7 +266,9 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
         .filter(|e| e["event"] == "service" && e["name"] == "dockerd")
         .map(|e| e["state"].as_str().unwrap_or_default().to_string())
         .collect();
-    let exited = dockerd.iter().position(|s| s.starts_with("exited (attempt 1)"));
+    let exited = dockerd
+        .iter()
+        .position(|s| s.starts_with("exited (attempt 1)"));
     let again = dockerd.iter().position(|s| s == "running (attempt 2)");
     assert!(
         matches!((exited, again), (Some(a), Some(b)) if a < b),
@@ -256,5 +302,8 @@ fn an_engine_that_fails_fails_the_start_with_its_last_log_lines() {
     let out = r.messages();
     assert!(out.contains("/etc/docker/daemon.json"), "{out}");
     // No host socket for an engine that never answered.
-    assert!(!lima.instance_dir("broken").join("sock/docker.sock").exists());
+    assert!(!lima
+        .instance_dir("broken")
+        .join("sock/docker.sock")
+        .exists());
 }

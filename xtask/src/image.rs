@@ -893,6 +893,37 @@ mod tests {
     }
 
     #[test]
+    fn the_docker_images_modules_cover_the_engines_needs() {
+        let mut text = String::new();
+        for list in DOCKER_BASE.module_lists {
+            text += &fs::read_to_string(cmd::root().join(list)).unwrap();
+        }
+        let names = parse_modules_txt(&text);
+        // Its bridge network, its iptables (nft backend) rules, overlay2,
+        // the rootless engine's TUN device, foreign-arch binaries.
+        for needed in [
+            "bridge",
+            "br_netfilter",
+            "veth",
+            "nf_tables",
+            "nft_compat",
+            "nft_chain_nat",
+            "xt_MASQUERADE",
+            "xt_addrtype",
+            "xt_conntrack",
+            "overlay",
+            "tun",
+            "binfmt_misc",
+        ] {
+            assert!(
+                names.iter().any(|n| n == needed),
+                "the docker image's modules lack {needed}"
+            );
+        }
+        assert_eq!(DEFAULT.module_lists, ["images/default/modules.txt"]);
+    }
+
+    #[test]
     fn the_checked_in_modules_txt_parses() {
         let text = fs::read_to_string(cmd::root().join("images/default/modules.txt")).unwrap();
         let names = parse_modules_txt(&text);

@@ -74,7 +74,11 @@ fn every_shipped_template_parses_validates_and_names_a_digested_image_per_arch()
         let yaml = crate::config::LimaYaml::parse(text, &origin).unwrap();
         assert!(yaml.base.is_none(), "{name}: shipped templates are flat");
         if OUR_IMAGES.contains(&name) {
-            let c = yaml.resolve(&origin).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Variables filled as for an instance, then checked as at start.
+            let mut y = yaml.clone();
+            crate::tmplvars::expand_for(&mut y, name, std::path::Path::new("/lima/x"), &origin)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let c = y.resolve(&origin).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(c.image.location.starts_with("builtin:"), "{name}");
             continue;
         }
