@@ -547,7 +547,7 @@ async fn run_once(d: &Daemon, reaper: &Reaper, attempt: u32, tx: &watch::Sender<
         why,
         tail: tail(&log_path, from),
     };
-    let (mut exit, from) = match spawn(d, reaper, &log_path) {
+    let (mut exit, from, pid) = match spawn(d, reaper, &log_path) {
         Ok(x) => x,
         Err(e) => return exited(format!("cannot run {}: {e}", d.argv[0]), 0),
     };
@@ -558,7 +558,8 @@ async fn run_once(d: &Daemon, reaper: &Reaper, attempt: u32, tx: &watch::Sender<
         tokio::select! {
             status = &mut exit => return exited(describe(status.ok()), from),
             _ = &mut deadline => {
-                // Leave it running: it may still come up; the start fails.
+                // Stopped before the next attempt, so two never run at once.
+                stop_group(pid, &mut exit).await;
                 return exited(format!("did not answer within {}s", READY_TIMEOUT.as_secs()), from);
             }
             ready = is_ready(&d.ready) => if ready { break },
@@ -589,13 +590,29 @@ fn describe(status: Option<ExitStatus>) -> String {
     }
 }
 
-/// Spawns the daemon with its output appended to its log; returns the exit
-/// status's receiver and the log's length before this run.
+/// How long a daemon that never answered gets to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGTERM to the daemon's process group, SIGKILL after [`STOP_GRACE`];
+/// returns once the daemon itself has exited.
+async fn stop_group(pid: i32, exit: &mut tokio::sync::oneshot::Receiver<ExitStatus>) {
+    use nix::sys::signal::{killpg, Signal};
+    let group = nix::unistd::Pid::from_raw(pid);
+    let _ = killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(STOP_GRACE, &mut *exit).await.is_err() {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = exit.await;
+    }
+}
+
+/// Spawns the daemon in a process group of its own with its output
+/// appended to its log; returns the exit status's receiver, the log's
+/// length before this run, and the daemon's PID (its group's ID).
 fn spawn(
     d: &Daemon,
     reaper: &Reaper,
     log_path: &Path,
-) -> std::io::Result<(tokio::sync::oneshot::Receiver<ExitStatus>, u64)> {
+) -> std::io::Result<(tokio::sync::oneshot::Receiver<ExitStatus>, u64, i32)> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -615,8 +632,9 @@ fn spawn(
         cmd.current_dir("/");
     }
     let (child, exit) = reaper.spawn(&mut cmd)?;
+    let pid = child.id() as i32;
     drop(child);
-    Ok((exit, from))
+    Ok((exit, from, pid))
 }
 
 async fn is_ready(ready: &Ready) -> bool {
