@@ -153,6 +153,18 @@ mod tests {
     }
 
     #[test]
+    fn a_service_event_names_the_daemon_and_its_state() {
+        let e = Event::Service {
+            name: "dockerd".into(),
+            state: "running (attempt 2)".into(),
+        };
+        assert_eq!(
+            describe(&e),
+            Some(("service".into(), "dockerd running (attempt 2)".into()))
+        );
+    }
+
+    #[test]
     fn each_event_is_a_phase_line_with_its_time() {
         let out = printed(&[
             Event::Booting {
