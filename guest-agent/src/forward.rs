@@ -66,8 +66,15 @@ where
     log.update(&last.iter().copied().collect::<Vec<_>>(), &[]);
     let mut text = table.mode_text();
     let mut nat_open = true;
+    // Container engines' states (services.rs), every one at first.
+    let mut services = crate::services::board().follow();
     loop {
         tokio::select! {
+            states = services.next() => {
+                for (name, state) in states {
+                    write_frame_async(&mut wr, &GuestEvent::Service { name, state }).await?;
+                }
+            }
             changed = changes.changed() => {
                 if changed.is_err() {
                     return Ok(());

@@ -111,6 +111,11 @@ pub fn early_setup() {
     }
 }
 
+/// Modules loaded at boot only when the image carries them: images with
+/// netfilter (the docker image) get nfnetlink, which the NAT watcher
+/// (`ports/nat/`) needs before the first iptables or nft runs.
+const OPTIONAL_BOOT_MODULES: &[&str] = &["nfnetlink"];
+
 /// Modules, hostname, network: things that may take a while under emulation.
 pub async fn late_setup(params: &KernelParams) {
     let mut wanted: Vec<String> = BOOT_MODULES.iter().map(|s| s.to_string()).collect();
@@ -130,6 +135,14 @@ pub async fn late_setup(params: &KernelParams) {
             for name in &wanted {
                 if let Err(e) = tree.load(name, &sys::RealLoader) {
                     tracing::warn!("module {name}: {e}");
+                }
+            }
+            // Loaded when the image has them, before the port table
+            // starts: the NAT watcher subscribes through nfnetlink.
+            for name in OPTIONAL_BOOT_MODULES {
+                match tree.load(name, &sys::RealLoader) {
+                    Ok(()) | Err(modules::ModuleError::Unknown(_)) => {}
+                    Err(e) => tracing::warn!("module {name}: {e}"),
                 }
             }
         }
@@ -165,6 +178,7 @@ pub async fn late_setup(params: &KernelParams) {
             }
         }
     }
+    crate::root::write_hosts(params.hostname.as_deref());
     // Mounted in the root the guest ends up with.
     if let Some(dev) = data {
         if let Err(e) = crate::datadisk::mount_kept(&dev) {

@@ -14,6 +14,7 @@ mod modules;
 mod ports;
 mod root;
 mod server;
+mod services;
 mod share;
 mod sys;
 mod tools;
@@ -92,6 +93,9 @@ async fn run(pid1: bool) -> anyhow::Result<()> {
         pid1,
         watcher: watcher.status.to_string(),
     };
+    if pid1 {
+        services::Services::new(reaper.clone()).serve();
+    }
     let ports = ports::PortTable::start(&watcher);
     tracing::info!("port watcher: {}", ports.mode_text());
     let ctx = server::Context {

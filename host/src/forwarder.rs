@@ -56,6 +56,10 @@ pub struct PortsFile {
     /// many times it read the rules (it must not while idle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatStatus>,
+    /// Daemons the guest agent supervises (container engines) → their
+    /// state line, as last reported.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, String>,
 }
 
 /// `ports.json` `nat`.
@@ -79,6 +83,8 @@ struct State {
     watcher: String,
     /// The guest's NAT watcher, and the ports NAT rules publish.
     nat: Option<NatReport>,
+    /// Daemons the guest agent supervises → their state line.
+    services: BTreeMap<String, String>,
 }
 
 impl State {
@@ -106,6 +112,7 @@ pub async fn run(
     rules: Vec<Rule>,
     dir: PathBuf,
     unix_paths: Arc<Mutex<Vec<PathBuf>>>,
+    kick: Arc<tokio::sync::Notify>,
 ) {
     let events = dir.join(crate::instance::HA_EVENTS);
     let ports_file = dir.join(crate::instance::PORTS_FILE);
@@ -113,20 +120,15 @@ pub async fn run(
     for rule in &rules {
         if let Some((guest, host)) = &rule.sockets {
             unix_sockets.push(guest.clone());
-            match bind_unix(host) {
-                Ok(l) => {
-                    unix_paths
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(host.clone());
-                    tokio::spawn(accept_unix(l, transport.clone(), guest.clone()));
-                    tracing::info!("forwarding guest {guest} to host {}", host.display());
-                }
-                Err(e) => warn(
-                    &events,
-                    format!("cannot listen on {} ({}): {e}", host.display(), rule.name()),
-                ),
-            }
+            tokio::spawn(forward_unix_when_ready(
+                transport.clone(),
+                guest.clone(),
+                host.clone(),
+                rule.name(),
+                events.clone(),
+                unix_paths.clone(),
+                kick.clone(),
+            ));
         }
     }
     let mut state = State {
@@ -134,6 +136,7 @@ pub async fn run(
         failed: BTreeMap::new(),
         watcher: String::new(),
         nat: None,
+        services: BTreeMap::new(),
     };
     loop {
         if let Err(e) = follow(
@@ -230,6 +233,17 @@ async fn follow(
                 }
                 let before = state.nat.replace(report);
                 name_taken(state, before.as_ref(), events);
+            }
+            GuestEvent::Service { name, state: line } => {
+                tracing::info!("guest service {name}: {line}");
+                emit(
+                    events,
+                    Event::Service {
+                        name: name.clone(),
+                        state: line.clone(),
+                    },
+                );
+                state.services.insert(name, line);
             }
             GuestEvent::Ports {
                 full,
@@ -441,7 +455,103 @@ fn std_udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(s)
 }
 
+/// Makes the host socket of a `guestSocket` rule once the guest socket
+/// accepts a connection, so a client never finds a host socket that leads
+/// nowhere (a container engine's socket appears once the engine answers:
+/// see the guest agent's `services.rs`). The guest is asked again after a
+/// pause that grows to [`UNIX_PROBE_MAX`]; the host socket is mode 0600.
+async fn forward_unix_when_ready(
+    transport: Arc<dyn Transport>,
+    guest: String,
+    host: PathBuf,
+    rule: String,
+    events: PathBuf,
+    unix_paths: Arc<Mutex<Vec<PathBuf>>>,
+    kick: Arc<tokio::sync::Notify>,
+) {
+    let mut pause = UNIX_PROBE_START;
+    loop {
+        let probe = open_forward(
+            transport.as_ref(),
+            ForwardRequest::Unix {
+                path: guest.clone(),
+            },
+        )
+        .await;
+        if probe.is_some() {
+            break;
+        }
+        // A kick (see [`settle_unix`]) asks again at once.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = kick.notified() => {}
+        }
+        pause = (pause * 2).min(UNIX_PROBE_MAX);
+    }
+    match bind_unix(&host) {
+        Ok(l) => {
+            unix_paths
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(host.clone());
+            tracing::info!("forwarding guest {guest} to host {}", host.display());
+            accept_unix(l, transport, guest).await;
+        }
+        Err(e) => warn(
+            &events,
+            format!("cannot listen on {} ({rule}): {e}", host.display()),
+        ),
+    }
+}
+
+/// Before the host agent says `running` (after provisioning, which may
+/// have started the engine behind a `guestSocket`): each rule's guest
+/// socket that accepts now gets its host socket before this returns (or
+/// within [`SETTLE_LIMIT`]), so `limactl start && docker ...` works.
+pub async fn settle_unix(
+    transport: &dyn Transport,
+    rules: &[Rule],
+    unix_paths: &Mutex<Vec<PathBuf>>,
+    kick: &tokio::sync::Notify,
+) {
+    let bound = |host: &PathBuf| {
+        unix_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(host)
+    };
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    for (guest, host) in rules.iter().filter_map(|r| r.sockets.as_ref()) {
+        if bound(host) {
+            continue;
+        }
+        let req = ForwardRequest::Unix {
+            path: guest.clone(),
+        };
+        if open_forward(transport, req).await.is_none() {
+            continue;
+        }
+        while !bound(host) && tokio::time::Instant::now() < deadline {
+            kick.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+const UNIX_PROBE_START: Duration = Duration::from_millis(100);
+const UNIX_PROBE_MAX: Duration = Duration::from_secs(2);
+
+/// Binds `path` (replacing a stale socket) with mode 0600: only its owner
+/// may reach the guest through it.
 fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let l = bind_unix_any_mode(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+fn bind_unix_any_mode(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -626,6 +736,7 @@ fn write_ports_file(state: &State, path: &Path) {
             watcher: n.watcher.clone(),
             dumps: n.dumps,
         }),
+        services: state.services.clone(),
     };
     let tmp = path.with_extension("json.tmp");
     if std::fs::write(&tmp, serde_json::to_vec_pretty(&file).unwrap_or_default()).is_ok() {

@@ -196,6 +196,10 @@ pub enum GuestEvent {
     /// dumped the rules, before the `Ports` event that adds or removes
     /// them. Those ports are in `Ports` too, as listeners.
     Published(NatReport),
+    /// A daemon the agent supervises (a container engine) changed state,
+    /// or was reported at subscription: `state` is one line such as
+    /// `running (attempt 1)` or `exited (attempt 2): exited with code 1`.
+    Service { name: String, state: String },
 }
 
 /// What the guest's NAT watcher knows (`GuestEvent::Published`).

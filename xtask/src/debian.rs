@@ -91,6 +91,46 @@ fn agent_recipe() -> Recipe {
     }
 }
 
+/// Packages the docker image adds to [`PACKAGES`]: the engine (Debian's
+/// docker.io 20.10 with containerd and runc), iptables (Debian's default
+/// nft backend) for its bridge network, and the rootless engine's helpers
+/// (rootlesskit, slirp4netns, newuidmap/newgidmap from uidmap). One name a
+/// line, so more (qemu-user-static, ...) are one line each.
+pub(crate) const DOCKER_PACKAGES: &[&str] = &[
+    "docker.io",
+    "containerd",
+    "runc",
+    "iptables",
+    "rootlesskit",
+    "slirp4netns",
+    "uidmap",
+];
+
+/// The docker image's root filesystem: the agent image's plus the engine.
+fn docker_recipe() -> Recipe {
+    let mut packages = PACKAGES.to_vec();
+    packages.extend_from_slice(DOCKER_PACKAGES);
+    Recipe {
+        flavor: "docker",
+        packages,
+        forbidden: FORBIDDEN,
+        boot_files: false,
+    }
+}
+
+/// `target/images/docker`.
+pub fn docker_dir() -> PathBuf {
+    images_dir().join("docker")
+}
+
+/// Assembles `builtin:docker` around the kernel and initramfs in
+/// `base_dir` (the default image's, with the engine's modules added), or
+/// finds it in the cache.
+pub fn assemble_docker(base_dir: &Path) -> Result<PathBuf> {
+    assemble_as(base_dir, &docker_recipe(), "docker")?;
+    Ok(docker_dir())
+}
+
 /// Packages the classic image adds: an init system and a kernel with
 /// Debian's own initramfs, as a stock Debian VM boots.
 const CLASSIC_EXTRA: &[&str] = &[
@@ -143,6 +183,13 @@ pub fn dir() -> PathBuf {
 /// Assembles the Debian image around the default image in `default_dir`
 /// (its kernel and initramfs), or finds it in the cache.
 pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
+    assemble_as(default_dir, &agent_recipe(), "debian")?;
+    Ok(dir())
+}
+
+/// An image named `name`: the kernel and initramfs of `default_dir` and
+/// the root filesystem of `recipe`.
+fn assemble_as(default_dir: &Path, recipe: &Recipe, name: &str) -> Result<()> {
     let started = Instant::now();
     let images = images_dir();
     let cache = images.join("cache");
@@ -161,7 +208,7 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
         .as_str()
         .context("the default image's image.json has no kernel_release")?;
 
-    let rootfs = rootfs(&cache, &agent_recipe())?;
+    let rootfs = rootfs(&cache, recipe)?;
     let rootfs_hash = rootfs
         .parent()
         .and_then(Path::file_name)
@@ -170,12 +217,17 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
         .context("rootfs cache entry has an unexpected name")?
         .to_string();
 
-    let hash = inputs_hash(&[
+    let mut inputs: Vec<(&str, &[u8])> = vec![
         ("debian-image", ROOTFS_RECIPE_VERSION.as_bytes()),
         ("layout", IMAGE_LAYOUT_VERSION.as_bytes()),
         ("base", base_hash.as_bytes()),
         ("rootfs", rootfs_hash.as_bytes()),
-    ]);
+    ];
+    // The Debian image's key stays what it was before other names.
+    if name != "debian" {
+        inputs.push(("name", name.as_bytes()));
+    }
+    let hash = inputs_hash(&inputs);
     let entry = cache.join(&hash);
     if !entry.join("image.json").is_file() {
         let partial = cache.join(format!("{hash}.partial-{}", std::process::id()));
@@ -189,7 +241,7 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
         link_or_copy(&base.join("initrd.img"), &partial.join("initrd.img"))?;
         link_or_copy(&rootfs, &partial.join(ROOTFS_FILE))?;
         let json = serde_json::json!({
-            "name": "debian",
+            "name": name,
             "arch": "x86_64",
             "kernel_release": kernel_release,
             "kernel": kernel_file,
@@ -207,13 +259,13 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
             }
         }
     }
-    point_at(&images, "debian", &hash)?;
+    point_at(&images, name, &hash)?;
     eprintln!(
         "image: {} -> cache/{hash} (kernel and initramfs of cache/{base_hash}, rootfs-{rootfs_hash}) in {:.1}s",
-        dir().display(),
+        images.join(name).display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(dir())
+    Ok(())
 }
 
 /// The cached `rootfs.ext4` for the current inputs, built if missing.
@@ -784,6 +836,7 @@ mod tests {
     fn nothing_forbidden_is_asked_for() {
         for f in FORBIDDEN {
             assert!(!PACKAGES.contains(f), "{f}");
+            assert!(!DOCKER_PACKAGES.contains(f), "{f}");
         }
     }
 }

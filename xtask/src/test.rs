@@ -30,6 +30,10 @@ pub fn run(args: &[String], slow: bool) -> Result<()> {
     let default = image::assemble(&build::agent_path())?;
     // Cached after the first run (debootstrap takes minutes once).
     crate::debian::assemble(&default)?;
+    // tests/tests/docker.rs (issue 22): its own initramfs (the engine's
+    // modules) and a second debootstrap, also cached.
+    let docker_base = image::assemble_flavor(&build::agent_path(), &image::DOCKER_BASE)?;
+    crate::debian::assemble_docker(&docker_base)?;
     cmd::run(
         cmd::cargo()
             .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Debug))
