@@ -67,7 +67,10 @@ impl Reaper {
     /// Spawns `cmd` and registers it before the reaper can see its exit.
     /// The reaper owns the exit status: the caller may take the child's
     /// pipes, and drops the `Child` without waiting on it.
-    fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
+    pub(crate) fn spawn(
+        &self,
+        cmd: &mut Command,
+    ) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
         let mut state = lock(&self.state);
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();

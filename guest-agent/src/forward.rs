@@ -2,9 +2,10 @@
 //! host) and Forward streams (one per host connection or UDP peer).
 //!
 //! Security: a Forward request is served only when its target listens right
-//! now (per sock_diag) or, for Unix sockets, when the host named the path in
-//! its `Subscribe` (from `portForwards` rules). Nothing the host sends makes
-//! the agent dial anywhere else.
+//! now (per sock_diag), or a current NAT rule publishes it (then the agent
+//! dials the rule's destination), or, for Unix sockets, when the host named
+//! the path in its `Subscribe` (from `portForwards` rules). Nothing the host
+//! sends makes the agent dial anywhere else.
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use lima_proto::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::ports::{diff, PortTable};
+use crate::ports::{diff, PortTable, Target};
 
 /// Guest Unix sockets the host may reach, as named by its rules.
 #[derive(Clone, Default)]
@@ -48,8 +49,11 @@ where
     let mut log = ForwardLog::new(FORWARDS_FILE);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut changes = table.subscribe();
+    let mut nat = table.nat();
     let mut last = table.current();
     write_frame_async(&mut wr, &GuestEvent::Watcher(table.mode_text())).await?;
+    let report = nat.borrow_and_update().report();
+    write_frame_async(&mut wr, &GuestEvent::Published(report)).await?;
     write_frame_async(
         &mut wr,
         &GuestEvent::Ports {
@@ -61,11 +65,25 @@ where
     .await?;
     log.update(&last.iter().copied().collect::<Vec<_>>(), &[]);
     let mut text = table.mode_text();
+    let mut nat_open = true;
+    // Container engines' states (services.rs), every one at first.
+    let mut services = crate::services::board().follow();
     loop {
         tokio::select! {
+            states = services.next() => {
+                for (name, state) in states {
+                    write_frame_async(&mut wr, &GuestEvent::Service { name, state }).await?;
+                }
+            }
             changed = changes.changed() => {
                 if changed.is_err() {
                     return Ok(());
+                }
+                // NAT ports are told before they appear (or go) as ports,
+                // so the host can name them.
+                if nat.has_changed().unwrap_or(false) {
+                    let report = nat.borrow_and_update().report();
+                    write_frame_async(&mut wr, &GuestEvent::Published(report)).await?;
                 }
                 let now = changes.borrow_and_update().clone();
                 let (added, removed) = diff(&last, &now);
@@ -82,6 +100,15 @@ where
                     write_frame_async(&mut wr, &GuestEvent::Watcher(t.clone())).await?;
                     text = t;
                 }
+            }
+            changed = nat.changed(), if nat_open => {
+                if changed.is_err() {
+                    // The NAT watcher stopped (it said why); listeners go on.
+                    nat_open = false;
+                    continue;
+                }
+                let report = nat.borrow_and_update().report();
+                write_frame_async(&mut wr, &GuestEvent::Published(report)).await?;
             }
             msg = read_frame_async::<_, HostEvent>(&mut rd) => match msg? {
                 Some(HostEvent::ForwardReady { port, host }) => {
@@ -215,6 +242,14 @@ fn dial_addr(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// Where to connect for an allowed target.
+fn dial(target: Target, ip: IpAddr, port: u16) -> SocketAddr {
+    match target {
+        Target::Listener => dial_addr(ip, port),
+        Target::Published(destination) => destination,
+    }
+}
+
 /// Serves one Forward stream.
 pub async fn serve_forward<S>(
     mut stream: S,
@@ -235,15 +270,15 @@ where
                 ip,
                 port,
             };
-            if !table.is_listening(&gp) {
+            let Some(target) = table.target(&gp) else {
                 write_frame_async(
                     &mut stream,
                     &refuse(format!("nothing listens on {gp} in the guest")),
                 )
                 .await?;
                 return Ok(());
-            }
-            match tokio::net::TcpStream::connect(dial_addr(ip, port)).await {
+            };
+            match tokio::net::TcpStream::connect(dial(target, ip, port)).await {
                 Ok(conn) => {
                     let _ = conn.set_nodelay(true);
                     write_frame_async(&mut stream, &ForwardReply::Ok).await?;
@@ -281,15 +316,15 @@ where
                 ip,
                 port,
             };
-            if !table.is_listening(&gp) {
+            let Some(target) = table.target(&gp) else {
                 write_frame_async(
                     &mut stream,
                     &refuse(format!("nothing listens on {gp} in the guest")),
                 )
                 .await?;
                 return Ok(());
-            }
-            let target = dial_addr(ip, port);
+            };
+            let target = dial(target, ip, port);
             let local: SocketAddr = if target.is_ipv4() {
                 "0.0.0.0:0".parse()?
             } else {
@@ -372,6 +407,97 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(!text.contains("8080"), "{text}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The security rule with a NAT publication, against the real kernel
+    /// in a network namespace of the test's own: a port only a DNAT rule
+    /// publishes is dialed at the rule's destination, while the rule
+    /// exists; other ports are refused.
+    #[test]
+    #[ignore = "needs root and iptables: nf_tables in a network namespace (containers issue 22)"]
+    fn a_nat_published_port_is_forwarded_to_its_destination_while_the_rule_exists() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET) needs root");
+        let sh = |line: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", line])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{line}: {st}");
+        };
+        // The "container": an address of this namespace, listening on 80.
+        sh("ip link set lo up && ip addr add 172.17.0.2/32 dev lo");
+        let rule = "-p tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let container = tokio::net::TcpListener::bind("172.17.0.2:80")
+                .await
+                .unwrap();
+            let table = PortTable::start(&crate::ports::Watcher::unavailable("test"));
+            let published = GuestPort {
+                proto: PortProto::Tcp,
+                ip: "0.0.0.0".parse().unwrap(),
+                port: 8080,
+            };
+            let mut set = table.subscribe();
+            sh(&format!("iptables -t nat -A PREROUTING {rule}"));
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                set.wait_for(|s| s.contains(&published)),
+            )
+            .await
+            .expect("the publication joins the port set")
+            .unwrap();
+
+            // Forwarded: bytes reach the container and come back.
+            let ask = |port: u16| {
+                let table = table.clone();
+                async move {
+                    let (mut host, agent) = tokio::io::duplex(1 << 16);
+                    tokio::spawn(serve_forward(agent, table, AllowedSockets::default()));
+                    let ip = "0.0.0.0".parse().unwrap();
+                    write_frame_async(&mut host, &ForwardRequest::Tcp { ip, port })
+                        .await
+                        .unwrap();
+                    let reply: ForwardReply = read_frame_async(&mut host).await.unwrap().unwrap();
+                    (reply, host)
+                }
+            };
+            let (reply, host) = ask(8080).await;
+            assert_eq!(reply, ForwardReply::Ok);
+            let (mut user, relay_end) = tokio::io::duplex(1 << 16);
+            tokio::spawn(lima_proto::relay::relay(relay_end, host));
+            user.write_all(b"ping").await.unwrap();
+            let (mut conn, _) = container.accept().await.unwrap();
+            let mut got = [0u8; 4];
+            conn.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+            conn.write_all(b"pong").await.unwrap();
+            drop(conn);
+            let mut back = Vec::new();
+            user.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"pong");
+
+            // Not published, not listening: refused.
+            let (reply, _) = ask(9999).await;
+            assert!(matches!(reply, ForwardReply::Refused(_)), "{reply:?}");
+
+            // The rule goes: so does the publication, and the forward.
+            sh(&format!("iptables -t nat -D PREROUTING {rule}"));
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                set.wait_for(|s| !s.contains(&published)),
+            )
+            .await
+            .expect("the publication leaves the port set")
+            .unwrap();
+            let (reply, _) = ask(8080).await;
+            assert!(matches!(reply, ForwardReply::Refused(_)), "{reply:?}");
+        });
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! up networking, switch into a disk root filesystem when asked to
 //! (`lima.root=`, see `root.rs`), keep `/var` and `/home` on the instance's
 //! data disk (`lima.data=`, see `datadisk.rs`), make the guest user
-//! (`lima.user=`, see `users.rs`), and at the end stop every process, unmount
-//! the data disk and power the VM off.
+//! (`lima.user=`, see `users.rs`), register QEMU's emulators for foreign
+//! architectures (`lima.binfmt=`, see `binfmt.rs`), and at the end stop every
+//! process, unmount the data disk and power the VM off.
 //!
 //! Every step logs and carries on when it fails: a guest with a missing mount
 //! is still better than a kernel panic, and the host sees the log on the
@@ -27,6 +28,9 @@ pub struct KernelParams {
     pub data: Option<String>,
     /// The guest user to make: `lima.user=NAME:UID:GID:HOME:SHELL`.
     pub user: Option<String>,
+    /// Which QEMU emulators to register (`lima.binfmt=none|aarch64,arm`;
+    /// without it, every one the image has).
+    pub binfmt: crate::binfmt::Wanted,
 }
 
 impl KernelParams {
@@ -50,6 +54,8 @@ impl KernelParams {
                 p.data = Some(v.to_string()).filter(|v| !v.is_empty());
             } else if let Some(v) = word.strip_prefix("lima.user=") {
                 p.user = Some(v.to_string()).filter(|v| !v.is_empty());
+            } else if let Some(v) = word.strip_prefix("lima.binfmt=") {
+                p.binfmt = crate::binfmt::Wanted::parse(v);
             }
         }
         p
@@ -105,6 +111,11 @@ pub fn early_setup() {
     }
 }
 
+/// Modules loaded at boot only when the image carries them: images with
+/// netfilter (the docker image) get nfnetlink, which the NAT watcher
+/// (`ports/nat/`) needs before the first iptables or nft runs.
+const OPTIONAL_BOOT_MODULES: &[&str] = &["nfnetlink"];
+
 /// Modules, hostname, network: things that may take a while under emulation.
 pub async fn late_setup(params: &KernelParams) {
     let mut wanted: Vec<String> = BOOT_MODULES.iter().map(|s| s.to_string()).collect();
@@ -115,11 +126,23 @@ pub async fn late_setup(params: &KernelParams) {
     if params.data.is_some() {
         wanted.extend(crate::datadisk::MODULES.iter().map(|s| s.to_string()));
     }
+    // Only where there may be emulators to register: a disk root.
+    if params.root.is_some() && params.binfmt != crate::binfmt::Wanted::Off {
+        wanted.push(crate::binfmt::MODULE.to_string());
+    }
     match modules::ModuleTree::open_running() {
         Ok(tree) => {
             for name in &wanted {
                 if let Err(e) = tree.load(name, &sys::RealLoader) {
                     tracing::warn!("module {name}: {e}");
+                }
+            }
+            // Loaded when the image has them, before the port table
+            // starts: the NAT watcher subscribes through nfnetlink.
+            for name in OPTIONAL_BOOT_MODULES {
+                match tree.load(name, &sys::RealLoader) {
+                    Ok(()) | Err(modules::ModuleError::Unknown(_)) => {}
+                    Err(e) => tracing::warn!("module {name}: {e}"),
                 }
             }
         }
@@ -155,11 +178,17 @@ pub async fn late_setup(params: &KernelParams) {
             }
         }
     }
+    crate::root::write_hosts(params.hostname.as_deref());
     // Mounted in the root the guest ends up with.
     if let Some(dev) = data {
         if let Err(e) = crate::datadisk::mount_kept(&dev) {
             tracing::error!("data disk: {e}; /var and /home stay in memory");
         }
+    }
+    // In the root the guest ends up with: the emulators are its files, and
+    // the kernel opens them now (flag F).
+    if params.root.is_some() {
+        crate::binfmt::setup(&params.binfmt);
     }
     // Last: its home lives in /home.
     if let Some(user) = &params.user {
@@ -266,6 +295,18 @@ mod tests {
             Some("me:1000:1000:/home/me.guest:/bin/bash")
         );
         let p = KernelParams::parse("lima.data= lima.user=");
+        assert_eq!(p.binfmt, crate::binfmt::Wanted::All);
         assert!(p.data.is_none() && p.user.is_none());
+    }
+
+    #[test]
+    fn binfmt_from_the_command_line() {
+        use crate::binfmt::Wanted;
+        assert_eq!(KernelParams::parse("quiet").binfmt, Wanted::All);
+        assert_eq!(KernelParams::parse("lima.binfmt=none").binfmt, Wanted::Off);
+        assert_eq!(
+            KernelParams::parse("lima.binfmt=aarch64,arm panic=-1").binfmt,
+            Wanted::Only(vec!["aarch64".into(), "arm".into()])
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! powers the VM off) or as an ordinary service on a distro image. Either way
 //! it listens on vsock port [`lima_proto::AGENT_VSOCK_PORT`], accepts only the
 //! host (CID 2), and serves one purpose per connection (see `lima_proto::wire`).
+mod binfmt;
 mod datadisk;
 mod exec;
 mod forward;
@@ -13,6 +14,7 @@ mod modules;
 mod ports;
 mod root;
 mod server;
+mod services;
 mod share;
 mod sys;
 mod tools;
@@ -91,6 +93,9 @@ async fn run(pid1: bool) -> anyhow::Result<()> {
         pid1,
         watcher: watcher.status.to_string(),
     };
+    if pid1 {
+        services::Services::new(reaper.clone()).serve();
+    }
     let ports = ports::PortTable::start(&watcher);
     tracing::info!("port watcher: {}", ports.mode_text());
     let ctx = server::Context {

@@ -77,14 +77,29 @@ pub fn write_boot_files(hostname: Option<&str>) {
     write_replacing("/etc/resolv.conf", "nameserver 10.0.2.3\n");
     if let Some(name) = hostname {
         write_replacing("/etc/hostname", &format!("{name}\n"));
-        write_replacing(
-            "/etc/hosts",
-            &format!(
-                "127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n\
-                 ::1\tlocalhost ip6-localhost ip6-loopback\n"
-            ),
-        );
     }
+}
+
+/// QEMU user networking's address for the host (its gateway), which
+/// `host.lima.internal` names in the guest, as in Lima.
+pub const HOST_ADDRESS: &str = "10.0.2.2";
+
+/// `/etc/hosts`: localhost, the guest's own name, and `host.lima.internal`
+/// (so a container engine's `--add-host`, an insecure registry on the host
+/// and the like work by name). Written at every boot, root switched or not.
+pub fn write_hosts(hostname: Option<&str>) {
+    write_replacing("/etc/hosts", &hosts_text(hostname));
+}
+
+fn hosts_text(hostname: Option<&str>) -> String {
+    let mut text = String::from("127.0.0.1\tlocalhost\n");
+    if let Some(name) = hostname {
+        text.push_str(&format!("127.0.1.1\t{name}\n"));
+    }
+    text.push_str(&format!(
+        "{HOST_ADDRESS}\thost.lima.internal\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    ));
+    text
 }
 
 /// Writes a file, replacing a symlink rather than following it (a resolv.conf
@@ -239,4 +254,17 @@ fn bind(from: &Path, to: &Path) -> nix::Result<()> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_names_the_host_and_the_guest() {
+        let t = hosts_text(Some("lima-x"));
+        assert!(t.contains("127.0.1.1\tlima-x\n"), "{t}");
+        assert!(t.contains("10.0.2.2\thost.lima.internal\n"), "{t}");
+        assert!(hosts_text(None).contains("host.lima.internal"));
+    }
 }

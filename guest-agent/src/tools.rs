@@ -25,6 +25,10 @@
 //!                           TEXT (stat: size is TEXT's length plus one and the
 //!                           mtime moved; read: the bytes are TEXT and a
 //!                           newline), print "seen"
+//! tool service start docker-rootful | docker-rootless USER
+//!                           ask the agent (PID 1) to start and supervise a
+//!                           container engine; waits until it answers, or
+//!                           fails with its last log lines (services.rs)
 //! ```
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
@@ -32,7 +36,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Instant;
 
 fn usage() -> i32 {
-    eprintln!("usage: lima-guest-agent tool (echo tcp|udp|unix ADDR | sink tcp ADDR | source tcp ADDR | mmap-cat FILE | listen-latency BASE N [GAP_MS] | time CMD ARG... | stat-files LIST | watch-file FILE)");
+    eprintln!("usage: lima-guest-agent tool (echo tcp|udp|unix ADDR | sink tcp ADDR | source tcp ADDR | mmap-cat FILE | listen-latency BASE N [GAP_MS] | time CMD ARG... | stat-files LIST | watch-file FILE | service start docker-rootful|docker-rootless USER)");
     2
 }
 
@@ -50,6 +54,7 @@ pub fn main(args: Vec<String>) -> i32 {
         ["time", cmd, rest @ ..] => return time(cmd, rest),
         ["stat-files", list] => stat_files(list),
         ["watch-file", file] => watch_file(file),
+        ["service", rest @ ..] => return service(rest),
         _ => return usage(),
     };
     match r {
@@ -363,4 +368,42 @@ fn watch_file(file: &str) -> std::io::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// `service start ...`: one request line to the agent, its one answer
+/// (`ok ...` or `error ...`, perhaps several lines) printed back.
+fn service(words: &[&str]) -> i32 {
+    let line = words.join(" ");
+    if let Err(e) = crate::services::Request::parse(&line) {
+        eprintln!("tool service: {e}");
+        return 2;
+    }
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(crate::services::CONTROL_SOCKET)?;
+        s.write_all(format!("{line}\n").as_bytes())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    })();
+    match answer {
+        Ok(a) if a.starts_with("ok") => {
+            println!("{}", a.trim_end());
+            0
+        }
+        Ok(a) if a.is_empty() => {
+            eprintln!("tool service: the agent closed the connection without an answer");
+            1
+        }
+        Ok(a) => {
+            eprintln!("{}", a.strip_prefix("error ").unwrap_or(&a).trim_end());
+            1
+        }
+        Err(e) => {
+            eprintln!(
+                "tool service: cannot ask the agent at {} (is it PID 1 in this image, and are you root?): {e}",
+                crate::services::CONTROL_SOCKET
+            );
+            1
+        }
+    }
 }

@@ -143,6 +143,10 @@ pub struct Up {
     forwarding: JoinHandle<()>,
     servers: crate::shares::Served,
     unix_paths: Arc<Mutex<Vec<std::path::PathBuf>>>,
+    /// The `portForwards` rules, and the forwarder's nudge to ask the
+    /// guest for its Unix sockets again ([`Up::settle_sockets`]).
+    rules: Vec<crate::portfwd::Rule>,
+    kick: Arc<tokio::sync::Notify>,
     shutdown: Shutdown,
     observe: Observer,
 }
@@ -263,11 +267,13 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     (opts.observe)(Phase::SharesMounted);
 
     let unix_paths = Arc::new(Mutex::new(Vec::new()));
+    let kick = Arc::new(tokio::sync::Notify::new());
     let forwarding = tokio::spawn(crate::forwarder::run(
         Arc::from(spec.open()),
-        rules,
+        rules.clone(),
         inst.dir.clone(),
         unix_paths.clone(),
+        kick.clone(),
     ));
     Ok(Up {
         vm,
@@ -277,6 +283,8 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         forwarding,
         servers,
         unix_paths,
+        rules,
+        kick,
         shutdown: opts.shutdown,
         observe: opts.observe,
     })
@@ -345,6 +353,18 @@ fn prepare_files(inst: &Instance, plan: &mut VmPlan) {
 impl Up {
     pub fn transport(&self) -> &dyn Transport {
         self.transport.as_ref()
+    }
+
+    /// Host sockets for every guest socket that accepts now (see
+    /// [`crate::forwarder::settle_unix`]); call before saying `running`.
+    pub async fn settle_sockets(&self) {
+        crate::forwarder::settle_unix(
+            self.transport.as_ref(),
+            &self.rules,
+            &self.unix_paths,
+            &self.kick,
+        )
+        .await;
     }
 
     pub fn accel(&self) -> &str {

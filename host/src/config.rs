@@ -78,6 +78,9 @@ pub struct LimaYaml {
     pub video: Option<Value>,
     pub cpu_type: Option<Value>,
     pub rosetta: Option<Value>,
+    /// Ours, not Lima's: QEMU emulators for foreign architectures
+    /// (`binfmt.rs`).
+    pub binfmt: Option<crate::binfmt::BinfmtYaml>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -299,7 +302,10 @@ impl LimaYaml {
         // The instance name only matters to `{{.Name}}` in `user.home`;
         // `Instance::config` resolves again with it.
         let user = resolve_user(user_yaml.as_ref(), "")?;
+        let binfmt =
+            crate::binfmt::resolve(self.binfmt.as_ref(), &arch).map_err(|(f, m)| invalid(&f, m))?;
         Ok(InstanceConfig {
+            binfmt,
             user,
             user_yaml,
             dns,
@@ -395,6 +401,8 @@ pub struct InstanceConfig {
     pub user_yaml: Option<crate::guest_user::UserYaml>,
     /// `dns:` servers for the guest (empty: the VM network's own).
     pub dns: Vec<std::net::IpAddr>,
+    /// `binfmt:`: which QEMU emulators our agent registers.
+    pub binfmt: crate::binfmt::Binfmt,
 }
 
 /// The guest user for this host user and `user:`.
@@ -501,6 +509,32 @@ mod tests {
             ("ssh: {loadDotSshPubKeys: true}\n", "loadDotSshPubKeys"),
             ("ssh: {localPort: 70000}\n", "ssh.localPort"),
             ("dns: [one]\n", "dns[0]"),
+        ] {
+            let e = LimaYaml::parse(&format!("images: [{{location: x}}]\n{text}"), "t.yaml")
+                .and_then(|y| y.resolve("t.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.yaml: ") && e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn binfmt_is_read_and_checked_by_field() {
+        let c = LimaYaml::parse(
+            "images: [{location: x}]\nbinfmt: {enabled: false}\n",
+            "t.yaml",
+        )
+        .unwrap()
+        .resolve("t.yaml")
+        .unwrap();
+        assert_eq!(c.binfmt, crate::binfmt::Binfmt::Off);
+        for (text, needle) in [
+            ("binfmt: {enable: false}\n", "enable"),
+            (
+                "binfmt: {architectures: [arm64]}\n",
+                "binfmt.architectures[0]",
+            ),
+            ("binfmt: true\n", "binfmt"),
         ] {
             let e = LimaYaml::parse(&format!("images: [{{location: x}}]\n{text}"), "t.yaml")
                 .and_then(|y| y.resolve("t.yaml"))

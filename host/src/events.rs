@@ -37,6 +37,12 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// A daemon the guest agent supervises (a container engine) changed
+    /// state: `state` is the guest's line, e.g. `running (attempt 1)`.
+    Service {
+        name: String,
+        state: String,
+    },
     Stopping,
     Stopped,
 }

@@ -5,6 +5,12 @@
 //! every accepted host connection (or new UDP peer) opens its own vsock
 //! Forward stream to the guest agent. Listeners close when the guest port
 //! closes. The state is written to `ports.json` for `limactl list`.
+//!
+//! Ports that a NAT rule alone publishes in the guest (a container engine
+//! without a userland proxy) come as listeners too; `GuestEvent::Published`
+//! says which, so a host port that is taken is reported with the container
+//! that publishes it. A host port that could not be bound is tried again
+//! every [`RETRY_BIND`] until it is free (or the guest port goes).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +19,7 @@ use std::time::Duration;
 
 use lima_proto::{
     read_frame_async, write_frame_async, Datagram, ForwardReply, ForwardRequest, GuestEvent,
-    GuestPort, HostEvent, PortProto, Purpose, Subscribe,
+    GuestPort, HostEvent, NatPublication, NatReport, PortProto, Purpose, Subscribe,
 };
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -25,6 +31,10 @@ use crate::vsock::{BoxStream, Transport};
 
 /// How long a UDP peer's session lives without traffic.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
+
+/// How often a host port that something else holds is tried again, while
+/// it does (a bind on the host; the guest does nothing for it).
+pub const RETRY_BIND: Duration = Duration::from_secs(1);
 
 /// One line of `ports.json` / `limactl list --format json` `forwards`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,6 +52,21 @@ pub struct PortsFile {
     /// How the guest detects listeners ("ebpf", or the polling fallback).
     pub watcher: String,
     pub forwards: Vec<ForwardInfo>,
+    /// How the guest detects ports published by NAT rules alone, and how
+    /// many times it read the rules (it must not while idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatStatus>,
+    /// Daemons the guest agent supervises (container engines) → their
+    /// state line, as last reported.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, String>,
+}
+
+/// `ports.json` `nat`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NatStatus {
+    pub watcher: String,
+    pub dumps: u64,
 }
 
 struct HostListener {
@@ -56,6 +81,28 @@ struct State {
     /// Guest ports that could not be forwarded, with the reason.
     failed: BTreeMap<GuestPort, ForwardInfo>,
     watcher: String,
+    /// The guest's NAT watcher, and the ports NAT rules publish.
+    nat: Option<NatReport>,
+    /// Daemons the guest agent supervises → their state line.
+    services: BTreeMap<String, String>,
+}
+
+impl State {
+    fn published(&self, p: &GuestPort) -> Option<&NatPublication> {
+        self.nat
+            .as_ref()?
+            .publications
+            .iter()
+            .find(|n| n.port == *p)
+    }
+}
+
+/// "the container web (172.17.0.2:80)", or its address alone.
+fn publisher(n: &NatPublication) -> String {
+    match &n.container {
+        Some(name) => format!("the container {name} ({})", n.destination),
+        None => format!("a container at {} (NAT rule {})", n.destination, n.rule),
+    }
 }
 
 /// Runs forwarding for one instance until the task is dropped. `unix_paths`
@@ -65,6 +112,7 @@ pub async fn run(
     rules: Vec<Rule>,
     dir: PathBuf,
     unix_paths: Arc<Mutex<Vec<PathBuf>>>,
+    kick: Arc<tokio::sync::Notify>,
 ) {
     let events = dir.join(crate::instance::HA_EVENTS);
     let ports_file = dir.join(crate::instance::PORTS_FILE);
@@ -72,26 +120,23 @@ pub async fn run(
     for rule in &rules {
         if let Some((guest, host)) = &rule.sockets {
             unix_sockets.push(guest.clone());
-            match bind_unix(host) {
-                Ok(l) => {
-                    unix_paths
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(host.clone());
-                    tokio::spawn(accept_unix(l, transport.clone(), guest.clone()));
-                    tracing::info!("forwarding guest {guest} to host {}", host.display());
-                }
-                Err(e) => warn(
-                    &events,
-                    format!("cannot listen on {} ({}): {e}", host.display(), rule.name()),
-                ),
-            }
+            tokio::spawn(forward_unix_when_ready(
+                transport.clone(),
+                guest.clone(),
+                host.clone(),
+                rule.name(),
+                events.clone(),
+                unix_paths.clone(),
+                kick.clone(),
+            ));
         }
     }
     let mut state = State {
         listeners: BTreeMap::new(),
         failed: BTreeMap::new(),
         watcher: String::new(),
+        nat: None,
+        services: BTreeMap::new(),
     };
     loop {
         if let Err(e) = follow(
@@ -132,11 +177,73 @@ async fn follow(
         },
     )
     .await?;
-    while let Some(ev) = read_frame_async::<_, GuestEvent>(&mut rd).await? {
+    // Frames are read by a task of their own (a frame read is not
+    // cancel-safe), so that retrying taken host ports can wait beside it.
+    let (tx, mut frames) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame_async::<_, GuestEvent>(&mut rd).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let _stop_reader = AbortOnDrop(reader);
+    loop {
+        // Only ports taken by something else can become free.
+        let taken: Vec<GuestPort> = state
+            .failed
+            .iter()
+            .filter(|(_, f)| f.status.contains(" is already in use"))
+            .map(|(p, _)| *p)
+            .collect();
+        let retry = async {
+            if taken.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(RETRY_BIND).await;
+        };
+        let ev = tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(Some(ev))) => ev,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(None)) | None => return Ok(()),
+            },
+            () = retry => {
+                for p in taken {
+                    if let Some(host) = add(state, rules, transport, p, events, true) {
+                        tracing::info!("host {host}/{} is free now: forwarding guest {p}", p.proto);
+                        let ready = HostEvent::ForwardReady { port: p, host: host.to_string() };
+                        let _ = write_frame_async(&mut wr, &ready).await;
+                    }
+                }
+                write_ports_file(state, ports_file);
+                continue;
+            }
+        };
         match ev {
             GuestEvent::Watcher(text) => {
                 tracing::info!("guest port watcher: {text}");
                 state.watcher = text;
+            }
+            GuestEvent::Published(report) => {
+                if state.nat.as_ref().map(|n| &n.watcher) != Some(&report.watcher) {
+                    tracing::info!("guest NAT watcher: {}", report.watcher);
+                }
+                let before = state.nat.replace(report);
+                name_taken(state, before.as_ref(), events);
+            }
+            GuestEvent::Service { name, state: line } => {
+                tracing::info!("guest service {name}: {line}");
+                emit(
+                    events,
+                    Event::Service {
+                        name: name.clone(),
+                        state: line.clone(),
+                    },
+                );
+                state.services.insert(name, line);
             }
             GuestEvent::Ports {
                 full,
@@ -162,7 +269,7 @@ async fn follow(
                     remove(state, &p);
                 }
                 for p in added {
-                    if let Some(host) = add(state, rules, transport, p, events) {
+                    if let Some(host) = add(state, rules, transport, p, events, false) {
                         let _ = write_frame_async(
                             &mut wr,
                             &HostEvent::ForwardReady {
@@ -177,7 +284,58 @@ async fn follow(
         }
         write_ports_file(state, ports_file);
     }
-    Ok(())
+}
+
+/// A taken host port whose container the guest has just named (the engine
+/// lists a container only once it has started, after its NAT rule): the
+/// status and one more warning say which container it is.
+fn name_taken(state: &mut State, before: Option<&NatReport>, events: &Path) {
+    let named_before = |p: &GuestPort| {
+        before.is_some_and(|b| {
+            b.publications
+                .iter()
+                .any(|n| n.port == *p && n.container.is_some())
+        })
+    };
+    let newly: Vec<(GuestPort, NatPublication)> = state
+        .failed
+        .keys()
+        .filter(|p| !named_before(p))
+        .filter_map(|p| {
+            state
+                .published(p)
+                .filter(|n| n.container.is_some())
+                .map(|n| (*p, n.clone()))
+        })
+        .collect();
+    for (p, n) in newly {
+        let Some(info) = state.failed.get_mut(&p) else {
+            continue;
+        };
+        let why = info
+            .status
+            .split(" (published by")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        info.status = format!("{why} (published by {})", publisher(&n));
+        warn(
+            events,
+            format!(
+                "{why}; guest {p} is published by {}, and is forwarded once the host port is free",
+                publisher(&n)
+            ),
+        );
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn remove(state: &mut State, p: &GuestPort) {
@@ -198,12 +356,15 @@ fn remove(state: &mut State, p: &GuestPort) {
 }
 
 /// Starts forwarding `p` if a rule says so; returns the host address.
+/// `retry`: `p` failed before and was reported then; a new failure is not
+/// reported again.
 fn add(
     state: &mut State,
     rules: &[Rule],
     transport: &Arc<dyn Transport>,
     p: GuestPort,
     events: &Path,
+    retry: bool,
 ) -> Option<SocketAddr> {
     let (host, rule) = match decide(rules, &p) {
         Decision::Forward { host, rule } => (host, rule),
@@ -221,6 +382,7 @@ fn add(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(p);
+        state.failed.remove(&p);
         return Some(host);
     }
     let sources = Arc::new(Mutex::new(BTreeSet::from([p])));
@@ -232,6 +394,7 @@ fn add(
     };
     match bound {
         Ok(task) => {
+            state.failed.remove(&p);
             tracing::info!("forwarding guest {p} to host {host} ({})", rule.name());
             state.listeners.insert(
                 (p.proto, host),
@@ -244,18 +407,27 @@ fn add(
             Some(host)
         }
         Err(e) => {
-            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+            let mut why = if e.kind() == std::io::ErrorKind::AddrInUse {
                 format!("host port {host}/{} is already in use", p.proto)
             } else {
                 format!("cannot listen on host {host}/{}: {e}", p.proto)
             };
-            warn(
-                events,
-                format!(
-                    "{why}; guest {p} (matched {}) is not forwarded",
-                    rule.name()
-                ),
-            );
+            let guest = match state.published(&p) {
+                Some(n) => format!("guest {p}, published by {},", publisher(n)),
+                None => format!("guest {p}"),
+            };
+            if !retry {
+                warn(
+                    events,
+                    format!(
+                        "{why}; {guest} (matched {}) is not forwarded until the host port is free",
+                        rule.name()
+                    ),
+                );
+            }
+            if let Some(n) = state.published(&p) {
+                why = format!("{why} (published by {})", publisher(n));
+            }
             state.failed.insert(
                 p,
                 ForwardInfo {
@@ -283,7 +455,103 @@ fn std_udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(s)
 }
 
+/// Makes the host socket of a `guestSocket` rule once the guest socket
+/// accepts a connection, so a client never finds a host socket that leads
+/// nowhere (a container engine's socket appears once the engine answers:
+/// see the guest agent's `services.rs`). The guest is asked again after a
+/// pause that grows to [`UNIX_PROBE_MAX`]; the host socket is mode 0600.
+async fn forward_unix_when_ready(
+    transport: Arc<dyn Transport>,
+    guest: String,
+    host: PathBuf,
+    rule: String,
+    events: PathBuf,
+    unix_paths: Arc<Mutex<Vec<PathBuf>>>,
+    kick: Arc<tokio::sync::Notify>,
+) {
+    let mut pause = UNIX_PROBE_START;
+    loop {
+        let probe = open_forward(
+            transport.as_ref(),
+            ForwardRequest::Unix {
+                path: guest.clone(),
+            },
+        )
+        .await;
+        if probe.is_some() {
+            break;
+        }
+        // A kick (see [`settle_unix`]) asks again at once.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = kick.notified() => {}
+        }
+        pause = (pause * 2).min(UNIX_PROBE_MAX);
+    }
+    match bind_unix(&host) {
+        Ok(l) => {
+            unix_paths
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(host.clone());
+            tracing::info!("forwarding guest {guest} to host {}", host.display());
+            accept_unix(l, transport, guest).await;
+        }
+        Err(e) => warn(
+            &events,
+            format!("cannot listen on {} ({rule}): {e}", host.display()),
+        ),
+    }
+}
+
+/// Before the host agent says `running` (after provisioning, which may
+/// have started the engine behind a `guestSocket`): each rule's guest
+/// socket that accepts now gets its host socket before this returns (or
+/// within [`SETTLE_LIMIT`]), so `limactl start && docker ...` works.
+pub async fn settle_unix(
+    transport: &dyn Transport,
+    rules: &[Rule],
+    unix_paths: &Mutex<Vec<PathBuf>>,
+    kick: &tokio::sync::Notify,
+) {
+    let bound = |host: &PathBuf| {
+        unix_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(host)
+    };
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    for (guest, host) in rules.iter().filter_map(|r| r.sockets.as_ref()) {
+        if bound(host) {
+            continue;
+        }
+        let req = ForwardRequest::Unix {
+            path: guest.clone(),
+        };
+        if open_forward(transport, req).await.is_none() {
+            continue;
+        }
+        while !bound(host) && tokio::time::Instant::now() < deadline {
+            kick.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+const UNIX_PROBE_START: Duration = Duration::from_millis(100);
+const UNIX_PROBE_MAX: Duration = Duration::from_secs(2);
+
+/// Binds `path` (replacing a stale socket) with mode 0600: only its owner
+/// may reach the guest through it.
 fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let l = bind_unix_any_mode(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+fn bind_unix_any_mode(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -464,9 +732,158 @@ fn write_ports_file(state: &State, path: &Path) {
     let file = PortsFile {
         watcher: state.watcher.clone(),
         forwards,
+        nat: state.nat.as_ref().map(|n| NatStatus {
+            watcher: n.watcher.clone(),
+            dumps: n.dumps,
+        }),
+        services: state.services.clone(),
     };
     let tmp = path.with_extension("json.tmp");
     if std::fs::write(&tmp, serde_json::to_vec_pretty(&file).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::read_all;
+
+    fn state_with(nat: Option<NatReport>) -> State {
+        State {
+            listeners: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            watcher: String::new(),
+            nat,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_names_the_publisher_and_is_forwarded_once_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("ha.events.jsonl");
+        let rules = crate::portfwd::resolve(&[], dir.path()).unwrap();
+        // Never dialed: nothing connects in this test.
+        let transport: Arc<dyn Transport> = Arc::new(crate::vsock::Hybrid {
+            path: dir.path().join("none.sock"),
+        });
+        let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = blocker.local_addr().unwrap().port();
+        let p = GuestPort {
+            proto: PortProto::Tcp,
+            ip: "0.0.0.0".parse().unwrap(),
+            port,
+        };
+        let mut state = state_with(Some(NatReport {
+            watcher: "nftables notifications".into(),
+            dumps: 2,
+            publications: vec![NatPublication {
+                port: p,
+                destination: "172.17.0.2:80".parse().unwrap(),
+                rule: "ip nat DOCKER".into(),
+                container: None,
+            }],
+        }));
+
+        assert_eq!(add(&mut state, &rules, &transport, p, &events, false), None);
+        let warnings: Vec<String> = read_all(&events)
+            .into_iter()
+            .filter_map(|r| match r.event {
+                Event::Warning { message } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = &warnings[0];
+        assert!(
+            w.contains(&format!("host port 127.0.0.1:{port}/tcp is already in use"))
+                && w.contains("a container at 172.17.0.2:80 (NAT rule ip nat DOCKER)"),
+            "{w}"
+        );
+        let status = &state.failed[&p].status;
+        assert!(
+            status.contains("already in use") && status.contains("172.17.0.2:80"),
+            "{status}"
+        );
+
+        // Still taken: tried again without a second warning.
+        assert_eq!(add(&mut state, &rules, &transport, p, &events, true), None);
+        assert_eq!(read_all(&events).len(), 1);
+
+        // Freed: forwarded, and no longer listed as failed.
+        drop(blocker);
+        let host = add(&mut state, &rules, &transport, p, &events, true);
+        assert_eq!(host, Some(format!("127.0.0.1:{port}").parse().unwrap()));
+        assert!(state.failed.is_empty());
+        let file = dir.path().join("ports.json");
+        write_ports_file(&state, &file);
+        let written: PortsFile = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(written.forwards.len(), 1);
+        assert_eq!(written.forwards[0].status, "forwarding");
+        assert_eq!(
+            written.nat,
+            Some(NatStatus {
+                watcher: "nftables notifications".into(),
+                dumps: 2
+            })
+        );
+        remove(&mut state, &p);
+        assert!(state.listeners.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_name_learned_later_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("ha.events.jsonl");
+        let rules = crate::portfwd::resolve(&[], dir.path()).unwrap();
+        let transport: Arc<dyn Transport> = Arc::new(crate::vsock::Hybrid {
+            path: dir.path().join("none.sock"),
+        });
+        let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = blocker.local_addr().unwrap().port();
+        let p = GuestPort {
+            proto: PortProto::Tcp,
+            ip: "0.0.0.0".parse().unwrap(),
+            port,
+        };
+        let report = |container: Option<&str>| NatReport {
+            watcher: "nftables notifications".into(),
+            dumps: 2,
+            publications: vec![NatPublication {
+                port: p,
+                destination: "172.17.0.2:80".parse().unwrap(),
+                rule: "ip nat DOCKER".into(),
+                container: container.map(str::to_string),
+            }],
+        };
+        let mut state = state_with(Some(report(None)));
+        assert_eq!(add(&mut state, &rules, &transport, p, &events, false), None);
+        let before = state.nat.replace(report(Some("web")));
+        name_taken(&mut state, before.as_ref(), &events);
+        let before = state.nat.replace(report(Some("web")));
+        name_taken(&mut state, before.as_ref(), &events);
+        let warnings: Vec<String> = read_all(&events)
+            .into_iter()
+            .filter_map(|r| match r.event {
+                Event::Warning { message } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[1].starts_with(&format!(
+                "host port 127.0.0.1:{port}/tcp is already in use; "
+            )) && warnings[1].contains("published by the container web (172.17.0.2:80)"),
+            "{}",
+            warnings[1]
+        );
+        assert_eq!(
+            state.failed[&p].status,
+            format!(
+                "host port 127.0.0.1:{port}/tcp is already in use (published by the container \
+                 web (172.17.0.2:80))"
+            )
+        );
+        drop(blocker);
     }
 }

@@ -171,6 +171,7 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         up.close(false).await;
         return Err(HostAgentError::Failed(reason));
     }
+    up.settle_sockets().await;
     let boot_ms = started.elapsed().as_millis() as u64;
     tracing::info!(
         "guest agent ready after {boot_ms} ms: kernel {}, watcher {}",

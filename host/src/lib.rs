@@ -1,6 +1,7 @@
 //! The host side of lima-rs: instance store, `lima.yaml`, VM drivers, the
 //! per-instance host agent and the command-line front ends.
 pub mod base;
+pub mod binfmt;
 pub mod bringup;
 pub mod cli;
 pub mod client;

@@ -297,6 +297,12 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
     // `provision:` and `probes:` are checked now, not after the boot.
     crate::provision::Provisioning::from_yaml(&yaml, Vec::new(), &origin)?;
     check_image(&cfg.image)?;
+    if yaml.binfmt.is_some() && crate::image::is_disk_image(&cfg.image) {
+        tracing::warn!(
+            "{origin}: `binfmt` applies to built-in images only; on a distro image, install \
+             qemu-user-static (Debian's registers its emulators with flag F)"
+        );
+    }
     let mut phases = crate::progress::Progress::stderr();
     if crate::image::is_disk_image(&cfg.image) {
         let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());

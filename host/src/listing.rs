@@ -115,6 +115,9 @@ pub struct InstanceInfo {
     /// Forwarded guest ports (and ones that could not be forwarded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwards: Option<Vec<crate::forwarder::ForwardInfo>>,
+    /// Daemons the guest agent supervises (container engines) → state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The `Port` line of the instance's `ssh.config`.
@@ -150,6 +153,7 @@ pub fn info(inst: &Instance, host: &HostFields) -> InstanceInfo {
         }
     }
     let mut forwards = None;
+    let mut services = None;
     if running {
         if let Some(p) = std::fs::read(inst.path(instance::PORTS_FILE))
             .ok()
@@ -159,6 +163,7 @@ pub fn info(inst: &Instance, host: &HostFields) -> InstanceInfo {
                 watcher = Some(p.watcher);
             }
             forwards = Some(p.forwards);
+            services = Some(p.services).filter(|s| !s.is_empty());
         }
     }
     let loaded = cfg.is_some();
@@ -216,6 +221,7 @@ pub fn info(inst: &Instance, host: &HostFields) -> InstanceInfo {
         kernel_release,
         watcher,
         forwards,
+        services,
     }
 }
 
@@ -386,6 +392,7 @@ fn blank(name: String) -> InstanceInfo {
         kernel_release: None,
         watcher: None,
         forwards: None,
+        services: None,
     }
 }
 

@@ -210,6 +210,7 @@ pub fn plan(inst: &Instance, cfg: &InstanceConfig, image: &BootImage, caps: Caps
                 format!("lima.hostname={hostname}"),
                 cfg.user.kernel_param(),
             ];
+            cmdline.extend(cfg.binfmt.kernel_param());
             cmdline.extend(k.extra_cmdline.split_whitespace().map(String::from));
             if let Some(rootfs) = &k.rootfs {
                 // The image's root filesystem, read-only (the guest puts a
@@ -360,6 +361,42 @@ mod tests {
         assert_eq!(p.probe_kernel(), Some(Path::new("/img/vmlinux")));
         assert_eq!(p.vsockfs, VsockfsDevices::default());
         assert_eq!(p.serial_log, inst.path(instance::SERIAL_LOG));
+    }
+
+    #[test]
+    fn binfmt_reaches_the_agent_on_the_kernel_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path(), "b").unwrap();
+        let cmdline = |yaml: &str| {
+            let cfg = config(&format!("images: [{{location: builtin:default}}]\n{yaml}"));
+            match plan(&inst, &cfg, &kernel(Some("/img/rootfs.ext4")), ALL).boot {
+                Boot::Kernel { cmdline, .. } => cmdline,
+                other => panic!("{other:?}"),
+            }
+        };
+        let binfmt = |c: Vec<String>| -> Vec<String> {
+            c.into_iter()
+                .filter(|w| w.starts_with("lima.binfmt="))
+                .collect()
+        };
+        // The default (every emulator the image has) needs no parameter.
+        assert!(binfmt(cmdline("")).is_empty());
+        assert_eq!(
+            binfmt(cmdline("binfmt: {enabled: false}\n")),
+            ["lima.binfmt=none"]
+        );
+        let arch = crate::config::host_arch();
+        let foreign = if arch == "x86_64" {
+            "aarch64"
+        } else {
+            "x86_64"
+        };
+        assert_eq!(
+            binfmt(cmdline(&format!(
+                "binfmt: {{architectures: [{foreign}, armv7l]}}\n"
+            ))),
+            [format!("lima.binfmt={foreign},arm")]
+        );
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub fn describe(event: &Event) -> Option<(String, String)> {
         // Provision steps and probes, as they happen.
         Event::StepStarted { step } => format!("{step} ..."),
         Event::StepDone { step, ms } => format!("{step} done in {:.1}s", *ms as f64 / 1000.0),
+        Event::Service { name, state } => format!("{name} {state}"),
         // Any other kind: its fields, as recorded.
         #[allow(unreachable_patterns, reason = "new event kinds print through here")]
         other => return Some(generic(other)),
@@ -149,6 +150,18 @@ mod tests {
             });
         }
         String::from_utf8(p.into_inner()).unwrap()
+    }
+
+    #[test]
+    fn a_service_event_names_the_daemon_and_its_state() {
+        let e = Event::Service {
+            name: "dockerd".into(),
+            state: "running (attempt 2)".into(),
+        };
+        assert_eq!(
+            describe(&e),
+            Some(("service".into(), "dockerd running (attempt 2)".into()))
+        );
     }
 
     #[test]

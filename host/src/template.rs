@@ -33,6 +33,11 @@ const BUILTIN: &[(&str, &str)] = &[
         "debian-13",
         include_str!("../../images/templates/debian-13.yaml"),
     ),
+    ("docker", include_str!("../../images/templates/docker.yaml")),
+    (
+        "docker-rootful",
+        include_str!("../../images/templates/docker-rootful.yaml"),
+    ),
     ("fedora", include_str!("../../images/templates/fedora.yaml")),
     (
         "opensuse",

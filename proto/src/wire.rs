@@ -27,6 +27,7 @@
 //!   | -- Subscribe{unix_sockets} ---------->  |   guest sockets the host may forward
 //!   | <-- GuestEvent::Ports{full: true} ----  |   everything listening now
 //!   | <-- GuestEvent::Ports{added, removed}*  |   as listeners come and go
+//!   | <-- GuestEvent::Published(NatReport)*   |   NAT-only ports (before their Ports)
 //!   | -- HostEvent::ForwardReady{..}* ----->  |   host port bound (latency benchmark)
 //!
 //!  purpose = Forward (one per forwarded connection or UDP peer):
@@ -190,6 +191,41 @@ pub enum GuestEvent {
     },
     /// The watcher's mode changed (or was reported at subscription).
     Watcher(String),
+    /// Ports published by NAT rules alone (a container engine without a
+    /// userland proxy): sent at subscription and whenever the NAT watcher
+    /// dumped the rules, before the `Ports` event that adds or removes
+    /// them. Those ports are in `Ports` too, as listeners.
+    Published(NatReport),
+    /// A daemon the agent supervises (a container engine) changed state,
+    /// or was reported at subscription: `state` is one line such as
+    /// `running (attempt 1)` or `exited (attempt 2): exited with code 1`.
+    Service { name: String, state: String },
+}
+
+/// What the guest's NAT watcher knows (`GuestEvent::Published`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatReport {
+    /// "nftables notifications", or why it is off.
+    pub watcher: String,
+    /// Rule dumps made since the agent started (none while nothing
+    /// changes: tests check it).
+    pub dumps: u64,
+    pub publications: Vec<NatPublication>,
+}
+
+/// One port a DNAT rule publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatPublication {
+    /// The port as the rule matches it (the address is unspecified when
+    /// the rule names none), as listed in `GuestEvent::Ports`.
+    pub port: GuestPort,
+    /// Where the rule sends it (a container's address and port); the agent
+    /// dials this for a forwarded connection.
+    pub destination: std::net::SocketAddr,
+    /// `family table chain` of the rule (`ip nat DOCKER`).
+    pub rule: String,
+    /// The container publishing it, when the engine said.
+    pub container: Option<String>,
 }
 
 /// Host → guest on the Events stream, after `Subscribe`.
@@ -482,6 +518,16 @@ mod tests {
             added: vec![port],
             removed: vec![],
         });
+        round_trip(GuestEvent::Published(NatReport {
+            watcher: "nftables notifications".into(),
+            dumps: 3,
+            publications: vec![NatPublication {
+                port,
+                destination: "172.17.0.2:53".parse().unwrap(),
+                rule: "ip nat DOCKER".into(),
+                container: Some("web".into()),
+            }],
+        }));
         round_trip(HostEvent::ForwardReady {
             port,
             host: "127.0.0.1:53".into(),

@@ -18,11 +18,6 @@ pub fn images_dir() -> PathBuf {
     cmd::target_dir().join("images")
 }
 
-/// The directory the other tasks and the tests use: `target/images/default`.
-pub fn default_dir() -> PathBuf {
-    images_dir().join("default")
-}
-
 /// The cache key: SHA-256 over labelled inputs (each input contributes its
 /// own bytes or, for big files, their SHA-256).
 pub fn inputs_hash(inputs: &[(&str, &[u8])]) -> String {

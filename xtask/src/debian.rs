@@ -56,7 +56,14 @@ const PACKAGES: &[&str] = &[
     "netbase",
     // The guest user's passwordless sudo (the agent writes its sudoers line).
     "sudo",
+    // Foreign architectures: the agent registers these emulators in
+    // binfmt_misc (guest-agent/src/binfmt.rs); trimmed to EMULATORS.
+    "qemu-user-static",
 ];
+/// The `qemu-user-static` emulators the image keeps (QEMU's names): arm64
+/// and 32-bit arm, the foreign platforms images are most often built for.
+/// The package's other 30 (360 MiB) go.
+const EMULATORS: &[&str] = &["aarch64", "arm"];
 /// Must never be in the image: the agent is init.
 const FORBIDDEN: &[&str] = &["systemd-sysv", "systemd", "cloud-init", "linux-image-amd64"];
 const ROOTFS_FILE: &str = "rootfs.ext4";
@@ -82,6 +89,46 @@ fn agent_recipe() -> Recipe {
         forbidden: FORBIDDEN,
         boot_files: false,
     }
+}
+
+/// Packages the docker image adds to [`PACKAGES`]: the engine (Debian's
+/// docker.io 20.10 with containerd and runc), iptables (Debian's default
+/// nft backend) for its bridge network, and the rootless engine's helpers
+/// (rootlesskit, slirp4netns, newuidmap/newgidmap from uidmap). One name a
+/// line, so more (qemu-user-static, ...) are one line each.
+pub(crate) const DOCKER_PACKAGES: &[&str] = &[
+    "docker.io",
+    "containerd",
+    "runc",
+    "iptables",
+    "rootlesskit",
+    "slirp4netns",
+    "uidmap",
+];
+
+/// The docker image's root filesystem: the agent image's plus the engine.
+fn docker_recipe() -> Recipe {
+    let mut packages = PACKAGES.to_vec();
+    packages.extend_from_slice(DOCKER_PACKAGES);
+    Recipe {
+        flavor: "docker",
+        packages,
+        forbidden: FORBIDDEN,
+        boot_files: false,
+    }
+}
+
+/// `target/images/docker`.
+pub fn docker_dir() -> PathBuf {
+    images_dir().join("docker")
+}
+
+/// Assembles `builtin:docker` around the kernel and initramfs in
+/// `base_dir` (the default image's, with the engine's modules added), or
+/// finds it in the cache.
+pub fn assemble_docker(base_dir: &Path) -> Result<PathBuf> {
+    assemble_as(base_dir, &docker_recipe(), "docker")?;
+    Ok(docker_dir())
 }
 
 /// Packages the classic image adds: an init system and a kernel with
@@ -136,6 +183,13 @@ pub fn dir() -> PathBuf {
 /// Assembles the Debian image around the default image in `default_dir`
 /// (its kernel and initramfs), or finds it in the cache.
 pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
+    assemble_as(default_dir, &agent_recipe(), "debian")?;
+    Ok(dir())
+}
+
+/// An image named `name`: the kernel and initramfs of `default_dir` and
+/// the root filesystem of `recipe`.
+fn assemble_as(default_dir: &Path, recipe: &Recipe, name: &str) -> Result<()> {
     let started = Instant::now();
     let images = images_dir();
     let cache = images.join("cache");
@@ -154,7 +208,7 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
         .as_str()
         .context("the default image's image.json has no kernel_release")?;
 
-    let rootfs = rootfs(&cache, &agent_recipe())?;
+    let rootfs = rootfs(&cache, recipe)?;
     let rootfs_hash = rootfs
         .parent()
         .and_then(Path::file_name)
@@ -163,12 +217,17 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
         .context("rootfs cache entry has an unexpected name")?
         .to_string();
 
-    let hash = inputs_hash(&[
+    let mut inputs: Vec<(&str, &[u8])> = vec![
         ("debian-image", ROOTFS_RECIPE_VERSION.as_bytes()),
         ("layout", IMAGE_LAYOUT_VERSION.as_bytes()),
         ("base", base_hash.as_bytes()),
         ("rootfs", rootfs_hash.as_bytes()),
-    ]);
+    ];
+    // The Debian image's key stays what it was before other names.
+    if name != "debian" {
+        inputs.push(("name", name.as_bytes()));
+    }
+    let hash = inputs_hash(&inputs);
     let entry = cache.join(&hash);
     if !entry.join("image.json").is_file() {
         let partial = cache.join(format!("{hash}.partial-{}", std::process::id()));
@@ -182,7 +241,7 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
         link_or_copy(&base.join("initrd.img"), &partial.join("initrd.img"))?;
         link_or_copy(&rootfs, &partial.join(ROOTFS_FILE))?;
         let json = serde_json::json!({
-            "name": "debian",
+            "name": name,
             "arch": "x86_64",
             "kernel_release": kernel_release,
             "kernel": kernel_file,
@@ -200,13 +259,13 @@ pub fn assemble(default_dir: &Path) -> Result<PathBuf> {
             }
         }
     }
-    point_at(&images, "debian", &hash)?;
+    point_at(&images, name, &hash)?;
     eprintln!(
         "image: {} -> cache/{hash} (kernel and initramfs of cache/{base_hash}, rootfs-{rootfs_hash}) in {:.1}s",
-        dir().display(),
+        images.join(name).display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(dir())
+    Ok(())
 }
 
 /// The cached `rootfs.ext4` for the current inputs, built if missing.
@@ -472,6 +531,7 @@ fn trim(tree: &Path) -> Result<u64> {
         ("usr/share/locale", &[]),
         ("usr/share/lintian", &[]),
     ];
+    freed += trim_emulators(tree)?;
     for (dir, keep) in trims {
         let dir = tree.join(dir);
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -489,6 +549,41 @@ fn trim(tree: &Path) -> Result<u64> {
                 fs::remove_file(&path)
             }
             .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(freed)
+}
+
+/// Removes the `qemu-user-static` emulators not in [`EMULATORS`], with their
+/// binfmt files, so the agent registers only what is there.
+fn trim_emulators(tree: &Path) -> Result<u64> {
+    let mut freed = 0;
+    let Ok(entries) = fs::read_dir(tree.join("usr/bin")) else {
+        return Ok(0);
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(arch) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix("qemu-"))
+            .and_then(|f| f.strip_suffix("-static"))
+        else {
+            continue;
+        };
+        if EMULATORS.contains(&arch) {
+            continue;
+        }
+        for path in [
+            entry.path(),
+            tree.join(format!("usr/lib/binfmt.d/qemu-{arch}.conf")),
+            tree.join(format!("usr/share/binfmts/qemu-{arch}")),
+            tree.join(format!("usr/libexec/qemu-binfmt/{arch}-binfmt-P")),
+        ] {
+            if path.symlink_metadata().is_ok() {
+                freed += du(&path);
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
         }
     }
     Ok(freed)
@@ -705,9 +800,43 @@ mod tests {
     }
 
     #[test]
+    fn only_the_kept_emulators_and_their_binfmt_files_stay() {
+        let tree = std::env::temp_dir().join(format!("xtask-emulators-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tree);
+        let files = |arch: &str| {
+            [
+                format!("usr/bin/qemu-{arch}-static"),
+                format!("usr/lib/binfmt.d/qemu-{arch}.conf"),
+                format!("usr/share/binfmts/qemu-{arch}"),
+            ]
+        };
+        for arch in ["aarch64", "arm", "mips", "riscv64"] {
+            for f in files(arch) {
+                write(&tree.join(f), b"x", 0o644).unwrap();
+            }
+            let link = tree.join(format!("usr/libexec/qemu-binfmt/{arch}-binfmt-P"));
+            fs::create_dir_all(link.parent().unwrap()).unwrap();
+            symlink(&format!("../../bin/qemu-{arch}-static"), &link).unwrap();
+        }
+        write(&tree.join("usr/bin/python3"), b"x", 0o755).unwrap();
+        assert!(trim_emulators(&tree).unwrap() >= 6);
+        for arch in ["aarch64", "arm"] {
+            assert!(files(arch).iter().all(|f| tree.join(f).exists()), "{arch}");
+        }
+        for arch in ["mips", "riscv64"] {
+            assert!(files(arch).iter().all(|f| !tree.join(f).exists()), "{arch}");
+            let link = tree.join(format!("usr/libexec/qemu-binfmt/{arch}-binfmt-P"));
+            assert!(link.symlink_metadata().is_err(), "{arch}");
+        }
+        assert!(tree.join("usr/bin/python3").exists());
+        fs::remove_dir_all(&tree).unwrap();
+    }
+
+    #[test]
     fn nothing_forbidden_is_asked_for() {
         for f in FORBIDDEN {
             assert!(!PACKAGES.contains(f), "{f}");
+            assert!(!DOCKER_PACKAGES.contains(f), "{f}");
         }
     }
 }

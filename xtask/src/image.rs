@@ -44,7 +44,7 @@ use object::read::elf::{FileHeader, ProgramHeader};
 use object::LittleEndian;
 
 use crate::build::{self, Profile};
-use crate::cache::{default_dir, images_dir, inputs_hash, sha256_file};
+use crate::cache::{images_dir, inputs_hash, sha256_file};
 use crate::fsutil::{copy, mib, remove_dir_if_present, set_mode, symlink, write};
 use crate::{cmd, cpio, setup};
 
@@ -89,6 +89,10 @@ pub enum Which {
     Debian,
     /// Both.
     All,
+    /// The Debian image plus a container engine (Debian's docker.io,
+    /// containerd, rootlesskit) and the netfilter/bridge modules it needs
+    /// (target/images/docker).
+    Docker,
     /// The `run` benchmark's baseline: a Debian rootfs with systemd and
     /// Debian's kernel and initramfs (target/images/debian-classic).
     DebianClassic,
@@ -116,9 +120,15 @@ pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
             build::agent_path()
         }
     };
+    if which == Which::Docker {
+        // Its own initramfs: the default one's modules plus the engine's.
+        let base = assemble_flavor(&agent, &DOCKER_BASE)?;
+        return crate::debian::assemble_docker(&base);
+    }
     let default = assemble(&agent)?;
     match which {
         Which::Default => Ok(default),
+        Which::Docker => unreachable!("handled above"),
         // The Debian image reuses the default image's kernel and initramfs.
         Which::Debian | Which::All => crate::debian::assemble(&default),
         Which::DebianClassic => crate::debian::assemble_classic(),
@@ -126,9 +136,37 @@ pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
     }
 }
 
+/// A kernel + initramfs image: its name under `target/images` and the
+/// module lists (relative to the repository) whose union it carries.
+pub struct Flavor {
+    pub name: &'static str,
+    pub module_lists: &'static [&'static str],
+}
+
+/// `target/images/default`.
+pub const DEFAULT: Flavor = Flavor {
+    name: "default",
+    module_lists: &["images/default/modules.txt"],
+};
+
+/// The docker image's kernel and initramfs (`target/images/docker-base`):
+/// the default modules plus `images/docker/modules.txt`. The Debian root
+/// filesystem mounts the initramfs's `/lib/modules`, so the engine's modules
+/// must be in the initramfs to be loadable at all.
+pub const DOCKER_BASE: Flavor = Flavor {
+    name: "docker-base",
+    module_lists: &["images/default/modules.txt", "images/docker/modules.txt"],
+};
+
 /// Assembles the default image around `agent`, or finds it in the cache.
 pub fn assemble(agent: &Path) -> Result<PathBuf> {
+    assemble_flavor(agent, &DEFAULT)
+}
+
+/// Assembles `flavor` around `agent`, or finds it in the cache.
+pub fn assemble_flavor(agent: &Path, flavor: &Flavor) -> Result<PathBuf> {
     let started = Instant::now();
+    let image_dir = images_dir().join(flavor.name);
     let images = images_dir();
     let downloads = images.join("download");
     fs::create_dir_all(&downloads)
@@ -142,9 +180,13 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
         .iter()
         .map(|d| download(d, &downloads))
         .collect::<Result<Vec<_>>>()?;
-    let modules_txt_path = cmd::root().join("images/default/modules.txt");
-    let modules_txt = fs::read_to_string(&modules_txt_path)
-        .with_context(|| format!("cannot read {}", modules_txt_path.display()))?;
+    // The default image's key is its one list's text, as before flavors.
+    let mut modules_txt = String::new();
+    for list in flavor.module_lists {
+        let path = cmd::root().join(list);
+        modules_txt += &fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
     let agent_bytes = fs::read(agent).with_context(|| {
         format!(
             "cannot read the guest agent {} (build it with `cargo xtask build`)",
@@ -167,13 +209,13 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     let cache = images.join("cache");
     let entry = cache.join(&hash);
     if entry.join("image.json").is_file() {
-        point_default_at(&images, &hash)?;
+        point_image_at(&images, flavor.name, &hash)?;
         eprintln!(
             "image: cached {} -> cache/{hash} ({:.1}s)",
-            default_dir().display(),
+            image_dir.display(),
             started.elapsed().as_secs_f64()
         );
-        return Ok(default_dir());
+        return Ok(image_dir);
     }
 
     // Build in a scratch directory of our own (engineers run tasks side by
@@ -206,7 +248,7 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
         recipe.agent(&agent_bytes)?;
         recipe.skeleton(&kernel)?;
         let initrd_size = recipe.initrd()?;
-        recipe.image_json(&kernel, &hash)?;
+        recipe.image_json(flavor.name, &kernel, &hash)?;
         // If a concurrent run got there first, its entry is as good as ours.
         if let Err(e) = fs::rename(&partial, &entry) {
             if !entry.join("image.json").is_file() {
@@ -220,7 +262,7 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     // The extracted kernel is 400 MB; do not leave it behind, even on error.
     remove_dir_if_present(&scratch)?;
     let (kernel, modules, initrd_size) = built?;
-    point_default_at(&images, &hash)?;
+    point_image_at(&images, flavor.name, &hash)?;
 
     eprintln!(
         "image: kernel {} from {}",
@@ -247,10 +289,10 @@ pub fn assemble(agent: &Path) -> Result<PathBuf> {
     );
     eprintln!(
         "image: built {} -> cache/{hash} in {:.1}s",
-        default_dir().display(),
+        image_dir.display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(default_dir())
+    Ok(image_dir)
 }
 
 /// The two packages the image is made of, as the package index names them.
@@ -570,7 +612,7 @@ impl Recipe<'_> {
                 }
                 match needed_by {
                     None => bail!(
-                        "images/default/modules.txt names `{name}`, but kernel {} has it neither \
+                        "the image's modules.txt names `{name}`, but kernel {} has it neither \
                          as a module nor built in",
                         kernel.release
                     ),
@@ -709,9 +751,9 @@ impl Recipe<'_> {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
-    fn image_json(&self, kernel: &Kernel, hash: &str) -> Result<()> {
+    fn image_json(&self, name: &str, kernel: &Kernel, hash: &str) -> Result<()> {
         let json = ImageJson {
-            name: "default",
+            name,
             arch: "x86_64",
             kernel_release: &kernel.release,
             kernel: kernel.boot_file,
@@ -798,11 +840,11 @@ fn remove_stale_scratch(scratch_root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Points `target/images/default` at `cache/<hash>`, replacing whatever was
+/// Points `target/images/NAME` at `cache/<hash>`, replacing whatever was
 /// there in one rename.
-fn point_default_at(images: &Path, hash: &str) -> Result<()> {
-    let link = images.join("default");
-    let new = images.join(format!("default.new-{}", std::process::id()));
+fn point_image_at(images: &Path, name: &str, hash: &str) -> Result<()> {
+    let link = images.join(name);
+    let new = images.join(format!("{name}.new-{}", std::process::id()));
     let _ = fs::remove_file(&new);
     symlink(&format!("cache/{hash}"), &new)?;
     if link.is_dir() && !link.is_symlink() {
@@ -848,6 +890,37 @@ mod tests {
             "crc32c_intel"
         );
         assert_eq!(module_name("ext4"), "ext4");
+    }
+
+    #[test]
+    fn the_docker_images_modules_cover_the_engines_needs() {
+        let mut text = String::new();
+        for list in DOCKER_BASE.module_lists {
+            text += &fs::read_to_string(cmd::root().join(list)).unwrap();
+        }
+        let names = parse_modules_txt(&text);
+        // Its bridge network, its iptables (nft backend) rules, overlay2,
+        // the rootless engine's TUN device, foreign-arch binaries.
+        for needed in [
+            "bridge",
+            "br_netfilter",
+            "veth",
+            "nf_tables",
+            "nft_compat",
+            "nft_chain_nat",
+            "xt_MASQUERADE",
+            "xt_addrtype",
+            "xt_conntrack",
+            "overlay",
+            "tun",
+            "binfmt_misc",
+        ] {
+            assert!(
+                names.iter().any(|n| n == needed),
+                "the docker image's modules lack {needed}"
+            );
+        }
+        assert_eq!(DEFAULT.module_lists, ["images/default/modules.txt"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! cargo xtask build [--release]  host binaries + static guest agent
 //! cargo xtask image            target/images/default/{vmlinuz,initrd.img,image.json}
 //! cargo xtask image debian     target/images/debian/ (the above + rootfs.ext4)
+//! cargo xtask image docker     target/images/docker/ (debian + docker.io and its modules)
 //! cargo xtask image debian-cloud  target/images/debian-cloud/disk.qcow2 (UEFI, cloud-init)
 //! cargo xtask test [-- ARGS]   cargo test --workspace with LIMA_BIN_DIR set
 //! cargo xtask run              start instance `default` and run `uname -a` in it

@@ -19,7 +19,9 @@ use crate::cmd;
 /// images, libseccomp/libcap-ng for building virtiofsd. The cloud image
 /// needs fdisk (`sfdisk`), dosfstools and mtools for its partitions,
 /// qemu-utils (`qemu-img`) for the qcow2 (and instance disks), and ovmf to
-/// boot it; its tests log in with the ssh client.
+/// boot it; its tests log in with the ssh client. iptables and nftables
+/// make the rules the guest agent's NAT watcher tests read (as a container
+/// engine does), in a network namespace of their own.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-utils",
@@ -35,6 +37,8 @@ const APT_PACKAGES: &[&str] = &[
     "libcap-ng-dev",
     "debootstrap",
     "xz-utils",
+    "iptables",
+    "nftables",
 ];
 
 /// The static guest agent is built for this target.
@@ -46,6 +50,7 @@ pub const MACOS_TARGET: &str = "aarch64-apple-darwin";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
+    foreign_arch()?;
     rust_toolchains()?;
     bpf_linker()?;
     cargo_tool("vhost-device-vsock")?;
@@ -136,6 +141,26 @@ fn apt_packages() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The Debian architecture whose packages the foreign-architecture test
+/// fetches (`apt-get download busybox-static:arm64`, tests/tests/binfmt.rs).
+pub const FOREIGN_ARCH: &str = "arm64";
+
+/// Lets apt download (not install) packages of [`FOREIGN_ARCH`]: dpkg
+/// learns the architecture, then `apt-get update` fetches its lists.
+fn foreign_arch() -> Result<()> {
+    let known =
+        cmd::probe(Command::new("dpkg").arg("--print-foreign-architectures")).unwrap_or_default();
+    if known.split_whitespace().any(|a| a == FOREIGN_ARCH) {
+        ok(&format!("dpkg architecture {FOREIGN_ARCH}"));
+        return Ok(());
+    }
+    doing(&format!(
+        "dpkg architecture {FOREIGN_ARCH} and its package lists"
+    ));
+    cmd::run(cmd::privileged("dpkg").args(["--add-architecture", FOREIGN_ARCH]))?;
+    cmd::run(cmd::privileged("apt-get").arg("update"))
 }
 
 /// Whether `apt-get update` has ever run (the lists may be compressed,

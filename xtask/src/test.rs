@@ -30,6 +30,10 @@ pub fn run(args: &[String], slow: bool) -> Result<()> {
     let default = image::assemble(&build::agent_path())?;
     // Cached after the first run (debootstrap takes minutes once).
     crate::debian::assemble(&default)?;
+    // tests/tests/docker.rs (issue 22): its own initramfs (the engine's
+    // modules) and a second debootstrap, also cached.
+    let docker_base = image::assemble_flavor(&build::agent_path(), &image::DOCKER_BASE)?;
+    crate::debian::assemble_docker(&docker_base)?;
     cmd::run(
         cmd::cargo()
             .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Debug))
@@ -38,6 +42,7 @@ pub fn run(args: &[String], slow: bool) -> Result<()> {
     )?;
     if args.is_empty() {
         fuse_tests()?;
+        nat_tests()?;
         // Bounded to 5 minutes in all, building included (`fuzz::CI_BUDGET`).
         fuzz::ci()?;
     }
@@ -67,6 +72,34 @@ fn check_macos() -> Result<()> {
         check.args(["-p", krate]);
     }
     cmd::run(check.args(["--target", setup::MACOS_TARGET]))
+}
+
+/// The guest agent's NAT watcher tests make iptables and nftables rules in
+/// a network namespace of their own and read them back through the
+/// kernel's nf_tables notifications: root, and the two tools (`cargo xtask
+/// setup` installs them).
+fn nat_tests() -> Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let tools = ["iptables", "nft"]
+        .iter()
+        .all(|t| cmd::probe(std::process::Command::new(t).arg("--version")).is_some());
+    if !(root && tools) {
+        eprintln!(
+            "xtask test: skipping the guest agent's NAT watcher tests (they need root, iptables \
+             and nftables; run `cargo test -p lima-guest-agent nat -- --ignored` where they \
+             are)"
+        );
+        return Ok(());
+    }
+    cmd::run(cmd::cargo().args([
+        "test",
+        "-p",
+        "lima-guest-agent",
+        // ports::nat::tests and forward::tests::a_nat_published_port_...
+        "nat",
+        "--",
+        "--ignored",
+    ]))
 }
 
 /// The guest agent's FUSE tests mount real FUSE file systems on this

@@ -14,15 +14,21 @@
 //! - `watcher.rs`: the reader task: status, loss detection, fan-out;
 //! - `table.rs`: the port table: when to dump, events checked against the
 //!   dump, what was added or removed;
-//! - `sockdiag.rs`: the dump itself (the truth).
+//! - `sockdiag.rs`: the dump itself (the truth);
+//! - `nat/`: ports that NAT rules alone publish (a container engine without
+//!   a userland proxy), from nf_tables change notifications.
 //!
-//! Imports run one way (table → watcher → ebpf → events, table → sockdiag),
+//! Imports run one way (table → watcher → ebpf → events, table → sockdiag,
+//! table → nat),
 //! and nothing here imports the rest of the agent.
 mod ebpf;
 mod events;
+pub mod nat;
 mod sockdiag;
 mod table;
 mod watcher;
 
-pub use table::{diff, PortTable};
+pub use table::{diff, PortTable, Target};
 pub use watcher::start as start_watcher;
+#[cfg(test)]
+pub use watcher::Watcher;

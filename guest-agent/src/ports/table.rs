@@ -14,6 +14,10 @@
 //! Lost events (ring buffer drops, a lagging subscriber) also force a dump.
 //! Without eBPF the table polls every second; [`WatchMode::Poll`] and
 //! [`WatchMode::LimaLike`] exist so benchmarks can compare methods on one VM.
+//!
+//! Ports that NAT rules publish ([`super::nat`]) join the listeners in the
+//! set the host sees; a forwarded connection to one of them goes to the
+//! rule's destination ([`PortTable::target`]).
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,7 @@ use lima_proto::{GuestPort, PortProto, WatchMode};
 use tokio::sync::{broadcast, watch};
 
 use super::events::SocketEventKind;
+use super::nat::NatSnapshot;
 use super::watcher::{WatchEvent, Watcher};
 
 pub type PortSet = Arc<BTreeSet<GuestPort>>;
@@ -29,7 +34,11 @@ pub type PortSet = Arc<BTreeSet<GuestPort>>;
 /// Shared handle: the current set, and the mode switch.
 #[derive(Clone)]
 pub struct PortTable {
+    /// Listeners and NAT publications: what the host forwards.
     current: watch::Receiver<PortSet>,
+    /// Listeners only (sock_diag).
+    listeners: watch::Receiver<PortSet>,
+    nat: watch::Receiver<NatSnapshot>,
     mode: watch::Sender<WatchMode>,
     mode_text: watch::Receiver<String>,
     ebpf: bool,
@@ -120,7 +129,7 @@ fn scope_of(kind: SocketEventKind, ev: &lima_proto::ebpf::SockEvent) -> Option<P
 impl PortTable {
     pub fn start(watcher: &Watcher) -> Self {
         let initial: PortSet = Arc::new(dump());
-        let (tx, current) = watch::channel(initial);
+        let (tx, listeners) = watch::channel(initial);
         let default_mode = if watcher.is_active() {
             WatchMode::Ebpf
         } else {
@@ -144,8 +153,12 @@ impl PortTable {
             partial,
             watcher.listened,
         ));
+        let nat = super::nat::start();
+        let current = merged(listeners.clone(), nat.clone());
         PortTable {
             current,
+            listeners,
+            nat,
             mode,
             mode_text,
             ebpf: watcher.is_active(),
@@ -165,7 +178,25 @@ impl PortTable {
     /// Whether `port` listens now; dumps afresh before saying no, so a
     /// listener the table has not caught up with yet is not refused.
     pub fn is_listening(&self, port: &GuestPort) -> bool {
-        self.current.borrow().contains(port) || dump().contains(port)
+        self.listeners.borrow().contains(port) || dump().contains(port)
+    }
+
+    /// Where a forwarded connection to `port` may go: the security rule.
+    /// A listener is dialed itself; a port only a current NAT rule
+    /// publishes, at the rule's destination; anything else is refused.
+    pub fn target(&self, port: &GuestPort) -> Option<Target> {
+        if self.is_listening(port) {
+            return Some(Target::Listener);
+        }
+        let nat = self.nat.borrow();
+        nat.publications
+            .get(port)
+            .map(|p| Target::Published(p.destination))
+    }
+
+    /// The NAT watcher's state, and its changes.
+    pub fn nat(&self) -> watch::Receiver<NatSnapshot> {
+        self.nat.clone()
     }
 
     pub fn set_mode(&self, mode: WatchMode) -> Result<String, String> {
@@ -188,6 +219,52 @@ impl PortTable {
     pub fn mode_text(&self) -> String {
         self.mode_text.borrow().clone()
     }
+}
+
+/// Where a forwarded connection goes ([`PortTable::target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The listening socket itself.
+    Listener,
+    /// A NAT rule's destination (a container's address and port).
+    Published(std::net::SocketAddr),
+}
+
+/// Listeners and NAT publications in one set.
+fn union(listeners: &BTreeSet<GuestPort>, nat: &super::nat::NatState) -> BTreeSet<GuestPort> {
+    listeners
+        .iter()
+        .chain(nat.publications.keys())
+        .copied()
+        .collect()
+}
+
+/// A set kept equal to the union of the two, by a task of its own.
+fn merged(
+    mut listeners: watch::Receiver<PortSet>,
+    mut nat: watch::Receiver<NatSnapshot>,
+) -> watch::Receiver<PortSet> {
+    let first = union(&listeners.borrow_and_update(), &nat.borrow_and_update());
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        let (mut l_open, mut n_open) = (true, true);
+        while l_open || n_open {
+            tokio::select! {
+                r = listeners.changed(), if l_open => l_open = r.is_ok(),
+                r = nat.changed(), if n_open => n_open = r.is_ok(),
+            }
+            let set = union(&listeners.borrow_and_update(), &nat.borrow_and_update());
+            tx.send_if_modified(|cur| {
+                if **cur == set {
+                    false
+                } else {
+                    *cur = Arc::new(set);
+                    true
+                }
+            });
+        }
+    });
+    rx
 }
 
 fn describe(mode: WatchMode, watcher: &Watcher) -> String {

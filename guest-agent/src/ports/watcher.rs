@@ -104,6 +104,19 @@ impl Watcher {
     }
 }
 
+impl Watcher {
+    /// A watcher without eBPF (the port table then polls sock_diag), for
+    /// tests elsewhere in the agent that must not load programs.
+    #[cfg(test)]
+    pub fn unavailable(why: &str) -> Self {
+        Watcher {
+            status: WatcherStatus::Unavailable(why.into()),
+            listened: false,
+            events: broadcast::channel(1).0,
+        }
+    }
+}
+
 /// Loads and attaches the eBPF programs and starts the reader task. Never
 /// fails: on error the status says why and the agent carries on.
 pub async fn start() -> Watcher {

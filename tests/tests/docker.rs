@@ -1,0 +1,309 @@
+//! Issue 22: docker in our built-in Debian image (`builtin:docker`), the
+//! engine started and supervised by our agent, its socket on the host.
+//!
+//! The host's `docker` CLI talks to the guest's engine with `DOCKER_HOST`
+//! set to the forwarded socket (never a host daemon). Needs
+//! `cargo xtask image docker` (`cargo xtask test` makes it).
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lima_tests::{Lima, Run};
+
+/// The host's docker CLI.
+fn docker_cli() -> PathBuf {
+    ["/usr/local/bin/docker", "/usr/bin/docker"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("no docker CLI on this host (/usr/local/bin/docker): install docker.io's CLI")
+}
+
+/// `docker ARGS` on the host against the instance's forwarded socket, with
+/// a config directory of its own (no contexts of the user's).
+fn docker(lima: &Lima, name: &str, args: &[&str]) -> Run {
+    let sock = lima.instance_dir(name).join("sock/docker.sock");
+    let config = lima.home.path().join("docker-config");
+    let mut c = Command::new(docker_cli());
+    c.env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .env("DOCKER_CONFIG", &config)
+        .env_remove("DOCKER_CONTEXT")
+        // The classic builder: 20.10's BuildKit wants a session the CLI
+        // sets up over the API; the classic one needs nothing more.
+        .env("DOCKER_BUILDKIT", "0")
+        .args(args);
+    lima.run(&mut c, None)
+}
+
+/// A build context with a static busybox from Debian's busybox-static
+/// (the .deb `cargo xtask image` downloaded, else `apt-get download`) and
+/// a Dockerfile `FROM scratch`.
+fn busybox_context(lima: &Lima, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let downloads = lima.bin_dir.join("../images/download");
+    let deb = std::fs::read_dir(&downloads)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("busybox-static_") && n.ends_with(".deb"))
+        })
+        .unwrap_or_else(|| {
+            let tmp = lima.home.path().join("deb");
+            std::fs::create_dir_all(&tmp).unwrap();
+            lima.run(
+                Command::new("apt-get")
+                    .args(["download", "busybox-static"])
+                    .current_dir(&tmp),
+                None,
+            )
+            .ok();
+            std::fs::read_dir(&tmp)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .next()
+                .expect("apt-get download busybox-static left no file")
+        });
+    let x = lima.home.path().join("busybox-x");
+    lima.run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x), None)
+        .ok();
+    std::fs::copy(x.join("bin/busybox"), dir.join("busybox")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /busybox\nCMD [\"/busybox\", \"echo\", \"hi\"]\n",
+    )
+    .unwrap();
+}
+
+fn guest(lima: &Lima, name: &str, script: &str) -> String {
+    lima.shell(name, &["sh", "-c", script])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string()
+}
+
+/// What both templates must give: the host CLI reaches the guest engine
+/// through a 0600 socket, images build and run, storage is overlay2 on the
+/// data disk, and `host.lima.internal` names the host.
+fn check_engine(lima: &Lima, name: &str, started: Instant) {
+    let sock = lima.instance_dir(name).join("sock/docker.sock");
+    let mode = std::fs::metadata(&sock)
+        .unwrap_or_else(|e| panic!("{}: {e}", sock.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{} is {mode:o}", sock.display());
+    let v = docker(
+        lima,
+        name,
+        &["version", "--format", "{{.Server.KernelVersion}}"],
+    )
+    .ok();
+    eprintln!(
+        "{name}: start to engine answers on the host: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(v.stdout().trim(), guest(lima, name, "uname -r"));
+    let info = docker(
+        lima,
+        name,
+        &[
+            "info",
+            "--format",
+            "{{.Name}} {{.Driver}} {{.KernelVersion}}",
+        ],
+    )
+    .ok()
+    .stdout();
+    let words: Vec<&str> = info.split_whitespace().collect();
+    assert_eq!(
+        words.first().copied(),
+        Some(guest(lima, name, "cat /proc/sys/kernel/hostname").as_str()),
+        "{info}"
+    );
+    assert_eq!(words.get(1).copied(), Some("overlay2"), "{info}");
+
+    // Built from the host's folder, run in the guest.
+    let ctx = lima.home.path().join("ctx");
+    busybox_context(lima, &ctx);
+    docker(
+        lima,
+        name,
+        &["build", "-q", "-t", "lima-bb", &ctx.to_string_lossy()],
+    )
+    .ok();
+    let r = docker(
+        lima,
+        name,
+        &["run", "--rm", "lima-bb", "/busybox", "echo", "hi"],
+    )
+    .ok();
+    assert_eq!(r.stdout(), "hi\n");
+    // The container is on the engine's bridge network (iptables with
+    // nf_tables in the guest).
+    let r = docker(
+        lima,
+        name,
+        &[
+            "run", "--rm", "lima-bb", "/busybox", "ip", "-4", "-o", "addr", "show", "eth0",
+        ],
+    )
+    .ok();
+    assert!(r.stdout().contains("inet 172.17."), "{}", r.stdout());
+
+    // `lima docker build .` in a shared folder, with the guest's CLI.
+    let shared = PathBuf::from(format!("/tmp/lima/h22a-docker-{}", std::process::id()));
+    busybox_context(lima, &shared);
+    let mut c = lima.cmd("lima");
+    c.current_dir(&shared)
+        .env("LIMA_INSTANCE", name)
+        .env_remove("LIMA_WORKDIR")
+        .args(["docker", "build", "-q", "-t", "lima-bb-guest", "."]);
+    let built = lima.run(&mut c, None);
+    let _ = std::fs::remove_dir_all(&shared);
+    built.ok();
+    let r = docker(lima, name, &["run", "--rm", "lima-bb-guest"]).ok();
+    assert_eq!(r.stdout(), "hi\n");
+
+    assert_eq!(
+        guest(lima, name, "getent hosts host.lima.internal"),
+        "10.0.2.2        host.lima.internal"
+    );
+}
+
+/// The rootless engine (`template:docker`, as Lima's), one VM.
+#[test]
+fn docker_template_runs_a_rootless_engine_the_host_cli_reaches() {
+    let lima = Lima::new();
+    let started = Instant::now();
+    let r = lima
+        .limactl(&[
+            "start",
+            "--name",
+            "dk",
+            "--timeout",
+            "10m",
+            "template:docker",
+        ])
+        .ok();
+    // The start message says how to use it.
+    let sock = lima.instance_dir("dk").join("sock/docker.sock");
+    let out = r.messages() + &r.stdout();
+    assert!(
+        out.contains(&format!(
+            "docker context create lima-dk --docker \"host=unix://{}\"",
+            sock.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("docker context use lima-dk"), "{out}");
+    check_engine(&lima, "dk", started);
+    // Rootless: the engine runs as the guest user, its data in their home.
+    let user = guest(&lima, "dk", "id -un");
+    let owner = guest(&lima, "dk", "ps -o user= -C dockerd");
+    assert_eq!(owner, user);
+    let root = docker(&lima, "dk", &["info", "--format", "{{.DockerRootDir}}"])
+        .ok()
+        .stdout();
+    assert!(root.trim().ends_with("/.local/share/docker"), "{root}");
+}
+
+/// The rootful engine (`template:docker-rootful`): containerd + dockerd as
+/// root, restarted by the agent when it dies.
+#[test]
+fn docker_rootful_engine_is_supervised_and_restarted() {
+    let lima = Lima::new();
+    let started = Instant::now();
+    lima.limactl(&[
+        "start",
+        "--name",
+        "dr",
+        "--timeout",
+        "10m",
+        "template:docker-rootful",
+    ])
+    .ok();
+    check_engine(&lima, "dr", started);
+    let root = docker(&lima, "dr", &["info", "--format", "{{.DockerRootDir}}"])
+        .ok()
+        .stdout();
+    assert_eq!(root.trim(), "/var/lib/docker");
+    assert_eq!(
+        guest(&lima, "dr", "df --output=source /var/lib/docker | tail -1"),
+        guest(&lima, "dr", "df --output=source /home | tail -1"),
+        "/var/lib/docker is not on the data disk"
+    );
+
+    // Killed, it comes back; the state file counts the attempts.
+    let before = guest(&lima, "dr", "pgrep -x dockerd");
+    lima.shell("dr", &["sudo", "kill", "-9", &before]).ok();
+    lima.wait_until("dockerd restarted", Duration::from_secs(180), || {
+        docker(&lima, "dr", &["version", "--format", "{{.Server.Version}}"]).code() == 0
+    });
+    let after = guest(&lima, "dr", "pgrep -x dockerd");
+    assert_ne!(after, before);
+    let state = guest(&lima, "dr", "cat /run/lima-guest-agent/services/dockerd");
+    assert_eq!(state, "running (attempt 2)");
+    // The host recorded each change and `limactl list` shows the last.
+    lima.wait_until(
+        "limactl list shows the restart",
+        Duration::from_secs(30),
+        || lima.info("dr")["services"]["dockerd"] == "running (attempt 2)",
+    );
+    assert_eq!(
+        lima.info("dr")["services"]["containerd"],
+        "running (attempt 1)"
+    );
+    let events = std::fs::read_to_string(lima.instance_dir("dr").join("ha.events.jsonl")).unwrap();
+    let dockerd: Vec<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "service" && e["name"] == "dockerd")
+        .map(|e| e["state"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let exited = dockerd
+        .iter()
+        .position(|s| s.starts_with("exited (attempt 1)"));
+    let again = dockerd.iter().position(|s| s == "running (attempt 2)");
+    assert!(
+        matches!((exited, again), (Some(a), Some(b)) if a < b),
+        "dockerd events: {dockerd:?}"
+    );
+}
+
+/// An engine that cannot start fails `limactl start` with its log lines.
+#[test]
+fn an_engine_that_fails_fails_the_start_with_its_last_log_lines() {
+    let lima = Lima::new();
+    let yaml = lima.home.path().join("broken.yaml");
+    std::fs::write(
+        &yaml,
+        "images:\n- location: builtin:docker\ncpus: 2\nmemory: 1GiB\n\
+         provision:\n- mode: system\n  script: |\n    #!/bin/sh\n\
+         \x20   mkdir -p /etc/docker && echo '{not json' > /etc/docker/daemon.json\n\
+         \x20   exec lima-guest-agent tool service start docker-rootful\n\
+         portForwards:\n- guestSocket: /run/docker.sock\n  hostSocket: docker.sock\n",
+    )
+    .unwrap();
+    let r = lima.limactl(&[
+        "start",
+        "--name",
+        "broken",
+        "--timeout",
+        "10m",
+        &yaml.to_string_lossy(),
+    ]);
+    let r = r.fails_with("dockerd failed to start");
+    let out = r.messages();
+    assert!(out.contains("/etc/docker/daemon.json"), "{out}");
+    // No host socket for an engine that never answered.
+    assert!(!lima
+        .instance_dir("broken")
+        .join("sock/docker.sock")
+        .exists());
+}
