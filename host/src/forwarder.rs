@@ -755,6 +755,7 @@ mod tests {
             failed: BTreeMap::new(),
             watcher: String::new(),
             nat,
+            services: BTreeMap::new(),
         }
     }
 
