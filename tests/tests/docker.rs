@@ -88,6 +88,53 @@ fn guest(lima: &Lima, name: &str, script: &str) -> String {
         .to_string()
 }
 
+/// A busybox httpd container publishing `port` → 80, serving `text`.
+fn serve(lima: &Lima, name: &str, container: &str, port: u16, text: &str) {
+    let script = format!(
+        "/busybox mkdir -p /www && echo {text} > /www/index.html && exec /busybox httpd -f -p 80 -h /www"
+    );
+    docker(
+        lima,
+        name,
+        &[
+            "run",
+            "-d",
+            "--name",
+            container,
+            "-p",
+            &format!("{port}:80"),
+            "lima-bb",
+            "/busybox",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .ok();
+}
+
+/// The body of `GET /` on the host's 127.0.0.1:`port`, if it answers.
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// `ports.json`'s NAT watcher: its status and how many rule dumps it made.
+fn nat(lima: &Lima, name: &str) -> (String, u64) {
+    let text = std::fs::read_to_string(lima.instance_dir(name).join("ports.json"))
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    (
+        v["nat"]["watcher"].as_str().unwrap_or_default().to_string(),
+        v["nat"]["dumps"].as_u64().unwrap_or_default(),
+    )
+}
+
 /// What both templates must give: the host CLI reaches the guest engine
 /// through a 0600 socket, images build and run, storage is overlay2 on the
 /// data disk, and `host.lima.internal` names the host.
@@ -211,6 +258,16 @@ fn docker_template_runs_a_rootless_engine_the_host_cli_reaches() {
         .ok()
         .stdout();
     assert!(root.trim().ends_with("/.local/share/docker"), "{root}");
+
+    // A published port answers on the host, and goes with its container.
+    serve(&lima, "dk", "web", 8090, "rootless");
+    lima.wait_until("host port 8090 answers", Duration::from_secs(60), || {
+        http_get(8090).is_some_and(|b| b.contains("rootless"))
+    });
+    docker(&lima, "dk", &["rm", "-f", "web"]).ok();
+    lima.wait_until("host port 8090 is gone", Duration::from_secs(60), || {
+        http_get(8090).is_none()
+    });
 }
 
 /// The rootful engine (`template:docker-rootful`): containerd + dockerd as
@@ -239,7 +296,18 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
         "/var/lib/docker is not on the data disk"
     );
 
-    // Killed, it comes back; the state file counts the attempts.
+    // Killed, it comes back; the state file counts the attempts. It comes
+    // back without a userland proxy: published ports are NAT rules only.
+    lima.shell(
+        "dr",
+        &[
+            "sudo",
+            "sh",
+            "-c",
+            "mkdir -p /etc/docker && echo '{\"userland-proxy\": false}' > /etc/docker/daemon.json",
+        ],
+    )
+    .ok();
     let before = guest(&lima, "dr", "pgrep -x dockerd");
     lima.shell("dr", &["sudo", "kill", "-9", &before]).ok();
     lima.wait_until("dockerd restarted", Duration::from_secs(180), || {
@@ -274,6 +342,42 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
         matches!((exited, again), (Some(a), Some(b)) if a < b),
         "dockerd events: {dockerd:?}"
     );
+
+    // NAT-only publication: no docker-proxy, yet the host port answers,
+    // found from nf_tables notifications.
+    let (watcher, _) = nat(&lima, "dr");
+    assert_eq!(watcher, "nftables notifications");
+    serve(&lima, "dr", "web", 8080, "rootful");
+    lima.wait_until("host port 8080 answers", Duration::from_secs(60), || {
+        http_get(8080).is_some_and(|b| b.contains("rootful"))
+    });
+    assert_eq!(guest(&lima, "dr", "pgrep -c docker-proxy || true"), "0");
+    // Idle: no rule dumps while nothing changes.
+    let (_, dumps) = nat(&lima, "dr");
+    lima.shell("dr", &["sleep", "5"]).ok();
+    assert_eq!(nat(&lima, "dr").1, dumps, "rules were read while idle");
+    docker(&lima, "dr", &["rm", "-f", "web"]).ok();
+    lima.wait_until("host port 8080 is gone", Duration::from_secs(60), || {
+        http_get(8080).is_none()
+    });
+
+    // A host port that is taken is reported with the container, and
+    // forwarded once it frees.
+    let held = std::net::TcpListener::bind("127.0.0.1:8081").unwrap();
+    serve(&lima, "dr", "taken", 8081, "freed");
+    let events = lima.instance_dir("dr").join("ha.events.jsonl");
+    lima.wait_until(
+        "a warning names the taken port and the container",
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&events).unwrap_or_default();
+            text.contains("127.0.0.1:8081/tcp is already in use") && text.contains("taken")
+        },
+    );
+    drop(held);
+    lima.wait_until("host port 8081 answers", Duration::from_secs(60), || {
+        http_get(8081).is_some_and(|b| b.contains("freed"))
+    });
 }
 
 /// An engine that cannot start fails `limactl start` with its log lines.
