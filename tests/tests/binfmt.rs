@@ -7,55 +7,12 @@
 //! `apt-get download` (`cargo xtask setup` adds the arm64 architecture to
 //! dpkg). Needs `cargo xtask image debian`.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use lima_tests::Lima;
 
-/// `apt-get download busybox-static:arm64` into the build tree's download
-/// folder (once), then its `bin/busybox` copied into `dest`.
+/// Debian's arm64 static busybox in `dest`.
 fn arm64_busybox(lima: &Lima, dest: &Path) -> PathBuf {
-    let dir = lima.bin_dir.join("../images/download/arm64");
-    std::fs::create_dir_all(&dir).unwrap();
-    let is_deb = |e: &std::fs::DirEntry| {
-        let n = e.file_name().to_string_lossy().into_owned();
-        n.starts_with("busybox-static_") && n.ends_with("_arm64.deb")
-    };
-    let find = || {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .find(is_deb)
-            .map(|e| e.path())
-    };
-    let deb = find().unwrap_or_else(|| {
-        let out = Command::new("apt-get")
-            .args(["download", "busybox-static:arm64"])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "apt-get download busybox-static:arm64 failed (does dpkg know arm64? \
-             `cargo xtask setup` adds it): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        find().expect("apt-get download left no busybox-static_*_arm64.deb")
-    });
-    let tree = tempfile::tempdir().unwrap();
-    let st = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(tree.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "dpkg-deb -x {}", deb.display());
-    let bin = dest.join("busybox");
-    std::fs::copy(tree.path().join("bin/busybox"), &bin).unwrap();
-    // An ELF for arm64 (e_machine 183), so the guest cannot run it natively.
-    let elf = std::fs::read(&bin).unwrap();
-    assert!(elf.starts_with(b"\x7fELF\x02\x01"), "not a 64-bit ELF");
-    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 183, "not aarch64");
-    bin
+    lima_tests::busybox::busybox(&lima.bin_dir, "arm64", dest)
 }
 
 #[track_caller]

@@ -36,43 +36,10 @@ fn docker(lima: &Lima, name: &str, args: &[&str]) -> Run {
     lima.run(&mut c, None)
 }
 
-/// A build context with a static busybox from Debian's busybox-static
-/// (the .deb `cargo xtask image` downloaded, else `apt-get download`) and
-/// a Dockerfile `FROM scratch`.
+/// A build context with Debian's static busybox and a Dockerfile `FROM
+/// scratch`.
 fn busybox_context(lima: &Lima, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let downloads = lima.bin_dir.join("../images/download");
-    let deb = std::fs::read_dir(&downloads)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("busybox-static_") && n.ends_with(".deb"))
-        })
-        .unwrap_or_else(|| {
-            let tmp = lima.home.path().join("deb");
-            std::fs::create_dir_all(&tmp).unwrap();
-            lima.run(
-                Command::new("apt-get")
-                    .args(["download", "busybox-static"])
-                    .current_dir(&tmp),
-                None,
-            )
-            .ok();
-            std::fs::read_dir(&tmp)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .next()
-                .expect("apt-get download busybox-static left no file")
-        });
-    let x = lima.home.path().join("busybox-x");
-    lima.run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x), None)
-        .ok();
-    std::fs::copy(x.join("bin/busybox"), dir.join("busybox")).unwrap();
+    lima_tests::busybox::busybox(&lima.bin_dir, "amd64", dir);
     std::fs::write(
         dir.join("Dockerfile"),
         "FROM scratch\nCOPY busybox /busybox\nCMD [\"/busybox\", \"echo\", \"hi\"]\n",
@@ -126,8 +93,8 @@ fn http_get(port: u16) -> Option<String> {
 
 /// `ports.json`'s NAT watcher: its status and how many rule dumps it made.
 fn nat(lima: &Lima, name: &str) -> (String, u64) {
-    let text = std::fs::read_to_string(lima.instance_dir(name).join("ports.json"))
-        .unwrap_or_default();
+    let text =
+        std::fs::read_to_string(lima.instance_dir(name).join("ports.json")).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     (
         v["nat"]["watcher"].as_str().unwrap_or_default().to_string(),
@@ -342,6 +309,53 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
         matches!((exited, again), (Some(a), Some(b)) if a < b),
         "dockerd events: {dockerd:?}"
     );
+
+    // A foreign-arch image: Debian's arm64 busybox, built for linux/arm64
+    // (no RUN step, so the build needs no emulation), runs through the
+    // qemu-aarch64 handler our agent registered (flag F).
+    let arm = lima.home.path().join("arm-ctx");
+    lima_tests::busybox::busybox(&lima.bin_dir, "arm64", &arm);
+    std::fs::write(
+        arm.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /busybox\nENTRYPOINT [\"/busybox\"]\n",
+    )
+    .unwrap();
+    docker(
+        &lima,
+        "dr",
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/arm64",
+            "-t",
+            "arm-bb",
+            &arm.to_string_lossy(),
+        ],
+    )
+    .ok();
+    let r = docker(
+        &lima,
+        "dr",
+        &["image", "inspect", "-f", "{{.Architecture}}", "arm-bb"],
+    )
+    .ok();
+    assert_eq!(r.stdout().trim(), "arm64");
+    let r = docker(
+        &lima,
+        "dr",
+        &[
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            "arm-bb",
+            "uname",
+            "-m",
+        ],
+    )
+    .ok();
+    assert_eq!(r.stdout().trim(), "aarch64");
 
     // NAT-only publication: no docker-proxy, yet the host port answers,
     // found from nf_tables notifications.
