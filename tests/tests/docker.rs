@@ -102,6 +102,52 @@ fn nat(lima: &Lima, name: &str) -> (String, u64) {
     )
 }
 
+/// A local registry on the host (Debian's docker-registry), on a free
+/// port of 127.0.0.1, which the guest reaches as host.lima.internal.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(lima: &Lima) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = lima.home.path().join("registry");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian's; `cargo xtask setup` installs it)");
+        lima.wait_until("the registry listens", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Registry { child, port }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What both templates must give: the host CLI reaches the guest engine
 /// through a 0600 socket, images build and run, storage is overlay2 on the
 /// data disk, and `host.lima.internal` names the host.
@@ -265,13 +311,18 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
 
     // Killed, it comes back; the state file counts the attempts. It comes
     // back without a userland proxy: published ports are NAT rules only.
+    // It also trusts the host's local registry.
+    let registry = Registry::start(&lima);
+    let reg = format!("host.lima.internal:{}", registry.port);
+    let daemon_json =
+        format!("{{\"userland-proxy\": false, \"insecure-registries\": [\"{reg}\"]}}");
     lima.shell(
         "dr",
         &[
             "sudo",
             "sh",
             "-c",
-            "mkdir -p /etc/docker && echo '{\"userland-proxy\": false}' > /etc/docker/daemon.json",
+            &format!("mkdir -p /etc/docker && echo '{daemon_json}' > /etc/docker/daemon.json"),
         ],
     )
     .ok();
@@ -309,6 +360,17 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
         matches!((exited, again), (Some(a), Some(b)) if a < b),
         "dockerd events: {dockerd:?}"
     );
+
+    // Pushed to the host's registry through host.lima.internal, removed,
+    // pulled back and run.
+    let tag = format!("{reg}/lima-bb:1");
+    docker(&lima, "dr", &["tag", "lima-bb", &tag]).ok();
+    docker(&lima, "dr", &["push", &tag]).ok();
+    docker(&lima, "dr", &["rmi", &tag]).ok();
+    docker(&lima, "dr", &["pull", &tag]).ok();
+    let r = docker(&lima, "dr", &["run", "--rm", &tag]).ok();
+    assert_eq!(r.stdout(), "hi\n");
+    drop(registry);
 
     // A foreign-arch image: Debian's arm64 busybox, built for linux/arm64
     // (no RUN step, so the build needs no emulation), runs through the

@@ -21,7 +21,9 @@ use crate::cmd;
 /// qemu-utils (`qemu-img`) for the qcow2 (and instance disks), and ovmf to
 /// boot it; its tests log in with the ssh client. iptables and nftables
 /// make the rules the guest agent's NAT watcher tests read (as a container
-/// engine does), in a network namespace of their own.
+/// engine does), in a network namespace of their own. docker-registry is
+/// the local registry the docker tests push to and pull from (started by
+/// the test itself; the package's service is never enabled here).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-utils",
@@ -39,6 +41,7 @@ const APT_PACKAGES: &[&str] = &[
     "xz-utils",
     "iptables",
     "nftables",
+    "docker-registry",
 ];
 
 /// The static guest agent is built for this target.
