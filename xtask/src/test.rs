@@ -52,7 +52,9 @@ pub fn run(args: &[String], slow: bool) -> Result<()> {
 /// The slow tier: every `#[ignore]`d end-to-end test of `lima-tests`.
 fn run_slow(args: &[String]) -> Result<()> {
     build::run(Profile::Debug)?;
-    image::assemble(&build::agent_path())?;
+    let default = image::assemble(&build::agent_path())?;
+    // tests/tests/binfmt.rs boots builtin:debian (cached after once).
+    crate::debian::assemble(&default)?;
     let cloud = crate::cloud_image::assemble()?;
     cmd::run(
         cmd::cargo()
