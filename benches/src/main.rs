@@ -84,6 +84,9 @@ struct Args {
     /// Runs of each repeated figure (docker suite)
     #[arg(long, default_value_t = 5)]
     docker_runs: usize,
+    /// Builds per mount type (docker suite)
+    #[arg(long, default_value_t = 1)]
+    docker_build_runs: usize,
     /// Skip starting `template:docker` (rootless) (docker suite)
     #[arg(long)]
     no_rootless: bool,
@@ -183,6 +186,7 @@ fn main() -> anyhow::Result<()> {
         "cloud" => cloud::run(),
         "docker" => docker::run(&docker::Opts {
             runs: args.docker_runs,
+            build_runs: args.docker_build_runs,
             rootless: !args.no_rootless,
         }),
         other => bail!(
