@@ -134,7 +134,10 @@ fn busybox_context(dest: &Path) -> anyhow::Result<()> {
         }
     };
     let tree = tempfile::tempdir()?;
-    ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tree.path()))?;
+    ok(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(tree.path()))?;
     std::fs::create_dir_all(dest)?;
     std::fs::copy(tree.path().join("bin/busybox"), dest.join("busybox"))?;
     std::fs::write(
@@ -222,9 +225,16 @@ fn engine_start(env: &Env, name: &str) -> (Option<f64>, Option<f64>) {
             .find(|l| l.contains(what))
             .and_then(|l| rfc3339_secs(l.split_whitespace().next()?))
     };
-    let first = at("services: containerd started").or(at("services: dockerd started"));
-    let dockerd = at("services: dockerd started");
-    let running = at("services: dockerd running");
+    // The rootless engine is one service, `dockerd-rootless` (rootlesskit
+    // with its own containerd); the rootful one is containerd, then dockerd.
+    let engine = if text.contains("services: dockerd-rootless ") {
+        "dockerd-rootless"
+    } else {
+        "dockerd"
+    };
+    let dockerd = at(&format!("services: {engine} started"));
+    let first = at("services: containerd started").or(dockerd);
+    let running = at(&format!("services: {engine} running"));
     let d = |a: Option<f64>| Some(running? - a?);
     (d(first), d(dockerd))
 }
@@ -362,8 +372,14 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
         "| ours (NAT rules from nf_tables notifications), from `docker run` | {} |",
         cell(&ours)
     );
-    println!("| ours, after `docker run -d` returned | {} |", cell(&after_return));
-    println!("| `docker run -d` returned (rule in place) | {} |", cell(&returned_at));
+    println!(
+        "| ours, after `docker run -d` returned | {} |",
+        cell(&after_return)
+    );
+    println!(
+        "| `docker run -d` returned (rule in place) | {} |",
+        cell(&returned_at)
+    );
     println!(
         "| Lima's 3 s rescan (computed: return + 1.5 s mean; range return+0..+3 s) | {} ({:.2}–{:.2}) |",
         format_args!("{:.2} s", Stats::new(lima_mean).median().as_secs_f64()),

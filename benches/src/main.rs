@@ -189,9 +189,9 @@ fn main() -> anyhow::Result<()> {
             build_runs: args.docker_build_runs,
             rootless: !args.no_rootless,
         }),
-        other => bail!(
-            "unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker)"
-        ),
+        other => {
+            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker)")
+        }
     }
 }
 
