@@ -21,6 +21,11 @@
 //! * `cloud`: `limactl start` of a Debian 12 cloud image to ready, each boot
 //!   phase from the console, beside plain QEMU booting the same qcow2 to a
 //!   login prompt; and a second start (`cloud.rs`).
+//! * `docker`: the engine of `builtin:docker` from the host CLI: a published
+//!   port answering (NAT rules from nf_tables notifications, beside Lima's
+//!   3 s rescan), `docker run --rm` from the host beside in the guest,
+//!   `docker build .` of 5,000 files on vsockfs, 9p and virtiofs, and start
+//!   to engine-answers for both templates (`docker.rs`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +34,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 mod cloud;
+mod docker;
 mod oneshot;
 mod shares;
 
@@ -75,6 +81,15 @@ struct Args {
     /// Classic systemd boots (run suite; each takes minutes under TCG)
     #[arg(long, default_value_t = 3)]
     classic_runs: usize,
+    /// Runs of each repeated figure (docker suite)
+    #[arg(long, default_value_t = 5)]
+    docker_runs: usize,
+    /// Builds per mount type (docker suite)
+    #[arg(long, default_value_t = 1)]
+    docker_build_runs: usize,
+    /// Skip starting `template:docker` (rootless) (docker suite)
+    #[arg(long)]
+    no_rootless: bool,
 }
 
 fn bin_dir() -> PathBuf {
@@ -169,7 +184,14 @@ fn main() -> anyhow::Result<()> {
             classic_runs: args.classic_runs,
         }),
         "cloud" => cloud::run(),
-        other => bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud)"),
+        "docker" => docker::run(&docker::Opts {
+            runs: args.docker_runs,
+            build_runs: args.docker_build_runs,
+            rootless: !args.no_rootless,
+        }),
+        other => {
+            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker)")
+        }
     }
 }
 

@@ -17,6 +17,12 @@ pub fn run(args: &[String]) -> Result<()> {
     // agent just built too, not whichever one its last assembly had.
     crate::debian::assemble(&default)?;
     let mut runner = cmd::cargo();
+    if args.iter().any(|a| a == "docker") {
+        // `builtin:docker` around the release agent: its own initramfs
+        // (the engine's modules) under the engine's root filesystem.
+        let base = image::assemble_flavor(&build::agent_path(), &image::DOCKER_BASE)?;
+        crate::debian::assemble_docker(&base)?;
+    }
     if args.iter().any(|a| a == "cloud") {
         runner.env("LIMA_BENCH_CLOUD_IMAGE", crate::cloud_image::assemble()?);
     }
