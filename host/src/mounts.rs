@@ -296,6 +296,7 @@ pub fn from_flag(flag: &str) -> MountYaml {
     } else {
         std::env::current_dir().unwrap_or_default().join(dir)
     };
+    let dir = clean(&dir);
     MountYaml {
         location: dir.display().to_string(),
         writable: Some(writable),
@@ -303,9 +304,41 @@ pub fn from_flag(flag: &str) -> MountYaml {
     }
 }
 
+/// `path` with `.` parts dropped and `..` taking the part before it away,
+/// by the text alone (as Lima's `filepath.Abs` does): `--mount .:w` from a
+/// project folder names that folder, not `folder/.`.
+fn clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if out.parent().is_some() {
+                    out.pop();
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flag_folders_are_absolute_and_clean() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(from_flag(".:w").location, cwd.display().to_string());
+        assert_eq!(from_flag(".:w").writable, Some(true));
+        assert_eq!(from_flag("./").location, cwd.display().to_string());
+        assert_eq!(from_flag("/a/./b/../c/").location, "/a/c");
+        assert_eq!(from_flag("/../x").location, "/x");
+        let parent = cwd.parent().unwrap_or(&cwd).display().to_string();
+        assert_eq!(from_flag("..").location, parent);
+    }
 
     #[test]
     fn missing_folders_in_the_temp_folder_are_made_shared_like_it() {
