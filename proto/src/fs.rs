@@ -47,6 +47,11 @@ pub struct ShareSetup {
     /// guest serves the share's frames there instead of on this stream
     /// and answers [`ShareStatus::ReadyOnPort`].
     pub port: Option<String>,
+    /// A copy-on-write review layer (`crate::layer`): the guest mounts
+    /// this (read-only) share out of sight as the layer's lower folder and
+    /// its own view of the layer at `mount_point`. Names the layer; an
+    /// existing layer of that name is reused.
+    pub layer: Option<String>,
 }
 
 /// A range of the VM's ivshmem device (PCI `1af4:1110`, BAR 2) that the

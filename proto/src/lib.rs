@@ -17,6 +17,8 @@ pub mod sync;
 
 #[cfg(feature = "std")]
 pub mod fs;
+#[cfg(feature = "std")]
+pub mod layer;
 #[cfg(feature = "tokio")]
 pub mod relay;
 #[cfg(feature = "std")]

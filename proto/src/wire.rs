@@ -40,8 +40,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the types below or to the share
 /// protocol's (`fs`); 2: entry-making replies carry the parent's attributes;
-/// 3: `ExecRequest` names the user, the login shell and the cwd fallback.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 3: `ExecRequest` names the user, the login shell and the cwd fallback;
+/// 4: `Files` and `Layer` streams, `ShareSetup::layer`.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// First bytes of every hello, so a stray peer is told apart from an old one.
 pub const MAGIC: [u8; 4] = *b"LRS\0";
 /// The vsock port the guest agent listens on.
@@ -78,6 +79,12 @@ pub enum Purpose {
     Forward,
     /// A shared folder: `fs::ShareSetup`, then the `fs` protocol.
     Share,
+    /// File operations on the guest's own tree for `limactl mcp`
+    /// (`files::FilesRequest` / `files::FilesReply`, one stream per client).
+    Files,
+    /// Copy-on-write review layers of `limactl shell --sync`
+    /// (`layer::LayerRequest` / `layer::LayerReply`).
+    Layer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,7 @@ async fn mount_fs_server_with(writable: bool, shm: Option<ShmRegion>) -> Mounted
         gid: GID,
         shm,
         port: None,
+        layer: None,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();

@@ -582,6 +582,7 @@ async fn mount_stand_in(writable: bool) -> Mounted {
         gid: GID,
         shm: None,
         port: None,
+        layer: None,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
@@ -1008,6 +1009,7 @@ async fn a_mount_point_that_cannot_be_created_fails_with_its_name() {
         gid: 0,
         shm: None,
         port: None,
+        layer: None,
     };
     write_frame_async(&mut host_end, &setup).await.unwrap();
     let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();

@@ -88,6 +88,7 @@ pub async fn mount(
         gid,
         shm: shm.as_ref().map(|(_, region)| *region),
         port: given.filter(|_| port.is_some()).map(|p| p.name.clone()),
+        layer: None,
     };
     write_frame_async(&mut stream, &setup)
         .await

@@ -493,6 +493,7 @@ fn frames() -> Vec<Vec<u8>> {
                     len: 32 << 20,
                 }),
                 port: Some("lima-fs-0".into()),
+                layer: None,
             }],
         ),
         typed(
