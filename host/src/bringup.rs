@@ -104,6 +104,10 @@ pub enum BringUpError {
     /// A share could not be mounted; the VM was stopped.
     #[error("{0}")]
     Shares(String),
+    /// The guest agent answered in another protocol version (an image
+    /// built before the host tools); the VM was stopped.
+    #[error("{0}")]
+    AgentVersion(String),
 }
 
 /// A stop request (signals, Ctrl-C) that can be awaited again and again.
@@ -204,11 +208,11 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
                 transport.as_ref(),
                 hybrid.then_some(plan.serial_log.as_path()),
             )
-            .await;
+            .await?;
             if let Some(user) = &user {
                 wait_for_user(transport.as_ref(), user).await;
             }
-            info
+            Ok::<_, client::ClientError>(info)
         };
         tokio::pin!(ready);
         let deadline = async {
@@ -221,7 +225,13 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         let mut console_seen = !opts.watch_console;
         loop {
             tokio::select! {
-                info = &mut ready => break info,
+                info = &mut ready => match info {
+                    Ok(info) => break info,
+                    Err(e) => {
+                        stop_vm(vm.as_mut(), None, opts.shutdown, grace, acpi, &opts.observe).await;
+                        return Err(BringUpError::AgentVersion(e.to_string()));
+                    }
+                },
                 // The kernel's first words on the serial port (its setup code
                 // probes EDD before anything else) mark the end of firmware and
                 // image loading.
@@ -511,8 +521,12 @@ async fn wait_for_console_marker(serial: &std::path::Path) {
 }
 
 /// Waits for the agent's console line when `serial` is given (our images
-/// print it), then polls the guest agent until it answers a ping.
-async fn wait_ready(transport: &dyn Transport, serial: Option<&std::path::Path>) -> AgentInfo {
+/// print it), then polls the guest agent until it answers a ping. An agent
+/// that speaks another protocol version will never do: that ends the wait.
+async fn wait_ready(
+    transport: &dyn Transport,
+    serial: Option<&std::path::Path>,
+) -> Result<AgentInfo, client::ClientError> {
     if let Some(serial) = serial {
         wait_for_console_marker(serial).await;
     }
@@ -522,7 +536,8 @@ async fn wait_ready(transport: &dyn Transport, serial: Option<&std::path::Path>)
     let mut limit = Duration::from_secs(3);
     loop {
         match tokio::time::timeout(limit, client::ping(transport)).await {
-            Ok(Ok(info)) => return info,
+            Ok(Ok(info)) => return Ok(info),
+            Ok(Err(e @ client::ClientError::Version(_))) => return Err(e),
             Ok(Err(e)) => tracing::trace!("guest agent not ready: {e}"),
             Err(_) => {
                 tracing::debug!("guest agent ping timed out after {limit:?}");

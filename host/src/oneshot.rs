@@ -378,7 +378,9 @@ async fn boot_and_run(
         Err(BringUpError::PortForwards { index, msg }) => {
             return Err(RunError::Usage(format!("port rule {index}: {msg}")))
         }
-        Err(e @ BringUpError::Prepare(_)) => return Err(RunError::Failed(e.to_string())),
+        Err(e @ (BringUpError::Prepare(_) | BringUpError::AgentVersion(_))) => {
+            return Err(RunError::Failed(e.to_string()))
+        }
     };
 
     // lima-run is a terminal program: the command gets our terminal (a

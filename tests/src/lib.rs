@@ -481,6 +481,34 @@ impl Lima {
 }
 
 /// sha256 of bytes, hex.
+/// A folder under the fixture user's home, removed at the end.
+pub struct HomeFolder(pub PathBuf);
+
+impl Drop for HomeFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Lima {
+    /// `~/PREFIX-PID` of the fixture's user, with a `sub` folder, owned by
+    /// that user: a project folder as a user would have it.
+    pub fn home_folder(&self, prefix: &str) -> HomeFolder {
+        let home = match &self.user {
+            Some(u) => u.home.clone(),
+            None => PathBuf::from(std::env::var_os("HOME").expect("HOME")),
+        };
+        let dir = home.join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        if let Some(u) = &self.user {
+            for d in [dir.as_path(), &dir.join("sub")] {
+                std::os::unix::fs::chown(d, Some(u.uid), Some(u.gid)).unwrap();
+            }
+        }
+        HomeFolder(dir)
+    }
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))

@@ -74,30 +74,6 @@ fn the_wrapper_passes_its_arguments_and_usage_errors_exit_1() {
     assert!(r.messages().contains("--foo"), "{}", r.stderr());
 }
 
-/// A folder under the user's home, removed at the end.
-struct HomeFolder(PathBuf);
-
-impl Drop for HomeFolder {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn home_folder(lima: &Lima) -> HomeFolder {
-    let home = match &lima.user {
-        Some(u) => u.home.clone(),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")),
-    };
-    let dir = home.join(format!("lima-shell-test-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("sub")).unwrap();
-    if let Some(u) = &lima.user {
-        for d in [dir.as_path(), &dir.join("sub")] {
-            std::os::unix::fs::chown(d, Some(u.uid), Some(u.gid)).unwrap();
-        }
-    }
-    HomeFolder(dir)
-}
-
 /// `PROGRAM ARGS` (`limactl` or `lima`, whose instance is ours) started in `cwd`.
 fn in_dir(lima: &Lima, cwd: &Path, program: &str, args: &[&str]) -> lima_tests::Run {
     let mut c = lima.cmd(program);
@@ -115,7 +91,7 @@ fn in_dir(lima: &Lima, cwd: &Path, program: &str, args: &[&str]) -> lima_tests::
 #[test]
 fn shell_and_lima_as_limas_on_the_default_template() {
     let lima = Lima::as_ordinary_user();
-    let folder = home_folder(&lima);
+    let folder = lima.home_folder("lima-shell-test");
     let project = folder.0.clone();
     lima.start("sh21", &[]);
 
