@@ -24,7 +24,7 @@
 mod ebpf;
 mod events;
 pub mod nat;
-mod sockdiag;
+pub(crate) mod sockdiag;
 mod table;
 mod watcher;
 

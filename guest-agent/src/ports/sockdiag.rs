@@ -38,7 +38,7 @@ use std::{
     collections::BTreeSet,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
 };
 
@@ -328,6 +328,15 @@ fn invalid(what: String) -> io::Error {
     )
 }
 
+/// Bounds every blocking receive on `fd` to `secs` seconds (`SO_RCVTIMEO`):
+/// a netlink answer that never comes becomes an error instead of a hang.
+/// The NAT watcher's dump socket uses it too.
+pub(crate) fn set_recv_timeout(fd: std::os::fd::BorrowedFd<'_>, secs: i64) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    use nix::sys::time::{TimeVal, TimeValLike};
+    setsockopt(&fd, ReceiveTimeout, &TimeVal::seconds(secs)).map_err(io::Error::from)
+}
+
 /// A NETLINK_SOCK_DIAG socket; closed on drop.
 struct DiagSocket(OwnedFd);
 
@@ -346,24 +355,7 @@ impl DiagSocket {
         }
         // SAFETY: fd is a socket we just opened and own; nothing else holds it.
         let socket = Self(unsafe { OwnedFd::from_raw_fd(fd) });
-        let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT_SECS.into(),
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt reads size_of::<timeval>() bytes from a live
-        // timeval; the fd is open.
-        let set = unsafe {
-            libc::setsockopt(
-                socket.0.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if set != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_recv_timeout(socket.0.as_fd(), RECV_TIMEOUT_SECS.into())?;
         Ok(socket)
     }
 

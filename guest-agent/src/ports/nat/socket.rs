@@ -15,7 +15,7 @@
 //! Both need CAP_NET_ADMIN (nfnetlink checks it for every message and
 //! group); the agent is root. Only the syscalls are unsafe, in [`NfSocket`].
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::rules::{NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE};
 
@@ -164,23 +164,7 @@ impl NfSocket {
     /// the NEWRULE messages of one consistent dump.
     pub fn dump_rules() -> io::Result<Vec<Vec<u8>>> {
         let socket = Self::open(0)?;
-        let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT_SECS.into(),
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt reads a live timeval; the fd is open.
-        let set = unsafe {
-            libc::setsockopt(
-                socket.0.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if set != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::ports::sockdiag::set_recv_timeout(socket.0.as_fd(), RECV_TIMEOUT_SECS.into())?;
         let mut buf = vec![0u8; RECV_BUF];
         let mut attempt = 0;
         loop {
