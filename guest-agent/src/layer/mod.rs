@@ -54,7 +54,7 @@ use lima_proto::sync::lock;
 
 /// Where the lower share of layer `id` is mounted.
 pub(crate) fn lower_path(id: &str) -> PathBuf {
-    Path::new(store::LOWERS).join(id).join("lower")
+    store::lowers().join(id).join("lower")
 }
 
 /// Mounts the view of layer `id` (made if new, reused if not) over `lower`
@@ -83,13 +83,6 @@ pub(crate) fn start_view(
         }
     }
     let overlay = Arc::new(overlay::Overlay::new(layer, lower.to_path_buf()));
-    overlay.adopt_root().map_err(|n| {
-        format!(
-            "cannot read the lower folder {}: {}",
-            lower.display(),
-            std::io::Error::from_raw_os_error(n)
-        )
-    })?;
     let view = mount::mount_view(overlay, Path::new(mount_point), uid, gid)?;
     store
         .add_view(id, view)

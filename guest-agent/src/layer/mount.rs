@@ -20,6 +20,18 @@ pub(crate) struct ViewMount {
     _mount: FuseMount,
 }
 
+impl Drop for ViewMount {
+    fn drop(&mut self) {
+        tracing::debug!(
+            "layer {}: view unmounted ({} lower stats and listings)",
+            self.overlay.layer.id,
+            self.overlay
+                .lower_calls
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+}
+
 /// Mounts `overlay` at `target` (made if missing), files shown as owned by
 /// `uid`/`gid`. Blocks until the kernel's handshake is done.
 pub(crate) fn mount_view(

@@ -44,6 +44,8 @@ pub(crate) struct Overlay {
     /// Stats and listings of the lower folder, for tests that a mount does
     /// not walk it.
     pub lower_calls: AtomicU64,
+    /// Whether the upper root has the lower root's mode and times yet.
+    root_adopted: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
@@ -140,6 +142,7 @@ impl Overlay {
             layer,
             lower,
             lower_calls: AtomicU64::new(0),
+            root_adopted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -175,6 +178,15 @@ impl Overlay {
     /// Resolves `p` holding the lock only to see whether the lower path
     /// shows through (lookups do not wait on each other's lower stats).
     pub(crate) fn find(&self, p: &[u8]) -> Result<Found, Errno> {
+        if p.is_empty() {
+            if let Err(n) = self.adopt_root() {
+                tracing::warn!(
+                    "layer {}: cannot read the lower folder's root: {}",
+                    self.layer.id,
+                    std::io::Error::from_raw_os_error(n)
+                );
+            }
+        }
         let visible = lower_visible(&self.layer.inner.lock().map_err(|_| libc::EIO)?.state, p);
         match lstat(&self.upper(p)) {
             Ok(m) => return Ok(Found::Upper(m)),
@@ -190,15 +202,18 @@ impl Overlay {
 
     /// Gives the upper root the lower root's mode and times once, so the
     /// view's root looks like `DIR` (the upper folder itself is made 0700).
-    pub(crate) fn adopt_root(&self) -> Result<(), Errno> {
+    /// At the first request for the root, not at mount time: the lower
+    /// share answers only once the host has heard that the share is ready.
+    fn adopt_root(&self) -> Result<(), Errno> {
+        if self.root_adopted.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut inner = self.layer.inner.lock().map_err(|_| libc::EIO)?;
+        self.root_adopted.store(true, Ordering::Release);
         if inner.state.seen.contains_key(&b""[..]) {
             return Ok(());
         }
-        let m = lstat(&self.lower).map_err(|e| {
-            tracing::warn!("layer {}: the lower folder: errno {e}", self.layer.id);
-            e
-        })?;
+        let m = lstat(&self.lower)?;
         let up = &self.layer.upper;
         std::fs::set_permissions(up, std::fs::Permissions::from_mode(m.mode() & 0o7777))
             .map_err(|e| io_errno(&e))?;

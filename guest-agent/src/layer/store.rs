@@ -32,9 +32,21 @@ pub(crate) struct Store {
 impl Default for Store {
     fn default() -> Store {
         Store {
-            root: PathBuf::from(LAYERS),
+            root: test_root().map_or_else(|| PathBuf::from(LAYERS), |r| r.join("layers")),
         }
     }
+}
+
+/// The folder of lower shares.
+pub(crate) fn lowers() -> PathBuf {
+    test_root().map_or_else(|| PathBuf::from(LOWERS), |r| r.join("lowers"))
+}
+
+/// Tests keep the default store and lowers in a folder of their own.
+fn test_root() -> Option<PathBuf> {
+    cfg!(test).then(|| {
+        std::env::temp_dir().join(format!("lima-layers-test-{}", std::process::id()))
+    })
 }
 
 /// One layer: its folders and its records.

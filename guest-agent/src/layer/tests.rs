@@ -32,6 +32,7 @@ fn unique(what: &str) -> PathBuf {
 
 /// A lower folder, a store and a mount point.
 struct Fixture {
+    base: PathBuf,
     lower: PathBuf,
     store: Store,
     mnt: PathBuf,
@@ -45,6 +46,7 @@ impl Fixture {
         std::fs::create_dir(&lower).unwrap();
         std::fs::set_permissions(&lower, std::fs::Permissions::from_mode(0o755)).unwrap();
         Fixture {
+            base: base.clone(),
             lower,
             store: Store {
                 root: base.join("layers"),
@@ -112,6 +114,14 @@ impl Fixture {
                 len,
             },
         )
+    }
+}
+
+impl Drop for Fixture {
+    /// A failed test leaves no mount behind.
+    fn drop(&mut self) {
+        super::stop_view(&self.store, &self.id);
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 

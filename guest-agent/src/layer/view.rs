@@ -86,13 +86,16 @@ impl Inodes {
     }
 }
 
+/// An open directory: (inode, type, name) of each entry, `.` and `..` first.
+type Listing = Vec<(u64, FileType, Vec<u8>)>;
+
 pub(crate) struct View {
     pub(crate) overlay: Arc<Overlay>,
     uid: u32,
     gid: u32,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<File>>>,
-    dirs: Mutex<HashMap<u64, Vec<(u64, FileType, Vec<u8>)>>>,
+    dirs: Mutex<HashMap<u64, Listing>>,
     next_fh: AtomicU64,
 }
 

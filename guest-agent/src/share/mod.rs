@@ -232,7 +232,7 @@ impl Drop for LayerView {
 /// The folder of lower shares is root's alone.
 fn private_lowers() -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = Path::new(crate::layer::store::LOWERS);
+    let dir = &crate::layer::store::lowers();
     std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))
