@@ -591,3 +591,56 @@ fn changes_come_from_the_upper_folder_and_the_records() {
         LayerReply::Layers(vec![])
     );
 }
+
+#[test]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (issue 23, shell --sync)"]
+fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
+    let fx = Fixture::new();
+    for name in ["a", "b", "c", "d", "f", "h", "r", "dir/e"] {
+        write(&fx.lower.join(name), format!("{name}\n"));
+    }
+    fx.mount();
+    let m = &fx.mnt;
+    // Over a lower file: the moved file wins, reviewed as the rename.
+    std::fs::rename(m.join("a"), m.join("b")).unwrap();
+    // Truncated, touched.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("c"))
+        .unwrap();
+    let st = std::process::Command::new("touch")
+        .arg("-m")
+        .arg("-d")
+        .arg("2001-01-01")
+        .arg(m.join("d"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // A new file saved over a lower one (an editor's save-by-rename).
+    std::fs::write(m.join("dir/.e.swp"), "new e\n").unwrap();
+    std::fs::rename(m.join("dir/.e.swp"), m.join("dir/e")).unwrap();
+    // There and back again; opened for writing, nothing written.
+    std::fs::rename(m.join("f"), m.join("g")).unwrap();
+    std::fs::rename(m.join("g"), m.join("f")).unwrap();
+    drop(std::fs::OpenOptions::new().read(true).write(true).open(m.join("h")).unwrap());
+    // Moved, then deleted: the original is deleted.
+    std::fs::rename(m.join("r"), m.join("r2")).unwrap();
+    std::fs::remove_file(m.join("r2")).unwrap();
+    assert_eq!(errno(std::fs::hard_link(m.join("f"), m.join("h2"))), Some(libc::EXDEV));
+
+    assert_eq!(std::fs::read_to_string(m.join("b")).unwrap(), "a\n");
+    assert_eq!(std::fs::read_to_string(m.join("dir/e")).unwrap(), "new e\n");
+    assert_eq!(std::fs::metadata(m.join("c")).unwrap().len(), 0);
+    assert_eq!(
+        fx.changes(),
+        pairs(&[
+            ("b", "renamed from a"),
+            ("c", "modified"),
+            ("d", "modified"),
+            ("dir/e", "modified"),
+            ("r", "deleted"),
+        ])
+    );
+    fx.unmount();
+}
