@@ -44,9 +44,8 @@ pub(crate) fn lowers() -> PathBuf {
 
 /// Tests keep the default store and lowers in a folder of their own.
 fn test_root() -> Option<PathBuf> {
-    cfg!(test).then(|| {
-        std::env::temp_dir().join(format!("lima-layers-test-{}", std::process::id()))
-    })
+    cfg!(test)
+        .then(|| std::env::temp_dir().join(format!("lima-layers-test-{}", std::process::id())))
 }
 
 /// One layer: its folders and its records.

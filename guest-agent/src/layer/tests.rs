@@ -623,11 +623,20 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
     // There and back again; opened for writing, nothing written.
     std::fs::rename(m.join("f"), m.join("g")).unwrap();
     std::fs::rename(m.join("g"), m.join("f")).unwrap();
-    drop(std::fs::OpenOptions::new().read(true).write(true).open(m.join("h")).unwrap());
+    drop(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.join("h"))
+            .unwrap(),
+    );
     // Moved, then deleted: the original is deleted.
     std::fs::rename(m.join("r"), m.join("r2")).unwrap();
     std::fs::remove_file(m.join("r2")).unwrap();
-    assert_eq!(errno(std::fs::hard_link(m.join("f"), m.join("h2"))), Some(libc::EXDEV));
+    assert_eq!(
+        errno(std::fs::hard_link(m.join("f"), m.join("h2"))),
+        Some(libc::EXDEV)
+    );
 
     assert_eq!(std::fs::read_to_string(m.join("b")).unwrap(), "a\n");
     assert_eq!(std::fs::read_to_string(m.join("dir/e")).unwrap(), "new e\n");
@@ -641,6 +650,65 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
             ("dir/e", "modified"),
             ("r", "deleted"),
         ])
+    );
+    fx.unmount();
+}
+
+/// Git's own ways of writing (lock files renamed into place, hard links
+/// refused and replaced, fsync) work in the view, and a clone of a repo
+/// in the lower folder can commit without touching it.
+#[test]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (issue 23, shell --sync)"]
+fn git_commits_in_the_view() {
+    let fx = Fixture::new();
+    // As the guest user in the view (git refuses a repo owned by another).
+    let git = |dir: &Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new("git");
+        if dir.starts_with(&fx.mnt) {
+            cmd.uid(UID).gid(GID).env("HOME", "/nonexistent");
+        }
+        let out = cmd
+            .arg("-C")
+            .arg(dir)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@e",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .output()
+            .expect("git (the test needs it)");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    write(&fx.lower.join("README"), "hello\n");
+    git(&fx.lower, &["init", "-q"]);
+    git(&fx.lower, &["add", "README"]);
+    git(&fx.lower, &["commit", "-qm", "one"]);
+    let before = snapshot(&fx.lower);
+    fx.mount();
+    let m = &fx.mnt;
+    assert_eq!(git(m, &["status", "--porcelain"]), "");
+    std::fs::write(m.join("README"), "hello, world\n").unwrap();
+    write(&m.join("src/lib.rs"), "// lib\n");
+    git(m, &["add", "-A"]);
+    git(m, &["commit", "-qm", "two"]);
+    assert_eq!(git(m, &["log", "--format=%s"]), "two\none\n");
+    assert_eq!(git(m, &["status", "--porcelain"]), "");
+    assert_eq!(snapshot(&fx.lower), before);
+    let changed: Vec<String> = fx.changes().into_iter().map(|(p, _)| p).collect();
+    assert!(changed.contains(&"README".to_string()), "{changed:?}");
+    assert!(changed.contains(&".git/index".to_string()), "{changed:?}");
+    assert!(
+        changed.iter().any(|p| p.starts_with(".git/objects/")),
+        "{changed:?}"
     );
     fx.unmount();
 }

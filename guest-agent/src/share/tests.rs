@@ -1528,14 +1528,23 @@ async fn a_layer_share_mounts_a_view_and_keeps_the_layer() {
     blocking({
         let mount = mount.clone();
         move || {
-            assert_eq!(std::fs::read_to_string(mount.join("a.txt")).unwrap(), "host\n");
+            assert_eq!(
+                std::fs::read_to_string(mount.join("a.txt")).unwrap(),
+                "host\n"
+            );
             std::fs::write(mount.join("a.txt"), "guest\n").unwrap();
             std::fs::write(mount.join("b.txt"), "new\n").unwrap();
-            assert_eq!(std::fs::read_to_string(mount.join("a.txt")).unwrap(), "guest\n");
+            assert_eq!(
+                std::fs::read_to_string(mount.join("a.txt")).unwrap(),
+                "guest\n"
+            );
         }
     })
     .await;
-    assert_eq!(std::fs::read_to_string(root.join("a.txt")).unwrap(), "host\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("a.txt")).unwrap(),
+        "host\n"
+    );
     assert!(!root.join("b.txt").exists());
     // The host goes away: both mounts go, the layer stays.
     server.abort();
@@ -1543,10 +1552,9 @@ async fn a_layer_share_mounts_a_view_and_keeps_the_layer() {
     let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
     assert!(!is_mounted(&mount) && !is_mounted(&lower));
     let store = crate::layer::Store::default();
-    let LayerReply::Changes(c) = crate::layer::service::handle(
-        &store,
-        LayerRequest::Changes { id: id.clone() },
-    ) else {
+    let LayerReply::Changes(c) =
+        crate::layer::service::handle(&store, LayerRequest::Changes { id: id.clone() })
+    else {
         panic!("no changes")
     };
     assert_eq!(c.len(), 2);
