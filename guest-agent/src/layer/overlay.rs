@@ -238,16 +238,21 @@ impl Overlay {
         }
     }
 
-    /// The names in directory `p` of the view, with their metadata.
-    pub(crate) fn list(&self, state: &State, p: &[u8]) -> Result<Vec<(Vec<u8>, Metadata)>, Errno> {
+    /// The names in directory `p` of the view, with their types (from the
+    /// listings alone: no stat per entry).
+    pub(crate) fn list(
+        &self,
+        state: &State,
+        p: &[u8],
+    ) -> Result<Vec<(Vec<u8>, std::fs::FileType)>, Errno> {
         let mut names = std::collections::BTreeMap::new();
         let upper = self.upper(p);
         let mut in_upper = false;
         if let Ok(rd) = std::fs::read_dir(&upper) {
             in_upper = true;
             for e in rd.flatten() {
-                if let Ok(m) = e.metadata() {
-                    names.insert(e.file_name().as_bytes().to_vec(), m);
+                if let Ok(t) = e.file_type() {
+                    names.insert(e.file_name().as_bytes().to_vec(), t);
                 }
             }
         }
@@ -261,8 +266,8 @@ impl Overlay {
                     if names.contains_key(&name) || state.whiteouts.contains(&child(p, &name)) {
                         continue;
                     }
-                    if let Ok(m) = e.metadata() {
-                        names.insert(name, m);
+                    if let Ok(t) = e.file_type() {
+                        names.insert(name, t);
                     }
                 }
             }

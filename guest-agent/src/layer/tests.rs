@@ -408,6 +408,14 @@ fn a_large_tree_is_not_walked_and_the_journal_outlives_the_view() {
     );
     // A lookup per component, not per file in the tree.
     assert!(fx.lower_calls() <= 5, "{}", fx.lower_calls());
+    // Listing a directory lists it once, no stat per entry.
+    let before = fx.lower_calls();
+    assert_eq!(std::fs::read_dir(m.join("d50")).unwrap().count(), 100);
+    assert!(
+        fx.lower_calls() - before <= 2,
+        "{}",
+        fx.lower_calls() - before
+    );
 
     std::fs::write(m.join("d01/f01"), "edited\n").unwrap();
     std::fs::remove_file(m.join("d02/f02")).unwrap();

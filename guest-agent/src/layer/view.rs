@@ -104,7 +104,10 @@ fn e(n: i32) -> Errno {
 }
 
 fn file_type(m: &Metadata) -> FileType {
-    let t = m.file_type();
+    kind(m.file_type())
+}
+
+fn kind(t: std::fs::FileType) -> FileType {
     use std::os::unix::fs::FileTypeExt;
     if t.is_dir() {
         FileType::Directory
@@ -633,8 +636,8 @@ impl Filesystem for View {
                 (ino.0, FileType::Directory, b".".to_vec()),
                 (parent, FileType::Directory, b"..".to_vec()),
             ];
-            for (name, m) in names {
-                list.push((inodes.ino(&child(&p, &name)), file_type(&m), name));
+            for (name, t) in names {
+                list.push((inodes.ino(&child(&p, &name)), kind(t), name));
             }
             Ok(list)
         });
