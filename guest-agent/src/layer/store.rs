@@ -185,6 +185,14 @@ impl Store {
         };
         drop(view);
         if let Some(layer) = layer {
+            // What the view wrote reaches the disk, not only the records.
+            if let Ok(dir) = std::fs::File::open(&layer.upper) {
+                use std::os::fd::AsRawFd;
+                // SAFETY: syncfs on a descriptor `dir` holds open.
+                if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                    tracing::warn!("layer {id}: syncfs: {}", std::io::Error::last_os_error());
+                }
+            }
             if let Err(e) = lock(&layer.inner).journal.sync() {
                 tracing::warn!("layer {id}: {}", lima_proto::errors::error_chain(&e));
             }

@@ -604,7 +604,7 @@ fn changes_come_from_the_upper_folder_and_the_records() {
 #[ignore = "mounts FUSE: needs root and /dev/fuse (issue 23, shell --sync)"]
 fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
     let fx = Fixture::new();
-    for name in ["a", "b", "c", "d", "f", "h", "r", "dir/e"] {
+    for name in ["a", "b", "c", "d", "f", "h", "r", "t", "dir/e"] {
         write(&fx.lower.join(name), format!("{name}\n"));
     }
     fx.mount();
@@ -646,6 +646,12 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
         Some(libc::EXDEV)
     );
 
+    // A file becomes a directory (a new node for the kernel).
+    assert!(std::fs::metadata(m.join("t")).unwrap().is_file());
+    std::fs::remove_file(m.join("t")).unwrap();
+    std::fs::create_dir(m.join("t")).unwrap();
+    assert!(std::fs::metadata(m.join("t")).unwrap().is_dir());
+    write(&m.join("t/inside"), "x");
     assert_eq!(std::fs::read_to_string(m.join("b")).unwrap(), "a\n");
     assert_eq!(std::fs::read_to_string(m.join("dir/e")).unwrap(), "new e\n");
     assert_eq!(std::fs::metadata(m.join("c")).unwrap().len(), 0);
@@ -657,6 +663,8 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
             ("d", "modified"),
             ("dir/e", "modified"),
             ("r", "deleted"),
+            ("t", "modified"),
+            ("t/inside", "added"),
         ])
     );
     fx.unmount();

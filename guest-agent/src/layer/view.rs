@@ -61,6 +61,12 @@ impl Inodes {
         n
     }
 
+    /// The entry at `p` is gone: a new one there gets a new number (the
+    /// kernel refuses a node whose type changes under one number).
+    fn removed(&mut self, p: &[u8]) {
+        self.by_path.remove(p);
+    }
+
     /// `from` (and, for a directory, all below it) is now at `to`.
     fn moved(&mut self, from: &[u8], to: &[u8], dir: bool) {
         if let Some(old) = self.by_path.remove(to) {
@@ -424,9 +430,11 @@ impl Filesystem for View {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self
-            .child_path(parent, name)
-            .and_then(|p| self.with_inner(|inner| self.overlay.unlink(inner, &p)));
+        let r = self.child_path(parent, name).and_then(|p| {
+            self.with_inner(|inner| self.overlay.unlink(inner, &p))?;
+            lock(&self.inodes).removed(&p);
+            Ok(())
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(n) => reply.error(n),
@@ -434,9 +442,11 @@ impl Filesystem for View {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self
-            .child_path(parent, name)
-            .and_then(|p| self.with_inner(|inner| self.overlay.rmdir(inner, &p)));
+        let r = self.child_path(parent, name).and_then(|p| {
+            self.with_inner(|inner| self.overlay.rmdir(inner, &p))?;
+            lock(&self.inodes).removed(&p);
+            Ok(())
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(n) => reply.error(n),

@@ -212,8 +212,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
     client.close();
     // Ends the priming thread, which holds the mount's root open.
     lock(&running.shared.primer).take();
-    // The view first: it reads the lower mount.
-    drop(view);
+    // The view first: it reads the lower mount. (Off the runtime: the
+    // layer's data is synced to disk.)
+    let _ = tokio::task::spawn_blocking(move || drop(view)).await;
     drop(running.mount);
     tracing::info!("share {tag}: stream closed, {} detached", setup.mount_point);
     result
