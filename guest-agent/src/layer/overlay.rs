@@ -163,6 +163,21 @@ impl Overlay {
         lstat(&self.lower_path(p)).ok()
     }
 
+    /// Refuses a path whose upper parents are not all directories. The
+    /// kernel only sends `a/b` when `a` was a directory; if a symlink has
+    /// taken its place since, the request is stale, and following the
+    /// symlink would let the agent (root) act outside the layer. Called
+    /// under the layer's lock, which every change to upper holds too.
+    pub(crate) fn check_upper_parents(&self, p: &[u8]) -> Result<(), Errno> {
+        for a in ancestors(p).skip(1) {
+            match std::fs::symlink_metadata(self.upper(a)) {
+                Ok(m) if !m.is_dir() => return Err(libc::ENOENT),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Where `p` is in the view.
     pub(crate) fn resolve(&self, state: &State, p: &[u8]) -> Result<Found, Errno> {
         match lstat(&self.upper(p)) {
@@ -291,6 +306,7 @@ impl Overlay {
     /// Makes `p` an upper entry, a copy of the lower one (without its data
     /// when `data` is false: it is about to be truncated).
     pub(crate) fn copy_up(&self, inner: &mut Inner, p: &[u8], data: bool) -> Result<(), Errno> {
+        self.check_upper_parents(p)?;
         if lstat(&self.upper(p)).is_ok() {
             return Ok(());
         }
@@ -382,6 +398,7 @@ impl Overlay {
     }
 
     fn remove_entry(&self, inner: &mut Inner, p: &[u8], found: Found) -> Result<(), Errno> {
+        self.check_upper_parents(p)?;
         let dir = found.is_dir();
         if let Found::Upper(_) = found {
             let up = self.upper(p);
@@ -420,6 +437,8 @@ impl Overlay {
         q: &[u8],
         noreplace: bool,
     ) -> Result<(), Errno> {
+        self.check_upper_parents(p)?;
+        self.check_upper_parents(q)?;
         let src = self.resolve(&inner.state, p)?;
         let dst = match self.resolve(&inner.state, q) {
             Ok(f) => Some(f),
@@ -524,6 +543,7 @@ impl Overlay {
     /// Prepares `p` (absent from the view) for a new entry: parents up,
     /// whiteout gone.
     pub(crate) fn make_room(&self, inner: &mut Inner, p: &[u8], dir: bool) -> Result<(), Errno> {
+        self.check_upper_parents(p)?;
         match self.resolve(&inner.state, p) {
             Ok(_) => return Err(libc::EEXIST),
             Err(libc::ENOENT) => {}

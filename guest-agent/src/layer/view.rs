@@ -245,16 +245,26 @@ impl View {
                 .write(acc != libc::O_RDONLY)
                 .append(flags & libc::O_APPEND != 0)
                 .truncate(flags & libc::O_TRUNC != 0)
-                .custom_flags(flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME))
+                // (The kernel opens no symlink; one here is a swap since.)
+                .custom_flags(
+                    flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME) | libc::O_NOFOLLOW,
+                )
                 .open(path)
                 .map_err(|err| e(io_errno(&err)))
         };
         if writes {
-            self.with_inner(|inner| ov.copy_up(inner, p, flags & libc::O_TRUNC == 0))?;
+            // Copied up and opened under one hold of the lock.
+            let mut inner = lock(&ov.layer.inner);
+            ov.copy_up(&mut inner, p, flags & libc::O_TRUNC == 0)
+                .map_err(e)?;
             return on(&ov.upper(p));
         }
         match ov.find(p).map_err(e)? {
-            Found::Upper(_) => on(&ov.upper(p)),
+            Found::Upper(_) => {
+                let _inner = lock(&ov.layer.inner);
+                ov.check_upper_parents(p).map_err(e)?;
+                on(&ov.upper(p))
+            }
             Found::Lower(m) => {
                 let f = on(&ov.lower.join(OsStr::from_bytes(p)))?;
                 self.with_inner(|inner| ov.note_seen(inner, p, &m))?;
@@ -337,6 +347,7 @@ impl Filesystem for View {
                         Some(f) if f.set_len(size).is_ok() => {}
                         _ => std::fs::OpenOptions::new()
                             .write(true)
+                            .custom_flags(libc::O_NOFOLLOW)
                             .open(&up)
                             .and_then(|f| f.set_len(size))
                             .map_err(io)?,
