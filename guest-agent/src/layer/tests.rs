@@ -646,6 +646,13 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
         Some(libc::EXDEV)
     );
 
+    // Space reserved in a new file.
+    let fa = std::fs::File::create(m.join("fa")).unwrap();
+    // SAFETY: posix_fallocate on a descriptor `fa` holds open.
+    let r = unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&fa), 0, 4096) };
+    assert_eq!(r, 0);
+    assert_eq!(fa.metadata().unwrap().len(), 4096);
+    drop(fa);
     // A file becomes a directory (a new node for the kernel).
     assert!(std::fs::metadata(m.join("t")).unwrap().is_file());
     std::fs::remove_file(m.join("t")).unwrap();
@@ -662,6 +669,7 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
             ("c", "modified"),
             ("d", "modified"),
             ("dir/e", "modified"),
+            ("fa", "added"),
             ("r", "deleted"),
             ("t", "modified"),
             ("t/inside", "added"),
