@@ -1,6 +1,7 @@
 //! A layer's changes, from its upper folder and records alone (the lower
 //! folder need not be there): an upper entry is Added when the lower had
-//! nothing there, Renamed when it came from a lower path, Modified when
+//! nothing there, Renamed when it came from a lower path (to a name the
+//! lower folder did not have), Modified when
 //! the lower had something else (a copy-up that changed nothing is not a
 //! change); a whiteout is Deleted unless a rename took its file away.
 use std::collections::BTreeSet;
@@ -58,7 +59,14 @@ pub(crate) fn compute(upper: &Path, state: &State) -> std::io::Result<Vec<Change
             size: m.size(),
             mtime: mtime_of(&m),
         });
-        let (kind, base) = if let Some(from) = state.origins.get(&p) {
+        // A file moved over a lower one is reviewed as that one modified
+        // and the original deleted: each with its own base for the host to
+        // check (a rename carries only the base of where it came from).
+        let origin = state
+            .origins
+            .get(&p)
+            .filter(|_| !state.seen.contains_key(&p));
+        let (kind, base) = if let Some(from) = origin {
             let seen = state.seen.get(from);
             let modified = seen.is_none_or(|s| !same(s, &m, kind));
             (
@@ -83,7 +91,12 @@ pub(crate) fn compute(upper: &Path, state: &State) -> std::io::Result<Vec<Change
             base,
         });
     }
-    let moved: BTreeSet<&Vec<u8>> = state.origins.values().collect();
+    let moved: BTreeSet<&Vec<u8>> = state
+        .origins
+        .iter()
+        .filter(|(p, _)| !state.seen.contains_key(*p))
+        .map(|(_, from)| from)
+        .collect();
     for w in &state.whiteouts {
         if moved.contains(w) || upper_paths.contains(w) {
             continue;

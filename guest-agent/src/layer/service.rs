@@ -197,9 +197,12 @@ fn forget(layer: &Layer, inner: &mut Inner, c: &Change) -> Result<(), String> {
             }
         }
     }
+    // (A file moved over a lower one has an origin too, reviewed as Modified.)
+    if inner.state.origins.contains_key(p) {
+        rec(inner, Record::Unorigin(p.clone()))?;
+    }
     match &c.kind {
         ChangeKind::Renamed { from, .. } => {
-            rec(inner, Record::Unorigin(p.clone()))?;
             rec(inner, Record::Unwhiteout(from.0.clone()))?;
             rec(inner, Record::Forget(from.0.clone()))?;
         }

@@ -609,7 +609,8 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
     }
     fx.mount();
     let m = &fx.mnt;
-    // Over a lower file: the moved file wins, reviewed as the rename.
+    // Over a lower file: reviewed as that file modified and the original
+    // deleted, so the host checks both.
     std::fs::rename(m.join("a"), m.join("b")).unwrap();
     // Truncated, touched.
     std::fs::OpenOptions::new()
@@ -665,7 +666,8 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
     assert_eq!(
         fx.changes(),
         pairs(&[
-            ("b", "renamed from a"),
+            ("a", "deleted"),
+            ("b", "modified"),
             ("c", "modified"),
             ("d", "modified"),
             ("dir/e", "modified"),
@@ -675,6 +677,15 @@ fn renames_truncates_and_touches_are_reviewed_as_what_they_did() {
             ("t/inside", "added"),
         ])
     );
+    // Applied and dropped, the moved-over file leaves nothing behind: a
+    // new `b` later is just added.
+    let drop = LayerRequest::Drop {
+        id: fx.id.clone(),
+        paths: vec![LayerPath(b"b".to_vec())],
+    };
+    assert_eq!(handle(&fx.store, drop), LayerReply::Done);
+    assert!(!fx.changes().iter().any(|(p, _)| p == "b"));
+    assert!(fx.changes().contains(&("a".into(), "deleted".into())));
     fx.unmount();
 }
 
