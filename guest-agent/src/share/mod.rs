@@ -60,6 +60,15 @@
 //! [`fs::ShareFs`]'s `flush`), and `RELEASE` goes to the host without
 //! anybody waiting for it.
 //!
+//! # Sync layers
+//!
+//! A setup that names a [`ShareSetup::layer`] is mounted read-only at
+//! `/run/lima-guest-agent/layers/ID/lower` instead, and the layer's
+//! copy-on-write view ([`crate::layer`]) at the mount point; `Ready` means
+//! both are up. When the stream ends the view and then the share are
+//! unmounted, and the layer stays on the guest's disk for the host to
+//! review, apply or discard over a Layer stream.
+//!
 //! Files appear owned by the share's `uid`/`gid`; the kernel checks
 //! permissions against the reported modes (`default_permissions`); chown is
 //! accepted and ignored. flock(2) locks stay inside the guest (fuser cannot
