@@ -355,6 +355,23 @@ fn edits_land_in_the_layer_and_changes_name_exactly_them() {
     left.retain(|(p, _)| !["new.txt", "gone.txt", "x2"].contains(&p.as_str()));
     assert_eq!(fx.changes(), left);
     assert!(matches!(drop(&["/abs"]), LayerReply::Error(_)));
+    // The view shows the lower folder where a change was dropped (the
+    // host has applied it there).
+    assert_eq!(
+        errno(std::fs::metadata(m.join("new.txt"))),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.join("gone.txt")).unwrap(),
+        "bye\n"
+    );
+    // An added directory still holding an undropped change stays; a
+    // deleted tree goes whole.
+    let applied = ["moved", "tree", "tree/a", "tree/b", "tree/b/c"];
+    assert_eq!(drop(&applied), LayerReply::Done);
+    left.retain(|(p, _)| !applied.contains(&p.as_str()));
+    assert_eq!(fx.changes(), left);
+    assert!(m.join("moved/ren2.txt").exists());
 
     // Listed as mounted; discard unmounts and deletes.
     let LayerReply::Layers(list) = handle(&fx.store, LayerRequest::List) else {
