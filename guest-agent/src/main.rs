@@ -10,6 +10,7 @@ mod datadisk;
 mod exec;
 mod forward;
 mod init;
+mod layer;
 mod modules;
 mod ports;
 mod root;

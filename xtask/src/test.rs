@@ -132,5 +132,7 @@ fn fuse_tests() -> Result<()> {
         "--ignored",
         "--skip",
         "throughput",
-    ]))
+    ]))?;
+    // The sync layers' views (issue 23).
+    cmd::run(cmd::cargo().args(["test", "-p", "lima-guest-agent", "layer", "--", "--ignored"]))
 }

@@ -60,6 +60,15 @@
 //! [`fs::ShareFs`]'s `flush`), and `RELEASE` goes to the host without
 //! anybody waiting for it.
 //!
+//! # Sync layers
+//!
+//! A setup that names a [`ShareSetup::layer`] is mounted read-only at
+//! `/run/lima-guest-agent/layers/ID/lower` instead, and the layer's
+//! copy-on-write view ([`crate::layer`]) at the mount point; `Ready` means
+//! both are up. When the stream ends the view and then the share are
+//! unmounted, and the layer stays on the guest's disk for the host to
+//! review, apply or discard over a Layer stream.
+//!
 //! Files appear owned by the share's `uid`/`gid`; the kernel checks
 //! permissions against the reported modes (`default_permissions`); chown is
 //! accepted and ignored. flock(2) locks stay inside the guest (fuser cannot
@@ -82,7 +91,7 @@ mod fresh;
 mod fs;
 #[cfg(test)]
 mod fs_server_tests;
-mod mount;
+pub(crate) mod mount;
 mod port;
 mod prime;
 mod shm;
@@ -125,13 +134,43 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
         None => None,
     };
     let client = Client::new();
-    let running = match start(&setup, client.clone()).await {
+    // A sync layer: the share goes out of sight, the layer's view at its
+    // mount point (see `crate::layer`).
+    let lower_setup = match &setup.layer {
+        Some(id) => match crate::layer::store::check_id(id).and_then(|()| private_lowers()) {
+            Ok(()) => ShareSetup {
+                mount_point: crate::layer::lower_path(id).to_string_lossy().into_owned(),
+                writable: false,
+                ..setup.clone()
+            },
+            Err(reason) => {
+                tracing::warn!("share {tag}: {reason}");
+                write_frame_async(&mut stream, &ShareStatus::Failed(reason)).await?;
+                return Ok(());
+            }
+        },
+        None => setup.clone(),
+    };
+    let running = match start(&lower_setup, client.clone()).await {
         Ok(running) => running,
         Err(reason) => {
             tracing::warn!("share {tag}: {reason}");
             write_frame_async(&mut stream, &ShareStatus::Failed(reason)).await?;
             return Ok(());
         }
+    };
+    let view = match &setup.layer {
+        Some(id) => match start_layer_view(&setup, id, &lower_setup.mount_point).await {
+            Ok(view) => Some(view),
+            Err(reason) => {
+                tracing::warn!("share {tag}: {reason}");
+                lock(&running.shared.primer).take();
+                drop(running.mount);
+                write_frame_async(&mut stream, &ShareStatus::Failed(reason)).await?;
+                return Ok(());
+            }
+        },
+        None => None,
     };
     let status = match port {
         Some(_) => ShareStatus::ReadyOnPort,
@@ -182,9 +221,50 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
     client.close();
     // Ends the priming thread, which holds the mount's root open.
     lock(&running.shared.primer).take();
+    // The view first: it reads the lower mount. (Off the runtime: the
+    // layer's data is synced to disk.)
+    let _ = tokio::task::spawn_blocking(move || drop(view)).await;
     drop(running.mount);
     tracing::info!("share {tag}: stream closed, {} detached", setup.mount_point);
     result
+}
+
+/// A layer's view, unmounted (the layer kept) when the share ends.
+struct LayerView(String);
+
+impl Drop for LayerView {
+    fn drop(&mut self) {
+        crate::layer::stop_view(&crate::layer::Store::default(), &self.0);
+        tracing::info!("layer {}: view unmounted, layer kept", self.0);
+    }
+}
+
+/// The folder of lower shares is root's alone.
+fn private_lowers() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &crate::layer::store::lowers();
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Mounts the view of `setup`'s layer over the lower share at `lower`.
+async fn start_layer_view(setup: &ShareSetup, id: &str, lower: &str) -> Result<LayerView, String> {
+    let (id, lower, point) = (id.to_string(), lower.to_string(), setup.mount_point.clone());
+    let (uid, gid) = (setup.uid, setup.gid);
+    tokio::task::spawn_blocking(move || {
+        crate::layer::start_view(
+            &crate::layer::Store::default(),
+            &id,
+            Path::new(&lower),
+            &point,
+            uid,
+            gid,
+        )
+        .map(|()| LayerView(id))
+    })
+    .await
+    .map_err(|e| format!("mounting the layer view: {e}"))?
 }
 
 struct Running {

@@ -10,7 +10,7 @@ use nix::mount::{MntFlags, MsFlags};
 const FUSE_DEVICE: &str = "/dev/fuse";
 
 #[derive(Debug, thiserror::Error)]
-pub(super) enum MountError {
+pub(crate) enum MountError {
     #[error("cannot create the mount point {path}")]
     CreateDir {
         path: PathBuf,
@@ -28,7 +28,7 @@ pub(super) enum MountError {
 }
 
 /// Opens `/dev/fuse`, loading the module and creating the node if needed.
-pub(super) fn open_device() -> Result<OwnedFd, MountError> {
+pub(crate) fn open_device() -> Result<OwnedFd, MountError> {
     if !fuse_registered() {
         match crate::modules::ModuleTree::open_running() {
             Ok(tree) => {
@@ -67,7 +67,7 @@ fn fuse_registered() -> bool {
 }
 
 /// A FUSE mount; dropping it detaches the mount (lazy unmount).
-pub(super) struct FuseMount {
+pub(crate) struct FuseMount {
     path: PathBuf,
 }
 
@@ -110,7 +110,7 @@ impl Drop for FuseMount {
 /// Creates `target` and mounts the FUSE connection `fd` there. Files are
 /// checked against the modes and owners we report (`default_permissions`),
 /// for every user (`allow_other`).
-pub(super) fn mount(
+pub(crate) fn mount(
     fd: &OwnedFd,
     source: &str,
     target: &Path,

@@ -1488,3 +1488,90 @@ async fn a_listing_read_while_names_are_invalidated_lists_them_all() {
     .await;
     finish(m).await;
 }
+
+/// `ShareSetup::layer`: the share goes out of sight, the layer's view
+/// takes its mount point; writes stay in the guest; when the host goes
+/// away the view is unmounted and the layer kept, and a second session
+/// with the same id sees it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (issue 23, shell --sync)"]
+async fn a_layer_share_mounts_a_view_and_keeps_the_layer() {
+    use lima_proto::layer::{LayerReply, LayerRequest};
+    let root = unique_dir("root");
+    std::fs::write(root.join("a.txt"), "host\n").unwrap();
+    let mount = unique_dir("mnt").join("project");
+    let id = format!("hook-{}", std::process::id());
+    let session = |id: String, root: PathBuf, mount: PathBuf| async move {
+        let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
+        let agent = tokio::spawn(super::serve(guest));
+        let setup = ShareSetup {
+            tag: "sync".into(),
+            mount_point: mount.to_str().unwrap().into(),
+            writable: false,
+            uid: UID,
+            gid: GID,
+            shm: None,
+            port: None,
+            layer: Some(id),
+        };
+        write_frame_async(&mut host_end, &setup).await.unwrap();
+        let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+        assert_eq!(status, ShareStatus::Ready);
+        let host = StandIn::new(&root);
+        let (_inject, extra) = mpsc::unbounded_channel();
+        let server = tokio::spawn(serve_stand_in(host, host_end, extra));
+        (agent, server, _inject)
+    };
+    let (agent, server, inject) = session(id.clone(), root.clone(), mount.clone()).await;
+    let lower = crate::layer::lower_path(&id);
+    assert!(is_mounted(&lower) && is_mounted(&mount));
+    blocking({
+        let mount = mount.clone();
+        move || {
+            assert_eq!(
+                std::fs::read_to_string(mount.join("a.txt")).unwrap(),
+                "host\n"
+            );
+            std::fs::write(mount.join("a.txt"), "guest\n").unwrap();
+            std::fs::write(mount.join("b.txt"), "new\n").unwrap();
+            assert_eq!(
+                std::fs::read_to_string(mount.join("a.txt")).unwrap(),
+                "guest\n"
+            );
+        }
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(root.join("a.txt")).unwrap(),
+        "host\n"
+    );
+    assert!(!root.join("b.txt").exists());
+    // The host goes away: both mounts go, the layer stays.
+    server.abort();
+    drop(inject);
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    assert!(!is_mounted(&mount) && !is_mounted(&lower));
+    let store = crate::layer::Store::default();
+    let LayerReply::Changes(c) =
+        crate::layer::service::handle(&store, LayerRequest::Changes { id: id.clone() })
+    else {
+        panic!("no changes")
+    };
+    assert_eq!(c.len(), 2);
+    // A second session reuses it.
+    let (agent, server, inject) = session(id.clone(), root.clone(), mount.clone()).await;
+    let body = blocking({
+        let mount = mount.clone();
+        move || std::fs::read_to_string(mount.join("a.txt")).unwrap()
+    })
+    .await;
+    assert_eq!(body, "guest\n");
+    server.abort();
+    drop(inject);
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    assert_eq!(
+        crate::layer::service::handle(&store, LayerRequest::Discard { id }),
+        LayerReply::Done
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
