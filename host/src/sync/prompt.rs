@@ -23,18 +23,15 @@ pub fn page(text: &str) {
         .arg(&pager)
         .stdin(std::process::Stdio::piped())
         .spawn();
-    match child {
-        Ok(mut c) => {
-            if let Some(mut stdin) = c.stdin.take() {
-                // A pager quit early closes its end: not an error.
-                let _ = stdin.write_all(text.as_bytes());
-            }
-            match c.wait() {
-                Ok(st) if st.code() != Some(127) => return,
-                _ => {}
-            }
+    if let Ok(mut c) = child {
+        if let Some(mut stdin) = c.stdin.take() {
+            // A pager quit early closes its end: not an error.
+            let _ = stdin.write_all(text.as_bytes());
         }
-        Err(_) => {}
+        // 127: the shell did not find the pager.
+        if c.wait().is_ok_and(|st| st.code() != Some(127)) {
+            return;
+        }
     }
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
