@@ -471,7 +471,7 @@ async fn sync_end(
     let mut layer = LayerClient::connect(transport)
         .await
         .map_err(|e| lima_proto::errors::error_chain(&e))?;
-    let log = inst.path(&format!("sync-{}.log", s.id));
+    let log = inst.path(&format!("sync-{}-host.log", s.id));
     let t = finish::Target {
         instance: &inst.name,
         dir: &s.dir,
@@ -544,6 +544,20 @@ mod tests {
         assert!(e.contains("--foo"), "{e}");
         let e = parse(&["--start=maybe", "vm"]).unwrap_err();
         assert!(e.contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn sync_and_no_are_flags_before_the_name_and_yes_is_kept() {
+        let r = parse(&["--sync", "./p", "--no", "vm", "--", "claude"]).unwrap();
+        assert_eq!(
+            (r.sync.as_deref(), r.no, r.yes, r.command),
+            (Some("./p"), true, false, cmd(&["claude"]))
+        );
+        // After the name `--sync` is the command's, as any unknown flag.
+        let r = parse(&["vm", "--sync", "."]).unwrap();
+        assert_eq!((r.sync, r.command), (None, cmd(&["--sync", "."])));
+        let r = parse(&["--sync=.", "vm", "--yes", "true"]).unwrap();
+        assert_eq!((r.yes, r.tty), (true, Some(false)));
     }
 
     #[test]

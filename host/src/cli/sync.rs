@@ -94,7 +94,7 @@ async fn open(home: &Path, w: &Which) -> anyhow::Result<Open> {
 }
 
 fn log(inst: &Instance, id: &str) -> PathBuf {
-    inst.path(&format!("sync-{id}.log"))
+    inst.path(&format!("sync-{id}-host.log"))
 }
 
 fn refuse_running(l: &LayerInfo, inst: &Instance) -> anyhow::Result<()> {

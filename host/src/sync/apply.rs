@@ -158,6 +158,16 @@ async fn put(
             Err(e) => return Err(why("write a temporary file", e)),
         }
     };
+    // The host file may have changed since the check: look again, right
+    // before replacing it.
+    if let (false, Some(base)) = (noreplace, s.change.base) {
+        let parts = paths::components(s.path()).expect("checked");
+        let same = matches!(host.stat(&parts).await, Ok(Some(n)) if n.matches(&base));
+        if !same {
+            let _ = host.remove(parent, &tmp, false).await;
+            return Err("changed on the host since the guest read it".into());
+        }
+    }
     if let Err(e) = host.rename(parent, &tmp, parent, name, noreplace).await {
         let _ = host.remove(parent, &tmp, false).await;
         return Err(why("move the new file into place", e));

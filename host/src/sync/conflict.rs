@@ -41,9 +41,10 @@ async fn holds(host: &mut HostTree, snap: &Snapshot, s: &Staged, node: &HostNode
         return false;
     }
     match now.kind {
-        NodeKind::Dir => node.attr.mode & 0o7777 == now.mode & 0o7777,
+        NodeKind::Dir => node.attr.mode & 0o7777 == now.mode & super::MODE_BITS,
         NodeKind::File | NodeKind::Symlink => {
-            if now.kind == NodeKind::File && node.attr.mode & 0o7777 != now.mode & 0o7777 {
+            if now.kind == NodeKind::File && node.attr.mode & 0o7777 != now.mode & super::MODE_BITS
+            {
                 return false;
             }
             if s.content.is_none() {

@@ -308,7 +308,7 @@ impl HostTree {
             self.call(FsRequest::Setattr {
                 id,
                 fh: Some(fh),
-                mode: Some(mode & 0o7777),
+                mode: Some(mode & super::MODE_BITS),
                 size: None,
                 atime: None,
                 mtime: Some(SetTime::At(mtime)),
@@ -349,7 +349,7 @@ impl HostTree {
             .call(FsRequest::Mkdir {
                 parent,
                 name: name.to_vec(),
-                mode: mode & 0o7777,
+                mode: mode & super::MODE_BITS,
                 umask: 0,
             })
             .await?
@@ -370,7 +370,7 @@ impl HostTree {
             .call(FsRequest::Setattr {
                 id: e.attr.id,
                 fh: None,
-                mode: Some(mode & 0o7777),
+                mode: Some(mode & super::MODE_BITS),
                 size: None,
                 atime: None,
                 mtime: None,

@@ -39,6 +39,10 @@ use sha2::Digest;
 
 use crate::mounts::Mount;
 
+/// The permission bits an apply sets: never setuid, setgid or sticky
+/// (the guest must not plant a set-id program in the person's folder).
+pub const MODE_BITS: u32 = 0o777;
+
 /// The layer of `dir` (absolute, cleaned): the same folder always gets the
 /// same layer, so a later `--sync` of it takes up what was left pending.
 pub fn layer_id(dir: &Path) -> String {

@@ -138,7 +138,8 @@ async fn diff(host: &mut HostTree, snap: &Snapshot, s: &Staged) -> String {
         .change
         .now
         .as_ref()
-        .map(|n| type_bits(n.kind) | (n.mode & 0o7777));
+        .map(|n| type_bits(n.kind) | (n.mode & super::MODE_BITS));
+
     match (&s.change.kind, old_mode, new_mode) {
         (ChangeKind::Added, _, Some(m)) => {
             let _ = writeln!(out, "new mode {m:o}");
@@ -146,10 +147,13 @@ async fn diff(host: &mut HostTree, snap: &Snapshot, s: &Staged) -> String {
         (ChangeKind::Deleted, Some(m), _) => {
             let _ = writeln!(out, "deleted mode {m:o}");
         }
-        (_, Some(a), Some(b)) if a != b => {
+        (_, Some(a), Some(b)) if a & !0o7000 != b => {
             let _ = writeln!(out, "old mode {a:o}\nnew mode {b:o}");
         }
         _ => {}
+    }
+    if s.change.now.as_ref().is_some_and(|n| n.mode & 0o7000 != 0) {
+        let _ = writeln!(out, "(its setuid, setgid or sticky bit is not applied)");
     }
     if let ChangeKind::Renamed { modified, .. } = s.change.kind {
         let _ = writeln!(out, "rename from {old_path}\nrename to {path}");

@@ -574,6 +574,34 @@ async fn the_review_lists_each_change_and_diffs_text_files() {
     assert!(!e.dir.join("add.txt").exists());
 }
 
+#[tokio::test]
+async fn set_id_bits_never_reach_the_host() {
+    let e = env();
+    let mut f = Fake::default();
+    f.file(ChangeKind::Added, "suid", b"#!/bin/sh\n", 0o4755, None);
+    f.node(
+        ChangeKind::Added,
+        "sticky",
+        NodeKind::Dir,
+        b"",
+        0o3777,
+        None,
+    );
+    let fake = Arc::new(Mutex::new(f));
+    let mut layer = client(&fake);
+    let snap = Snapshot::take(&mut layer, ID).await.unwrap();
+    let mut host = tree(&e.dir, false).await;
+    let text = review::render(&e.dir, &mut host, &snap).await;
+    assert!(text.contains("new mode 100755\n(its setuid"), "{text}");
+    let mut host = tree(&e.dir, true).await;
+    let out = apply::apply(&snap, &|_| true, &mut host, &mut layer)
+        .await
+        .unwrap();
+    assert!(out.conflicts.is_empty(), "{:?}", out.conflicts);
+    assert_eq!(mode(&e.dir.join("suid")), 0o755);
+    assert_eq!(mode(&e.dir.join("sticky")), 0o777);
+}
+
 #[test]
 fn the_layer_id_is_the_folders() {
     let a = layer_id(Path::new("/home/u/p"));
