@@ -472,11 +472,13 @@ async fn sync_end(
         .await
         .map_err(|e| lima_proto::errors::error_chain(&e))?;
     let log = inst.path(&format!("sync-{}-host.log", s.id));
+    let server = crate::shares::server_program()?;
     let t = finish::Target {
         instance: &inst.name,
         dir: &s.dir,
         id: &s.id,
         log: &log,
+        server: &server,
     };
     finish::finish(&t, &mut layer, s.mode).await.map(|_| ())
 }

@@ -56,6 +56,7 @@ pub fn run(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
 
 struct Open {
     inst: Instance,
+    server: (PathBuf, lima_fs_server::confine::Mode),
     layer: LayerClient<BoxStream>,
     layers: Vec<LayerInfo>,
 }
@@ -86,8 +87,10 @@ async fn open(home: &Path, w: &Which) -> anyhow::Result<Open> {
     layers.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
     // The transport's connection lives in the stream; the rest may go.
     drop(transport);
+    let server = crate::shares::server_program().map_err(anyhow::Error::msg)?;
     Ok(Open {
         inst,
+        server,
         layer,
         layers,
     })
@@ -141,9 +144,15 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
             for l in &o.layers {
                 let dir = PathBuf::from(&l.mount_point);
                 let snap = Snapshot::take(&mut o.layer, &l.id).await?;
-                let mut host = finish::tree(&dir, false, &log(&o.inst, &l.id))
-                    .await
-                    .map_err(anyhow::Error::msg)?;
+                let log = log(&o.inst, &l.id);
+                let t = finish::Target {
+                    instance: &o.inst.name,
+                    dir: &dir,
+                    id: &l.id,
+                    log: &log,
+                    server: &o.server,
+                };
+                let mut host = t.tree(false).await.map_err(anyhow::Error::msg)?;
                 out.push_str(&review::render(&dir, &mut host, &snap).await);
             }
             use std::io::Write;
@@ -197,6 +206,7 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
                     dir: &dir,
                     id: &l.id,
                     log: &log,
+                    server: &o.server,
                 };
                 let out = finish::apply_and_report(&t, &snap, &chosen, &mut o.layer)
                     .await

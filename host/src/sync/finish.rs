@@ -1,7 +1,9 @@
 //! What becomes of a layer: reviewed and applied (all or chosen), kept for
 //! later, or discarded. Shared by `limactl shell --sync` at its end and by
 //! `limactl sync`.
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use lima_fs_server::confine;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -34,12 +36,16 @@ pub struct Target<'a> {
     pub id: &'a str,
     /// The log of the file servers that read and write `dir`.
     pub log: &'a Path,
+    /// `lima-fs-server` and its confinement
+    /// ([`crate::shares::server_program`]).
+    pub server: &'a (PathBuf, confine::Mode),
 }
 
-/// `dir` through a confined file server of our own.
-pub async fn tree(dir: &Path, writable: bool, log: &Path) -> Result<HostTree, String> {
-    let (program, confine) = crate::shares::server_program()?;
-    HostTree::open(&program, confine, dir, writable, log).await
+impl Target<'_> {
+    /// `dir` through a confined file server of our own.
+    pub async fn tree(&self, writable: bool) -> Result<HostTree, String> {
+        HostTree::open(&self.server.0, self.server.1, self.dir, writable, self.log).await
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -69,7 +75,7 @@ pub async fn apply_and_report<S: AsyncRead + AsyncWrite + Unpin>(
     chosen: &dyn Fn(usize) -> bool,
     layer: &mut LayerClient<S>,
 ) -> Result<Outcome, String> {
-    let mut host = tree(t.dir, true, t.log).await?;
+    let mut host = t.tree(true).await?;
     let out = apply::apply(snap, chosen, &mut host, layer)
         .await
         .map_err(|e| lima_proto::errors::error_chain(&e))?;
@@ -105,7 +111,7 @@ pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mode = match mode {
         Mode::Ask => {
-            let mut host = tree(t.dir, false, t.log).await?;
+            let mut host = t.tree(false).await?;
             let text = review::render(t.dir, &mut host, &snap).await;
             drop(host);
             prompt::page(&text);

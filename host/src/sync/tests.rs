@@ -602,6 +602,57 @@ async fn set_id_bits_never_reach_the_host() {
     assert_eq!(mode(&e.dir.join("sticky")), 0o777);
 }
 
+#[tokio::test]
+async fn a_session_ends_applied_discarded_or_kept() {
+    use super::finish::{self, Mode as End, Target};
+    let server = (fs_server(), lima_fs_server::confine::Mode::Warn);
+    for end in [End::All, End::Discard, End::Keep] {
+        let e = env();
+        let fake = scene(&e);
+        let before = listing(&e.dir);
+        let mut layer = client(&fake);
+        let log = e.dir.parent().unwrap().join("host.log");
+        let t = Target {
+            instance: "vm",
+            dir: &e.dir,
+            id: ID,
+            log: &log,
+            server: &server,
+        };
+        let left = finish::finish(&t, &mut layer, end).await.unwrap();
+        let f = fake.lock().unwrap();
+        match end {
+            End::All => {
+                assert_eq!((left, f.changes.len()), (0, 0));
+                assert!(e.dir.join("add.txt").exists());
+            }
+            End::Discard => {
+                assert_eq!(left, 0);
+                assert!(f.discarded);
+                assert_eq!(listing(&e.dir), before);
+            }
+            _ => {
+                assert_eq!((left, f.changes.len(), f.discarded), (10, 10, false));
+                assert_eq!(listing(&e.dir), before);
+            }
+        }
+    }
+    // Nothing changed: the empty layer goes.
+    let e = env();
+    let fake: Shared = Arc::default();
+    let mut layer = client(&fake);
+    let log = e.dir.parent().unwrap().join("host.log");
+    let t = Target {
+        instance: "vm",
+        dir: &e.dir,
+        id: ID,
+        log: &log,
+        server: &server,
+    };
+    assert_eq!(finish::finish(&t, &mut layer, End::Keep).await.unwrap(), 0);
+    assert!(fake.lock().unwrap().discarded);
+}
+
 #[test]
 fn the_layer_id_is_the_folders() {
     let a = layer_id(Path::new("/home/u/p"));
