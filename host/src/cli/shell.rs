@@ -479,6 +479,7 @@ async fn sync_end(
         id: &s.id,
         log: &log,
         server: &server,
+        say: &super::sync::say,
     };
     finish::finish(&t, &mut layer, s.mode).await.map(|_| ())
 }

@@ -96,6 +96,14 @@ async fn open(home: &Path, w: &Which) -> anyhow::Result<Open> {
     })
 }
 
+/// The library's messages, as ours.
+pub fn say(level: finish::Level, text: String) {
+    match level {
+        finish::Level::Info => msg::info(text),
+        finish::Level::Warn => msg::warn(text),
+    }
+}
+
 fn log(inst: &Instance, id: &str) -> PathBuf {
     inst.path(&format!("sync-{id}-host.log"))
 }
@@ -151,6 +159,7 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
                     id: &l.id,
                     log: &log,
                     server: &o.server,
+                    say: &say,
                 };
                 let mut host = t.tree(false).await.map_err(anyhow::Error::msg)?;
                 out.push_str(&review::render(&dir, &mut host, &snap).await);
@@ -207,6 +216,7 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
                     id: &l.id,
                     log: &log,
                     server: &o.server,
+                    say: &say,
                 };
                 let out = finish::apply_and_report(&t, &snap, &chosen, &mut o.layer)
                     .await

@@ -13,7 +13,6 @@ use super::layer::LayerClient;
 use super::prompt::{self, Choice};
 use super::review;
 use super::snapshot::Snapshot;
-use crate::cli::msg;
 
 /// What to do at the end of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +27,14 @@ pub enum Mode {
     Keep,
 }
 
+/// How a message to the person is meant (the caller prints it: `limactl`
+/// through `cli::msg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+}
+
 /// One layer, by the host folder it reviews.
 pub struct Target<'a> {
     /// The instance's name, for the hints.
@@ -39,6 +46,8 @@ pub struct Target<'a> {
     /// `lima-fs-server` and its confinement
     /// ([`crate::shares::server_program`]).
     pub server: &'a (PathBuf, confine::Mode),
+    /// Where messages go.
+    pub say: &'a dyn Fn(Level, String),
 }
 
 impl Target<'_> {
@@ -57,7 +66,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 fn keep_hint(t: &Target<'_>, n: usize) {
-    msg::info(format!(
+    (t.say)(Level::Info, format!(
         "{n} change{} to {} kept in instance \"{}\": review them with `limactl sync diff {}`, then `limactl sync apply {}` or `limactl sync discard {}`",
         plural(n),
         t.dir.display(),
@@ -79,14 +88,17 @@ pub async fn apply_and_report<S: AsyncRead + AsyncWrite + Unpin>(
     let out = apply::apply(snap, chosen, &mut host, layer)
         .await
         .map_err(|e| lima_proto::errors::error_chain(&e))?;
-    msg::info(format!(
-        "applied {} change{} to {}",
-        out.applied.len(),
-        plural(out.applied.len()),
-        t.dir.display()
-    ));
+    (t.say)(
+        Level::Info,
+        format!(
+            "applied {} change{} to {}",
+            out.applied.len(),
+            plural(out.applied.len()),
+            t.dir.display()
+        ),
+    );
     for (line, why) in &out.conflicts {
-        msg::warn(format!("not applied: {line}: {why}"));
+        (t.say)(Level::Warn, format!("not applied: {line}: {why}"));
     }
     let left = snap.changes.len() - out.applied.len();
     if left > 0 {
@@ -105,7 +117,7 @@ pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     let snap = Snapshot::take(layer, t.id).await.map_err(e)?;
     let n = snap.changes.len();
     if n == 0 {
-        msg::info(format!("no changes to {}", t.dir.display()));
+        (t.say)(Level::Info, format!("no changes to {}", t.dir.display()));
         let _ = layer.discard(t.id).await;
         return Ok(0);
     }
@@ -136,11 +148,10 @@ pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Mode::Discard => {
             layer.discard(t.id).await.map_err(e)?;
-            msg::info(format!(
-                "discarded {n} change{} to {}",
-                plural(n),
-                t.dir.display()
-            ));
+            (t.say)(
+                Level::Info,
+                format!("discarded {n} change{} to {}", plural(n), t.dir.display()),
+            );
             Ok(0)
         }
         _ => {

@@ -607,6 +607,7 @@ async fn a_session_ends_applied_discarded_or_kept() {
     use super::finish::{self, Mode as End, Target};
     let server = (fs_server(), lima_fs_server::confine::Mode::Warn);
     for end in [End::All, End::Discard, End::Keep] {
+        let said = Mutex::new(Vec::new());
         let e = env();
         let fake = scene(&e);
         let before = listing(&e.dir);
@@ -618,22 +619,37 @@ async fn a_session_ends_applied_discarded_or_kept() {
             id: ID,
             log: &log,
             server: &server,
+            say: &|l, m| said.lock().unwrap().push((l, m)),
         };
         let left = finish::finish(&t, &mut layer, end).await.unwrap();
         let f = fake.lock().unwrap();
+        let said: Vec<String> = said
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        let dir = e.dir.display();
         match end {
             End::All => {
                 assert_eq!((left, f.changes.len()), (0, 0));
                 assert!(e.dir.join("add.txt").exists());
+                assert_eq!(said, [format!("applied 10 changes to {dir}")]);
             }
             End::Discard => {
                 assert_eq!(left, 0);
                 assert!(f.discarded);
                 assert_eq!(listing(&e.dir), before);
+                assert_eq!(said, [format!("discarded 10 changes to {dir}")]);
             }
             _ => {
                 assert_eq!((left, f.changes.len(), f.discarded), (10, 10, false));
                 assert_eq!(listing(&e.dir), before);
+                assert_eq!(said.len(), 1);
+                assert!(
+                    said[0].starts_with(&format!("10 changes to {dir} kept in instance \"vm\": review them with `limactl sync diff vm`")),
+                    "{said:?}"
+                );
             }
         }
     }
@@ -648,6 +664,7 @@ async fn a_session_ends_applied_discarded_or_kept() {
         id: ID,
         log: &log,
         server: &server,
+        say: &|_, _| {},
     };
     assert_eq!(finish::finish(&t, &mut layer, End::Keep).await.unwrap(), 0);
     assert!(fake.lock().unwrap().discarded);
