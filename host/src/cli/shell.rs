@@ -437,11 +437,15 @@ async fn sync_start(
             if l.changes == 1 { "" } else { "s" }
         ));
     }
-    drop(layer);
     let log = inst.path(&format!("sync-{id}.log"));
     let share = sync::session::open(transport, &dir, &id, (cfg.user.uid, cfg.user.gid()), &log)
         .await
         .map_err(anyhow::Error::msg)?;
+    // The command runs only in the view, never in a bare folder.
+    sync::session::wait_mounted(&mut layer, &id, Duration::from_secs(60))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    drop(layer);
     let mode = if yes {
         Mode::All
     } else if no {

@@ -10,6 +10,7 @@ use std::path::Path;
 use lima_fs_server::process::Spawn;
 use lima_proto::fs::{ShareSetup, ShareStatus};
 
+use super::layer::LayerClient;
 use crate::vsock::Transport;
 
 /// The running lower share; dropping it stops the server.
@@ -86,4 +87,29 @@ pub async fn open(
     Ok(Share {
         child: running.child,
     })
+}
+
+/// Waits until the guest lists layer `id` as mounted (its view is at
+/// `DIR`), so that the command never runs in a bare folder.
+pub async fn wait_mounted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    layer: &mut LayerClient<S>,
+    id: &str,
+    within: std::time::Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let layers = layer
+            .list()
+            .await
+            .map_err(|e| lima_proto::errors::error_chain(&e))?;
+        if layers.iter().any(|l| l.id == id && l.mounted) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the guest agent did not mount the view of layer {id} within {within:?}"
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

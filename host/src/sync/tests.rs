@@ -28,6 +28,7 @@ struct Fake {
     upper: HashMap<Vec<u8>, Vec<u8>>,
     fail_drop: bool,
     discarded: bool,
+    mounted: bool,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -40,7 +41,7 @@ async fn serve(mut s: DuplexStream, fake: Shared) {
                 LayerRequest::List => LayerReply::Layers(vec![LayerInfo {
                     id: ID.into(),
                     mount_point: "/x".into(),
-                    mounted: false,
+                    mounted: f.mounted,
                     changes: f.changes.len() as u64,
                 }]),
                 LayerRequest::Changes { .. } => LayerReply::Changes(f.changes.clone()),
@@ -668,6 +669,19 @@ async fn a_session_ends_applied_discarded_or_kept() {
     };
     assert_eq!(finish::finish(&t, &mut layer, End::Keep).await.unwrap(), 0);
     assert!(fake.lock().unwrap().discarded);
+}
+
+#[tokio::test]
+async fn the_command_waits_for_the_view() {
+    let fake: Shared = Arc::default();
+    let mut layer = client(&fake);
+    let short = std::time::Duration::from_millis(200);
+    let e = session::wait_mounted(&mut layer, ID, short)
+        .await
+        .unwrap_err();
+    assert!(e.contains("did not mount the view"), "{e}");
+    fake.lock().unwrap().mounted = true;
+    session::wait_mounted(&mut layer, ID, short).await.unwrap();
 }
 
 #[test]
