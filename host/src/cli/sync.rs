@@ -3,6 +3,7 @@
 //! later, or left by a session that was killed). Each synced folder has
 //! one layer; `--dir DIR` picks one, else every layer of the instance is
 //! meant.
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -121,7 +122,6 @@ fn refuse_running(l: &LayerInfo, inst: &Instance) -> anyhow::Result<()> {
 
 /// The parts of `paths` within `dir`, as layer paths (empty: all of it).
 fn prefixes(dir: &Path, paths: &[PathBuf]) -> Vec<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
     paths
         .iter()
         .filter_map(|p| p.strip_prefix(dir).ok())
@@ -203,6 +203,18 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
                 }
                 refuse_running(&l, &o.inst)?;
                 let snap = Snapshot::take(&mut o.layer, &l.id).await?;
+                for p in &pre {
+                    if !snap
+                        .changes
+                        .iter()
+                        .any(|s| p.is_empty() || sync::paths::is_within(s.path(), p))
+                    {
+                        bail!(
+                            "no pending change at or below {}",
+                            dir.join(std::ffi::OsStr::from_bytes(p)).display()
+                        );
+                    }
+                }
                 let chosen = |i: usize| {
                     pre.is_empty()
                         || pre.iter().any(|p| {
