@@ -26,6 +26,9 @@
 //!   3 s rescan), `docker run --rm` from the host beside in the guest,
 //!   `docker build .` of 5,000 files on vsockfs, 9p and virtiofs, and start
 //!   to engine-answers for both templates (`docker.rs`).
+//! * `sync`: `limactl shell --sync` start-up on 10,000 files beside a full
+//!   copy into the guest first (Lima's way), and the apply time of N
+//!   changed files (`sync.rs`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +40,7 @@ mod cloud;
 mod docker;
 mod oneshot;
 mod shares;
+mod sync;
 
 #[derive(Parser)]
 struct Args {
@@ -87,6 +91,12 @@ struct Args {
     /// Builds per mount type (docker suite)
     #[arg(long, default_value_t = 1)]
     docker_build_runs: usize,
+    /// Runs of each figure (sync suite)
+    #[arg(long, default_value_t = 5)]
+    sync_runs: usize,
+    /// Files the session changes for the apply figure (sync suite)
+    #[arg(long, default_value_t = 1000)]
+    sync_changed: usize,
     /// Skip starting `template:docker` (rootless) (docker suite)
     #[arg(long)]
     no_rootless: bool,
@@ -189,8 +199,12 @@ fn main() -> anyhow::Result<()> {
             build_runs: args.docker_build_runs,
             rootless: !args.no_rootless,
         }),
+        "sync" => sync::run_suite(&sync::Opts {
+            runs: args.sync_runs,
+            changed: args.sync_changed,
+        }),
         other => {
-            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker)")
+            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, sync)")
         }
     }
 }

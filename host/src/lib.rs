@@ -34,6 +34,7 @@ pub mod shares;
 pub mod shell;
 pub mod ssh;
 pub mod ssh_identity;
+pub mod sync;
 pub mod sys;
 pub mod template;
 pub mod tmplvars;

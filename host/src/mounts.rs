@@ -307,7 +307,7 @@ pub fn from_flag(flag: &str) -> MountYaml {
 /// `path` with `.` parts dropped and `..` taking the part before it away,
 /// by the text alone (as Lima's `filepath.Abs` does): `--mount .:w` from a
 /// project folder names that folder, not `folder/.`.
-fn clean(path: &Path) -> PathBuf {
+pub fn clean(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in path.components() {

@@ -398,6 +398,7 @@ async fn boot_and_run(
             login: true,
             tty: None,
             on_started: Some(Box::new(move || started.mark("command-started"))),
+            stdin: None,
         },
     )
     .await;

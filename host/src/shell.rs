@@ -28,6 +28,8 @@ pub struct ExecOptions {
     pub tty: Option<bool>,
     /// Called once the guest has started the command (`lima-run --timings`).
     pub on_started: Option<Box<dyn FnOnce() + Send>>,
+    /// The command's stdin; `None`: ours (`tokio::io::stdin`).
+    pub stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
 }
 
 /// Puts the terminal in raw mode until dropped.
@@ -105,6 +107,7 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, E
         login: opts.login,
         pty,
     };
+    let stdin = opts.stdin;
     let session = exec::start(transport, &req).await?;
     if let Some(f) = opts.on_started {
         f();
@@ -149,7 +152,7 @@ pub async fn exec(transport: &dyn Transport, opts: ExecOptions) -> Result<i32, E
     drop(tx);
     let result = session
         .finish(exec::Io {
-            stdin: Box::new(tokio::io::stdin()),
+            stdin: stdin.unwrap_or_else(|| Box::new(tokio::io::stdin())),
             stdout: &mut std::io::stdout(),
             stderr: &mut std::io::stderr(),
             events: Some(events),

@@ -36,3 +36,8 @@ pub fn tty_flag() -> Option<bool> {
 pub fn interactive() -> bool {
     tty_flag().unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal())
 }
+
+/// `-y/--yes` was given.
+pub fn yes() -> bool {
+    get().yes
+}

@@ -23,6 +23,7 @@ mod shell;
 mod show_ssh;
 mod start;
 mod stop;
+mod sync;
 mod usage;
 mod validate;
 mod yq;
@@ -79,6 +80,8 @@ enum Cmd {
     List(list::ListArgs),
     /// Run a command (or a login shell) in an instance
     Shell(shell::ShellArgs),
+    /// Review, apply or discard what `limactl shell --sync` sessions left
+    Sync(sync::SyncArgs),
     /// Delete instances
     #[command(visible_aliases = ["remove", "rm"])]
     Delete(delete::DeleteArgs),
@@ -164,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Stop(a) => stop::run(&home, a),
         Cmd::List(a) => list::run(&home, a),
         Cmd::Shell(a) => shell::run(&home, a),
+        Cmd::Sync(a) => sync::run(&home, a),
         Cmd::Delete(a) => delete::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(&home, a),

@@ -41,6 +41,12 @@ pub struct ShellArgs {
     /// Reconnect the SSH session (accepted; lima-rs keeps no SSH session)
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true, value_name = "BOOL")]
     pub reconnect: Option<bool>,
+    /// Work on a private copy-on-write view of DIR; on exit review the changes, then apply, keep or discard them
+    #[arg(long, value_name = "DIR")]
+    pub sync: Option<String>,
+    /// With --sync: discard the changes without asking (-y/--yes applies them)
+    #[arg(long)]
+    pub no: bool,
     /// Instance name; every argument is then the command (used by wrappers)
     #[arg(long, hide = true)]
     pub instance: Option<String>,
@@ -60,6 +66,10 @@ pub struct Request {
     pub reconnect: bool,
     /// `--tty`/`--yes` given after the instance name.
     pub tty: Option<bool>,
+    /// `--yes` given after the instance name.
+    pub yes: bool,
+    pub sync: Option<String>,
+    pub no: bool,
     pub command: Vec<String>,
 }
 
@@ -73,6 +83,8 @@ pub fn split(a: ShellArgs) -> anyhow::Result<Request> {
         preserve_env: a.preserve_env.unwrap_or(false),
         start: a.start.unwrap_or(false),
         reconnect: a.reconnect.unwrap_or(false),
+        sync: a.sync,
+        no: a.no,
         ..Default::default()
     };
     let mut words = a.args.into_iter().peekable();
@@ -133,6 +145,7 @@ pub fn split(a: ShellArgs) -> anyhow::Result<Request> {
                     "tty" => r.tty = Some(b),
                     // --yes means --tty=false.
                     _ => {
+                        r.yes = b;
                         if b {
                             r.tty = Some(false)
                         }
@@ -312,6 +325,31 @@ pub fn run(home: &Path, a: ShellArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (cwd, cwd_fallback, synced) = match &req.sync {
+        None => (cwd, cwd_fallback, None),
+        Some(dir) => {
+            let yes = req.yes || super::global::yes();
+            let s = rt.block_on(sync_start(
+                &inst,
+                transport.as_ref(),
+                &cfg,
+                dir,
+                yes,
+                req.no,
+            ))?;
+            (Some(s.dir.display().to_string()), false, Some(s))
+        }
+    };
+    let (stdin, stop_stdin) = match &synced {
+        Some(_) => {
+            let (r, stop) = crate::sync::stdin::stdin()?;
+            (
+                Some(Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                Some(stop),
+            )
+        }
+        None => (None, None),
+    };
     let code = match rt.block_on(shell::exec(
         transport.as_ref(),
         shell::ExecOptions {
@@ -323,6 +361,7 @@ pub fn run(home: &Path, a: ShellArgs) -> anyhow::Result<ExitCode> {
             login,
             tty,
             on_started: None,
+            stdin,
         },
     )) {
         Ok(code) => code,
@@ -331,10 +370,122 @@ pub fn run(home: &Path, a: ShellArgs) -> anyhow::Result<ExitCode> {
             msg::fatal(reason);
             127
         }
+        Err(e) if synced.is_some() => {
+            // The layer is kept: the session can still be finished.
+            msg::error(msg::chain(&e.into()));
+            1
+        }
         Err(e) => return Err(e.into()),
     };
+    drop(stop_stdin);
+    if let Some(s) = synced {
+        if let Err(e) = rt.block_on(sync_end(&inst, transport.as_ref(), s)) {
+            msg::error(e);
+        }
+    }
     // Do not wait for the stdin reader thread.
     std::process::exit(code);
+}
+
+/// A `--sync` session under way.
+struct Synced {
+    dir: std::path::PathBuf,
+    id: String,
+    share: crate::sync::session::Share,
+    mode: crate::sync::finish::Mode,
+}
+
+/// `--sync DIR`: checks DIR against the instance's mounts, says whether a
+/// pending layer is taken up, and opens the layer's lower share.
+async fn sync_start(
+    inst: &instance::Instance,
+    transport: &dyn crate::vsock::Transport,
+    cfg: &crate::config::InstanceConfig,
+    dir: &str,
+    yes: bool,
+    no: bool,
+) -> anyhow::Result<Synced> {
+    use crate::sync::{self, finish::Mode};
+    if yes && no {
+        bail!("--yes and --no cannot be used together");
+    }
+    let dir = sync::resolve_dir(dir).map_err(anyhow::Error::msg)?;
+    if let Some(m) = sync::writable_overlap(&cfg.mounts, &dir) {
+        bail!(
+            "--sync {}: instance \"{}\" mounts {} writable (mounts[{}]), so the guest could write there around the review; make that mount read-only (`limactl edit {} --mount-writable=false` or its `writable:` in lima.yaml) or sync another folder",
+            dir.display(),
+            inst.name,
+            m.location.display(),
+            m.index,
+            inst.name
+        );
+    }
+    let id = sync::layer_id(&dir);
+    let mut layer = sync::layer::LayerClient::connect(transport).await?;
+    if let Some(l) = layer.list().await?.into_iter().find(|l| l.id == id) {
+        if l.mounted {
+            bail!(
+                "a `--sync {}` session is already running in instance \"{}\"; finish it first",
+                dir.display(),
+                inst.name
+            );
+        }
+        msg::info(format!(
+            "taking up the pending changes to {} ({} change{}) kept from an earlier session",
+            dir.display(),
+            l.changes,
+            if l.changes == 1 { "" } else { "s" }
+        ));
+    }
+    let log = inst.path(&format!("sync-{id}.log"));
+    let share = sync::session::open(transport, &dir, &id, (cfg.user.uid, cfg.user.gid()), &log)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    // The command runs only in the view, never in a bare folder.
+    sync::session::wait_mounted(&mut layer, &id, Duration::from_secs(60))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    drop(layer);
+    let mode = if yes {
+        Mode::All
+    } else if no {
+        Mode::Discard
+    } else if super::global::interactive() {
+        Mode::Ask
+    } else {
+        Mode::Keep
+    };
+    Ok(Synced {
+        dir,
+        id,
+        share,
+        mode,
+    })
+}
+
+/// The end of a `--sync` session: the share goes (the guest's view with
+/// it), then the review and what the person chose.
+async fn sync_end(
+    inst: &instance::Instance,
+    transport: &dyn crate::vsock::Transport,
+    s: Synced,
+) -> Result<(), String> {
+    use crate::sync::{finish, layer::LayerClient};
+    s.share.stop().await;
+    let mut layer = LayerClient::connect(transport)
+        .await
+        .map_err(|e| lima_proto::errors::error_chain(&e))?;
+    let log = inst.path(&format!("sync-{}-host.log", s.id));
+    let server = crate::shares::server_program()?;
+    let t = finish::Target {
+        instance: &inst.name,
+        dir: &s.dir,
+        id: &s.id,
+        log: &log,
+        server: &server,
+        say: &super::sync::say,
+    };
+    finish::finish(&t, &mut layer, s.mode).await.map(|_| ())
 }
 
 /// `SHELL -l`, plus `-c LINE` for a command.
@@ -400,6 +551,20 @@ mod tests {
         assert!(e.contains("--foo"), "{e}");
         let e = parse(&["--start=maybe", "vm"]).unwrap_err();
         assert!(e.contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn sync_and_no_are_flags_before_the_name_and_yes_is_kept() {
+        let r = parse(&["--sync", "./p", "--no", "vm", "--", "claude"]).unwrap();
+        assert_eq!(
+            (r.sync.as_deref(), r.no, r.yes, r.command),
+            (Some("./p"), true, false, cmd(&["claude"]))
+        );
+        // After the name `--sync` is the command's, as any unknown flag.
+        let r = parse(&["vm", "--sync", "."]).unwrap();
+        assert_eq!((r.sync, r.command), (None, cmd(&["--sync", "."])));
+        let r = parse(&["--sync=.", "vm", "--yes", "true"]).unwrap();
+        assert_eq!((r.yes, r.tty), (true, Some(false)));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! and serves it with a confined `lima-fs-server` process (`vsockfs.rs`).
 mod vsockfs;
 
+pub use vsockfs::{handshake, serve};
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,11 +29,18 @@ pub struct FileServers {
     instance: Instance,
 }
 
+/// The `lima-fs-server` binary and how to confine it (`LIMA_FS_CONFINE`).
+pub fn server_program() -> Result<(PathBuf, Mode), String> {
+    let confine = Mode::from_env().map_err(|e| error_chain(&e))?;
+    let program = crate::programs::fs_server().map_err(|e| error_chain(&e))?;
+    Ok((program, confine))
+}
+
 impl FileServers {
     pub fn prepare(mounts: &[Mount], inst: &Instance) -> Result<FileServers, String> {
         let confine = Mode::from_env().map_err(|e| error_chain(&e))?;
         let program = if mounts.iter().any(|m| m.kind == MountType::Vsockfs) {
-            Some(crate::programs::fs_server().map_err(|e| error_chain(&e))?)
+            Some(server_program()?.0)
         } else {
             None
         };

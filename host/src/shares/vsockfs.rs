@@ -36,7 +36,7 @@ use super::FileServers;
 use crate::client;
 use crate::mounts::Mount;
 use crate::plan::VsockfsDevices;
-use crate::vsock::Transport;
+use crate::vsock::{BoxStream, Transport};
 
 /// Mounts `m`, the `nth` vsockfs share (counting from 0), with what
 /// `devices` the VM has; returns the task that waits for its server.
@@ -77,9 +77,6 @@ pub async fn mount(
             ),
         }
     }
-    let (mut stream, _) = client::connect(transport, Purpose::Share)
-        .await
-        .map_err(|e| format!("{name}: {}", error_chain(&e)))?;
     let setup = ShareSetup {
         tag: m.tag.clone(),
         mount_point: m.mount_point.clone(),
@@ -90,25 +87,19 @@ pub async fn mount(
         port: given.filter(|_| port.is_some()).map(|p| p.name.clone()),
         layer: None,
     };
-    write_frame_async(&mut stream, &setup)
+    let (stream, status) = handshake(transport, &setup)
         .await
         .map_err(|e| format!("{name}: {e}"))?;
     // The channel the guest chose: the port, or (`None`) this stream.
-    let port = match read_frame_async::<_, ShareStatus>(&mut stream).await {
-        Ok(Some(ShareStatus::Ready)) => None,
-        Ok(Some(ShareStatus::ReadyOnPort)) if port.is_some() => port,
-        Ok(Some(ShareStatus::ReadyOnPort)) => {
+    let port = match status {
+        ShareStatus::Ready => None,
+        ShareStatus::ReadyOnPort if port.is_some() => port,
+        ShareStatus::ReadyOnPort => {
             return Err(format!(
                 "{name}: the guest agent answered on a port it was not given"
             ))
         }
-        Ok(Some(ShareStatus::Failed(why))) => return Err(format!("{name}: {why}")),
-        Ok(None) => {
-            return Err(format!(
-                "{name}: the guest agent closed the share stream (does it support vsockfs shares?)"
-            ))
-        }
-        Err(e) => return Err(format!("{name}: {e}")),
+        ShareStatus::Failed(why) => return Err(format!("{name}: {why}")),
     };
     let over = match given.filter(|_| port.is_some()) {
         Some(p) => p.name.clone(),
@@ -128,25 +119,24 @@ pub async fn mount(
     };
     let channel = channel.map_err(|e| format!("{name}: {e}"))?;
     let log = servers.log(nth);
-    let running = process::spawn(Spawn {
-        program,
-        root: &m.location,
-        writable: m.writable,
-        stream: channel,
-        shm: shm.map(|(file, region)| ShmFd {
-            file,
-            offset: region.offset,
-            len: region.len,
-        }),
-        log: &log,
-        confine: servers.confine,
-        test_hook: None,
-    })
-    .await
-    .map_err(|e| format!("{name}: {}", error_chain(&e)))?;
-    if let Some(w) = running.confinement.warning() {
-        tracing::warn!("{name}: {w}");
-    }
+    let running = serve(
+        Spawn {
+            program,
+            root: &m.location,
+            writable: m.writable,
+            stream: channel,
+            shm: shm.map(|(file, region)| ShmFd {
+                file,
+                offset: region.offset,
+                len: region.len,
+            }),
+            log: &log,
+            confine: servers.confine,
+            test_hook: None,
+        },
+        &name,
+    )
+    .await?;
     tracing::info!(
         "mounted {} on {} (vsockfs, over {over}), served by lima-fs-server pid {} ({})",
         m.location.display(),
@@ -155,6 +145,42 @@ pub async fn mount(
         running.confinement.to_line(),
     );
     Ok(tokio::spawn(watch(running.child, name, log)))
+}
+
+/// Opens a Share stream and sends `setup`; returns the stream and the
+/// guest's answer once it is `Ready`, `ReadyOnPort` or `Failed`. Used by
+/// the instance's mounts and by `limactl shell --sync` (a layer's lower
+/// share).
+pub async fn handshake(
+    transport: &dyn Transport,
+    setup: &ShareSetup,
+) -> Result<(BoxStream, ShareStatus), String> {
+    let (mut stream, _) = client::connect(transport, Purpose::Share)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    write_frame_async(&mut stream, setup)
+        .await
+        .map_err(|e| e.to_string())?;
+    match read_frame_async::<_, ShareStatus>(&mut stream).await {
+        Ok(Some(status)) => Ok((stream, status)),
+        Ok(None) => {
+            Err("the guest agent closed the share stream (does it support vsockfs shares?)".into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Starts the confined `lima-fs-server` for a share and waits until it
+/// serves; a partial confinement is a warning naming the share. The child
+/// dies with the calling thread (see [`process::spawn`]).
+pub async fn serve(s: Spawn<'_>, name: &str) -> Result<process::Running, String> {
+    let running = process::spawn(s)
+        .await
+        .map_err(|e| format!("{name}: {}", error_chain(&e)))?;
+    if let Some(w) = running.confinement.warning() {
+        tracing::warn!("{name}: {w}");
+    }
+    Ok(running)
 }
 
 /// The shared-memory file, open for the server, if the region fits in it.
