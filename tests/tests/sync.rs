@@ -80,12 +80,23 @@ fn layers(lima: &Lima) -> Vec<(String, u64, String)> {
 
 #[test]
 fn sync_review_apply_conflict_discard_and_kill() {
-    let lima = Lima::new();
-    let base = tempfile::tempdir_in("/tmp").unwrap();
-    let proj = project(base.path());
+    // As our users run it: an ordinary user's limactl, file servers and
+    // folders.
+    let lima = Lima::as_ordinary_user();
+    let base = lima.user_dir("sy-base");
+    let proj = project(&base);
     let p = proj.display().to_string();
-    let writable = base.path().join("w");
+    let writable = base.join("w");
     std::fs::create_dir_all(writable.join("sub")).unwrap();
+    if let Some(u) = &lima.user {
+        let owner = format!("{}:{}", u.uid, u.gid);
+        let st = std::process::Command::new("chown")
+            .args(["-R", &owner])
+            .arg(&base)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
     let yaml = lima.template(
         "sy.yaml",
         &format!(
@@ -101,7 +112,7 @@ fn sync_review_apply_conflict_discard_and_kill() {
     for dir in [
         writable.display().to_string(),
         writable.join("sub").display().to_string(),
-        base.path().display().to_string(),
+        base.display().to_string(),
     ] {
         lima.limactl(&["shell", "--sync", &dir, NAME, "--", "true"])
             .fails_with("writable");

@@ -475,6 +475,7 @@ async fn sync_end(
     let mut layer = LayerClient::connect(transport)
         .await
         .map_err(|e| lima_proto::errors::error_chain(&e))?;
+    crate::sync::session::wait_unmounted(&mut layer, &s.id, Duration::from_secs(120)).await?;
     let log = inst.path(&format!("sync-{}-host.log", s.id));
     let server = crate::shares::server_program()?;
     let t = finish::Target {

@@ -96,18 +96,39 @@ pub async fn wait_mounted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
     id: &str,
     within: std::time::Duration,
 ) -> Result<(), String> {
+    wait_view(layer, id, true, within).await
+}
+
+/// Waits until the guest no longer lists layer `id` as mounted: it
+/// unmounts the view once the share's stream ends, and the review must
+/// read a layer nothing writes to any more.
+pub async fn wait_unmounted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    layer: &mut LayerClient<S>,
+    id: &str,
+    within: std::time::Duration,
+) -> Result<(), String> {
+    wait_view(layer, id, false, within).await
+}
+
+async fn wait_view<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    layer: &mut LayerClient<S>,
+    id: &str,
+    mounted: bool,
+    within: std::time::Duration,
+) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let layers = layer
             .list()
             .await
             .map_err(|e| lima_proto::errors::error_chain(&e))?;
-        if layers.iter().any(|l| l.id == id && l.mounted) {
+        if layers.iter().any(|l| l.id == id && l.mounted) == mounted {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
+            let what = if mounted { "mount" } else { "unmount" };
             return Err(format!(
-                "the guest agent did not mount the view of layer {id} within {within:?}"
+                "the guest agent did not {what} the view of layer {id} within {within:?}"
             ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
