@@ -53,7 +53,7 @@ pub struct LimaYaml {
     pub mount_type: Option<String>,
     pub mount_inotify: Option<bool>,
     pub ssh: Option<SshYaml>,
-    pub ca_certs: Option<Value>,
+    pub ca_certs: Option<CaCertsYaml>,
     pub upgrade_packages: Option<bool>,
     pub containerd: Option<Value>,
     pub provision: Option<Value>,
@@ -178,10 +178,9 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 9] = [
+        let checks: [(&'static str, bool); 8] = [
             ("base", self.base.is_some()),
             ("additionalDisks", self.additional_disks.is_some()),
-            ("caCerts", self.ca_certs.is_some()),
             ("containerd", self.containerd.is_some()),
             ("copyToHost", self.copy_to_host.is_some()),
             ("networks", self.networks.is_some()),
@@ -299,6 +298,10 @@ impl LimaYaml {
             Some(v) => crate::cloudinit::dns_from_value(v, origin).map_err(ConfigError::Named)?,
             None => Vec::new(),
         };
+        let ca_certs = match &self.ca_certs {
+            Some(c) => c.resolve().map_err(|m| invalid("caCerts", m))?,
+            None => CaCerts::default(),
+        };
         // The instance name only matters to `{{.Name}}` in `user.home`;
         // `Instance::config` resolves again with it.
         let user = resolve_user(user_yaml.as_ref(), "")?;
@@ -306,6 +309,7 @@ impl LimaYaml {
             crate::binfmt::resolve(self.binfmt.as_ref(), &arch).map_err(|(f, m)| invalid(&f, m))?;
         Ok(InstanceConfig {
             binfmt,
+            ca_certs,
             user,
             user_yaml,
             dns,
@@ -322,6 +326,58 @@ impl LimaYaml {
             disk,
             env: self.env.clone().unwrap_or_default(),
             message: self.message.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// `caCerts:` as written: certificates the guest should trust, as PEM
+/// files on the host or inline PEM text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaCertsYaml {
+    pub remove_defaults: Option<bool>,
+    pub files: Option<Vec<String>>,
+    pub certs: Option<Vec<String>>,
+}
+
+/// `caCerts:` resolved: every certificate's PEM text, files read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaCerts {
+    /// Drop the image's own trust anchors first.
+    pub remove_defaults: bool,
+    pub certs: Vec<String>,
+}
+
+impl CaCertsYaml {
+    /// Reads the files (`~` is the host home) and checks that each entry
+    /// holds a PEM certificate; the message names the one that does not.
+    fn resolve(&self) -> Result<CaCerts, String> {
+        let mut certs = Vec::new();
+        for f in self.files.iter().flatten() {
+            let path = crate::mounts::expand_tilde(f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read certificate file {f}: {e}"))?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(format!(
+                    "{f} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                ));
+            }
+            certs.push(text.trim().to_string());
+        }
+        for (i, c) in self.certs.iter().flatten().enumerate() {
+            if !c.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(format!(
+                    "certs[{i}] is not a PEM certificate (-----BEGIN CERTIFICATE-----)"
+                ));
+            }
+            certs.push(c.trim().to_string());
+        }
+        // Lima appends unique entries only.
+        let mut seen = std::collections::HashSet::new();
+        certs.retain(|c| seen.insert(c.clone()));
+        Ok(CaCerts {
+            remove_defaults: self.remove_defaults.unwrap_or(false),
+            certs,
         })
     }
 }
@@ -401,6 +457,9 @@ pub struct InstanceConfig {
     pub user_yaml: Option<crate::guest_user::UserYaml>,
     /// `dns:` servers for the guest (empty: the VM network's own).
     pub dns: Vec<std::net::IpAddr>,
+    /// `caCerts:` for the guest's trust store (cloud images, through
+    /// cloud-init's `ca_certs`).
+    pub ca_certs: CaCerts,
     /// `binfmt:`: which QEMU emulators our agent registers.
     pub binfmt: crate::binfmt::Binfmt,
 }
@@ -509,6 +568,44 @@ mod tests {
             ("ssh: {loadDotSshPubKeys: true}\n", "loadDotSshPubKeys"),
             ("ssh: {localPort: 70000}\n", "ssh.localPort"),
             ("dns: [one]\n", "dns[0]"),
+        ] {
+            let e = LimaYaml::parse(&format!("images: [{{location: x}}]\n{text}"), "t.yaml")
+                .and_then(|y| y.resolve("t.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.yaml: ") && e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn ca_certs_read_files_and_inline_pem_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+        let f = dir.path().join("a.crt");
+        std::fs::write(&f, format!("{pem}\n")).unwrap();
+        std::fs::write(dir.path().join("bad.crt"), "not a certificate\n").unwrap();
+        let yaml = format!(
+            "images: [{{location: x}}]\ncaCerts:\n  removeDefaults: true\n  files: [{}]\n  certs:\n  - |\n    {}\n",
+            f.display(),
+            pem.replace('\n', "\n    ")
+        );
+        let c = LimaYaml::parse(&yaml, "t.yaml")
+            .unwrap()
+            .resolve("t.yaml")
+            .unwrap();
+        assert!(c.ca_certs.remove_defaults);
+        assert_eq!(c.ca_certs.certs, vec![pem.to_string()]);
+        for (text, needle) in [
+            (
+                format!("caCerts: {{files: [{}/none.crt]}}\n", dir.path().display()),
+                "none.crt",
+            ),
+            (
+                format!("caCerts: {{files: [{}/bad.crt]}}\n", dir.path().display()),
+                "bad.crt holds no PEM certificate",
+            ),
+            ("caCerts: {certs: [hello]}\n".to_string(), "certs[0]"),
+            ("caCerts: {file: []}\n".to_string(), "file"),
         ] {
             let e = LimaYaml::parse(&format!("images: [{{location: x}}]\n{text}"), "t.yaml")
                 .and_then(|y| y.resolve("t.yaml"))

@@ -55,6 +55,7 @@ pub fn prepare(inst: &Instance, cfg: &InstanceConfig) -> Result<Prepared, String
         dns: cfg.dns.clone(),
         mac_address: Some(mac_address(inst)),
         agent_binary: agent,
+        ca_certs: cfg.ca_certs.clone(),
     };
     inputs.instance_id = instance_id(&inputs)?;
     let seed = inst.path(instance::CIDATA);
@@ -113,6 +114,7 @@ mod tests {
             dns: vec![],
             mac_address: Some("52:55:55:00:00:01".into()),
             agent_binary: "/nonexistent".into(),
+            ca_certs: Default::default(),
         }
     }
 

@@ -303,6 +303,12 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
              qemu-user-static (Debian's registers its emulators with flag F)"
         );
     }
+    if yaml.ca_certs.is_some() && !crate::image::is_disk_image(&cfg.image) {
+        tracing::warn!(
+            "{origin}: `caCerts` applies to distro images only (through cloud-init); \
+             built-in images keep their own trust store"
+        );
+    }
     let mut phases = crate::progress::Progress::stderr();
     if crate::image::is_disk_image(&cfg.image) {
         let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());

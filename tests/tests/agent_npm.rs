@@ -24,11 +24,27 @@ fn an_npm_program_runs_in_the_project_folder_on_debian() {
     let image = lima.debian_cloud_image();
     let folder = lima.home_folder("lima-agent-npm");
     let project = folder.0.clone();
+    // The registry is reached over HTTPS; a machine whose traffic goes
+    // through an inspecting proxy trusts its CA through the host's local
+    // trust anchors, which `caCerts` hands to the guest as a user would.
+    let local_cas: Vec<String> = std::fs::read_dir("/usr/local/share/ca-certificates")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .map(|p| format!("  - {}\n", p.display()))
+        .collect();
+    let ca_certs = if local_cas.is_empty() {
+        String::new()
+    } else {
+        format!("caCerts:\n  files:\n{}", local_cas.concat())
+    };
     let yaml = lima.home.path().join("debian.yaml");
     std::fs::write(
         &yaml,
         format!(
-            "images:\n- location: {}\n  arch: x86_64\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\n",
+            "images:\n- location: {}\n  arch: x86_64\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\n{ca_certs}",
             image.display()
         ),
     )

@@ -34,6 +34,16 @@ pub struct CloudConfig {
     pub resolv_conf: Option<ResolvConf>,
     /// Run by cloud-init early on every boot, before users exist.
     pub bootcmd: Vec<String>,
+    /// `caCerts:` of lima.yaml, for cloud-init's `ca_certs` module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certs: Option<CaCertsConfig>,
+}
+
+/// cloud-init's `ca_certs`: PEM certificates added to the trust store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaCertsConfig {
+    pub remove_defaults: bool,
+    pub trusted: Vec<String>,
 }
 
 /// One entry of `users:`.

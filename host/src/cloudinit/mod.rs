@@ -36,7 +36,8 @@ pub mod config;
 mod volume;
 
 use config::{
-    CloudConfig, CloudUser, Ethernet, MatchMac, MetaData, Nameservers, NetworkConfig, ResolvConf,
+    CaCertsConfig, CloudConfig, CloudUser, Ethernet, MatchMac, MetaData, Nameservers,
+    NetworkConfig, ResolvConf,
 };
 
 /// The volume label cloud-init's NoCloud looks for (it accepts either case;
@@ -126,6 +127,8 @@ pub struct SeedInputs {
     pub mac_address: Option<String>,
     /// The static guest agent (`programs::guest_agent`).
     pub agent_binary: PathBuf,
+    /// `caCerts:` (PEM texts) for the guest's trust store.
+    pub ca_certs: crate::config::CaCerts,
 }
 
 /// Reads `dns:` of `lima.yaml` (a list of IP addresses; `null` is none);
@@ -275,6 +278,12 @@ pub fn render(inputs: &SeedInputs) -> Result<Vec<(&'static str, Vec<u8>)>, SeedE
             nameservers: nameservers.clone(),
         }),
         bootcmd: vec![BOOTCMD.to_string()],
+        ca_certs: (inputs.ca_certs.remove_defaults || !inputs.ca_certs.certs.is_empty()).then(
+            || CaCertsConfig {
+                remove_defaults: inputs.ca_certs.remove_defaults,
+                trusted: inputs.ca_certs.certs.clone(),
+            },
+        ),
     };
     let mut user_data = b"#cloud-config\n".to_vec();
     user_data.extend(yaml("user-data", &cloud)?);

@@ -26,6 +26,7 @@ fn inputs(agent: &Path) -> SeedInputs {
         dns: vec![],
         mac_address: None,
         agent_binary: agent.to_path_buf(),
+        ca_certs: Default::default(),
     }
 }
 
@@ -538,4 +539,24 @@ fn dns_in_lima_yaml_is_a_list_of_addresses() {
         e.contains("field `dns[1]`") && e.contains("dns.google"),
         "{e}"
     );
+}
+
+#[test]
+fn ca_certs_reach_cloud_inits_ca_certs_module() {
+    let plain = render(&inputs(Path::new("/agent"))).unwrap();
+    let text = std::str::from_utf8(file(&plain, "user-data")).unwrap();
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+    assert!(v.get("ca_certs").is_none(), "{text}");
+
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+    let mut i = inputs(Path::new("/agent"));
+    i.ca_certs = crate::config::CaCerts {
+        remove_defaults: true,
+        certs: vec![pem.to_string()],
+    };
+    let files = render(&i).unwrap();
+    let text = std::str::from_utf8(file(&files, "user-data")).unwrap();
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+    assert_eq!(v["ca_certs"]["remove_defaults"].as_bool(), Some(true));
+    assert_eq!(v["ca_certs"]["trusted"][0].as_str(), Some(pem));
 }
