@@ -97,6 +97,9 @@ struct Args {
     /// Files the session changes for the apply figure (sync suite)
     #[arg(long, default_value_t = 1000)]
     sync_changed: usize,
+    /// Skip the rsync-over-ssh part on the Debian cloud image (sync suite)
+    #[arg(long)]
+    sync_no_rsync: bool,
     /// Skip starting `template:docker` (rootless) (docker suite)
     #[arg(long)]
     no_rootless: bool,
@@ -202,6 +205,7 @@ fn main() -> anyhow::Result<()> {
         "sync" => sync::run_suite(&sync::Opts {
             runs: args.sync_runs,
             changed: args.sync_changed,
+            rsync: !args.sync_no_rsync,
         }),
         other => {
             bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, sync)")

@@ -11,6 +11,11 @@
 //! * apply: a session whose command rewrites N files, with `--yes` (apply)
 //!   beside the same session with `--no` (discard); the difference is the
 //!   review-and-apply time of N files.
+//! * Lima's way itself, on the local Debian cloud image (sshd; rsync
+//!   installed from the mirror first, not timed): `--sync` start-up beside
+//!   `ssh mkdir -p DEST` + `rsync -a --delete` of the tree over ssh (one
+//!   ControlMaster connection made beforehand, as Lima keeps one) + the
+//!   command, what Lima's `--sync` does before the command runs.
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +32,8 @@ pub struct Opts {
     pub runs: usize,
     /// Files changed for the apply figure.
     pub changed: usize,
+    /// Also Lima's rsync way on the Debian cloud image.
+    pub rsync: bool,
 }
 
 fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
@@ -146,6 +153,104 @@ pub fn run_suite(o: &Opts) -> anyhow::Result<()> {
         o.changed,
         ms(applied.median()),
         ms(discarded.median())
+    );
+    drop(_delete);
+    if o.rsync {
+        rsync_suite(o, &limactl, &proj)?;
+    }
+    Ok(())
+}
+
+/// `--sync` against Lima's own way (rsync over ssh) on a Debian cloud guest.
+fn rsync_suite(o: &Opts, limactl: &Path, proj: &Path) -> anyhow::Result<()> {
+    const GUEST: &str = "rsyncb";
+    let image = bin_dir().join("../images/debian-cloud/disk.qcow2");
+    if !image.exists() {
+        bail!(
+            "{} missing: run `cargo xtask image debian-cloud`",
+            image.display()
+        );
+    }
+    let home = tempfile::Builder::new()
+        .prefix("lima-b")
+        .tempdir_in("/tmp")?;
+    let lc = || {
+        let mut c = Command::new(limactl);
+        c.env("LIMA_HOME", home.path());
+        c
+    };
+    let work = tempfile::tempdir()?;
+    let yaml = work.path().join("rsync.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "images:\n- location: file://{}\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\nmounts: []\n",
+            image.display()
+        ),
+    )?;
+    let _delete = DeleteOnDrop {
+        limactl,
+        home: home.path(),
+        name: GUEST,
+    };
+    eprintln!("sync: starting {}", image.display());
+    run(lc()
+        .args(["start", "--name", GUEST, "--timeout", "15m"])
+        .arg(&yaml))?;
+    eprintln!("sync: installing rsync in the guest (not timed)");
+    run(lc().args([
+        "shell",
+        GUEST,
+        "--",
+        "sh",
+        "-c",
+        "sudo apt-get update -q >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsync >/dev/null",
+    ]))?;
+
+    let cfg = home.path().join(GUEST).join("ssh.config");
+    let ctl = work.path().join("ctl");
+    let host = format!("lima-{GUEST}");
+    let ssh = |args: &[&str]| {
+        let mut c = Command::new("ssh");
+        c.arg("-F").arg(&cfg).arg("-S").arg(&ctl).args(args);
+        c
+    };
+    run(&mut ssh(&[
+        "-M",
+        "-f",
+        "-N",
+        "-o",
+        "ControlPersist=yes",
+        &host,
+    ]))?;
+    // Lima copies to the guest home plus the host path.
+    let dest = format!("copy{}", proj.display());
+    let rsh = format!("ssh -F {} -S {}", cfg.display(), ctl.display());
+    let p = proj.display().to_string();
+
+    let (mut synced, mut copied) = (Vec::new(), Vec::new());
+    for _ in 0..o.runs {
+        synced.push(timed(
+            lc().args(["shell", "--sync", &p, "--no", GUEST, "--", "true"]),
+        )?);
+        run(&mut ssh(&[&host, "rm", "-rf", "copy"]))?;
+        let t = Instant::now();
+        run(&mut ssh(&[&host, "mkdir", "-p", &dest]))?;
+        run(Command::new("rsync")
+            .args(["-a", "-q", "-r", "--delete", "-e", &rsh, "--"])
+            .arg(format!("{p}/"))
+            .arg(format!("{host}:{dest}/")))?;
+        run(lc().args(["shell", "--workdir", "/", GUEST, "--", "true"]))?;
+        copied.push(t.elapsed());
+    }
+    let _ = ssh(&["-O", "exit", &host]).stderr(Stdio::null()).status();
+    let (synced, copied) = (Stats::new(synced), Stats::new(copied));
+    println!(
+        "| Debian 12 cloud guest: `shell --sync` of {} files, `-- true` (n={}) | {} | {} | Lima's way: `ssh mkdir -p`, `rsync -a --delete` over ssh (master connection made beforehand), then the command |",
+        DIRS * FILES,
+        o.runs,
+        ms(synced.median()),
+        ms(copied.median())
     );
     Ok(())
 }

@@ -23,7 +23,8 @@ use crate::cmd;
 /// make the rules the guest agent's NAT watcher tests read (as a container
 /// engine does), in a network namespace of their own. docker-registry is
 /// the local registry the docker tests push to and pull from (started by
-/// the test itself; the package's service is never enabled here).
+/// the test itself; the package's service is never enabled here). rsync
+/// is the `sync` benchmark's baseline (Lima's `--sync` copies with it).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-utils",
@@ -42,6 +43,7 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "docker-registry",
+    "rsync",
 ];
 
 /// The static guest agent is built for this target.
