@@ -170,7 +170,8 @@ where
         Purpose::Events => crate::forward::serve_events(stream, ctx.ports, ctx.allowed).await,
         Purpose::Forward => crate::forward::serve_forward(stream, ctx.ports, ctx.allowed).await,
         Purpose::Share => crate::share::serve(stream).await,
-        Purpose::Files | Purpose::Layer => {
+        Purpose::Files => crate::files::serve(stream).await,
+        Purpose::Layer => {
             anyhow::bail!(
                 "{:?} streams are not served by this agent yet",
                 hello.purpose
