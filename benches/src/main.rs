@@ -26,6 +26,9 @@
 //!   3 s rescan), `docker run --rm` from the host beside in the guest,
 //!   `docker build .` of 5,000 files on vsockfs, 9p and virtiofs, and start
 //!   to engine-answers for both templates (`docker.rs`).
+//! * `mcp`: `limactl mcp serve`'s `read_file` and `run_shell_command`
+//!   round trips beside sftp and ssh through a ControlMaster to the same
+//!   Debian cloud guest (`mcp.rs`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +38,7 @@ use clap::Parser;
 
 mod cloud;
 mod docker;
+mod mcp;
 mod oneshot;
 mod shares;
 
@@ -184,13 +188,14 @@ fn main() -> anyhow::Result<()> {
             classic_runs: args.classic_runs,
         }),
         "cloud" => cloud::run(),
+        "mcp" => mcp::run(&mcp::Opts { runs: args.execs }),
         "docker" => docker::run(&docker::Opts {
             runs: args.docker_runs,
             build_runs: args.docker_build_runs,
             rootless: !args.no_rootless,
         }),
         other => {
-            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker)")
+            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, mcp)")
         }
     }
 }

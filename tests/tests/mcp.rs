@@ -99,7 +99,11 @@ fn mcp_info_prints_limas_tools_and_serve_needs_an_instance() {
     assert_eq!(run["properties"]["command"]["type"], "array");
     assert_eq!(run["required"], serde_json::json!(["command", "directory"]));
     // Lima's four-space indentation.
-    assert!(r.stdout().starts_with("{\n    \"tools\": [\n        {\n"), "{}", r.stdout());
+    assert!(
+        r.stdout().starts_with("{\n    \"tools\": [\n        {\n"),
+        "{}",
+        r.stdout()
+    );
 
     lima.limactl(&["mcp", "serve", "nosuch"]).fails_with(
         "instance \"nosuch\" does not exist, run `limactl create nosuch` to create a new instance",
@@ -117,7 +121,10 @@ fn official_sdks_drive_mcp_serve_in_a_mount_only_instance() {
     let clients = clients_dir(&lima);
     let scratch = lima.user_dir("scratch");
     let wrapper = limactl_wrapper(&lima);
-    lima.start("mcp23", &["--mount-only", &format!("{}:w", scratch.display())]);
+    lima.start(
+        "mcp23",
+        &["--mount-only", &format!("{}:w", scratch.display())],
+    );
 
     let python = || {
         let mut c = Command::new(clients.join("venv/bin/python"));

@@ -29,16 +29,28 @@ pub fn ensure() -> Result<PathBuf> {
         cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
         cmd::run(
             Command::new(&python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
                 .arg(PY_REQUIREMENT),
         )?;
     }
     let node = dir.join("node");
     let sdk = node.join("node_modules/@modelcontextprotocol/sdk/package.json");
     if sdk.is_file() {
-        eprintln!("mcp-clients: ok       @modelcontextprotocol/sdk ({})", node.display());
+        eprintln!(
+            "mcp-clients: ok       @modelcontextprotocol/sdk ({})",
+            node.display()
+        );
     } else {
-        eprintln!("mcp-clients: install  @modelcontextprotocol/sdk → {}", node.display());
+        eprintln!(
+            "mcp-clients: install  @modelcontextprotocol/sdk → {}",
+            node.display()
+        );
         std::fs::create_dir_all(&node)?;
         if !node.join("package.json").is_file() {
             std::fs::write(
@@ -46,11 +58,13 @@ pub fn ensure() -> Result<PathBuf> {
                 "{\"name\": \"lima-mcp-test-clients\", \"private\": true, \"type\": \"module\"}\n",
             )?;
         }
-        cmd::run(
-            Command::new("npm")
-                .current_dir(&node)
-                .args(["install", "--no-audit", "--no-fund", "--silent", NPM_PACKAGE]),
-        )?;
+        cmd::run(Command::new("npm").current_dir(&node).args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            NPM_PACKAGE,
+        ]))?;
     }
     Ok(dir)
 }

@@ -1,0 +1,264 @@
+//! `mcp`: round trips of `limactl mcp serve`'s `read_file` and
+//! `run_shell_command` (JSON-RPC over its stdio, as an agent makes them)
+//! beside the same operations over SSH to the same guest, the way Lima's
+//! MCP server reaches it: one ControlMaster connection kept open, then
+//! `sftp` (a batch per call, through the master) and `ssh cat` for reads,
+//! `ssh` for commands. The guest is the local Debian cloud image (sshd and
+//! sftp-server), with a host folder mounted writable at the same path;
+//! the files read live there, so both sides read the same share.
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::{bin_dir, ms, DeleteOnDrop, Stats};
+
+pub struct Opts {
+    pub runs: usize,
+}
+
+/// A JSON-RPC client of `limactl mcp serve` over its stdio.
+struct Mcp {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+}
+
+impl Mcp {
+    fn start(limactl: &Path, home: &Path, name: &str) -> anyhow::Result<Mcp> {
+        let mut child = Command::new(limactl)
+            .env("LIMA_HOME", home)
+            .args(["mcp", "serve", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut m = Mcp {
+            child,
+            stdin,
+            stdout,
+            next_id: 1,
+        };
+        m.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "lima-bench", "version": "1"}}),
+        )?;
+        writeln!(
+            m.stdin,
+            "{}",
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        )?;
+        Ok(m)
+    }
+
+    fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        writeln!(
+            self.stdin,
+            "{}",
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+        )?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("limactl mcp serve closed its output");
+            }
+            let v: Value = serde_json::from_str(&line).context("a JSON-RPC line")?;
+            if v["id"] == json!(id) {
+                if let Some(e) = v.get("error") {
+                    bail!("{method}: {e}");
+                }
+                return Ok(v["result"].clone());
+            }
+        }
+    }
+
+    fn tool(&mut self, name: &str, arguments: Value) -> anyhow::Result<Value> {
+        let r = self.request("tools/call", json!({"name": name, "arguments": arguments}))?;
+        if r["isError"] == json!(true) {
+            bail!("{name}: {}", r["content"]);
+        }
+        Ok(r["structuredContent"].clone())
+    }
+}
+
+impl Drop for Mcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The median of `runs` timings of `f` after two untimed warm-ups.
+fn median(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed());
+    }
+    Ok(Stats::new(samples).median())
+}
+
+fn ok(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+pub fn run(opts: &Opts) -> anyhow::Result<()> {
+    let image = std::env::var_os("LIMA_BENCH_CLOUD_IMAGE")
+        .map(std::path::PathBuf::from)
+        .context("LIMA_BENCH_CLOUD_IMAGE is not set (run through `cargo xtask bench mcp`)")?;
+    let limactl = bin_dir().join("limactl");
+    let home = tempfile::Builder::new()
+        .prefix("lima-b")
+        .tempdir_in("/tmp")?;
+    let cache = tempfile::Builder::new()
+        .prefix("lima-bc")
+        .tempdir_in("/tmp")?;
+    std::env::set_var("XDG_CACHE_HOME", cache.path());
+    let scratch = tempfile::Builder::new()
+        .prefix("lima-bm")
+        .tempdir_in("/tmp")?;
+    let dir = scratch.path().display().to_string();
+    let work = tempfile::tempdir()?;
+    let yaml = work.path().join("mcp.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "images:\n- location: file://{}\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\nmounts:\n- location: {dir}\n  writable: true\n",
+            image.display()
+        ),
+    )?;
+    let _cleanup = DeleteOnDrop {
+        limactl: &limactl,
+        home: home.path(),
+        name: "mcpb",
+    };
+    eprintln!("mcp: starting {}", image.display());
+    crate::run(
+        Command::new(&limactl)
+            .env("LIMA_HOME", home.path())
+            .args(["start", "--name", "mcpb", "--timeout", "15m"])
+            .arg(&yaml),
+    )?;
+    let small = format!("{dir}/small.txt");
+    let large = format!("{dir}/large.txt");
+    let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
+    std::fs::write(&small, line.repeat(64))?; // 4 KiB
+    std::fs::write(&large, line.repeat(16 * 1024))?; // 1 MiB
+    let runs = opts.runs;
+
+    let mut mcp = Mcp::start(&limactl, home.path(), "mcpb")?;
+    let mut read = |path: &str, size: usize| -> anyhow::Result<()> {
+        let got = mcp.tool("read_file", json!({"path": path, "limit": 100000}))?;
+        if got["content"].as_str().map(str::len) != Some(size) {
+            bail!("read_file {path}: wrong size");
+        }
+        Ok(())
+    };
+    eprintln!("mcp: read_file x{runs}");
+    let mcp_small = median(runs, || read(&small, 4096))?;
+    let mcp_large = median(runs, || read(&large, 1 << 20))?;
+    eprintln!("mcp: run_shell_command x{runs}");
+    let mcp_cmd = median(runs, || {
+        let r = mcp.tool(
+            "run_shell_command",
+            json!({"command": ["true"], "directory": dir}),
+        )?;
+        if r["exit_code"] != json!(0) {
+            bail!("run_shell_command: {r}");
+        }
+        Ok(())
+    })?;
+    drop(mcp);
+
+    // SSH: one master connection, every call through it.
+    let cfg = home.path().join("mcpb/ssh.config");
+    let ctl = work.path().join("ctl");
+    let ssh = |args: &[&str]| {
+        let mut c = Command::new("ssh");
+        c.arg("-F").arg(&cfg).arg("-S").arg(&ctl).args(args);
+        c
+    };
+    ok(&mut ssh(&[
+        "-M",
+        "-f",
+        "-N",
+        "-o",
+        "ControlPersist=yes",
+        "lima-mcpb",
+    ]))?;
+    let batch = work.path().join("batch");
+    let fetched = work.path().join("fetched");
+    let sftp_get = |path: &str, size: u64| -> anyhow::Result<()> {
+        std::fs::write(&batch, format!("get {path} {}\n", fetched.display()))?;
+        ok(Command::new("sftp")
+            .arg("-F")
+            .arg(&cfg)
+            .arg("-o")
+            .arg(format!("ControlPath={}", ctl.display()))
+            .arg("-q")
+            .arg("-b")
+            .arg(&batch)
+            .arg("lima-mcpb"))?;
+        if std::fs::metadata(&fetched)?.len() != size {
+            bail!("sftp get {path}: wrong size");
+        }
+        Ok(())
+    };
+    eprintln!("mcp: ssh/sftp x{runs}");
+    let sftp_small = median(runs, || sftp_get(&small, 4096))?;
+    let sftp_large = median(runs, || sftp_get(&large, 1 << 20))?;
+    let cat = |path: &str, size: usize| -> anyhow::Result<()> {
+        if ok(&mut ssh(&["lima-mcpb", "cat", path]))?.len() != size {
+            bail!("ssh cat {path}: wrong size");
+        }
+        Ok(())
+    };
+    let cat_small = median(runs, || cat(&small, 4096))?;
+    let cat_large = median(runs, || cat(&large, 1 << 20))?;
+    let ssh_cmd = median(runs, || {
+        ok(&mut ssh(&["lima-mcpb", &format!("cd {dir} && true")])).map(drop)
+    })?;
+    let _ = ssh(&["-O", "exit", "lima-mcpb"])
+        .stderr(Stdio::null())
+        .status();
+
+    println!("\n## mcp: round trips to a Debian 12 cloud guest, median of {runs} (TCG)\n");
+    println!("| operation | `limactl mcp serve` | sftp batch via ControlMaster | ssh via ControlMaster |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| read a 4 KiB file | {} | {} | {} (`cat`) |",
+        ms(mcp_small),
+        ms(sftp_small),
+        ms(cat_small)
+    );
+    println!(
+        "| read a 1 MiB file | {} | {} | {} (`cat`) |",
+        ms(mcp_large),
+        ms(sftp_large),
+        ms(cat_large)
+    );
+    println!(
+        "| run `true` in the mounted folder | {} | | {} |",
+        ms(mcp_cmd),
+        ms(ssh_cmd)
+    );
+    Ok(())
+}
