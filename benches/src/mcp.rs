@@ -135,6 +135,12 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("lima-bm")
         .tempdir_in("/tmp")?;
+    // The guest user (not root) reads it through the share: open it up as
+    // a project folder is.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
     let dir = scratch.path().display().to_string();
     let work = tempfile::tempdir()?;
     let yaml = work.path().join("mcp.yaml");
@@ -162,6 +168,10 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
     std::fs::write(&small, line.repeat(64))?; // 4 KiB
     std::fs::write(&large, line.repeat(16 * 1024))?; // 1 MiB
+    for f in [&small, &large] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))?;
+    }
     let runs = opts.runs;
 
     let mut mcp = Mcp::start(&limactl, home.path(), "mcpb")?;

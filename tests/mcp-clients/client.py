@@ -70,6 +70,8 @@ async def full(s, scratch):
         check(f.read() == "hello\nworld\n", "the written file is on the host")
     await fails_with(s, "write_file", {"path": "py/rel.txt", "content": "x"}, "not an absolute path", "write_file refuses a relative path")
     await fails_with(s, "write_file", {"path": hello}, "`content` is missing", "write_file needs content")
+    await fails_with(s, "write_file", {"path": f"{scratch}/py/huge.txt", "content": "x" * (9 << 20)}, "more than", "write_file refuses more than its cap")
+    check(not os.path.exists(f"{scratch}/py/huge.txt"), "nothing is written past the cap")
 
     # read_file
     out = await succeeds(s, "read_file", {"path": hello}, "read_file reads a file")

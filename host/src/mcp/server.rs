@@ -191,6 +191,13 @@ impl Server {
             "write_file" => {
                 let path = live.scope.check(str_arg(args, "path")?)?;
                 let content = str_arg(args, "content")?;
+                if content.len() > lima_proto::files::MAX_WRITE_BYTES {
+                    return Err(format!(
+                        "the content is {} bytes, more than the {} bytes one write_file call may write",
+                        content.len(),
+                        lima_proto::files::MAX_WRITE_BYTES
+                    ));
+                }
                 match self
                     .files(
                         &live,
