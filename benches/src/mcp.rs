@@ -246,6 +246,15 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     let ssh_cmd = median(runs, || {
         ok(&mut ssh(&["lima-mcpb", &format!("cd {dir} && true")])).map(drop)
     })?;
+    // As `limactl shell --workdir` (what Lima's MCP server runs) and our
+    // exec run it: through the user's login shell.
+    let ssh_login = median(runs, || {
+        ok(&mut ssh(&[
+            "lima-mcpb",
+            &format!("cd {dir} && exec \"$SHELL\" --login -c true"),
+        ]))
+        .map(drop)
+    })?;
     let _ = ssh(&["-O", "exit", "lima-mcpb"])
         .stderr(Stdio::null())
         .status();
@@ -266,8 +275,12 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
         ms(cat_large)
     );
     println!(
-        "| run `true` in the mounted folder | {} | | {} |",
+        "| run `true` in the mounted folder, login shell | {} | | {} |",
         ms(mcp_cmd),
+        ms(ssh_login)
+    );
+    println!(
+        "| run `true` in the mounted folder, no login shell | | | {} |",
         ms(ssh_cmd)
     );
     Ok(())
