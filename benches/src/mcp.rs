@@ -1,9 +1,9 @@
 //! `mcp`: round trips of `limactl mcp serve`'s `read_file` and
 //! `run_shell_command` (JSON-RPC over its stdio, as an agent makes them)
 //! beside the same operations over SSH to the same guest, the way Lima's
-//! MCP server reaches it: one ControlMaster connection kept open, then
-//! `sftp` (a batch per call, through the master) and `ssh cat` for reads,
-//! `ssh` for commands. The guest is the local Debian cloud image (sshd and
+//! MCP server reaches it: one ControlMaster connection kept open, then one
+//! SFTP session kept open (as Lima's server keeps one), `sftp -b` per call
+//! and `ssh cat` for reads, `ssh` for commands. The guest is the local Debian cloud image (sshd and
 //! sftp-server), with a host folder mounted writable at the same path;
 //! the files read live there, so both sides read the same share.
 use std::io::{BufRead, BufReader, Write};
@@ -235,6 +235,16 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     eprintln!("mcp: ssh/sftp x{runs}");
     let sftp_small = median(runs, || sftp_get(&small, 4096))?;
     let sftp_large = median(runs, || sftp_get(&large, 1 << 20))?;
+    let mut session = Sftp::start(ssh(&["-s", "lima-mcpb", "sftp"]))?;
+    let mut session_read = |path: &str, size: usize| -> anyhow::Result<()> {
+        if session.read_file(path)? != size {
+            bail!("sftp session read {path}: wrong size");
+        }
+        Ok(())
+    };
+    let session_small = median(runs, || session_read(&small, 4096))?;
+    let session_large = median(runs, || session_read(&large, 1 << 20))?;
+    drop(session);
     let cat = |path: &str, size: usize| -> anyhow::Result<()> {
         if ok(&mut ssh(&["lima-mcpb", "cat", path]))?.len() != size {
             bail!("ssh cat {path}: wrong size");
@@ -260,28 +270,166 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
         .status();
 
     println!("\n## mcp: round trips to a Debian 12 cloud guest, median of {runs} (TCG)\n");
-    println!("| operation | `limactl mcp serve` | sftp batch via ControlMaster | ssh via ControlMaster |");
-    println!("| --- | --- | --- | --- |");
+    println!("| operation | `limactl mcp serve` | one SFTP session (as Lima) | `sftp -b` per call | ssh per call |");
+    println!("| --- | --- | --- | --- | --- |");
     println!(
-        "| read a 4 KiB file | {} | {} | {} (`cat`) |",
+        "| read a 4 KiB file | {} | {} | {} | {} (`cat`) |",
         ms(mcp_small),
+        ms(session_small),
         ms(sftp_small),
         ms(cat_small)
     );
     println!(
-        "| read a 1 MiB file | {} | {} | {} (`cat`) |",
+        "| read a 1 MiB file | {} | {} | {} | {} (`cat`) |",
         ms(mcp_large),
+        ms(session_large),
         ms(sftp_large),
         ms(cat_large)
     );
     println!(
-        "| run `true` in the mounted folder, login shell | {} | | {} |",
+        "| run `true` in the mounted folder, login shell | {} | | | {} |",
         ms(mcp_cmd),
         ms(ssh_login)
     );
     println!(
-        "| run `true` in the mounted folder, no login shell | | | {} |",
+        "| run `true` in the mounted folder, no login shell | | | | {} |",
         ms(ssh_cmd)
     );
     Ok(())
+}
+
+/// A minimal SFTP (version 3) client on one `ssh -s sftp` session kept
+/// open, as Lima's MCP server keeps one: open, pipelined reads, close.
+struct Sftp {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    id: u32,
+}
+
+const FXP_INIT: u8 = 1;
+const FXP_OPEN: u8 = 3;
+const FXP_CLOSE: u8 = 4;
+const FXP_READ: u8 = 5;
+const FXP_STATUS: u8 = 101;
+const FXP_HANDLE: u8 = 102;
+const FXP_DATA: u8 = 103;
+/// Bytes per READ request and requests in flight (as pkg/sftp pipelines).
+const SFTP_CHUNK: u32 = 32 << 10;
+const SFTP_WINDOW: u64 = 64;
+
+impl Sftp {
+    fn start(mut ssh: Command) -> anyhow::Result<Sftp> {
+        let mut child = ssh
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut s = Sftp {
+            child,
+            stdin,
+            stdout,
+            id: 0,
+        };
+        s.send(FXP_INIT, &3u32.to_be_bytes())?;
+        s.stdin.flush()?;
+        let (t, _) = s.recv()?;
+        if t != 2 {
+            bail!("sftp: no VERSION reply (type {t})");
+        }
+        Ok(s)
+    }
+
+    fn send(&mut self, t: u8, body: &[u8]) -> anyhow::Result<()> {
+        self.stdin
+            .write_all(&(body.len() as u32 + 1).to_be_bytes())?;
+        self.stdin.write_all(&[t])?;
+        self.stdin.write_all(body)?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> anyhow::Result<(u8, Vec<u8>)> {
+        use std::io::Read;
+        let mut len = [0u8; 4];
+        self.stdout.read_exact(&mut len)?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stdout.read_exact(&mut body)?;
+        let t = body.remove(0);
+        Ok((t, body))
+    }
+
+    fn next_id(&mut self) -> [u8; 4] {
+        self.id += 1;
+        self.id.to_be_bytes()
+    }
+
+    /// Reads the whole file; returns its length.
+    fn read_file(&mut self, path: &str) -> anyhow::Result<usize> {
+        let string = |b: &[u8]| [&(b.len() as u32).to_be_bytes()[..], b].concat();
+        let id = self.next_id();
+        let open = [
+            &id[..],
+            &string(path.as_bytes()),
+            &1u32.to_be_bytes(),
+            &0u32.to_be_bytes(),
+        ]
+        .concat();
+        self.send(FXP_OPEN, &open)?;
+        self.stdin.flush()?;
+        let (t, body) = self.recv()?;
+        if t != FXP_HANDLE {
+            bail!("sftp open {path}: reply type {t}");
+        }
+        let handle = body[8..].to_vec();
+        let mut total = 0usize;
+        let mut offset = 0u64;
+        let mut eof = false;
+        // One request first (a small file takes one), then twice as many
+        // each time up to the window.
+        let mut window = 1u64;
+        while !eof {
+            for i in 0..window {
+                let id = self.next_id();
+                let at = offset + i * u64::from(SFTP_CHUNK);
+                let req = [
+                    &id[..],
+                    &string(&handle),
+                    &at.to_be_bytes(),
+                    &SFTP_CHUNK.to_be_bytes(),
+                ]
+                .concat();
+                self.send(FXP_READ, &req)?;
+            }
+            self.stdin.flush()?;
+            for _ in 0..window {
+                match self.recv()? {
+                    (FXP_DATA, body) => {
+                        let n = body.len() - 8;
+                        total += n;
+                        if n < SFTP_CHUNK as usize {
+                            eof = true;
+                        }
+                    }
+                    (FXP_STATUS, _) => eof = true,
+                    (t, _) => bail!("sftp read {path}: reply type {t}"),
+                }
+            }
+            offset += window * u64::from(SFTP_CHUNK);
+            window = (window * 2).min(SFTP_WINDOW);
+        }
+        let id = self.next_id();
+        self.send(FXP_CLOSE, &[&id[..], &string(&handle)].concat())?;
+        self.stdin.flush()?;
+        self.recv()?;
+        Ok(total)
+    }
+}
+
+impl Drop for Sftp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

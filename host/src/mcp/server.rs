@@ -2,6 +2,7 @@
 //! (instance running, absolute path, inside the mounts of a `--mount-only`
 //! instance) and carried out in the guest as the instance's user.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lima_proto::files::{FilesReply, FilesRequest};
@@ -30,6 +31,9 @@ pub struct Server {
     cwd: Option<PathBuf>,
     /// The open Files stream, if any.
     files: tokio::sync::Mutex<Option<Files>>,
+    /// What the running host agent (by its pid) was started with: read
+    /// again when the instance restarted.
+    live: std::sync::Mutex<Option<(i32, Arc<Live>)>>,
 }
 
 /// What a call needs to know about the instance, read again at each call
@@ -50,10 +54,11 @@ impl Server {
             max_timeout,
             cwd: std::env::current_dir().ok(),
             files: tokio::sync::Mutex::new(None),
+            live: std::sync::Mutex::new(None),
         }
     }
 
-    fn live(&self) -> Result<Live, ToolError> {
+    fn live(&self) -> Result<Arc<Live>, ToolError> {
         let name = &self.name;
         let inst = Instance::new(&self.home, name).map_err(|e| e.to_string())?;
         if !inst.exists() {
@@ -64,12 +69,19 @@ impl Server {
         if !inst.host_agent_running() {
             return Err(not_running());
         }
+        let pid = inst.read_pid(crate::instance::HA_PID).unwrap_or(0);
+        let mut cached = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((p, live)) = cached.as_ref() {
+            if *p == pid {
+                return Ok(live.clone());
+            }
+        }
         let transport = crate::lifecycle::transport(&inst).map_err(|_| not_running())?;
         let cfg = inst
             .config()
             .map_err(|e| format!("cannot read the configuration of instance \"{name}\": {e}"))?;
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        Ok(Live {
+        let live = Arc::new(Live {
             transport,
             user: cfg.user.name.clone(),
             scope: Scope::of(&cfg.mounts, home.as_deref()),
@@ -79,7 +91,9 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-        })
+        });
+        *cached = Some((pid, live.clone()));
+        Ok(live)
     }
 
     /// One request on the Files stream; opens it first if needed, and once
