@@ -206,14 +206,21 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
         c.arg("-F").arg(&cfg).arg("-S").arg(&ctl).args(args);
         c
     };
-    ok(&mut ssh(&[
+    // sshd may still be restarting under cloud-init: try for two minutes.
+    let t = Instant::now();
+    while let Err(e) = ok(&mut ssh(&[
         "-M",
         "-f",
         "-N",
         "-o",
         "ControlPersist=yes",
         "lima-mcpb",
-    ]))?;
+    ])) {
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let batch = work.path().join("batch");
     let fetched = work.path().join("fetched");
     let sftp_get = |path: &str, size: u64| -> anyhow::Result<()> {
