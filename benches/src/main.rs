@@ -29,6 +29,9 @@
 //! * `sync`: `limactl shell --sync` start-up on 10,000 files beside a full
 //!   copy into the guest first (Lima's way), and the apply time of N
 //!   changed files (`sync.rs`).
+//! * `mcp`: `limactl mcp serve`'s `read_file` and `run_shell_command`
+//!   round trips beside sftp and ssh through a ControlMaster to the same
+//!   Debian cloud guest (`mcp.rs`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +41,7 @@ use clap::Parser;
 
 mod cloud;
 mod docker;
+mod mcp;
 mod oneshot;
 mod shares;
 mod sync;
@@ -197,6 +201,7 @@ fn main() -> anyhow::Result<()> {
             classic_runs: args.classic_runs,
         }),
         "cloud" => cloud::run(),
+        "mcp" => mcp::run(&mcp::Opts { runs: args.execs }),
         "docker" => docker::run(&docker::Opts {
             runs: args.docker_runs,
             build_runs: args.docker_build_runs,
@@ -208,7 +213,7 @@ fn main() -> anyhow::Result<()> {
             rsync: !args.sync_no_rsync,
         }),
         other => {
-            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, sync)")
+            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, sync, mcp)")
         }
     }
 }

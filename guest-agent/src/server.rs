@@ -171,12 +171,7 @@ where
         Purpose::Forward => crate::forward::serve_forward(stream, ctx.ports, ctx.allowed).await,
         Purpose::Share => crate::share::serve(stream).await,
         Purpose::Layer => crate::layer::serve(stream).await,
-        Purpose::Files => {
-            anyhow::bail!(
-                "{:?} streams are not served by this agent yet",
-                hello.purpose
-            )
-        }
+        Purpose::Files => crate::files::serve(stream).await,
     }
 }
 

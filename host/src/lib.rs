@@ -22,6 +22,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod listing;
 pub mod logfmt;
+pub mod mcp;
 pub mod mounts;
 pub mod oneshot;
 pub mod plan;

@@ -16,6 +16,8 @@ pub mod shellquote;
 pub mod sync;
 
 #[cfg(feature = "std")]
+pub mod files;
+#[cfg(feature = "std")]
 pub mod fs;
 #[cfg(feature = "std")]
 pub mod layer;

@@ -3,7 +3,7 @@
 //! `--preserve-env` with Lima's block list, `--start`, and the default
 //! template's mounts (the home read-only, `/tmp/lima` writable), so `lima`
 //! starts in the current folder.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lima_tests::Lima;
 

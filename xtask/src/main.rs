@@ -30,6 +30,7 @@ mod debian;
 mod fsutil;
 mod fuzz;
 mod image;
+mod mcp_clients;
 mod mke2fs;
 mod pvh;
 mod run;

@@ -65,6 +65,8 @@ pub fn run() -> Result<()> {
     // with the default toolchain; the fuzz targets build with nightly.
     cargo_tool_at("cargo-fuzz", CARGO_FUZZ_VERSION)?;
     system_wide(&["vhost-device-vsock", "virtiofsd"])?;
+    // The MCP tests' clients (the official Python and TypeScript SDKs).
+    crate::mcp_clients::ensure()?;
     Ok(())
 }
 

@@ -34,6 +34,8 @@ pub fn run(args: &[String], slow: bool) -> Result<()> {
     // modules) and a second debootstrap, also cached.
     let docker_base = image::assemble_flavor(&build::agent_path(), &image::DOCKER_BASE)?;
     crate::debian::assemble_docker(&docker_base)?;
+    // tests/tests/mcp.rs drives `limactl mcp serve` with the official SDKs.
+    crate::mcp_clients::ensure()?;
     cmd::run(
         cmd::cargo()
             .env("LIMA_BIN_DIR", build::host_bin_dir(Profile::Debug))

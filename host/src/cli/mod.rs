@@ -16,6 +16,7 @@ pub mod global;
 mod info;
 mod list;
 mod listfmt;
+mod mcp;
 pub mod msg;
 mod plugin;
 mod restart;
@@ -93,6 +94,8 @@ enum Cmd {
     Validate(validate::ValidateArgs),
     /// Show diagnostic information (JSON)
     Info(info::InfoArgs),
+    /// Model Context Protocol: serve an instance's tools to AI agents
+    Mcp(mcp::McpArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion { shell: clap_complete::Shell },
     /// Run the host agent of an instance (started by `limactl start`)
@@ -172,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(&home, a),
         Cmd::Info(a) => info::run(&home, a),
+        Cmd::Mcp(a) => mcp::run(&home, a),
         Cmd::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
