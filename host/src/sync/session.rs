@@ -80,10 +80,7 @@ async fn watch(
     let how = tokio::task::spawn_blocking(move || close_channel(channel, CLOSE_WITHIN))
         .await
         .unwrap_or_else(|e| format!("the closing thread failed: {e}"));
-    tracing::debug!(
-        "{name}: stream closed after {:?}: {how}",
-        started.elapsed()
-    );
+    tracing::debug!("{name}: stream closed after {:?}: {how}", started.elapsed());
 }
 
 /// Ends a stream whose server is gone: our sending side shut down, what
