@@ -23,6 +23,8 @@
 //!   cidata.img           the cloud-init seed (made at every start)
 //!   efi-vars.fd          the UEFI variable store
 //!   ssh.config           `ssh -F` this to reach the guest's sshd
+//!   sync-ID.log          a `shell --sync` session's read-only file server (layer ID)
+//!   sync-ID-host.log     the file server that applies layer ID's changes
 //! ```
 //!
 //! This module names the files; the features that use them import it, never
@@ -199,6 +201,16 @@ impl Instance {
     /// The log (stderr) of the `nth` vsockfs share's file server.
     pub fn share_server_log(&self, nth: u64) -> PathBuf {
         self.dir.join(format!("fs-{nth}.log"))
+    }
+
+    /// The log of a `shell --sync` session's read-only file server.
+    pub fn sync_share_log(&self, layer: &str) -> PathBuf {
+        self.dir.join(format!("sync-{layer}.log"))
+    }
+
+    /// The log of the file server that applies a layer's changes.
+    pub fn sync_apply_log(&self, layer: &str) -> PathBuf {
+        self.dir.join(format!("sync-{layer}-host.log"))
     }
 
     /// The socket and log of a virtiofs share's `virtiofsd`.

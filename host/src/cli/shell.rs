@@ -437,7 +437,7 @@ async fn sync_start(
             if l.changes == 1 { "" } else { "s" }
         ));
     }
-    let log = inst.path(&format!("sync-{id}.log"));
+    let log = inst.sync_share_log(&id);
     let share = sync::session::open(transport, &dir, &id, (cfg.user.uid, cfg.user.gid()), &log)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -476,7 +476,7 @@ async fn sync_end(
         .await
         .map_err(|e| lima_proto::errors::error_chain(&e))?;
     crate::sync::session::wait_unmounted(&mut layer, &s.id, Duration::from_secs(120)).await?;
-    let log = inst.path(&format!("sync-{}-host.log", s.id));
+    let log = inst.sync_apply_log(&s.id);
     let server = crate::shares::server_program()?;
     let t = finish::Target {
         instance: &inst.name,

@@ -106,7 +106,7 @@ pub fn say(level: finish::Level, text: String) {
 }
 
 fn log(inst: &Instance, id: &str) -> PathBuf {
-    inst.path(&format!("sync-{id}-host.log"))
+    inst.sync_apply_log(id)
 }
 
 fn refuse_running(l: &LayerInfo, inst: &Instance) -> anyhow::Result<()> {
