@@ -19,6 +19,19 @@
 use serde::{Deserialize, Serialize};
 
 pub const ROOT_ID: u64 = 1;
+
+/// Linux's values of the mode and flag bits the protocol carries, for the
+/// host side on systems whose `libc` spells them otherwise (macOS).
+pub mod linux {
+    pub const S_IFMT: u32 = 0o170000;
+    pub const S_IFREG: u32 = 0o100000;
+    pub const S_IFDIR: u32 = 0o040000;
+    pub const S_IFLNK: u32 = 0o120000;
+    pub const RENAME_NOREPLACE: u32 = 1;
+    pub const O_RDONLY: i32 = 0;
+    pub const O_WRONLY: i32 = 0o1;
+    pub const O_EXCL: i32 = 0o200;
+}
 /// Largest read or write in one request (FUSE max_write / max_read).
 pub const MAX_IO: u32 = 1 << 20;
 /// Entries in one `Readdir` reply with `plus`: the server fills every

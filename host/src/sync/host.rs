@@ -49,10 +49,11 @@ impl HostNode {
 }
 
 fn kind_of(mode: u32) -> Option<NodeKind> {
-    match mode & libc::S_IFMT {
-        libc::S_IFREG => Some(NodeKind::File),
-        libc::S_IFDIR => Some(NodeKind::Dir),
-        libc::S_IFLNK => Some(NodeKind::Symlink),
+    use lima_proto::fs::linux;
+    match mode & linux::S_IFMT {
+        linux::S_IFREG => Some(NodeKind::File),
+        linux::S_IFDIR => Some(NodeKind::Dir),
+        linux::S_IFLNK => Some(NodeKind::Symlink),
         _ => None,
     }
 }
@@ -222,7 +223,7 @@ impl HostTree {
                 let fh = match self
                     .call(FsRequest::Open {
                         id,
-                        flags: libc::O_RDONLY,
+                        flags: lima_proto::fs::linux::O_RDONLY,
                     })
                     .await?
                 {
@@ -271,7 +272,7 @@ impl HostTree {
                 name: name.to_vec(),
                 mode: 0o600,
                 umask: 0,
-                flags: libc::O_WRONLY | libc::O_EXCL,
+                flags: lima_proto::fs::linux::O_WRONLY | lima_proto::fs::linux::O_EXCL,
             })
             .await?
         {
@@ -394,7 +395,11 @@ impl HostTree {
             name: name.to_vec(),
             new_parent,
             new_name: new_name.to_vec(),
-            flags: if noreplace { libc::RENAME_NOREPLACE } else { 0 },
+            flags: if noreplace {
+                lima_proto::fs::linux::RENAME_NOREPLACE
+            } else {
+                0
+            },
         })
         .await
         .map(|_| ())
