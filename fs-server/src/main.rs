@@ -92,6 +92,9 @@ fn register(fd: OwnedFd) -> anyhow::Result<tokio::net::UnixStream> {
 
 /// One share on one inherited stream, confined.
 fn serve_fd(args: &Args, fd: i32) -> anyhow::Result<()> {
+    // Before any thread: a SIGTERM (the parent died, or the host stops
+    // us) waits for the end below, which ends the stream cleanly.
+    process::hold_end_signal().context("blocking SIGTERM")?;
     let stream = process::inherited_fd(fd).context("--stream-fd")?;
     let hook = args
         .test_hook_fd
@@ -112,9 +115,15 @@ fn serve_fd(args: &Args, fd: i32) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let (stream, hook) = {
+    // A second handle on the stream, to end it with when told to.
+    let ender = stream.try_clone().context("--stream-fd")?;
+    let (stream, mut ender, hook) = {
         let _in = rt.enter();
-        (register(stream)?, hook.map(register).transpose()?)
+        (
+            register(stream)?,
+            register(ender)?,
+            hook.map(register).transpose()?,
+        )
     };
 
     let confinement = server
@@ -131,25 +140,40 @@ fn serve_fd(args: &Args, fd: i32) -> anyhow::Result<()> {
     );
     process::report_ready(&confinement).context("reporting ready")?;
 
-    rt.block_on(async move {
+    let ended = rt.block_on(async move {
         if let Some(hook) = hook {
             tokio::spawn(lima_fs_server::test_hook::serve(hook));
         }
-        match server.serve(stream).await {
-            // The guest went away while we still had something to say.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                tracing::debug!("the guest closed the share: {e}");
-                Ok(())
+        // Started here: a thread of the confined process.
+        let end = process::end_signal().context("starting the SIGTERM thread")?;
+        tokio::select! {
+            served = server.serve(stream) => match served {
+                // The guest went away while we still had something to say.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    tracing::debug!("the guest closed the share: {e}");
+                    Ok(false)
+                }
+                other => other.map(|()| false).context("serving the share"),
+            },
+            Ok(()) = end => {
+                // Requests in flight are dropped: the guest hears the end
+                // instead of their replies.
+                let how = process::end_stream(&mut ender, process::END_WITHIN).await;
+                tracing::info!("SIGTERM (the host agent went away, or stopped the share): ended the stream; {how}");
+                Ok(true)
             }
-            other => other,
         }
-    })
-    .context("serving the share")
+    })?;
+    if ended {
+        // Do not wait for requests still on the blocking pool.
+        rt.shutdown_background();
+    }
+    Ok(())
 }
 
 fn listen(args: &Args) -> anyhow::Result<()> {

@@ -6,16 +6,32 @@
 //! host agent                                   lima-fs-server (child)
 //! ──────────                                   ──────────────────────
 //! share setup with the guest (ShareSetup/Status)
-//! spawn(Spawn{stream, shm, ..}) ── fork ──▶   pre_exec: PR_SET_PDEATHSIG(SIGKILL), every
-//!   argv: --root DIR [--read-only]            fd but stdio and the named ones CLOEXEC
+//! spawn(Spawn{stream, shm, ..}) ── fork ──▶   pre_exec: SIGTERM blocked, PR_SET_PDEATHSIG
+//!   argv: --root DIR [--read-only]            (SIGTERM), every fd but stdio and the
+//!                                             named ones CLOEXEC
 //!         --stream-fd N [--shm-fd M           exec: open the root, map the shm,
 //!         --shm-offset O --shm-len L]               build the runtime
 //!         --confine MODE                      confine (crate::confine)
 //!   stderr → fs-N.log in the instance dir     stdout: "ready landlock=full:7 seccomp=on"
 //! ◀── reads the ready line ─────────────────  serves the stream until the guest closes it
 //! warns if confinement is partial
-//! waits for the exit, logs a failure
+//! waits for the exit, logs a failure          SIGTERM (the parent died, or [`stop`]):
+//!                                             end the stream, see below
 //! ```
+//!
+//! # Ending the stream
+//!
+//! A server that simply dies closes its stream with the guest's latest
+//! requests unread in it; the peer's next read then fails with
+//! `ECONNRESET` instead of ending, and `vhost-device-vsock` (0.3) drops
+//! that error: the guest is never told, and its mount hangs. So the
+//! server's parent-death signal is SIGTERM, not SIGKILL, and the server
+//! keeps it blocked in every thread; a thread of its own waits for it
+//! ([`end_signal`]), then the server shuts its sending side down (the
+//! relay reads a plain end and tells the guest), reads and discards what
+//! still comes until the guest closes its end, or [`END_WITHIN`] passed,
+//! and exits ([`end_stream`]). The same happens when the host stops a
+//! server with [`stop`].
 //!
 //! The stream is the already-connected channel (the share's virtio-serial
 //! port or its vsock stream) and the shm region an open file; the child
@@ -35,6 +51,9 @@ use crate::sys;
 
 /// What the child prints on stdout once confined, before serving.
 const READY: &str = "ready ";
+
+/// How long a server told to end waits for the guest to close the stream.
+pub const END_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long a child gets to open, confine and report.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -124,10 +143,12 @@ pub async fn spawn(s: Spawn<'_>) -> Result<Running, SpawnError> {
         .stdout(std::process::Stdio::piped())
         .stderr(log);
     // SAFETY: between fork and exec only async-signal-safe calls run
-    // (prctl, close_range, fcntl), on fd numbers taken before the fork;
+    // (pthread_sigmask, prctl, close_range, fcntl), on fd numbers taken before the fork;
     // `inherit` is only read.
     unsafe {
         cmd.pre_exec(move || {
+            // Pending, not fatal, until the server waits for it.
+            sys::block_end_signal().map_err(std::io::Error::from_raw_os_error)?;
             sys::die_with_parent().map_err(std::io::Error::from_raw_os_error)?;
             // Nothing but stdio and the named fds, even what the host
             // agent inherited without O_CLOEXEC.
@@ -210,4 +231,63 @@ pub fn inherited_fd(n: RawFd) -> std::io::Result<OwnedFd> {
     // this process took it, since this is called once per argument at
     // start-up.
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// The host's side: asks a running server to end its stream and exit
+/// (SIGTERM; see the module docs). Wait for the child afterwards.
+pub fn stop(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill takes integers only; `pid` is our child, not yet
+        // reaped (tokio's `id` is `None` once it is).
+        unsafe { libc::kill(pid as libc::pid_t, sys::END_SIGNAL) };
+    }
+}
+
+/// The child's side, first thing in `main` (before any thread starts):
+/// keeps the end signal pending for [`end_signal`], whoever started the
+/// process ([`spawn`] blocks it already).
+pub fn hold_end_signal() -> std::io::Result<()> {
+    sys::block_end_signal().map_err(std::io::Error::from_raw_os_error)
+}
+
+/// The child's side, once confined and inside the runtime: a thread that
+/// waits for the end signal (the parent died, or [`stop`]); the receiver
+/// resolves when it came.
+pub fn end_signal() -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("end-signal".into())
+        .spawn(move || match sys::wait_end_signal() {
+            Ok(()) => {
+                let _ = tx.send(());
+            }
+            Err(e) => tracing::warn!(errno = e, "cannot wait for SIGTERM"),
+        })?;
+    Ok(rx)
+}
+
+/// The child's side: ends `stream` so that the vsock relay tells the
+/// guest (see the module docs): our sending side shut down, then what
+/// still arrives read and discarded until the guest closes its end, or
+/// `within` passed. Says how it ended.
+pub async fn end_stream(stream: &mut tokio::net::UnixStream, within: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if let Err(e) = stream.shutdown().await {
+        return format!("shutdown: {e}");
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    let mut discarded = 0usize;
+    let drain = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return format!("the guest closed it ({discarded} bytes discarded)"),
+                Ok(n) => discarded += n,
+                Err(e) => return format!("{e} ({discarded} bytes discarded)"),
+            }
+        }
+    };
+    match tokio::time::timeout(within, drain).await {
+        Ok(how) => how,
+        Err(_) => format!("the guest kept it open for {within:?}"),
+    }
 }

@@ -82,6 +82,8 @@ const ALWAYS: &[libc::c_long] = &[
     libc::SYS_sigaltstack,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
+    // The thread that waits for SIGTERM to end the stream (sigwait).
+    libc::SYS_rt_sigtimedwait,
     libc::SYS_restart_syscall,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,

@@ -368,15 +368,18 @@ pub fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) {
     unsafe { libc::inotify_rm_watch(inotify.as_raw_fd(), wd) };
 }
 
-/// Makes this (forked, not yet exec'd) child die with the thread that
-/// started it: a share server never outlives its host agent. Call from
+/// Makes this (forked, not yet exec'd) child end with the thread that
+/// started it: a share server never outlives its host agent. The signal
+/// is [`END_SIGNAL`](super::END_SIGNAL), which the server blocks and
+/// waits for to end its stream cleanly (a SIGKILL would close it with
+/// requests unread, which the vsock relay does not pass on). Call from
 /// `pre_exec`: one async-signal-safe syscall.
 pub fn die_with_parent() -> SysResult<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
     check(unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
+            super::END_SIGNAL as libc::c_ulong,
             0,
             0,
             0,

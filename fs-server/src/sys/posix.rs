@@ -193,3 +193,46 @@ pub fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: fcntl(F_GETFD) only reads the fd's flags.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
+
+/// The signal a share server takes as "end the stream and go": its
+/// parent-death signal on Linux, and what a host stops it with.
+pub const END_SIGNAL: libc::c_int = libc::SIGTERM;
+
+fn end_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset fill the set we own; an all-zero
+    // sigset_t is a valid value to start from.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, END_SIGNAL);
+        set
+    }
+}
+
+/// Blocks [`END_SIGNAL`] in the calling thread (and so in every thread it
+/// starts later, and across exec): it stays pending until
+/// [`wait_end_signal`] takes it. Async-signal-safe (for `pre_exec`).
+pub fn block_end_signal() -> SysResult<()> {
+    let set = end_set();
+    // SAFETY: `set` is a valid sigset_t; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(rc);
+    }
+    Ok(())
+}
+
+/// Waits until [`END_SIGNAL`] (blocked in every thread) is sent to the
+/// process, and takes it (`sigwait`, i.e. `rt_sigtimedwait`).
+pub fn wait_end_signal() -> SysResult<()> {
+    let set = end_set();
+    let mut sig = 0;
+    loop {
+        // SAFETY: `set` and `sig` are valid for the call.
+        match unsafe { libc::sigwait(&set, &mut sig) } {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            e => return Err(e),
+        }
+    }
+}
