@@ -13,11 +13,15 @@
 //! listings) makes the peer's next read fail with `ECONNRESET` rather
 //! than end, and `vhost-device-vsock` (0.3) drops such a read error on the
 //! floor: it neither resets the guest's connection nor watches the socket
-//! again, so the guest waits for ever. So this process keeps a copy of
-//! the channel, and once the server is gone (stopped, or died by itself)
-//! shuts its sending side down (the relay reads a plain end and tells the
-//! guest), reads and discards what still comes until the relay closes its
-//! end (the guest closed the connection), and only then closes it.
+//! again, so the guest waits for ever. The server itself ends its stream
+//! properly when it gets SIGTERM (see `lima_fs_server::process`): that is
+//! how [`Share::stop`] stops it, and its parent-death signal, should this
+//! process be killed. For a server that dies by itself (a crash, a
+//! seccomp stop), this process also keeps a copy of the channel, and once
+//! the server is gone shuts its sending side down (the relay reads a
+//! plain end and tells the guest), reads and discards what still comes
+//! until the relay closes its end (the guest closed the connection), and
+//! only then closes it; after a SIGTERM the server did all that already.
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -70,10 +74,16 @@ async fn watch(
     tokio::select! {
         st = child.wait() => tracing::debug!("{name}: the file server ended by itself ({})",
             st.map_or_else(|e| e.to_string(), |st| st.to_string())),
-        // Stopped, or the share dropped.
+        // Stopped, or the share dropped: the server ends the stream
+        // (SIGTERM), within its own bound; a server that does not is killed.
         _ = stopped => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            lima_fs_server::process::stop(&child);
+            let bound = lima_fs_server::process::END_WITHIN + Duration::from_secs(5);
+            if tokio::time::timeout(bound, child.wait()).await.is_err() {
+                tracing::warn!("{name}: the file server did not end within {bound:?}; killing it");
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
         }
     }
     let started = Instant::now();
