@@ -241,10 +241,13 @@ fn sync_review_apply_conflict_discard_and_kill() {
     assert!(layers(&lima).is_empty());
 
     // A killed limactl loses nothing: the layer stays, and can be applied.
+    // The command keeps the share busy (a lookup of a new name each time,
+    // which no cache answers), so the file server is killed with requests
+    // unread: it must still end the stream so that the guest hears it.
     let mut child = lima
         .cmd("limactl")
         .args(["shell", "--sync", &p, NAME, "--", "sh", "-c"])
-        .arg("echo k > killed.txt; sleep 600")
+        .arg("echo k > killed.txt; i=0; while :; do i=$((i+1)); cat miss-$i 2>/dev/null; done")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
