@@ -241,13 +241,15 @@ fn sync_review_apply_conflict_discard_and_kill() {
     assert!(layers(&lima).is_empty());
 
     // A killed limactl loses nothing: the layer stays, and can be applied.
-    // The command keeps the share busy (a lookup of a new name each time,
-    // which no cache answers), so the file server is killed with requests
-    // unread: it must still end the stream so that the guest hears it.
+    // The command keeps the share busy (16 loops, each looking up a new
+    // name each time, which no cache answers), so the file server likely
+    // dies with requests unread: it must still end the stream so that the
+    // guest hears it. (fs-server/tests/parent_death.rs makes sure of it.)
+    let busy = "echo k > killed.txt; for j in $(seq 16); do \
+                (i=0; while :; do i=$((i+1)); cat miss-$j-$i 2>/dev/null; done) & done; wait";
     let mut child = lima
         .cmd("limactl")
-        .args(["shell", "--sync", &p, NAME, "--", "sh", "-c"])
-        .arg("echo k > killed.txt; i=0; while :; do i=$((i+1)); cat miss-$i 2>/dev/null; done")
+        .args(["shell", "--sync", &p, NAME, "--", "sh", "-c", busy])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
