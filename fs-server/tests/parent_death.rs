@@ -64,10 +64,8 @@ fn parent() {
 fn a_server_whose_parent_dies_ends_its_stream_with_a_plain_end() {
     // The orphaned server is re-parented to us, so we see how it exits.
     // SAFETY: prctl takes integers only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0);
     let tmp = tempfile::tempdir().unwrap();
     let share = tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
