@@ -142,14 +142,15 @@ pub async fn spawn(s: Spawn<'_>) -> Result<Running, SpawnError> {
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log);
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec only async-signal-safe calls run
-    // (pthread_sigmask, prctl, close_range, fcntl), on fd numbers taken before the fork;
-    // `inherit` is only read.
+    // (pthread_sigmask, prctl, getppid, getpid, kill, close_range, fcntl), on
+    // numbers taken before the fork; `inherit` is only read.
     unsafe {
         cmd.pre_exec(move || {
             // Pending, not fatal, until the server waits for it.
             sys::block_end_signal().map_err(std::io::Error::from_raw_os_error)?;
-            sys::die_with_parent().map_err(std::io::Error::from_raw_os_error)?;
+            sys::die_with_parent(parent).map_err(std::io::Error::from_raw_os_error)?;
             // Nothing but stdio and the named fds, even what the host
             // agent inherited without O_CLOEXEC.
             sys::cloexec_above_stdio();

@@ -373,8 +373,11 @@ pub fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) {
 /// is [`END_SIGNAL`](super::END_SIGNAL), which the server blocks and
 /// waits for to end its stream cleanly (a SIGKILL would close it with
 /// requests unread, which the vsock relay does not pass on). Call from
-/// `pre_exec`: one async-signal-safe syscall.
-pub fn die_with_parent() -> SysResult<()> {
+/// `pre_exec`, with `parent` the pid the parent had before the fork:
+/// async-signal-safe syscalls only. A parent already gone by then sent
+/// no signal, so the child sends it to itself (it stays pending, blocked,
+/// across exec).
+pub fn die_with_parent(parent: libc::pid_t) -> SysResult<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
     check(unsafe {
         libc::prctl(
@@ -384,8 +387,16 @@ pub fn die_with_parent() -> SysResult<()> {
             0,
             0,
         )
-    })
-    .map(drop)
+    })?;
+    // SAFETY: getppid takes nothing.
+    let now = unsafe { libc::getppid() };
+    if now != parent {
+        // To the process, not the thread (as `raise` would): the thread
+        // that takes it after exec is not this one.
+        // SAFETY: kill and getpid take integers only.
+        check(unsafe { libc::kill(libc::getpid(), super::END_SIGNAL) })?;
+    }
+    Ok(())
 }
 
 /// Marks every fd from 3 up close-on-exec (`close_range` with

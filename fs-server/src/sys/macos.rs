@@ -146,7 +146,7 @@ pub fn inotify_unwatch(_inotify: BorrowedFd<'_>, _wd: i32) {}
 pub fn cloexec_above_stdio() {}
 
 /// macOS has no parent-death signal; the host agent stops its children.
-pub fn die_with_parent() -> SysResult<()> {
+pub fn die_with_parent(_parent: libc::pid_t) -> SysResult<()> {
     Ok(())
 }
 
