@@ -110,8 +110,9 @@ pub enum SpawnError {
 }
 
 /// Starts the server for one share and waits until it serves, confined
-/// as `s.confine` says. The child dies with the calling thread
-/// (`PR_SET_PDEATHSIG` follows the thread, not the process), so call this
+/// as `s.confine` says. The child ends its stream and exits when the
+/// calling thread ends (`PR_SET_PDEATHSIG` follows the thread, not the
+/// process; see "Ending the stream"), so call this
 /// from a thread that lives as long as the share.
 pub async fn spawn(s: Spawn<'_>) -> Result<Running, SpawnError> {
     let log = std::fs::File::create(s.log).map_err(|source| SpawnError::Log {
