@@ -62,6 +62,18 @@ struct Open {
     layers: Vec<LayerInfo>,
 }
 
+impl Open {
+    /// Says so when the instance holds no layer (the command then does nothing).
+    fn say_if_empty(&self) {
+        if self.layers.is_empty() {
+            msg::info(format!(
+                "instance \"{}\" has no pending changes",
+                self.inst.name
+            ));
+        }
+    }
+}
+
 async fn open(home: &Path, w: &Which) -> anyhow::Result<Open> {
     let name = &w.instance;
     let inst = Instance::new(home, name)?;
@@ -105,10 +117,6 @@ pub fn say(level: finish::Level, text: String) {
     }
 }
 
-fn log(inst: &Instance, id: &str) -> PathBuf {
-    inst.sync_apply_log(id)
-}
-
 fn refuse_running(l: &LayerInfo, inst: &Instance) -> anyhow::Result<()> {
     if l.mounted {
         bail!(
@@ -142,17 +150,12 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
         }
         SyncCmd::Diff(w) => {
             let mut o = open(home, &w).await?;
-            if o.layers.is_empty() {
-                msg::info(format!(
-                    "instance \"{}\" has no pending changes",
-                    o.inst.name
-                ));
-            }
+            o.say_if_empty();
             let mut out = String::new();
             for l in &o.layers {
                 let dir = PathBuf::from(&l.mount_point);
                 let snap = Snapshot::take(&mut o.layer, &l.id).await?;
-                let log = log(&o.inst, &l.id);
+                let log = o.inst.sync_apply_log(&l.id);
                 let t = finish::Target {
                     instance: &o.inst.name,
                     dir: &dir,
@@ -188,12 +191,7 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            if o.layers.is_empty() {
-                msg::info(format!(
-                    "instance \"{}\" has no pending changes",
-                    o.inst.name
-                ));
-            }
+            o.say_if_empty();
             let mut left = 0;
             for l in o.layers.clone() {
                 let dir = PathBuf::from(&l.mount_point);
@@ -221,7 +219,7 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
                             p.is_empty() || sync::paths::is_within(snap.changes[i].path(), p)
                         })
                 };
-                let log = log(&o.inst, &l.id);
+                let log = o.inst.sync_apply_log(&l.id);
                 let t = finish::Target {
                     instance: &o.inst.name,
                     dir: &dir,
@@ -245,12 +243,7 @@ async fn run_async(home: &Path, a: SyncArgs) -> anyhow::Result<ExitCode> {
         }
         SyncCmd::Discard(w) => {
             let mut o = open(home, &w).await?;
-            if o.layers.is_empty() {
-                msg::info(format!(
-                    "instance \"{}\" has no pending changes",
-                    o.inst.name
-                ));
-            }
+            o.say_if_empty();
             for l in &o.layers {
                 refuse_running(l, &o.inst)?;
                 o.layer.discard(&l.id).await?;
