@@ -168,9 +168,7 @@ fn lima_start(
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let image = std::env::var_os("LIMA_BENCH_CLOUD_IMAGE")
-        .map(PathBuf::from)
-        .context("LIMA_BENCH_CLOUD_IMAGE is not set (run through `cargo xtask bench cloud`)")?;
+    let image = crate::cloud_image("cloud")?;
     let limactl = bin_dir().join("limactl");
     let home = tempfile::Builder::new()
         .prefix("lima-b")
@@ -181,13 +179,7 @@ pub fn run() -> anyhow::Result<()> {
     std::env::set_var("XDG_CACHE_HOME", cache.path());
     let work = tempfile::tempdir()?;
     let yaml = work.path().join("cloud.yaml");
-    std::fs::write(
-        &yaml,
-        format!(
-            "images:\n- location: file://{}\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\nmounts: []\n",
-            image.display()
-        ),
-    )?;
+    std::fs::write(&yaml, crate::cloud_yaml(&image, "[]"))?;
     let _cleanup = DeleteOnDrop {
         limactl: &limactl,
         home: home.path(),

@@ -109,6 +109,25 @@ struct Args {
     no_rootless: bool,
 }
 
+/// The Debian cloud image `cargo xtask bench` built for a suite
+/// (`LIMA_BENCH_CLOUD_IMAGE`).
+fn cloud_image(suite: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("LIMA_BENCH_CLOUD_IMAGE")
+        .map(PathBuf::from)
+        .with_context(|| {
+            format!("LIMA_BENCH_CLOUD_IMAGE is not set (run through `cargo xtask bench {suite}`)")
+        })
+}
+
+/// A `lima.yaml` of a cloud guest booting `image`, with `mounts` (YAML
+/// list text, e.g. `[]`).
+fn cloud_yaml(image: &std::path::Path, mounts: &str) -> String {
+    format!(
+        "images:\n- location: file://{}\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\nmounts: {mounts}\n",
+        image.display()
+    )
+}
+
 fn bin_dir() -> PathBuf {
     std::env::var_os("LIMA_BIN_DIR")
         .map(PathBuf::from)

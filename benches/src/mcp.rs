@@ -121,9 +121,7 @@ fn ok(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
 }
 
 pub fn run(opts: &Opts) -> anyhow::Result<()> {
-    let image = std::env::var_os("LIMA_BENCH_CLOUD_IMAGE")
-        .map(std::path::PathBuf::from)
-        .context("LIMA_BENCH_CLOUD_IMAGE is not set (run through `cargo xtask bench mcp`)")?;
+    let image = crate::cloud_image("mcp")?;
     let limactl = bin_dir().join("limactl");
     let home = tempfile::Builder::new()
         .prefix("lima-b")
@@ -146,9 +144,9 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     let yaml = work.path().join("mcp.yaml");
     std::fs::write(
         &yaml,
-        format!(
-            "images:\n- location: file://{}\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\nmounts:\n- location: {dir}\n  writable: true\n",
-            image.display()
+        crate::cloud_yaml(
+            &image,
+            &format!("[{{location: \"{dir}\", writable: true}}]"),
         ),
     )?;
     let _cleanup = DeleteOnDrop {

@@ -164,13 +164,7 @@ pub fn run_suite(o: &Opts) -> anyhow::Result<()> {
 /// `--sync` against Lima's own way (rsync over ssh) on a Debian cloud guest.
 fn rsync_suite(o: &Opts, limactl: &Path, proj: &Path) -> anyhow::Result<()> {
     const GUEST: &str = "rsyncb";
-    let image = bin_dir().join("../images/debian-cloud/disk.qcow2");
-    if !image.exists() {
-        bail!(
-            "{} missing: run `cargo xtask image debian-cloud`",
-            image.display()
-        );
-    }
+    let image = crate::cloud_image("sync")?;
     let home = tempfile::Builder::new()
         .prefix("lima-b")
         .tempdir_in("/tmp")?;
@@ -181,13 +175,7 @@ fn rsync_suite(o: &Opts, limactl: &Path, proj: &Path) -> anyhow::Result<()> {
     };
     let work = tempfile::tempdir()?;
     let yaml = work.path().join("rsync.yaml");
-    std::fs::write(
-        &yaml,
-        format!(
-            "images:\n- location: file://{}\ncpus: 2\nmemory: 2GiB\ndisk: 8GiB\nmounts: []\n",
-            image.display()
-        ),
-    )?;
+    std::fs::write(&yaml, crate::cloud_yaml(&image, "[]"))?;
     let _delete = DeleteOnDrop {
         limactl,
         home: home.path(),

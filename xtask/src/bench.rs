@@ -23,7 +23,10 @@ pub fn run(args: &[String]) -> Result<()> {
         let base = image::assemble_flavor(&build::agent_path(), &image::DOCKER_BASE)?;
         crate::debian::assemble_docker(&base)?;
     }
-    if args.iter().any(|a| a == "cloud" || a == "mcp") {
+    if args
+        .iter()
+        .any(|a| a == "cloud" || a == "mcp" || a == "sync")
+    {
         runner.env("LIMA_BENCH_CLOUD_IMAGE", crate::cloud_image::assemble()?);
     }
     cmd::run(
