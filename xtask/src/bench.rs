@@ -20,7 +20,11 @@ pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "docker") {
         // `builtin:docker` around the release agent: its own initramfs
         // (the engine's modules) under the engine's root filesystem.
-        let base = image::assemble_flavor(&build::agent_path(), &image::DOCKER_BASE)?;
+        let base = image::assemble_flavor(
+            &build::agent_path(),
+            &image::DOCKER_BASE,
+            image::KernelChoice::Lima,
+        )?;
         crate::debian::assemble_docker(&base)?;
     }
     if args

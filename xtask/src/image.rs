@@ -43,6 +43,7 @@ use object::elf::{FileHeader64, EM_X86_64, PT_INTERP};
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::LittleEndian;
 
+use crate::apt::{self, IndexedDeb};
 use crate::build::{self, Profile};
 use crate::cache::{images_dir, inputs_hash, sha256_file};
 use crate::fsutil::{copy, mib, remove_dir_if_present, set_mode, symlink, write};
@@ -80,6 +81,27 @@ const SKELETON_DIRS: &[(&str, u32)] = &[
     ("var/tmp", 0o1777),
 ];
 
+/// Which kernel the kernel + initramfs images boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    /// Ours (`cargo xtask kernel`): everything built in, no modules.
+    #[default]
+    Lima,
+    /// Debian's `linux-image-amd64` with the modules the image lists: the
+    /// baseline. The image is named `<name>-debian-kernel`.
+    Debian,
+}
+
+impl KernelChoice {
+    /// The image's directory name under `target/images`.
+    pub fn image_name(self, flavor: &Flavor) -> String {
+        match self {
+            KernelChoice::Lima => flavor.name.to_string(),
+            KernelChoice::Debian => format!("{}-debian-kernel", flavor.name),
+        }
+    }
+}
+
 /// Which images `cargo xtask image` makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Which {
@@ -105,7 +127,12 @@ pub enum Which {
 /// `cargo xtask image [WHICH]`: build (or, with `--agent`, take the given
 /// agent and only set up), then assemble the image(s). Returns the directory
 /// of the last one made (for `debian-cloud`, its disk: it needs no agent).
-pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
+pub fn run(agent: Option<&Path>, which: Which, kernel: KernelChoice) -> Result<PathBuf> {
+    ensure!(
+        kernel == KernelChoice::Lima || which == Which::Default,
+        "only the default image is made with Debian's kernel (the baseline, \
+         target/images/default-debian-kernel); drop `--kernel debian` or ask for `default`"
+    );
     if which == Which::DebianCloud {
         setup::run()?;
         return crate::cloud_image::assemble();
@@ -122,10 +149,10 @@ pub fn run(agent: Option<&Path>, which: Which) -> Result<PathBuf> {
     };
     if which == Which::Docker {
         // Its own initramfs: the default one's modules plus the engine's.
-        let base = assemble_flavor(&agent, &DOCKER_BASE)?;
+        let base = assemble_flavor(&agent, &DOCKER_BASE, kernel)?;
         return crate::debian::assemble_docker(&base);
     }
-    let default = assemble(&agent)?;
+    let default = assemble_flavor(&agent, &DEFAULT, kernel)?;
     match which {
         Which::Default => Ok(default),
         Which::Docker => unreachable!("handled above"),
@@ -158,27 +185,43 @@ pub const DOCKER_BASE: Flavor = Flavor {
     module_lists: &["images/default/modules.txt", "images/docker/modules.txt"],
 };
 
-/// Assembles the default image around `agent`, or finds it in the cache.
+/// Assembles the default image around `agent` with our kernel, or finds it
+/// in the cache.
 pub fn assemble(agent: &Path) -> Result<PathBuf> {
-    assemble_flavor(agent, &DEFAULT)
+    assemble_flavor(agent, &DEFAULT, KernelChoice::Lima)
 }
 
-/// Assembles `flavor` around `agent`, or finds it in the cache.
-pub fn assemble_flavor(agent: &Path, flavor: &Flavor) -> Result<PathBuf> {
+/// Where the kernel comes from: our build, or Debian's package.
+enum KernelInput {
+    Lima(crate::kernel::Built),
+    Debian(apt::Deb),
+}
+
+/// Assembles `flavor` around `agent` booting `choice`'s kernel, or finds it
+/// in the cache.
+pub fn assemble_flavor(agent: &Path, flavor: &Flavor, choice: KernelChoice) -> Result<PathBuf> {
     let started = Instant::now();
-    let image_dir = images_dir().join(flavor.name);
+    let name = choice.image_name(flavor);
+    let image_dir = images_dir().join(&name);
     let images = images_dir();
     let downloads = images.join("download");
     fs::create_dir_all(&downloads)
         .with_context(|| format!("cannot create {}", downloads.display()))?;
 
     let packages = resolve_packages(&downloads)?;
-    let kernel_deb = download(&packages.kernel, &downloads)?;
-    let busybox_deb = download(&packages.busybox, &downloads)?;
+    let kernel_input = match choice {
+        KernelChoice::Lima => KernelInput::Lima(crate::kernel::ensure()?),
+        KernelChoice::Debian => KernelInput::Debian(apt::download(&packages.kernel, &downloads)?),
+    };
+    let (kernel_label, kernel_key) = match &kernel_input {
+        KernelInput::Lima(built) => ("kernel", built.hash.clone()),
+        KernelInput::Debian(deb) => ("kernel.deb", deb.sha256.clone()),
+    };
+    let busybox_deb = apt::download(&packages.busybox, &downloads)?;
     let e2fs_debs = packages
         .e2fsprogs
         .iter()
-        .map(|d| download(d, &downloads))
+        .map(|d| apt::download(d, &downloads))
         .collect::<Result<Vec<_>>>()?;
     // The default image's key is its one list's text, as before flavors.
     let mut modules_txt = String::new();
@@ -200,7 +243,7 @@ pub fn assemble_flavor(agent: &Path, flavor: &Flavor) -> Result<PathBuf> {
     let e2fs_sums = e2fs_sums.join(" ");
     let hash = inputs_hash(&[
         ("recipe", RECIPE_VERSION.as_bytes()),
-        ("kernel.deb", kernel_deb.sha256.as_bytes()),
+        (kernel_label, kernel_key.as_bytes()),
         ("busybox.deb", busybox_deb.sha256.as_bytes()),
         ("e2fsprogs.debs", e2fs_sums.as_bytes()),
         ("agent", sha256_file(agent)?.as_bytes()),
@@ -209,7 +252,7 @@ pub fn assemble_flavor(agent: &Path, flavor: &Flavor) -> Result<PathBuf> {
     let cache = images.join("cache");
     let entry = cache.join(&hash);
     if entry.join("image.json").is_file() {
-        point_image_at(&images, flavor.name, &hash)?;
+        point_image_at(&images, &name, &hash)?;
         eprintln!(
             "image: cached {} -> cache/{hash} ({:.1}s)",
             image_dir.display(),
@@ -239,7 +282,10 @@ pub fn assemble_flavor(agent: &Path, flavor: &Flavor) -> Result<PathBuf> {
         out: &partial,
     };
     let built = (|| -> Result<_> {
-        let kernel = recipe.kernel(&kernel_deb.path)?;
+        let kernel = match &kernel_input {
+            KernelInput::Lima(built) => recipe.lima_kernel(built)?,
+            KernelInput::Debian(deb) => recipe.kernel(&deb.path)?,
+        };
         let modules = recipe.modules(&kernel, &parse_modules_txt(&modules_txt))?;
         recipe.busybox(&busybox_deb.path)?;
         let e2fs_paths: Vec<PathBuf> = e2fs_debs.iter().map(|d| d.path.clone()).collect();
@@ -248,7 +294,7 @@ pub fn assemble_flavor(agent: &Path, flavor: &Flavor) -> Result<PathBuf> {
         recipe.agent(&agent_bytes)?;
         recipe.skeleton(&kernel)?;
         let initrd_size = recipe.initrd()?;
-        recipe.image_json(flavor.name, &kernel, &hash)?;
+        recipe.image_json(&name, &kernel, &hash)?;
         // If a concurrent run got there first, its entry is as good as ours.
         if let Err(e) = fs::rename(&partial, &entry) {
             if !entry.join("image.json").is_file() {
@@ -262,13 +308,13 @@ pub fn assemble_flavor(agent: &Path, flavor: &Flavor) -> Result<PathBuf> {
     // The extracted kernel is 400 MB; do not leave it behind, even on error.
     remove_dir_if_present(&scratch)?;
     let (kernel, modules, initrd_size) = built?;
-    point_image_at(&images, flavor.name, &hash)?;
+    point_image_at(&images, &name, &hash)?;
 
-    eprintln!(
-        "image: kernel {} from {}",
-        kernel.release,
-        file_name(&kernel_deb.path)
-    );
+    let kernel_from = match &kernel_input {
+        KernelInput::Lima(built) => built.vmlinux.display().to_string(),
+        KernelInput::Debian(deb) => file_name(&deb.path),
+    };
+    eprintln!("image: kernel {} from {kernel_from}", kernel.release);
     eprintln!(
         "image: built into the kernel: {}",
         join_or_none(&modules.builtin)
@@ -298,20 +344,12 @@ pub fn assemble_flavor(agent: &Path, flavor: &Flavor) -> Result<PathBuf> {
 /// The two packages the image is made of, as the package index names them.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Resolution {
-    /// [`apt_lists_stamp`] when this was asked.
+    /// [`apt::lists_stamp`] when this was asked.
     index_stamp: String,
     kernel: IndexedDeb,
     busybox: IndexedDeb,
     /// mke2fs and its libraries ([`crate::mke2fs::PACKAGES`]).
     e2fsprogs: Vec<IndexedDeb>,
-}
-
-/// One package file: the name `apt-get download` gives it and its checksum.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
-struct IndexedDeb {
-    package: String,
-    file: String,
-    sha256: Option<String>,
 }
 
 /// Asks apt which kernel package `linux-image-amd64` stands for and what
@@ -322,7 +360,7 @@ struct IndexedDeb {
 /// So the answer is kept in `download/index.json` and reused until
 /// `/var/lib/apt/lists` changes (i.e. until `apt-get update` brings news).
 fn resolve_packages(downloads: &Path) -> Result<Resolution> {
-    let stamp = apt_lists_stamp();
+    let stamp = apt::lists_stamp();
     let memo = downloads.join("index.json");
     let remembered = fs::read_to_string(&memo)
         .ok()
@@ -341,7 +379,7 @@ fn resolve_packages(downloads: &Path) -> Result<Resolution> {
             .args(["download", "--print-uris", &kernel, BUSYBOX_PACKAGE])
             .args(crate::mke2fs::PACKAGES),
     )?;
-    let debs = parse_print_uris(&uris);
+    let debs = apt::parse_print_uris(&uris);
     let find = |package: &str| {
         debs.iter()
             .find(|d| d.package == package)
@@ -367,31 +405,6 @@ fn resolve_packages(downloads: &Path) -> Result<Resolution> {
     Ok(resolution)
 }
 
-/// Changes whenever `apt-get update` changes the package lists.
-fn apt_lists_stamp() -> String {
-    let mut files: Vec<String> = fs::read_dir("/var/lib/apt/lists")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let meta = e.metadata().ok().filter(|m| m.is_file())?;
-            let mtime = meta
-                .modified()
-                .ok()?
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()?;
-            Some(format!(
-                "{} {} {}",
-                e.file_name().to_string_lossy(),
-                meta.len(),
-                mtime.as_nanos()
-            ))
-        })
-        .collect();
-    files.sort();
-    inputs_hash(&[("apt-lists", files.join("\n").as_bytes())])
-}
-
 /// The real kernel package from `apt-cache depends linux-image-amd64`,
 /// e.g. `linux-image-6.1.0-56-amd64`.
 fn kernel_package(depends: &str) -> Option<String> {
@@ -401,64 +414,6 @@ fn kernel_package(depends: &str) -> Option<String> {
         .map(|p| p.trim().trim_matches(['<', '>']))
         .find(|p| p.starts_with("linux-image-"))
         .map(str::to_string)
-}
-
-/// Lines of `apt-get download --print-uris`: `'URL' FILE SIZE SHA256:HEX`,
-/// where FILE is `<package>_<version>_<arch>.deb`.
-fn parse_print_uris(text: &str) -> Vec<IndexedDeb> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let file = (*fields.get(1)?).to_string();
-            let package = file.split('_').next()?.to_string();
-            let sha256 = fields
-                .get(3)
-                .and_then(|c| c.strip_prefix("SHA256:"))
-                .map(str::to_ascii_lowercase);
-            Some(IndexedDeb {
-                package,
-                file,
-                sha256,
-            })
-        })
-        .collect()
-}
-
-/// A downloaded package file and the SHA-256 of its bytes (hex).
-struct Deb {
-    path: PathBuf,
-    sha256: String,
-}
-
-/// `apt-get download`s the package into `dir` unless the file is there
-/// already with the checksum the index gives.
-fn download(deb: &IndexedDeb, dir: &Path) -> Result<Deb> {
-    let path = dir.join(&deb.file);
-    let matches = |sha: &str| deb.sha256.as_deref().is_none_or(|e| e == sha);
-    if path.is_file() {
-        let sha256 = sha256_file(&path)?;
-        if matches(&sha256) {
-            eprintln!("image: present  {}", path.display());
-            return Ok(Deb { path, sha256 });
-        }
-        eprintln!(
-            "image: {} does not match the package index; downloading again",
-            path.display()
-        );
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-    }
-    cmd::run(
-        Command::new("apt-get")
-            .args(["download", &deb.package])
-            .current_dir(dir),
-    )?;
-    let sha256 = sha256_file(&path)?;
-    ensure!(
-        matches(&sha256),
-        "{} does not match the package index after download",
-        path.display()
-    );
-    Ok(Deb { path, sha256 })
 }
 
 /// The agent runs as `/init` with no libc and no loader in the initramfs, so
@@ -508,8 +463,12 @@ struct Kernel {
     release: String,
     /// The file QEMU boots: `vmlinux` (PVH) or `vmlinuz`.
     boot_file: &'static str,
-    /// `lib/modules/<release>` inside the extracted package.
-    modules_dir: PathBuf,
+    /// `lib/modules/<release>` inside the extracted package; `None` for
+    /// our kernel, which has no module support.
+    modules_dir: Option<PathBuf>,
+    /// Module names built into the kernel (our kernel's
+    /// `modules.builtin`), checked against the image's modules.txt.
+    builtin: Option<HashSet<String>>,
 }
 
 /// The modules the image carries.
@@ -577,14 +536,33 @@ impl Recipe<'_> {
         Ok(Kernel {
             release,
             boot_file,
-            modules_dir,
+            modules_dir: Some(modules_dir),
+            builtin: None,
+        })
+    }
+
+    /// Our kernel: `vmlinux`, booted at its PVH entry point.
+    fn lima_kernel(&self, built: &crate::kernel::Built) -> Result<Kernel> {
+        copy(&built.vmlinux, &self.out.join("vmlinux"), 0o644)?;
+        Ok(Kernel {
+            release: built.release.clone(),
+            boot_file: "vmlinux",
+            modules_dir: None,
+            builtin: Some(
+                crate::kernel::builtin_modules(built)?
+                    .iter()
+                    .map(|m| module_name(m))
+                    .collect(),
+            ),
         })
     }
 
     /// Copies the wanted modules and their dependencies into
     /// `lib/modules/<release>`, decompressed, and runs depmod there.
     fn modules(&self, kernel: &Kernel, wanted: &[String]) -> Result<Modules> {
-        let src = &kernel.modules_dir;
+        let Some(src) = &kernel.modules_dir else {
+            return builtin_only(kernel, wanted);
+        };
         let dst = self.tree.join("lib/modules").join(&kernel.release);
         let available = index_modules(src)?;
         let builtin: HashSet<String> = fs::read_to_string(src.join("modules.builtin"))
@@ -717,7 +695,7 @@ impl Recipe<'_> {
              VARIANT=\"default image\"\n\
              VARIANT_ID=default\n\
              VERSION_ID={RECIPE_VERSION}\n\
-             PRETTY_NAME=\"lima-rs default image (Debian kernel {}, busybox)\"\n",
+             PRETTY_NAME=\"lima-rs default image (kernel {}, busybox)\"\n",
             kernel.release
         );
         let files = [
@@ -774,6 +752,29 @@ struct ImageJson<'a> {
     kernel: &'a str,
     initrd: &'a str,
     inputs_hash: &'a str,
+}
+
+/// A kernel without module support: every module the image's lists name
+/// must be built in.
+fn builtin_only(kernel: &Kernel, wanted: &[String]) -> Result<Modules> {
+    let builtin = kernel.builtin.clone().unwrap_or_default();
+    let missing: Vec<&String> = wanted.iter().filter(|m| !builtin.contains(*m)).collect();
+    ensure!(
+        missing.is_empty(),
+        "kernel {} has no module support and does not have {} built in, which the image's \
+         modules.txt names: add the options that build them to a fragment in kernel/",
+        kernel.release,
+        missing
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Modules {
+        files: Vec::new(),
+        builtin: wanted.to_vec(),
+        notes: Vec::new(),
+    })
 }
 
 /// Module name → path relative to `lib/modules/<release>`, for every module
@@ -952,20 +953,6 @@ mod tests {
             Some("linux-image-6.1.0-56-amd64")
         );
         assert_eq!(kernel_package("linux-image-amd64\n"), None);
-    }
-
-    #[test]
-    fn print_uris_names_package_file_and_checksum() {
-        let out = "'http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1.35.0-4%2bdeb12u1%2bb1_amd64.deb' \
-                   busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb 928188 SHA256:3D3FDB\n";
-        assert_eq!(
-            parse_print_uris(out),
-            [IndexedDeb {
-                package: "busybox-static".into(),
-                file: "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb".into(),
-                sha256: Some("3d3fdb".into()),
-            }]
-        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! ```text
 //! cargo xtask setup            host packages and Rust tools
 //! cargo xtask build [--release]  host binaries + static guest agent
-//! cargo xtask image            target/images/default/{vmlinuz,initrd.img,image.json}
+//! cargo xtask kernel           our guest kernel (kernel/*.config); prints its vmlinux
+//! cargo xtask image            target/images/default/{vmlinux,initrd.img,image.json}
 //! cargo xtask image debian     target/images/debian/ (the above + rootfs.ext4)
 //! cargo xtask image docker     target/images/docker/ (debian + docker.io and its modules)
 //! cargo xtask image debian-cloud  target/images/debian-cloud/disk.qcow2 (UEFI, cloud-init)
@@ -20,6 +21,7 @@
 //! cargo xtask fuzz --ci        all of them within 5 minutes, as `test` runs them
 //! ```
 
+mod apt;
 mod bench;
 mod build;
 mod cache;
@@ -30,6 +32,7 @@ mod debian;
 mod fsutil;
 mod fuzz;
 mod image;
+mod kernel;
 mod mcp_clients;
 mod mke2fs;
 mod pvh;
@@ -61,6 +64,10 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Build our guest kernel from Debian's linux-source package with the
+    /// fragments in kernel/ (or find it in the cache); prints the path of
+    /// its vmlinux last.
+    Kernel,
     /// Build, then assemble the default guest image (kernel + initramfs)
     /// into target/images/default, or with `debian` (or `all`) also the
     /// Debian root filesystem image into target/images/debian. `debian-cloud`
@@ -69,6 +76,10 @@ enum Task {
         /// Which image to make.
         #[arg(value_enum, default_value = "default")]
         which: image::Which,
+        /// The kernel: ours, or Debian's (the baseline; the image is then
+        /// named `default-debian-kernel`).
+        #[arg(long, value_enum, default_value = "lima")]
+        kernel: image::KernelChoice,
         /// Use this static agent binary instead of building
         /// lima-guest-agent (skips the build step).
         #[arg(long, hide = true, value_name = "PATH")]
@@ -119,11 +130,19 @@ fn main() -> ExitCode {
         Task::Build { release } => {
             build::run(build::Profile::from_release(release)).map(|()| ExitCode::SUCCESS)
         }
-        Task::Image { agent, which } => image::run(agent.as_deref(), which).map(|made| {
+        Task::Image {
+            agent,
+            which,
+            kernel,
+        } => image::run(agent.as_deref(), which, kernel).map(|made| {
             // Tests read the disk's path from the last line of stdout.
             if which == image::Which::DebianCloud {
                 println!("{}", made.display());
             }
+            ExitCode::SUCCESS
+        }),
+        Task::Kernel => kernel::run().map(|vmlinux| {
+            println!("{}", vmlinux.display());
             ExitCode::SUCCESS
         }),
         Task::Test { slow, args } => test::run(&args, slow).map(|()| ExitCode::SUCCESS),

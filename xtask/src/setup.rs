@@ -44,6 +44,15 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "docker-registry",
     "rsync",
+    // Our guest kernel (`cargo xtask kernel`): Debian's source is
+    // downloaded, not installed; these build it.
+    "make",
+    "gcc",
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
 ];
 
 /// The static guest agent is built for this target.

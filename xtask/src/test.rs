@@ -32,7 +32,11 @@ pub fn run(args: &[String], slow: bool) -> Result<()> {
     crate::debian::assemble(&default)?;
     // tests/tests/docker.rs (issue 22): its own initramfs (the engine's
     // modules) and a second debootstrap, also cached.
-    let docker_base = image::assemble_flavor(&build::agent_path(), &image::DOCKER_BASE)?;
+    let docker_base = image::assemble_flavor(
+        &build::agent_path(),
+        &image::DOCKER_BASE,
+        image::KernelChoice::Lima,
+    )?;
     crate::debian::assemble_docker(&docker_base)?;
     // tests/tests/mcp.rs drives `limactl mcp serve` with the official SDKs.
     crate::mcp_clients::ensure()?;
