@@ -41,6 +41,7 @@ use clap::Parser;
 
 mod cloud;
 mod docker;
+mod kernel;
 mod mcp;
 mod oneshot;
 mod shares;
@@ -104,6 +105,9 @@ struct Args {
     /// Skip the rsync-over-ssh part on the Debian cloud image (sync suite)
     #[arg(long)]
     sync_no_rsync: bool,
+    /// Runs of each figure per kernel, alternating (kernel suite)
+    #[arg(long, default_value_t = 5)]
+    kernel_runs: usize,
     /// Skip starting `template:docker` (rootless) (docker suite)
     #[arg(long)]
     no_rootless: bool,
@@ -220,6 +224,9 @@ fn main() -> anyhow::Result<()> {
             classic_runs: args.classic_runs,
         }),
         "cloud" => cloud::run(),
+        "kernel" => kernel::run_suite(&kernel::Opts {
+            runs: args.kernel_runs,
+        }),
         "mcp" => mcp::run(&mcp::Opts { runs: args.execs }),
         "docker" => docker::run(&docker::Opts {
             runs: args.docker_runs,
@@ -232,7 +239,7 @@ fn main() -> anyhow::Result<()> {
             rsync: !args.sync_no_rsync,
         }),
         other => {
-            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, sync, mcp)")
+            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, sync, mcp, kernel)")
         }
     }
 }

@@ -146,6 +146,13 @@ pub async fn late_setup(params: &KernelParams) {
                 }
             }
         }
+        Err(modules::ModuleError::NoSupport) => {
+            // Everything is built in (our kernel): say what is not.
+            crate::features::warn_missing("boot", crate::features::BOOT);
+            if params.root.is_some() && params.binfmt != crate::binfmt::Wanted::Off {
+                crate::features::warn_missing("boot", crate::features::BINFMT);
+            }
+        }
         Err(e) => tracing::warn!("no kernel modules available: {e}"),
     }
     if let Some(name) = &params.hostname {

@@ -8,6 +8,7 @@
 mod binfmt;
 mod datadisk;
 mod exec;
+mod features;
 mod files;
 mod forward;
 mod init;

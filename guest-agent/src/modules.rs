@@ -12,6 +12,8 @@ pub enum ModuleError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the kernel has no module support (no /proc/modules)")]
+    NoSupport,
     #[error("module {0} is neither built in nor listed in modules.dep")]
     Unknown(String),
     #[error("loading {path} failed")]
@@ -43,8 +45,21 @@ fn module_name(path: &str) -> String {
     stem.replace('-', "_")
 }
 
+/// Whether the running kernel can load modules at all: `/proc/modules`
+/// exists exactly when it was built with `CONFIG_MODULES`. Our own kernel
+/// has everything built in and no module support.
+pub fn supported() -> bool {
+    Path::new("/proc/modules").exists()
+}
+
 impl ModuleTree {
+    /// The running kernel's module tree; [`ModuleError::NoSupport`] for a
+    /// kernel without module support (nothing to load, nothing to warn
+    /// about: [`crate::features`] checks what it has built in).
     pub fn open_running() -> Result<Self, ModuleError> {
+        if !supported() {
+            return Err(ModuleError::NoSupport);
+        }
         let release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();

@@ -509,6 +509,9 @@ fn load_engine_modules() {
                 }
             }
         }
+        Err(crate::modules::ModuleError::NoSupport) => {
+            crate::features::warn_missing("services", crate::features::ENGINES)
+        }
         Err(e) => tracing::warn!("services: no kernel modules: {e}"),
     }
 }

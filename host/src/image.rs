@@ -150,7 +150,7 @@ pub fn open_builtin(name: &str) -> Result<KernelBoot, ImageError> {
 }
 
 /// [`open_builtin`] over the given search directories.
-fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<KernelBoot, ImageError> {
+pub fn open_builtin_in(name: &str, dirs: &[PathBuf]) -> Result<KernelBoot, ImageError> {
     for dir in dirs {
         let d = dir.join(name);
         let manifest = d.join("image.json");

@@ -55,6 +55,61 @@ fn guest(lima: &Lima, name: &str, script: &str) -> String {
         .to_string()
 }
 
+/// Docker's own `check-config.sh` (Debian's docker.io ships it), run in
+/// the guest on the running kernel's `/proc/config.gz`: nothing of its
+/// "Generally Necessary" section may be missing (the containers fragment
+/// of our kernel, `kernel/containers.config`). Its exit code is no use:
+/// any missing optional feature sets it too.
+fn kernel_passes_docker_check_config(lima: &Lima, name: &str) {
+    let out = lima
+        .shell(
+            name,
+            &[
+                "sh",
+                "-c",
+                "bash /usr/share/docker.io/contrib/check-config.sh 2>&1 || true",
+            ],
+        )
+        .ok()
+        .stdout();
+    let plain: String = {
+        // Strip its colour escapes (ESC [ ... m).
+        let mut s = String::new();
+        let mut chars = out.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for d in chars.by_ref() {
+                    if d == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                s.push(c);
+            }
+        }
+        s
+    };
+    let section: Vec<&str> = plain
+        .lines()
+        .skip_while(|l| !l.starts_with("Generally Necessary:"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("Optional Features:"))
+        .collect();
+    let enabled = section
+        .iter()
+        .filter(|l| l.contains("CONFIG_") && l.ends_with(": enabled"))
+        .count();
+    let bad: Vec<&&str> = section
+        .iter()
+        .filter(|l| l.contains("missing") || l.contains("not "))
+        .collect();
+    assert!(bad.is_empty(), "check-config.sh: {bad:?}\n{plain}");
+    assert!(
+        enabled >= 20,
+        "check-config.sh listed {enabled} options:\n{plain}"
+    );
+}
+
 /// A busybox httpd container publishing `port` → 80, serving `text`.
 fn serve(lima: &Lima, name: &str, container: &str, port: u16, text: &str) {
     let script = format!(
@@ -303,6 +358,7 @@ fn docker_rootful_engine_is_supervised_and_restarted() {
         .ok()
         .stdout();
     assert_eq!(root.trim(), "/var/lib/docker");
+    kernel_passes_docker_check_config(&lima, "dr");
     assert_eq!(
         guest(&lima, "dr", "df --output=source /var/lib/docker | tail -1"),
         guest(&lima, "dr", "df --output=source /home | tail -1"),

@@ -47,6 +47,12 @@ fn instance_lifecycle_and_exec() {
         release.trim(),
         lima.image_manifest()["kernel_release"].as_str().unwrap()
     );
+    // Our own kernel (`cargo xtask kernel`): everything built in, no
+    // module support, its configuration readable for check-config scripts.
+    assert!(release.trim().ends_with("-lima"), "{release}");
+    lima.shell("dev", &["test", "!", "-e", "/proc/modules"])
+        .ok();
+    lima.shell("dev", &["test", "-e", "/proc/config.gz"]).ok();
 
     // Exit codes, including 128+N for a signal.
     assert_eq!(lima.shell("dev", &["true"]).code(), 0);

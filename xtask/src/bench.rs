@@ -27,6 +27,14 @@ pub fn run(args: &[String]) -> Result<()> {
         )?;
         crate::debian::assemble_docker(&base)?;
     }
+    if args.iter().any(|a| a == "kernel") {
+        // The baseline: the same image around Debian's kernel.
+        image::assemble_flavor(
+            &build::agent_path(),
+            &image::DEFAULT,
+            image::KernelChoice::Debian,
+        )?;
+    }
     if args
         .iter()
         .any(|a| a == "cloud" || a == "mcp" || a == "sync")

@@ -654,3 +654,52 @@ mod tests {
         check(&wanted, &resolved, &known).unwrap();
     }
 }
+
+/// Against the real source: `cargo xtask kernel` (or `image`) downloads it
+/// first, which `cargo xtask test` does before the tests run.
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    #[test]
+    fn a_fragment_naming_an_unknown_or_unmet_option_fails_the_configuration() {
+        let downloads = images_dir().join("download");
+        let deb = resolve_source(&downloads)
+            .ok()
+            .map(|d| downloads.join(d.file))
+            .filter(|p| p.is_file())
+            .expect("the kernel source package is not downloaded: run `cargo xtask kernel`");
+        let scratch = tempfile::tempdir_in(images_dir()).unwrap();
+        let tree = extract(&deb, scratch.path()).unwrap();
+        let fragments_dir = scratch.path().join("fragments");
+        fs::create_dir_all(&fragments_dir).unwrap();
+        for name in FRAGMENTS {
+            let mut text =
+                fs::read_to_string(cmd::root().join(format!("kernel/{name}.config"))).unwrap();
+            if *name == "ports" {
+                text += "CONFIG_NO_SUCH_OPTION=y\nCONFIG_KPROBES=y\n";
+            }
+            fs::write(fragments_dir.join(format!("{name}.config")), text).unwrap();
+        }
+        let fragments = Fragment::read_all(&fragments_dir).unwrap();
+        let err = configure(&tree, &fragments, &scratch.path().join("merged.config"))
+            .unwrap_err()
+            .to_string();
+        let ports = fragments_dir.join("ports.config").display().to_string();
+        assert!(
+            err.contains(&format!(
+                "{ports} names CONFIG_NO_SUCH_OPTION, which linux-source-6.1 does not have"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "{ports} sets CONFIG_KPROBES=y, but the resolved configuration has \
+                 # CONFIG_KPROBES is not set (it depends on MODULES"
+            )),
+            "{err}"
+        );
+        // Nothing else is reported: the repository's own fragments hold.
+        assert_eq!(err.matches(&ports).count(), 2, "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The `kernel` suite: our kernel (`cargo xtask kernel`, booted by
+//! `target/images/default`) against Debian's (the same image built with
+//! `--kernel debian`, `target/images/default-debian-kernel`), alternating
+//! run by run so machine load hits both alike:
+//!
+//! - bare boot: plain QEMU with the image's kernel and initramfs and an init
+//!   that exits at once (the kernel panics, QEMU quits), on q35 and microvm;
+//! - `limactl start` until the agent answers (q35, our default);
+//! - `lima-run -- true`, on q35 and on microvm.
+//!
+//! Both images carry the same initramfs recipe and agent; only the kernel
+//! (and with it the module loading step) differs. The Debian image is
+//! handed to `limactl`/`lima-run` under the name `default` through
+//! `LIMA_IMAGES_PATH`.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::{bin_dir, ms, run, Stats};
+
+pub struct Opts {
+    pub runs: usize,
+}
+
+/// One kernel under test: its image directory and a `LIMA_IMAGES_PATH`
+/// directory where that image is called `default`.
+struct Kernel {
+    label: &'static str,
+    image: lima_host::image::KernelBoot,
+    images_path: tempfile::TempDir,
+}
+
+impl Kernel {
+    fn new(label: &'static str, dir: &Path) -> anyhow::Result<Self> {
+        let images_path = tempfile::tempdir()?;
+        std::os::unix::fs::symlink(dir, images_path.path().join("default"))?;
+        let image =
+            lima_host::image::open_builtin_in("default", &[images_path.path().to_path_buf()])
+                .with_context(|| format!("the image {}", dir.display()))?;
+        Ok(Kernel {
+            label,
+            image,
+            images_path,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Machine {
+    Q35,
+    Microvm,
+}
+
+impl Machine {
+    fn name(self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm",
+        }
+    }
+}
+
+/// Plain QEMU until the kernel has started init (`/bin/true`, which exits,
+/// so the kernel panics and QEMU quits).
+fn bare_boot(k: &Kernel, machine: Machine, tsc_khz: Option<u64>) -> anyhow::Result<Duration> {
+    let mut append = "console=ttyS0 panic=-1 rdinit=/bin/true quiet".to_string();
+    let machine_arg = match machine {
+        Machine::Q35 => "q35,accel=tcg".to_string(),
+        Machine::Microvm => {
+            if let Some(khz) = tsc_khz {
+                append += &format!(" tsc_early_khz={khz} tsc=reliable");
+            }
+            "microvm,accel=tcg".to_string()
+        }
+    };
+    let t = Instant::now();
+    let status = Command::new("qemu-system-x86_64")
+        .args(["-machine", &machine_arg, "-cpu", "max", "-m", "2048M"])
+        .args(["-smp", "2", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-no-reboot", "-serial", "null"])
+        .arg("-kernel")
+        .arg(&k.image.kernel)
+        .arg("-initrd")
+        .arg(k.image.initrd.as_ref().context("the image has no initrd")?)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("qemu ({}) exited with {status}", machine.name());
+    }
+    Ok(t.elapsed())
+}
+
+/// `limactl start` of a stopped instance until the agent answers.
+fn start(limactl: &Path, home: &Path, k: &Kernel) -> anyhow::Result<Duration> {
+    let lc = || {
+        let mut c = Command::new(limactl);
+        c.env("LIMA_HOME", home)
+            .env("LIMA_IMAGES_PATH", k.images_path.path());
+        c
+    };
+    let t = Instant::now();
+    run(lc().args(["start", k.label, "--timeout", "10m"]))?;
+    let took = t.elapsed();
+    run(lc().args(["stop", k.label]))?;
+    Ok(took)
+}
+
+/// One `lima-run -- true`.
+fn oneshot(lima_run: &Path, k: &Kernel, machine: Machine) -> anyhow::Result<Duration> {
+    let cwd = tempfile::tempdir()?;
+    let t = Instant::now();
+    let out = Command::new(lima_run)
+        .args(["--", "true"])
+        .env("LIMA_IMAGES_PATH", k.images_path.path())
+        .env("LIMA_QEMU_MACHINE", machine.name())
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .output()
+        .context("lima-run")?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "lima-run -- true ({}, {}) failed: {}",
+            k.label,
+            machine.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(took)
+}
+
+fn images_dir() -> anyhow::Result<PathBuf> {
+    lima_host::image::search_dirs()
+        .into_iter()
+        .find(|d| d.join("default-debian-kernel").is_dir())
+        .context(
+            "target/images/default-debian-kernel is missing: run `cargo xtask image --kernel debian`",
+        )
+}
+
+pub fn run_suite(opts: &Opts) -> anyhow::Result<()> {
+    let images = images_dir()?;
+    let ours = Kernel::new("lima", &images.join("default"))?;
+    let debian = Kernel::new("debian", &images.join("default-debian-kernel"))?;
+    let kernels = [&ours, &debian];
+    for k in kernels {
+        eprintln!(
+            "kernel {}: {} ({})",
+            k.label,
+            k.image.kernel_release.as_deref().unwrap_or("?"),
+            k.image.kernel.display()
+        );
+    }
+    let tsc_khz = lima_host::sys::tsc_khz();
+    let bins = bin_dir();
+    let (limactl, lima_run) = (bins.join("limactl"), bins.join("lima-run"));
+    let home = tempfile::Builder::new()
+        .prefix("lima-bk")
+        .tempdir_in("/tmp")?;
+    for k in kernels {
+        let lc = || {
+            let mut c = Command::new(&limactl);
+            c.env("LIMA_HOME", home.path())
+                .env("LIMA_IMAGES_PATH", k.images_path.path());
+            c
+        };
+        run(lc().args(["create", "--name", k.label, "--tty=false"]))?;
+    }
+    let _cleanup: Vec<crate::DeleteOnDrop> = kernels
+        .iter()
+        .map(|k| crate::DeleteOnDrop {
+            limactl: &limactl,
+            home: home.path(),
+            name: k.label,
+        })
+        .collect();
+
+    // [kernel][figure] samples.
+    const FIGURES: [&str; 5] = [
+        "bare boot to init, q35",
+        "bare boot to init, microvm",
+        "`limactl start` → agent ready (q35)",
+        "`lima-run -- true`, q35",
+        "`lima-run -- true`, microvm",
+    ];
+    let mut samples: [[Vec<Duration>; 5]; 2] = Default::default();
+    for i in 0..opts.runs {
+        for (ki, k) in kernels.iter().enumerate() {
+            eprintln!("run {}/{}: {}", i + 1, opts.runs, k.label);
+            let s = &mut samples[ki];
+            s[0].push(bare_boot(k, Machine::Q35, tsc_khz)?);
+            s[1].push(bare_boot(k, Machine::Microvm, tsc_khz)?);
+            s[2].push(start(&limactl, home.path(), k)?);
+            s[3].push(oneshot(&lima_run, k, Machine::Q35)?);
+            s[4].push(oneshot(&lima_run, k, Machine::Microvm)?);
+        }
+    }
+
+    println!(
+        "| figure (median of {}, TCG) | our kernel | Debian's kernel | ours is |",
+        opts.runs
+    );
+    println!("| --- | --- | --- | --- |");
+    for (fi, name) in FIGURES.iter().enumerate() {
+        let ours = Stats::new(samples[0][fi].clone()).median();
+        let theirs = Stats::new(samples[1][fi].clone()).median();
+        println!(
+            "| {name} | {} | {} | {:.2}× faster |",
+            ms(ours),
+            ms(theirs),
+            theirs.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+    Ok(())
+}
