@@ -89,11 +89,17 @@ pub fn choose(qemu: &Path, kernel: Option<&Path>) -> Result<(String, String), St
 }
 
 /// Boots `kernel` under `accel` and waits for the kernel's first line.
+/// The CPU is the one the real VM gets (`-cpu host`): on a broken nested
+/// KVM here, QEMU's default CPU model let our own kernel print its banner
+/// and then crash, while `-cpu host` made QEMU abort at once (an MSR it
+/// cannot set); only the latter says what the real launch will do.
 fn probe(qemu: &Path, kernel: &Path, accel: &str) -> bool {
     let child = Command::new(qemu)
         .args([
             "-accel",
             accel,
+            "-cpu",
+            "host",
             "-M",
             "q35",
             "-m",
