@@ -277,15 +277,26 @@ mod tests {
         };
         assert_eq!(which, image::Which::DebianCloud);
         assert!(Cli::try_parse_from(["xtask", "image", "ubuntu"]).is_err());
+        let Task::Image { kernel, .. } = parse(&["image", "--kernel", "debian"]) else {
+            panic!()
+        };
+        assert_eq!(kernel, image::KernelChoice::Debian);
+        assert!(Cli::try_parse_from(["xtask", "image", "--kernel", "tiny"]).is_err());
     }
 
     #[test]
     fn image_takes_a_hidden_agent_override() {
-        let Task::Image { agent, which } = parse(&["image", "--agent", "/tmp/init"]) else {
+        let Task::Image {
+            agent,
+            which,
+            kernel,
+        } = parse(&["image", "--agent", "/tmp/init"])
+        else {
             panic!()
         };
         assert_eq!(agent.as_deref(), Some(std::path::Path::new("/tmp/init")));
         assert_eq!(which, image::Which::Default);
+        assert_eq!(kernel, image::KernelChoice::Lima);
         let help = Cli::command()
             .find_subcommand_mut("image")
             .unwrap()
