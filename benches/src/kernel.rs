@@ -6,7 +6,9 @@
 //! - bare boot: plain QEMU with the image's kernel and initramfs and an init
 //!   that exits at once (the kernel panics, QEMU quits), on q35 and microvm;
 //! - `limactl start` until the agent answers (q35, our default);
-//! - `lima-run -- true`, on q35 and on microvm.
+//! - `lima-run -- true`, on q35 and on microvm;
+//! - `lima-run` reading a 256 MiB file of the shared current folder, on q35
+//!   (vsockfs reads through ivshmem) and on microvm (no PCI, no ivshmem).
 //!
 //! Both images carry the same initramfs recipe and agent; only the kernel
 //! (and with it the module loading step) differs. The Debian image is
@@ -19,6 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::{bin_dir, ms, run, Stats};
+
+/// Size of the share workload's file.
+const SHARE_MIB: usize = 256;
 
 pub struct Opts {
     pub runs: usize,
@@ -113,19 +118,32 @@ fn start(limactl: &Path, home: &Path, k: &Kernel) -> anyhow::Result<Duration> {
 /// One `lima-run -- true`.
 fn oneshot(lima_run: &Path, k: &Kernel, machine: Machine) -> anyhow::Result<Duration> {
     let cwd = tempfile::tempdir()?;
+    oneshot_in(lima_run, k, machine, cwd.path(), &["true"])
+}
+
+/// One `lima-run -- ARGS` in `cwd` (which it shares with the guest).
+fn oneshot_in(
+    lima_run: &Path,
+    k: &Kernel,
+    machine: Machine,
+    cwd: &Path,
+    args: &[&str],
+) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let out = Command::new(lima_run)
-        .args(["--", "true"])
+        .arg("--")
+        .args(args)
         .env("LIMA_IMAGES_PATH", k.images_path.path())
         .env("LIMA_QEMU_MACHINE", machine.name())
-        .current_dir(cwd.path())
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .output()
         .context("lima-run")?;
     let took = t.elapsed();
     if !out.status.success() {
         bail!(
-            "lima-run -- true ({}, {}) failed: {}",
+            "lima-run -- {} ({}, {}) failed: {}",
+            args.join(" "),
             k.label,
             machine.name(),
             String::from_utf8_lossy(&out.stderr)
@@ -180,15 +198,22 @@ pub fn run_suite(opts: &Opts) -> anyhow::Result<()> {
         })
         .collect();
 
+    // The share workload: read a 256 MiB file of the current folder.
+    let share = tempfile::tempdir()?;
+    std::fs::write(share.path().join("big"), vec![7u8; SHARE_MIB << 20])?;
+    let read_big = ["sh", "-c", "cat big > /dev/null"];
+
     // [kernel][figure] samples.
-    const FIGURES: [&str; 5] = [
+    const FIGURES: [&str; 7] = [
         "bare boot to init, q35",
         "bare boot to init, microvm",
         "`limactl start` → agent ready (q35)",
         "`lima-run -- true`, q35",
         "`lima-run -- true`, microvm",
+        "`lima-run -- cat` of a 256 MiB file in the shared folder, q35",
+        "`lima-run -- cat` of a 256 MiB file in the shared folder, microvm",
     ];
-    let mut samples: [[Vec<Duration>; 5]; 2] = Default::default();
+    let mut samples: [[Vec<Duration>; 7]; 2] = Default::default();
     for i in 0..opts.runs {
         for (ki, k) in kernels.iter().enumerate() {
             eprintln!("run {}/{}: {}", i + 1, opts.runs, k.label);
@@ -198,6 +223,8 @@ pub fn run_suite(opts: &Opts) -> anyhow::Result<()> {
             s[2].push(start(&limactl, home.path(), k)?);
             s[3].push(oneshot(&lima_run, k, Machine::Q35)?);
             s[4].push(oneshot(&lima_run, k, Machine::Microvm)?);
+            s[5].push(oneshot_in(&lima_run, k, Machine::Q35, share.path(), &read_big)?);
+            s[6].push(oneshot_in(&lima_run, k, Machine::Microvm, share.path(), &read_big)?);
         }
     }
 
