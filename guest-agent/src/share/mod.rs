@@ -71,7 +71,9 @@
 //!
 //! Files appear owned by the share's `uid`/`gid`; the kernel checks
 //! permissions against the reported modes (`default_permissions`); chown is
-//! accepted and ignored. flock(2) locks stay inside the guest (fuser cannot
+//! accepted and ignored. The root's mode until the host's first reply
+//! about it is applied is [`mount::ROOT_PLACEHOLDER_MODE`] (a reply the
+//! kernel drops because a host invalidation overtook it leaves that). flock(2) locks stay inside the guest (fuser cannot
 //! tell them from POSIX locks, which do go to the host).
 use std::path::Path;
 use std::sync::Arc;
