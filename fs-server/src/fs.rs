@@ -394,8 +394,16 @@ impl Fs {
     /// The entry for `fd`, found as `name` in `parent`, with one reference.
     fn entry_for_fd(&self, fd: OwnedFd, parent: &Node, name: &CStr) -> SysResult<Entry> {
         let st = sys::fstat(fd.as_fd())?;
+        #[cfg(test)]
+        pause_before_intern(name);
         let node = self.nodes.intern(fd, &st, self.hooks());
         node.set_place(parent.id, name.to_bytes());
+        // Read again now that the table holds the node: the watcher reports
+        // host changes only for nodes it holds (`watch::child_id`), so one
+        // made between the first read and `intern` would be lost, and the
+        // guest would keep the attributes from before it. (Type, device
+        // and inode come from the first read: they cannot change.)
+        let st = sys::fstat(node.fd.as_fd()).unwrap_or(st);
         Ok(Entry {
             attr: attr(node.id, &st),
             generation: 0,
@@ -1069,6 +1077,28 @@ pub(crate) fn waits(req: &FsRequest) -> bool {
 
 /// The errno a would-block lock answers with.
 pub(crate) const WOULD_BLOCK: Errno = libc::EAGAIN;
+
+/// Test-only: `(name, f)` runs `f` once, when an entry named `name` has been
+/// stat-ed and its node is not yet in the table.
+#[cfg(test)]
+pub(crate) static PAUSE_BEFORE_INTERN: Mutex<Option<(Vec<u8>, PauseHook)>> = Mutex::new(None);
+
+#[cfg(test)]
+pub(crate) type PauseHook = Box<dyn FnOnce() + Send>;
+
+#[cfg(test)]
+fn pause_before_intern(name: &CStr) {
+    let hook = {
+        let mut h = lock(&PAUSE_BEFORE_INTERN);
+        match &*h {
+            Some((n, _)) if n.as_slice() == name.to_bytes() => h.take(),
+            _ => None,
+        }
+    };
+    if let Some((_, f)) = hook {
+        f();
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1614,3 +1614,54 @@ async fn over_the_node_budget_the_guest_is_asked_to_forget_the_oldest() {
     }
     assert_eq!(c.fs.nodes.count(), before - asked.len());
 }
+
+/// A host chmod between the server reading a new node's attributes and
+/// putting the node in its table: the watcher, which reports changes only
+/// for nodes the table holds, drops the chmod's event, so the reply must
+/// carry the new mode (the kernel would otherwise keep the old one for an
+/// hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_chmod_while_a_lookup_makes_the_node_is_in_the_reply() {
+    let env = env();
+    let f = env.root.join("chmod-race");
+    std::fs::write(&f, "x").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = start(&env.root, true);
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<()>();
+    let marker = env.root.join("marker");
+    *crate::fs::PAUSE_BEFORE_INTERN.lock().unwrap() = Some((
+        b"chmod-race".to_vec(),
+        Box::new(move || {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            // Its event comes after the chmod's: once the guest hears of
+            // it, the watcher has been through the chmod's.
+            std::fs::write(&marker, "").unwrap();
+            // (The server answers lookups on a runtime worker: let the
+            // runtime move its other tasks off this one meanwhile.)
+            tokio::task::block_in_place(|| {
+                seen_rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("the marker's invalidation")
+            });
+        }),
+    ));
+    let (reply, ()) = tokio::join!(
+        c.call(FsRequest::Lookup {
+            parent: ROOT_ID,
+            name: b"chmod-race".to_vec(),
+        }),
+        async {
+            let seen = c
+                .invalidated(
+                    Duration::from_secs(30),
+                    |m| matches!(m, FsToGuest::InvalidateEntry { name, .. } if name == b"marker"),
+                )
+                .await;
+            assert!(seen, "no invalidation for the marker");
+            seen_tx.send(()).unwrap();
+        }
+    );
+    let e = entry(reply).unwrap();
+    assert_eq!(e.attr.mode & 0o7777, 0o644);
+    c.close().await.unwrap();
+}

@@ -6,7 +6,11 @@
 //! Watching directories only is enough: a directory's watch reports changes
 //! to its entries (create, delete, rename) and to its children's data and
 //! attributes (modify, attrib) by name; the child's node is found by
-//! `fstatat(dir, name)` → `(dev, ino)` → id. Watches are added as directory
+//! `fstatat(dir, name)` → `(dev, ino)` → id. A child whose node the table
+//! does not hold is skipped: the guest holds no attributes of it, since a
+//! reply's attributes are read only once its node is in the table
+//! (`Fs::entry_for_fd`), so they are newer than any change skipped here.
+//! Watches are added as directory
 //! nodes appear and removed when they are forgotten, both under the node
 //! table lock (the kernel keys watches by inode, so a forget racing a new
 //! lookup of the same directory must not remove the new node's watch). At

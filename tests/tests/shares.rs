@@ -51,6 +51,40 @@ fn vsockfs_share_semantics() {
             "no {line:?} in the host agent log:\n{log}"
         );
     }
+    // The guest user's first access to the fresh share, right after the
+    // host made a file in its top folder 0600 and opened it up to 0644
+    // (`cargo xtask bench mcp` does so): the host's mode, and the file
+    // read. (A first getattr of the root lost to the host's invalidation
+    // once failed it with EACCES; see `ROOT_PLACEHOLDER_MODE` in
+    // guest-agent/src/share/mount.rs.)
+    {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let late = share.path().join("late.txt");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&late)
+            .unwrap();
+        f.write_all(b"late\n").unwrap();
+        drop(f);
+        std::fs::set_permissions(&late, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let r0 = lima.shell(
+        "sh",
+        &[
+            "sh",
+            "-c",
+            "cat /mnt/share/late.txt && stat -c %a /mnt/share/late.txt",
+        ],
+    );
+    assert_eq!(
+        (r0.code(), r0.stdout().as_str()),
+        (0, "late\n644\n"),
+        "{}",
+        r0.stderr()
+    );
     // A program that lives on the share runs from there: its execve reads
     // it through the guest agent that is spawning it.
     // It also says its nice value and the agent's: commands run at the

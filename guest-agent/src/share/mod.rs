@@ -71,7 +71,9 @@
 //!
 //! Files appear owned by the share's `uid`/`gid`; the kernel checks
 //! permissions against the reported modes (`default_permissions`); chown is
-//! accepted and ignored. flock(2) locks stay inside the guest (fuser cannot
+//! accepted and ignored. The root's mode until the host's first reply
+//! about it is applied is [`mount::ROOT_PLACEHOLDER_MODE`] (a reply the
+//! kernel drops because a host invalidation overtook it leaves that). flock(2) locks stay inside the guest (fuser cannot
 //! tell them from POSIX locks, which do go to the host).
 use std::path::Path;
 use std::sync::Arc;
@@ -201,7 +203,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static>
             return Err(anyhow::Error::new(e).context("taking over the share stream"));
         }
     };
-    let invalidations = spawn_invalidator(running.notifier, &tag);
+    let invalidations = spawn_invalidator(running.notifier, running.shared.clone(), &tag);
     let (done, finished) = tokio::sync::oneshot::channel();
     let spawned = socket.try_clone().and_then(|sink| {
         client.attach(client::Sink::new(sink)?)?;
@@ -473,7 +475,11 @@ fn set_blocking(f: &std::fs::File) -> std::io::Result<()> {
 
 /// Applies invalidations in order on a thread of their own (they may block
 /// in the kernel); it ends when the sender is dropped.
-fn spawn_invalidator(notifier: Notifier, tag: &str) -> std::sync::mpsc::Sender<Invalidation> {
+fn spawn_invalidator(
+    notifier: Notifier,
+    shared: Arc<fs::Shared>,
+    tag: &str,
+) -> std::sync::mpsc::Sender<Invalidation> {
     let (tx, rx) = std::sync::mpsc::channel::<Invalidation>();
     let tag = tag.to_string();
     let spawned = std::thread::Builder::new()
@@ -492,6 +498,9 @@ fn spawn_invalidator(notifier: Notifier, tag: &str) -> std::sync::mpsc::Sender<I
                 if let Err(e) = result {
                     tracing::debug!("share {tag}: invalidation failed: {e}");
                 }
+                shared
+                    .invalidated
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
     if let Err(e) = spawned {

@@ -9,6 +9,22 @@ use nix::mount::{MntFlags, MsFlags};
 
 const FUSE_DEVICE: &str = "/dev/fuse";
 
+/// The mode the kernel gives the mount's root inode until a `GETATTR` reply
+/// for it is applied (its owner is root: the kernel makes the root inode
+/// from `rootmode` alone). Such a reply can be lost: the kernel drops the
+/// attributes of a reply when an invalidation of that inode (here the
+/// host's `InvalidateNode` of the root, sent for every entry the host makes
+/// or removes there) was applied while the request was out, yet reports the
+/// getattr as done and checks permissions against what it had. So the
+/// guest user's first access to a fresh share, made while the host changes
+/// its top folder (a program writing files right after `limactl start`),
+/// was checked against these bits; with none (`rootmode=40000`) that was
+/// EACCES, once. Searchable and listable by everyone instead: a non-root
+/// user can get in at most as far as an ordinary folder lets it, and what
+/// the kernel shows of the root (`stat`) is the host's from the next reply
+/// on.
+pub(crate) const ROOT_PLACEHOLDER_MODE: u32 = 0o040755;
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MountError {
     #[error("cannot create the mount point {path}")]
@@ -124,10 +140,7 @@ pub(crate) fn mount(
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
-    let data = format!(
-        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
-        fd.as_raw_fd()
-    );
+    let data = options(fd.as_raw_fd());
     let source = if source.is_empty() {
         "lima-share"
     } else {
@@ -147,6 +160,13 @@ pub(crate) fn mount(
     Ok(FuseMount {
         path: target.to_path_buf(),
     })
+}
+
+/// The FUSE mount options for connection `fd`.
+fn options(fd: i32) -> String {
+    format!(
+        "fd={fd},rootmode={ROOT_PLACEHOLDER_MODE:o},user_id=0,group_id=0,allow_other,default_permissions"
+    )
 }
 
 /// The `major:minor` of the last mount at `target` in a mountinfo table.
@@ -205,6 +225,17 @@ mod tests {
         );
         assert_eq!(mount_device(info, Path::new("/proc")), Some((0, 21)));
         assert_eq!(mount_device(info, Path::new("/nope")), None);
+    }
+
+    #[test]
+    fn the_root_lets_every_user_in_until_the_host_says_otherwise() {
+        let o = options(7);
+        assert!(o.starts_with("fd=7,rootmode=40755,"), "{o}");
+        // A directory, searchable and listable by others: the kernel's
+        // root inode is owned by root whatever user_id says.
+        assert_eq!(ROOT_PLACEHOLDER_MODE & libc::S_IFMT, libc::S_IFDIR);
+        assert_eq!(ROOT_PLACEHOLDER_MODE & 0o005, 0o005);
+        assert_eq!(ROOT_PLACEHOLDER_MODE & 0o022, 0, "never writable by others");
     }
 
     #[test]

@@ -1575,3 +1575,112 @@ async fn a_layer_share_mounts_a_view_and_keeps_the_layer() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Runs `f` on a thread of its own that acts as the share's user
+/// ([`UID`]/[`GID`], no supplementary groups, no capabilities).
+fn as_share_user<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let no_groups: [libc::gid_t; 0] = [];
+        // SAFETY: raw syscalls change this thread's credentials only;
+        // setgroups reads 0 entries of a live (empty) array.
+        let rcs = unsafe {
+            [
+                libc::syscall(libc::SYS_setgroups, 0, no_groups.as_ptr()),
+                libc::syscall(libc::SYS_setresgid, GID, GID, GID),
+                libc::syscall(libc::SYS_setresuid, UID, UID, UID),
+            ]
+        };
+        assert_eq!(rcs, [0, 0, 0], "{}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The kernel's first `GETATTR` of a fresh mount's root, answered only once
+/// a host `InvalidateNode` of the root (a file the host made there) was
+/// applied: the kernel drops that reply's attributes and checks the
+/// share user's access against what it made the root with at mount time
+/// (`mount::ROOT_PLACEHOLDER_MODE`). With no permission bits there, the
+/// user's first open in a fresh share failed with EACCES while the host
+/// wrote into it (`cargo xtask bench mcp`: files written right after
+/// `limactl start`, then read by the guest user).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "mounts FUSE: needs root and /dev/fuse (shared folders issue)"]
+async fn the_share_user_gets_in_even_if_the_first_getattr_of_the_root_is_dropped() {
+    let root = unique_dir("root");
+    let top = unique_dir("mnt");
+    let mount = top.join("m");
+    std::fs::write(root.join("f"), "hello").unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The way to the mount point must be open to the user.
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
+    let agent = tokio::spawn(super::serve(guest));
+    let setup = ShareSetup {
+        tag: "test".into(),
+        mount_point: mount.to_str().unwrap().into(),
+        writable: true,
+        uid: UID,
+        gid: GID,
+        shm: None,
+        port: None,
+        layer: None,
+    };
+    write_frame_async(&mut host_end, &setup).await.unwrap();
+    let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+    assert_eq!(status, ShareStatus::Ready);
+    let shared = MOUNTED.lock().unwrap()[mount.to_str().unwrap()].clone();
+    let host = StandIn::new(&root);
+    let (mut rd, mut wr) = tokio::io::split(host_end);
+    let (tx, mut rx) = mpsc::unbounded_channel::<FsToGuest>();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if write_frame_async(&mut wr, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let server = tokio::spawn(async move {
+        let mut first = true;
+        while let Ok(Some(FsToHost::Request { id, req })) =
+            read_frame_async::<_, FsToHost>(&mut rd).await
+        {
+            let (host, tx, shared) = (host.clone(), tx.clone(), shared.clone());
+            let hold = first && matches!(req, FsRequest::Getattr { id: ROOT_ID });
+            first &= !hold;
+            tokio::spawn(async move {
+                if hold {
+                    // The kernel sent this getattr; the invalidation
+                    // reaches it before the reply does.
+                    let before = shared.invalidated.load(Ordering::Relaxed);
+                    tx.send(FsToGuest::InvalidateNode { id: ROOT_ID }).unwrap();
+                    while shared.invalidated.load(Ordering::Relaxed) == before {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                let reply = tokio::task::spawn_blocking(move || host.handle(req))
+                    .await
+                    .unwrap();
+                let _ = tx.send(FsToGuest::Reply { id, reply });
+            });
+        }
+    });
+    let got = blocking({
+        let f = mount.join("f");
+        move || as_share_user(move || std::fs::read_to_string(f).map_err(|e| errno_of(&e)))
+    })
+    .await;
+    assert_eq!(got, Ok("hello".to_string()));
+    // Later checks use the host's attributes.
+    let m = blocking({
+        let mount = mount.clone();
+        move || std::fs::metadata(mount).unwrap()
+    })
+    .await;
+    assert_eq!((m.uid(), m.mode() & 0o7777), (UID, 0o755));
+    server.abort();
+    writer.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -80,6 +80,8 @@ pub(in crate::share) struct Shared {
     pub(super) dir_names: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
     /// Lookups the kernel sent (whatever answered them).
     pub(in crate::share) lookups: AtomicU64,
+    /// Host invalidations handed to the kernel so far.
+    pub(in crate::share) invalidated: AtomicU64,
     /// Slots of shared memory for read and write data, if the VM has it.
     pub(super) shm: Option<Arc<shm::Shm>>,
     /// Directory attributes from change replies (see [`crate::share::fresh`]).
@@ -119,6 +121,7 @@ impl Shared {
             next_local_dir: AtomicU64::new(LOCAL_FH),
             dir_names: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
+            invalidated: AtomicU64::new(0),
             shm,
             fresh: Mutex::new(Fresh::default()),
         }
