@@ -1,20 +1,22 @@
-//! `cargo xtask image`: the default guest image, a Debian kernel plus an
+//! `cargo xtask image`: the default guest image, our kernel plus an
 //! initramfs whose `/init` is our guest agent.
 //!
 //! Why this shape: the VM needs nothing but a kernel and an initramfs to
 //! boot to the agent, which makes a boot take seconds under TCG and keeps the
 //! whole image a few megabytes that we build from packages instead of
 //! downloading a cloud image (our build machines reach only the package
-//! registries). Debian's `linux-image-amd64` has everything we need (vsock,
-//! FUSE, virtiofs, 9p, BTF for the eBPF port watcher) as modules, so the
-//! initramfs carries those modules, listed in `images/default/modules.txt`,
-//! with their dependencies and a `modules.dep`. Busybox-static gives a shell
-//! and the usual tools for debugging and for `lima shell`; Debian's `mke2fs`
-//! (with its libraries and loader, `mke2fs.rs`) formats an instance's data
-//! disk.
+//! registries). The kernel is ours (`kernel.rs`: everything built in, no
+//! modules); the names in `images/default/modules.txt` are checked against
+//! its `modules.builtin`. With `--kernel debian`, Debian's
+//! `linux-image-amd64` is used instead, and the initramfs carries those
+//! modules with their dependencies and a `modules.dep`. Busybox-static gives
+//! a shell and the usual tools for debugging and for `lima shell`; Debian's
+//! `mke2fs` (with its libraries and loader, `mke2fs.rs`) formats an
+//! instance's data disk.
 //!
-//! The result is cached by a hash of every input (the .debs, the agent
-//! binary, modules.txt and [`RECIPE_VERSION`]) in
+//! The result is cached by a hash of every input (the kernel's key or
+//! Debian's kernel package, the other .debs, the agent binary, modules.txt
+//! and [`RECIPE_VERSION`]) in
 //! `target/images/cache/<hash>/`, and `target/images/default` is a symlink to
 //! the current entry, so a rebuild with the same inputs does no work.
 //!
