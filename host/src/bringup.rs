@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lima_proto::errors::error_chain;
-use lima_proto::AgentInfo;
+use lima_proto::{AgentInfo, ExecRequest};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -484,16 +484,52 @@ async fn ask_agent(agent: &dyn Transport) -> Result<(), String> {
     }
 }
 
-/// Waits until the guest knows `user` (cloud-init's users module made it).
+/// Waits until the guest knows `user` (cloud-init's users module made it),
+/// then, for at most [`SUDO_RULE_WAIT`], until its passwordless sudo rule
+/// is in place too: cloud-init writes the rule just after it made the
+/// user, and a loaded machine once ran a user's first `sudo` in between
+/// ("a password is required"). A guest without sudo does not wait; one
+/// whose rule never comes is used as it is, with a warning.
 async fn wait_for_user(transport: &dyn Transport, user: &str) {
-    let req = crate::exec::as_root(vec!["id".into(), "-u".into(), user.into()]);
-    loop {
-        match crate::exec::capture(transport, &req, Vec::new()).await {
-            Ok(c) if c.status == lima_proto::ExitStatus::Code(0) => return,
-            Ok(_) => tracing::debug!("guest user {user} not there yet"),
-            Err(e) => tracing::debug!("cannot ask the guest for {user}: {e}"),
-        }
+    let id = crate::exec::as_root(vec!["id".into(), "-u".into(), user.into()]);
+    while !guest_says_yes(transport, &id, user).await {
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sudo = crate::exec::as_root(vec![
+        "sh".into(),
+        "-c".into(),
+        "! command -v sudo >/dev/null || sudo -n -l -U \"$1\" | grep -q NOPASSWD".into(),
+        "sh".into(),
+        user.into(),
+    ]);
+    let deadline = tokio::time::Instant::now() + SUDO_RULE_WAIT;
+    while !guest_says_yes(transport, &sudo, user).await {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "guest user {user} has no passwordless sudo rule after {}s; going on",
+                SUDO_RULE_WAIT.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// How long [`wait_for_user`] waits for the guest user's sudo rule.
+const SUDO_RULE_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether `req` (a question to the guest, as root) exits 0.
+async fn guest_says_yes(transport: &dyn Transport, req: &ExecRequest, user: &str) -> bool {
+    match crate::exec::capture(transport, req, Vec::new()).await {
+        Ok(c) if c.status == lima_proto::ExitStatus::Code(0) => true,
+        Ok(_) => {
+            tracing::debug!("guest user {user}: not ready yet ({:?})", req.argv);
+            false
+        }
+        Err(e) => {
+            tracing::debug!("cannot ask the guest about {user}: {e}");
+            false
+        }
     }
 }
 
