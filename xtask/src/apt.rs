@@ -17,8 +17,66 @@ pub struct IndexedDeb {
     pub sha256: Option<String>,
 }
 
+/// `ask`'s answer, kept as JSON in `memo` and reused until the package
+/// lists change (`apt-get update` brings news). Every apt query re-reads the
+/// whole package index on our machines (the binary apt cache is off, as in
+/// Debian's container images): 1.5 s each.
+pub fn remembered<T>(memo: &Path, ask: impl FnOnce() -> Result<T>) -> Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Memo<T> {
+        /// [`lists_stamp`] when this was asked.
+        index_stamp: String,
+        answer: T,
+    }
+    let stamp = lists_stamp();
+    if let Some(memo) = fs::read_to_string(memo)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Memo<T>>(&text).ok())
+        .filter(|m| m.index_stamp == stamp)
+    {
+        return Ok(memo.answer);
+    }
+    let memo_value = Memo {
+        index_stamp: stamp,
+        answer: ask()?,
+    };
+    crate::fsutil::write(
+        memo,
+        serde_json::to_string_pretty(&memo_value)?.as_bytes(),
+        0o644,
+    )?;
+    Ok(memo_value.answer)
+}
+
+/// What `apt-get download --print-uris` says of each of `packages`, in
+/// their order; a package it says nothing about is an error.
+pub fn print_uris(packages: &[&str]) -> Result<Vec<IndexedDeb>> {
+    let uris = cmd::query_text(
+        Command::new("apt-get")
+            .args(["download", "--print-uris"])
+            .args(packages),
+    )?;
+    let debs = parse_print_uris(&uris);
+    packages
+        .iter()
+        .map(|package| {
+            debs.iter()
+                .find(|d| d.package == *package)
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "`apt-get download --print-uris` says nothing about {package}: {uris:?}"
+                    )
+                })
+        })
+        .collect()
+}
+
 /// Changes whenever `apt-get update` changes the package lists.
-pub fn lists_stamp() -> String {
+fn lists_stamp() -> String {
     let mut files: Vec<String> = fs::read_dir("/var/lib/apt/lists")
         .into_iter()
         .flatten()

@@ -18,6 +18,30 @@ pub fn images_dir() -> PathBuf {
     cmd::target_dir().join("images")
 }
 
+/// This process's scratch folder, `target/images/tmp/<pid>` or
+/// `tmp/<pid>-<label>` (not created), after removing the scratch folders of
+/// processes that are gone: builds run side by side, and an interrupted
+/// one leaves its folder (a kernel source tree is 1.5 GB). A folder whose
+/// name starts with a live process's id is kept, whatever its label.
+pub fn scratch_dir(label: Option<&str>) -> Result<PathBuf> {
+    let root = images_dir().join("tmp");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().unwrap_or_default();
+            let alive = pid.parse::<u32>().is_ok() && Path::new("/proc").join(pid).exists();
+            if !alive {
+                crate::fsutil::remove_dir_if_present(&entry.path())?;
+            }
+        }
+    }
+    let pid = std::process::id();
+    Ok(root.join(match label {
+        Some(label) => format!("{pid}-{label}"),
+        None => pid.to_string(),
+    }))
+}
+
 /// The cache key: SHA-256 over labelled inputs (each input contributes its
 /// own bytes or, for big files, their SHA-256).
 pub fn inputs_hash(inputs: &[(&str, &[u8])]) -> String {

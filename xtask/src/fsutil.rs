@@ -51,3 +51,11 @@ pub fn remove_dir_if_present(dir: &Path) -> Result<()> {
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+/// The last component of `path`, as text (empty if it has none).
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}

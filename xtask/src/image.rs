@@ -47,8 +47,8 @@ use object::LittleEndian;
 
 use crate::apt::{self, IndexedDeb};
 use crate::build::{self, Profile};
-use crate::cache::{images_dir, inputs_hash, sha256_file};
-use crate::fsutil::{copy, mib, remove_dir_if_present, set_mode, symlink, write};
+use crate::cache::{images_dir, inputs_hash, scratch_dir, sha256_file};
+use crate::fsutil::{copy, file_name, mib, remove_dir_if_present, set_mode, symlink, write};
 use crate::{cmd, cpio, setup};
 
 /// Bump whenever the recipe below changes what ends up in the image, so the
@@ -266,9 +266,7 @@ pub fn assemble_flavor(agent: &Path, flavor: &Flavor, choice: KernelChoice) -> R
     // Build in a scratch directory of our own (engineers run tasks side by
     // side) and move the result into the cache only when it is complete, so
     // an interrupted build never looks like a cache hit.
-    let scratch_root = images.join("tmp");
-    remove_stale_scratch(&scratch_root)?;
-    let scratch = scratch_root.join(std::process::id().to_string());
+    let scratch = scratch_dir(None)?;
     let (work, partial) = (scratch.join("work"), scratch.join("out"));
     remove_dir_if_present(&scratch)?;
     for dir in [&work, &partial, &cache] {
@@ -343,11 +341,9 @@ pub fn assemble_flavor(agent: &Path, flavor: &Flavor, choice: KernelChoice) -> R
     Ok(image_dir)
 }
 
-/// The two packages the image is made of, as the package index names them.
+/// The packages the image is made of, as the package index names them.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Resolution {
-    /// [`apt::lists_stamp`] when this was asked.
-    index_stamp: String,
     kernel: IndexedDeb,
     busybox: IndexedDeb,
     /// mke2fs and its libraries ([`crate::mke2fs::PACKAGES`]).
@@ -355,56 +351,25 @@ struct Resolution {
 }
 
 /// Asks apt which kernel package `linux-image-amd64` stands for and what
-/// both .debs are called.
-///
-/// Every apt query re-reads the whole package index on our machines (the
-/// binary apt cache is off, as in Debian's container images): 1.5 s each.
-/// So the answer is kept in `download/index.json` and reused until
-/// `/var/lib/apt/lists` changes (i.e. until `apt-get update` brings news).
+/// the .debs are called; remembered in `download/index.json` until the
+/// package lists change ([`apt::remembered`]).
 fn resolve_packages(downloads: &Path) -> Result<Resolution> {
-    let stamp = apt::lists_stamp();
-    let memo = downloads.join("index.json");
-    let remembered = fs::read_to_string(&memo)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Resolution>(&text).ok())
-        .filter(|r| r.index_stamp == stamp);
-    if let Some(resolution) = remembered {
-        return Ok(resolution);
-    }
-
-    let depends = cmd::query_text(Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE]))?;
-    let kernel = kernel_package(&depends).with_context(|| {
-        format!("`apt-cache depends {KERNEL_METAPACKAGE}` names no linux-image-* package")
-    })?;
-    let uris = cmd::query_text(
-        Command::new("apt-get")
-            .args(["download", "--print-uris", &kernel, BUSYBOX_PACKAGE])
-            .args(crate::mke2fs::PACKAGES),
-    )?;
-    let debs = apt::parse_print_uris(&uris);
-    let find = |package: &str| {
-        debs.iter()
-            .find(|d| d.package == package)
-            .cloned()
-            .with_context(|| {
-                format!("`apt-get download --print-uris` says nothing about {package}: {uris:?}")
-            })
-    };
-    let resolution = Resolution {
-        index_stamp: stamp,
-        kernel: find(&kernel)?,
-        busybox: find(BUSYBOX_PACKAGE)?,
-        e2fsprogs: crate::mke2fs::PACKAGES
-            .iter()
-            .map(|p| find(p))
-            .collect::<Result<_>>()?,
-    };
-    write(
-        &memo,
-        serde_json::to_string_pretty(&resolution)?.as_bytes(),
-        0o644,
-    )?;
-    Ok(resolution)
+    apt::remembered(&downloads.join("index.json"), || {
+        let depends =
+            cmd::query_text(Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE]))?;
+        let kernel = kernel_package(&depends).with_context(|| {
+            format!("`apt-cache depends {KERNEL_METAPACKAGE}` names no linux-image-* package")
+        })?;
+        let mut wanted = vec![kernel.as_str(), BUSYBOX_PACKAGE];
+        wanted.extend(crate::mke2fs::PACKAGES);
+        let mut debs = apt::print_uris(&wanted)?.into_iter();
+        let mut next = || debs.next().expect("print_uris answers for every package");
+        Ok(Resolution {
+            kernel: next(),
+            busybox: next(),
+            e2fsprogs: crate::mke2fs::PACKAGES.iter().map(|_| next()).collect(),
+        })
+    })
 }
 
 /// The real kernel package from `apt-cache depends linux-image-amd64`,
@@ -828,21 +793,6 @@ fn stage_module(src: &Path, dst: &Path, rel: &str) -> Result<String> {
     }
 }
 
-/// Removes scratch directories (`tmp/<pid>`) whose process is gone.
-fn remove_stale_scratch(scratch_root: &Path) -> Result<()> {
-    let Ok(entries) = fs::read_dir(scratch_root) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let alive = name.parse::<u32>().is_ok() && Path::new("/proc").join(&name).exists();
-        if !alive {
-            remove_dir_if_present(&entry.path())?;
-        }
-    }
-    Ok(())
-}
-
 /// Points `target/images/NAME` at `cache/<hash>`, replacing whatever was
 /// there in one rename.
 fn point_image_at(images: &Path, name: &str, hash: &str) -> Result<()> {
@@ -854,13 +804,6 @@ fn point_image_at(images: &Path, name: &str, hash: &str) -> Result<()> {
         fs::remove_dir_all(&link).with_context(|| format!("cannot replace {}", link.display()))?;
     }
     fs::rename(&new, &link).with_context(|| format!("cannot replace {}", link.display()))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn join_or_none(names: &[String]) -> String {

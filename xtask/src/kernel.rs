@@ -27,9 +27,9 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::apt::{self, IndexedDeb};
-use crate::cache::{images_dir, inputs_hash};
+use crate::cache::{images_dir, inputs_hash, scratch_dir};
 use crate::cmd;
-use crate::fsutil::{copy, remove_dir_if_present, write};
+use crate::fsutil::{copy, file_name, remove_dir_if_present, write};
 
 /// Bump whenever the recipe changes what it builds.
 const RECIPE_VERSION: &str = "1";
@@ -102,9 +102,7 @@ pub fn ensure() -> Result<Built> {
         return Ok(built);
     }
 
-    let scratch = images
-        .join("tmp")
-        .join(format!("kernel-{}", std::process::id()));
+    let scratch = scratch_dir(Some("kernel"))?;
     remove_dir_if_present(&scratch)?;
     let partial = scratch.join("out");
     fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
@@ -132,7 +130,7 @@ pub fn ensure() -> Result<Built> {
         )?;
         let json = KernelJson {
             release: release.clone(),
-            source: apt_file_name(&source.path),
+            source: file_name(&source.path),
             fragments: fragments.iter().map(|f| f.name.clone()).collect(),
             build_seconds: started.elapsed().as_secs_f64(),
         };
@@ -156,7 +154,7 @@ pub fn ensure() -> Result<Built> {
     let release = built?;
     eprintln!(
         "kernel: built {release} from {} in {:.0} s -> {}",
-        apt_file_name(&source.path),
+        file_name(&source.path),
         started.elapsed().as_secs_f64(),
         dir.display()
     );
@@ -183,48 +181,14 @@ fn cached(dir: &Path, hash: &str) -> Result<Option<Built>> {
     }))
 }
 
-fn apt_file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 /// The source package as the index names it, remembered until the package
-/// lists change (each apt query re-reads the whole index).
+/// lists change ([`apt::remembered`]).
 fn resolve_source(downloads: &Path) -> Result<IndexedDeb> {
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Memo {
-        index_stamp: String,
-        deb: IndexedDeb,
-    }
-    let stamp = apt::lists_stamp();
-    let memo_path = downloads.join("kernel-source.json");
-    if let Some(memo) = fs::read_to_string(&memo_path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Memo>(&t).ok())
-        .filter(|m| m.index_stamp == stamp)
-    {
-        return Ok(memo.deb);
-    }
-    let uris =
-        cmd::query_text(Command::new("apt-get").args(["download", "--print-uris", SOURCE_PACKAGE]))
+    apt::remembered(&downloads.join("kernel-source.json"), || {
+        let mut debs = apt::print_uris(&[SOURCE_PACKAGE])
             .with_context(|| format!("apt knows no {SOURCE_PACKAGE}; run `apt-get update`"))?;
-    let deb = apt::parse_print_uris(&uris)
-        .into_iter()
-        .find(|d| d.package == SOURCE_PACKAGE)
-        .with_context(|| {
-            format!("`apt-get download --print-uris {SOURCE_PACKAGE}` named no file: {uris:?}")
-        })?;
-    let memo = Memo {
-        index_stamp: stamp,
-        deb,
-    };
-    write(
-        &memo_path,
-        serde_json::to_string_pretty(&memo)?.as_bytes(),
-        0o644,
-    )?;
-    Ok(memo.deb)
+        Ok(debs.remove(0))
+    })
 }
 
 /// Unpacks the package and the source tarball it carries into `scratch`;
@@ -247,7 +211,7 @@ fn extract(deb: &Path, scratch: &Path) -> Result<PathBuf> {
             .arg(scratch),
     )?;
     remove_dir_if_present(&unpacked)?;
-    let stem = apt_file_name(&tarball);
+    let stem = file_name(&tarball);
     let tree = scratch.join(stem.trim_end_matches(".tar.xz"));
     ensure!(
         tree.join("Makefile").is_file(),
