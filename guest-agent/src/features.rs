@@ -162,6 +162,12 @@ fn filesystems() -> String {
     std::fs::read_to_string("/proc/filesystems").unwrap_or_default()
 }
 
+/// Whether the running kernel knows the filesystem type `fstype` now
+/// (`/proc/filesystems`; needs /proc mounted).
+pub fn kernel_has_filesystem(fstype: &str) -> bool {
+    lists_filesystem(&filesystems(), fstype)
+}
+
 /// Whether `/proc/filesystems` lists `fstype` (second column).
 fn lists_filesystem(text: &str, fstype: &str) -> bool {
     text.lines()

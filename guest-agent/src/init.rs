@@ -95,16 +95,10 @@ pub fn early_setup() {
         ("debugfs", "/sys/kernel/debug", "debugfs", ""),
         ("bpf", "/sys/fs/bpf", "bpf", "mode=0700"),
     ];
-    // debugfs is optional (our kernel has none; tracefs is mounted apart).
-    // Asked when its turn comes: /proc is mounted by then.
-    let absent = |fstype: &str| {
-        !std::fs::read_to_string("/proc/filesystems")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split_whitespace().last() == Some(fstype))
-    };
     for (src, target, fstype, data) in mounts {
-        if *fstype == "debugfs" && absent(fstype) {
+        // debugfs is optional (our kernel has none; tracefs is mounted
+        // apart). Asked when its turn comes: /proc is mounted by then.
+        if *fstype == "debugfs" && !crate::features::kernel_has_filesystem(fstype) {
             continue;
         }
         if let Err(e) = sys::mount(src, target, fstype, data) {

@@ -48,7 +48,7 @@ fn module_name(path: &str) -> String {
 /// Whether the running kernel can load modules at all: `/proc/modules`
 /// exists exactly when it was built with `CONFIG_MODULES`. Our own kernel
 /// has everything built in and no module support.
-pub fn supported() -> bool {
+fn supported() -> bool {
     Path::new("/proc/modules").exists()
 }
 

@@ -45,7 +45,7 @@ pub(crate) enum MountError {
 
 /// Opens `/dev/fuse`, loading the module and creating the node if needed.
 pub(crate) fn open_device() -> Result<OwnedFd, MountError> {
-    if !fuse_registered() {
+    if !crate::features::kernel_has_filesystem("fuse") {
         match crate::modules::ModuleTree::open_running() {
             Ok(tree) => {
                 if let Err(e) = tree.load("fuse", &crate::sys::RealLoader) {
@@ -71,15 +71,6 @@ pub(crate) fn open_device() -> Result<OwnedFd, MountError> {
         .open(FUSE_DEVICE)
         .map_err(MountError::Device)?;
     Ok(file.into())
-}
-
-fn fuse_registered() -> bool {
-    std::fs::read_to_string("/proc/filesystems")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.split_whitespace().last() == Some("fuse"))
-        })
-        .unwrap_or(false)
 }
 
 /// A FUSE mount; dropping it detaches the mount (lazy unmount).
