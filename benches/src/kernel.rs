@@ -50,6 +50,14 @@ impl Kernel {
             images_path,
         })
     }
+
+    /// `limactl` on `home`, seeing this kernel's image as `default`.
+    fn limactl(&self, limactl: &Path, home: &Path) -> Command {
+        let mut c = Command::new(limactl);
+        c.env("LIMA_HOME", home)
+            .env("LIMA_IMAGES_PATH", self.images_path.path());
+        c
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -102,16 +110,12 @@ fn bare_boot(k: &Kernel, machine: Machine, tsc_khz: Option<u64>) -> anyhow::Resu
 
 /// `limactl start` of a stopped instance until the agent answers.
 fn start(limactl: &Path, home: &Path, k: &Kernel) -> anyhow::Result<Duration> {
-    let lc = || {
-        let mut c = Command::new(limactl);
-        c.env("LIMA_HOME", home)
-            .env("LIMA_IMAGES_PATH", k.images_path.path());
-        c
-    };
     let t = Instant::now();
-    run(lc().args(["start", k.label, "--timeout", "10m"]))?;
+    run(k
+        .limactl(limactl, home)
+        .args(["start", k.label, "--timeout", "10m"]))?;
     let took = t.elapsed();
-    run(lc().args(["stop", k.label]))?;
+    run(k.limactl(limactl, home).args(["stop", k.label]))?;
     Ok(took)
 }
 
@@ -181,13 +185,9 @@ pub fn run_suite(opts: &Opts) -> anyhow::Result<()> {
         .prefix("lima-bk")
         .tempdir_in("/tmp")?;
     for k in kernels {
-        let lc = || {
-            let mut c = Command::new(&limactl);
-            c.env("LIMA_HOME", home.path())
-                .env("LIMA_IMAGES_PATH", k.images_path.path());
-            c
-        };
-        run(lc().args(["create", "--name", k.label, "--tty=false"]))?;
+        run(k
+            .limactl(&limactl, home.path())
+            .args(["create", "--name", k.label, "--tty=false"]))?;
     }
     let _cleanup: Vec<crate::DeleteOnDrop> = kernels
         .iter()
