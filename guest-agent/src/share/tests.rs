@@ -569,12 +569,27 @@ struct Mounted {
     agent: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// Starts the agent's share service on one end of a socket pair and sends
+/// it `setup`; returns the service's task, the host's end and the status
+/// the service answered with.
+async fn start_share(
+    setup: ShareSetup,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio::net::UnixStream,
+    ShareStatus,
+) {
+    let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
+    let agent = tokio::spawn(super::serve(guest));
+    write_frame_async(&mut host_end, &setup).await.unwrap();
+    let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+    (agent, host_end, status)
+}
+
 async fn mount_stand_in(writable: bool) -> Mounted {
     let root = unique_dir("root");
     let mount = unique_dir("mnt").join("deep/er");
-    let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
-    let agent = tokio::spawn(super::serve(guest));
-    let setup = ShareSetup {
+    let (agent, host_end, status) = start_share(ShareSetup {
         tag: "test".into(),
         mount_point: mount.to_str().unwrap().into(),
         writable,
@@ -583,9 +598,8 @@ async fn mount_stand_in(writable: bool) -> Mounted {
         shm: None,
         port: None,
         layer: None,
-    };
-    write_frame_async(&mut host_end, &setup).await.unwrap();
-    let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+    })
+    .await;
     assert_eq!(status, ShareStatus::Ready);
     let host = StandIn::new(&root);
     let (inject, extra) = mpsc::unbounded_channel();
@@ -998,10 +1012,8 @@ async fn read_only_share_refuses_writes() {
 async fn a_mount_point_that_cannot_be_created_fails_with_its_name() {
     let file = unique_dir("file").join("plain");
     std::fs::write(&file, "").unwrap();
-    let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
-    let agent = tokio::spawn(super::serve(guest));
     let mount_point = file.join("sub").to_str().unwrap().to_string();
-    let setup = ShareSetup {
+    let (agent, _host_end, status) = start_share(ShareSetup {
         tag: "t".into(),
         mount_point: mount_point.clone(),
         writable: true,
@@ -1010,9 +1022,8 @@ async fn a_mount_point_that_cannot_be_created_fails_with_its_name() {
         shm: None,
         port: None,
         layer: None,
-    };
-    write_frame_async(&mut host_end, &setup).await.unwrap();
-    let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+    })
+    .await;
     match status {
         ShareStatus::Failed(reason) => assert!(reason.contains(&mount_point), "{reason}"),
         other => panic!("{other:?}"),
@@ -1502,9 +1513,7 @@ async fn a_layer_share_mounts_a_view_and_keeps_the_layer() {
     let mount = unique_dir("mnt").join("project");
     let id = format!("hook-{}", std::process::id());
     let session = |id: String, root: PathBuf, mount: PathBuf| async move {
-        let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
-        let agent = tokio::spawn(super::serve(guest));
-        let setup = ShareSetup {
+        let (agent, host_end, status) = start_share(ShareSetup {
             tag: "sync".into(),
             mount_point: mount.to_str().unwrap().into(),
             writable: false,
@@ -1513,9 +1522,8 @@ async fn a_layer_share_mounts_a_view_and_keeps_the_layer() {
             shm: None,
             port: None,
             layer: Some(id),
-        };
-        write_frame_async(&mut host_end, &setup).await.unwrap();
-        let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+        })
+        .await;
         assert_eq!(status, ShareStatus::Ready);
         let host = StandIn::new(&root);
         let (_inject, extra) = mpsc::unbounded_channel();
@@ -1615,9 +1623,7 @@ async fn the_share_user_gets_in_even_if_the_first_getattr_of_the_root_is_dropped
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
     // The way to the mount point must be open to the user.
     std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (guest, mut host_end) = tokio::net::UnixStream::pair().unwrap();
-    let agent = tokio::spawn(super::serve(guest));
-    let setup = ShareSetup {
+    let (agent, host_end, status) = start_share(ShareSetup {
         tag: "test".into(),
         mount_point: mount.to_str().unwrap().into(),
         writable: true,
@@ -1626,9 +1632,8 @@ async fn the_share_user_gets_in_even_if_the_first_getattr_of_the_root_is_dropped
         shm: None,
         port: None,
         layer: None,
-    };
-    write_frame_async(&mut host_end, &setup).await.unwrap();
-    let status: ShareStatus = read_frame_async(&mut host_end).await.unwrap().unwrap();
+    })
+    .await;
     assert_eq!(status, ShareStatus::Ready);
     let shared = MOUNTED.lock().unwrap()[mount.to_str().unwrap()].clone();
     let host = StandIn::new(&root);
