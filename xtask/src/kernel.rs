@@ -139,6 +139,9 @@ pub fn ensure() -> Result<Built> {
             (serde_json::to_string_pretty(&json)? + "\n").as_bytes(),
             0o644,
         )?;
+        // On a fresh clone the kernel is the first thing cached.
+        let cache = dir.parent().expect("the cache entry has a parent");
+        fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
         // A concurrent build that got there first is as good as ours.
         if let Err(e) = fs::rename(&partial, &dir) {
             if !dir.join("kernel.json").is_file() {
