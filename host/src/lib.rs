@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod cloudinit;
 pub mod config;
+pub mod copy;
 pub mod disk;
 pub mod distro;
 pub mod download;

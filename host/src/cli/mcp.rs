@@ -4,10 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::bail;
-
-use crate::instance;
-
 #[derive(clap::Args)]
 pub struct McpArgs {
     #[command(subcommand)]
@@ -45,10 +41,7 @@ pub fn run(home: &Path, a: McpArgs) -> anyhow::Result<ExitCode> {
             instance: name,
             timeout,
         } => {
-            let inst = instance::Instance::new(home, &name)?;
-            if !inst.exists() {
-                bail!("instance \"{name}\" does not exist, run `limactl create {name}` to create a new instance");
-            }
+            let inst = super::running::existing(home, &name)?;
             if !inst.host_agent_running() {
                 // Served anyway: each call says the instance is not running.
                 super::msg::warn(format!(

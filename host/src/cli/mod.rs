@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{instance, logfmt};
 
+mod copy;
 mod create;
 mod delete;
 mod each;
@@ -20,6 +21,7 @@ mod mcp;
 pub mod msg;
 mod plugin;
 mod restart;
+mod running;
 mod shell;
 mod show_ssh;
 mod start;
@@ -81,6 +83,9 @@ enum Cmd {
     List(list::ListArgs),
     /// Run a command (or a login shell) in an instance
     Shell(shell::ShellArgs),
+    /// Copy files between the host and guests
+    #[command(visible_alias = "cp")]
+    Copy(copy::CopyArgs),
     /// Review, apply or discard what `limactl shell --sync` sessions left
     Sync(sync::SyncArgs),
     /// Delete instances
@@ -170,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Stop(a) => stop::run(&home, a),
         Cmd::List(a) => list::run(&home, a),
         Cmd::Shell(a) => shell::run(&home, a),
+        Cmd::Copy(a) => copy::run(&home, a),
         Cmd::Sync(a) => sync::run(&home, a),
         Cmd::Delete(a) => delete::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),

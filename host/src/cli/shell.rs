@@ -266,15 +266,11 @@ pub fn run(home: &Path, a: ShellArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let name = &req.name;
-    let inst = instance::Instance::new(home, name)?;
-    if !inst.exists() {
-        bail!("instance \"{name}\" does not exist, run `limactl create {name}` to create a new instance");
-    }
+    let inst = super::running::existing(home, name)?;
     if !inst.host_agent_running() {
         if !req.start {
-            bail!(
-                "instance \"{name}\" is stopped, run `limactl start {name}` to start the instance"
-            );
+            // Lima's message for a stopped instance.
+            super::running::running(home, name)?;
         }
         // As `limactl start NAME`, without its READY line and `message:`
         // (stdout is the command's).

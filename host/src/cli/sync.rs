@@ -76,13 +76,7 @@ impl Open {
 
 async fn open(home: &Path, w: &Which) -> anyhow::Result<Open> {
     let name = &w.instance;
-    let inst = Instance::new(home, name)?;
-    if !inst.exists() {
-        bail!("instance \"{name}\" does not exist, run `limactl create {name}` to create a new instance");
-    }
-    if !inst.host_agent_running() {
-        bail!("instance \"{name}\" is stopped, run `limactl start {name}` to start the instance");
-    }
+    let inst = super::running::running(home, name)?;
     let transport = crate::lifecycle::transport(&inst)?;
     let mut layer = LayerClient::connect(transport.as_ref()).await?;
     let mut layers = layer.list().await?;
