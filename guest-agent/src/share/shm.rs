@@ -47,7 +47,21 @@ fn map_device() -> Result<Device, String> {
 pub(super) fn test_device() -> std::path::PathBuf {
     static MADE: OnceLock<std::path::PathBuf> = OnceLock::new();
     MADE.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!("lima-test-ivshmem-{}", std::process::id()));
+        // No destructor runs for a static: remove the files of test
+        // processes that are gone instead (64 MiB each, sparse).
+        const PREFIX: &str = "lima-test-ivshmem-";
+        for e in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(PREFIX).unwrap_or_default();
+            if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let p = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
         let f = std::fs::File::create(&p).unwrap();
         f.set_len(64 << 20).unwrap();
         p
