@@ -65,6 +65,11 @@ pub const SSH_CONFIG: &str = "ssh.config";
 pub const DATA_DISK: &str = "datadisk";
 /// Forwarded ports, for `limactl list` (written by the forwarder).
 pub const PORTS_FILE: &str = "ports.json";
+/// Present when the instance is protected from `delete` and
+/// `factory-reset` (`limactl protect`).
+pub const PROTECTED: &str = "protected";
+/// The version of Lima (or lima-rs) that created the instance.
+pub const LIMA_VERSION: &str = "lima-version";
 
 /// Files that only exist while the instance runs.
 pub const RUNTIME_FILES: &[&str] = &[

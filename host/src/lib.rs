@@ -23,6 +23,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod listing;
 pub mod logfmt;
+pub mod manage;
 pub mod mcp;
 pub mod mounts;
 pub mod oneshot;

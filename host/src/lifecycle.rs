@@ -29,6 +29,8 @@ pub enum LifecycleError {
     Disk(#[from] crate::disk::DiskError),
     #[error("instance `{name}` is running; stop it first or use --force")]
     Running { name: String },
+    #[error(transparent)]
+    Manage(#[from] crate::manage::ManageError),
     #[error("instance `{name}` failed to start: {reason}\n  host agent log: {log}\n  serial console: {serial}{tail}")]
     StartFailed {
         name: String,
@@ -533,8 +535,10 @@ fn kill_all(inst: &Instance) {
     inst.remove_runtime_files();
 }
 
-/// Removes the instance; a running one needs `force`.
+/// Removes the instance; a running one needs `force`, a protected one is
+/// refused.
 pub fn delete(inst: &Instance, force: bool) -> Result<(), LifecycleError> {
+    crate::manage::check_unprotected(inst)?;
     if inst.host_agent_running() {
         if !force {
             return Err(LifecycleError::Running {

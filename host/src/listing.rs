@@ -11,11 +11,6 @@ use crate::events::{self, Event};
 use crate::instance::{self, Instance, Status};
 use crate::units::human_size;
 
-/// The file whose presence marks an instance protected (`limactl protect`).
-pub const PROTECTED: &str = "protected";
-/// The version of Lima (or lima-rs) that created the instance.
-pub const LIMA_VERSION: &str = "lima-version";
-
 /// The host facts Lima adds to every listed instance (deprecated there in
 /// favour of `limactl info`, still printed).
 #[derive(Debug, Clone, Serialize)]
@@ -171,7 +166,7 @@ pub fn info(inst: &Instance, host: &HostFields) -> InstanceInfo {
         .or_else(|| cfg.as_ref().map(|c| c.ssh.local_port))
         .unwrap_or(0);
     let pid = |file| if running { inst.read_pid(file) } else { None };
-    let lima_version = std::fs::read_to_string(inst.path(LIMA_VERSION))
+    let lima_version = std::fs::read_to_string(inst.path(instance::LIMA_VERSION))
         .map(|v| v.trim().to_string())
         .unwrap_or_default();
     InstanceInfo {
@@ -209,7 +204,7 @@ pub fn info(inst: &Instance, host: &HostFields) -> InstanceInfo {
         } else {
             String::new()
         },
-        protected: inst.path(PROTECTED).symlink_metadata().is_ok(),
+        protected: inst.path(instance::PROTECTED).symlink_metadata().is_ok(),
         lima_version,
         param: yaml
             .as_ref()

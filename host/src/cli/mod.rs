@@ -7,12 +7,14 @@ use clap::{Parser, Subcommand};
 
 use crate::{instance, logfmt};
 
+mod clone;
 mod copy;
 mod create;
 mod delete;
 mod each;
 mod edit;
 mod editflags;
+mod factory_reset;
 pub mod global;
 mod info;
 mod list;
@@ -20,6 +22,7 @@ mod listfmt;
 mod mcp;
 pub mod msg;
 mod plugin;
+mod protect;
 mod restart;
 mod running;
 mod shell;
@@ -91,6 +94,17 @@ enum Cmd {
     /// Delete instances
     #[command(visible_aliases = ["remove", "rm"])]
     Delete(delete::DeleteArgs),
+    /// Copy a stopped instance under a new name
+    Clone(clone::CloneArgs),
+    /// Rename a stopped instance
+    Rename(clone::CloneArgs),
+    /// Stop an instance and remove all but its configuration (its disks start over)
+    #[command(name = "factory-reset")]
+    FactoryReset(factory_reset::FactoryResetArgs),
+    /// Protect instances from `limactl delete` and `factory-reset`
+    Protect(protect::ProtectArgs),
+    /// Remove the protection of instances
+    Unprotect(protect::ProtectArgs),
     /// Show the ssh command line of a running distro instance (deprecated in
     /// Lima: prefer `ssh -F ~/.lima/NAME/ssh.config lima-NAME`)
     #[command(name = "show-ssh")]
@@ -178,6 +192,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Copy(a) => copy::run(&home, a),
         Cmd::Sync(a) => sync::run(&home, a),
         Cmd::Delete(a) => delete::run(&home, a),
+        Cmd::Clone(a) => clone::run(&home, a, false),
+        Cmd::Rename(a) => clone::run(&home, a, true),
+        Cmd::FactoryReset(a) => factory_reset::run(&home, a),
+        Cmd::Protect(a) => protect::run(&home, a, true),
+        Cmd::Unprotect(a) => protect::run(&home, a, false),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(&home, a),
         Cmd::Info(a) => info::run(&home, a),

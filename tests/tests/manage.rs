@@ -1,0 +1,111 @@
+//! Lima's instance housekeeping on our built-in image: `protect` and
+//! `unprotect` (a protected instance survives `delete -f` and
+//! `factory-reset`), `clone` (with edit flags and `--start`: an
+//! independent copy of the disks), `rename`, and `factory-reset` (the data
+//! disk starts over). Started by an ordinary user.
+use lima_tests::Lima;
+
+#[test]
+fn protect_clone_rename_and_factory_reset() {
+    let lima = Lima::as_ordinary_user();
+    lima.start("m1", &["--mount-none"]);
+    // The home is on the instance's data disk, which survives a restart.
+    lima.shell("m1", &["sh", "-c", "echo kept > ~/mark"]).ok();
+
+    // Protection.
+    lima.limactl(&["protect", "m1"]).ok();
+    assert_eq!(lima.info("m1")["protected"], true);
+    let r = lima.limactl(&["protect", "m1"]).ok();
+    assert!(
+        r.messages()
+            .contains("Instance `m1` is already protected. Skipping."),
+        "{}",
+        r.stderr()
+    );
+    let r = lima.limactl(&["delete", "-f", "m1"]).fails_with(
+        "instance \"m1\" is protected to prohibit accidental removal (Hint: use `limactl unprotect m1`)",
+    );
+    assert_eq!(r.code(), 1);
+    lima.limactl(&["factory-reset", "m1"])
+        .fails_with("is protected");
+    assert_eq!(lima.info("m1")["status"], "Running");
+    lima.limactl(&["unprotect", "m1"]).ok();
+    let r = lima.limactl(&["unprotect", "m1"]).ok();
+    assert!(
+        r.messages()
+            .contains("Instance `m1` isn't protected. Skipping."),
+        "{}",
+        r.stderr()
+    );
+    lima.limactl(&["protect", "nosuch"]).fails_with("nosuch");
+
+    // A clone needs a stopped instance; then it is an independent copy,
+    // with the edit flags applied.
+    lima.limactl(&["clone", "m1", "m2"])
+        .fails_with("cannot clone a running instance");
+    lima.limactl(&["stop", "m1"]).ok();
+    lima.limactl(&["clone", "m1", "m1"])
+        .fails_with("must be different");
+    lima.limactl(&[
+        "clone",
+        "m1",
+        "m2",
+        "--cpus",
+        "1",
+        "--start",
+        "--timeout",
+        "5m",
+    ])
+    .ok();
+    assert_eq!(lima.info("m2")["cpus"], 1);
+    assert_eq!(lima.shell("m2", &["cat", "mark"]).ok().stdout(), "kept\n");
+    lima.shell("m2", &["sh", "-c", "echo clone > ~/mark2"]).ok();
+    lima.limactl(&["stop", "m2"]).ok();
+    lima.limactl(&["clone", "m1", "m2"])
+        .fails_with("instance \"m2\" already exists");
+    lima.start("m1", &[]);
+    assert_eq!(
+        lima.shell(
+            "m1",
+            &[
+                "sh",
+                "-c",
+                "cat mark; test -e mark2 && echo shared || echo own"
+            ]
+        )
+        .ok()
+        .stdout(),
+        "kept\nown\n"
+    );
+
+    // Rename: the name moves, the disks with it.
+    lima.limactl(&["rename", "m2", "m3"]).ok();
+    assert!(!lima.instance_dir("m2").exists());
+    lima.start("m3", &[]);
+    assert_eq!(lima.shell("m3", &["cat", "mark2"]).ok().stdout(), "clone\n");
+
+    // Factory reset of a running instance: stopped, disks gone, the
+    // configuration kept; the next start begins from the image.
+    lima.limactl(&["factory-reset", "m3"]).ok();
+    assert_eq!(lima.info("m3")["status"], "Stopped");
+    assert!(lima.instance_dir("m3").join("lima.yaml").exists());
+    assert!(!lima.instance_dir("m3").join("datadisk").exists());
+    assert_eq!(lima.info("m3")["cpus"], 1);
+    lima.start("m3", &[]);
+    assert_eq!(
+        lima.shell(
+            "m3",
+            &["sh", "-c", "test -e mark2 && echo kept || echo gone"]
+        )
+        .ok()
+        .stdout(),
+        "gone\n"
+    );
+    // Nothing to reset is not a failure (Lima's answer).
+    let r = lima.limactl(&["factory-reset", "nosuch"]).ok();
+    assert!(
+        r.messages().contains("Instance \"nosuch\" not found"),
+        "{}",
+        r.stderr()
+    );
+}
