@@ -145,6 +145,57 @@ pub fn entry_dir(cache: &Path, url: &str) -> PathBuf {
         .join(hex::encode(sha2::Sha256::digest(url.as_bytes())))
 }
 
+/// The folder every cached download is in.
+pub fn downloads_dir(cache: &Path) -> PathBuf {
+    cache.join("download")
+}
+
+/// Removes cached downloads, returning what went: with `keep` `None`, the
+/// whole download folder; else every entry whose URL is not in `keep`, and
+/// in the kept ones the partial downloads of processes that are gone.
+/// Instances hard-link their base disks, so none of them loses its disk.
+pub fn prune(cache: &Path, keep: Option<&[String]>) -> Result<Vec<PathBuf>, DownloadError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DownloadError::Io { what, path, source }
+    };
+    let root = downloads_dir(cache);
+    let Some(keep) = keep else {
+        if !root.exists() {
+            return Ok(Vec::new());
+        }
+        std::fs::remove_dir_all(&root).map_err(io("remove", &root))?;
+        return Ok(vec![root]);
+    };
+    let kept: std::collections::HashSet<PathBuf> =
+        keep.iter().map(|url| entry_dir(cache, url)).collect();
+    let by_url = root.join("by-url-sha256");
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&by_url) else {
+        return Ok(removed);
+    };
+    for entry in entries {
+        let dir = entry.map_err(io("read", &by_url))?.path();
+        if !kept.contains(&dir) {
+            std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+            removed.push(dir);
+            continue;
+        }
+        for file in std::fs::read_dir(&dir).map_err(io("read", &dir))?.flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("data.tmp-") else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                std::fs::remove_file(file.path()).map_err(io("remove", &file.path()))?;
+                removed.push(file.path());
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 /// Whether `head` (the file's first 1 KiB or more) starts a disk image.
 fn looks_like_disk(head: &[u8]) -> bool {
     let qcow2 = head.starts_with(b"QFI\xfb");
@@ -512,5 +563,29 @@ mod tests {
         assert!(looks_like_disk(&gpt));
         assert!(!looks_like_disk(&[0u8; 1024]));
         assert!(!looks_like_disk(b"QF"));
+    }
+
+    #[test]
+    fn prune_keeps_only_what_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = t.path();
+        for url in ["https://a/1.img", "https://b/2.img"] {
+            let d = entry_dir(cache, url);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("data"), "x").unwrap();
+            std::fs::write(d.join("data.tmp-999999999"), "partial").unwrap();
+        }
+        let removed = prune(cache, Some(&["https://a/1.img".to_string()])).unwrap();
+        let a = entry_dir(cache, "https://a/1.img");
+        let mut want = vec![
+            entry_dir(cache, "https://b/2.img"),
+            a.join("data.tmp-999999999"),
+        ];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(a.join("data").exists());
+        assert_eq!(prune(cache, None).unwrap(), [downloads_dir(cache)]);
+        assert!(!downloads_dir(cache).exists());
+        assert!(prune(cache, None).unwrap().is_empty());
     }
 }

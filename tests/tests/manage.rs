@@ -109,3 +109,32 @@ fn protect_clone_rename_and_factory_reset() {
         r.stderr()
     );
 }
+
+/// `prune` empties the download cache; `--keep-referred` keeps what an
+/// instance (or a built-in template) names. No VM: cache entries are made
+/// by hand, the instance is only created.
+#[test]
+fn prune_keeps_what_instances_refer_to() {
+    let lima = Lima::new();
+    let url = "http://127.0.0.1:9/referred.img";
+    let yaml = format!("images:\n- location: {url}\n");
+    lima.run(
+        lima.cmd("limactl").args(["create", "--name", "p", "-"]),
+        Some(yaml.as_bytes()),
+    )
+    .ok();
+    let by_url = lima.cache.path().join("lima-rs/download/by-url-sha256");
+    let entry = |u: &str| by_url.join(lima_tests::sha256_hex(u.as_bytes()));
+    for u in [url, "http://127.0.0.1:9/orphan.img"] {
+        std::fs::create_dir_all(entry(u)).unwrap();
+        std::fs::write(entry(u).join("data"), "disk").unwrap();
+    }
+    let r = lima.limactl(&["prune", "--keep-referred"]).ok();
+    assert!(r.messages().contains("Pruning"), "{}", r.stderr());
+    assert!(entry(url).join("data").exists());
+    assert!(!entry("http://127.0.0.1:9/orphan.img").exists());
+    lima.limactl(&["prune"]).ok();
+    assert!(!lima.cache.path().join("lima-rs/download").exists());
+    // The instance is untouched.
+    assert_eq!(lima.info("p")["status"], "Stopped");
+}

@@ -23,6 +23,7 @@ mod mcp;
 pub mod msg;
 mod plugin;
 mod protect;
+mod prune;
 mod restart;
 mod running;
 mod shell;
@@ -105,6 +106,8 @@ enum Cmd {
     Protect(protect::ProtectArgs),
     /// Remove the protection of instances
     Unprotect(protect::ProtectArgs),
+    /// Remove downloaded images from the cache (all, or those nothing refers to)
+    Prune(prune::PruneArgs),
     /// Show the ssh command line of a running distro instance (deprecated in
     /// Lima: prefer `ssh -F ~/.lima/NAME/ssh.config lima-NAME`)
     #[command(name = "show-ssh")]
@@ -197,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::FactoryReset(a) => factory_reset::run(&home, a),
         Cmd::Protect(a) => protect::run(&home, a, true),
         Cmd::Unprotect(a) => protect::run(&home, a, false),
+        Cmd::Prune(a) => prune::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(&home, a),
         Cmd::Info(a) => info::run(&home, a),
