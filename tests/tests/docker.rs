@@ -326,6 +326,31 @@ fn docker_template_runs_a_rootless_engine_the_host_cli_reaches() {
         .ok()
         .stdout();
     assert!(root.trim().ends_with("/.local/share/docker"), "{root}");
+    // Lima's `docker.lima`: the host CLI at the forwarded socket, or docker
+    // in the guest when the host has no CLI; a missing instance is named.
+    let wrapper = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = lima.cmd("docker.lima");
+        c.env("LIMA_INSTANCE", "dk")
+            .env("DOCKER_CONFIG", lima.home.path().join("docker-config"))
+            .envs(env.iter().copied())
+            .args(args);
+        lima.run(&mut c, None)
+    };
+    let fmt = ["info", "--format", "{{.DockerRootDir}}"];
+    assert_eq!(wrapper(&[], &fmt).ok().stdout(), root);
+    assert_eq!(
+        wrapper(&[("DOCKER", "no-such-docker-cli")], &fmt)
+            .ok()
+            .stdout(),
+        root
+    );
+    let r = wrapper(&[("LIMA_INSTANCE", "nosuch")], &["ps"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr().contains("instance \"nosuch\" does not exist, run `limactl create --name=nosuch template:docker`"),
+        "{}",
+        r.stderr()
+    );
 
     // A published port answers on the host, and goes with its container.
     serve(&lima, "dk", "web", 8090, "rootless");

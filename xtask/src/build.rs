@@ -46,6 +46,7 @@ pub fn run(profile: Profile) -> Result<()> {
         host.arg("--release");
     }
     cmd::run(&mut host)?;
+    link_wrappers(&host_bin_dir(profile))?;
     cmd::run(cmd::cargo().args([
         "build",
         "-p",
@@ -54,6 +55,22 @@ pub fn run(profile: Profile) -> Result<()> {
         "--target",
         setup::MUSL_TARGET,
     ]))?;
+    Ok(())
+}
+
+/// Lima's wrapper commands are modes of the `lima` binary, picked by the
+/// name it runs as: `docker.lima` and `nerdctl.lima` link to it.
+pub const WRAPPERS: &[&str] = &["docker.lima", "nerdctl.lima"];
+
+fn link_wrappers(dir: &std::path::Path) -> Result<()> {
+    for name in WRAPPERS {
+        let link = dir.join(name);
+        if std::fs::read_link(&link).is_ok_and(|t| t == std::path::Path::new("lima")) {
+            continue;
+        }
+        let _ = std::fs::remove_file(&link);
+        crate::fsutil::symlink("lima", &link)?;
+    }
     Ok(())
 }
 
