@@ -35,6 +35,7 @@ pub mod progress;
 pub mod provision;
 pub mod shares;
 pub mod shell;
+pub mod snapshot;
 pub mod ssh;
 pub mod ssh_identity;
 pub mod sync;

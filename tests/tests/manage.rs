@@ -1,6 +1,6 @@
 //! Lima's instance housekeeping on our built-in image: `protect` and
 //! `unprotect` (a protected instance survives `delete -f` and
-//! `factory-reset`), `clone` (with edit flags and `--start`: an
+//! `factory-reset`), `snapshot` (the stopped disks taken back), `clone` (with edit flags and `--start`: an
 //! independent copy of the disks), `rename`, and `factory-reset` (the data
 //! disk starts over). Started by an ordinary user.
 use lima_tests::Lima;
@@ -43,7 +43,14 @@ fn protect_clone_rename_and_factory_reset() {
     // with the edit flags applied.
     lima.limactl(&["clone", "m1", "m2"])
         .fails_with("cannot clone a running instance");
+    lima.limactl(&["snapshot", "create", "m1", "--tag", "s1"])
+        .fails_with("cannot take or apply a snapshot of a running instance");
     lima.limactl(&["stop", "m1"]).ok();
+    // A snapshot of the stopped disks, to go back to below.
+    lima.limactl(&["snapshot", "create", "m1"])
+        .fails_with("expected tag");
+    lima.limactl(&["snapshot", "create", "m1", "--tag", "s1"])
+        .ok();
     lima.limactl(&["clone", "m1", "m1"])
         .fails_with("must be different");
     lima.limactl(&[
@@ -76,6 +83,45 @@ fn protect_clone_rename_and_factory_reset() {
         .ok()
         .stdout(),
         "kept\nown\n"
+    );
+
+    // Back to the snapshot: what was written since is gone.
+    lima.shell("m1", &["sh", "-c", "echo later > ~/after"]).ok();
+    lima.limactl(&["stop", "m1"]).ok();
+    assert_eq!(
+        lima.limactl(&["snapshot", "list", "m1", "-q"])
+            .ok()
+            .stdout(),
+        "s1\n"
+    );
+    let table = lima.limactl(&["snapshot", "ls", "m1"]).ok().stdout();
+    assert!(table.starts_with("ID") && table.contains(" s1 "), "{table}");
+    lima.limactl(&["snapshot", "apply", "m1", "--tag", "nope"])
+        .fails_with("snapshot \"nope\" not found in instance \"m1\"");
+    lima.limactl(&["snapshot", "apply", "m1", "--tag", "s1"])
+        .ok();
+    lima.start("m1", &[]);
+    assert_eq!(
+        lima.shell(
+            "m1",
+            &[
+                "sh",
+                "-c",
+                "cat mark; test -e after && echo after || echo before"
+            ]
+        )
+        .ok()
+        .stdout(),
+        "kept\nbefore\n"
+    );
+    lima.limactl(&["stop", "m1"]).ok();
+    lima.limactl(&["snapshot", "delete", "m1", "--tag", "s1"])
+        .ok();
+    assert_eq!(
+        lima.limactl(&["snapshot", "list", "m1", "-q"])
+            .ok()
+            .stdout(),
+        ""
     );
 
     // Rename: the name moves, the disks with it.

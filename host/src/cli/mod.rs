@@ -28,6 +28,7 @@ mod restart;
 mod running;
 mod shell;
 mod show_ssh;
+mod snapshot;
 mod start;
 mod stop;
 mod sync;
@@ -108,6 +109,8 @@ enum Cmd {
     Unprotect(protect::ProtectArgs),
     /// Remove downloaded images from the cache (all, or those nothing refers to)
     Prune(prune::PruneArgs),
+    /// Snapshots of a stopped instance's disks (create, apply, delete, list)
+    Snapshot(snapshot::SnapshotArgs),
     /// Show the ssh command line of a running distro instance (deprecated in
     /// Lima: prefer `ssh -F ~/.lima/NAME/ssh.config lima-NAME`)
     #[command(name = "show-ssh")]
@@ -201,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Protect(a) => protect::run(&home, a, true),
         Cmd::Unprotect(a) => protect::run(&home, a, false),
         Cmd::Prune(a) => prune::run(&home, a),
+        Cmd::Snapshot(a) => snapshot::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(&home, a),
         Cmd::Info(a) => info::run(&home, a),
