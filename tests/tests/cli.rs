@@ -1,5 +1,5 @@
 //! Lima's command line beyond the instance verbs, none needing a VM:
-//! `validate`, `completion`, and plugins (`limactl-FOO` on PATH).
+//! `validate`, `template`, `completion`, and plugins (`limactl-FOO` on PATH).
 use lima_tests::Lima;
 
 #[test]
@@ -83,4 +83,37 @@ fn a_plugin_on_path_runs_as_a_command_and_an_unknown_one_is_named() {
         .limactl(&["nosuchcommand"])
         .fails_with("unknown command \"nosuchcommand\" for \"limactl\"");
     assert_eq!(r.code(), 1);
+}
+
+/// `limactl template copy|validate|yq` (and `tmpl`): Lima's experimental
+/// warning, a built-in template written out, checked and queried.
+#[test]
+fn template_copy_validate_and_yq() {
+    let lima = Lima::new();
+    let r = lima
+        .limactl(&["template", "copy", "template:docker", "-"])
+        .ok();
+    assert!(
+        r.messages().contains("`limactl template` is experimental"),
+        "{}",
+        r.stderr()
+    );
+    assert!(r.stdout().contains("builtin:docker"), "{}", r.stdout());
+    let file = lima.home.path().join("copied.yaml");
+    lima.limactl(&["tmpl", "copy", "--embed", "docker", file.to_str().unwrap()])
+        .ok();
+    let copied = std::fs::read_to_string(&file).unwrap();
+    assert!(copied.contains("builtin:docker"), "{copied}");
+    let r = lima
+        .limactl(&["template", "validate", file.to_str().unwrap()])
+        .ok();
+    assert!(r.messages().contains("copied.yaml\": OK"), "{}", r.stderr());
+    let r = lima
+        .limactl(&["template", "yq", "template:debian-12", ".images[0].arch"])
+        .ok();
+    assert_eq!(r.stdout(), "x86_64\n");
+    lima.limactl(&["template", "copy", "--embed", "--verbatim", "docker", "-"])
+        .fails_with("--verbatim cannot be used with any of --embed, --embed-all, or --fill");
+    lima.limactl(&["template", "copy", "nosuch", "-"])
+        .fails_with("template `nosuch` does not exist");
 }

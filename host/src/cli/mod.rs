@@ -32,6 +32,7 @@ mod snapshot;
 mod start;
 mod stop;
 mod sync;
+mod template;
 mod usage;
 mod validate;
 mod yq;
@@ -117,6 +118,9 @@ enum Cmd {
     ShowSsh(show_ssh::ShowSshArgs),
     /// Check lima.yaml files without creating anything
     Validate(validate::ValidateArgs),
+    /// Copy, check or query templates (experimental in Lima)
+    #[command(visible_alias = "tmpl")]
+    Template(template::TemplateArgs),
     /// Show diagnostic information (JSON)
     Info(info::InfoArgs),
     /// Model Context Protocol: serve an instance's tools to AI agents
@@ -207,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Snapshot(a) => snapshot::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(&home, a),
+        Cmd::Template(a) => template::run(&home, a),
         Cmd::Info(a) => info::run(&home, a),
         Cmd::Mcp(a) => mcp::run(&home, a),
         Cmd::Completion { shell } => {

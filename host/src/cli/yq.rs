@@ -44,11 +44,18 @@ pub fn run(a: YqArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let doc = crate::yq::parse_yaml_doc(&text)?;
     let json = matches!(a.output.as_str(), "json" | "j");
+    print!("{}", evaluate(&a.expr, &text, json, a.raw)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each result of `expr` on the YAML `text`, as YAML (or JSON), a
+/// string without quotes when `raw`, one after another.
+pub fn evaluate(expr: &str, text: &str, json: bool, raw: bool) -> anyhow::Result<String> {
+    let doc = crate::yq::parse_yaml_doc(text)?;
     let mut out = String::new();
-    for v in crate::yq::eval_yaml(&a.expr, &doc)? {
-        match (&v, a.raw) {
+    for v in crate::yq::eval_yaml(expr, &doc)? {
+        match (&v, raw) {
             (serde_yaml_ng::Value::String(s), true) => out.push_str(s),
             _ if json => out.push_str(&serde_json::to_string_pretty(&v)?),
             _ => out.push_str(&crate::yq::yaml_text(&v)?),
@@ -57,6 +64,5 @@ pub fn run(a: YqArgs) -> anyhow::Result<ExitCode> {
             out.push('\n');
         }
     }
-    print!("{out}");
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
 }
