@@ -259,6 +259,7 @@ pub async fn stop_everything_and_power_off() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
+    crate::disks::unmount_all();
     crate::datadisk::unmount_all();
     power_off();
 }

@@ -7,6 +7,7 @@
 //! host (CID 2), and serves one purpose per connection (see `lima_proto::wire`).
 mod binfmt;
 mod datadisk;
+mod disks;
 mod exec;
 mod features;
 mod files;

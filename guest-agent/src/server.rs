@@ -155,6 +155,25 @@ where
                         };
                         write_frame_async(&mut stream, &reply).await?;
                     }
+                    ControlRequest::Disk {
+                        serial,
+                        name,
+                        format,
+                        fs_type,
+                        fs_args,
+                        owner,
+                    } => {
+                        let reply = match tokio::task::spawn_blocking(move || {
+                            crate::disks::prepare(&serial, &name, format, &fs_type, &fs_args, owner)
+                        })
+                        .await
+                        {
+                            Ok(Ok(())) => ControlReply::Mounted,
+                            Ok(Err(e)) => ControlReply::Error(e),
+                            Err(e) => ControlReply::Error(format!("the disk task failed: {e}")),
+                        };
+                        write_frame_async(&mut stream, &reply).await?;
+                    }
                     ControlRequest::SetWatchMode(mode) => {
                         let reply = match ctx.ports.set_mode(mode) {
                             Ok(text) => ControlReply::WatchMode(text),

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lima_proto::errors::error_chain;
-use lima_proto::{AgentInfo, ExecRequest};
+use lima_proto::{AgentInfo, ControlReply, ControlRequest, ExecRequest};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -153,6 +153,52 @@ pub struct Up {
     kick: Arc<tokio::sync::Notify>,
     shutdown: Shutdown,
     observe: Observer,
+    /// Held while the VM runs: `limactl disk` disks locked to this instance.
+    _disks: DiskLocks,
+}
+
+/// Unlocks the instance's `additionalDisks` when dropped: when the VM is
+/// gone, or a bring-up fails after locking them.
+struct DiskLocks {
+    home: std::path::PathBuf,
+    inst: Instance,
+}
+
+impl Drop for DiskLocks {
+    fn drop(&mut self) {
+        crate::lima_disks::unlock_all(&self.home, &self.inst);
+    }
+}
+
+/// Asks the guest to format (if blank) and mount each additional disk; the
+/// error names the disk.
+async fn prepare_disks(
+    transport: &dyn Transport,
+    disks: &[crate::lima_disks::AdditionalDisk],
+    owner: (u32, u32),
+) -> Result<(), String> {
+    for (i, d) in disks.iter().enumerate() {
+        let req = ControlRequest::Disk {
+            serial: crate::lima_disks::serial(i),
+            name: d.name.clone(),
+            format: d.format,
+            fs_type: d.fs_type.clone(),
+            fs_args: d.fs_args.clone(),
+            owner,
+        };
+        match client::control(transport, req).await {
+            Ok(ControlReply::Mounted) => tracing::info!("disk {} ready", d.name),
+            Ok(ControlReply::Error(e)) => return Err(format!("additionalDisks ({}): {e}", d.name)),
+            Ok(other) => {
+                return Err(format!(
+                    "additionalDisks ({}): unexpected reply {other:?}",
+                    d.name
+                ))
+            }
+            Err(e) => return Err(format!("additionalDisks ({}): {}", d.name, error_chain(&e))),
+        }
+    }
+    Ok(())
 }
 
 /// How [`Up::run`] ended.
@@ -175,6 +221,28 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     if opts.data_disk {
         plan::add_data_disk(&mut plan, inst, &config);
         create_data_disk(&plan).map_err(BringUpError::Prepare)?;
+    }
+    // Named disks: locked to this instance first (another running
+    // instance's disk is refused), attached with serials the guest finds.
+    let home = inst
+        .dir
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .to_path_buf();
+    let locked = crate::lima_disks::lock_all(&home, inst, &config.additional_disks)
+        .map_err(|e| prepare(&e))?;
+    let disk_locks = DiskLocks {
+        home,
+        inst: inst.clone(),
+    };
+    for (i, d) in locked.iter().enumerate() {
+        plan.disks.push(plan::Disk {
+            id: format!("disk{i}"),
+            path: d.dir.join(crate::lima_disks::IMAGE),
+            format: crate::lima_disks::format_of(d),
+            read_only: false,
+            serial: Some(crate::lima_disks::serial(i)),
+        });
     }
     prepare_files(inst, &mut plan);
     if let crate::image::BootImage::Disk(_) = image {
@@ -259,6 +327,13 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         r = crate::shares::mount_all(&config.mounts, transport.as_ref(), &plan.vsockfs, &servers, (config.user.uid, config.user.gid())) => r.map_err(BringUpError::Shares),
         _ = stop.requested() => Err(BringUpError::Stopped),
     };
+    let mounted = match mounted {
+        Ok(served) => tokio::select! {
+            r = prepare_disks(transport.as_ref(), &config.additional_disks, (config.user.uid, config.user.gid())) => r.map(|()| served).map_err(BringUpError::Shares),
+            _ = stop.requested() => Err(BringUpError::Stopped),
+        },
+        Err(e) => Err(e),
+    };
     let servers = match mounted {
         Ok(served) => served,
         Err(e) => {
@@ -297,6 +372,7 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         kick,
         shutdown: opts.shutdown,
         observe: opts.observe,
+        _disks: disk_locks,
     })
 }
 

@@ -178,9 +178,8 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 8] = [
+        let checks: [(&'static str, bool); 7] = [
             ("base", self.base.is_some()),
-            ("additionalDisks", self.additional_disks.is_some()),
             ("containerd", self.containerd.is_some()),
             ("copyToHost", self.copy_to_host.is_some()),
             ("networks", self.networks.is_some()),
@@ -307,7 +306,10 @@ impl LimaYaml {
         let user = resolve_user(user_yaml.as_ref(), "")?;
         let binfmt =
             crate::binfmt::resolve(self.binfmt.as_ref(), &arch).map_err(|(f, m)| invalid(&f, m))?;
+        let additional_disks = crate::lima_disks::resolve(self.additional_disks.as_ref())
+            .map_err(|(f, m)| invalid(&f, m))?;
         Ok(InstanceConfig {
+            additional_disks,
             binfmt,
             ca_certs,
             user,
@@ -462,6 +464,9 @@ pub struct InstanceConfig {
     pub ca_certs: CaCerts,
     /// `binfmt:`: which QEMU emulators our agent registers.
     pub binfmt: crate::binfmt::Binfmt,
+    /// `additionalDisks:`: disks of `limactl disk` attached and mounted at
+    /// `/mnt/lima-NAME`.
+    pub additional_disks: Vec<crate::lima_disks::AdditionalDisk>,
 }
 
 /// The guest user for this host user and `user:`.

@@ -21,6 +21,7 @@ pub mod hostagent;
 pub mod image;
 pub mod instance;
 pub mod lifecycle;
+pub mod lima_disks;
 pub mod listing;
 pub mod logfmt;
 pub mod manage;

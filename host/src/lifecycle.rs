@@ -533,6 +533,10 @@ fn kill_all(inst: &Instance) {
         std::thread::sleep(Duration::from_millis(20));
     }
     inst.remove_runtime_files();
+    // A killed host agent could not unlock its `limactl disk` disks.
+    if let Some(home) = inst.dir.parent() {
+        crate::lima_disks::unlock_all(home, inst);
+    }
 }
 
 /// Removes the instance; a running one needs `force`, a protected one is

@@ -42,7 +42,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// protocol's (`fs`); 2: entry-making replies carry the parent's attributes;
 /// 3: `ExecRequest` names the user, the login shell and the cwd fallback;
 /// 4: `Files` and `Layer` streams, `ShareSetup::layer`.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// First bytes of every hello, so a stray peer is told apart from an old one.
 pub const MAGIC: [u8; 4] = *b"LRS\0";
 /// The vsock port the guest agent listens on.
@@ -120,6 +120,19 @@ pub enum ControlRequest {
         target: String,
         options: String,
         read_only: bool,
+    },
+    /// Make ready one of `limactl disk`'s disks, found by its virtio
+    /// `serial`: a file system of `fs_type` (label `lima-NAME`, extra
+    /// `fs_args`) when it is blank and `format` is set, then mounted on
+    /// `/mnt/lima-NAME` (swap: enabled instead). A file system made now
+    /// has its root owned by `owner` (uid, gid): the guest user's.
+    Disk {
+        serial: String,
+        name: String,
+        format: bool,
+        fs_type: String,
+        fs_args: Vec<String>,
+        owner: (u32, u32),
     },
 }
 

@@ -184,3 +184,111 @@ fn prune_keeps_what_instances_refer_to() {
     // The instance is untouched.
     assert_eq!(lima.info("p")["status"], "Stopped");
 }
+
+/// `limactl disk` and `additionalDisks:`: a disk made on the host gets a
+/// file system in the first guest that uses it, is mounted on
+/// `/mnt/lima-NAME`, is locked while that instance runs, and carries its
+/// files to the next instance.
+#[test]
+fn a_named_disk_moves_between_instances() {
+    let lima = Lima::as_ordinary_user();
+    let r = lima
+        .limactl(&["disk", "create", "d1", "--size", "64MiB"])
+        .ok();
+    assert!(
+        r.messages()
+            .contains("Creating qcow2 disk \"d1\" with size 64MiB"),
+        "{}",
+        r.stderr()
+    );
+    lima.limactl(&["disk", "create", "d1", "--size", "1GiB"])
+        .fails_with("disk \"d1\" already exists");
+    let set = ".additionalDisks = [\"d1\"]";
+    lima.start("a", &["--mount-none", "--set", set]);
+    let out = lima
+        .shell(
+            "a",
+            &[
+                "sh",
+                "-c",
+                "grep ' /mnt/lima-d1 ' /proc/mounts | cut -d' ' -f3; echo moved > /mnt/lima-d1/f",
+            ],
+        )
+        .ok()
+        .stdout();
+    assert_eq!(out, "ext4\n");
+    let table = lima.limactl(&["disk", "ls"]).ok().stdout();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("d1 "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.contains("64MiB") && row.contains("qcow2") && row.trim_end().ends_with(" a"),
+        "{table}"
+    );
+    // In use: no delete, no resize, no second instance.
+    lima.limactl(&["disk", "delete", "d1"])
+        .fails_with("cannot delete disk \"d1\" in use by instance \"a\"");
+    lima.limactl(&["disk", "resize", "d1", "--size", "128MiB"])
+        .fails_with("in use by instance \"a\"");
+    let r = lima.limactl(&[
+        "start",
+        "--name",
+        "b",
+        "--mount-none",
+        "--set",
+        set,
+        "--timeout",
+        "5m",
+    ]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(
+        r.messages()
+            .contains("disk \"d1\" is in use by instance \"a\""),
+        "{}",
+        r.stderr()
+    );
+
+    // Stopped, it is free: grown, then the next instance finds the file.
+    lima.limactl(&["stop", "a"]).ok();
+    assert!(!lima.home.path().join("_disks/d1/in_use_by").exists());
+    lima.limactl(&["disk", "resize", "d1", "--size", "128MiB"])
+        .ok();
+    // The failed first start of `b` left nothing behind.
+    assert!(!lima.instance_dir("b").exists());
+    lima.start("b", &["--mount-none", "--set", set]);
+    let out = lima
+        .shell(
+            "b",
+            &[
+                "sh",
+                "-c",
+                "cat /mnt/lima-d1/f; df -k /mnt/lima-d1 | tail -1 | awk '{print ($2 > 100000)}'",
+            ],
+        )
+        .ok()
+        .stdout();
+    assert_eq!(out, "moved\n1\n");
+    let json = lima
+        .limactl(&["disk", "list", "--json", "d1"])
+        .ok()
+        .stdout();
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (v["name"].as_str(), v["instance"].as_str()),
+        (Some("d1"), Some("b"))
+    );
+    lima.limactl(&["stop", "b"]).ok();
+    // Referenced by stopped instances: skipped without --force.
+    let r = lima.limactl(&["disk", "delete", "d1"]).ok();
+    assert!(
+        r.messages().contains("Skipping deleting disk \"d1\""),
+        "{}",
+        r.stderr()
+    );
+    lima.limactl(&["disk", "rm", "--force", "d1"]).ok();
+    assert!(!lima.home.path().join("_disks/d1").exists());
+    lima.limactl(&["start", "a", "--timeout", "5m"])
+        .fails_with("disk \"d1\" does not exist");
+}

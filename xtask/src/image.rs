@@ -27,7 +27,7 @@
 //! /usr/bin/lima-guest-agent    static musl binary
 //! /bin/busybox, /bin/<applet>  -> busybox
 //! /sbin/modprobe               -> /bin/busybox (the kernel's request_module helper)
-//! /sbin/mke2fs, /etc/mke2fs.conf, /lib/x86_64-linux-gnu/*, /lib64/ld-linux-x86-64.so.2
+//! /sbin/mke2fs, /sbin/resize2fs, /etc/mke2fs.conf, /lib/x86_64-linux-gnu/*, /lib64/ld-linux-x86-64.so.2
 //! /lib/modules/<release>/      kernel/..., modules.dep (depmod), modules.builtin, ...
 //! /dev/console                 char 5:1, so the kernel can give /init a console
 //! /etc/{passwd,group,hostname,resolv.conf,os-release}
@@ -53,7 +53,7 @@ use crate::{cmd, cpio, setup};
 
 /// Bump whenever the recipe below changes what ends up in the image, so the
 /// cache does not hand out an image built by the old recipe.
-const RECIPE_VERSION: &str = "3";
+const RECIPE_VERSION: &str = "4";
 
 /// Debian's metapackage that always depends on the current kernel.
 const KERNEL_METAPACKAGE: &str = "linux-image-amd64";

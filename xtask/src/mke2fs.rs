@@ -1,4 +1,4 @@
-//! `mke2fs` in the default image's initramfs, with the shared libraries and
+//! `mke2fs` (and `resize2fs`) in the default image's initramfs, with the shared libraries and
 //! the loader it needs: the agent formats an instance's data disk ext4 on
 //! its first boot (`guest-agent/src/datadisk.rs`). Busybox's `mke2fs` makes
 //! only ext2 (no journal), and Debian ships no static e2fsprogs, so the
@@ -37,6 +37,10 @@ pub const PACKAGES: &[&str] = &[
     "libuuid1",
     "libc6",
 ];
+
+/// The programs staged: `mke2fs` formats the data disk and blank
+/// `additionalDisks`; `resize2fs` grows a disk that was resized.
+const PROGRAMS: &[&str] = &["mke2fs", "resize2fs"];
 
 /// Where the libraries go in the initramfs.
 const LIB_DIR: &str = "lib/x86_64-linux-gnu";
@@ -92,21 +96,28 @@ pub fn stage(debs: &[PathBuf], work: &Path, tree: &Path) -> Result<Vec<String>> 
     for deb in debs {
         cmd::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir))?;
     }
-    let program = ["sbin/mke2fs", "usr/sbin/mke2fs"]
-        .iter()
-        .map(|p| dir.join(p))
-        .find(|p| p.is_file())
-        .context("the e2fsprogs package has no sbin/mke2fs")?;
-    copy(&program, &tree.join("sbin/mke2fs"), 0o755)?;
     let conf = dir.join("etc/mke2fs.conf");
     if conf.is_file() {
         copy(&conf, &tree.join("etc/mke2fs.conf"), 0o644)?;
     }
-
-    let bytes = fs::read(&program)?;
-    let top = dynamic(&bytes).with_context(|| program.display().to_string())?;
+    let mut queue = Vec::new();
+    let mut interpreter = None;
+    for name in PROGRAMS {
+        let program = [format!("sbin/{name}"), format!("usr/sbin/{name}")]
+            .iter()
+            .map(|p| dir.join(p))
+            .find(|p| p.is_file())
+            .with_context(|| format!("the e2fsprogs package has no sbin/{name}"))?;
+        copy(&program, &tree.join("sbin").join(name), 0o755)?;
+        let bytes = fs::read(&program)?;
+        let top = dynamic(&bytes).with_context(|| program.display().to_string())?;
+        let Some(interp) = top.interpreter else {
+            bail!("{} names no loader (PT_INTERP)", program.display());
+        };
+        interpreter = Some(interp);
+        queue.extend(top.needed);
+    }
     let mut staged = BTreeSet::new();
-    let mut queue = top.needed.clone();
     while let Some(soname) = queue.pop() {
         if !staged.insert(soname.clone()) {
             continue;
@@ -132,9 +143,7 @@ pub fn stage(debs: &[PathBuf], work: &Path, tree: &Path) -> Result<Vec<String>> 
                 .needed,
         );
     }
-    let Some(interp) = top.interpreter else {
-        bail!("{} names no loader (PT_INTERP)", program.display());
-    };
+    let interp = interpreter.context("no programs to stage")?;
     let loader = fs::canonicalize(dir.join(interp.trim_start_matches('/')))
         .with_context(|| format!("the packages lack mke2fs's loader {interp}"))?;
     copy(&loader, &tree.join(interp.trim_start_matches('/')), 0o755)?;

@@ -11,6 +11,7 @@ mod clone;
 mod copy;
 mod create;
 mod delete;
+mod disk;
 mod each;
 mod edit;
 mod editflags;
@@ -112,6 +113,8 @@ enum Cmd {
     Prune(prune::PruneArgs),
     /// Snapshots of a stopped instance's disks (create, apply, delete, list)
     Snapshot(snapshot::SnapshotArgs),
+    /// Named disks that instances attach with `additionalDisks:`
+    Disk(disk::DiskArgs),
     /// Show the ssh command line of a running distro instance (deprecated in
     /// Lima: prefer `ssh -F ~/.lima/NAME/ssh.config lima-NAME`)
     #[command(name = "show-ssh")]
@@ -209,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Unprotect(a) => protect::run(&home, a, false),
         Cmd::Prune(a) => prune::run(&home, a),
         Cmd::Snapshot(a) => snapshot::run(&home, a),
+        Cmd::Disk(a) => disk::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(&home, a),
         Cmd::Template(a) => template::run(&home, a),
