@@ -178,10 +178,9 @@ impl LimaYaml {
     /// Fields that are set but that lima-rs does not act on yet.
     pub fn unused_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let checks: [(&'static str, bool); 7] = [
+        let checks: [(&'static str, bool); 6] = [
             ("base", self.base.is_some()),
             ("containerd", self.containerd.is_some()),
-            ("copyToHost", self.copy_to_host.is_some()),
             ("networks", self.networks.is_some()),
             ("hostResolver", self.host_resolver.is_some()),
             ("audio", self.audio.is_some()),
@@ -308,7 +307,10 @@ impl LimaYaml {
             crate::binfmt::resolve(self.binfmt.as_ref(), &arch).map_err(|(f, m)| invalid(&f, m))?;
         let additional_disks = crate::lima_disks::resolve(self.additional_disks.as_ref())
             .map_err(|(f, m)| invalid(&f, m))?;
+        let copy_to_host =
+            copy_to_host(self.copy_to_host.as_ref()).map_err(|(f, m)| invalid(&f, m))?;
         Ok(InstanceConfig {
+            copy_to_host,
             additional_disks,
             binfmt,
             ca_certs,
@@ -467,6 +469,83 @@ pub struct InstanceConfig {
     /// `additionalDisks:`: disks of `limactl disk` attached and mounted at
     /// `/mnt/lima-NAME`.
     pub additional_disks: Vec<crate::lima_disks::AdditionalDisk>,
+    /// `copyToHost:`: guest files the host agent copies out once the
+    /// instance is up.
+    pub copy_to_host: Vec<CopyToHost>,
+}
+
+/// One `copyToHost:` entry, its templates filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyToHost {
+    pub guest: String,
+    pub host: std::path::PathBuf,
+    /// A guest file that is not there is no error.
+    pub skip_if_missing: bool,
+    /// Removed from the host when the instance stops.
+    pub delete_on_stop: bool,
+}
+
+/// `copyToHost:` as Lima reads it: `{guest, host, skipIfMissing,
+/// deleteOnStop}`, `guest` absolute, `host` absolute (after its templates).
+fn copy_to_host(value: Option<&Value>) -> Result<Vec<CopyToHost>, (String, String)> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Sequence(s)) => s,
+        Some(_) => {
+            return Err((
+                "copyToHost".into(),
+                "must be a list of {guest, host, skipIfMissing, deleteOnStop}".into(),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("copyToHost[{i}]");
+        let bad = |m: String| (field.clone(), m);
+        let Value::Mapping(m) = item else {
+            return Err(bad(
+                "must be a map {guest, host, skipIfMissing, deleteOnStop}".into(),
+            ));
+        };
+        let (mut guest, mut host) = (None, None);
+        let (mut skip, mut delete) = (false, false);
+        for (k, v) in m {
+            match (k.as_str(), v) {
+                (Some("guest"), Value::String(s)) => guest = Some(s.clone()),
+                (Some("host"), Value::String(s)) => host = Some(s.clone()),
+                (Some("skipIfMissing"), Value::Bool(b)) => skip = *b,
+                (Some("deleteOnStop"), Value::Bool(b)) => delete = *b,
+                (Some(k @ ("guest" | "host" | "skipIfMissing" | "deleteOnStop")), _) => {
+                    return Err(bad(format!("`{k}` has the wrong type")))
+                }
+                (k, _) => {
+                    return Err(bad(format!(
+                        "unknown field `{}` (known: guest, host, skipIfMissing, deleteOnStop)",
+                        k.unwrap_or("?")
+                    )))
+                }
+            }
+        }
+        let guest = guest.ok_or_else(|| bad("`guest` is missing".into()))?;
+        let host = host.ok_or_else(|| bad("`host` is missing".into()))?;
+        if !guest.starts_with('/') {
+            return Err(bad(format!("guest path `{guest}` must be absolute")));
+        }
+        let host = crate::mounts::expand_tilde(&host);
+        if !host.is_absolute() {
+            return Err(bad(format!(
+                "host path `{}` must be absolute (e.g. {{{{.Dir}}}}/copied-from-guest/FILE)",
+                host.display()
+            )));
+        }
+        out.push(CopyToHost {
+            guest,
+            host,
+            skip_if_missing: skip,
+            delete_on_stop: delete,
+        });
+    }
+    Ok(out)
 }
 
 /// The guest user for this host user and `user:`.

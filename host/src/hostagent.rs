@@ -171,6 +171,12 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         up.close(false).await;
         return Err(HostAgentError::Failed(reason));
     }
+    // `copyToHost:` once provisioning is done; a failure stops the VM.
+    let copies = inst.config().map(|c| c.copy_to_host).unwrap_or_default();
+    if let Err(reason) = crate::copy_out::run(up.transport(), &copies).await {
+        up.close(false).await;
+        return Err(HostAgentError::Failed(reason));
+    }
     up.settle_sockets().await;
     let boot_ms = started.elapsed().as_millis() as u64;
     tracing::info!(
@@ -194,5 +200,6 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
         Ending::StopRequested => false,
     };
     up.close(ended).await;
+    crate::copy_out::delete_on_stop(&copies);
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cloudinit;
 pub mod config;
 pub mod copy;
+pub mod copy_out;
 pub mod disk;
 pub mod distro;
 pub mod download;

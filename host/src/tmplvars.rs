@@ -2,7 +2,7 @@
 //! `{{.Home}}`, `{{.User}}`, `{{.UID}}`, `{{.Hostname}}`,
 //! `{{.GlobalTempDir}}` and `{{.Param.KEY}}` (from `param:`), filled in
 //! mounts (`location`, `mountPoint`), provision scripts, probes,
-//! port-forwarded sockets and `message:`.
+//! port-forwarded sockets, `copyToHost` paths and `message:`.
 //!
 //! Only these forms are understood (with or without spaces inside the
 //! braces); anything else between `{{` and `}}` is an error naming the
@@ -205,6 +205,16 @@ pub fn expand_yaml(yaml: &mut LimaYaml, vars: &Vars, origin: &str) -> Result<(),
     }
     if let Some(m) = yaml.message.as_mut() {
         fill("message".into(), m, Side::Host)?;
+    }
+    if let Some(Value::Sequence(items)) = yaml.copy_to_host.as_mut() {
+        for (i, item) in items.iter_mut().enumerate() {
+            let Value::Mapping(map) = item else { continue };
+            for (key, side) in [("guest", Side::Guest), ("host", Side::Host)] {
+                if let Some(Value::String(s)) = map.get_mut(key) {
+                    fill(format!("copyToHost[{i}].{key}"), s, side)?;
+                }
+            }
+        }
     }
     for (list, name) in [
         (yaml.provision.as_mut(), "provision"),

@@ -1,7 +1,8 @@
 //! `limactl copy` (`cp`): files and folders between the host and a running
 //! instance through the guest agent, named as scp names them, as the guest
 //! user, on an instance without mounts (so nothing reaches the guest any
-//! other way). One VM of our built-in image, started by an ordinary user.
+//! other way); and `copyToHost:` at start and stop. One VM of our built-in
+//! image, started by an ordinary user.
 use std::os::unix::fs::{symlink, PermissionsExt};
 
 use lima_tests::{sha256_hex, Lima};
@@ -34,7 +35,20 @@ fn copy_between_host_and_guest() {
     lima.limactl(&["cp", &p("src/a.txt"), "cp:a:b"])
         .fails_with("path \"cp:a:b\" contains multiple colons");
 
-    lima.start("cp", &["--mount-none"]);
+    // copyToHost: a guest file copied out at start, removed at stop; a
+    // missing one is skipped when asked.
+    let copy_to_host = r#".copyToHost = [{"guest": "/etc/os-release", "host": "{{.Dir}}/copied-from-guest/os-release", "deleteOnStop": true}, {"guest": "/nope", "host": "{{.Dir}}/nope", "skipIfMissing": true}]"#;
+    lima.start("cp", &["--mount-none", "--set", copy_to_host]);
+    let copied = lima.instance_dir("cp").join("copied-from-guest/os-release");
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap(),
+        lima.shell("cp", &["cat", "/etc/os-release"]).ok().stdout()
+    );
+    assert_eq!(
+        std::fs::metadata(&copied).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!lima.instance_dir("cp").join("nope").exists());
     let guest = |cmd: &str| lima.shell("cp", &["sh", "-c", cmd]).ok().stdout();
 
     // A file to the guest user's home (`cp:`), and to a new name.
@@ -110,6 +124,23 @@ fn copy_between_host_and_guest() {
         .ok();
 
     lima.limactl(&["stop", "cp"]).ok();
+    assert!(!copied.exists(), "deleteOnStop");
     lima.limactl(&["cp", &p("src/a.txt"), "cp:"])
         .fails_with("instance \"cp\" is stopped, run `limactl start cp` to start the instance");
+    // A guest file that is missing, not skipped: the start fails naming it.
+    lima.limactl(&[
+        "edit",
+        "cp",
+        "--set",
+        r#".copyToHost += [{"guest": "/nope", "host": "{{.Dir}}/nope"}]"#,
+    ])
+    .ok();
+    let r = lima.limactl(&["start", "cp", "--timeout", "5m"]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(
+        r.messages()
+            .contains("copyToHost[2] (/nope): no such file in the guest"),
+        "{}",
+        r.stderr()
+    );
 }
