@@ -280,6 +280,24 @@ fn check_image(image: &crate::config::Image) -> Result<(), LifecycleError> {
 
 /// Spawns the host agent and waits until the guest agent answers.
 pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, LifecycleError> {
+    start_host_agent(inst, timeout, false).map(|(ev, _)| ev)
+}
+
+/// [`start`], keeping the host agent as our child (`start --foreground`):
+/// the caller waits for it, and the instance stops when it ends.
+pub fn start_attached(
+    inst: &Instance,
+    timeout: Duration,
+) -> Result<(events::Event, std::process::Child), LifecycleError> {
+    let (ev, child) = start_host_agent(inst, timeout, true)?;
+    Ok((ev, child.expect("kept when attached")))
+}
+
+fn start_host_agent(
+    inst: &Instance,
+    timeout: Duration,
+    attached: bool,
+) -> Result<(events::Event, Option<std::process::Child>), LifecycleError> {
     if inst.host_agent_running() {
         return Err(InstanceError::AlreadyRunning {
             name: inst.name.clone(),
@@ -387,9 +405,12 @@ pub fn start(inst: &Instance, timeout: Duration) -> Result<events::Event, Lifecy
             phases.event(rec);
             match &rec.event {
                 ev @ Event::Running { .. } => {
+                    if attached {
+                        return Ok((ev.clone(), Some(child)));
+                    }
                     // The child is detached; reap it from a thread if it exits.
                     std::thread::spawn(move || child.wait());
-                    return Ok(ev.clone());
+                    return Ok((ev.clone(), None));
                 }
                 Event::Failed { reason } => {
                     let _ = child.wait();

@@ -292,3 +292,43 @@ fn a_named_disk_moves_between_instances() {
     lima.limactl(&["start", "a", "--timeout", "5m"])
         .fails_with("disk \"d1\" does not exist");
 }
+
+/// `start --foreground`: the command stays until the instance stops, and
+/// a SIGTERM to it (a service manager's stop) stops the instance cleanly.
+#[test]
+fn start_in_the_foreground_until_a_signal() {
+    let lima = Lima::as_ordinary_user();
+    let mut child = lima
+        .cmd("limactl")
+        .args([
+            "start",
+            "--foreground",
+            "--name",
+            "fg",
+            "--mount-none",
+            "--timeout",
+            "5m",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = lima.instance_dir("fg").join("ha.events.jsonl");
+    lima.wait_until("fg is ready", std::time::Duration::from_secs(300), || {
+        std::fs::read_to_string(&events).is_ok_and(|t| t.contains("\"event\":\"running\""))
+    });
+    assert_eq!(lima.shell("fg", &["echo", "up"]).ok().stdout(), "up\n");
+    // Still in the foreground.
+    assert!(child.try_wait().unwrap().is_none());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Instance `fg` stopped"), "{stderr}");
+    assert_eq!(lima.info("fg")["status"], "Stopped");
+}

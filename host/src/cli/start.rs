@@ -26,6 +26,9 @@ pub struct StartArgs {
     /// How long to wait for the guest agent (e.g. 10m, 90s)
     #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
     pub timeout: Duration,
+    /// Stay in the foreground until the instance stops; SIGINT or SIGTERM stops it
+    #[arg(long)]
+    pub foreground: bool,
     /// An existing instance, a new instance NAME, a template (`template:NAME`,
     /// a built-in NAME such as debian-12), a .yaml path, an http(s) URL, or `-` (stdin; needs --name)
     pub target: Option<String>,
@@ -37,6 +40,7 @@ pub fn run(home: &Path, a: StartArgs) -> anyhow::Result<ExitCode> {
         list_templates,
         flags,
         timeout,
+        foreground,
         target,
     } = a;
     if list_templates {
@@ -80,7 +84,65 @@ pub fn run(home: &Path, a: StartArgs) -> anyhow::Result<ExitCode> {
             (inst, true)
         }
     };
+    if foreground {
+        return boot_foreground(&inst, created, timeout);
+    }
     boot(&inst, created, timeout)
+}
+
+/// `start --foreground`: boots as [`boot`] does, then stays until the host
+/// agent ends, passing SIGINT, SIGTERM and SIGHUP on to it as a stop (as
+/// a service manager running `limactl start --foreground NAME` expects).
+fn boot_foreground(
+    inst: &instance::Instance,
+    created: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    starting(inst, timeout);
+    let (ev, mut child) = match lifecycle::start_attached(inst, timeout) {
+        Ok(r) => r,
+        Err(e) => return Err(forget_unlaunched(inst, created, e)),
+    };
+    ready(inst, ev);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigs = Vec::new();
+        for kind in [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ] {
+            sigs.push(signal(kind)?);
+        }
+        let mut wait = tokio::task::spawn_blocking(move || child.wait());
+        loop {
+            let (a, b) = sigs.split_at_mut(1);
+            let (b, c) = b.split_at_mut(1);
+            tokio::select! {
+                st = &mut wait => return st.map_err(std::io::Error::other)?,
+                _ = a[0].recv() => {}
+                _ = b[0].recv() => {}
+                _ = c[0].recv() => {}
+            }
+            msg::info("Stopping the instance (a signal came in)");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        }
+    })?;
+    inst.remove_runtime_files();
+    if status.success() {
+        msg::info(format!("Instance `{}` stopped", inst.name));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!(
+            "the host agent of `{}` ended with {status}; see {}",
+            inst.name,
+            inst.path(instance::HA_LOG).display()
+        )
+    }
 }
 
 /// The command that opens a shell in `name` (Lima's hint).
@@ -99,26 +161,42 @@ pub fn boot(
     created: bool,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
+    starting(inst, timeout);
+    let ev = match lifecycle::start(inst, timeout) {
+        Ok(ev) => ev,
+        Err(e) => return Err(forget_unlaunched(inst, created, e)),
+    };
+    ready(inst, ev);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn starting(inst: &instance::Instance, timeout: Duration) {
     msg::info(format!(
         "Starting `{}` (waiting up to {:?} for the guest agent)...",
         inst.name, timeout
     ));
-    let ev = match lifecycle::start(inst, timeout) {
-        Ok(ev) => ev,
-        Err(e) => {
-            // A new instance whose VM never ran is not kept; one that
-            // failed later stays, listed as Broken with why.
-            let launched = matches!(
-                e,
-                lifecycle::LifecycleError::StartFailed { .. }
-                    | lifecycle::LifecycleError::Timeout { .. }
-            ) && inst.vm_was_launched();
-            if created && !launched {
-                let _ = std::fs::remove_dir_all(&inst.dir);
-            }
-            return Err(e.into());
-        }
-    };
+}
+
+/// A new instance whose VM never ran is not kept; one that failed later
+/// stays, listed as Broken with why.
+fn forget_unlaunched(
+    inst: &instance::Instance,
+    created: bool,
+    e: lifecycle::LifecycleError,
+) -> anyhow::Error {
+    let launched = matches!(
+        e,
+        lifecycle::LifecycleError::StartFailed { .. } | lifecycle::LifecycleError::Timeout { .. }
+    ) && inst.vm_was_launched();
+    if created && !launched {
+        let _ = std::fs::remove_dir_all(&inst.dir);
+    }
+    e.into()
+}
+
+/// READY, then the template's `message:` (its variables filled) as Lima
+/// prints them.
+fn ready(inst: &instance::Instance, ev: crate::events::Event) {
     if let crate::events::Event::Running {
         kernel_release,
         boot_ms,
@@ -131,7 +209,6 @@ pub fn boot(
             inst.name
         ));
     }
-    // `message:` (its variables filled), after READY as in Lima.
     if let Some(m) = inst
         .config()
         .ok()
@@ -144,5 +221,4 @@ pub fn boot(
             m.trim_end()
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
