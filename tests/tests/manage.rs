@@ -294,10 +294,43 @@ fn a_named_disk_moves_between_instances() {
 }
 
 /// `start --foreground`: the command stays until the instance stops, and
-/// a SIGTERM to it (a service manager's stop) stops the instance cleanly.
+/// a SIGTERM to it (a service manager's stop) stops the instance cleanly;
+/// `limactl watch` sees it boot, run and stop.
 #[test]
 fn start_in_the_foreground_until_a_signal() {
     let lima = Lima::as_ordinary_user();
+    lima.limactl(&["watch", "nosuch"])
+        .fails_with("instance \"nosuch\" does not exist");
+    // `limactl watch --json` follows every instance, new ones included.
+    let mut watch = lima
+        .cmd("limactl")
+        .args(["watch", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let out = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&l).unwrap());
+            }
+        })
+    };
+    let watched = |event: &str| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v["instance"] == "fg" && v["event"] == event)
+    };
     let mut child = lima
         .cmd("limactl")
         .args([
@@ -331,4 +364,12 @@ fn start_in_the_foreground_until_a_signal() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("Instance `fg` stopped"), "{stderr}");
     assert_eq!(lima.info("fg")["status"], "Stopped");
+    lima.wait_until(
+        "watch saw the stop",
+        std::time::Duration::from_secs(30),
+        || watched("booting") && watched("running") && watched("stopped"),
+    );
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    reader.join().unwrap();
 }

@@ -36,6 +36,7 @@ mod sync;
 mod template;
 mod usage;
 mod validate;
+mod watch;
 mod yq;
 
 #[derive(Parser)]
@@ -115,6 +116,8 @@ enum Cmd {
     Snapshot(snapshot::SnapshotArgs),
     /// Named disks that instances attach with `additionalDisks:`
     Disk(disk::DiskArgs),
+    /// Follow instances' events as they happen (all instances by default)
+    Watch(watch::WatchArgs),
     /// Show the ssh command line of a running distro instance (deprecated in
     /// Lima: prefer `ssh -F ~/.lima/NAME/ssh.config lima-NAME`)
     #[command(name = "show-ssh")]
@@ -213,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Prune(a) => prune::run(&home, a),
         Cmd::Snapshot(a) => snapshot::run(&home, a),
         Cmd::Disk(a) => disk::run(&home, a),
+        Cmd::Watch(a) => watch::run(&home, a),
         Cmd::ShowSsh(a) => show_ssh::run(&home, a),
         Cmd::Validate(a) => validate::run(&home, a),
         Cmd::Template(a) => template::run(&home, a),
