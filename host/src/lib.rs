@@ -35,6 +35,7 @@ pub mod privacy;
 pub mod programs;
 pub mod progress;
 pub mod provision;
+pub mod qemu_img;
 pub mod shares;
 pub mod shell;
 pub mod snapshot;

@@ -13,13 +13,13 @@
 //! killed host agent) does not count, so `disk unlock` is only needed to
 //! clear the listing.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Serialize;
 use serde_yaml_ng::Value;
 
 use crate::image::DiskFormat;
 use crate::instance::{self, Instance};
+use crate::qemu_img;
 
 pub const DISKS_DIR: &str = "_disks";
 pub const IMAGE: &str = "datadisk";
@@ -41,10 +41,8 @@ pub enum DiskError {
     InUse { name: String, instance: String },
     #[error("specified size {want} is less than the current disk size {have}. Disk shrinking is currently unavailable")]
     Shrink { want: String, have: String },
-    #[error("qemu-img not found on PATH; install QEMU (Debian: qemu-utils)")]
-    NoQemuImg,
-    #[error("qemu-img {what} failed: {stderr}")]
-    QemuImg { what: String, stderr: String },
+    #[error(transparent)]
+    QemuImg(#[from] qemu_img::QemuImgError),
     #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
@@ -174,24 +172,6 @@ pub fn disk_dir(home: &Path, name: &str) -> PathBuf {
     home.join(DISKS_DIR).join(name)
 }
 
-fn qemu_img(args: &[&str], what: String) -> Result<String, DiskError> {
-    let bin = crate::programs::find_program("qemu-img").ok_or(DiskError::NoQemuImg)?;
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .map_err(|e| DiskError::QemuImg {
-            what: what.clone(),
-            stderr: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(DiskError::QemuImg {
-            what,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Makes an empty disk; the guest makes its file system on first use.
 pub fn create(home: &Path, name: &str, size: u64, format: &str) -> Result<Disk, DiskError> {
     check_name(name)?;
@@ -209,7 +189,7 @@ pub fn create(home: &Path, name: &str, size: u64, format: &str) -> Result<Disk, 
     crate::privacy::create_private_dir(&parent).map_err(io("create", &parent))?;
     crate::privacy::create_private_dir(&dir).map_err(io("create", &dir))?;
     let image = dir.join(IMAGE);
-    let made = qemu_img(
+    let made = qemu_img::run(
         &[
             "create",
             "-q",
@@ -218,11 +198,11 @@ pub fn create(home: &Path, name: &str, size: u64, format: &str) -> Result<Disk, 
             &image.to_string_lossy(),
             &size.to_string(),
         ],
-        format!("create {}", image.display()),
+        &format!("create {}", image.display()),
     );
     if let Err(e) = made {
         let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
+        return Err(e.into());
     }
     inspect(home, name)
 }
@@ -240,13 +220,6 @@ pub fn names(home: &Path) -> Vec<String> {
     names
 }
 
-#[derive(serde::Deserialize)]
-struct ImgInfo {
-    format: String,
-    #[serde(rename = "virtual-size")]
-    virtual_size: u64,
-}
-
 pub fn inspect(home: &Path, name: &str) -> Result<Disk, DiskError> {
     check_name(name)?;
     let dir = disk_dir(home, name);
@@ -254,14 +227,7 @@ pub fn inspect(home: &Path, name: &str) -> Result<Disk, DiskError> {
     if !image.exists() {
         return Err(DiskError::NotFound(name.to_string()));
     }
-    let json = qemu_img(
-        &["info", "-U", "--output=json", &image.to_string_lossy()],
-        format!("info on {}", image.display()),
-    )?;
-    let info: ImgInfo = serde_json::from_str(&json).map_err(|e| DiskError::QemuImg {
-        what: format!("info on {}", image.display()),
-        stderr: format!("unexpected output: {e}"),
-    })?;
+    let info = qemu_img::info(&image)?;
     let (instance, instance_dir) = match holder(&dir) {
         Some(i) => (i.name.clone(), i.dir.display().to_string()),
         None => (String::new(), String::new()),
@@ -348,7 +314,7 @@ pub fn resize(home: &Path, name: &str, size: u64) -> Result<(), DiskError> {
         });
     }
     let image = d.dir.join(IMAGE);
-    qemu_img(
+    qemu_img::run(
         &[
             "resize",
             "-q",
@@ -357,7 +323,7 @@ pub fn resize(home: &Path, name: &str, size: u64) -> Result<(), DiskError> {
             &image.to_string_lossy(),
             &size.to_string(),
         ],
-        format!("resize {}", image.display()),
+        &format!("resize {}", image.display()),
     )?;
     Ok(())
 }
@@ -373,14 +339,7 @@ pub fn import(home: &Path, name: &str, file: &Path) -> Result<Disk, DiskError> {
             dir: dir.display().to_string(),
         });
     }
-    let json = qemu_img(
-        &["info", "--output=json", &file.to_string_lossy()],
-        format!("info on {}", file.display()),
-    )?;
-    let info: ImgInfo = serde_json::from_str(&json).map_err(|e| DiskError::QemuImg {
-        what: format!("info on {}", file.display()),
-        stderr: format!("unexpected output: {e}"),
-    })?;
+    let info = qemu_img::info(file)?;
     if !matches!(info.format.as_str(), "qcow2" | "raw") {
         return Err(DiskError::BadFormat(info.format));
     }

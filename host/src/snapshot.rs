@@ -9,11 +9,9 @@
 //! VM's memory too (`savevm`), which QEMU refuses for our vhost-user vsock
 //! and shared-memory devices.
 use std::path::PathBuf;
-use std::process::Command;
-
-use serde::Deserialize;
 
 use crate::instance::{self, Instance};
+use crate::qemu_img;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -27,10 +25,8 @@ pub enum SnapshotError {
     Exists { name: String, tag: String },
     #[error("snapshot \"{tag}\" not found in instance \"{name}\"; `limactl snapshot list {name}` shows them")]
     NotFound { name: String, tag: String },
-    #[error("qemu-img not found on PATH; install QEMU (Debian: qemu-utils)")]
-    NoQemuImg,
-    #[error("qemu-img {what} failed: {stderr}")]
-    QemuImg { what: String, stderr: String },
+    #[error(transparent)]
+    QemuImg(#[from] qemu_img::QemuImgError),
 }
 
 /// The instance's qcow2 disks that can hold snapshots.
@@ -42,46 +38,12 @@ fn disks(inst: &Instance) -> Vec<PathBuf> {
         .collect()
 }
 
-fn qemu_img(args: &[&str], what: String) -> Result<String, SnapshotError> {
-    let bin = crate::programs::find_program("qemu-img").ok_or(SnapshotError::NoQemuImg)?;
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .map_err(|e| SnapshotError::QemuImg {
-            what: what.clone(),
-            stderr: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(SnapshotError::QemuImg {
-            what,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-#[derive(Deserialize)]
-struct Info {
-    #[serde(default)]
-    snapshots: Vec<Snap>,
-}
-
-#[derive(Deserialize)]
-struct Snap {
-    name: String,
-}
-
 /// The tags the first disk holds.
 pub fn tags(inst: &Instance) -> Result<Vec<String>, SnapshotError> {
     let Some(disk) = disks(inst).into_iter().next() else {
         return Ok(Vec::new());
     };
-    let d = disk.to_string_lossy();
-    let json = qemu_img(&["info", "--output=json", &d], format!("info on {d}"))?;
-    let info: Info = serde_json::from_str(&json).map_err(|e| SnapshotError::QemuImg {
-        what: format!("info on {d}"),
-        stderr: format!("unexpected output: {e}"),
-    })?;
+    let info = qemu_img::info(&disk)?;
     Ok(info.snapshots.into_iter().map(|s| s.name).collect())
 }
 
@@ -103,9 +65,9 @@ fn stopped_disks(inst: &Instance, tag: &str) -> Result<Vec<PathBuf>, SnapshotErr
 fn each(inst: &Instance, tag: &str, flag: &str, verb: &str) -> Result<(), SnapshotError> {
     for disk in stopped_disks(inst, tag)? {
         let d = disk.to_string_lossy();
-        qemu_img(
+        qemu_img::run(
             &["snapshot", flag, tag, &d],
-            format!("snapshot {verb} on {d}"),
+            &format!("snapshot {verb} on {d}"),
         )?;
     }
     Ok(())
@@ -152,9 +114,9 @@ pub fn list(inst: &Instance) -> Result<String, SnapshotError> {
         return Ok(String::new());
     };
     let d = disk.to_string_lossy();
-    let out = qemu_img(
+    let out = qemu_img::run(
         &["snapshot", "-U", "-l", &d],
-        format!("snapshot list on {d}"),
+        &format!("snapshot list on {d}"),
     )?;
     Ok(out
         .lines()
@@ -187,9 +149,9 @@ mod tests {
         std::fs::create_dir_all(&inst.dir).unwrap();
         assert!(matches!(create(&inst, "a"), Err(SnapshotError::NoDisk(_))));
         let disk = inst.path(instance::DATA_DISK);
-        qemu_img(
+        qemu_img::run(
             &["create", "-q", "-f", "qcow2", &disk.to_string_lossy(), "1M"],
-            "create".into(),
+            "create",
         )
         .unwrap();
         assert!(matches!(create(&inst, ""), Err(SnapshotError::NoTag)));
