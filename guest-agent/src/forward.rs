@@ -5,7 +5,10 @@
 //! now (per sock_diag), or a current NAT rule publishes it (then the agent
 //! dials the rule's destination), or, for Unix sockets, when the host named
 //! the path in its `Subscribe` (from `portForwards` rules). Nothing the host
-//! sends makes the agent dial anywhere else.
+//! sends makes the agent dial anywhere else. `reverse: true` rules go the
+//! other way: the agent listens on their guest sockets (0600, the guest
+//! user's) and each connection waits until the host claims it on a Forward
+//! stream of its own; the host always dials, the guest never does.
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -20,17 +23,113 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::ports::{diff, PortTable, Target};
 
-/// Guest Unix sockets the host may reach, as named by its rules.
+/// Guest Unix sockets the host may reach, as named by its rules, and the
+/// connections to reverse sockets waiting for the host to claim them.
 #[derive(Clone, Default)]
-pub struct AllowedSockets(Arc<Mutex<BTreeSet<String>>>);
+pub struct AllowedSockets {
+    paths: Arc<Mutex<BTreeSet<String>>>,
+    waiting: Arc<Mutex<std::collections::HashMap<u64, tokio::net::UnixStream>>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl AllowedSockets {
     fn set(&self, paths: Vec<String>) {
-        *lock(&self.0) = paths.into_iter().collect();
+        *lock(&self.paths) = paths.into_iter().collect();
     }
     fn contains(&self, path: &str) -> bool {
-        lock(&self.0).contains(path)
+        lock(&self.paths).contains(path)
     }
+    /// Keeps a reverse connection until the host claims it; its number.
+    fn wait(&self, conn: tokio::net::UnixStream) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.waiting).insert(id, conn);
+        id
+    }
+    fn claim(&self, id: u64) -> Option<tokio::net::UnixStream> {
+        lock(&self.waiting).remove(&id)
+    }
+}
+
+/// The listeners of `reverse: true` rules for one Events stream: each
+/// accepted connection waits in `allowed` and is told on `tx`. Dropped
+/// with the stream: the tasks end and the socket files go.
+struct ReverseListeners {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    paths: Vec<String>,
+}
+
+impl ReverseListeners {
+    fn start(
+        paths: &[String],
+        owner: (u32, u32),
+        allowed: &AllowedSockets,
+        tx: tokio::sync::mpsc::Sender<(u32, u64)>,
+    ) -> ReverseListeners {
+        let mut me = ReverseListeners {
+            tasks: Vec::new(),
+            paths: Vec::new(),
+        };
+        for (i, path) in paths.iter().enumerate() {
+            let listener = match bind_reverse(path, owner) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("reverse socket {path}: {e}");
+                    continue;
+                }
+            };
+            me.paths.push(path.clone());
+            let (allowed, tx) = (allowed.clone(), tx.clone());
+            me.tasks.push(tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    let id = allowed.wait(conn);
+                    if tx.send((i as u32, id)).await.is_err() {
+                        allowed.claim(id);
+                        return;
+                    }
+                }
+            }));
+        }
+        me
+    }
+}
+
+impl Drop for ReverseListeners {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Listens on `path` (its folder made if missing, a stale socket
+/// replaced; anything else there is left alone), mode 0600 and owned by
+/// the guest user, so only that user (and root) can connect.
+fn bind_reverse(path: &str, owner: (u32, u32)) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let p = std::path::Path::new(path);
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(p).map_err(|e| format!("cannot replace it: {e}"))?
+        }
+        Ok(_) => return Err("something that is not a socket is there; left alone".into()),
+        Err(_) => {}
+    }
+    if let Some(dir) = p.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let _ = std::os::unix::fs::chown(dir, Some(owner.0), Some(owner.1));
+        }
+    }
+    let l = tokio::net::UnixListener::bind(p).map_err(|e| format!("cannot listen: {e}"))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod: {e}"))?;
+    std::os::unix::fs::chown(p, Some(owner.0), Some(owner.1))
+        .map_err(|e| format!("cannot chown: {e}"))?;
+    Ok(l)
 }
 
 /// Serves the Events stream until the host hangs up.
@@ -46,6 +145,8 @@ where
         return Ok(());
     };
     allowed.set(sub.unix_sockets);
+    let (reverse_tx, mut reverse_rx) = tokio::sync::mpsc::channel::<(u32, u64)>(64);
+    let _reverse = ReverseListeners::start(&sub.reverse_sockets, sub.owner, &allowed, reverse_tx);
     let mut log = ForwardLog::new(FORWARDS_FILE);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut changes = table.subscribe();
@@ -70,6 +171,9 @@ where
     let mut services = crate::services::board().follow();
     loop {
         tokio::select! {
+            Some((socket, conn)) = reverse_rx.recv() => {
+                write_frame_async(&mut wr, &GuestEvent::ReverseConnection { socket, conn }).await?;
+            }
             states = services.next() => {
                 for (name, state) in states {
                     write_frame_async(&mut wr, &GuestEvent::Service { name, state }).await?;
@@ -310,6 +414,19 @@ where
                 }
             }
         }
+        ForwardRequest::Reverse { conn } => match allowed.claim(conn) {
+            Some(c) => {
+                write_frame_async(&mut stream, &ForwardReply::Ok).await?;
+                let _ = lima_proto::relay::relay(c, stream).await;
+            }
+            None => {
+                write_frame_async(
+                    &mut stream,
+                    &refuse(format!("no reverse connection {conn} waits")),
+                )
+                .await?
+            }
+        },
         ForwardRequest::Udp { ip, port } => {
             let gp = GuestPort {
                 proto: PortProto::Udp,

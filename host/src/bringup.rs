@@ -359,6 +359,7 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
         inst.dir.clone(),
         unix_paths.clone(),
         kick.clone(),
+        (config.user.uid, config.user.gid()),
     ));
     Ok(Up {
         vm,

@@ -113,11 +113,17 @@ pub async fn run(
     dir: PathBuf,
     unix_paths: Arc<Mutex<Vec<PathBuf>>>,
     kick: Arc<tokio::sync::Notify>,
+    owner: (u32, u32),
 ) {
     let events = dir.join(crate::instance::HA_EVENTS);
     let ports_file = dir.join(crate::instance::PORTS_FILE);
     let mut unix_sockets = Vec::new();
-    for rule in &rules {
+    let reverse: Vec<(String, PathBuf)> = rules
+        .iter()
+        .filter(|r| r.reverse)
+        .filter_map(|r| r.sockets.clone())
+        .collect();
+    for rule in rules.iter().filter(|r| !r.reverse) {
         if let Some((guest, host)) = &rule.sockets {
             unix_sockets.push(guest.clone());
             tokio::spawn(forward_unix_when_ready(
@@ -142,7 +148,7 @@ pub async fn run(
         if let Err(e) = follow(
             &transport,
             &rules,
-            &unix_sockets,
+            (&unix_sockets, &reverse, owner),
             &mut state,
             &events,
             &ports_file,
@@ -160,10 +166,14 @@ fn warn(events: &Path, message: String) {
     emit(events, Event::Warning { message });
 }
 
+/// Guest sockets forwarded to the host, reverse ones (guest, host) and
+/// the guest user they belong to.
+type Sockets<'a> = (&'a [String], &'a [(String, PathBuf)], (u32, u32));
+
 async fn follow(
     transport: &Arc<dyn Transport>,
     rules: &[Rule],
-    unix_sockets: &[String],
+    (unix_sockets, reverse, owner): Sockets<'_>,
     state: &mut State,
     events: &Path,
     ports_file: &Path,
@@ -174,6 +184,8 @@ async fn follow(
         &mut wr,
         &Subscribe {
             unix_sockets: unix_sockets.to_vec(),
+            reverse_sockets: reverse.iter().map(|(g, _)| g.clone()).collect(),
+            owner,
         },
     )
     .await?;
@@ -244,6 +256,16 @@ async fn follow(
                     },
                 );
                 state.services.insert(name, line);
+            }
+            GuestEvent::ReverseConnection { socket, conn } => {
+                if let Some((guest, host)) = reverse.get(socket as usize) {
+                    tokio::spawn(reverse_connection(
+                        transport.clone(),
+                        conn,
+                        guest.clone(),
+                        host.clone(),
+                    ));
+                }
             }
             GuestEvent::Ports {
                 full,
@@ -521,7 +543,8 @@ pub async fn settle_unix(
             .contains(host)
     };
     let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
-    for (guest, host) in rules.iter().filter_map(|r| r.sockets.as_ref()) {
+    let forwarded = rules.iter().filter(|r| !r.reverse);
+    for (guest, host) in forwarded.filter_map(|r| r.sockets.as_ref()) {
         if bound(host) {
             continue;
         }
@@ -618,6 +641,32 @@ async fn accept_tcp(
                 let _ = lima_proto::relay::relay(conn, s).await;
             }
         });
+    }
+}
+
+/// A guest program connected to a reverse socket: the host socket is
+/// dialled and the guest's connection claimed. When the host socket does
+/// not answer the claimed connection is closed, so the guest program sees
+/// the end at once instead of waiting.
+async fn reverse_connection(
+    transport: Arc<dyn Transport>,
+    conn: u64,
+    guest: String,
+    host: PathBuf,
+) {
+    let dialled = tokio::net::UnixStream::connect(&host).await;
+    let claimed = open_forward(transport.as_ref(), ForwardRequest::Reverse { conn }).await;
+    match (dialled, claimed) {
+        (Ok(h), Some(g)) => {
+            let _ = lima_proto::relay::relay(h, g).await;
+        }
+        (Err(e), _) => {
+            tracing::warn!(
+                "reverse socket {guest}: cannot connect to {}: {e}",
+                host.display()
+            )
+        }
+        (Ok(_), None) => tracing::debug!("reverse socket {guest}: connection {conn} is gone"),
     }
 }
 

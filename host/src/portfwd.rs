@@ -51,6 +51,8 @@ pub struct Rule {
     pub proto: ProtoMatch,
     pub ignore: bool,
     pub sockets: Option<(String, PathBuf)>,
+    /// `reverse: true`: the host socket is reached from the guest socket.
+    pub reverse: bool,
 }
 
 impl Rule {
@@ -128,6 +130,7 @@ pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usiz
         proto: ProtoMatch::Tcp,
         ignore: true,
         sockets: None,
+        reverse: false,
     }];
     // A distro guest's DHCP client listens on UDP 68 on every address; it
     // is not a service, and forwarding it would take the host's own port.
@@ -154,8 +157,12 @@ pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usiz
             Some("udp") => ProtoMatch::Udp,
             Some(other) => return Err(e(format!("proto: `{other}` is not tcp, udp or any"))),
         };
-        if r.reverse.unwrap_or(false) {
-            return Err(e("reverse forwarding is not supported yet".into()));
+        let reverse = r.reverse.unwrap_or(false);
+        if reverse && (r.guest_socket.is_none() || r.host_socket.is_none()) {
+            return Err(e(
+                "reverse: true needs guestSocket and hostSocket (only Unix sockets are reversed, as in Lima)"
+                    .into(),
+            ));
         }
         let sockets = match (&r.guest_socket, &r.host_socket) {
             (Some(g), Some(h)) => {
@@ -197,6 +204,7 @@ pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usiz
             proto,
             ignore: r.ignore.unwrap_or(false),
             sockets,
+            reverse,
         });
     }
     out.push(Rule {
@@ -209,6 +217,7 @@ pub fn resolve(rules: &[PortForwardYaml], dir: &Path) -> Result<Vec<Rule>, (usiz
         proto: ProtoMatch::Any,
         ignore: false,
         sockets: None,
+        reverse: false,
     });
     Ok(out)
 }
@@ -390,6 +399,10 @@ mod tests {
                 "0.0.0.0",
             ),
             ("- guestSocket: rel.sock\n  hostSocket: x\n", "absolute"),
+            (
+                "- guestPort: 80\n  reverse: true\n",
+                "needs guestSocket and hostSocket",
+            ),
         ] {
             let parsed: Vec<PortForwardYaml> = serde_yaml_ng::from_str(bad).unwrap();
             let err = resolve(&parsed, Path::new("/i")).unwrap_err();

@@ -199,6 +199,14 @@ pub struct Subscribe {
     /// Guest Unix socket paths named by `portForwards` rules; the agent
     /// forwards to these and to no other Unix socket.
     pub unix_sockets: Vec<String>,
+    /// `reverse: true` rules: the agent listens on each of these guest
+    /// paths (a socket of mode 0600 owned by `owner`) for as long as this
+    /// stream lasts, and reports each connection as
+    /// [`GuestEvent::ReverseConnection`] (its index here) for the host to
+    /// claim with [`ForwardRequest::Reverse`].
+    pub reverse_sockets: Vec<String>,
+    /// The guest user (uid, gid) the reverse sockets belong to.
+    pub owner: (u32, u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +228,9 @@ pub enum GuestEvent {
     /// or was reported at subscription: `state` is one line such as
     /// `running (attempt 1)` or `exited (attempt 2): exited with code 1`.
     Service { name: String, state: String },
+    /// A program connected to reverse socket `socket` (an index into
+    /// `Subscribe::reverse_sockets`); `conn` names the waiting connection.
+    ReverseConnection { socket: u32, conn: u64 },
 }
 
 /// What the guest's NAT watcher knows (`GuestEvent::Published`).
@@ -263,6 +274,9 @@ pub enum ForwardRequest {
     Udp { ip: std::net::IpAddr, port: u16 },
     /// Connect to this Unix socket (must be one named in `Subscribe`).
     Unix { path: String },
+    /// Take over the waiting reverse connection `conn`: this stream relays
+    /// it to the host's socket.
+    Reverse { conn: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -532,7 +546,11 @@ mod tests {
         };
         round_trip(Subscribe {
             unix_sockets: vec!["/run/docker.sock".into()],
+            reverse_sockets: vec!["/run/user/1000/agent.sock".into()],
+            owner: (1000, 1000),
         });
+        round_trip(GuestEvent::ReverseConnection { socket: 0, conn: 7 });
+        round_trip(ForwardRequest::Reverse { conn: 7 });
         round_trip(GuestEvent::Ports {
             full: true,
             added: vec![port],

@@ -79,6 +79,19 @@ fn debian_userland_on_an_overlay_root() {
     open_to_all(virtiofs.path());
     let guest_port = 18301;
     let host_port = free_port();
+    // A host socket the guest reaches through a `reverse: true` rule: it
+    // answers each connection's line with `pong LINE`.
+    let host_sock = lima.home.path().join("echo.sock");
+    let echo = std::os::unix::net::UnixListener::bind(&host_sock).unwrap();
+    std::thread::spawn(move || {
+        for conn in echo.incoming().flatten() {
+            let mut line = String::new();
+            let mut r = std::io::BufReader::new(&conn);
+            if std::io::BufRead::read_line(&mut r, &mut line).is_ok() {
+                let _ = (&conn).write_all(format!("pong {line}").as_bytes());
+            }
+        }
+    });
     let yaml = template(
         &lima,
         "deb.yaml",
@@ -86,10 +99,12 @@ fn debian_userland_on_an_overlay_root() {
             "mounts:\n- location: {}\n  mountPoint: /mnt/share\n  writable: true\n\
              - location: {}\n  mountPoint: /mnt/9p\n  writable: true\n  mountType: 9p\n\
              - location: {}\n  mountPoint: /mnt/vfs\n  writable: true\n  mountType: virtiofs\n\
-             portForwards:\n- guestPort: {guest_port}\n  hostPort: {host_port}\n",
+             portForwards:\n- guestPort: {guest_port}\n  hostPort: {host_port}\n\
+             - guestSocket: /tmp/rev/echo.sock\n  hostSocket: {}\n  reverse: true\n",
             share.path().display(),
             nine_p.path().display(),
             virtiofs.path().display(),
+            host_sock.display(),
         ),
     );
     let t = Instant::now();
@@ -104,6 +119,18 @@ fn debian_userland_on_an_overlay_root() {
         sh(&lima, "deb", "cat /etc/debian_version").starts_with("12."),
         "not Debian 12"
     );
+    // The reverse socket: the guest user's alone, each connection reaches
+    // the host's socket.
+    assert_eq!(
+        sh(&lima, "deb", "stat -c '%a %U' /tmp/rev/echo.sock"),
+        format!("600 {}\n", sh(&lima, "deb", "id -un").trim())
+    );
+    for word in ["one", "two"] {
+        let script = format!(
+            "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect(\"/tmp/rev/echo.sock\"); s.sendall(b\"{word}\\n\"); print(s.makefile().readline(), end=\"\")'"
+        );
+        assert_eq!(sh(&lima, "deb", &script), format!("pong {word}\n"));
+    }
     // PID 1 is the initramfs's /init (the agent), and the disk has no init.
     assert_eq!(sh(&lima, "deb", "tr '\\0' ' ' < /proc/1/cmdline"), "/init ");
     assert_eq!(

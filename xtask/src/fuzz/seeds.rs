@@ -455,6 +455,8 @@ fn frames() -> Vec<Vec<u8>> {
             "Subscribe",
             &[Subscribe {
                 unix_sockets: vec!["/run/docker.sock".into()],
+                reverse_sockets: vec!["/run/user/1000/agent.sock".into()],
+                owner: (1000, 1000),
             }],
         ),
         typed(
