@@ -87,6 +87,9 @@ pub struct EditFlags {
     /// Forward a port, HOST:GUEST[,static=true] (repeatable); new instances only
     #[arg(long = "port-forward", value_name = "HOST:GUEST[,static=true]")]
     pub port_forward: Vec<String>,
+    /// SSH port on the host (0 for random; distro images); new instances only
+    #[arg(long = "ssh-port", value_name = "PORT")]
+    pub ssh_port: Option<u16>,
 }
 
 /// `value` as a jq literal (JSON is valid jq).
@@ -187,6 +190,7 @@ impl EditFlags {
             vm_type,
             plain,
             port_forward,
+            ssh_port,
         } = self;
         cpus.is_none()
             && dns.is_empty()
@@ -208,6 +212,7 @@ impl EditFlags {
             && vm_type.is_none()
             && plain.is_none()
             && port_forward.is_empty()
+            && ssh_port.is_none()
     }
 
     /// The expressions the flags stand for, in Lima's order. For an existing
@@ -364,6 +369,13 @@ impl EditFlags {
                 ),
             ));
         }
+        if let Some(p) = self.ssh_port {
+            new_only.push((
+                "ssh-port",
+                p.to_string(),
+                set_path(&["ssh", "localPort"], &p.to_string()),
+            ));
+        }
         for (flag, value, expr) in new_only {
             if new_instance {
                 out.push(expr);
@@ -423,13 +435,15 @@ mod tests {
                 "--arch",
                 "x86_64",
                 "--plain",
+                "--ssh-port",
+                "60022",
             ],
             true,
             json!({"cpus": 1}),
         );
         assert_eq!(
             v,
-            json!({"cpus": 3, "memory": "1.5GiB", "disk": "20GiB", "vmType": "qemu", "arch": "x86_64", "plain": true})
+            json!({"cpus": 3, "memory": "1.5GiB", "disk": "20GiB", "vmType": "qemu", "arch": "x86_64", "plain": true, "ssh": {"localPort": 60022}})
         );
     }
 
