@@ -29,6 +29,9 @@
 //! * `sync`: `limactl shell --sync` start-up on 10,000 files beside a full
 //!   copy into the guest first (Lima's way), and the apply time of N
 //!   changed files (`sync.rs`).
+//! * `copy`: `limactl copy` of a big file both ways and of a tree, beside
+//!   `scp` through a ControlMaster to the same Debian cloud guest
+//!   (`copy.rs`).
 //! * `mcp`: `limactl mcp serve`'s `read_file` and `run_shell_command`
 //!   round trips beside sftp and ssh through a ControlMaster to the same
 //!   Debian cloud guest (`mcp.rs`).
@@ -40,6 +43,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 mod cloud;
+mod copy;
 mod docker;
 mod kernel;
 mod mcp;
@@ -105,6 +109,9 @@ struct Args {
     /// Skip the rsync-over-ssh part on the Debian cloud image (sync suite)
     #[arg(long)]
     sync_no_rsync: bool,
+    /// Runs of each figure (copy suite)
+    #[arg(long, default_value_t = 5)]
+    copy_runs: usize,
     /// Runs of each figure per kernel, alternating (kernel suite)
     #[arg(long, default_value_t = 5)]
     kernel_runs: usize,
@@ -228,6 +235,9 @@ fn main() -> anyhow::Result<()> {
             runs: args.kernel_runs,
         }),
         "mcp" => mcp::run(&mcp::Opts { runs: args.execs }),
+        "copy" => copy::run_suite(&copy::Opts {
+            runs: args.copy_runs,
+        }),
         "docker" => docker::run(&docker::Opts {
             runs: args.docker_runs,
             build_runs: args.docker_build_runs,
@@ -239,7 +249,7 @@ fn main() -> anyhow::Result<()> {
             rsync: !args.sync_no_rsync,
         }),
         other => {
-            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, sync, mcp, kernel)")
+            bail!("unknown suite `{other}` (known: foundation, ports, shares, run, cloud, docker, sync, mcp, copy, kernel)")
         }
     }
 }

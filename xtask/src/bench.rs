@@ -37,7 +37,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if args
         .iter()
-        .any(|a| a == "cloud" || a == "mcp" || a == "sync")
+        .any(|a| a == "cloud" || a == "mcp" || a == "sync" || a == "copy")
     {
         runner.env("LIMA_BENCH_CLOUD_IMAGE", crate::cloud_image::assemble()?);
     }
