@@ -59,7 +59,9 @@ pub fn prepare(
     let dev = datadisk::find(serial)?;
     let dev_s = dev.display().to_string();
     let label = format!("lima-{name}");
-    let mut head = vec![0u8; 64 << 10];
+    // 68 KiB: btrfs keeps its superblock at 64 KiB and zeroes what is
+    // before it, so a shorter look would take it for a blank disk.
+    let mut head = vec![0u8; 68 << 10];
     std::fs::File::open(&dev)
         .and_then(|mut f| f.read_exact(&mut head))
         .map_err(|e| format!("cannot read {dev_s}: {e}"))?;

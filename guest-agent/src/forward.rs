@@ -28,7 +28,8 @@ use crate::ports::{diff, PortTable, Target};
 #[derive(Clone, Default)]
 pub struct AllowedSockets {
     paths: Arc<Mutex<BTreeSet<String>>>,
-    waiting: Arc<Mutex<std::collections::HashMap<u64, tokio::net::UnixStream>>>,
+    waiting:
+        Arc<Mutex<std::collections::HashMap<u64, (std::time::Instant, tokio::net::UnixStream)>>>,
     next: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -40,13 +41,20 @@ impl AllowedSockets {
         lock(&self.paths).contains(path)
     }
     /// Keeps a reverse connection until the host claims it; its number.
+    /// One the host never claimed (its Events stream broke, say) is closed
+    /// after [`REVERSE_CLAIM_LIMIT`], so its program is not left hanging.
     fn wait(&self, conn: tokio::net::UnixStream) -> u64 {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        lock(&self.waiting).insert(id, conn);
+        let mut waiting = lock(&self.waiting);
+        waiting.retain(|_, (since, _)| since.elapsed() < REVERSE_CLAIM_LIMIT);
+        waiting.insert(id, (std::time::Instant::now(), conn));
         id
     }
     fn claim(&self, id: u64) -> Option<tokio::net::UnixStream> {
-        lock(&self.waiting).remove(&id)
+        lock(&self.waiting).remove(&id).map(|(_, c)| c)
+    }
+    fn drop_waiting(&self) {
+        lock(&self.waiting).clear();
     }
 }
 
@@ -56,7 +64,11 @@ impl AllowedSockets {
 struct ReverseListeners {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     paths: Vec<String>,
+    allowed: AllowedSockets,
 }
+
+/// How long a reverse connection waits for the host to claim it.
+const REVERSE_CLAIM_LIMIT: Duration = Duration::from_secs(30);
 
 impl ReverseListeners {
     fn start(
@@ -68,6 +80,7 @@ impl ReverseListeners {
         let mut me = ReverseListeners {
             tasks: Vec::new(),
             paths: Vec::new(),
+            allowed: allowed.clone(),
         };
         for (i, path) in paths.iter().enumerate() {
             let listener = match bind_reverse(path, owner) {
@@ -101,15 +114,24 @@ impl Drop for ReverseListeners {
         for p in &self.paths {
             let _ = std::fs::remove_file(p);
         }
+        // Nobody is left to claim them.
+        self.allowed.drop_waiting();
     }
 }
 
 /// Listens on `path` (its folder made if missing, a stale socket
 /// replaced; anything else there is left alone), mode 0600 and owned by
 /// the guest user, so only that user (and root) can connect.
+///
+/// The folder may be the user's, who could swap names in it while we
+/// work: the socket is made, chmodded and given away inside a fresh
+/// root-only folder beside it, then renamed into place (a rename replaces
+/// a planted link instead of following it), and ownership only ever
+/// changes with `lchown`.
 fn bind_reverse(path: &str, owner: (u32, u32)) -> Result<tokio::net::UnixListener, String> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{lchown, DirBuilderExt, FileTypeExt, PermissionsExt};
     let p = std::path::Path::new(path);
+    let dir = p.parent().ok_or("the path has no folder")?;
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.file_type().is_socket() => {
             std::fs::remove_file(p).map_err(|e| format!("cannot replace it: {e}"))?
@@ -117,19 +139,28 @@ fn bind_reverse(path: &str, owner: (u32, u32)) -> Result<tokio::net::UnixListene
         Ok(_) => return Err("something that is not a socket is there; left alone".into()),
         Err(_) => {}
     }
-    if let Some(dir) = p.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let _ = std::os::unix::fs::chown(dir, Some(owner.0), Some(owner.1));
-        }
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let _ = lchown(dir, Some(owner.0), Some(owner.1));
     }
-    let l = tokio::net::UnixListener::bind(p).map_err(|e| format!("cannot listen: {e}"))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot chmod: {e}"))?;
-    std::os::unix::fs::chown(p, Some(owner.0), Some(owner.1))
-        .map_err(|e| format!("cannot chown: {e}"))?;
-    Ok(l)
+    let work = dir.join(format!(".lima-reverse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&work)
+        .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let made = work.join("socket");
+    let bound = (|| {
+        let l = tokio::net::UnixListener::bind(&made).map_err(|e| format!("cannot listen: {e}"))?;
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot chmod: {e}"))?;
+        lchown(&made, Some(owner.0), Some(owner.1)).map_err(|e| format!("cannot chown: {e}"))?;
+        std::fs::rename(&made, p).map_err(|e| format!("cannot move it into place: {e}"))?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    bound
 }
 
 /// Serves the Events stream until the host hangs up.

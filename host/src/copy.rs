@@ -375,6 +375,9 @@ fn host_receive(dir: &str, input: impl Read) -> Result<()> {
     let mut a = tar::Archive::new(input);
     a.set_preserve_mtime(false);
     a.set_overwrite(true);
+    // The guest's modes pass through the user's umask, as with scp: a
+    // guest cannot make the host's files group- or world-writable.
+    a.set_mask(crate::privacy::user_umask());
     a.unpack(dir)
         .with_context(|| format!("cannot write into {dir}"))
 }
@@ -407,6 +410,8 @@ pub fn rename_top(input: impl Read, output: impl Write, to: Option<&str>) -> Res
         let new_top = to.map(OsString::from).unwrap_or(first);
         let new_path = under(&new_top, &rest);
         let mut header = entry.header().clone();
+        // The size may have come from a PAX record the raw header lacks.
+        header.set_size(entry.size());
         match ty {
             tar::EntryType::Symlink => {
                 let target = entry

@@ -17,7 +17,17 @@ use crate::vsock::Transport;
 
 /// Exit status of the reader when the guest file is not there.
 const MISSING: i32 = 3;
-const READ: &str = r#"if [ -e "$1" ]; then exec cat -- "$1"; else exit 3; fi"#;
+/// ... and when it is not a regular file (a link, a device, a folder).
+const NOT_REGULAR: i32 = 4;
+/// The most a copy may hold; a bigger guest file is refused.
+const LIMIT: u64 = 64 << 20;
+/// Reads `$1` if it is a regular file (not through a link: a guest user
+/// who controls the path must not point it at a file only root reads),
+/// at most `$2` bytes plus one, so that a bigger one shows.
+const READ: &str = r#"if [ -L "$1" ]; then exit 4; fi
+if [ ! -e "$1" ]; then exit 3; fi
+if [ ! -f "$1" ]; then exit 4; fi
+exec head -c "$2" -- "$1""#;
 
 /// Copies each entry; the error names the entry that failed.
 pub async fn run(transport: &dyn Transport, items: &[CopyToHost]) -> Result<(), String> {
@@ -29,6 +39,7 @@ pub async fn run(transport: &dyn Transport, items: &[CopyToHost]) -> Result<(), 
             READ.into(),
             "sh".into(),
             c.guest.clone(),
+            (LIMIT + 1).to_string(),
         ]);
         let out = crate::exec::capture(transport, &req, Vec::new())
             .await
@@ -44,12 +55,20 @@ pub async fn run(transport: &dyn Transport, items: &[CopyToHost]) -> Result<(), 
                     "no such file in the guest (set `skipIfMissing: true` to allow that)".into(),
                 ))
             }
+            ExitStatus::Code(NOT_REGULAR) => {
+                return Err(fail(
+                    "not a regular file (links, devices and folders are not copied)".into(),
+                ))
+            }
             other => {
                 return Err(fail(format!(
                     "cannot read it ({other:?}): {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 )))
             }
+        }
+        if out.stdout.len() as u64 > LIMIT {
+            return Err(fail(format!("bigger than {} MiB", LIMIT >> 20)));
         }
         write_private(&c.host, &out.stdout)
             .map_err(|e| fail(format!("cannot write {}: {e}", c.host.display())))?;

@@ -175,6 +175,7 @@ async fn supervise(inst: &Instance) -> Result<(), HostAgentError> {
     let copies = inst.config().map(|c| c.copy_to_host).unwrap_or_default();
     if let Err(reason) = crate::copy_out::run(up.transport(), &copies).await {
         up.close(false).await;
+        crate::copy_out::delete_on_stop(&copies);
         return Err(HostAgentError::Failed(reason));
     }
     up.settle_sockets().await;

@@ -37,6 +37,8 @@ pub enum DiskError {
     Exists { name: String, dir: String },
     #[error("disk format \"{0}\" not supported, use \"qcow2\" or \"raw\" instead")]
     BadFormat(String),
+    #[error("{file} reads {others} too; import a standalone image (flatten it first: qemu-img convert -O qcow2 {file} FLAT.qcow2)")]
+    NotStandalone { file: String, others: String },
     #[error("disk \"{name}\" is in use by instance \"{instance}\"")]
     InUse { name: String, instance: String },
     #[error("specified size {want} is less than the current disk size {have}. Disk shrinking is currently unavailable")]
@@ -340,6 +342,13 @@ pub fn import(home: &Path, name: &str, file: &Path) -> Result<Disk, DiskError> {
         });
     }
     let info = qemu_img::info(file)?;
+    let others = info.other_files();
+    if !others.is_empty() {
+        return Err(DiskError::NotStandalone {
+            file: file.display().to_string(),
+            others: others.join(", "),
+        });
+    }
     if !matches!(info.format.as_str(), "qcow2" | "raw") {
         return Err(DiskError::BadFormat(info.format));
     }
@@ -459,6 +468,21 @@ mod tests {
         ));
         unlock(home, "data", Some(&inst)).unwrap();
         assert_eq!(locked_by(home, "data"), None);
+        // An overlay that reads another file is refused; a plain image is
+        // imported.
+        let base = t.path().join("base.qcow2");
+        let overlay = t.path().join("overlay.qcow2");
+        let (b, o) = (base.to_string_lossy(), overlay.to_string_lossy());
+        qemu_img::run(&["create", "-q", "-f", "qcow2", &b, "1M"], "create").unwrap();
+        qemu_img::run(
+            &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &b, &o],
+            "create",
+        )
+        .unwrap();
+        let e = import(home, "o", &overlay).unwrap_err().to_string();
+        assert!(e.contains("import a standalone image"), "{e}");
+        assert!(!disk_dir(home, "o").exists());
+        assert_eq!(import(home, "b", &base).unwrap().format, "qcow2");
         delete(home, "data").unwrap();
         assert!(matches!(inspect(home, "data"), Err(DiskError::NotFound(_))));
     }

@@ -16,7 +16,17 @@ pub const UMASK: u32 = 0o077;
 
 /// Sets [`UMASK`] for this process and its future children.
 pub fn restrict_umask() {
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(UMASK as _));
+    let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(UMASK as _));
+    let _ = USER_UMASK.set(before.bits() as u32);
+}
+
+static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The user's own umask, from before [`restrict_umask`] (what files made
+/// outside `LIMA_HOME` for the user, like `limactl copy`'s, follow);
+/// 0o022 when it was never read.
+pub fn user_umask() -> u32 {
+    USER_UMASK.get().copied().unwrap_or(0o022)
 }
 
 /// Creates `dir` (and missing parents) with mode 0700; an existing `dir`

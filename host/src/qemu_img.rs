@@ -42,6 +42,28 @@ pub struct Info {
     pub virtual_size: u64,
     #[serde(default)]
     pub snapshots: Vec<Snapshot>,
+    /// Another image this one reads through (a qcow2 overlay's base).
+    #[serde(rename = "backing-filename")]
+    pub backing_filename: Option<String>,
+    #[serde(rename = "format-specific")]
+    pub format_specific: Option<serde_json::Value>,
+}
+
+impl Info {
+    /// Files besides this one that QEMU would open with it: a backing
+    /// file, or a qcow2's external data file.
+    pub fn other_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.backing_filename.iter().cloned().collect();
+        if let Some(d) = self
+            .format_specific
+            .as_ref()
+            .and_then(|f| f.pointer("/data/data-file"))
+            .and_then(|d| d.as_str())
+        {
+            v.push(d.to_string());
+        }
+        v
+    }
 }
 
 #[derive(Debug, Deserialize)]

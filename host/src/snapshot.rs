@@ -17,6 +17,10 @@ use crate::qemu_img;
 pub enum SnapshotError {
     #[error("expected tag (give one with --tag NAME)")]
     NoTag,
+    #[error(
+        "tag \"{0}\" is only digits, which qemu-img takes for a snapshot ID; give it a letter"
+    )]
+    NumericTag(String),
     #[error("cannot take or apply a snapshot of a running instance; stop it first with `limactl stop {0}` (lima-rs snapshots disks only)")]
     Running(String),
     #[error("instance \"{0}\" has no disk yet; start it once first")]
@@ -51,6 +55,10 @@ pub fn tags(inst: &Instance) -> Result<Vec<String>, SnapshotError> {
 fn stopped_disks(inst: &Instance, tag: &str) -> Result<Vec<PathBuf>, SnapshotError> {
     if tag.is_empty() {
         return Err(SnapshotError::NoTag);
+    }
+    // qemu-img takes a tag of digits for a snapshot's ID first.
+    if tag.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SnapshotError::NumericTag(tag.to_string()));
     }
     if inst.host_agent_running() {
         return Err(SnapshotError::Running(inst.name.clone()));
@@ -155,6 +163,10 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(create(&inst, ""), Err(SnapshotError::NoTag)));
+        assert!(matches!(
+            create(&inst, "12"),
+            Err(SnapshotError::NumericTag(_))
+        ));
         assert_eq!(list(&inst).unwrap(), "");
         create(&inst, "one").unwrap();
         create(&inst, "two").unwrap();

@@ -98,26 +98,60 @@ fn boot_foreground(
     created: bool,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    starting(inst, timeout);
-    let (ev, mut child) = match lifecycle::start_attached(inst, timeout) {
-        Ok(r) => r,
-        Err(e) => return Err(forget_unlaunched(inst, created, e)),
-    };
-    ready(inst, ev);
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let status = rt.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut sigs = Vec::new();
+    // Listening from the start: a signal during the boot stops the
+    // instance as soon as it is up, instead of killing us and leaving it.
+    let mut sigs = rt.block_on(async {
+        let mut v = Vec::new();
         for kind in [
             SignalKind::interrupt(),
             SignalKind::terminate(),
             SignalKind::hangup(),
         ] {
-            sigs.push(signal(kind)?);
+            v.push(signal(kind)?);
         }
+        Ok::<_, std::io::Error>(v)
+    })?;
+    starting(inst, timeout);
+    let (started, early) = rt.block_on(async {
+        let boot = {
+            let inst = inst.clone();
+            tokio::task::spawn_blocking(move || lifecycle::start_attached(&inst, timeout))
+        };
+        tokio::pin!(boot);
+        let mut early = false;
+        loop {
+            let (a, b) = sigs.split_at_mut(1);
+            let (b, c) = b.split_at_mut(1);
+            tokio::select! {
+                r = &mut boot => return (r, early),
+                _ = a[0].recv() => {}
+                _ = b[0].recv() => {}
+                _ = c[0].recv() => {}
+            }
+            if !early {
+                msg::info("A signal came in: the instance stops once it is up");
+            }
+            early = true;
+        }
+    });
+    let (ev, mut child) = match started.map_err(anyhow::Error::from)? {
+        Ok(r) => r,
+        Err(e) => return Err(forget_unlaunched(inst, created, e)),
+    };
+    ready(inst, ev);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stop = || {
+        msg::info("Stopping the instance (a signal came in)");
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+    };
+    if early {
+        stop();
+    }
+    let status = rt.block_on(async move {
         let mut wait = tokio::task::spawn_blocking(move || child.wait());
         loop {
             let (a, b) = sigs.split_at_mut(1);
@@ -128,8 +162,7 @@ fn boot_foreground(
                 _ = b[0].recv() => {}
                 _ = c[0].recv() => {}
             }
-            msg::info("Stopping the instance (a signal came in)");
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+            stop();
         }
     })?;
     inst.remove_runtime_files();

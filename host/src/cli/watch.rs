@@ -51,8 +51,10 @@ pub fn run(home: &Path, a: WatchArgs) -> anyhow::Result<ExitCode> {
             bail!("instance \"{name}\" does not exist");
         }
     }
-    // Events seen per instance; a restart begins its file anew.
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    // Events seen per instance, and the first one's time: a start begins
+    // its file anew, which a new first event shows even when the new file
+    // is already as long as the old one.
+    let mut seen: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     let mut first = true;
     let mut out = std::io::stdout();
     loop {
@@ -66,10 +68,11 @@ pub fn run(home: &Path, a: WatchArgs) -> anyhow::Result<ExitCode> {
         };
         for inst in watched {
             let all = events::read_all(&inst.path(instance::HA_EVENTS));
+            let first_ms = all.first().map_or(0, |r| r.time_ms);
             let known = seen.get(&inst.name).copied();
             let from = match known {
                 // Seen before: only what is new (all of it after a restart).
-                Some(n) if n <= all.len() => n,
+                Some((n, first)) if n <= all.len() && first == first_ms => n,
                 Some(_) => 0,
                 // Present when we began: history only if asked.
                 None if first && !a.history => all.len(),
@@ -94,7 +97,7 @@ pub fn run(home: &Path, a: WatchArgs) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
             }
-            seen.insert(inst.name.clone(), all.len());
+            seen.insert(inst.name.clone(), (all.len(), first_ms));
         }
         first = false;
         std::thread::sleep(Duration::from_millis(200));

@@ -200,6 +200,14 @@ fn host_to_host_copies_files_and_folders_with_their_links() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o750);
+    // Group/world write bits go through the user's umask (0o022 here).
+    std::fs::set_permissions(src.join("sub/f"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    copy(Side::Host, s, Side::Host, &dest, true).unwrap();
+    let mode = std::fs::metadata(out.join("src/sub/f"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
     assert_eq!(
         std::fs::read_link(out.join("src/link")).unwrap(),
         Path::new("sub/f")
