@@ -270,6 +270,7 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
     // In a distro guest the agent starts before cloud-init made the guest
     // user; the instance is ready for commands once that user exists.
     let user = matches!(plan.boot, plan::Boot::Firmware { .. }).then(|| config.user.name.clone());
+    let ssh_port = plan.ssh_port;
     let info = {
         let ready = async {
             let info = wait_ready(
@@ -279,6 +280,9 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
             .await?;
             if let Some(user) = &user {
                 wait_for_user(transport.as_ref(), user).await;
+            }
+            if let Some(port) = ssh_port {
+                wait_for_ssh(transport.as_ref(), port).await;
             }
             Ok::<_, client::ClientError>(info)
         };
@@ -590,6 +594,54 @@ async fn wait_for_user(transport: &dyn Transport, user: &str) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A distro guest is ready once its sshd answers on the forwarded port
+/// too (at most [`SSH_WAIT`]), as Lima's start waits for ssh: scripts run
+/// `ssh -F .../ssh.config lima-NAME` right after `limactl start`. A guest
+/// without sshd is not waited for.
+async fn wait_for_ssh(transport: &dyn Transport, port: u16) {
+    let has_sshd = crate::exec::as_root(vec![
+        "sh".into(),
+        "-c".into(),
+        "test -x /usr/sbin/sshd || command -v sshd >/dev/null".into(),
+    ]);
+    if !guest_says_yes(transport, &has_sshd, "sshd").await {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + SSH_WAIT;
+    loop {
+        if ssh_banner(port).await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "the guest's sshd does not answer on 127.0.0.1:{port} after {}s; going on",
+                SSH_WAIT.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+const SSH_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether an SSH server greets on 127.0.0.1:`port`.
+async fn ssh_banner(port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(&buf == b"SSH-")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), attempt).await,
+        Ok(Some(true))
+    )
 }
 
 /// How long [`wait_for_user`] waits for the guest user's sudo rule.
