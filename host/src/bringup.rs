@@ -174,12 +174,12 @@ impl Drop for DiskLocks {
 /// error names the disk.
 async fn prepare_disks(
     transport: &dyn Transport,
-    disks: &[crate::lima_disks::AdditionalDisk],
+    disks: &[crate::additional_disks::AdditionalDisk],
     owner: (u32, u32),
 ) -> Result<(), String> {
     for (i, d) in disks.iter().enumerate() {
         let req = ControlRequest::Disk {
-            serial: crate::lima_disks::serial(i),
+            serial: crate::additional_disks::serial(i),
             name: d.name.clone(),
             format: d.format,
             fs_type: d.fs_type.clone(),
@@ -241,7 +241,7 @@ pub async fn bring_up(inst: &Instance, stop: &mut Stop, opts: Options) -> Result
             path: d.dir.join(crate::lima_disks::IMAGE),
             format: crate::lima_disks::format_of(d),
             read_only: false,
-            serial: Some(crate::lima_disks::serial(i)),
+            serial: Some(crate::additional_disks::serial(i)),
         });
     }
     prepare_files(inst, &mut plan);

@@ -305,7 +305,7 @@ impl LimaYaml {
         let user = resolve_user(user_yaml.as_ref(), "")?;
         let binfmt =
             crate::binfmt::resolve(self.binfmt.as_ref(), &arch).map_err(|(f, m)| invalid(&f, m))?;
-        let additional_disks = crate::lima_disks::resolve(self.additional_disks.as_ref())
+        let additional_disks = crate::additional_disks::resolve(self.additional_disks.as_ref())
             .map_err(|(f, m)| invalid(&f, m))?;
         let copy_to_host =
             copy_to_host(self.copy_to_host.as_ref()).map_err(|(f, m)| invalid(&f, m))?;
@@ -468,7 +468,7 @@ pub struct InstanceConfig {
     pub binfmt: crate::binfmt::Binfmt,
     /// `additionalDisks:`: disks of `limactl disk` attached and mounted at
     /// `/mnt/lima-NAME`.
-    pub additional_disks: Vec<crate::lima_disks::AdditionalDisk>,
+    pub additional_disks: Vec<crate::additional_disks::AdditionalDisk>,
     /// `copyToHost:`: guest files the host agent copies out once the
     /// instance is up.
     pub copy_to_host: Vec<CopyToHost>,

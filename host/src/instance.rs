@@ -117,28 +117,13 @@ pub fn lima_home() -> PathBuf {
     home.join(".lima")
 }
 
-/// Lima's rule (containerd identifiers): alphanumerics separated by single
-/// `.`, `_` or `-`, at most 76 characters, not ending in `.yaml`/`.yml`.
+/// Lima's rule for names (`names.rs`).
 pub fn validate_name(name: &str) -> Result<(), InstanceError> {
-    let bad = || InstanceError::BadName(name.to_string());
-    if name.is_empty() || name.len() > 76 || name.ends_with(".yaml") || name.ends_with(".yml") {
-        return Err(bad());
+    if crate::names::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(InstanceError::BadName(name.to_string()))
     }
-    let mut prev_sep = true;
-    for c in name.chars() {
-        let sep = matches!(c, '.' | '_' | '-');
-        if sep && prev_sep {
-            return Err(bad());
-        }
-        if !sep && !c.is_ascii_alphanumeric() {
-            return Err(bad());
-        }
-        prev_sep = sep;
-    }
-    if prev_sep {
-        return Err(bad());
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,5 +1,6 @@
 //! The host side of lima-rs: instance store, `lima.yaml`, VM drivers, the
 //! per-instance host agent and the command-line front ends.
+pub mod additional_disks;
 pub mod base;
 pub mod binfmt;
 pub mod bringup;
@@ -28,6 +29,7 @@ pub mod logfmt;
 pub mod manage;
 pub mod mcp;
 pub mod mounts;
+pub mod names;
 pub mod oneshot;
 pub mod plan;
 pub mod portfwd;
