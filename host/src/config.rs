@@ -293,7 +293,7 @@ impl LimaYaml {
         }
         let user_yaml = self.user_yaml(origin)?;
         let dns = match &self.dns {
-            Some(v) => crate::cloudinit::dns_from_value(v, origin).map_err(ConfigError::Named)?,
+            Some(v) => dns_from_value(v, origin).map_err(ConfigError::Named)?,
             None => Vec::new(),
         };
         let ca_certs = match &self.ca_certs {
@@ -546,6 +546,33 @@ fn copy_to_host(value: Option<&Value>) -> Result<Vec<CopyToHost>, (String, Strin
         });
     }
     Ok(out)
+}
+
+/// Reads `dns:` of `lima.yaml` (a list of IP addresses; `null` is none);
+/// `origin` names the file in errors.
+pub fn dns_from_value(
+    value: &serde_yaml_ng::Value,
+    origin: &str,
+) -> Result<Vec<std::net::IpAddr>, String> {
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    let Some(items) = value.as_sequence() else {
+        return Err(format!(
+            "{origin}: field `dns`: must be a list of IP addresses, such as [1.1.1.1]"
+        ));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    format!("{origin}: field `dns[{i}]`: {item:?} is not an IP address, such as 1.1.1.1 or 2606:4700::1111")
+                })
+        })
+        .collect()
 }
 
 /// The guest user for this host user and `user:`.

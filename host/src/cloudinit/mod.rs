@@ -131,30 +131,6 @@ pub struct SeedInputs {
     pub ca_certs: crate::config::CaCerts,
 }
 
-/// Reads `dns:` of `lima.yaml` (a list of IP addresses; `null` is none);
-/// `origin` names the file in errors.
-pub fn dns_from_value(value: &serde_yaml_ng::Value, origin: &str) -> Result<Vec<IpAddr>, String> {
-    if value.is_null() {
-        return Ok(Vec::new());
-    }
-    let Some(items) = value.as_sequence() else {
-        return Err(format!(
-            "{origin}: field `dns`: must be a list of IP addresses, such as [1.1.1.1]"
-        ));
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            item.as_str()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    format!("{origin}: field `dns[{i}]`: {item:?} is not an IP address, such as 1.1.1.1 or 2606:4700::1111")
-                })
-        })
-        .collect()
-}
-
 /// A fresh instance-id, different at each start (Lima: `iid-<unix time>`),
 /// so that cloud-init applies the user, keys, hostname and network config
 /// of the current `lima.yaml` at every boot. The price is cloud-init's

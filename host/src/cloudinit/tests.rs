@@ -521,20 +521,24 @@ fn instance_ids_are_lima_style() {
 fn dns_in_lima_yaml_is_a_list_of_addresses() {
     let v = |t: &str| -> serde_yaml_ng::Value { serde_yaml_ng::from_str(t).unwrap() };
     assert_eq!(
-        dns_from_value(&v("[1.1.1.1, '2606:4700::1111']"), "f").unwrap(),
+        crate::config::dns_from_value(&v("[1.1.1.1, '2606:4700::1111']"), "f").unwrap(),
         [
             "1.1.1.1".parse::<IpAddr>().unwrap(),
             "2606:4700::1111".parse().unwrap()
         ]
     );
-    assert!(dns_from_value(&v("null"), "f").unwrap().is_empty());
-    assert!(dns_from_value(&v("[]"), "f").unwrap().is_empty());
-    let e = dns_from_value(&v("1.1.1.1"), "/x/lima.yaml").unwrap_err();
+    assert!(crate::config::dns_from_value(&v("null"), "f")
+        .unwrap()
+        .is_empty());
+    assert!(crate::config::dns_from_value(&v("[]"), "f")
+        .unwrap()
+        .is_empty());
+    let e = crate::config::dns_from_value(&v("1.1.1.1"), "/x/lima.yaml").unwrap_err();
     assert!(
         e.starts_with("/x/lima.yaml: field `dns`: must be a list"),
         "{e}"
     );
-    let e = dns_from_value(&v("[1.1.1.1, dns.google]"), "/x/lima.yaml").unwrap_err();
+    let e = crate::config::dns_from_value(&v("[1.1.1.1, dns.google]"), "/x/lima.yaml").unwrap_err();
     assert!(
         e.contains("field `dns[1]`") && e.contains("dns.google"),
         "{e}"
