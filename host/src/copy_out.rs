@@ -6,8 +6,6 @@
 //! as the user, then with `sudo`); the host file is written private
 //! (0600) under a temporary name beside it and renamed into place, so a
 //! symbolic link planted at the host path is replaced, never followed.
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use lima_proto::ExitStatus;
@@ -82,26 +80,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .parent()
         .ok_or_else(|| std::io::Error::other("the host path has no folder"))?;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::privacy::write_private(path, bytes)
 }
 
 /// Removes the host copies marked `deleteOnStop` (at stop).

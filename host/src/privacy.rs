@@ -55,24 +55,31 @@ pub fn home_warning(home: &Path) -> Option<String> {
 /// read: unlike `std::fs::copy`, the source's permissions are not taken
 /// over. Written to a temporary name first and renamed into place.
 pub fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    write_private(to, std::fs::File::open(from)?)
+}
+
+/// Writes what `content` holds to a new file `to` (replacing it) that only
+/// its owner can read, under a temporary name first and renamed into
+/// place: a reader never sees half a file, and a symbolic link at `to` is
+/// replaced, not followed.
+pub fn write_private(to: &Path, mut content: impl std::io::Read) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = to.with_extension("tmp-copy");
     let _ = std::fs::remove_file(&tmp);
-    let copied = (|| {
-        let mut src = std::fs::File::open(from)?;
+    let written = (|| {
         let mut dst = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        std::io::copy(&mut src, &mut dst)?;
+        std::io::copy(&mut content, &mut dst)?;
         dst.sync_all()?;
         std::fs::rename(&tmp, to)
     })();
-    if copied.is_err() {
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    copied
+    written
 }
 
 #[cfg(test)]

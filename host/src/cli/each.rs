@@ -26,6 +26,11 @@ pub fn each_instance(
             }
         }
     }
+    exit_code(failed)
+}
+
+/// 1 when any item failed (each said why), else 0.
+pub fn exit_code(failed: bool) -> ExitCode {
     if failed {
         ExitCode::from(1)
     } else {

@@ -32,9 +32,5 @@ pub fn run(home: &Path, a: ProtectArgs, on: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(super::each::exit_code(failed))
 }

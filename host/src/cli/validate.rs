@@ -29,9 +29,5 @@ pub fn run(home: &Path, a: ValidateArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(super::each::exit_code(failed))
 }
